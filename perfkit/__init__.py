@@ -1,0 +1,30 @@
+"""perfkit: measure, explain and tune the performance of LLM inference servers (Ollama, llama.cpp).
+
+Public API::
+
+    from perfkit import Engine, LlamaServerBackend, OllamaBackend, Runner, RunStore, Monitor, plan
+
+    with Engine(perfkit.models_dir(), {"OLLAMA_NUM_PARALLEL": 2}) as engine:
+        backend = LlamaServerBackend.from_engine(engine)
+        record = backend.generate("smollm2-135m-q4_1", "Hello")   # a RequestRecord, ttft_s, e2e_s ...
+"""
+
+__version__ = "0.1.0"
+
+from .backends import Backend, LlamaServerBackend, OllamaBackend, Sampling
+from .coldstart import KeepWarm, prepare_state, user_first_request
+from .engine import Engine
+from .errors import ConfigError, EngineError, PerfkitError
+from .models import list_models, models_dir
+from .records import CACHE_STATES, RequestRecord
+from .runner import Runner, Trial, plan
+from .sampling import GpuSampler, Monitor, SystemSampler
+from .stats import Estimate, estimate, ratio
+from .store import RunStore
+
+__all__ = [
+    "Backend", "LlamaServerBackend", "OllamaBackend", "Sampling", "KeepWarm", "prepare_state", "user_first_request",
+    "Engine", "ConfigError", "EngineError", "PerfkitError", "list_models", "models_dir", "CACHE_STATES",
+    "RequestRecord", "Runner", "Trial", "plan", "GpuSampler", "Monitor", "SystemSampler", "Estimate", "estimate",
+    "ratio", "RunStore", "__version__",
+]

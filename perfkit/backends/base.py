@@ -1,0 +1,94 @@
+"""The interface every backend implements; a study never branches on the backend."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..records import RequestRecord
+
+DEFAULT_TIMEOUT_S = 1800.0  # a 72B cold start can take many minutes: never cut off a 15-minute load
+
+
+@dataclass
+class Sampling:
+    """Generation options by their Ollama names; each backend maps them to its own API."""
+
+    num_predict: int = 64
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    @classmethod
+    def greedy(cls, num_predict: int = 64, seed: int = 0) -> "Sampling":
+        return cls(num_predict=num_predict, temperature=0.0, top_k=1, seed=seed)
+
+    def present(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class ModelFacts:
+    """What the server says about a model (quantization from the model itself, never its name)."""
+
+    name: str
+    size_bytes: int | None = None
+    parameter_count: int | None = None
+    quantization: str | None = None
+    family: str | None = None
+    digest: str | None = None
+    path: str | None = None  # local file, when the engine is local (enables cold_disk)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """A server that loads models and streams generations.
+
+    Every method that talks to the server raises ``perfkit.errors.PerfkitError`` subclasses or
+    httpx errors for control calls; ``generate`` never raises for server trouble: it returns a
+    failed ``RequestRecord`` carrying the reason.
+    """
+
+    name: str = "backend"
+    supports_cold_disk: bool = False
+
+    @abc.abstractmethod
+    def version(self) -> str: ...
+
+    @abc.abstractmethod
+    def models(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def model_facts(self, model: str) -> ModelFacts: ...
+
+    @abc.abstractmethod
+    def loaded(self) -> list[str]: ...
+
+    def is_loaded(self, model: str) -> bool:
+        return model in self.loaded()
+
+    @abc.abstractmethod
+    def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
+        """Make ``model`` resident; return the measured load time in seconds (verified residency)."""
+
+    @abc.abstractmethod
+    def unload(self, model: str, timeout_s: float = 120.0) -> None:
+        """Make ``model`` not resident, and verify it."""
+
+    @abc.abstractmethod
+    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
+                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
+        """Stream one chat completion and time it; failures come back as a record with ``ok=False``."""
+
+    def evict_file(self, model: str) -> None:
+        raise NotImplementedError(f"{self.name}: cold_disk needs a local engine (file eviction)")
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata for the run manifest (no secrets)."""
+        return {"backend": self.name}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,264 @@
+"""llama.cpp's ``llama-server`` in router mode: ``/models`` load/unload/status and streamed
+``/v1/chat/completions`` (SSE) whose final chunk carries ``timings`` in milliseconds.
+
+Load time is measured, since the server reports none: from the load request (or from the send
+of a request that autoloads the model) to the first ``/models`` poll that says ``loaded``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import EngineError, PerfkitError
+from ..records import RequestRecord, now_ns
+from .. import pagecache
+from ._stream import MalformedLine, StreamError, mark_token, timed_stream
+from .base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
+
+_MS = 1e-3
+_POLL_S = 0.01
+
+
+class LlamaServerBackend(Backend):
+    """Args:
+        url: the router, e.g. ``engine.base_url``.
+        models_dir: the directory the router serves (enables file facts and cold_disk).
+    """
+
+    name = "llama-server"
+    supports_cold_disk = True
+
+    def __init__(self, url: str, models_dir: str | Path | None = None, *, control_timeout_s: float = 30.0):
+        self.url = url.rstrip("/")
+        self.models_dir = Path(models_dir) if models_dir else None
+        self._client = httpx.Client(base_url=self.url, timeout=control_timeout_s,
+                                    limits=httpx.Limits(max_connections=256))
+
+    @classmethod
+    def from_engine(cls, engine) -> "LlamaServerBackend":
+        return cls(engine.base_url, engine.models_dir)
+
+    # ---- control -------------------------------------------------------------------------------
+    def status(self) -> dict[str, dict]:
+        """model id → its ``status`` object (``value`` ∈ unloaded | loading | loaded | sleeping)."""
+        r = self._client.get("/models")
+        r.raise_for_status()
+        return {m["id"]: (m.get("status") or {}) for m in r.json().get("data", [])}
+
+    def state(self, model: str) -> str:
+        st = self.status()
+        if model not in st:
+            raise PerfkitError(f"llama-server has no model {model!r}; available: {', '.join(sorted(st))}")
+        return st[model].get("value", "unknown")
+
+    def version(self) -> str:
+        try:
+            from ..engine import engine_version
+
+            return engine_version()
+        except Exception:  # a remote llama-server: ask it
+            props = self._client.get("/props").json()
+            return str(props.get("build_info") or "unknown")
+
+    def models(self) -> list[str]:
+        return sorted(self.status())
+
+    def loaded(self) -> list[str]:
+        return [m for m, s in self.status().items() if s.get("value") == "loaded"]
+
+    def model_facts(self, model: str) -> ModelFacts:
+        self.state(model)  # raises a clear error for an unknown model
+        path = self.model_path(model)
+        if path is None:
+            return ModelFacts(name=model)
+        from ..models import read_gguf
+
+        info = read_gguf(path)
+        return ModelFacts(name=model, size_bytes=info.size_bytes, parameter_count=info.parameter_count,
+                          quantization=info.quantization, family=info.architecture, digest=info.sha256,
+                          path=str(path), extra={"context_length": info.context_length,
+                                                 "block_count": info.block_count,
+                                                 "embedding_length": info.embedding_length})
+
+    def model_path(self, model: str) -> Path | None:
+        if self.models_dir is None:
+            return None
+        p = self.models_dir / f"{model}.gguf"
+        return p if p.exists() else None
+
+    def _wait_state(self, model: str, want: set[str], timeout_s: float) -> tuple[str, int]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.status().get(model, {})
+            value = st.get("value", "unknown")
+            if value in want:
+                return value, now_ns()
+            if value == "unloaded" and st.get("failed"):
+                raise EngineError(f"model {model!r} failed to load (exit code {st.get('exit_code')}); "
+                                  "see the engine log")
+            if time.monotonic() > deadline:
+                raise EngineError(f"model {model!r} still {value!r} after {timeout_s:g} s (wanted {sorted(want)})")
+            time.sleep(_POLL_S)
+
+    def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
+        state = self.state(model)
+        if state == "loaded":
+            return 0.0
+        t0 = now_ns()
+        if state == "sleeping":
+            # A sleeping instance refuses /models/load ("already running"); only a request wakes it.
+            rec = self.generate(model, "ok", Sampling(num_predict=1), timeout_s=timeout_s)
+            if not rec.ok:
+                raise EngineError(f"waking {model!r} failed: {rec.error}")
+        else:
+            r = self._client.post("/models/load", json={"model": model})
+            if r.status_code >= 400 and "already" not in r.text:
+                raise EngineError(f"llama-server refused to load {model!r}: HTTP {r.status_code} {r.text[:200]}")
+        _, t1 = self._wait_state(model, {"loaded"}, timeout_s)
+        return (t1 - t0) * 1e-9
+
+    def unload(self, model: str, timeout_s: float = 120.0) -> None:
+        if self.state(model) in ("unloaded",):
+            return
+        r = self._client.post("/models/unload", json={"model": model})
+        if r.status_code >= 400 and self.state(model) != "unloaded":
+            raise EngineError(f"llama-server refused to unload {model!r}: HTTP {r.status_code} {r.text[:200]}")
+        self._wait_state(model, {"unloaded"}, timeout_s)
+
+    def evict_file(self, model: str) -> None:
+        path = self.model_path(model)
+        if path is None:
+            raise PerfkitError(f"cold_disk needs the model's local file; {model!r} has none "
+                               "(give the backend its models_dir)")
+        pagecache.evict(path)
+
+    # ---- measured request ----------------------------------------------------------------------
+    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
+                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
+        sampling = sampling or Sampling()
+        body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": sampling.num_predict,
+                                "messages": [{"role": "user", "content": prompt}],
+                                "stream_options": {"include_usage": True}}
+        for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
+                             ("seed", "seed")):
+            v = getattr(sampling, ours)
+            if v is not None:
+                body[theirs] = v
+        if logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 1
+        rec = RequestRecord(backend=self.name, model=model, tokens=[] if logprobs else None,
+                            logprobs=[] if logprobs else None)
+        parts: list[str] = []
+        watcher = _LoadWatcher(self, model)
+        try:
+            watcher.start_if_needed()
+        except httpx.HTTPError as e:
+            return rec.fail(f"{type(e).__name__}: {e}")
+
+        def on_line(line: str, t_ns: int) -> bool:
+            if not line.startswith("data:"):
+                if line.startswith((":", "event:", "id:", "retry:")):
+                    return False
+                raise MalformedLine(line[:120])
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return True
+            try:
+                obj = json.loads(data)
+            except json.JSONDecodeError:
+                raise MalformedLine(data[:120]) from None
+            if "error" in obj:
+                raise StreamError(json.dumps(obj["error"])[:300])
+            for choice in obj.get("choices") or []:
+                delta = choice.get("delta") or {}
+                text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+                if text:
+                    mark_token(rec, t_ns)
+                    parts.append(text)
+                for lp in ((choice.get("logprobs") or {}).get("content") or []):
+                    if rec.tokens is not None:
+                        rec.tokens.append(lp.get("token", ""))
+                        rec.logprobs.append(lp.get("logprob"))
+                if choice.get("finish_reason"):
+                    rec.done_reason = choice["finish_reason"]
+            if "timings" in obj:
+                _timings(rec, obj["timings"])
+            return False
+
+        timed_stream(self._client, "/v1/chat/completions", body, rec, on_line, timeout_s=timeout_s,
+                     stall_timeout_s=stall_timeout_s)
+        watcher.stop()
+        rec.text = "".join(parts)
+        if watcher.needed:
+            rec.t_loaded_ns = watcher.t_loaded_ns
+            if rec.t_loaded_ns is not None:
+                rec.load_s = max(0.0, (rec.t_loaded_ns - rec.t_send_ns) * 1e-9)
+        else:
+            rec.load_s = 0.0
+        return rec.finalize()
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"backend": self.name, "url": self.url}
+        try:
+            d["version"] = self.version()
+        except Exception as e:  # noqa: BLE001 - the manifest records what it can
+            d["version"] = f"unknown ({type(e).__name__})"
+        return d
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _timings(rec: RequestRecord, t: dict) -> None:
+    rec.cached_tokens = t.get("cache_n")
+    rec.prefill_tokens = t.get("prompt_n")
+    if rec.prefill_tokens is not None:
+        rec.prompt_tokens = rec.prefill_tokens + (rec.cached_tokens or 0)
+    rec.prefill_s = t["prompt_ms"] * _MS if "prompt_ms" in t else None
+    rec.decode_s = t["predicted_ms"] * _MS if "predicted_ms" in t else None
+    if "predicted_n" in t:
+        rec.output_tokens, rec.output_tokens_source = t["predicted_n"], "server"
+
+
+class _LoadWatcher:
+    """Polls ``/models`` while a request autoloads its model, to time the load the server doesn't report."""
+
+    def __init__(self, backend: LlamaServerBackend, model: str):
+        self.backend, self.model = backend, model
+        self.needed = False
+        self.t_loaded_ns: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start_if_needed(self) -> None:
+        if self.backend.state(self.model) == "loaded":
+            return
+        self.needed = True
+        # A separate client: the request's own connection must not queue behind the polls.
+        self._thread = threading.Thread(target=self._run, name="perfkit-load-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.backend.url, timeout=10.0) as c:
+            while not self._stop.is_set():
+                try:
+                    st = {m["id"]: m.get("status", {}) for m in c.get("/models").json().get("data", [])}
+                    if st.get(self.model, {}).get("value") == "loaded":
+                        self.t_loaded_ns = now_ns()
+                        return
+                except (httpx.HTTPError, ValueError):
+                    pass
+                self._stop.wait(_POLL_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)

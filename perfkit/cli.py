@@ -1,0 +1,165 @@
+"""The ``perfkit`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from .errors import PerfkitError
+
+EPILOG = """examples:
+  perfkit run params/demo.yaml                  every study on the embedded engine → results/index.html
+  perfkit run params/demo.yaml --study cold_start
+  perfkit run params/demo.yaml --resume results/<run-id>   finish an interrupted run, nothing measured twice
+  perfkit report results/<run-id>               re-render the HTML from recorded data, no server needed
+  perfkit models prepare && perfkit models      the embedded model store
+  perfkit engine start --set OLLAMA_NUM_PARALLEL=2 && perfkit engine status && perfkit engine stop
+"""
+
+
+def _sigterm(signum, frame):
+    # Turn SIGTERM into the same clean unwinding as Ctrl-C: every server started gets stopped.
+    raise KeyboardInterrupt
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise PerfkitError(f"--set {p!r}: expected NAME=VALUE, e.g. OLLAMA_NUM_PARALLEL=2")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_run(a) -> int:
+    from . import report
+
+    run_dir = Path(a.resume) if a.resume else None
+    if run_dir is not None and not (run_dir / "run.json").exists():
+        raise PerfkitError(f"--resume {run_dir}: not a perfkit run directory (no run.json)")
+    results = Path(a.results) if a.results else (run_dir.parent if run_dir else Path("results"))
+    out = report.run(Path(a.params), a.study or [], results, run_dir)
+    print(f"\nreports: {out}/*.html\nindex:   {results / 'index.html'}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from . import report
+
+    run_dir = Path(a.run_dir)
+    report.report(run_dir)
+    print(f"index: {run_dir.parent / 'index.html'}")
+    return 0
+
+
+def cmd_models(a) -> int:
+    from . import models
+
+    store = Path(a.models_dir) if a.models_dir else models.models_dir()
+    if a.action == "prepare":
+        models.prepare(store)
+    infos = models.list_models(store)
+    if not infos:
+        print(f"no models in {store}: run `perfkit models prepare`")
+        return 1
+    if a.json:
+        print(json.dumps([m.as_dict() for m in infos], indent=2))
+        return 0
+    print(f"model store: {store}")
+    print(f"{'name':<22} {'size':>9} {'arch':<8} {'params':>8} {'quant':<7} sha256")
+    for m in infos:
+        print(f"{m.name:<22} {m.size_bytes / 1e6:>7.1f}MB {m.architecture:<8} {m.parameter_count / 1e6:>7.1f}M "
+              f"{m.quantization:<7} {(m.sha256 or '')[:12]}")
+    return 0
+
+
+def cmd_engine(a) -> int:
+    from . import engine, models
+
+    if a.action == "build":
+        path = engine.build(force=a.force)
+        print(f"engine ready: {path}")
+        return 0
+    if a.action == "start":
+        state = engine.start_detached(Path(a.models_dir) if a.models_dir else models.models_dir(),
+                                      _settings(a.set), a.port)
+        print(f"llama-server running at {state['url']} (pid {state['pid']}); log: {state['log']}")
+        return 0
+    if a.action == "stop":
+        state = engine.stop_detached()
+        print(f"stopped llama-server pid {state['pid']}" if state else "no engine running")
+        return 0
+    state = engine.read_state()
+    if not state:
+        print("no engine running")
+        return 3
+    from .backends import LlamaServerBackend
+
+    b = LlamaServerBackend(state["url"])
+    print(f"llama-server at {state['url']} (pid {state['pid']}); settings {state['settings'] or 'defaults'}")
+    for model, st in sorted(b.status().items()):
+        print(f"  {model:<22} {st.get('value')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perfkit", description="Measure, explain and tune LLM inference servers "
+                                "(Ollama, llama.cpp) and publish reproducible HTML reports.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run studies from a parameter file and publish HTML reports",
+                       description="Execute the study notebooks with papermill into results/<run-id>/ "
+                                   "(data, executed notebooks, logs), render HTML reports and refresh results/index.html.")
+    r.add_argument("params", help="parameter file, e.g. params/demo.yaml")
+    r.add_argument("--study", action="append", metavar="NAME",
+                   help="only this study (repeatable): cold_start, model_size, quantization, config_tuning")
+    r.add_argument("--results", metavar="DIR", help="results directory (default: results)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; completed trials are not redone")
+    r.set_defaults(fn=cmd_run)
+
+    rp = sub.add_parser("report", help="re-render a run's reports from recorded data (no server)",
+                        description="Re-execute the notebooks in report mode on recorded data and render HTML again.")
+    rp.add_argument("run_dir", help="results/<run-id>")
+    rp.set_defaults(fn=cmd_report)
+
+    m = sub.add_parser("models", help="list or prepare the embedded model store",
+                       description="The model store: real GGUF models from PyPI packages (sha256-checked) and "
+                                   "llama-quantize variants. Facts come from each file's GGUF header.")
+    m.add_argument("action", nargs="?", choices=["list", "prepare"], default="list")
+    m.add_argument("--models-dir", help="store directory (default: $PERFKIT_MODELS_DIR or ~/.cache/perfkit/models)")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(fn=cmd_models)
+
+    e = sub.add_parser("engine", help="build, start, inspect or stop the embedded llama-server",
+                       description="The embedded engine (llama.cpp llama-server, router mode). `start` leaves it "
+                                   "running in the background until `stop`.")
+    e.add_argument("action", choices=["build", "start", "status", "stop"])
+    e.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="server setting by its Ollama name, e.g. OLLAMA_NUM_PARALLEL=2 (repeatable)")
+    e.add_argument("--port", type=int, help="port (default: a free one)")
+    e.add_argument("--models-dir", help="model store to serve")
+    e.add_argument("--force", action="store_true", help="build: rebuild the engine wheel")
+    e.set_defaults(fn=cmd_engine)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return args.fn(args)
+    except PerfkitError as e:
+        print(f"perfkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("perfkit: interrupted; servers stopped, measured data kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

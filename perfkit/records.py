@@ -1,0 +1,93 @@
+"""The record every measured request yields (units in names; client times on one monotonic clock)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CACHE_STATES = ("cold_disk", "cold_memory", "warm", "warm_cached")
+
+
+def now_ns() -> int:
+    """The one client clock: ``time.perf_counter_ns()`` (monotonic, ns)."""
+    return time.perf_counter_ns()
+
+
+@dataclass
+class RequestRecord:
+    """One request, as the client saw it and as the server reported it.
+
+    Client timestamps are ``perf_counter_ns`` values: comparable with each other and with the
+    sampler's samples, not with wall time (``wall_send_unix_s`` is for that).
+    Server figures are converted to seconds (Ollama reports ns, llama-server ms).
+    """
+
+    backend: str
+    model: str
+    ok: bool = True
+    error: str | None = None
+    http_status: int | None = None
+    wall_send_unix_s: float = 0.0
+    t_send_ns: int = 0
+    t_headers_ns: int | None = None
+    t_first_token_ns: int | None = None
+    t_end_ns: int | None = None
+    t_loaded_ns: int | None = None  # llama-server: when /models first said "loaded" during this request
+    token_times_ns: list[int] = field(default_factory=list)
+    # Derived from the client timestamps (finalize()).
+    ttfb_s: float | None = None
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    tpot_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    # Server-reported.
+    load_s: float | None = None
+    prompt_tokens: int | None = None  # every prompt token the server saw, cached or not
+    cached_tokens: int | None = None  # served from the prompt cache (llama-server cache_n)
+    prefill_tokens: int | None = None  # uncached prompt tokens actually evaluated
+    prefill_s: float | None = None
+    decode_s: float | None = None
+    output_tokens: int | None = None
+    output_tokens_source: str | None = None  # "server" or "chunks" (fallback)
+    prefill_tok_s: float | None = None
+    decode_tok_s: float | None = None
+    overhead_s: float | None = None
+    done_reason: str | None = None
+    text: str = ""
+    tokens: list[str] | None = None
+    logprobs: list[float] | None = None
+
+    def finalize(self) -> "RequestRecord":
+        """Compute the derived metrics from the raw timestamps and server figures (definitions: metrics.md)."""
+        s = 1e-9
+        if self.t_headers_ns is not None:
+            self.ttfb_s = (self.t_headers_ns - self.t_send_ns) * s
+        if self.t_first_token_ns is not None:
+            self.ttft_s = (self.t_first_token_ns - self.t_send_ns) * s
+        if self.t_end_ns is not None:
+            self.e2e_s = (self.t_end_ns - self.t_send_ns) * s
+        self.itl_s = [(b - a) * s for a, b in zip(self.token_times_ns, self.token_times_ns[1:])]
+        if self.output_tokens is None and self.token_times_ns:
+            self.output_tokens, self.output_tokens_source = len(self.token_times_ns), "chunks"
+        if self.output_tokens and self.output_tokens > 1 and self.e2e_s is not None and self.ttft_s is not None:
+            self.tpot_s = (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+        if self.prefill_tokens and self.prefill_s:
+            self.prefill_tok_s = self.prefill_tokens / self.prefill_s
+        if self.output_tokens and self.decode_s and self.output_tokens_source == "server":
+            self.decode_tok_s = self.output_tokens / self.decode_s
+        if self.e2e_s is not None and self.ok:
+            parts = [x for x in (self.load_s, self.prefill_s, self.decode_s) if x is not None]
+            if parts:
+                self.overhead_s = self.e2e_s - sum(parts)
+        return self
+
+    def fail(self, reason: str) -> "RequestRecord":
+        self.ok = False
+        self.error = reason
+        if self.t_end_ns is None:
+            self.t_end_ns = now_ns()
+        return self.finalize()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

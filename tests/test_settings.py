@@ -1,0 +1,44 @@
+import pytest
+
+from perfkit.errors import ConfigError
+from perfkit.settings import check_applied, parse_keep_alive_s, to_llama_server_flags, to_ollama_env
+
+
+def test_one_table_translates_ollama_names_to_flags():
+    flags = to_llama_server_flags({"OLLAMA_FLASH_ATTENTION": 1, "OLLAMA_NUM_PARALLEL": 4, "OLLAMA_KV_CACHE_TYPE": "q8_0",
+                                   "OLLAMA_CONTEXT_LENGTH": 8192, "OLLAMA_KEEP_ALIVE": "5m",
+                                   "OLLAMA_MAX_LOADED_MODELS": 2, "num_thread": 2, "num_batch": 256})
+    assert flags == ["-fa", "on", "-np", "4", "-ctk", "q8_0", "-ctv", "q8_0", "-c", "8192",
+                     "--sleep-idle-seconds", "300", "--models-max", "2", "-t", "2", "-b", "256", "-ub", "256"]
+    assert to_llama_server_flags({"OLLAMA_FLASH_ATTENTION": 0}) == ["-fa", "off"]
+    assert to_llama_server_flags({"OLLAMA_FLASH_ATTENTION": "auto"}) == ["-fa", "auto"]
+    assert to_llama_server_flags({"OLLAMA_KEEP_ALIVE": -1}) == []  # forever: no idle sleep
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"OLLAMA_NUM_PARALEL": 2}, "unknown setting 'OLLAMA_NUM_PARALEL'; allowed: OLLAMA_FLASH_ATTENTION"),
+    ({"OLLAMA_KV_CACHE_TYPE": "q5_1"}, "allowed: f16 | q8_0 | q4_0"),
+    ({"OLLAMA_NUM_PARALLEL": 0}, "allowed: an integer ≥ 1"),
+    ({"OLLAMA_KEEP_ALIVE": "soon"}, "OLLAMA_KEEP_ALIVE='soon' is not allowed"),
+    ({"OLLAMA_FLASH_ATTENTION": "maybe"}, "allowed: 1, 0 or auto"),
+])
+def test_bad_settings_name_key_and_allowed(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        to_llama_server_flags(settings)
+
+
+def test_keep_alive_durations():
+    assert parse_keep_alive_s("1h30m") == 5400
+    assert parse_keep_alive_s("90s") == 90 and parse_keep_alive_s(-1) == -1 and parse_keep_alive_s("250ms") == 0.25
+
+
+def test_ollama_env_excludes_per_request_options():
+    assert to_ollama_env({"OLLAMA_NUM_PARALLEL": 2, "num_thread": 4}) == {"OLLAMA_NUM_PARALLEL": "2"}
+
+
+def test_check_applied_reads_the_model_process_arguments():
+    args = ["llama-server", "--ctx-size", "4096", "--flash-attn", "on", "--parallel", "4"]
+    assert check_applied({"OLLAMA_CONTEXT_LENGTH": 4096, "OLLAMA_FLASH_ATTENTION": 1, "OLLAMA_NUM_PARALLEL": 4}, args) == {
+        "OLLAMA_CONTEXT_LENGTH": True, "OLLAMA_FLASH_ATTENTION": True, "OLLAMA_NUM_PARALLEL": True}
+    assert check_applied({"OLLAMA_NUM_PARALLEL": 2, "OLLAMA_KV_CACHE_TYPE": "q8_0"}, args) == {
+        "OLLAMA_NUM_PARALLEL": False, "OLLAMA_KV_CACHE_TYPE": False}

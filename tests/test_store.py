@@ -1,0 +1,63 @@
+import json
+import os
+import subprocess
+import sys
+
+from perfkit.store import REDACTED, RunStore, redact
+
+
+def test_rows_are_on_disk_when_append_returns(tmp_path):
+    s = RunStore(tmp_path)
+    s.append_trial({"trial_id": "a", "ttft_s": 0.1})
+    # Another process sees it at once: flushed, not buffered.
+    out = subprocess.run([sys.executable, "-c", f"print(open({str(tmp_path / 'trials.jsonl')!r}).read())"],
+                         capture_output=True, text=True).stdout
+    assert json.loads(out.strip())["trial_id"] == "a"
+
+
+def test_killed_writer_loses_only_the_torn_line(tmp_path):
+    s = RunStore(tmp_path)
+    s.append_trial({"trial_id": "a"})
+    with open(tmp_path / "trials.jsonl", "a") as f:
+        f.write('{"trial_id": "b", "ttf')  # what a kill mid-write leaves
+    assert RunStore(tmp_path).done_ids() == {"a"}
+
+
+def test_child_killed_mid_run_keeps_completed_trials(tmp_path):
+    code = ("import time,sys; from perfkit.store import RunStore; s=RunStore(sys.argv[1])\n"
+            "for i in range(1000):\n    s.append_trial({'trial_id': str(i)}); time.sleep(0.01)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    import time
+    log = tmp_path / "trials.jsonl"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 10):
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    done = RunStore(tmp_path).done_ids()
+    assert 10 <= len(done) < 1000 and done == {str(i) for i in range(len(done))}
+
+
+def test_redaction_of_secrets_at_any_depth():
+    row = {"output_tokens": 3, "cached_tokens": 1, "params": {"backend": {"headers": {"X": "1"}, "api_key": "k",
+                                                                         "url": "u"}},
+           "note": "Bearer abc.def", "list": [{"OLLAMA_API_KEY": "z"}]}
+    r = redact(row)
+    assert r["output_tokens"] == 3 and r["cached_tokens"] == 1
+    assert r["params"]["backend"] == {"headers": REDACTED, "api_key": REDACTED, "url": "u"}
+    assert r["note"] == REDACTED and r["list"][0]["OLLAMA_API_KEY"] == REDACTED
+
+
+def test_manifest_merge_dataframes_and_parquet(tmp_path):
+    s = RunStore(tmp_path)
+    s.write_manifest(a=1)
+    s.write_manifest(b=2)
+    assert s.manifest() == {"a": 1, "b": 2}
+    s.append_trial({"trial_id": "x", "itl_s": [0.1, 0.2], "ok": True})
+    s.append_samples([{"t_ns": 1, "source": "system", "host_cpu_pct": 5.0}])
+    s.event("resume", skipped=1)
+    s.finalize()
+    assert (tmp_path / "trials.parquet").exists() and (tmp_path / "samples.parquet").exists()
+    assert s.trials().loc[0, "itl_s"] == [0.1, 0.2]
+    assert s.events().loc[0, "kind"] == "resume"
+    assert not os.path.exists(tmp_path / "manifest.json.tmp")
