@@ -149,3 +149,27 @@ def test_system_sampler_without_server_still_reports_host():
     with SystemSampler(0.02) as s:
         time.sleep(0.1)
     assert s.samples and s.samples[-1]["host_mem_available_bytes"] > 0
+
+
+@pytest.mark.engine
+def test_server_memory_rises_on_load_and_falls_on_unload(store_dir):
+    from perfkit.backends import LlamaServerBackend
+    from perfkit.engine import Engine
+
+    with Engine(store_dir, {"num_thread": 2}) as e:
+        b = LlamaServerBackend.from_engine(e)
+        with Monitor(0.05, lambda: [e.proc.pid], gpu=False) as m:
+            def rss():
+                time.sleep(0.3)
+                return m.frame().dropna(subset=["server_rss_bytes"]).iloc[-1]["server_rss_bytes"]
+            idle = rss()
+            b.load("gemma3-270m-q4_k_m")
+            loaded = rss()
+            rec = b.generate("gemma3-270m-q4_k_m", "Count to five.", __import__("perfkit").Sampling(num_predict=16))
+            summary = m.request_summary(rec)
+            b.unload("gemma3-270m-q4_k_m")
+            after = rss()
+    assert loaded > idle + 150e6  # a 253 MB model became resident
+    assert after < loaded - 150e6
+    assert summary["res_server_cpu_pct_mean"] > 20 and summary["res_n_samples"] >= 2
+    assert summary["res_energy_j"] is None  # no GPU here: unavailable, not invented

@@ -1,0 +1,111 @@
+"""Every study notebook through papermill with params/smoke.yaml on the real engine, the HTML
+reports, `perfkit report` with no server, and failures that name the cell."""
+
+import html as htmllib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import llama_server_pids
+from perfkit import report
+from perfkit.studies import StudyContext, cold_start
+from perfkit.studies._common import est, fmt_s, measured
+
+pytestmark = pytest.mark.notebooks
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ["cold_start", "model_size", "quantization", "config_tuning"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, store_dir):
+    results = tmp_path_factory.mktemp("results")
+    r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(ROOT / "params" / "smoke.yaml"),
+                        "--results", str(results)], capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    return results, run_dir
+
+
+def test_every_study_published_without_code_or_errors(smoke_run):
+    results, run_dir = smoke_run
+    info = json.loads((run_dir / "run.json").read_text())
+    assert [s for s, v in info["studies"].items() if v["status"] == "done"] == STUDIES
+    index = (results / "index.html").read_text()
+    for study in STUDIES:
+        page = (run_dir / f"{study}.html").read_text()
+        assert f'href="{run_dir.name}/{study}.html"' in index
+        assert "run_or_load(" not in page and "import matplotlib" not in page  # code hidden
+        assert "Traceback" not in page and 'data-mime-type="application/vnd.jupyter.stderr"' not in page  # no errors, no stderr
+        assert page.count("data:image/png;base64,") >= 1  # plots embedded
+        assert "What the measurements say" in page and "Provenance" in page and "llama-server" in page
+        assert (run_dir / study / "trials.jsonl").exists() and (run_dir / study / "manifest.json").exists()
+        assert (run_dir / study / "trials.parquet").exists()
+        assert (run_dir / "notebooks" / f"{study}.ipynb").exists()
+    assert not llama_server_pids()
+
+
+def test_conclusions_are_built_from_the_recorded_data(smoke_run):
+    _, run_dir = smoke_run
+    trials = [json.loads(x) for x in (run_dir / "cold_start" / "trials.jsonl").read_text().splitlines()]
+    warm = [t["e2e_s"] for t in trials if t["trial_id"].startswith("state/warm/") and t["ok"]]
+    expected = fmt_s(est(warm))
+    page = htmllib.unescape((run_dir / "cold_start.html").read_text())
+    assert f"takes {expected} end to end" in page
+    ms = json.loads((run_dir / "model_size" / "manifest.json").read_text())
+    assert ms["models"]["gemma3-270m-q4_k_m"]["quantization"] == "Q4_K_M"
+    assert "sampling_unavailable" in ms and ms["host"]["cpu_cores_logical"] >= 1
+
+
+def test_report_rerenders_with_no_server(smoke_run, tmp_path):
+    results, run_dir = smoke_run
+    copy = tmp_path / "results" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    for study in STUDIES:
+        (copy / f"{study}.html").unlink()
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.extend(llama_server_pids())
+            time.sleep(0.05)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "perfkit", "report", str(copy)], capture_output=True, text=True,
+                           timeout=600, cwd=ROOT)
+    finally:
+        stop.set()
+        w.join()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not seen  # no server was started
+    for study in STUDIES:
+        assert "What the measurements say" in (copy / f"{study}.html").read_text()
+    assert (tmp_path / "results" / "index.html").exists()
+
+
+def test_resume_skips_finished_studies(smoke_run):
+    results, run_dir = smoke_run
+    r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(ROOT / "params" / "smoke.yaml"),
+                        "--resume", str(run_dir), "--study", "cold_start"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert r.returncode == 0 and "already done in this run: skipped" in r.stdout
+
+
+def test_failing_notebook_names_the_cell_and_keeps_data(tmp_path, store_dir):
+    run_dir = tmp_path / "run"
+    (run_dir / "model_size").mkdir(parents=True)
+    (run_dir / "model_size" / "trials.jsonl").write_text('{"trial_id": "kept", "ok": true}\n')
+    shutil.copyfile(ROOT / "params" / "smoke.yaml", run_dir / "params.yaml")
+    with pytest.raises(report.StudyFailed, match=r"study model_size failed in cell \d+: \w+") as e:
+        report.execute("model_size", run_dir / "params.yaml", run_dir, measure=False)
+    assert "data measured so far is kept" in str(e.value)
+    assert (run_dir / "model_size" / "trials.jsonl").read_text().startswith('{"trial_id": "kept"')
