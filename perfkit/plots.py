@@ -128,4 +128,4 @@ def fmt_table(df: pd.DataFrame, columns: dict[str, str], ci: dict[str, tuple[str
                          for v, a, b in zip(df[col], df[lo], df[hi])]
         else:
             out[name] = [f(v) for v in df[col]]
-    return out
+    return out.set_index(out.columns[0]) if len(out.columns) else out

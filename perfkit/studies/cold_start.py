@@ -147,6 +147,10 @@ def conclusions(res: dict[str, Any]) -> str:
         if g.empty:
             continue
         e2e, load = est(g["e2e_s"]), est(g["load_s"])
+        if st == "warm_cached":
+            lines.append(f"- Repeating a prompt the server has cached (**warm_cached**) takes {fmt_s(e2e)}: "
+                         f"{fmt_x(r)} the warm median; its prefill is {fmt_s(est(g['prefill_s']))}.")
+            continue
         share = load.value / e2e.value if e2e.value else float("nan")
         lines.append(f"- From **{st}**, the first request takes {fmt_s(e2e)}: {fmt_x(r)} the warm median; "
                      f"loading the model is {fmt_s(load)}, {share:.0%} of it.")
