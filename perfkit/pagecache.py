@@ -42,7 +42,6 @@ def evict(path: str | Path) -> float:
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd) if os.access(path, os.W_OK) else None
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

@@ -24,6 +24,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def _members(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"unknown {what} {bad[0]!r}; allowed: {', '.join(allowed)}")
+    return values
+
+
 def _settings(v: dict[str, Any]) -> dict[str, Any]:
     try:
         validate_settings(v)
@@ -42,7 +49,10 @@ class BackendParams(_Strict):
     ready_timeout_s: float = Field(120.0, gt=0)
     models_dir: str | None = None
 
-    _check_settings = field_validator("settings")(classmethod(lambda cls, v: _settings(v)))
+    @field_validator("settings")
+    @classmethod
+    def _check_settings(cls, v):
+        return _settings(v)
 
     @model_validator(mode="after")
     def _url(self):
@@ -78,18 +88,12 @@ class ColdStart(_Strict):
     @field_validator("states")
     @classmethod
     def _states(cls, v):
-        bad = [s for s in v if s not in CACHE_STATES]
-        if bad:
-            raise ValueError(f"unknown cache state {bad[0]!r}; allowed: {', '.join(CACHE_STATES)}")
-        return v
+        return _members(v, CACHE_STATES, "cache state")
 
     @field_validator("strategies")
     @classmethod
     def _strategies(cls, v):
-        bad = [s for s in v if s not in WARMUP_STRATEGIES]
-        if bad:
-            raise ValueError(f"unknown warmup strategy {bad[0]!r}; allowed: {', '.join(WARMUP_STRATEGIES)}")
-        return v
+        return _members(v, WARMUP_STRATEGIES, "warmup strategy")
 
 
 class ModelSize(_Strict):

@@ -100,7 +100,7 @@ def provenance(manifest: dict) -> str:
              f"- **Measured**: {manifest.get('started_utc')} → {manifest.get('ended_utc')} (UTC) · git {h.get('git_commit')}",
              f"- **Sampling**: every {manifest.get('sampling_interval_s')} s; unavailable: "
              f"{json.dumps(manifest.get('sampling_unavailable') or {}) }",
-             f"- **Versions**: " + ", ".join(f"{k} {v}" for k, v in (h.get("versions") or {}).items()), "",
+             "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in (h.get("versions") or {}).items()), "",
              "| model | quantization | parameters | file bytes | sha256 / digest |", "|---|---|---|---|---|"]
     for name, f in (manifest.get("models") or {}).items():
         lines.append(f"| {name} | {f.get('quantization')} | {f.get('parameter_count')} | {f.get('size_bytes')} | "

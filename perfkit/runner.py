@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -268,7 +268,3 @@ def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | 
         good &= rows["tpot_s"].fillna(0) <= tpot_s
     span_s = (rows["t_end_ns"].max() - rows["t_send_ns"].min()) * 1e-9
     return float(good.sum() / span_s) if span_s > 0 else float("nan")
-
-
-def trial_dict(t: Trial) -> dict:
-    return asdict(t)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from conftest import llama_server_pids
-from perfkit.engine import Engine, read_state
+from perfkit.engine import Engine
 from perfkit.errors import ConfigError, EngineError
 
 pytestmark = pytest.mark.engine

@@ -3,7 +3,6 @@ reports, `perfkit report` with no server, and failures that name the cell."""
 
 import html as htmllib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -15,8 +14,7 @@ import pytest
 
 from conftest import llama_server_pids
 from perfkit import report
-from perfkit.studies import StudyContext, cold_start
-from perfkit.studies._common import est, fmt_s, measured
+from perfkit.studies._common import est, fmt_s
 
 pytestmark = pytest.mark.notebooks
 ROOT = Path(__file__).resolve().parent.parent

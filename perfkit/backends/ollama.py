@@ -81,13 +81,11 @@ class OllamaBackend(Backend):
         show = r.json()
         details = show.get("details", {}) or {}
         info = show.get("model_info", {}) or {}
-        size = next((m.get("size") for m in self._get("/api/tags").get("models", [])
-                     if _canonical(m.get("name", "")) == _canonical(model)), None)
+        tag = next((m for m in self._get("/api/tags").get("models", [])
+                    if _canonical(m.get("name", "")) == _canonical(model)), {})
         return ModelFacts(
-            name=model, size_bytes=size, parameter_count=info.get("general.parameter_count"),
-            quantization=details.get("quantization_level"), family=details.get("family"),
-            digest=next((m.get("digest") for m in self._get("/api/tags").get("models", [])
-                         if _canonical(m.get("name", "")) == _canonical(model)), None),
+            name=model, size_bytes=tag.get("size"), parameter_count=info.get("general.parameter_count"),
+            quantization=details.get("quantization_level"), family=details.get("family"), digest=tag.get("digest"),
             extra={"parameter_size": details.get("parameter_size"), "format": details.get("format"),
                    **{k: v for k, v in info.items() if k.endswith((".context_length", ".block_count",
                                                                      ".embedding_length", ".head_count_kv"))}},

@@ -63,7 +63,6 @@ class Monitor:
 
     def __init__(self, interval_s: float = 0.1, server_pids=None, *, gpu: bool = True, system: bool = True,
                  store=None):
-        self.samplers = []
         self.system = SystemSampler(interval_s, server_pids) if system else None
         self.gpu = GpuSampler(interval_s, self._all_pids if server_pids else None) if gpu else None
         self.samplers = [s for s in (self.gpu, self.system) if s is not None]
@@ -163,9 +162,8 @@ class Monitor:
 
     def _energy(self, w: Window, gdf: pd.DataFrame) -> None:
         total, methods = 0.0, set()
-        for gpu, g in gdf.groupby("gpu"):
+        for _, g in gdf.groupby("gpu"):
             g = g.sort_values("t_ns")
-            t = g["t_ns"].to_numpy(float)
             if g["energy_j"].notna().sum() >= 2:
                 e = g[g["energy_j"].notna()]
                 te, ye = e["t_ns"].to_numpy(float), e["energy_j"].to_numpy(float)

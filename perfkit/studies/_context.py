@@ -144,10 +144,6 @@ class StudyContext:
             gpus_sampled=monitor.gpu.devices if monitor.gpu else [],
         )
 
-    def trials(self):
-        """This study's recorded trials (for re-rendering a report with no server)."""
-        return self.store.trials()
-
 
 def _utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -36,11 +36,16 @@ def bandwidth_limit(ctx: StudyContext, monitor_has_gpu: bool) -> None:
     ctx.store.event("memory_bandwidth", bytes_s=host.memory_bandwidth_bytes_s(), source="measured host memcpy")
 
 
-def run(ctx: StudyContext) -> dict[str, Any]:
+def measure(ctx: StudyContext, trials, desc: str) -> None:
+    """Record the bandwidth limit, then run the trials (the shape model size and quantization share)."""
     with ctx.session() as s:
         bandwidth_limit(ctx, s.monitor.has_gpu)
-        s.runner.run(plan(ctx), desc="model size")
+        s.runner.run(trials, desc=desc)
     ctx.store.finalize()
+
+
+def run(ctx: StudyContext) -> dict[str, Any]:
+    measure(ctx, plan(ctx), "model size")
     return analyze(ctx)
 
 
@@ -83,7 +88,6 @@ def conclusions(res: dict[str, Any]) -> str:
     t = res["table"].set_index("model")
     ok = measured(res["trials"])
     lines = ["### What the measurements say"]
-    small, large = t.index[0], t.index[-1]
     by_size = t.sort_values("file_bytes") if t["file_bytes"].notna().all() else t
     small, large = by_size.index[0], by_size.index[-1]
     for m in (small, large):

@@ -12,7 +12,7 @@ from ..backends.base import Sampling
 from ..runner import Trial, plan as plan_trials
 from ._common import est, failures, measured, method_note
 from ._context import StudyContext
-from .model_size import bandwidth_limit, per_model
+from .model_size import measure, per_model
 
 
 def reference(ctx: StudyContext) -> str:
@@ -33,10 +33,7 @@ def plan(ctx: StudyContext) -> list[Trial]:
 
 
 def run(ctx: StudyContext) -> dict[str, Any]:
-    with ctx.session() as s:
-        bandwidth_limit(ctx, s.monitor.has_gpu)
-        s.runner.run(plan(ctx), desc="quantization")
-    ctx.store.finalize()
+    measure(ctx, plan(ctx), "quantization")
     return analyze(ctx)
 
 
@@ -117,5 +114,5 @@ def conclusions(res: dict[str, Any]) -> str:
                  "but none can be more accurate than that Q4_1 source." if res["manifest"].get("backend", {}).get("backend") == "llama-server" else "")
     if res["failures"]:
         lines.append("- " + res["failures"])
-    lines += ["", method_note(res["manifest"], f"Drift: greedy decoding (temperature 0, top_k 1), n = prompts per variant.")]
+    lines += ["", method_note(res["manifest"], "Drift: greedy decoding (temperature 0, top_k 1), n = prompts per variant.")]
     return "\n".join(l for l in lines if l is not None)
