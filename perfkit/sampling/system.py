@@ -3,6 +3,7 @@ server's whole process tree (router and model processes), and host memory availa
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable
 
 import psutil
@@ -21,22 +22,33 @@ class SystemSampler(PeriodicSampler):
 
     source = "system"
 
-    def __init__(self, interval_s: float = 0.1, root_pids: Callable[[], Iterable[int]] | None = None):
+    def __init__(self, interval_s: float = 0.1, root_pids: Callable[[], Iterable[int]] | None = None,
+                 tree_refresh_s: float = 0.25):
         super().__init__(interval_s)
         self.root_pids = root_pids
+        self.tree_refresh_s = tree_refresh_s
         self._procs: dict[int, psutil.Process] = {}
         self._last_read: dict[int, int] = {}
         self._read_total = 0
+        self._tree: list[int] = []
+        self._tree_roots: list[int] = []
+        self._tree_at = 0.0
 
     def tree_pids(self) -> list[int]:
-        pids: list[int] = []
-        for root in (self.root_pids() if self.root_pids else []):
-            try:
-                p = psutil.Process(root)
-                pids += [root] + [c.pid for c in p.children(recursive=True)]
-            except psutil.Error:
-                continue
-        return pids
+        """The server's process tree. Finding children means reading every /proc/<pid>/stat (85% of a
+        tick), so the tree is rescanned every ``tree_refresh_s`` (or when the roots change): a new model
+        process is seen within that time, and one that exits drops out at once."""
+        roots = list(self.root_pids()) if self.root_pids else []
+        now = time.monotonic()
+        if roots != self._tree_roots or now - self._tree_at >= self.tree_refresh_s:
+            pids: list[int] = []
+            for root in roots:
+                try:
+                    pids += [root] + [c.pid for c in psutil.Process(root).children(recursive=True)]
+                except psutil.Error:
+                    continue
+            self._tree, self._tree_roots, self._tree_at = pids, roots, now
+        return [p for p in self._tree if psutil.pid_exists(p)]
 
     def _proc(self, pid: int) -> psutil.Process:
         p = self._procs.get(pid)
