@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,23 +47,52 @@ class StudyFailed(PerfkitError):
     pass
 
 
-def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = True, log=print) -> Path:
-    """Run one study's notebook into ``run_dir/notebooks/``; StudyFailed names the cell and the error."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+def _first_error(nb_path: Path) -> tuple[int | None, str]:
+    """(execution count, 'Name: value') of the first cell that raised, from an executed notebook."""
+    import nbformat
 
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+    except Exception:  # noqa: BLE001 - a notebook cut off mid-write
+        return None, "the notebook did not finish"
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return cell.get("execution_count"), f"{out.get('ename')}: {out.get('evalue')}"
+    return None, "the notebook did not finish"
+
+
+def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = True, log=print) -> Path:
+    """Run one study's notebook into ``run_dir/notebooks/``; StudyFailed names the cell and the error.
+
+    papermill runs in a child process group: Ctrl-C or SIGTERM here stops it (nbclient alone does
+    not pass an interrupt on), its kernel then exits with its parent, and the kernel's engine with
+    the kernel, so no server outlives the run.
+    """
     out = run_dir / "notebooks" / f"{study}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        pm.execute_notebook(str(notebook_for(study)), str(out),
-                            parameters={"params_path": str(params_path.resolve()), "run_dir": str(run_dir.resolve()),
-                                        "measure": measure},
-                            kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
-                            stdout_file=None, stderr_file=None)
-    except PapermillExecutionError as e:
-        raise StudyFailed(f"study {study} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+    log_path = run_dir / "logs" / f"{study}-papermill.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(notebook_for(study)), str(out), "--cwd", str(NOTEBOOKS),
+           "-k", "python3", "--no-progress-bar", "-p", "params_path", str(params_path.resolve()),
+           "-p", "run_dir", str(run_dir.resolve()), "-p", "measure", str(measure)]
+    from .engine import kill_process_group
+
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            code = proc.wait()
+        except BaseException:
+            kill_process_group(proc.pid, grace_s=3.0)
+            raise
+    if code:
+        cell, error = _first_error(out)
+        where = f"in cell {cell}" if cell is not None else "before finishing"
+        raise StudyFailed(f"study {study} failed {where}: {error}\n"
                           f"  executed notebook (with the traceback): {out}\n"
-                          f"  data measured so far is kept in {run_dir / study}") from None
+                          f"  papermill log: {log_path}\n"
+                          f"  data measured so far is kept in {run_dir / study}")
     return out
 
 
@@ -123,6 +153,11 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
         t0 = datetime.now(timezone.utc)
         try:
             executed = execute(study, kept, run_dir, measure=True, log=log)
+        except KeyboardInterrupt:
+            info["studies"][study].update(status="interrupted", ended_utc=_utc())
+            write_run(run_dir, info)
+            write_index(results_dir)
+            raise
         except StudyFailed as e:
             info["studies"][study].update(status="failed", error=str(e).splitlines()[0], ended_utc=_utc())
             write_run(run_dir, info)

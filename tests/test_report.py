@@ -107,3 +107,43 @@ def test_failing_notebook_names_the_cell_and_keeps_data(tmp_path, store_dir):
         report.execute("model_size", run_dir / "params.yaml", run_dir, measure=False)
     assert "data measured so far is kept" in str(e.value)
     assert (run_dir / "model_size" / "trials.jsonl").read_text().startswith('{"trial_id": "kept"')
+
+
+def test_ctrl_c_stops_everything_keeps_data_and_resumes(tmp_path, store_dir):
+    """Ctrl-C mid-study: exit 130, no server or kernel left, trials kept; --resume finishes the rest only."""
+    import signal
+
+    def count(pattern):
+        return len(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split())
+
+    results = tmp_path / "res"
+    argv = [sys.executable, "-m", "perfkit", "run", str(ROOT / "params" / "smoke.yaml"), "--study", "cold_start"]
+    p = subprocess.Popen(argv + ["--results", str(results)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        trials = None
+        while time.monotonic() < deadline:
+            found = list(results.glob("*/cold_start/trials.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= 3:
+                trials = found[0]
+                break
+            time.sleep(0.2)
+        assert trials is not None, "no trial recorded"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 130
+    finally:
+        p.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (llama_server_pids() or count("ipykernel_launcher")):
+        time.sleep(0.2)
+    assert not llama_server_pids() and not count("ipykernel_launcher")
+    run_dir = trials.parent.parent
+    assert json.loads((run_dir / "run.json").read_text())["studies"]["cold_start"]["status"] == "interrupted"
+    kept = [json.loads(x)["trial_id"] for x in trials.read_text().splitlines()]
+    r = subprocess.run(argv + ["--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids = [json.loads(x)["trial_id"] for x in trials.read_text().splitlines()]
+    assert ids[:len(kept)] == kept
+    assert len(ids) == len(set(ids))  # nothing measured twice (a torn last line at most is re-run)
+    assert json.loads((run_dir / "run.json").read_text())["studies"]["cold_start"]["status"] == "done"
