@@ -141,8 +141,12 @@ def test_schedule_does_not_drift():
     with Slow(0.02) as s:
         time.sleep(0.5)
     t = pd.Series([r["t_ns"] for r in s.samples]) * 1e-9
-    assert 22 <= len(t) <= 27
-    assert abs(t.diff().mean() - 0.02) < 0.002
+    assert 15 <= len(t) <= 27  # a starved tick may be skipped on a busy machine, never doubled
+    # Every tick stays on the t0 + k·interval grid: the 4 ms read does not accumulate into drift
+    # (a sleep-after-work loop would wander 4 ms further off the grid at every tick).
+    k = ((t - t.iloc[0]) / 0.02).round()
+    offset_s = (t - t.iloc[0] - k * 0.02).abs()
+    assert offset_s.quantile(0.9) < 0.003
 
 
 def test_system_sampler_without_server_still_reports_host():
