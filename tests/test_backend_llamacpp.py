@@ -70,3 +70,13 @@ def test_model_facts_come_from_the_gguf_header(backend):
     f = backend.model_facts("gemma3-270m-q4_k_m")
     assert f.quantization == "Q4_K_M" and f.family == "gemma3" and 2.5e8 < f.parameter_count < 2.8e8
     assert f.digest == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def test_each_model_has_its_own_resident_memory(backend):
+    for m in ("smollm2-135m-q4_1", "gemma3-270m-q4_k_m"):
+        backend.load(m)
+    small = backend.resident_memory("smollm2-135m-q4_1")["model_memory_bytes"]
+    large = backend.resident_memory("gemma3-270m-q4_k_m")["model_memory_bytes"]
+    assert large > small + 100e6  # 253 MB vs 98 MB of weights, measured per process, not the sum
+    backend.unload("gemma3-270m-q4_k_m")
+    assert backend.resident_memory("gemma3-270m-q4_k_m") == {}

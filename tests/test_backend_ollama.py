@@ -103,3 +103,10 @@ def test_auth_header_sent_but_never_stored(fake_ollama, tmp_path):
                                                                    "api_key": "k"}})
     for f in tmp_path.iterdir():
         assert "s3cret" not in f.read_text()
+
+
+def test_resident_memory_from_ps(fake_ollama):
+    b = OllamaBackend(fake_ollama.url)
+    assert b.resident_memory("good") == {}
+    b.load("good")
+    assert b.resident_memory("good") == {"model_memory_bytes": 1000, "model_vram_bytes": 1000}

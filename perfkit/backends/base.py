@@ -83,6 +83,10 @@ class Backend(abc.ABC):
                  logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
         """Stream one chat completion and time it; failures come back as a record with ``ok=False``."""
 
+    def resident_memory(self, model: str) -> dict[str, int]:
+        """What the resident ``model`` itself occupies (bytes), by whatever the server exposes; {} if nothing."""
+        return {}
+
     def evict_file(self, model: str) -> None:
         raise NotImplementedError(f"{self.name}: cold_disk needs a local engine (file eviction)")
 

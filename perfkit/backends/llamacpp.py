@@ -34,15 +34,17 @@ class LlamaServerBackend(Backend):
     name = "llama-server"
     supports_cold_disk = True
 
-    def __init__(self, url: str, models_dir: str | Path | None = None, *, control_timeout_s: float = 30.0):
+    def __init__(self, url: str, models_dir: str | Path | None = None, *, control_timeout_s: float = 30.0,
+                 server_pid: int | None = None):
         self.url = url.rstrip("/")
         self.models_dir = Path(models_dir) if models_dir else None
+        self.server_pid = server_pid  # the local router, when perfkit started it
         self._client = httpx.Client(base_url=self.url, timeout=control_timeout_s,
                                     limits=httpx.Limits(max_connections=256))
 
     @classmethod
     def from_engine(cls, engine) -> "LlamaServerBackend":
-        return cls(engine.base_url, engine.models_dir)
+        return cls(engine.base_url, engine.models_dir, server_pid=engine.proc.pid if engine.proc else None)
 
     # ---- control -------------------------------------------------------------------------------
     def status(self) -> dict[str, dict]:
@@ -130,6 +132,21 @@ class LlamaServerBackend(Backend):
         if r.status_code >= 400 and self.state(model) != "unloaded":
             raise EngineError(f"llama-server refused to unload {model!r}: HTTP {r.status_code} {r.text[:200]}")
         self._wait_state(model, {"unloaded"}, timeout_s)
+
+    def resident_memory(self, model: str) -> dict[str, int]:
+        """RSS of the model's own process (the router runs one per model), local engine only."""
+        if self.server_pid is None:
+            return {}
+        import psutil
+
+        try:
+            for child in psutil.Process(self.server_pid).children(recursive=True):
+                cmd = child.cmdline()
+                if "--alias" in cmd and cmd[cmd.index("--alias") + 1:cmd.index("--alias") + 2] == [model]:
+                    return {"model_memory_bytes": child.memory_info().rss}
+        except psutil.Error:
+            pass
+        return {}
 
     def evict_file(self, model: str) -> None:
         path = self.model_path(model)

@@ -73,6 +73,13 @@ class OllamaBackend(Backend):
         names = {n for m in self.ps() for n in (m.get("name"), m.get("model"))}
         return _canonical(model) in {_canonical(n) for n in names if n}
 
+    def resident_memory(self, model: str) -> dict[str, int]:
+        """``size`` and ``size_vram`` of the loaded model from ``/api/ps`` (bytes)."""
+        for m in self.ps():
+            if _canonical(m.get("name") or m.get("model") or "") == _canonical(model):
+                return {"model_memory_bytes": m.get("size"), "model_vram_bytes": m.get("size_vram")}
+        return {}
+
     def model_facts(self, model: str) -> ModelFacts:
         r = self._client.post("/api/show", json={"model": model})
         if r.status_code == 404:

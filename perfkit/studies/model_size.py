@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .. import host
@@ -41,7 +42,20 @@ def measure(ctx: StudyContext, trials, desc: str) -> None:
     with ctx.session() as s:
         bandwidth_limit(ctx, s.monitor.has_gpu)
         s.runner.run(trials, desc=desc)
+        resident_memory(ctx, s.backend, ctx.cfg.models)
     ctx.store.finalize()
+
+
+def resident_memory(ctx: StudyContext, backend, models: list[str]) -> None:
+    """Each model's own memory once resident and warm (weights + KV cache), not the server's total:
+    several models can be resident at once, so the tree's RSS would mix them."""
+    done = set(ctx.store.events().get("model", pd.Series(dtype=str))) if len(ctx.store.events()) else set()
+    for m in models:
+        if m in done:
+            continue
+        backend.load(m)
+        backend.generate(m, "ok", Sampling(num_predict=2))
+        ctx.store.event("resident_memory", model=m, **backend.resident_memory(m))
 
 
 def run(ctx: StudyContext) -> dict[str, Any]:
@@ -54,6 +68,7 @@ def per_model(ctx: StudyContext, df: pd.DataFrame, models: list[str]) -> pd.Data
     facts = ctx.store.manifest().get("models", {})
     ev = ctx.store.events()
     bw = ev[ev["kind"] == "memory_bandwidth"].iloc[-1] if len(ev) and (ev["kind"] == "memory_bandwidth").any() else None
+    mem = ev[ev["kind"] == "resident_memory"] if len(ev) and (ev["kind"] == "resident_memory").any() else None
     rows = []
     for m in models:
         warm, cold = ok[(ok["variant"] == m) & (ok["cache_state"] == "warm")], ok[(ok["variant"] == m) & (ok["cache_state"] != "warm")]
@@ -66,8 +81,11 @@ def per_model(ctx: StudyContext, df: pd.DataFrame, models: list[str]) -> pd.Data
                              ("e2e_s", warm["e2e_s"])):
             e = est(series)
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = e.value, e.lo, e.hi
-        if "res_server_rss_bytes_max" in warm:
-            row["server_rss_bytes"] = est(warm["res_server_rss_bytes_max"]).value
+        if mem is not None and (mem["model"] == m).any():
+            got = mem[mem["model"] == m].iloc[-1]
+            row["model_memory_bytes"] = got.get("model_memory_bytes")
+            if pd.notna(got.get("model_vram_bytes", np.nan)):
+                row["model_vram_bytes"] = got.get("model_vram_bytes")
         if "res_energy_per_token_j" in warm and warm["res_energy_per_token_j"].notna().any():
             row["energy_per_token_j"] = est(warm["res_energy_per_token_j"]).value
         if bw is not None and f.get("size_bytes"):
@@ -97,6 +115,8 @@ def conclusions(res: dict[str, Any]) -> str:
         lim = (f", {r['decode_pct_of_limit']:.0f}% of the {r['decode_limit_tok_s']:.0f} tok/s bandwidth limit"
                if pd.notna(r.get("decode_pct_of_limit")) else "")
         size = f"{r['file_bytes'] / 1e6:.0f} MB" if pd.notna(r["file_bytes"]) else "size unknown"
+        if pd.notna(r.get("model_memory_bytes", np.nan)):
+            size += f", {r['model_memory_bytes'] / 2**20:.0f} MiB resident"
         lines.append(f"- **{m}** ({r['quantization']}, {size}): loads in {fmt_s(est(c['load_s']))}, warm TTFT "
                      f"{fmt_s(est(w['ttft_s']))}, decodes at {r['decode_tok_s']:.0f} tok/s [{r['decode_tok_s_lo']:.0f}, "
                      f"{r['decode_tok_s_hi']:.0f}]{lim}.")
