@@ -89,10 +89,12 @@ class Runner:
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, file=sys.stderr, leave=False)
 
-    def _row(self, rec, **meta: Any) -> dict:
+    def record(self, rec, **meta: Any) -> dict:
+        """Store one measured request as a row: ``meta`` + the record + its resource window."""
         row = {**meta, **rec.as_dict()}
         if self.monitor is not None and rec.t_end_ns:
             row.update(self.monitor.request_summary(rec))
+        self._store(row)
         return row
 
     # ---- independent trials -----------------------------------------------------------------------
@@ -122,11 +124,9 @@ class Runner:
             return row
         rec = self.backend.generate(t.model, prompt, t.sampling, timeout_s=self.timeout_s,
                                     stall_timeout_s=self.stall_timeout_s, logprobs=t.logprobs)
-        row = self._row(rec, trial_id=t.trial_id, variant=t.variant, cache_state=t.cache_state, rep=t.rep,
-                        warmup=t.warmup, prompt_words=t.prompt_words, sampling=t.sampling.present(),
-                        **state, **t.tags)
-        self._store(row)
-        return row
+        return self.record(rec, trial_id=t.trial_id, variant=t.variant, cache_state=t.cache_state, rep=t.rep,
+                           warmup=t.warmup, prompt_words=t.prompt_words, sampling=t.sampling.present(),
+                           **state, **t.tags)
 
     def _store(self, row: dict) -> None:
         self.store.append_trial(row)
@@ -179,10 +179,9 @@ class Runner:
                 key = f"{series}/a{attempt}/{i}"
                 rec = self.backend.generate(model, prompt_for(key, prompt_words), sampling,
                                             timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s)
-                row = self._row(rec, trial_id=key, series=series, attempt=attempt, mode="closed",
-                                concurrency=concurrency, worker=w, index=i, cache_state="warm", warmup=False,
-                                variant=model, **(tags or {}))
-                self._store(row)
+                row = self.record(rec, trial_id=key, series=series, attempt=attempt, mode="closed",
+                                  concurrency=concurrency, worker=w, index=i, cache_state="warm", warmup=False,
+                                  variant=model, **(tags or {}))
                 with lock:
                     rows.append(row)
                     bar.update(1)
@@ -222,10 +221,9 @@ class Runner:
             lag = time.perf_counter() - start - offsets[i]
             rec = self.backend.generate(model, prompt_for(key, prompt_words), sampling,
                                         timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s)
-            row = self._row(rec, trial_id=key, series=series, attempt=attempt, mode="open", rate_rps=rate_rps,
-                            index=i, scheduled_s=offsets[i], send_lag_s=lag, cache_state="warm", warmup=False,
-                            variant=model, seed=seed, **(tags or {}))
-            self._store(row)
+            row = self.record(rec, trial_id=key, series=series, attempt=attempt, mode="open", rate_rps=rate_rps,
+                              index=i, scheduled_s=offsets[i], send_lag_s=lag, cache_state="warm", warmup=False,
+                              variant=model, seed=seed, **(tags or {}))
             with lock:
                 rows.append(row)
                 bar.update(1)

@@ -68,12 +68,10 @@ def _strategies(ctx: StudyContext, s, keep_alive: float) -> None:
                                         sampling=Sampling(c.num_predict), keep_warm_interval_s=interval,
                                         keep_alive=keep_alive if ctx.params.backend.kind == "ollama" else None,
                                         timeout_s=ctx.params.timeouts.request_s)
-                row = {"trial_id": tid, "strategy": strategy, "idle_gap_s": gap, "rep": rep, "warmup": False,
-                       "keep_alive_s": keep_alive, "keep_warm_interval_s": interval,
-                       "loaded_at_send": fr.loaded_at_send, "keep_warm_refreshes": fr.keep_warm_refreshes,
-                       "variant": strategy, "cache_state": "warm" if fr.loaded_at_send else "cold_memory",
-                       **s.monitor.request_summary(fr.record), **fr.record.as_dict()}
-                ctx.store.append_trial(row)
+                s.runner.record(fr.record, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
+                                keep_alive_s=keep_alive, keep_warm_interval_s=interval,
+                                loaded_at_send=fr.loaded_at_send, keep_warm_refreshes=fr.keep_warm_refreshes,
+                                variant=strategy, cache_state="warm" if fr.loaded_at_send else "cold_memory")
 
 
 def analyze(ctx: StudyContext) -> dict[str, Any]:

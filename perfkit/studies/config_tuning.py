@@ -106,18 +106,35 @@ def best(table: pd.DataFrame) -> dict[str, dict]:
     if table.empty:
         return {}
     lo_c, hi_c = table["concurrency"].min(), table["concurrency"].max()
-    lat = table[table["concurrency"] == lo_c].sort_values("ttft_p50_s").iloc[0]
-    thr = table[table["concurrency"] == hi_c].sort_values("throughput_tok_s", ascending=False).iloc[0]
+    lat_rank = table[table["concurrency"] == lo_c].sort_values("ttft_p50_s")
+    thr_rank = table[table["concurrency"] == hi_c].sort_values("throughput_tok_s", ascending=False)
+    lat, thr = lat_rank.iloc[0], thr_rank.iloc[0]
     mem = table.groupby("config")["server_rss_max_bytes"].max().sort_values()
     return {
         "latency": {"config": lat["config"], "at_concurrency": int(lo_c), "value": lat["ttft_p50_s"],
-                    "lo": lat["ttft_p50_lo"], "hi": lat["ttft_p50_hi"], "n": int(lat["n"]), "metric": "TTFT p50 (s)"},
+                    "lo": lat["ttft_p50_lo"], "hi": lat["ttft_p50_hi"], "n": int(lat["n"]), "metric": "TTFT p50 (s)",
+                    **_runner_up(lat_rank, "ttft_p50_lo", "ttft_p50_hi")},
         "throughput": {"config": thr["config"], "at_concurrency": int(hi_c), "value": thr["throughput_tok_s"],
                        "lo": thr["throughput_lo"], "hi": thr["throughput_hi"], "n": int(thr["n"]),
-                       "metric": "output tok/s"},
+                       "metric": "output tok/s", **_runner_up(thr_rank, "throughput_lo", "throughput_hi")},
         "memory": {"config": mem.index[0], "value": float(mem.iloc[0]), "metric": "peak server RSS (bytes)",
                    "lo": math.nan, "hi": math.nan, "n": int(table[table["config"] == mem.index[0]]["n"].sum())},
     }
+
+
+def _runner_up(ranked: pd.DataFrame, lo: str, hi: str) -> dict[str, Any]:
+    """The second best, and whether the best's CI overlaps it (then this n does not separate them)."""
+    if len(ranked) < 2:
+        return {}
+    a, b = ranked.iloc[0], ranked.iloc[1]
+    return {"runner_up": b["config"], "overlaps_runner_up": bool(a[lo] <= b[hi] and b[lo] <= a[hi])}
+
+
+def _resolved(best: dict) -> str:
+    if best.get("overlaps_runner_up"):
+        return (f" Its CI overlaps the runner-up's (**{best['runner_up']}**): at this n the two are not "
+                "distinguishable; add requests to separate them.")
+    return f" Its CI is clear of the runner-up's ({best['runner_up']})." if best.get("runner_up") else ""
 
 
 def conclusions(res: dict[str, Any]) -> str:
@@ -128,9 +145,9 @@ def conclusions(res: dict[str, Any]) -> str:
         return "\n".join(lines + ["- No successful trials.", res["failures"]])
     L, T, M = b["latency"], b["throughput"], b["memory"]
     lines.append(f"- **Latency** (TTFT p50 at concurrency {L['at_concurrency']}): best is **{L['config']}** with "
-                 f"{fmt_s(stats.Estimate('median', L['value'], L['lo'], L['hi'], L['n']))}.")
+                 f"{fmt_s(stats.Estimate('median', L['value'], L['lo'], L['hi'], L['n']))}." + _resolved(L))
     lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): best is **{T['config']}** with "
-                 f"{T['value']:.0f} tok/s [{T['lo']:.0f}, {T['hi']:.0f}] (n={T['n']}).")
+                 f"{T['value']:.0f} tok/s [{T['lo']:.0f}, {T['hi']:.0f}] (n={T['n']})." + _resolved(T))
     if not math.isnan(M["value"]):
         lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {M['value'] / 2**20:.0f} MiB "
                      f"(the maximum over {M['n']} requests' windows).")
