@@ -62,7 +62,7 @@ def _first_error(nb_path: Path) -> tuple[int | None, str]:
     return None, "the notebook did not finish"
 
 
-def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = True, log=print) -> Path:
+def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = True) -> Path:
     """Run one study's notebook into ``run_dir/notebooks/``; StudyFailed names the cell and the error.
 
     papermill runs in a child process group: Ctrl-C or SIGTERM here stops it (nbclient alone does
@@ -152,7 +152,7 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
         write_run(run_dir, info)
         t0 = datetime.now(timezone.utc)
         try:
-            executed = execute(study, kept, run_dir, measure=True, log=log)
+            executed = execute(study, kept, run_dir, measure=True)
         except KeyboardInterrupt:
             info["studies"][study].update(status="interrupted", ended_utc=_utc())
             write_run(run_dir, info)
@@ -186,7 +186,7 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print) -> list[Pa
         if not (run_dir / study / "trials.jsonl").exists():
             log(f"[{study}] no recorded data: skipped")
             continue
-        executed = execute(study, run_dir / "params.yaml", run_dir, measure=False, log=log)
+        executed = execute(study, run_dir / "params.yaml", run_dir, measure=False)
         out.append(render(executed, run_dir / f"{study}.html"))
         st["html"] = f"{study}.html"
         st["rendered_utc"] = _utc()

@@ -36,8 +36,12 @@ def parse_keep_alive_s(value: object) -> float:
     return sign * total
 
 
+# Ollama's OLLAMA_FLASH_ATTENTION values → llama-server's -fa modes (unset means auto).
+_FLASH = {"1": "on", "true": "on", "0": "off", "false": "off", "": "auto", "auto": "auto"}
+
+
 def _flash(v: str) -> list[str]:
-    return ["-fa", {"1": "on", "true": "on", "0": "off", "false": "off", "": "auto", "auto": "auto"}[v]]
+    return ["-fa", _FLASH[v]]
 
 
 def _positive_int(v: str) -> int:
@@ -75,7 +79,7 @@ SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
         Setting("OLLAMA_FLASH_ATTENTION", "1, 0 or auto", _flash,
-                _one_of("1", "0", "true", "false", "auto", "")),
+                _one_of(*_FLASH)),
         Setting("OLLAMA_NUM_PARALLEL", "an integer ≥ 1", lambda v: ["-np", str(int(v))], _positive_int),
         Setting("OLLAMA_KV_CACHE_TYPE", " | ".join(_KV_TYPES), lambda v: ["-ctk", v, "-ctv", v],
                 _one_of(*_KV_TYPES)),

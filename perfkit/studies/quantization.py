@@ -110,9 +110,10 @@ def conclusions(res: dict[str, Any]) -> str:
                          f"{t.loc[m, 'prefix_match']:.0%} of its output before the first difference"
                          + (f"; mean |Δ logprob| on the shared prefix {t.loc[m, 'logprob_abs_diff']:.3f}."
                             if pd.notna(t.loc[m, "logprob_abs_diff"]) else "."))
-    lines.append("- The embedded variants are re-quantized from a Q4_1 file: their speed and memory differ for real, "
-                 "but none can be more accurate than that Q4_1 source." if res["manifest"].get("backend", {}).get("backend") == "llama-server" else "")
+    if res["manifest"].get("backend", {}).get("backend") == "llama-server":
+        lines.append("- The embedded variants are re-quantized from a Q4_1 file: their speed and memory differ for "
+                     "real, but none can be more accurate than that Q4_1 source.")
     if res["failures"]:
         lines.append("- " + res["failures"])
     lines += ["", method_note(res["manifest"], "Drift: greedy decoding (temperature 0, top_k 1), n = prompts per variant.")]
-    return "\n".join(l for l in lines if l is not None)
+    return "\n".join(lines)
