@@ -20,9 +20,27 @@ EPILOG = """examples:
 """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, unwound like Ctrl-C; the exit status is 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _sigterm(signum, frame):
     # Turn SIGTERM into the same clean unwinding as Ctrl-C: every server started gets stopped.
-    raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
 
 
 def _settings(pairs: list[str]) -> dict[str, str]:
@@ -39,10 +57,14 @@ def cmd_run(a) -> int:
     from . import report
 
     run_dir = Path(a.resume) if a.resume else None
+    if run_dir is not None and not run_dir.is_dir():
+        raise PerfkitError(f"--resume {run_dir}: no such run directory")
     if run_dir is not None and not (run_dir / "run.json").exists():
         raise PerfkitError(f"--resume {run_dir}: not a perfkit run directory (no run.json)")
+    if a.retry_failed and run_dir is None:
+        raise PerfkitError("--retry-failed needs --resume RUN_DIR: it measures again the failed trials of that run")
     results = Path(a.results) if a.results else (run_dir.parent if run_dir else Path("results"))
-    out = report.run(Path(a.params), a.study or [], results, run_dir)
+    out = report.run(Path(a.params), a.study or [], results, run_dir, retry_failed=a.retry_failed)
     print(f"\nreports: {out}/*.html\nindex:   {results / 'index.html'}")
     return 0
 
@@ -51,7 +73,9 @@ def cmd_report(a) -> int:
     from . import report
 
     run_dir = Path(a.run_dir)
-    report.report(run_dir)
+    if not run_dir.is_dir():
+        raise PerfkitError(f"{run_dir}: no such run directory")
+    report.report(run_dir, allow_damaged=a.allow_damaged)
     print(f"index: {run_dir.parent / 'index.html'}")
     return 0
 
@@ -119,12 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--study", action="append", metavar="NAME",
                    help="only this study (repeatable): cold_start, model_size, quantization, config_tuning")
     r.add_argument("--results", metavar="DIR", help="results directory (default: results)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; completed trials are not redone")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; completed trials are not redone. "
+                   "PARAMS must be the file the run was started with (it supplies the secret values, such as "
+                   "backend.headers, that the run's own params.yaml has redacted)")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: measure again the trials whose last attempt failed (the failed rows are "
+                        "kept; the analysis uses each trial's latest attempt). Load series are re-run only if "
+                        "interrupted")
     r.set_defaults(fn=cmd_run)
 
     rp = sub.add_parser("report", help="re-render a run's reports from recorded data (no server)",
                         description="Re-execute the notebooks in report mode on recorded data and render HTML again.")
     rp.add_argument("run_dir", help="results/<run-id>")
+    rp.add_argument("--allow-damaged", "--force", action="store_true",
+                    help="render even if recorded data is damaged (unreadable lines, missing manifest); each "
+                         "affected report then opens with a warning. Without it, damaged data is an error (exit 2)")
     rp.set_defaults(fn=cmd_report)
 
     m = sub.add_parser("models", help="list or prepare the embedded model store",
@@ -141,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("action", choices=["build", "start", "status", "stop"])
     e.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="server setting by its Ollama name, e.g. OLLAMA_NUM_PARALLEL=2 (repeatable)")
-    e.add_argument("--port", type=int, help="port (default: a free one)")
+    e.add_argument("--port", type=_port, help="port (default: a free one)")
     e.add_argument("--models-dir", help="model store to serve")
     e.add_argument("--force", action="store_true", help="build: rebuild the engine wheel")
     e.set_defaults(fn=cmd_engine)
@@ -151,14 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGHUP, _sigterm)
     try:
         return args.fn(args)
     except PerfkitError as e:
         print(f"perfkit: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("perfkit: interrupted; servers stopped, measured data kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"perfkit: {how}; servers stopped, measured data kept", file=sys.stderr)
+        return 128 + signum
+    except OSError as e:  # a file system problem not caught earlier: say which file, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"perfkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ PORTABLE_CMAKE_ARGS = (
 )
 
 
+ENGINE_START_MARK = "# perfkit: llama-server started at unix "
+
+
 def cache_dir() -> Path:
     """perfkit's cache root (``$PERFKIT_CACHE`` or ``~/.cache/perfkit``): wheels, models, engine state."""
     return Path(os.environ.get("PERFKIT_CACHE", Path.home() / ".cache" / "perfkit")).expanduser()
@@ -201,6 +204,8 @@ class Engine:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command
         log = open(self.log_path, "ab")
+        # The engine's --log-timestamps are seconds since its start: this line anchors them to wall time.
+        log.write(f"{ENGINE_START_MARK}{time.time():.6f}\n".encode())
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

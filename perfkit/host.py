@@ -14,10 +14,6 @@ from typing import Any
 import numpy as np
 import psutil
 
-# Datasheet memory bandwidths (bytes/s) for the GPUs the production scenario runs on; a report
-# names the source when it uses one. Anything else is measured or left unknown.
-GPU_MEMORY_BANDWIDTH_BYTES_S = {"H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H200": 4.8e12,
-                                "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "L40S": 0.864e12}
 
 
 def _cpu_model() -> str:
@@ -28,6 +24,11 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def info_cpu() -> str:
+    """This host's CPU model name."""
+    return _cpu_model()
 
 
 def gpus() -> list[dict[str, Any]]:
@@ -84,16 +85,86 @@ def info() -> dict[str, Any]:
     }
 
 
-def memory_bandwidth_bytes_s(size_bytes: int = 256 << 20, repeats: int = 5) -> float:
-    """Measured host memory bandwidth: best of ``repeats`` large copies (read + write bytes / s)."""
+def memory_bandwidth_bytes_s(size_bytes: int = 512 << 20, repeats: int = 5, threads: int | None = None) -> float:
+    """Measured host memory bandwidth (bytes/s, read + write): the best of ``repeats`` copies of a
+    ``size_bytes`` buffer split across ``threads`` threads (default: every core).
+
+    One numpy thread can't saturate a multi-channel memory system, and the engine decodes with all
+    its threads, so the limit it is compared against must be measured the same way. numpy's copy
+    releases the GIL, so threads copy in parallel.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = threads or os.cpu_count() or 1
     src = np.ones(size_bytes // 8, dtype=np.float64)
     dst = np.empty_like(src)
+    bounds = np.linspace(0, len(src), threads + 1).astype(int)
+    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds, bounds[1:])]
     best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(lambda p: np.copyto(p[0], p[1]), parts))
+            best = min(best, time.perf_counter() - t0)
     return 2 * size_bytes / best
+
+
+def gpu_memory_bandwidth_bytes_s(index: int) -> tuple[float | None, str]:
+    """A GPU's peak memory bandwidth from NVML itself: bus width (bits) / 8 × max memory clock × 2
+    (double data rate). Returns (bytes/s, how it was obtained) or (None, why not).
+
+    No name table: NVML's names vary by board and driver (an H100 SXM reads "NVIDIA H100 80GB HBM3"),
+    and the bus and clock are what the bandwidth is made of.
+    """
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as e:  # noqa: BLE001 - no library or driver
+        return None, f"NVML unavailable ({type(e).__name__})"
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(h)
+        clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)
+        if not bus_bits or not clock_mhz:
+            return None, "NVML reports no memory bus width or clock for this GPU"
+        return bus_bits / 8 * clock_mhz * 1e6 * 2, (f"NVML: {bus_bits}-bit bus × {clock_mhz} MHz max memory clock × 2")
+    except Exception as e:  # noqa: BLE001
+        return None, f"NVML could not read the memory bus ({type(e).__name__}: {e})"
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def gpus_holding(pids: set[int]) -> list[int]:
+    """Indices of the GPUs on which any of ``pids`` holds memory (NVML compute + graphics processes)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001
+        return []
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
+            try:
+                procs += list(pynvml.nvmlDeviceGetGraphicsRunningProcesses(h))
+            except Exception:  # noqa: BLE001
+                pass
+            if any(p.pid in pids for p in procs):
+                out.append(i)
+        return out
+    except Exception:  # noqa: BLE001
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def matmul_flops_s(n: int = 1024, repeats: int = 3) -> float:

@@ -18,6 +18,24 @@ from .records import CACHE_STATES
 from .settings import validate_settings
 
 STUDIES = ("cold_start", "model_size", "quantization", "config_tuning")
+# Upper bounds: past these a run would not end in a useful time (and a typo such as 1e9 would run forever).
+MAX_REPS = 10_000
+MAX_REQUESTS = 100_000
+MAX_CONCURRENCY = 1024
+MAX_TOKENS = 131_072
+MAX_PROMPT_WORDS = 100_000
+MAX_GAP_S = 86_400.0
+NAME_RULE = "letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters"
+
+
+def _unique(values: list, what: str) -> list:
+    seen = set()
+    for v in values:
+        key = repr(v)
+        if key in seen:
+            raise ValueError(f"{what} {v!r} is listed twice; each may appear once")
+        seen.add(key)
+    return values
 
 
 class _Strict(BaseModel):
@@ -39,6 +57,20 @@ def _settings(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
+class ServerLog(_Strict):
+    """Where the server writes its log: a file, or a command that prints it (journalctl, docker logs)."""
+
+    file: str | None = None
+    command: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if bool(self.file) == bool(self.command):
+            raise ValueError("give exactly one of file (a path) or command (an argument list, e.g. "
+                             "[journalctl, -u, ollama, --no-pager, -o, short-iso])")
+        return self
+
+
 class BackendParams(_Strict):
     kind: Literal["embedded", "ollama", "llama-server"] = "embedded"
     url: str | None = None
@@ -48,16 +80,38 @@ class BackendParams(_Strict):
         None, description="argument list that restarts an Ollama server; settings are passed in its environment")
     ready_timeout_s: float = Field(120.0, gt=0)
     models_dir: str | None = None
+    server_log: ServerLog | None = Field(None, description="the server's own log (Ollama), read for the span of the run")
 
     @field_validator("settings")
     @classmethod
     def _check_settings(cls, v):
         return _settings(v)
 
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, v):
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        v = v.strip()
+        u = urlsplit(v)
+        try:
+            ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or 0 < u.port < 65536)
+        except ValueError:  # a port that is not a number
+            ok = False
+        if not ok:
+            raise ValueError("expected an http:// or https:// URL with a host (and optional port), "
+                             "e.g. http://127.0.0.1:11434")
+        return v
+
     @model_validator(mode="after")
     def _url(self):
         if self.kind != "embedded" and not self.url:
             raise ValueError(f"backend kind {self.kind!r} needs a url")
+        if self.kind == "embedded" and self.url:
+            raise ValueError("url is used only with kind ollama or llama-server (the embedded engine picks its "
+                             "own port): remove it or set kind")
         return self
 
 
@@ -75,42 +129,63 @@ class SamplingParams(_Strict):
 
 class ColdStart(_Strict):
     model: str
-    states: list[str] = Field(default_factory=lambda: ["cold_disk", "cold_memory", "warm"])
-    reps: int = Field(5, ge=1)
-    num_predict: int = Field(32, ge=1)
-    prompt_words: int = Field(48, ge=4)
+    states: list[str] = Field(default_factory=lambda: ["cold_disk", "cold_memory", "warm"], min_length=1)
+    reps: int = Field(5, ge=1, le=MAX_REPS)
+    num_predict: int = Field(32, ge=1, le=MAX_TOKENS)
+    prompt_words: int = Field(48, ge=4, le=MAX_PROMPT_WORDS)
     strategies: list[str] = Field(default_factory=lambda: list(WARMUP_STRATEGIES))
-    strategy_reps: int = Field(2, ge=1)
+    strategy_reps: int = Field(2, ge=1, le=MAX_REPS)
     keep_alive_s: float = Field(300.0, gt=0, description="server keep-alive during the strategy runs")
     idle_gaps_s: list[float] = Field(default_factory=lambda: [1.0])
     keep_warm_interval_s: float | None = Field(None, gt=0)
+    scheme_a_delays_s: list[float] = Field(default_factory=list, description=(
+        "scheme A (restart, preload at start): a user request arrives this long after the restart; "
+        "empty: not measured"))
+    scheme_a_reps: int = Field(2, ge=1)
 
     @field_validator("states")
     @classmethod
     def _states(cls, v):
-        return _members(v, CACHE_STATES, "cache state")
+        return _unique(_members(v, CACHE_STATES, "cache state"), "cache state")
 
     @field_validator("strategies")
     @classmethod
     def _strategies(cls, v):
-        return _members(v, WARMUP_STRATEGIES, "warmup strategy")
+        return _unique(_members(v, WARMUP_STRATEGIES, "warmup strategy"), "warmup strategy")
+
+    @field_validator("idle_gaps_s")
+    @classmethod
+    def _gaps(cls, v):
+        if not v or any(not 0 <= g <= MAX_GAP_S for g in v):
+            raise ValueError(f"a non-empty list of idle gaps in seconds, each 0 ≤ gap ≤ {MAX_GAP_S:g}")
+        return _unique(v, "idle gap")
 
 
 class ModelSize(_Strict):
     models: list[str] = Field(min_length=2)
-    reps: int = Field(5, ge=1)
-    cold_reps: int = Field(3, ge=1)
-    num_predict: int = Field(64, ge=2)
-    prompt_words: int = Field(96, ge=4)
+    reps: int = Field(5, ge=1, le=MAX_REPS)
+    cold_reps: int = Field(3, ge=1, le=MAX_REPS)
+    num_predict: int = Field(64, ge=2, le=MAX_TOKENS)
+    prompt_words: int = Field(96, ge=4, le=MAX_PROMPT_WORDS)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v):
+        return _unique(v, "model")
 
 
 class Quantization(_Strict):
     models: list[str] = Field(min_length=2)
     reference: str | None = Field(None, description="highest-precision variant; default: the first")
-    reps: int = Field(4, ge=1)
-    drift_prompts: int = Field(4, ge=1)
-    num_predict: int = Field(48, ge=2)
-    prompt_words: int = Field(64, ge=4)
+    reps: int = Field(4, ge=1, le=MAX_REPS)
+    drift_prompts: int = Field(4, ge=1, le=MAX_REPS)
+    num_predict: int = Field(48, ge=2, le=MAX_TOKENS)
+    prompt_words: int = Field(64, ge=4, le=MAX_PROMPT_WORDS)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v):
+        return _unique(v, "model")
 
     @model_validator(mode="after")
     def _ref(self):
@@ -119,13 +194,22 @@ class Quantization(_Strict):
         return self
 
 
+class Slo(_Strict):
+    """Service-level objectives a request must meet to count towards goodput."""
+
+    ttft_s: float | None = Field(2.0, gt=0)
+    tpot_s: float | None = Field(0.1, gt=0)
+    e2e_s: float | None = Field(None, gt=0)
+
+
 class ConfigTuning(_Strict):
     model: str
+    slo: Slo = Field(default_factory=Slo)
     settings: list[dict[str, Any]] = Field(min_length=1, description="one server configuration per entry")
     concurrency: list[int] = Field(default_factory=lambda: [1, 4])
-    requests: int = Field(8, ge=1)
-    num_predict: int = Field(32, ge=2)
-    prompt_words: int = Field(48, ge=4)
+    requests: int = Field(8, ge=1, le=MAX_REQUESTS)
+    num_predict: int = Field(32, ge=2, le=MAX_TOKENS)
+    prompt_words: int = Field(48, ge=4, le=MAX_PROMPT_WORDS)
 
     @field_validator("settings")
     @classmethod
@@ -140,9 +224,9 @@ class ConfigTuning(_Strict):
     @field_validator("concurrency")
     @classmethod
     def _conc(cls, v):
-        if not v or any(c < 1 for c in v):
-            raise ValueError("a list of integers ≥ 1")
-        return v
+        if not v or any(not 1 <= c <= MAX_CONCURRENCY for c in v):
+            raise ValueError(f"a non-empty list of integers 1 ≤ clients ≤ {MAX_CONCURRENCY}")
+        return _unique(v, "concurrency")
 
 
 class Studies(_Strict):
@@ -150,6 +234,12 @@ class Studies(_Strict):
     model_size: ModelSize | None = None
     quantization: Quantization | None = None
     config_tuning: ConfigTuning | None = None
+
+    @model_validator(mode="after")
+    def _some(self):
+        if not any(getattr(self, s) is not None for s in STUDIES):
+            raise ValueError(f"no study enabled; set at least one of: {', '.join(STUDIES)}")
+        return self
 
 
 class Params(_Strict):
@@ -161,6 +251,15 @@ class Params(_Strict):
     seed: int = 0
     progress: bool = False
     studies: Studies
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ValueError(f"the name becomes part of the run directory's name: use {NAME_RULE}")
+        return v
 
     def enabled(self) -> list[str]:
         return [s for s in STUDIES if getattr(self.studies, s) is not None]
@@ -201,15 +300,61 @@ def _allowed(model_cls: type[BaseModel], loc: tuple) -> str:
     return ", ".join(cls.model_fields)
 
 
-def load(path: str | Path, *, check_models: bool = True) -> Params:
-    """Read and validate a parameter file; ConfigError names the file, the key and what is allowed."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _mapping_unique(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            dup = key in seen
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if dup:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (each key may appear once)",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_unique)
+MAX_FILE_BYTES = 1 << 20
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a parameter file; ConfigError if it is missing, not a text file, or not YAML."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such parameter file")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a parameter file (give a .yaml file, e.g. params/demo.yaml)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file; give a YAML parameter file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a parameter file "
+                              f"(at most {MAX_FILE_BYTES} bytes of YAML)")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the parameter file: {e.strerror}") from None
+    if b"\0" in data:
+        raise ConfigError(f"{path}: a binary file, not a YAML parameter file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): a parameter file is YAML text") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def load(path: str | Path, *, check_models: bool = True) -> Params:
+    """Read and validate a parameter file; ConfigError names the file, the key and what is allowed."""
+    path = Path(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level (keys: {', '.join(Params.model_fields)})")
     try:

@@ -15,13 +15,21 @@ _FILLER = ("Please answer clearly and concretely, in plain words, with one examp
            "Keep the answer focused on the main idea and avoid lists. ")
 
 
-def prompt_for(key: str, n_words: int = 48) -> str:
-    """A prompt unique to ``key`` from its first token on, so no prefix is served from the cache.
+def new_nonce() -> str:
+    """A per-run secret mixed into every prompt: a second run of the same parameters against a
+    long-lived server must not find its prompts in the server's cache."""
+    import secrets
 
-    The same key gives the same prompt (a resumed run sends what it would have sent); ``n_words``
-    pads the prompt to roughly that many words, to set the prefill size.
+    return secrets.token_hex(8)
+
+
+def prompt_for(key: str, n_words: int = 48, nonce: str = "") -> str:
+    """A prompt unique to ``(nonce, key)`` from its first token on, so no prefix is served from the cache.
+
+    The same key and nonce give the same prompt (a resumed run keeps its run's nonce and sends what it
+    would have sent); ``n_words`` pads the prompt to roughly that many words, to set the prefill size.
     """
-    digest = hashlib.sha256(key.encode()).hexdigest()
+    digest = hashlib.sha256(f"{nonce}\0{key}".encode() if nonce else key.encode()).hexdigest()
     topic = _TOPICS[int(digest[:8], 16) % len(_TOPICS)]
     head = f"[{digest[:12]}] Explain {topic}. "
     words = head.split()

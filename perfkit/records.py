@@ -6,7 +6,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CACHE_STATES = ("cold_disk", "cold_memory", "warm", "warm_cached")
+# cold_server: the server restarted, then the first request (the seed's "first request after a
+# (container) restart"); first_after_load: the model just loaded and never used, whose first request
+# pays allocation and first kernels; warm: resident and primed, prompt not cached.
+CACHE_STATES = ("cold_server", "cold_disk", "cold_memory", "first_after_load", "warm", "warm_cached")
 
 
 def now_ns() -> int:
@@ -50,7 +53,8 @@ class RequestRecord:
     decode_s: float | None = None
     output_tokens: int | None = None
     output_tokens_source: str | None = None  # "server" or "chunks" (fallback)
-    prefill_tok_s: float | None = None
+    prefill_tok_s: float | None = None  # only where the uncached count is known
+    prefill_tok_s_max: float | None = None  # an upper bound where it isn't (Ollama: the count includes cache hits)
     decode_tok_s: float | None = None
     overhead_s: float | None = None
     done_reason: str | None = None
@@ -74,6 +78,8 @@ class RequestRecord:
             self.tpot_s = (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
         if self.prefill_tokens and self.prefill_s:
             self.prefill_tok_s = self.prefill_tokens / self.prefill_s
+        elif self.prefill_tokens is None and self.prompt_tokens and self.prefill_s:
+            self.prefill_tok_s_max = self.prompt_tokens / self.prefill_s
         if self.output_tokens and self.decode_s and self.output_tokens_source == "server":
             self.decode_tok_s = self.output_tokens / self.decode_s
         if self.e2e_s is not None and self.ok:

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
-from .coldstart import prepare_state
+from .coldstart import confirm, ensure_warm, prepare_state
 from .errors import PerfkitError
 from .prompts import prompt_for
 from .records import CACHE_STATES, now_ns
@@ -49,7 +49,11 @@ class Trial:
 
     @property
     def prompt(self) -> str:
-        return prompt_for(self.prompt_key or self.trial_id, self.prompt_words)
+        return self.prompt_with("")
+
+    def prompt_with(self, nonce: str) -> str:
+        """The prompt this trial sends in a run whose nonce is ``nonce``."""
+        return prompt_for(self.prompt_key or self.trial_id, self.prompt_words, nonce)
 
 
 def plan(variants: Sequence[str], reps: int, *, prefix: str, warmup: int = 1, cache_state: str = "warm",
@@ -81,10 +85,16 @@ class Runner:
 
     def __init__(self, backend: Backend, store: RunStore, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  stall_timeout_s: float | None = None, monitor=None, progress: bool = True,
-                 on_row: Callable[[dict], None] | None = None):
+                 on_row: Callable[[dict], None] | None = None, keep_alive: object = None):
         self.backend, self.store = backend, store
         self.timeout_s, self.stall_timeout_s = timeout_s, stall_timeout_s
         self.monitor, self.progress, self.on_row = monitor, progress, on_row
+        self.keep_alive = keep_alive  # sent with every request and preload (Ollama), so the server default never applies
+        self.nonce = store.nonce()
+
+    def prompt(self, key: str, words: int) -> str:
+        """The prompt for ``key`` in this run (the run's nonce mixed in)."""
+        return prompt_for(key, words, self.nonce)
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, file=sys.stderr, leave=False)
@@ -113,17 +123,20 @@ class Runner:
         return df[df["trial_id"].isin(ids)].reset_index(drop=True) if len(df) else df
 
     def run_one(self, t: Trial) -> dict:
-        prompt = t.prompt
+        prompt = t.prompt_with(self.nonce)
         try:
-            check = prepare_state(self.backend, t.model, t.cache_state, prompt=prompt, sampling=t.sampling)
-            state = {f"state_{k}": v for k, v in check.as_dict().items() if k != "cache_state"}
+            check = prepare_state(self.backend, t.model, t.cache_state, prompt=prompt, sampling=t.sampling,
+                                  keep_alive=self.keep_alive)
         except Exception as e:  # noqa: BLE001 - a failed set-up is a failed trial, never a crash
             row = {"trial_id": t.trial_id, "variant": t.variant, "model": t.model, "cache_state": t.cache_state,
                    "rep": t.rep, "warmup": t.warmup, "ok": False, "error": f"state set-up: {e}", **t.tags}
             self._store(row)
             return row
         rec = self.backend.generate(t.model, prompt, t.sampling, timeout_s=self.timeout_s,
-                                    stall_timeout_s=self.stall_timeout_s, logprobs=t.logprobs)
+                                    stall_timeout_s=self.stall_timeout_s, logprobs=t.logprobs,
+                                    keep_alive=self.keep_alive)
+        check = confirm(check, rec, self.backend.shared_prefix_tokens(t.model))
+        state = {f"state_{k}": v for k, v in check.as_dict().items() if k != "cache_state"}
         return self.record(rec, trial_id=t.trial_id, variant=t.variant, cache_state=t.cache_state, rep=t.rep,
                            warmup=t.warmup, prompt_words=t.prompt_words, sampling=t.sampling.present(),
                            **state, **t.tags)
@@ -162,8 +175,7 @@ class Runner:
             return done
         attempt = self._attempt(series)
         self.store.event("series_start", series=series, attempt=attempt, mode="closed", concurrency=concurrency)
-        if not self.backend.is_loaded(model):
-            self.backend.load(model)
+        ensure_warm(self.backend, model, self.keep_alive)
         counter = iter(range(n_requests))
         lock = threading.Lock()
         rows: list[dict] = []
@@ -177,8 +189,9 @@ class Runner:
                 if i is None:
                     return
                 key = f"{series}/a{attempt}/{i}"
-                rec = self.backend.generate(model, prompt_for(key, prompt_words), sampling,
-                                            timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s)
+                rec = self.backend.generate(model, self.prompt(key, prompt_words), sampling,
+                                            timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s,
+                                            keep_alive=self.keep_alive)
                 row = self.record(rec, trial_id=key, series=series, attempt=attempt, mode="closed",
                                   concurrency=concurrency, worker=w, index=i, cache_state="warm", warmup=False,
                                   variant=model, **(tags or {}))
@@ -204,8 +217,7 @@ class Runner:
             return done
         attempt = self._attempt(series)
         self.store.event("series_start", series=series, attempt=attempt, mode="open", rate_rps=rate_rps, seed=seed)
-        if not self.backend.is_loaded(model):
-            self.backend.load(model)
+        ensure_warm(self.backend, model, self.keep_alive)
         rng = random.Random(seed)
         offsets, t = [], 0.0
         for _ in range(n_requests):
@@ -219,8 +231,9 @@ class Runner:
         def one(i: int) -> None:
             key = f"{series}/a{attempt}/{i}"
             lag = time.perf_counter() - start - offsets[i]
-            rec = self.backend.generate(model, prompt_for(key, prompt_words), sampling,
-                                        timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s)
+            rec = self.backend.generate(model, self.prompt(key, prompt_words), sampling,
+                                        timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s,
+                                        keep_alive=self.keep_alive)
             row = self.record(rec, trial_id=key, series=series, attempt=attempt, mode="open", rate_rps=rate_rps,
                               index=i, scheduled_s=offsets[i], send_lag_s=lag, cache_state="warm", warmup=False,
                               variant=model, seed=seed, **(tags or {}))

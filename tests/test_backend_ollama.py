@@ -17,7 +17,11 @@ def test_stream_is_timed_and_metrics_converted_from_ns(fake_ollama, endpoint):
     assert rec.ok, rec.error
     assert rec.text == "t0 t1 t2 t3 t4 "
     assert rec.load_s == pytest.approx(0.2)
-    assert rec.prefill_s == pytest.approx(0.012) and rec.prefill_tokens == 12
+    assert rec.prefill_s == pytest.approx(0.012) and rec.prompt_tokens == 12
+    # prompt_eval_count includes cached tokens while the duration covers only uncached ones: no exact
+    # prefill rate, only an upper bound, labelled as such.
+    assert rec.prefill_tokens is None and rec.prefill_tok_s is None
+    assert rec.prefill_tok_s_max == pytest.approx(1000)
     assert rec.decode_s == pytest.approx(0.1) and rec.output_tokens == 5
     assert rec.decode_tok_s == pytest.approx(50)
     assert rec.output_tokens_source == "server"

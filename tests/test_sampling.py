@@ -11,13 +11,17 @@ from perfkit.records import RequestRecord, now_ns
 from perfkit.sampling import GpuSampler, Monitor, SystemSampler
 
 
+def SERVER():  # the server's pid in the fake NVML's process lists
+    return [4242]
+
+
 class NVMLError(Exception):
     def __init__(self, value):
         self.value = value
         super().__init__(f"NVML error {value}")
 
 
-def fake_nvml(*, fail_init=None, energy_supported=True, fail_after=None):
+def fake_nvml(*, fail_init=None, energy_supported=True, fail_after=None, server_gpus=(0, 1)):
     """A pynvml stand-in: 2 GPUs, 300 W, an energy counter that grows 300 J per second."""
     m = types.SimpleNamespace()
     m.NVMLError = NVMLError
@@ -55,8 +59,9 @@ def fake_nvml(*, fail_init=None, energy_supported=True, fail_after=None):
     m.nvmlDeviceGetFieldValues = lambda h, ids: (_ for _ in ()).throw(NVMLError(m.NVML_ERROR_NOT_SUPPORTED))
     m.nvmlDeviceGetClockInfo = lambda h, c: 1980
     m.nvmlDeviceGetTemperature = lambda h, s: 40
-    m.nvmlDeviceGetComputeRunningProcesses = lambda h: [types.SimpleNamespace(pid=4242, usedGpuMemory=2**30),
-                                                        types.SimpleNamespace(pid=1, usedGpuMemory=5)]
+    m.nvmlDeviceGetComputeRunningProcesses = lambda h: (
+        [types.SimpleNamespace(pid=4242, usedGpuMemory=2**30)] if h in server_gpus else []) + [
+        types.SimpleNamespace(pid=1, usedGpuMemory=5)]
     m.calls = calls
     return m
 
@@ -96,7 +101,7 @@ def test_nvml_error_mid_run_keeps_sampling(monkeypatch):
 def test_energy_from_counter_and_fallback_to_power_integral(monkeypatch):
     for supported, method in ((True, "counter"), (False, "power_integral")):
         monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(energy_supported=supported))
-        with Monitor(0.01, system=False) as m:
+        with Monitor(0.01, SERVER, system=False) as m:
             time.sleep(0.05)
             with m.window("work") as w:
                 time.sleep(0.2)
@@ -108,9 +113,25 @@ def test_energy_from_counter_and_fallback_to_power_integral(monkeypatch):
         assert m.windows[-1] is win
 
 
+def test_energy_counts_only_gpus_that_hold_the_server(monkeypatch):
+    """Another job's GPU beside the server's is not this model's energy; without server processes to
+    look for (a remote server) no energy is attributed at all."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(server_gpus=(1,)))
+    with Monitor(0.01, SERVER, system=False) as m:
+        time.sleep(0.05)
+        with m.window("work") as w:
+            time.sleep(0.2)
+    assert w["window"].energy_j == pytest.approx(300 * w["window"].duration_s, rel=0.15)
+    with Monitor(0.01, None, system=False) as m:
+        time.sleep(0.05)
+        with m.window("work") as w:
+            time.sleep(0.1)
+    assert w["window"].energy_j is None
+
+
 def test_idle_baseline_is_subtracted(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
-    with Monitor(0.01, system=False) as m:
+    with Monitor(0.01, SERVER, system=False) as m:
         assert m.measure_idle(0.1) == {0: 300.0, 1: 300.0}
         with m.window("w") as w:
             time.sleep(0.1)
@@ -119,7 +140,7 @@ def test_idle_baseline_is_subtracted(monkeypatch):
 
 def test_request_phases_from_its_own_timestamps(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
-    with Monitor(0.01, system=False) as m:
+    with Monitor(0.01, SERVER, system=False) as m:
         t = now_ns()
         time.sleep(0.15)
         ms = 1_000_000

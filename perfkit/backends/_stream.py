@@ -33,6 +33,7 @@ def timed_stream(client: httpx.Client, url: str, payload: dict, rec: RequestReco
     rec.wall_send_unix_s = time.time()
     rec.t_send_ns = now_ns()
     finished = False
+    cut: MalformedLine | None = None  # a bad line: malformed if more follows, a cut-off if the stream ends there
     try:
         with client.stream("POST", url, json=payload, timeout=timeout) as resp:
             rec.t_headers_ns = now_ns()
@@ -42,16 +43,27 @@ def timed_stream(client: httpx.Client, url: str, payload: dict, rec: RequestReco
                 return rec.fail(f"HTTP {resp.status_code}: {body.strip()}")
             for line in resp.iter_lines():
                 t = now_ns()
+                if cut is not None:  # the bad line was not the last one: the server sent garbage
+                    raise cut
                 if t - rec.t_send_ns > limit_ns:
                     return rec.fail(f"timeout: request exceeded {timeout_s:g} s")
-                if line.strip() and on_line(line, t):
-                    finished = True
-                    break
+                try:
+                    if line.strip() and on_line(line, t):
+                        finished = True
+                        break
+                except MalformedLine as e:
+                    cut = e
             rec.t_end_ns = now_ns()
+            if cut is not None:  # the stream ended on a partial line: the server process went away mid-write
+                return rec.fail(f"server connection lost: the stream ended inside a line ({cut})")
     except httpx.TimeoutException as e:
         kind = "connect" if isinstance(e, httpx.ConnectTimeout) else "stall"
         return rec.fail(f"timeout ({kind}): no data for {stall_s:g} s" if kind == "stall"
                         else f"timeout (connect): {e}")
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as e:
+        # The server (or the model process behind a router) died or dropped the connection mid-response,
+        # e.g. "peer closed connection without sending complete message body (incomplete chunked read)".
+        return rec.fail(f"server connection lost: {type(e).__name__}: {e}")
     except httpx.HTTPError as e:
         return rec.fail(f"{type(e).__name__}: {e}")
     except MalformedLine as e:

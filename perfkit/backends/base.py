@@ -52,7 +52,22 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
-    supports_cold_disk: bool = False
+    url: str = ""
+    _control = None
+
+    @property
+    def control(self):
+        """This server's ``perfkit.control.ServerControl``: restart, settings in effect, processes,
+        model file, log, device. A backend without a richer one sees only the HTTP API."""
+        if self._control is None:
+            from ..control import RemoteControl
+
+            self._control = RemoteControl(self.url)
+        return self._control
+
+    @control.setter
+    def control(self, value) -> None:
+        self._control = value
 
     @abc.abstractmethod
     def version(self) -> str: ...
@@ -70,8 +85,9 @@ class Backend(abc.ABC):
         return model in self.loaded()
 
     @abc.abstractmethod
-    def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
-        """Make ``model`` resident; return the measured load time in seconds (verified residency)."""
+    def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S, keep_alive: object = None) -> float:
+        """Make ``model`` resident (for ``keep_alive`` where the server takes one per request); return the
+        measured load time in seconds (verified residency)."""
 
     @abc.abstractmethod
     def unload(self, model: str, timeout_s: float = 120.0) -> None:
@@ -87,8 +103,10 @@ class Backend(abc.ABC):
         """What the resident ``model`` itself occupies (bytes), by whatever the server exposes; {} if nothing."""
         return {}
 
-    def evict_file(self, model: str) -> None:
-        raise NotImplementedError(f"{self.name}: cold_disk needs a local engine (file eviction)")
+    def shared_prefix_tokens(self, model: str) -> int | None:
+        """Prompt tokens every chat request shares (the template's head, which a prompt cache may serve
+        in any state); None where the server reports no cached-token count to compare it with."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Metadata for the run manifest (no secrets)."""

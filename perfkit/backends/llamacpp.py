@@ -32,19 +32,23 @@ class LlamaServerBackend(Backend):
     """
 
     name = "llama-server"
-    supports_cold_disk = True
 
     def __init__(self, url: str, models_dir: str | Path | None = None, *, control_timeout_s: float = 30.0,
                  server_pid: int | None = None):
         self.url = url.rstrip("/")
         self.models_dir = Path(models_dir) if models_dir else None
         self.server_pid = server_pid  # the local router, when perfkit started it
+        self._prefix: dict[str, int | None] = {}
         self._client = httpx.Client(base_url=self.url, timeout=control_timeout_s,
                                     limits=httpx.Limits(max_connections=256))
 
     @classmethod
     def from_engine(cls, engine) -> "LlamaServerBackend":
-        return cls(engine.base_url, engine.models_dir, server_pid=engine.proc.pid if engine.proc else None)
+        from ..control import EngineControl
+
+        b = cls(engine.base_url, engine.models_dir, server_pid=engine.proc.pid if engine.proc else None)
+        b.control = EngineControl(engine, b)
+        return b
 
     # ---- control -------------------------------------------------------------------------------
     def status(self) -> dict[str, dict]:
@@ -108,7 +112,8 @@ class LlamaServerBackend(Backend):
                 raise EngineError(f"model {model!r} still {value!r} after {timeout_s:g} s (wanted {sorted(want)})")
             time.sleep(_POLL_S)
 
-    def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
+    def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S, keep_alive: object = None) -> float:
+        # keep_alive is a server setting here (OLLAMA_KEEP_ALIVE → --sleep-idle-seconds), not per request.
         state = self.state(model)
         if state == "loaded":
             return 0.0
@@ -148,12 +153,29 @@ class LlamaServerBackend(Backend):
             pass
         return {}
 
-    def evict_file(self, model: str) -> None:
-        path = self.model_path(model)
-        if path is None:
-            raise PerfkitError(f"cold_disk needs the model's local file; {model!r} has none "
-                               "(give the backend its models_dir)")
-        pagecache.evict(path)
+    def shared_prefix_tokens(self, model: str) -> int | None:
+        """The chat template's head shared by every prompt: the common token prefix of two different
+        one-message chats, as the server itself renders (/apply-template) and tokenizes (/tokenize) them."""
+        if model in self._prefix:
+            return self._prefix[model]
+        try:
+            seqs = []
+            for text in ("[a] x", "[b] y"):
+                r = self._client.post("/apply-template", json={"model": model, "messages": [
+                    {"role": "user", "content": text}]})
+                r.raise_for_status()
+                t = self._client.post("/tokenize", json={"model": model, "content": r.json()["prompt"]})
+                t.raise_for_status()
+                seqs.append(t.json()["tokens"])
+            n = 0
+            for a, b in zip(*seqs):
+                if a != b:
+                    break
+                n += 1
+        except (httpx.HTTPError, KeyError, ValueError):
+            n = None
+        self._prefix[model] = n
+        return n
 
     # ---- measured request ----------------------------------------------------------------------
     def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,

@@ -43,13 +43,25 @@ class OllamaBackend(Backend):
     name = "ollama"
 
     def __init__(self, url: str = "http://127.0.0.1:11434", *, headers: Mapping[str, str] | None = None,
-                 endpoint: str = "chat", control_timeout_s: float = 30.0):
+                 endpoint: str = "chat", control_timeout_s: float = 30.0, control=None):
         if endpoint not in ("chat", "generate"):
             raise PerfkitError(f"ollama endpoint {endpoint!r} is not allowed; allowed: chat, generate")
         self.url = url.rstrip("/")
         self.endpoint = endpoint
         self._client = httpx.Client(base_url=self.url, headers=dict(headers or {}),
                                     timeout=control_timeout_s, limits=httpx.Limits(max_connections=256))
+        if control is None:
+            from ..control import ollama_control
+
+            control = ollama_control(self.url, headers=headers)
+        self.control = control
+
+    @staticmethod
+    def same_model(entry: Mapping[str, Any], model: str) -> bool:
+        """Whether an /api/ps or /api/tags entry is ``model``: Ollama resolves names case-insensitively,
+        and a name without a tag means ``:latest``."""
+        want = _canonical(model)
+        return any(_canonical(n) == want for n in (entry.get("name"), entry.get("model")) if n)
 
     # ---- control -------------------------------------------------------------------------------
     def _get(self, path: str) -> Any:
@@ -70,13 +82,12 @@ class OllamaBackend(Backend):
         return [m.get("name") or m.get("model") for m in self.ps()]
 
     def is_loaded(self, model: str) -> bool:
-        names = {n for m in self.ps() for n in (m.get("name"), m.get("model"))}
-        return _canonical(model) in {_canonical(n) for n in names if n}
+        return any(self.same_model(m, model) for m in self.ps())
 
     def resident_memory(self, model: str) -> dict[str, int]:
         """``size`` and ``size_vram`` of the loaded model from ``/api/ps`` (bytes)."""
         for m in self.ps():
-            if _canonical(m.get("name") or m.get("model") or "") == _canonical(model):
+            if self.same_model(m, model):
                 return {"model_memory_bytes": m.get("size"), "model_vram_bytes": m.get("size_vram")}
         return {}
 
@@ -88,8 +99,7 @@ class OllamaBackend(Backend):
         show = r.json()
         details = show.get("details", {}) or {}
         info = show.get("model_info", {}) or {}
-        tag = next((m for m in self._get("/api/tags").get("models", [])
-                    if _canonical(m.get("name", "")) == _canonical(model)), {})
+        tag = next((m for m in self._get("/api/tags").get("models", []) if self.same_model(m, model)), {})
         return ModelFacts(
             name=model, size_bytes=tag.get("size"), parameter_count=info.get("general.parameter_count"),
             quantization=details.get("quantization_level"), family=details.get("family"), digest=tag.get("digest"),
@@ -193,9 +203,10 @@ def _final_metrics(rec: RequestRecord, obj: dict) -> None:
     rec.done_reason = obj.get("done_reason")
     rec.load_s = obj.get("load_duration", 0) * _NS
     rec.prompt_tokens = obj.get("prompt_eval_count", 0)
-    # Since v0.30 prompt_eval_count includes cache hits; perfkit's prompts defeat the cache
-    # unless a series is about caching, so these tokens were evaluated.
-    rec.prefill_tokens = rec.prompt_tokens
+    # Since v0.30 prompt_eval_count includes prompt-cache hits (at least the chat template's head,
+    # cached on every request) while prompt_eval_duration covers only the uncached ones: the uncached
+    # count is unknown, so no exact prefill rate; finalize() gives prompt_tokens / duration as an upper bound.
+    rec.prefill_tokens = None
     rec.prefill_s = obj.get("prompt_eval_duration", 0) * _NS
     rec.decode_s = obj.get("eval_duration", 0) * _NS
     if "eval_count" in obj or rec.token_times_ns:
@@ -203,4 +214,5 @@ def _final_metrics(rec: RequestRecord, obj: dict) -> None:
 
 
 def _canonical(name: str) -> str:
+    name = name.strip().lower()
     return name if ":" in name else f"{name}:latest"

@@ -30,6 +30,7 @@ class GpuSampler(PeriodicSampler):
         self.devices: list[dict[str, Any]] = []
         self._nvml = None
         self._skip: set[str] = set()
+        self.server_gpus: set[int] = set()  # GPUs on which the server's processes have held memory
 
     def _setup(self) -> None:
         try:
@@ -102,6 +103,8 @@ class GpuSampler(PeriodicSampler):
                 procs = self._read("processes", lambda: nv.nvmlDeviceGetComputeRunningProcesses(h))
                 if procs is not None:
                     row["server_gpu_mem_bytes"] = sum((p.usedGpuMemory or 0) for p in procs if p.pid in pids)
+                    if any(p.pid in pids for p in procs):
+                        self.server_gpus.add(i)
             rows.append(row)
         return rows
 

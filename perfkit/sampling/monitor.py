@@ -16,7 +16,18 @@ from .gpu import GpuSampler
 from .system import SystemSampler
 
 _MEAN_MAX = ("gpu_util_pct", "power_w", "gpu_mem_used_bytes", "server_gpu_mem_bytes", "sm_clock_mhz",
-             "temperature_c", "server_cpu_pct", "server_rss_bytes", "host_cpu_pct")
+             "temperature_c", "server_cpu_pct", "server_rss_bytes", "host_cpu_pct", "other_cpu_pct", "steal_pct",
+             "client_cpu_pct")
+
+# A window is noisy when the rest of the machine competed with the server and the client: other
+# processes using more than a quarter of a core on average, or the hypervisor stealing > 5%.
+NOISE_OTHER_CPU_PCT = 25.0
+NOISE_STEAL_PCT = 5.0
+
+
+def noisy(other_cpu_pct_mean: float | None, steal_pct_mean: float | None) -> bool:
+    """Whether a window's outside load makes its timings suspect (thresholds above)."""
+    return bool((other_cpu_pct_mean or 0) > NOISE_OTHER_CPU_PCT or (steal_pct_mean or 0) > NOISE_STEAL_PCT)
 
 
 @dataclass
@@ -63,6 +74,7 @@ class Monitor:
 
     def __init__(self, interval_s: float = 0.1, server_pids=None, *, gpu: bool = True, system: bool = True,
                  store=None):
+        self._server_pids = server_pids
         self.system = SystemSampler(interval_s, server_pids) if system else None
         self.gpu = GpuSampler(interval_s, self._all_pids if server_pids else None) if gpu else None
         self.samplers = [s for s in (self.gpu, self.system) if s is not None]
@@ -71,7 +83,7 @@ class Monitor:
         self.windows: list[Window] = []
 
     def _all_pids(self) -> list[int]:
-        return self.system.tree_pids() if self.system else []
+        return self.system.tree_pids() if self.system else list(self._server_pids())
 
     @property
     def unavailable(self) -> dict[str, str]:
@@ -161,6 +173,10 @@ class Monitor:
         return w
 
     def _energy(self, w: Window, gdf: pd.DataFrame) -> None:
+        # Only the GPUs the server uses: another job's GPU next to it is not this model's energy.
+        if self.gpu is None or self.gpu.pids is None or not self.gpu.server_gpus:
+            return
+        gdf = gdf[gdf["gpu"].isin(self.gpu.server_gpus)]
         total, methods = 0.0, set()
         for _, g in gdf.groupby("gpu"):
             g = g.sort_values("t_ns")
@@ -180,7 +196,8 @@ class Monitor:
         w.energy_j = total
         w.energy_method = "+".join(sorted(methods))
         if self.idle_power_w:
-            w.energy_idle_subtracted_j = total - sum(self.idle_power_w.values()) * w.duration_s
+            idle_w = sum(p for g, p in self.idle_power_w.items() if g in self.gpu.server_gpus)
+            w.energy_idle_subtracted_j = total - idle_w * w.duration_s
 
     def measure_idle(self, seconds: float = 3.0) -> dict[int, float]:
         """Measure each GPU's idle power (W) over ``seconds``; later windows subtract it."""
@@ -222,5 +239,8 @@ class Monitor:
             out[f"res_{name}_server_cpu_pct_mean"] = pw.stats.get("server_cpu_pct_mean")
         if out.get("res_energy_j") is not None and rec.output_tokens:
             out["res_energy_per_token_j"] = out["res_energy_j"] / rec.output_tokens
+        if out.get("res_energy_idle_subtracted_j") is not None and rec.output_tokens:
+            out["res_energy_per_token_idle_subtracted_j"] = out["res_energy_idle_subtracted_j"] / rec.output_tokens
+        out["res_noisy"] = noisy(out.get("res_other_cpu_pct_mean"), out.get("res_steal_pct_mean"))
         self.flush()
         return out

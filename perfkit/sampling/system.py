@@ -1,5 +1,6 @@
 """Host and server-process sampling with psutil: CPU %, resident memory and disk reads of the
-server's whole process tree (router and model processes), and host memory available."""
+server's whole process tree (router and model processes), host memory available, and the load the
+rest of the machine puts on it (other processes' CPU, steal), which makes a series noisy."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ class SystemSampler(PeriodicSampler):
         root_pids: callable returning the server's root process ids (their descendants are included).
 
     ``server_read_bytes`` is cumulative and monotonic over the run: reads of processes that have
-    exited (an unloaded model) stay counted.
+    exited (an unloaded model) stay counted. CPU figures in % of one core, except ``host_cpu_pct`` and
+    ``steal_pct`` (% of the whole machine): ``client_cpu_pct`` is this process (perfkit's client),
+    ``other_cpu_pct`` everything that is neither the server nor the client.
     """
 
     source = "system"
@@ -33,6 +36,8 @@ class SystemSampler(PeriodicSampler):
         self._tree: list[int] = []
         self._tree_roots: list[int] = []
         self._tree_at = 0.0
+        self._self = psutil.Process()
+        self._ncpu = psutil.cpu_count() or 1
 
     def tree_pids(self) -> list[int]:
         """The server's process tree. Finding children means reading every /proc/<pid>/stat (85% of a
@@ -59,9 +64,14 @@ class SystemSampler(PeriodicSampler):
 
     def _sample(self, t_ns: int) -> list[dict[str, Any]]:
         vm = psutil.virtual_memory()
+        ct = psutil.cpu_times_percent(None)
+        busy = max(0.0, 100.0 - ct.idle - getattr(ct, "iowait", 0.0))
+        client = self._self.cpu_percent(None)
         row: dict[str, Any] = {"source": "system", "t_ns": t_ns, "host_mem_available_bytes": vm.available,
-                               "host_cpu_pct": psutil.cpu_percent(None)}
+                               "host_cpu_pct": busy, "steal_pct": getattr(ct, "steal", 0.0),
+                               "client_cpu_pct": client}
         if self.root_pids is None:
+            row["other_cpu_pct"] = max(0.0, busy * self._ncpu - client)
             return [row]
         cpu, rss, n = 0.0, 0, 0
         live = set(self.tree_pids())
@@ -84,5 +94,6 @@ class SystemSampler(PeriodicSampler):
         for gone in set(self._procs) - live:
             self._procs.pop(gone, None)
         row.update({"server_cpu_pct": cpu, "server_rss_bytes": rss, "server_processes": n,
+                    "other_cpu_pct": max(0.0, busy * self._ncpu - client - cpu),
                     "server_read_bytes": self._read_total if "io" not in self.unavailable else None})
         return [row]

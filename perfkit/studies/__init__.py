@@ -10,6 +10,9 @@ STUDY_MODULES = {"cold_start": cold_start, "model_size": model_size, "quantizati
 
 def run_or_load(params_path, run_dir, study: str, measure: bool = True):
     """What a notebook calls: measure (or, with ``measure=False``, re-read recorded data) and analyze."""
+    from ..runlock import start_lifeline
+
+    start_lifeline()  # under `perfkit run`: this kernel and its engines die with perfkit (see perfkit.runlock)
     ctx = StudyContext(params_path, run_dir, study)
     mod = STUDY_MODULES[study]
     return mod.run(ctx) if measure else mod.analyze(ctx)

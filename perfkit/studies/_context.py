@@ -6,16 +6,12 @@ resource monitor, writes the manifest, and on exit stops all of it, error or not
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-
-import httpx
 
 from .. import host, params as params_mod
 from ..backends import Backend, LlamaServerBackend, OllamaBackend
@@ -24,8 +20,21 @@ from ..errors import PerfkitError
 from ..models import models_dir
 from ..runner import Runner
 from ..sampling import Monitor
-from ..settings import to_ollama_env, validate_settings
+from ..settings import validate_settings
+from ..records import now_ns
 from ..store import RunStore
+
+# The engine's log lines carry a time, so its own account can be put on the run's clock.
+ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix")
+
+
+def _log_source(spec):
+    """The server log named in the parameters (a file, or a command such as journalctl), or None."""
+    if spec is None:
+        return None
+    from ..serverlog import CommandLogSource, FileLogSource
+
+    return FileLogSource(spec.file) if spec.file else CommandLogSource(spec.command)
 
 
 @dataclass
@@ -37,17 +46,16 @@ class Session:
     ctx: "StudyContext"
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def control(self):
+        return self.backend.control
+
     def restart(self, settings: Mapping[str, Any]) -> None:
         """Restart the server with ``base settings + settings`` (a server setting needs a restart)."""
         merged = {**self.ctx.params.backend.settings, **settings}
-        if self.engine is not None:
-            self.engine.restart(merged)
-        elif isinstance(self.backend, OllamaBackend):
-            self.ctx.restart_ollama(merged)
-        else:
-            raise PerfkitError("a remote llama-server cannot be restarted by perfkit; use kind: embedded")
+        info = self.control.restart(merged)
         self.settings = merged
-        self.ctx.store.event("restart", settings=merged)
+        self.ctx.store.event("restart", settings=merged, **info.as_dict())
 
 
 class StudyContext:
@@ -75,57 +83,86 @@ class StudyContext:
         b = self.params.backend
         return Path(b.models_dir).expanduser() if b.models_dir else models_dir()
 
-    def restart_ollama(self, settings: Mapping[str, Any]) -> None:
-        b = self.params.backend
-        if not b.restart_command:
-            raise PerfkitError(f"{self.params_path}: backend.restart_command is needed to apply server settings "
-                               "to Ollama (an argument list, run with the settings in its environment)")
-        env = {**os.environ, **to_ollama_env(settings)}
-        r = subprocess.run(b.restart_command, env=env, capture_output=True, text=True, timeout=600)
-        if r.returncode:
-            raise PerfkitError(f"restart command {b.restart_command} failed (exit {r.returncode}): {r.stderr[-300:]}")
-        deadline = time.monotonic() + b.ready_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(b.url.rstrip("/") + "/api/version", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise PerfkitError(f"ollama at {b.url} did not come back within {b.ready_timeout_s:g} s after the restart")
+    def _backend(self, engine: Engine | None, settings: Mapping[str, Any]) -> Backend:
+        p = self.params
+        if engine is not None:
+            return LlamaServerBackend.from_engine(engine)
+        if p.backend.kind == "ollama":
+            from ..control import ollama_control
+
+            control = ollama_control(p.backend.url, restart_command=p.backend.restart_command,
+                                     log=_log_source(p.backend.server_log), headers=p.backend.headers,
+                                     ready_timeout_s=p.backend.ready_timeout_s)
+            backend: Backend = OllamaBackend(p.backend.url, headers=p.backend.headers, control=control)
+            if settings:
+                backend.control.restart(settings)
+            return backend
+        return LlamaServerBackend(p.backend.url)
 
     @contextmanager
-    def session(self, settings: Mapping[str, Any] | None = None) -> Iterator[Session]:
+    def session(self, settings: Mapping[str, Any] | None = None, *, keep_alive: object = None) -> Iterator[Session]:
+        """Start (or reach) the server with ``base settings + settings``, the monitor and the runner; on
+        exit stop what perfkit started, give a restarted Ollama back its own settings, and keep the part
+        of the server's log written meanwhile."""
         p = self.params
         merged = validate_settings({**p.backend.settings, **(settings or {})}, where=f"{self.params_path}: settings")
         engine = None
         if p.backend.kind == "embedded":
             engine = Engine(self.models_dir, merged, log_path=self.run_dir / "logs" / f"{self.study}-engine.log",
-                            ready_timeout_s=p.backend.ready_timeout_s)
+                            ready_timeout_s=p.backend.ready_timeout_s, extra_args=ENGINE_LOG_ARGS)
             engine.start()
-            backend: Backend = LlamaServerBackend.from_engine(engine)
-        elif p.backend.kind == "ollama":
-            if settings:
-                self.restart_ollama(merged)
-            backend = OllamaBackend(p.backend.url, headers=p.backend.headers)
-        else:
-            backend = LlamaServerBackend(p.backend.url)
-        monitor = Monitor(p.sampling.interval_s, (lambda: [engine.proc.pid] if engine and engine.proc else [])
-                          if engine else None, gpu=p.sampling.gpu, system=p.sampling.system, store=self.store)
+        backend = None
+        monitor = None
+        log_mark = None
         try:
+            backend = self._backend(engine, merged if p.backend.kind == "ollama" and settings else {})
+            log = backend.control.log_source()
+            log_mark = log.mark() if log else None
+            self.store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
+            pids = backend.control.server_pids
+            monitor = Monitor(p.sampling.interval_s, pids if backend.control.is_local else None,
+                              gpu=p.sampling.gpu, system=p.sampling.system, store=self.store)
             monitor.start()
             if p.sampling.idle_baseline_s:
                 monitor.measure_idle(p.sampling.idle_baseline_s)
             runner = Runner(backend, self.store, timeout_s=p.timeouts.request_s, stall_timeout_s=p.timeouts.stall_s,
-                            monitor=monitor, progress=p.progress)
+                            monitor=monitor, progress=p.progress, keep_alive=keep_alive)
             self._manifest(backend, engine, monitor)
             yield Session(backend, runner, monitor, engine, self, dict(merged))
         finally:
-            monitor.stop()
-            self.store.write_manifest(ended_utc=_utc(), sampling_unavailable=monitor.unavailable)
-            backend.close()
+            if monitor is not None:
+                monitor.stop()
+            if backend is not None:
+                self._keep_server_log(backend, log_mark)
+                restore = getattr(backend.control, "restore", None)
+                if restore is not None:
+                    try:
+                        info = restore()
+                        if info:
+                            self.store.event("restore", **info.as_dict())
+                    except Exception as e:  # noqa: BLE001 - recorded; the measured data is safe already
+                        self.store.event("restore_failed", error=str(e))
+            self.store.write_manifest(ended_utc=_utc(), sampling_unavailable=monitor.unavailable if monitor else {})
+            if backend is not None:
+                backend.close()
             if engine is not None:
                 engine.stop()
+
+    def _keep_server_log(self, backend: Backend, mark) -> None:
+        """Append the server log written during this session to ``<study>/server.log`` (read at analysis)."""
+        log = backend.control.log_source()
+        if log is None:
+            self.store.event("server_log", available=False, why=backend.control.why_not_local()
+                             if not backend.control.is_local else "no server log was given (backend.server_log)")
+            return
+        try:
+            lines = log.read_since(mark)
+        except Exception as e:  # noqa: BLE001 - a missing log never costs the measured data
+            self.store.event("server_log", available=False, why=f"reading {log.describe()} failed: {e}")
+            return
+        with open(self.store.dir / "server.log", "a") as f:
+            f.writelines(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
+        self.store.event("server_log", available=True, source=log.describe(), lines=len(lines))
 
     def _manifest(self, backend: Backend, engine: Engine | None, monitor: Monitor) -> None:
         m = self.store.manifest()
@@ -137,6 +174,7 @@ class StudyContext:
                 except Exception as e:  # noqa: BLE001 - recorded, the study itself will fail loudly
                     facts[model] = {"error": str(e)}
         self.store.write_manifest(
+            control=backend.control.describe(),
             study=self.study, started_utc=m.get("started_utc", _utc()), perfkit_version=host.versions().get("perfkit"),
             backend=backend.describe(), engine_command=engine.command if engine else None,
             models=facts, host=host.info(), params=self.params.model_dump(mode="json"),

@@ -12,11 +12,13 @@ import pandas as pd
 from scipy import stats as st
 
 from .. import stats
-from ..backends import LlamaServerBackend, OllamaBackend
+from .. import fmt
 from ..backends.base import Sampling
-from ..runner import throughput
-from ..settings import check_applied, validate_settings
-from ._common import est, failures, fmt_s, measured, method_note
+from ..coldstart import ensure_warm
+from ..runner import goodput, throughput
+from ..settings import validate_settings
+from ._common import (est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note,
+                      per_request_itl)
 from ._context import StudyContext
 
 
@@ -25,23 +27,20 @@ def label(setting: dict) -> str:
 
 
 def verify(session, model: str) -> dict[str, Any]:
-    """Did the server really start with these settings? (embedded: the model process's own arguments)."""
-    b = session.backend
-    b.load(model)
-    if isinstance(b, LlamaServerBackend):
-        r = b._client.get("/models").json()
-        args = next((m.get("status", {}).get("args", []) for m in r.get("data", []) if m["id"] == model), [])
-        checks = check_applied(session.settings, args)
-        props = b._client.get("/props", params={"model": model}).json()
-        return {"applied": checks, "all_applied": all(checks.values()), "total_slots": props.get("total_slots"),
-                "n_ctx_per_slot": (props.get("default_generation_settings") or {}).get("n_ctx")}
-    if isinstance(b, OllamaBackend):
-        ps = next((m for m in b.ps() if m.get("name") == model or m.get("model") == model), {})
-        want = session.settings.get("OLLAMA_CONTEXT_LENGTH")
-        checks = {"OLLAMA_CONTEXT_LENGTH": str(ps.get("context_length")) == str(want)} if want else {}
-        return {"applied": checks, "all_applied": all(checks.values()) if checks else None,
-                "note": "Ollama exposes only the context length of a loaded model; other settings are not verifiable"}
-    return {"applied": {}, "all_applied": None}
+    """Did the server really start with these settings? Each one confirmed, not applied (and what the
+    server runs instead) or unverifiable (and why), from the server's own evidence (controller)."""
+    ensure_warm(session.backend, model, session.runner.keep_alive)
+    checks = session.control.settings_in_effect(session.settings, model)
+    statuses = {k: c.status for k, c in checks.items()}
+    out: dict[str, Any] = {"checks": {k: c.as_dict() for k, c in checks.items()},
+                           "all_applied": (False if "not applied" in statuses.values() else
+                                           None if "unverifiable" in statuses.values() else True)}
+    props = getattr(session.control, "props", None)
+    if props is not None:
+        p = props(model)
+        out["total_slots"] = p.get("total_slots")
+        out["n_ctx_per_slot"] = (p.get("default_generation_settings") or {}).get("n_ctx")
+    return out
 
 
 def run(ctx: StudyContext) -> dict[str, Any]:
@@ -61,45 +60,56 @@ def run(ctx: StudyContext) -> dict[str, Any]:
 
 
 def _throughput_ci(g: pd.DataFrame) -> stats.Estimate:
-    """Output tokens/s of a closed-loop series, Little's law form (achieved concurrency × Σtokens / Σlatency),
-    with a bootstrap CI over its requests."""
-    tok, lat = g["output_tokens"].to_numpy(float), g["e2e_s"].to_numpy(float)
-    conc = throughput(g)["concurrency_achieved"]
-    value = conc * tok.sum() / lat.sum()
-    if len(g) < 2:
-        return stats.Estimate("throughput", value, math.nan, math.nan, len(g))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = st.bootstrap((tok, lat), lambda a, b, axis=-1: conc * a.sum(axis=axis) / b.sum(axis=axis),
-                           paired=True, vectorized=True, n_resamples=stats.N_RESAMPLES, method="percentile",
-                           random_state=np.random.default_rng(stats.SEED))
-    return stats.Estimate("throughput", value, float(res.confidence_interval.low),
-                          float(res.confidence_interval.high), len(g))
+    """Output tokens/s of one closed-loop series by batch means over its own token timestamps."""
+    times = [t for t in g["token_times_ns"] if isinstance(t, (list, tuple, np.ndarray))]
+    return stats.throughput_ci(times, int(g["t_send_ns"].min()), int(g["t_end_ns"].max()))
+
+
+def _goodput(g: pd.DataFrame, slo) -> float:
+    return goodput(g, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s)
 
 
 def analyze(ctx: StudyContext) -> dict[str, Any]:
     df = ctx.store.trials()
     ev = ctx.store.events()
     checks = ev[ev["kind"] == "setting_check"].drop_duplicates("config_index", keep="last") if len(ev) else pd.DataFrame()
+    slo = ctx.cfg.slo
     rows = []
     ok = measured(df)
     for (i, conc), g in ok.groupby(["config_index", "concurrency"]):
         tp = throughput(g)
-        ttft50, ttft99 = est(g["ttft_s"]), est(g["ttft_s"], "p99")
+        ttft50, ttft90, ttft99 = est(g["ttft_s"]), est(g["ttft_s"], "p90"), est(g["ttft_s"], "p99")
         dec, tps = est(g["decode_tok_s"]), _throughput_ci(g)
         chk = checks[checks["config_index"] == i].iloc[0] if len(checks) and (checks["config_index"] == i).any() else None
+        all_rows = df[(df.get("config_index") == i) & (df.get("concurrency") == conc)] if len(df) else g
         rows.append({"config_index": i, "config": g["config"].iloc[0], "concurrency": conc, "n": len(g),
                      "ttft_p50_s": ttft50.value, "ttft_p50_lo": ttft50.lo, "ttft_p50_hi": ttft50.hi,
-                     "ttft_p99_s": ttft99.value, "ttft_p99_lo": ttft99.lo, "ttft_p99_hi": ttft99.hi,
+                     "ttft_p90": fmt.estimate(ttft90, "duration"), "ttft_p99": fmt.estimate(ttft99, "duration"),
+                     "tpot_p50": fmt.estimate(est(g["tpot_s"]), "duration"),
+                     "itl_p50": fmt.estimate(est(per_request_itl(g, "median")), "duration"),
                      "decode_tok_s": dec.value, "decode_lo": dec.lo, "decode_hi": dec.hi,
                      "throughput_tok_s": tps.value, "throughput_lo": tps.lo, "throughput_hi": tps.hi,
-                     "requests_s": tp["requests_s"],
+                     "throughput_method": tps.method, "requests_s": tp["requests_s"],
+                     "concurrency_achieved": tp["concurrency_achieved"],
+                     "goodput_rps": _goodput(all_rows, slo),
+                     "noisy_requests": int(g.get("res_noisy", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
                      "server_rss_max_bytes": g["res_server_rss_bytes_max"].max() if "res_server_rss_bytes_max" in g else np.nan,
                      "setting_applied": None if chk is None else chk.get("all_applied"),
                      "total_slots": None if chk is None else chk.get("total_slots")})
     table = pd.DataFrame(rows)
     return {"trials": df, "table": table, "checks": checks, "best": best(table), "manifest": ctx.store.manifest(),
-            "failures": failures(df)}
+            "failures": failures(df), "slo": slo.model_dump()}
+
+
+def settings_table(res: dict[str, Any]) -> pd.DataFrame:
+    """Per configuration and setting: confirmed / not applied / unverifiable, the effective value and the evidence."""
+    rows = []
+    for _, c in res["checks"].iterrows():
+        for name, chk in (c.get("checks") or {}).items():
+            rows.append({"configuration": c["config"], "setting": name, "wanted": chk.get("wanted"),
+                         "status": chk.get("status"), "in effect": chk.get("effective") or "—",
+                         "evidence": chk.get("evidence", "")})
+    return pd.DataFrame(rows).set_index(["configuration", "setting"]) if rows else pd.DataFrame()
 
 
 def best(table: pd.DataFrame) -> dict[str, dict]:
@@ -147,17 +157,35 @@ def conclusions(res: dict[str, Any]) -> str:
     lines.append(f"- **Latency** (TTFT p50 at concurrency {L['at_concurrency']}): best is **{L['config']}** with "
                  f"{fmt_s(stats.Estimate('median', L['value'], L['lo'], L['hi'], L['n']))}." + _resolved(L))
     lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): best is **{T['config']}** with "
-                 f"{T['value']:.0f} tok/s [{T['lo']:.0f}, {T['hi']:.0f}] (n={T['n']})." + _resolved(T))
+                 f"{fmt.rate(T['value'])} [{fmt.number(T['lo'])}, {fmt.number(T['hi'])}] ({T['n']} requests)."
+                 + _resolved(T))
+    slo = res.get("slo") or {}
+    g = t[t["concurrency"] == T["at_concurrency"]].sort_values("goodput_rps", ascending=False)
+    if len(g):
+        lines.append(f"- **Goodput** at concurrency {T['at_concurrency']} (requests/s meeting TTFT ≤ "
+                     f"{fmt.duration(slo.get('ttft_s'))} and TPOT ≤ {fmt.duration(slo.get('tpot_s'))}): best is "
+                     f"**{g.iloc[0]['config']}** with {fmt.number(g.iloc[0]['goodput_rps'])} requests/s of "
+                     f"{fmt.number(g.iloc[0]['requests_s'])}.")
     if not math.isnan(M["value"]):
-        lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {M['value'] / 2**20:.0f} MiB "
+        lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {fmt.mib(M['value'])} "
                      f"(the maximum over {M['n']} requests' windows).")
-    bad = t[t["setting_applied"] == False]  # noqa: E712 - None means "not verifiable"
-    if len(bad):
-        lines.append(f"- ⚠ Settings not confirmed in the server's own arguments for: {', '.join(bad['config'].unique())}.")
-    elif t["setting_applied"].notna().any():
-        lines.append("- Every setting was confirmed in the model process's own arguments after each restart.")
+    st = settings_table(res)
+    if len(st):
+        bad = st[st["status"] == "not applied"]
+        unv = st[st["status"] == "unverifiable"]
+        if len(bad):
+            lines.append("- ⚠ **Settings not applied**: " + "; ".join(
+                f"{cfg}: {name} wanted {r['wanted']}, the server runs {r['in effect']} ({r['evidence']})"
+                for (cfg, name), r in bad.iterrows()) + ". Results under those labels are for what the server ran.")
+        if len(unv):
+            lines.append(f"- {len(unv)} setting checks are unverifiable: {unv['evidence'].iloc[0]}.")
+        if not len(bad) and not len(unv):
+            lines.append("- Every setting was confirmed by the server's own evidence after each restart.")
+    for w in (noisy_note(res["trials"]), negative_overhead_note(res["trials"])):
+        if w:
+            lines.append("- " + w)
     if res["failures"]:
         lines.append("- " + res["failures"])
-    lines += ["", method_note(res["manifest"], "Throughput CI: bootstrap over a series' requests of "
-                                               "achieved concurrency × Σ output tokens / Σ latency.")]
+    lines += ["", method_note(res["manifest"], "Throughput CI: batch means over 5 equal windows of each "
+                                               "series' own token timestamps.")]
     return "\n".join(lines)

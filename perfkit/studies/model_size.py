@@ -8,10 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import host
+from .. import fmt
 from ..backends.base import Sampling
+from ..coldstart import ensure_warm
 from ..runner import plan as plan_trials
-from ._common import est, failures, fmt_s, measured, method_note
+from ._common import (est, failures, fmt_s, latency_table, measured, method_note, negative_overhead_note,
+                      noisy_note, per_request_itl, state_note)
 from ._context import StudyContext
 
 
@@ -23,39 +25,28 @@ def plan(ctx: StudyContext):
                           seed=ctx.params.seed + 1, **kw))
 
 
-def bandwidth_limit(ctx: StudyContext, monitor_has_gpu: bool) -> None:
-    """Record the memory bandwidth decode is bounded by: the GPU's datasheet figure, or measured host memory."""
+def device_facts(ctx: StudyContext, s, models: list[str]) -> None:
+    """Record, per model, the device that runs it (and its memory bandwidth: the decode limit) and
+    what the resident model itself occupies. Asked of the server's controller: the embedded engine is
+    the host CPU; a local Ollama says through /api/ps and NVML; a remote server is "unknown, because"."""
     ev = ctx.store.events()
-    if len(ev) and (ev["kind"] == "memory_bandwidth").any():
-        return
-    gpus = host.gpus() if monitor_has_gpu else []
-    for g in gpus:
-        for name, bw in host.GPU_MEMORY_BANDWIDTH_BYTES_S.items():
-            if name.split()[0] in g["name"] and (len(name.split()) == 1 or name.split()[1] in g["name"]):
-                ctx.store.event("memory_bandwidth", bytes_s=bw, source=f"datasheet ({name})")
-                return
-    ctx.store.event("memory_bandwidth", bytes_s=host.memory_bandwidth_bytes_s(), source="measured host memcpy")
-
-
-def measure(ctx: StudyContext, trials, desc: str) -> None:
-    """Record the bandwidth limit, then run the trials (the shape model size and quantization share)."""
-    with ctx.session() as s:
-        bandwidth_limit(ctx, s.monitor.has_gpu)
-        s.runner.run(trials, desc=desc)
-        resident_memory(ctx, s.backend, ctx.cfg.models)
-    ctx.store.finalize()
-
-
-def resident_memory(ctx: StudyContext, backend, models: list[str]) -> None:
-    """Each model's own memory once resident and warm (weights + KV cache), not the server's total:
-    several models can be resident at once, so the tree's RSS would mix them."""
-    done = set(ctx.store.events().get("model", pd.Series(dtype=str))) if len(ctx.store.events()) else set()
+    done = set(ev[ev["kind"] == "device"]["model"]) if len(ev) and (ev["kind"] == "device").any() else set()
     for m in models:
         if m in done:
             continue
-        backend.load(m)
-        backend.generate(m, "ok", Sampling(num_predict=2))
-        ctx.store.event("resident_memory", model=m, **backend.resident_memory(m))
+        ensure_warm(s.backend, m, s.runner.keep_alive)
+        s.backend.generate(m, "ok", Sampling(num_predict=2), keep_alive=s.runner.keep_alive)
+        ctx.store.event("device", model=m, **s.control.device(m, s.backend).as_record(),
+                        **s.backend.resident_memory(m))
+
+
+def measure(ctx: StudyContext, trials, desc: str) -> None:
+    """Run the trials, then record each model's device and resident memory (the shape model size and
+    quantization share)."""
+    with ctx.session() as s:
+        s.runner.run(trials, desc=desc)
+        device_facts(ctx, s, ctx.cfg.models)
+    ctx.store.finalize()
 
 
 def run(ctx: StudyContext) -> dict[str, Any]:
@@ -67,8 +58,7 @@ def per_model(ctx: StudyContext, df: pd.DataFrame, models: list[str]) -> pd.Data
     ok = measured(df)
     facts = ctx.store.manifest().get("models", {})
     ev = ctx.store.events()
-    bw = ev[ev["kind"] == "memory_bandwidth"].iloc[-1] if len(ev) and (ev["kind"] == "memory_bandwidth").any() else None
-    mem = ev[ev["kind"] == "resident_memory"] if len(ev) and (ev["kind"] == "resident_memory").any() else None
+    dev = ev[ev["kind"] == "device"] if len(ev) and (ev["kind"] == "device").any() else None
     rows = []
     for m in models:
         warm, cold = ok[(ok["variant"] == m) & (ok["cache_state"] == "warm")], ok[(ok["variant"] == m) & (ok["cache_state"] != "warm")]
@@ -78,22 +68,75 @@ def per_model(ctx: StudyContext, df: pd.DataFrame, models: list[str]) -> pd.Data
                "file_bytes": f.get("size_bytes"), "n_warm": len(warm), "n_cold": len(cold)}
         for name, series in (("load_s", cold["load_s"]), ("cold_ttft_s", cold["ttft_s"]), ("ttft_s", warm["ttft_s"]),
                              ("prefill_tok_s", warm["prefill_tok_s"]), ("decode_tok_s", warm["decode_tok_s"]),
-                             ("e2e_s", warm["e2e_s"])):
-            e = est(series)
+                             ("e2e_s", warm["e2e_s"]), ("tpot_s", warm["tpot_s"])):
+            e = est(series) if name in warm or name in cold or len(series) else est([])
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = e.value, e.lo, e.hi
-        if mem is not None and (mem["model"] == m).any():
-            got = mem[mem["model"] == m].iloc[-1]
-            row["model_memory_bytes"] = got.get("model_memory_bytes")
-            if pd.notna(got.get("model_vram_bytes", np.nan)):
-                row["model_vram_bytes"] = got.get("model_vram_bytes")
-        if "res_energy_per_token_j" in warm and warm["res_energy_per_token_j"].notna().any():
-            row["energy_per_token_j"] = est(warm["res_energy_per_token_j"]).value
-        if bw is not None and f.get("size_bytes"):
-            row["decode_limit_tok_s"] = bw["bytes_s"] / f["size_bytes"]
+        if "prefill_tok_s_max" in warm and warm["prefill_tok_s_max"].notna().any():
+            # Ollama counts cached prompt tokens but times only uncached ones: only an upper bound exists.
+            row["prefill_tok_s_max"] = est(warm["prefill_tok_s_max"]).value
+        row["itl_p50"] = fmt.estimate(est(per_request_itl(warm, "median")), "duration")
+        d = dev[dev["model"] == m].iloc[-1].to_dict() if dev is not None and (dev["model"] == m).any() else {}
+        row["model_memory_bytes"] = d.get("model_memory_bytes")
+        row["model_vram_bytes"] = d.get("model_vram_bytes")
+        row["device"] = d.get("device")
+        row["cpu_share"] = d.get("cpu_share")
+        row["offload_evidence"] = d.get("offload_evidence")
+        bw = d.get("memory_bandwidth_bytes_s")
+        why = d.get("unknown_because")
+        weights = row["model_vram_bytes"] if d.get("device") == "gpu" and row["model_vram_bytes"] else f.get("size_bytes")
+        if bw and not pd.isna(bw) and weights:
+            row["decode_limit_tok_s"] = bw / weights
             row["decode_pct_of_limit"] = 100 * dec.value / row["decode_limit_tok_s"]
-            row["bandwidth_source"] = bw["source"]
+            row["bandwidth_source"] = d.get("bandwidth_source")
+        else:
+            row["limit_unknown_because"] = why if isinstance(why, str) and why else (
+                "the device that runs the model was not recorded" if not d else "its memory bandwidth is unknown")
+        if "res_energy_per_token_idle_subtracted_j" in warm and warm["res_energy_per_token_idle_subtracted_j"].notna().any():
+            e = est(warm["res_energy_per_token_idle_subtracted_j"])
+            row["energy_per_token_j"], row["energy_per_token_j_lo"], row["energy_per_token_j_hi"] = e.value, e.lo, e.hi
+            row["energy_method"] = "idle-subtracted"
+        elif "res_energy_per_token_j" in warm and warm["res_energy_per_token_j"].notna().any():
+            e = est(warm["res_energy_per_token_j"])
+            row["energy_per_token_j"], row["energy_per_token_j_lo"], row["energy_per_token_j_hi"] = e.value, e.lo, e.hi
+            row["energy_method"] = "not idle-subtracted (no idle baseline measured)"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def offload_warnings(table: pd.DataFrame) -> list[str]:
+    """A partial offload explains a slow *warm* model better than anything else: say it first."""
+    out = []
+    for _, r in table.iterrows():
+        if r.get("device") == "gpu+cpu":
+            out.append(f"> ⚠ **Partial offload: {r['model']}** has {r['cpu_share']:.0%} of its weights on the CPU "
+                       f"({r['offload_evidence']}). Its warm speed is bounded by the CPU part, not by cold start.")
+    return out
+
+
+def display_table(t: pd.DataFrame) -> pd.DataFrame:
+    """The per-model table in readable units (3 significant digits, MB/GB, 32.8B parameters)."""
+    rows = []
+    for _, r in t.iterrows():
+        lim = (f"{r['decode_pct_of_limit']:.0f}% of {fmt.rate(r['decode_limit_tok_s'])}"
+               if pd.notna(r.get("decode_pct_of_limit", np.nan)) else f"unknown: {r.get('limit_unknown_because')}")
+        prefill = (fmt.rate(r["prefill_tok_s"]) if pd.notna(r.get("prefill_tok_s", np.nan)) else
+                   f"≤ {fmt.rate(r['prefill_tok_s_max'])} (upper bound)" if pd.notna(r.get("prefill_tok_s_max", np.nan))
+                   else "n/a")
+        rows.append({"model": r["model"], "quant": r["quantization"], "params": fmt.count(r["parameters"]),
+                     "file": fmt.size(r["file_bytes"]), "device": r.get("device") or "unknown",
+                     "load (cold)": fmt.duration_ci(r["load_s"], r["load_s_lo"], r["load_s_hi"]),
+                     "warm TTFT": fmt.duration_ci(r["ttft_s"], r["ttft_s_lo"], r["ttft_s_hi"]),
+                     "TPOT": fmt.duration_ci(r["tpot_s"], r["tpot_s_lo"], r["tpot_s_hi"]),
+                     "ITL p50": r["itl_p50"], "prefill": prefill,
+                     "decode": f"{fmt.rate(r['decode_tok_s'])}" + (f" [{fmt.number(r['decode_tok_s_lo'])}, "
+                                                                     f"{fmt.number(r['decode_tok_s_hi'])}]"
+                                                                     if pd.notna(r["decode_tok_s_lo"]) else ""),
+                     "decode vs bandwidth limit": lim,
+                     "model memory": fmt.mib(r.get("model_memory_bytes")),
+                     "J/token": (fmt.number(r["energy_per_token_j"]) if pd.notna(r.get("energy_per_token_j", np.nan))
+                                 else "no GPU sampled"),
+                     "n warm / cold": f"{r['n_warm']} / {r['n_cold']}"})
+    return pd.DataFrame(rows).set_index("model")
 
 
 def analyze(ctx: StudyContext) -> dict[str, Any]:
@@ -105,21 +148,27 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
 def conclusions(res: dict[str, Any]) -> str:
     t = res["table"].set_index("model")
     ok = measured(res["trials"])
-    lines = ["### What the measurements say"]
+    lines = offload_warnings(res["table"]) + ["### What the measurements say"]
+    for w in (noisy_note(res["trials"]), negative_overhead_note(res["trials"])):
+        if w:
+            lines.append("- " + w)
     by_size = t.sort_values("file_bytes") if t["file_bytes"].notna().all() else t
     small, large = by_size.index[0], by_size.index[-1]
     for m in (small, large):
         r = t.loc[m]
         w = ok[(ok["variant"] == m) & (ok["cache_state"] == "warm")]
         c = ok[(ok["variant"] == m) & (ok["cache_state"] != "warm")]
-        lim = (f", {r['decode_pct_of_limit']:.0f}% of the {r['decode_limit_tok_s']:.0f} tok/s bandwidth limit"
-               if pd.notna(r.get("decode_pct_of_limit")) else "")
-        size = f"{r['file_bytes'] / 1e6:.0f} MB" if pd.notna(r["file_bytes"]) else "size unknown"
+        if pd.notna(r.get("decode_pct_of_limit", np.nan)):
+            lim = (f", {r['decode_pct_of_limit']:.0f}% of the {fmt.rate(r['decode_limit_tok_s'])} limit its device's "
+                   f"memory bandwidth allows ({r['bandwidth_source']})")
+        else:
+            lim = f"; its bandwidth limit is unknown, because {r.get('limit_unknown_because')}"
+        size = fmt.size(r["file_bytes"]) if pd.notna(r["file_bytes"]) else "size unknown"
         if pd.notna(r.get("model_memory_bytes", np.nan)):
-            size += f", {r['model_memory_bytes'] / 2**20:.0f} MiB resident"
-        lines.append(f"- **{m}** ({r['quantization']}, {size}): loads in {fmt_s(est(c['load_s']))}, warm TTFT "
-                     f"{fmt_s(est(w['ttft_s']))}, decodes at {r['decode_tok_s']:.0f} tok/s [{r['decode_tok_s_lo']:.0f}, "
-                     f"{r['decode_tok_s_hi']:.0f}]{lim}.")
+            size += f", {fmt.mib(r['model_memory_bytes'])} resident"
+        lines.append(f"- **{m}** ({r['quantization']}, {fmt.count(r['parameters'])} parameters, {size}): loads in "
+                     f"{fmt_s(est(c['load_s']))}, warm TTFT {fmt_s(est(w['ttft_s']))}, decodes at "
+                     f"{fmt.estimate(est(w['decode_tok_s']), 'rate')}{lim}.")
     if pd.notna(t.loc[small, "decode_tok_s"]) and pd.notna(t.loc[large, "decode_tok_s"]) and t.loc[large, "decode_tok_s"]:
         from .. import stats
 
@@ -127,14 +176,18 @@ def conclusions(res: dict[str, Any]) -> str:
                          ok[(ok["variant"] == large) & (ok["cache_state"] == "warm")]["decode_tok_s"])
         rl = stats.ratio(ok[(ok["variant"] == large) & (ok["cache_state"] != "warm")]["load_s"],
                          ok[(ok["variant"] == small) & (ok["cache_state"] != "warm")]["load_s"])
-        lines.append(f"- The smaller model decodes {rd.value:.2f}× as fast [{rd.lo:.2f}, {rd.hi:.2f}] (n={rd.n}); "
-                     f"the larger one takes {rl.value:.2f}× as long to load [{rl.lo:.2f}, {rl.hi:.2f}].")
-    if "energy_per_token_j" in t:
-        lines.append("- Energy per output token (GPU): " + ", ".join(
-            f"{m} {t.loc[m, 'energy_per_token_j']:.3g} J" for m in t.index if pd.notna(t.loc[m, "energy_per_token_j"])) + ".")
+        lines.append(f"- The smaller model decodes {fmt.estimate(rd, 'ratio')} as fast; the larger one takes "
+                     f"{fmt.estimate(rl, 'ratio')} as long to load.")
+    if "energy_per_token_j" in t and t["energy_per_token_j"].notna().any():
+        lines.append("- Energy per output token (GPUs holding the server's processes, "
+                     f"{t['energy_method'].dropna().iloc[0]}): " + ", ".join(
+                         f"{m} {fmt.number(t.loc[m, 'energy_per_token_j'])} J [{fmt.number(t.loc[m, 'energy_per_token_j_lo'])}, "
+                         f"{fmt.number(t.loc[m, 'energy_per_token_j_hi'])}]"
+                         for m in t.index if pd.notna(t.loc[m, "energy_per_token_j"])) + ".")
     else:
-        lines.append("- No GPU was sampled, so there is no energy per token in this run.")
-    if res["failures"]:
-        lines.append("- " + res["failures"])
+        lines.append("- No GPU holding the server's processes was sampled, so there is no energy per token in this run.")
+    for note in (state_note(res["trials"]), res["failures"]):
+        if note:
+            lines.append("- " + note)
     lines += ["", method_note(res["manifest"])]
     return "\n".join(lines)

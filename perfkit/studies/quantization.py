@@ -10,9 +10,10 @@ import pandas as pd
 
 from ..backends.base import Sampling
 from ..runner import Trial, plan as plan_trials
-from ._common import est, failures, measured, method_note
+from .. import fmt
+from ._common import est, failures, measured, method_note, negative_overhead_note, noisy_note, state_note
 from ._context import StudyContext
-from .model_size import measure, per_model
+from .model_size import measure, offload_warnings, per_model
 
 
 def reference(ctx: StudyContext) -> str:
@@ -69,9 +70,22 @@ def drift(df: pd.DataFrame, ref: str) -> pd.DataFrame:
             continue
         r = r.iloc[0]
         for _, x in g.iterrows():
-            rows.append({"prompt": key, "variant": x["variant"],
-                         **compare(r["tokens"] or [], x["tokens"] or [], r["logprobs"], x["logprobs"])})
+            (a, method), (b, method_b) = units(r), units(x)
+            if method != method_b:  # compare like with like
+                a, b, method = str(r.get("text") or "").split(), str(x.get("text") or "").split(), "words"
+            rows.append({"prompt": key, "variant": x["variant"], "method": method,
+                         **compare(a, b, r.get("logprobs") if method == "tokens" else None,
+                                   x.get("logprobs") if method == "tokens" else None)})
     return pd.DataFrame(rows)
+
+
+def units(row) -> tuple[list[str], str]:
+    """What to compare greedy outputs by: the model's own tokens when the server returned them
+    (logprobs), else words of the output text (an Ollama older than the logprobs field)."""
+    tokens = row.get("tokens")
+    if isinstance(tokens, (list, tuple, np.ndarray)) and len(tokens):
+        return list(tokens), "tokens"
+    return str(row.get("text") or "").split(), "words"
 
 
 def analyze(ctx: StudyContext) -> dict[str, Any]:
@@ -85,27 +99,34 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
             table[col] = table["model"].map(lambda m: agg[m].value if m in agg else np.nan)
             table[f"{col}_lo"] = table["model"].map(lambda m: agg[m].lo if m in agg else np.nan)
             table[f"{col}_hi"] = table["model"].map(lambda m: agg[m].hi if m in agg else np.nan)
-    return {"trials": df, "table": table, "drift": dr, "reference": reference(ctx), "manifest": ctx.store.manifest(),
-            "failures": failures(df)}
+    method = ("tokens" if dr.empty or (dr["method"] == "tokens").all() else
+              "words" if (dr["method"] == "words").all() else "mixed")
+    return {"trials": df, "table": table, "drift": dr, "drift_method": method, "reference": reference(ctx),
+            "manifest": ctx.store.manifest(), "failures": failures(df)}
 
 
 def conclusions(res: dict[str, Any]) -> str:
     t = res["table"].set_index("model")
     ref = res["reference"]
     lines = [f"### What the measurements say (reference: {ref}, {t.loc[ref, 'quantization']})"]
+    lines = offload_warnings(res["table"]) + lines
+    for w in (noisy_note(res["trials"]), negative_overhead_note(res["trials"])):
+        if w:
+            lines.append("- " + w)
     fastest = t["decode_tok_s"].idxmax()
     smallest = t["file_bytes"].idxmin() if t["file_bytes"].notna().any() else None
-    lines.append(f"- Fastest decode: **{fastest}** ({t.loc[fastest, 'quantization']}) at {t.loc[fastest, 'decode_tok_s']:.0f} tok/s "
-                 f"[{t.loc[fastest, 'decode_tok_s_lo']:.0f}, {t.loc[fastest, 'decode_tok_s_hi']:.0f}] "
-                 f"vs {t.loc[ref, 'decode_tok_s']:.0f} tok/s for the reference.")
+    lines.append(f"- Fastest decode: **{fastest}** ({t.loc[fastest, 'quantization']}) at "
+                 f"{fmt.rate(t.loc[fastest, 'decode_tok_s'])} [{fmt.number(t.loc[fastest, 'decode_tok_s_lo'])}, "
+                 f"{fmt.number(t.loc[fastest, 'decode_tok_s_hi'])}] vs {fmt.rate(t.loc[ref, 'decode_tok_s'])} for the reference.")
     if smallest:
-        lines.append(f"- Smallest file: **{smallest}** at {t.loc[smallest, 'file_bytes'] / 1e6:.0f} MB, "
+        lines.append(f"- Smallest file: **{smallest}** at {fmt.size(t.loc[smallest, 'file_bytes'])}, "
                      f"{t.loc[smallest, 'file_bytes'] / t.loc[ref, 'file_bytes']:.0%} of the reference's size.")
     if "token_agreement" in t:
         for m in t.index:
             if m == ref or pd.isna(t.loc[m, "token_agreement"]):
                 continue
-            lines.append(f"- **{m}** agrees with the reference on {t.loc[m, 'token_agreement']:.0%} of greedy tokens "
+            unit = "tokens" if res["drift_method"] == "tokens" else "words (the server returned no tokens)"
+            lines.append(f"- **{m}** agrees with the reference on {t.loc[m, 'token_agreement']:.0%} of greedy {unit} "
                          f"[{t.loc[m, 'token_agreement_lo']:.0%}, {t.loc[m, 'token_agreement_hi']:.0%}] and reproduces "
                          f"{t.loc[m, 'prefix_match']:.0%} of its output before the first difference"
                          + (f"; mean |Δ logprob| on the shared prefix {t.loc[m, 'logprob_abs_diff']:.3f}."
@@ -113,7 +134,10 @@ def conclusions(res: dict[str, Any]) -> str:
     if res["manifest"].get("backend", {}).get("backend") == "llama-server":
         lines.append("- The embedded variants are re-quantized from a Q4_1 file: their speed and memory differ for "
                      "real, but none can be more accurate than that Q4_1 source.")
-    if res["failures"]:
-        lines.append("- " + res["failures"])
-    lines += ["", method_note(res["manifest"], "Drift: greedy decoding (temperature 0, top_k 1), n = prompts per variant.")]
+    for note in (state_note(res["trials"]), res["failures"]):
+        if note:
+            lines.append("- " + note)
+    lines += ["", method_note(res["manifest"], f"Drift: greedy decoding (temperature 0, top_k 1), compared by "
+                                               f"{res['drift_method']}; mean agreement with a t-interval over prompts, "
+                                               "n = prompts per variant.")]
     return "\n".join(lines)
