@@ -38,6 +38,7 @@ PORTABLE_CMAKE_ARGS = (
 
 
 ENGINE_START_MARK = "# perfkit: llama-server started at unix "
+ENGINE_READY_MARK = "# perfkit: llama-server answered /health at unix "
 
 
 def cache_dir() -> Path:
@@ -134,19 +135,26 @@ def _stop_all() -> None:
         engine.stop()
 
 
-def kill_process_group(pgid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM a process group, then SIGKILL whatever is left after ``grace_s`` seconds."""
+def kill_process_group(pgid: int, grace_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM a process group, then SIGKILL whatever is left after ``grace_s`` seconds.
+
+    ``proc``: the group leader if it is our child. It must be reaped while we wait: an exited but
+    unreaped leader is a zombie that still counts as a group member, so without ``poll()`` every stop
+    would wait the whole grace period (it made each engine restart take 10 s).
+    """
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
@@ -228,10 +236,14 @@ class Engine:
                                   f"last log lines:\n{self.log_tail()}")
             try:
                 if httpx.get(self.base_url + "/health", timeout=2.0).status_code == 200:
+                    # With the server's own "listening" line this pins its relative log clock to wall
+                    # time to within one poll (the start mark alone is early by the exec start-up).
+                    with open(self.log_path, "ab") as log:
+                        log.write(f"{ENGINE_READY_MARK}{time.time():.6f}\n".encode())
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise EngineError(f"llama-server did not answer /health within {self.ready_timeout_s:.0f} s; "
                           f"log: {self.log_path}\n{self.log_tail()}")
 
@@ -248,7 +260,7 @@ class Engine:
         """Stop the router and its model processes (the whole process group). Safe to call twice."""
         if self.proc is None:
             return
-        kill_process_group(self.proc.pid)
+        kill_process_group(self.proc.pid, proc=self.proc)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -42,6 +42,8 @@ def evict(path: str | Path) -> float:
     """
     fd = os.open(path, os.O_RDONLY)
     try:
+        # Dirty pages (a model just pulled or copied) can't be dropped: write them back first.
+        os.fdatasync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

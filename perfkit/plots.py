@@ -11,6 +11,8 @@ import pandas as pd
 import seaborn as sns
 import yaml
 
+from . import fmt  # noqa: F401 - notebooks format through plots.fmt
+
 sns.set_theme(style="whitegrid", context="notebook")
 
 PHASE_COLORS = {"load": "#d62728", "prefill": "#ff7f0e", "decode": "#2ca02c", "overhead": "#7f7f7f"}
@@ -57,9 +59,16 @@ def decomposition(by_state: pd.DataFrame, ax=None, title: str = "Where the first
     return ax
 
 
-def timeline(samples: pd.DataFrame, trials: pd.DataFrame, *, metrics: Sequence[str] = ("server_cpu_pct", "server_rss_bytes"),
-             max_requests: int = 40, title: str = "Server resources over time, request phases shaded"):
-    """Sampled metrics over time with each request's phases (load, prefill, decode) overlaid."""
+EVENT_COLORS = {"runner_start": "#9467bd", "runner_ready": "#1f77b4", "model_loaded": "#1f77b4",
+                "server_listening": "#8c564b", "warning": "#e377c2", "error": "#e377c2"}
+
+
+def timeline(samples: pd.DataFrame, trials: pd.DataFrame, *,
+             metrics: Sequence[str] = ("server_cpu_pct", "server_rss_bytes", "other_cpu_pct"),
+             max_requests: int = 40, events: pd.DataFrame | None = None,
+             title: str = "Server resources over time, request phases shaded, server log events as lines"):
+    """Sampled metrics over time with each request's phases (load, prefill, decode) overlaid, and the
+    server's own log events (runner spawned / ready, listening, warnings) as vertical lines."""
     have = [m for m in metrics if m in samples and samples[m].notna().any()]
     if samples.empty or not have:
         return None
@@ -81,6 +90,11 @@ def timeline(samples: pd.DataFrame, trials: pd.DataFrame, *, metrics: Sequence[s
                     spans.append(("decode", r["t_first_token_ns"], r["t_end_ns"]))
             for phase, a, b in spans:
                 ax.axvspan((a - t0) * 1e-9, (b - t0) * 1e-9, color=PHASE_COLORS[phase], alpha=0.25, lw=0)
+        if events is not None and len(events) and "t_ns" in events:
+            t_max = samples["t_ns"].max()
+            for _, e in events[events["kind"].isin(list(EVENT_COLORS))].iterrows():
+                if pd.notna(e["t_ns"]) and t0 <= e["t_ns"] <= t_max:
+                    ax.axvline((e["t_ns"] - t0) * 1e-9, color=EVENT_COLORS[e["kind"]], lw=0.8, ls="--")
     axes[-1, 0].set_xlabel("seconds since the first sample")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.4) for k, c in PHASE_COLORS.items() if k != "overhead"]
     axes[0, 0].legend(handles, ["load", "prefill", "decode"], fontsize=8, loc="upper right")
@@ -121,10 +135,10 @@ def fmt_table(df: pd.DataFrame, columns: dict[str, str], ci: dict[str, tuple[str
 
         def f(v):
             return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else (
-                f"{v * k:.{digits}g}" if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
+                fmt.number(v * k, digits) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
         if col in ci:
             lo, hi = ci[col]
-            out[name] = [f"{f(v)} [{f(a)}, {f(b)}]" if not (pd.isna(a) or pd.isna(b)) else f(v)
+            out[name] = [f"{f(v)} [{f(a)}, {f(b)}]" if not (pd.isna(a) or pd.isna(b) or a == b) else f(v)
                          for v, a, b in zip(df[col], df[lo], df[hi])]
         else:
             out[name] = [f(v) for v in df[col]]

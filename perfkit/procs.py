@@ -182,9 +182,9 @@ def _unmap(ip: str) -> str:
 
 def _addr_matches(listen_ip: str, wanted: set[str]) -> bool:
     ip = _unmap(listen_ip)
-    if ip in ("0.0.0.0", "::"):
+    if ip in ("0.0.0.0", "::") or ip in wanted:
         return True
-    if ip in wanted:
+    if wanted & {"0.0.0.0", "::"}:  # OLLAMA_HOST=0.0.0.0: clients reach it on any local address
         return True
     # A server bound to ::1 answers "localhost" as well as one bound to 127.0.0.1.
     try:
@@ -244,7 +244,8 @@ def listening_pid(port: int, host: str = "127.0.0.1") -> int | None:
         conns = None
     if conns is not None:
         for c in conns:
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and _addr_matches(c.laddr.ip, wanted):
+            if (c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                    and _addr_matches(c.laddr.ip, wanted)):
                 if c.pid is not None:
                     return c.pid
                 break  # seen but pid hidden (other user): try /proc below

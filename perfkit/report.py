@@ -113,7 +113,7 @@ def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = Tru
         try:
             code = proc.wait()
         except BaseException:
-            kill_process_group(proc.pid, grace_s=3.0)
+            kill_process_group(proc.pid, grace_s=3.0, proc=proc)
             raise
     if code:
         cell, error = _first_error(out)

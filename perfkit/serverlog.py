@@ -10,13 +10,18 @@ Formats understood (all leniently; unknown lines give None, never an exception):
   (server/routes.go "server config" and "Listening on", llm/server.go "starting llama server" /
   "starting runner", llm/llama_server.go "starting llama-server" (v0.30+), "... started in N seconds",
   "model load progress", sched.go "loaded runners", the scheduler's unload messages).
+  Also the Go ``log`` form Ollama writes before its own handler is set up
+  (``2026/11/24 10:00:00 routes.go:1187: INFO server config env="map[...]"``, local time).
 * GIN request lines: ``[GIN] 2026/02/21 - 12:10:32 | 200 |  2m38s |  127.0.0.1 | POST  "/api/chat"``
   (local time, no zone, whole seconds; written when the request ends).
 * llama.cpp lines, bare inside Ollama's log (``load_tensors: offloaded 81/81 layers to GPU``,
-  older ``llm_load_tensors:``) or in llama-server's own log with ``--log-prefix --log-timestamps``
-  (``0.00.035.060 I srv  main: ...``: minutes.seconds.ms.us since that process's logger started,
-  i.e. a clock relative to process start, not wall time), including a router's forwarded child lines
-  (``[54321] 0.00.012.345 I ...``, the child's own relative clock).
+  older ``llm_load_tensors:``; Ollama < 0.4's ``INFO [main] model loaded | ... timestamp=EPOCH``) or in
+  llama-server's own log. There ``--log-timestamps`` prints only together with ``--log-prefix``:
+  ``0.00.035.060 I srv  main: ...`` is minutes.seconds.milliseconds.microseconds since that process's
+  logger started (common/log.cpp: ``t_us() - t_start``), a clock relative to process start, not wall
+  time. A router forwards its child's stderr as ``[PORT] <child line>`` with no stamp of its own, so
+  child lines carry the child's own relative clock. ``load_tensors``/buffer lines need ``-lv 4``
+  (default verbosity 3 hides them; Ollama passes ``--log-verbosity 4`` for the same reason).
 * Source prefixes: journald (``short``, ``short-iso``, ``short-precise``), docker compose
   (``ollama-1  | ``), docker ``--timestamps`` (``2026-11-24T10:00:00.123456789Z ``).
 """
@@ -323,8 +328,13 @@ _GIN = re.compile(
     r"^\[GIN\] (?P<ts>\d{4}/\d{2}/\d{2} - \d{2}:\d{2}:\d{2}) \|\s*(?P<status>\d{3})\s*\|\s*(?P<lat>[^|]*?)\s*\|"
     r"\s*(?P<client>[^|]*?)\s*\|\s*(?P<method>[A-Za-z]+)\s+(?P<path>\".*\"|\S+)\s*$"
 )
-_GOLOG = re.compile(r"^(?P<ts>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})(?P<frac>\.\d+)? (?:(?P<src>[\w.-]+\.go:\d+): )?(?P<msg>.*)$")
-_LLAMA_PREFIX = re.compile(r"^(?:\[\s*(?P<port>\d+)\] )?(?:(?P<ts>\d+\.\d{2}\.\d{3}\.\d{3}) )?(?:(?P<lvl>[IWED]) (?=\S))?")
+_GOLOG = re.compile(
+    r"^(?P<ts>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})(?P<frac>\.\d+)? (?:(?P<src>[\w.-]+\.go:\d+): )?(?P<msg>.*)$"
+)
+# llama.cpp's --log-prefix/--log-timestamps ("M.SS.mmm.uuu L "), after a router's "[PORT] " for child lines.
+_LLAMA_PREFIX = re.compile(
+    r"^(?:\[\s*(?P<port>\d+)\] )?(?:(?P<ts>\d+\.\d{2}\.\d{3}\.\d{3}) )?(?:(?P<lvl>[IWED]) (?=\S))?"
+)
 _EXT_SERVER = re.compile(r"^(?P<lvl>INFO|WARN|ERROR|DEBUG|VERB) \[(?P<fn>[^\]]*)\] (?P<msg>.*?)(?: \| (?P<kv>.*))?$")
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
@@ -337,7 +347,9 @@ _GPU_DEVICE = re.compile(
     r"^\s*Device (?P<i>\d+): (?P<name>.+?)(?:, compute capability (?P<cc>[\d.]+))?(?:, VMM: (?P<vmm>\w+))?"
     r"(?:, ID: (?P<id>\S+))?\s*$"
 )
-_USING_DEVICE = re.compile(r"using device (?P<dev>\S+) \((?P<name>.*?)\)(?: \((?P<pci>[^)]*)\))? - (?P<free>\d+) MiB free")
+_USING_DEVICE = re.compile(
+    r"using device (?P<dev>\S+) \((?P<name>.*?)\)(?: \((?P<pci>[^)]*)\))? - (?P<free>\d+) MiB free"
+)
 _LOAD_BACKEND = re.compile(r"load_backend: loaded (?P<be>\S+) backend from (?P<path>.+)$")
 _TIMING = re.compile(
     r"(?P<phase>prompt eval|eval|total) time =\s*(?P<ms>[\d.]+) ms /\s*(?P<n>\d+) (?:tokens|runs)"

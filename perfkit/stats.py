@@ -367,7 +367,8 @@ def throughput_ci(token_times_ns: Sequence, t_start_ns: int, t_end_ns: int, *, b
                         note=f"only {filled} of {batches} windows contain tokens")
     half = float(_st.t.ppf((1 + confidence) / 2, batches - 1) * np.std(rates, ddof=1) / math.sqrt(batches))
     note = _identical_note(batches, "window rates") if half == 0 else ""
-    return Estimate("throughput", value, value - half, value + half, batches, confidence, method, note=note)
+    # A rate can't be negative: a wide interval from few windows is cut at 0, not printed below it.
+    return Estimate("throughput", value, max(0.0, value - half), value + half, batches, confidence, method, note=note)
 
 
 def replicate_ci(values: Sequence[float], stat: str = "mean", *, confidence: float = CONFIDENCE) -> Estimate:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from .engine import ENGINE_START_MARK
+from .engine import ENGINE_READY_MARK, ENGINE_START_MARK
 from .serverlog import LogEvent, parse
 
 # Kinds worth a row in the report's timeline (progress lines and per-buffer details are summarised).
@@ -39,18 +39,40 @@ class ServerAccount:
         return t0 + (wall_unix_s - wall0) * 1e9
 
 
-def _segments(lines: list[str]) -> list[tuple[float | None, list[str]]]:
-    """Split an engine log at perfkit's start marks: each segment's --log-timestamps count from its own start."""
-    out: list[tuple[float | None, list[str]]] = [(None, [])]
+def _segments(lines: list[str]) -> list[tuple[float | None, float | None, list[str]]]:
+    """Split an engine log at perfkit's start marks: each segment's --log-timestamps count from its own
+    start. Returns (start mark, ready mark, lines without the marks) per segment."""
+    out: list[list] = [[None, None, []]]
     for ln in lines:
-        if ln.startswith(ENGINE_START_MARK):
-            try:
-                out.append((float(ln[len(ENGINE_START_MARK):].strip()), []))
-                continue
-            except ValueError:
-                pass
-        out[-1][1].append(ln)
-    return [s for s in out if s[1]]
+        for mark, slot in ((ENGINE_START_MARK, 0), (ENGINE_READY_MARK, 1)):
+            if ln.startswith(mark):
+                try:
+                    t = float(ln[len(mark):].strip())
+                except ValueError:
+                    break
+                if slot == 0:
+                    out.append([t, None, []])
+                else:
+                    out[-1][1] = t
+                break
+        else:
+            out[-1][2].append(ln)
+    return [tuple(s) for s in out if s[2]]
+
+
+def _parse_segment(start: float | None, ready: float | None, seg: list[str]) -> list[LogEvent]:
+    """Events of one server start. Its relative clock is pinned where the server said it was listening
+    and perfkit saw it answer (``ready``), else at the start mark."""
+    if start is None:
+        return parse(seg)
+    events = parse(seg, t0_wall_unix_s=start)
+    if ready is not None:
+        listen = next((e for e in events if e.kind == "server_listening" and e.fields.get("instance_port") is None
+                       and e.fields.get("log_t_s") is not None), None)
+        if listen is not None:
+            t0 = max(start, ready - listen.fields["log_t_s"])
+            events = parse(seg, t0_wall_unix_s=t0)
+    return events
 
 
 def load_account(study_dir: str | Path, events: pd.DataFrame) -> ServerAccount:
@@ -69,8 +91,8 @@ def load_account(study_dir: str | Path, events: pd.DataFrame) -> ServerAccount:
         acc.why_empty = why
         return acc
     lines = path.read_text(errors="replace").splitlines()
-    for t0, seg in _segments(lines):
-        acc.events += parse(seg, t0_wall_unix_s=t0)
+    for start, ready, seg in _segments(lines):
+        acc.events += _parse_segment(start, ready, seg)
     if not acc.events:
         acc.why_empty = f"the server log ({len(lines)} lines) has no line perfkit can parse"
     return acc
@@ -133,7 +155,7 @@ def request_split(acc: ServerAccount, row: dict[str, Any]) -> dict[str, Any]:
         return {}
     end = send + e2e
     # GIN has whole seconds: allow one second either side when matching.
-    slack = 1.0
+    slack = 1.0 if any(e.fields.get("time_resolution_s") for e in acc.events if e.kind == "request") else 0.05
     out: dict[str, Any] = {}
     spawn = _first(acc, ("runner_start",), send - 0.05, end)
     if spawn is not None:

@@ -6,4 +6,4 @@ set -euo pipefail
 pkill -x ollama || true
 for _ in $(seq 50); do pgrep -x ollama >/dev/null || break; sleep 0.2; done
 env | grep '^OLLAMA_' >&2 || true
-nohup ollama serve >"${OLLAMA_LOG:-/tmp/ollama.log}" 2>&1 &
+nohup ollama serve >>"${OLLAMA_LOG:-/tmp/ollama.log}" 2>&1 &  # append: perfkit reads the part written during its run

@@ -62,3 +62,11 @@ def small_store(tmp_path, store_dir):
     except OSError:
         shutil.copyfile(src, d / src.name)
     return d
+
+
+@pytest.fixture(scope="session")
+def scripted_models_dir(tmp_path_factory):
+    """Model blobs for every scripted Ollama of the session (written once)."""
+    from scripted_ollama.harness import shared_models_dir
+
+    return shared_models_dir(tmp_path_factory)

@@ -37,3 +37,55 @@ def test_bad_param_file_fails_before_any_work(tmp_path, capsys):
     assert main(["run", str(p), "--results", str(tmp_path / "res")]) == 2
     assert "studies.cold_start.reps" in capsys.readouterr().err
     assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["run", "params/smoke.yaml", "--resume", "/nonexistent/run"], "--resume /nonexistent/run: no such run directory"),
+    (["run", "params/smoke.yaml", "--resume", "/tmp"], "--resume /tmp: not a perfkit run directory (no run.json)"),
+    (["report", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["run", "params"], "params: is a directory, not a parameter file"),
+])
+def test_more_errors_are_one_clear_line(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "-1", "http"])
+def test_engine_port_is_checked_by_the_parser(port, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["engine", "start", "--port", port])
+    assert e.value.code == 2 and "is not a port number (1-65535)" in capsys.readouterr().err
+
+
+def test_help_documents_resume_rules_retry_and_damage(capsys):
+    for argv in (["run", "--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    out = capsys.readouterr().out
+    assert "--retry-failed" in out and "redacted" in out and "--allow-damaged" in out
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_exits_143(monkeypatch, capsys):
+    import signal
+
+    from perfkit import cli
+
+    def stop(a):
+        cli._sigterm(signal.SIGTERM, None)  # what the handler does when SIGTERM arrives
+
+    monkeypatch.setattr(cli, "cmd_report", stop)
+    parser = cli.build_parser
+
+    def patched():
+        p = parser()
+        p._subparsers._group_actions[0].choices["report"].set_defaults(fn=stop)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+    try:
+        assert main(["report", "x"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    assert "stopped by SIGTERM; servers stopped, measured data kept" in capsys.readouterr().err

@@ -54,3 +54,55 @@ def test_unknown_model_in_the_embedded_store(tmp_path, monkeypatch):
 def test_missing_file():
     with pytest.raises(ConfigError, match="no such parameter file"):
         params.load("nope.yaml")
+
+
+CS = "name: x\nstudies:\n  cold_start:\n    model: m\n"
+
+
+@pytest.mark.parametrize("text,match", [
+    (CS + "    idle_gaps_s: [-1]\n", r"p.yaml: studies.cold_start.idle_gaps_s: .*each 0 ≤ gap ≤ 86400"),
+    (CS + "    idle_gaps_s: []\n", r"p.yaml: studies.cold_start.idle_gaps_s: a non-empty list of idle gaps"),
+    (CS + "    states: []\n", r"p.yaml: studies.cold_start.states: .*at least 1 item"),
+    (CS + "    states: [warm, warm]\n", r"studies.cold_start.states: cache state 'warm' is listed twice"),
+    (CS + "    reps: 1000000000\n", r"p.yaml: studies.cold_start.reps: .*less than or equal to 10000"),
+    (CS + "    reps: 1.0e+9\n", r"p.yaml: studies.cold_start.reps: .*less than or equal to 10000"),
+    (CS + "    num_predict: 10000000\n", r"studies.cold_start.num_predict: .*less than or equal to 131072"),
+    ("name: x\nstudies:\n  model_size:\n    models: [a, a]\n", r"p.yaml: studies.model_size.models: model 'a' is listed twice"),
+    ("name: x\nstudies:\n  quantization:\n    models: [a, b, a]\n", r"studies.quantization.models: model 'a' is listed twice"),
+    ("name: x\nstudies:\n  config_tuning:\n    model: m\n    settings: [{}]\n    requests: 100001\n",
+     r"studies.config_tuning.requests: .*less than or equal to 100000"),
+    ("name: x\nstudies:\n  config_tuning:\n    model: m\n    settings: [{}]\n    concurrency: [1, 5000]\n",
+     r"studies.config_tuning.concurrency: a non-empty list of integers 1 ≤ clients ≤ 1024"),
+    ("name: x\nbackend: {kind: ollama, url: 'localhost:11434'}\nstudies: {cold_start: {model: m}}\n",
+     r"p.yaml: backend.url: expected an http:// or https:// URL with a host"),
+    ("name: x\nbackend: {kind: ollama, url: 'ftp://h:1'}\nstudies: {cold_start: {model: m}}\n", r"backend.url: expected an http://"),
+    ("name: x\nbackend: {kind: ollama, url: 'http://h:99999'}\nstudies: {cold_start: {model: m}}\n", r"backend.url: expected"),
+    ("name: x\nbackend: {url: 'http://h:1'}\nstudies: {cold_start: {model: m}}\n",
+     r"backend: url is used only with kind ollama or llama-server"),
+    ("name: x\nstudies: {}\n", r"p.yaml: studies: no study enabled; set at least one of: cold_start, model_size"),
+    ("name: ../../../x\nstudies: {cold_start: {model: m}}\n",
+     r"p.yaml: name: .*use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters"),
+    ("name: " + "n" * 300 + "\nstudies: {cold_start: {model: m}}\n", r"p.yaml: name: .*at most 64 characters"),
+    ("name: x\nname: y\nstudies: {cold_start: {model: m}}\n", r"not valid YAML: duplicate key 'name'"),
+])
+def test_values_that_would_fail_later_or_do_nothing_are_refused(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        params.load(write(tmp_path, text), check_models=False)
+
+
+def test_files_that_are_not_parameter_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a directory, not a parameter file"):
+        params.load(tmp_path)
+    (tmp_path / "b.yaml").write_bytes(b"\x00\x01\x02GGUF")
+    with pytest.raises(ConfigError, match=r"b.yaml: a binary file, not a YAML parameter file"):
+        params.load(tmp_path / "b.yaml")
+    (tmp_path / "l.yaml").write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"l.yaml: not UTF-8 text"):
+        params.load(tmp_path / "l.yaml")
+
+
+def test_a_safe_name_and_good_values_pass(tmp_path):
+    p = params.load(write(tmp_path, "name: my-run_1.2\nbackend: {kind: ollama, url: 'https://gpu.example:443/'}\n"
+                                    "studies: {cold_start: {model: m, idle_gaps_s: [0, 60], reps: 10000}}\n"),
+                    check_models=False)
+    assert p.name == "my-run_1.2" and p.studies.cold_start.reps == 10000

@@ -147,3 +147,50 @@ def test_ctrl_c_stops_everything_keeps_data_and_resumes(tmp_path, store_dir):
     assert ids[:len(kept)] == kept
     assert len(ids) == len(set(ids))  # nothing measured twice (a torn last line at most is re-run)
     assert json.loads((run_dir / "run.json").read_text())["studies"]["cold_start"]["status"] == "done"
+
+
+def _ollama_params(tmp_path, url, headers=None, name="fo"):
+    hdr = "".join(f"    {k}: \"{v}\"\n" for k, v in (headers or {}).items())
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"name: {name}\nbackend:\n  kind: ollama\n  url: {url}\n" + (f"  headers:\n{hdr}" if hdr else "")
+                 + "timeouts: {request_s: 30}\nsampling: {interval_s: 0.2, gpu: false}\nstudies:\n  cold_start:\n"
+                   "    model: good\n    states: [warm]\n    reps: 3\n    strategies: [none]\n    strategy_reps: 1\n"
+                   "    idle_gaps_s: [0.1]\n")
+    return p
+
+
+def test_no_header_value_anywhere_under_the_run_directory(tmp_path, fake_ollama):
+    """A real papermill run against an Ollama behind an auth proxy: the headers are sent, never recorded."""
+    secrets = {"Authorization": "Bearer tok-5ecret-abc", "X-Api-Key": "key-5ecret-def"}
+    p = _ollama_params(tmp_path, fake_ollama.url, secrets)
+    r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(p), "--results", str(tmp_path / "res")],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert {h.get("Authorization") for h in fake_ollama.headers_seen} == {secrets["Authorization"]}
+    (run_dir,) = [d for d in (tmp_path / "res").iterdir() if d.is_dir()]
+    leaks = [str(f) for f in run_dir.rglob("*") if f.is_file()
+             for v in ("tok-5ecret-abc", "key-5ecret-def") if v.encode() in f.read_bytes()]
+    assert leaks == []
+    assert "'***'" in (run_dir / "params.yaml").read_text()
+    assert "tok-5ecret" not in r.stdout + r.stderr
+    rr = subprocess.run([sys.executable, "-m", "perfkit", "report", str(run_dir)], capture_output=True, text=True,
+                        timeout=300, cwd=ROOT)  # the redacted copy is enough to render
+    assert rr.returncode == 0, rr.stderr[-2000:]
+
+
+def test_two_runs_started_together_get_two_directories_and_share_no_trial(tmp_path, fake_ollama):
+    p = _ollama_params(tmp_path, fake_ollama.url)
+    argv = [sys.executable, "-m", "perfkit", "run", str(p), "--results", str(tmp_path / "res")]
+    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [pr.communicate(timeout=300)[0] for pr in procs]
+    assert [pr.returncode for pr in procs] == [0, 0], outs
+    dirs = sorted(d for d in (tmp_path / "res").iterdir() if d.is_dir())
+    assert len(dirs) == 2
+    sends = []
+    for d in dirs:
+        rows = [json.loads(x) for x in (d / "cold_start" / "trials.jsonl").read_text().splitlines()]
+        ids = [r["trial_id"] for r in rows]
+        assert len(ids) == len(set(ids)) and any(i.startswith("state/warm/") for i in ids)
+        sends.append({r["t_send_ns"] for r in rows if r.get("t_send_ns")})
+    assert sends[0] and sends[1] and not sends[0] & sends[1]

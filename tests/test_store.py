@@ -61,3 +61,36 @@ def test_manifest_merge_dataframes_and_parquet(tmp_path):
     assert s.trials().loc[0, "itl_s"] == [0.1, 0.2]
     assert s.events().loc[0, "kind"] == "resume"
     assert not os.path.exists(tmp_path / "manifest.json.tmp")
+
+
+def test_append_after_a_torn_line_moves_the_fragment_aside(tmp_path):
+    s = RunStore(tmp_path)
+    s.append_trial({"trial_id": "a"})
+    with open(tmp_path / "trials.jsonl", "a") as f:
+        f.write('{"trial_id": "b", "ttf')
+    s.append_trial({"trial_id": "b"})
+    assert [json.loads(x)["trial_id"] for x in (tmp_path / "trials.jsonl").read_text().splitlines()] == ["a", "b"]
+    assert json.loads((tmp_path / "trials.jsonl.torn").read_text())["fragment"] == '{"trial_id": "b", "ttf'
+    assert s.trials_log.repairs and s.trials_log.read() and s.trials_log.damage == []
+
+
+def test_read_reports_damage(tmp_path):
+    (tmp_path / "trials.jsonl").write_text('{"trial_id": "a"}\n{oops}\n[1]\n{"trial_id": "d"}\n{"trial_id": "e", "x')
+    s = RunStore(tmp_path)
+    assert s.done_ids() == {"a", "d"}
+    dmg = s.trials_log.damage
+    assert len(dmg) == 3 and "line 2" in dmg[0] and "line 3" in dmg[1] and "last line (line 5) is torn" in dmg[2]
+
+
+def test_done_ids_and_latest_attempt_with_retries(tmp_path, monkeypatch):
+    s = RunStore(tmp_path)
+    for row in ({"trial_id": "a", "ok": True}, {"trial_id": "b", "ok": False, "error": "x"},
+                {"trial_id": "c", "ok": False}, {"trial_id": "c", "ok": True}):
+        s.append_trial(row)
+    assert s.done_ids() == {"a", "b", "c"}  # a failed trial is done unless a retry is asked
+    assert s.done_ids(retry_failed=True) == {"a", "c"}
+    monkeypatch.setenv("PERFKIT_RETRY_FAILED", "1")  # what `perfkit run --retry-failed` gives the kernel
+    assert s.done_ids() == {"a", "c"}
+    assert len(s.trials(all_attempts=True)) == 4
+    latest = s.trials()
+    assert list(latest["trial_id"]) == ["a", "b", "c"] and list(latest["ok"]) == [True, False, True]

@@ -54,8 +54,9 @@ def timed_stream(client: httpx.Client, url: str, payload: dict, rec: RequestReco
                 except MalformedLine as e:
                     cut = e
             rec.t_end_ns = now_ns()
-            if cut is not None:  # the stream ended on a partial line: the server process went away mid-write
-                return rec.fail(f"server connection lost: the stream ended inside a line ({cut})")
+            if cut is not None:  # the stream broke off on a bad last line: a cut-off write, or a router's
+                # "proxy error: Failed to read connection" when the model process behind it died
+                return rec.fail(f"server connection lost: the stream broke off; its last line: {cut}")
     except httpx.TimeoutException as e:
         kind = "connect" if isinstance(e, httpx.ConnectTimeout) else "stall"
         return rec.fail(f"timeout ({kind}): no data for {stall_s:g} s" if kind == "stall"

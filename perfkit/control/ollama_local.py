@@ -220,8 +220,9 @@ class LocalOllamaControl(ServerControl):
             return f"; the runner runs with --parallel {f['--parallel']}"
         if key == "OLLAMA_CONTEXT_LENGTH" and "--ctx-size" in f:
             return f"; the runner runs with --ctx-size {f['--ctx-size']} (num_ctx × parallel)"
-        if key == "OLLAMA_FLASH_ATTENTION":
-            return "; the runner runs with --flash-attn" if "--flash-attn" in f else ""
+        if key == "OLLAMA_FLASH_ATTENTION" and "--flash-attn" in f:
+            # A bare --flash-attn (older runners) means on; newer ones say on/off/auto.
+            return f"; the runner runs with --flash-attn {f['--flash-attn'] or 'on'}"
         return ""
 
     # ---- files, log, device ---------------------------------------------------------------------

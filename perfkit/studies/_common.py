@@ -39,6 +39,8 @@ def state_note(df: pd.DataFrame) -> str:
     ok = df[df.get("ok", True).astype(bool)]
     if "warmup" in ok:
         ok = ok[~ok["warmup"].fillna(False).astype(bool)]
+    if "state_prepare_s" in ok:  # only trials that had a state check (not strategy or load-series rows)
+        ok = ok[ok["state_prepare_s"].notna()]
     failed = ok[_state_failed(ok)]
     unknown = ok[ok["state_verified"].isna()]
     out = []
@@ -84,6 +86,15 @@ def negative_overhead_note(df: pd.DataFrame) -> str:
 PCTS = ("median", "p90", "p99")
 
 
+def _cell(e: stats.Estimate) -> str:
+    """A compact table cell: '412 ms [398, 431]', or '412 ms (no CI: n < 6)' when n is too small."""
+    if e.has_ci:
+        return fmt.duration_ci(e.value, e.lo, e.hi)
+    if e.need_n:
+        return f"{fmt.duration(e.value)} (no CI: n < {e.need_n})"
+    return f"{fmt.duration(e.value)} ({e.note})" if e.note else fmt.duration(e.value)
+
+
 def per_request_itl(df: pd.DataFrame, stat: str) -> list[float]:
     """Each request's own ``stat`` of its inter-token gaps: one value per request, so the CI's n is
     requests, not gaps (gaps within one request are not independent)."""
@@ -107,7 +118,7 @@ def latency_table(df: pd.DataFrame, by: str, metrics: Iterable[str] = ("ttft_s",
                 vals = per_request_itl(g, s) if m == "itl" else g[m].tolist() if m in g else []
                 e = stats.estimate(vals, "median" if m == "itl" else s)
                 row["n"] = e.n
-                row["p50" if s == "median" else s] = fmt.estimate(e, "duration")
+                row["p50" if s == "median" else s] = _cell(e)
             rows.append(row)
     return pd.DataFrame(rows).set_index([by, "metric"]) if rows else pd.DataFrame()
 

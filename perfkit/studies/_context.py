@@ -24,8 +24,10 @@ from ..settings import validate_settings
 from ..records import now_ns
 from ..store import RunStore
 
-# The engine's log lines carry a time, so its own account can be put on the run's clock.
-ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix")
+# The engine's log lines carry a time (relative to its start: --log-timestamps needs --log-prefix), so its
+# own account can be put on the run's clock; verbosity 4 (what Ollama passes its runner) adds the
+# load_tensors and buffer lines.
+ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix", "-lv", "4")
 
 
 def _log_source(spec):
@@ -117,7 +119,8 @@ class StudyContext:
         try:
             backend = self._backend(engine, merged if p.backend.kind == "ollama" and settings else {})
             log = backend.control.log_source()
-            log_mark = log.mark() if log else None
+            # The engine's log is this study's own file: keep it from its first line (its start marks).
+            log_mark = (0 if engine is not None else log.mark()) if log else None
             self.store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
             pids = backend.control.server_pids
             monitor = Monitor(p.sampling.interval_s, pids if backend.control.is_local else None,

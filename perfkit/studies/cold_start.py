@@ -19,7 +19,7 @@ from ..backends.base import Sampling
 from ..coldstart import scheme_a, user_first_request
 from ..control.base import Unknown
 from ..runner import Trial
-from ._common import (est, failures, fmt_s, fmt_x, latency_table, measured, method_note, negative_overhead_note,
+from ._common import (_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note, negative_overhead_note,
                       noisy_note, state_note)
 from ._context import StudyContext
 
@@ -242,7 +242,7 @@ def split_table(res: dict[str, Any]) -> pd.DataFrame:
     for state, g in sp.groupby("cache_state", sort=False):
         row = {"cache state": state, "n": len(g)}
         for c, name in cols.items():
-            row[name] = fmt_s(est(g[c])) if c in g and g[c].notna().any() else "not in log"
+            row[name] = _cell(est(g[c])) if c in g and g[c].notna().any() else "not in log"
         rows.append(row)
     return pd.DataFrame(rows).set_index("cache state")
 

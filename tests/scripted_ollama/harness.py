@@ -147,6 +147,22 @@ class ScriptedOllama:
             return []
         return sorted(out)
 
+    def leftover_processes(self) -> list[int]:
+        """Every live process of this home: the server and its runners all carry SCRIPTED_OLLAMA_HOME=home
+        in their environment, whoever started them (harness, restart.sh) and whatever their parent."""
+        mark = f"SCRIPTED_OLLAMA_HOME={self.home}"
+        out = []
+        for p in psutil.process_iter(["pid"]):
+            if p.pid == os.getpid():
+                continue
+            try:
+                environ = Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if mark.encode() in environ and _alive(p.pid):
+                out.append(p.pid)
+        return sorted(out)
+
     def ps(self) -> list[dict]:
         return httpx.get(f"{self.url}/api/ps", timeout=5).json().get("models", [])
 
@@ -212,7 +228,7 @@ class ScriptedOllama:
         return self.wait_ready(new_pid_of=old)
 
     def _tree(self) -> set[int]:
-        pids = set(self._seen_pids)
+        pids = set(self._seen_pids) | set(self.leftover_processes())
         cur = self.serve_pid()
         if cur:
             pids.add(cur)
@@ -241,7 +257,7 @@ class ScriptedOllama:
             self._reap()
             time.sleep(0.02)
         self._reap()
-        left = [p for p in left if _alive(p)]
+        left = sorted({p for p in left if _alive(p)} | set(self.leftover_processes()))
         self._started = False
         if left:
             raise RuntimeError(f"scripted ollama: processes left after stop: {left}")

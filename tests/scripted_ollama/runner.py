@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripted_ollama import FAKE_EXE, new_runner_style, set_proctitle, slog_line, version_tuple  # noqa: E402
+from scripted_ollama import FAKE_EXE, set_proctitle, slog_line, version_tuple  # noqa: E402
 
 MiB = 1 << 20
 
@@ -58,7 +58,6 @@ def main(argv: list[str]) -> int:
     port = int(_arg(argv, "--port", "0") or 0)
     spec = settings.get("spec", {})
     version = settings.get("version", "0.12.11")
-    new_style = new_runner_style(version)
     # llama.cpp renamed llm_load_tensors to load_tensors in early 2025 (Ollama ~0.6).
     pfx = settings.get("tensors_prefix") or ("load_tensors" if version_tuple(version) >= (0, 6)
                                              else "llm_load_tensors")
@@ -72,9 +71,13 @@ def main(argv: list[str]) -> int:
     except OSError:
         pass
 
-    if new_style:
-        _log(slog_line("INFO", "runner.go:864", "starting go runner"))
-        _log(slog_line("INFO", "runner.go:900", f"Server listening on 127.0.0.1:{port}"))
+    sources = settings.get("sources", {})
+    _log(slog_line("INFO", sources.get("runner_start", "runner.go:864"), "starting go runner"))
+    if "runner_system" in sources:
+        _log(slog_line("INFO", sources["runner_system"], "system", info="CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | "
+                       "F16C = 1 | FMA = 1 | LLAMAFILE = 1 | cgo(gcc)", threads=settings.get("threads", 1)))
+    # log.Println routed through slog carries no caller: Go prints the empty source as ".:0".
+    _log(slog_line("INFO", ".:0", f"Server listening on 127.0.0.1:{port}"))
 
     blocks = int(spec.get("block_count", 24))
     total = blocks + 1

@@ -53,19 +53,33 @@ VOCAB = ("the of and to in is that it for as with was on be by this are from at 
          "queen pawn move check vaccine cell body immune train learn memory compiler code parse token tree "
          "print press book page letter ink type history").split()
 
-# Source positions of the log lines, per Ollama version family (file:line in its source).
-SOURCES = {
-    "new": {"config": "routes.go:1475", "listen": "routes.go:1528", "compute": "types.go:131",
-            "fa": "server.go:210", "kv": "server.go:228", "start": "server.go:399", "loaded": "sched.go:470",
-            "wait": "server.go:1251", "status": "server.go:1285", "progress": "server.go:1295",
-            "started": "server.go:1289", "gone": "server.go:1171", "error": "sched.go:476",
-            "abort": "server.go:1420"},
-    "old": {"config": "routes.go:1187", "listen": "routes.go:1238", "compute": "types.go:131",
-            "fa": "server.go:216", "kv": "server.go:234", "start": "server.go:376", "loaded": "sched.go:449",
-            "wait": "server.go:555", "status": "server.go:583", "progress": "server.go:600",
-            "started": "server.go:594", "gone": "server.go:475", "error": "sched.go:455",
-            "abort": "server.go:869"},
-}
+# Source positions of the log lines (file:line in Ollama's source), by the first version they hold for;
+# a version takes the newest table at or below it.
+SOURCES: list[tuple[tuple[int, ...], dict[str, str]]] = [
+    ((0, 0), {"config": "routes.go:1187", "listen": "routes.go:1238", "compute": "types.go:131",
+              "fa": "server.go:216", "fa_on": "server.go:223", "kv": "server.go:234", "start": "server.go:376",
+              "loaded": "sched.go:449", "wait": "server.go:555", "status": "server.go:583",
+              "progress": "server.go:600", "started": "server.go:594", "gone": "server.go:475",
+              "error": "sched.go:455", "abort": "server.go:869", "vram": "sched.go:631",
+              "runner_start": "runner.go:936", "runner_system": "runner.go:937"}),
+    ((0, 12, 0), {"config": "routes.go:1475", "listen": "routes.go:1528", "compute": "types.go:131",
+                  "fa": "server.go:210", "fa_on": "server.go:217", "kv": "server.go:228", "start": "server.go:399",
+                  "loaded": "sched.go:470", "wait": "server.go:1251", "status": "server.go:1285",
+                  "progress": "server.go:1295", "started": "server.go:1289", "gone": "server.go:1171",
+                  "error": "sched.go:476", "abort": "server.go:1420", "vram": "sched.go:345",
+                  "runner_start": "runner.go:864"}),
+    ((0, 12, 11), {"config": "routes.go:1544", "listen": "routes.go:1597", "compute": "types.go:131",
+                   "fa": "server.go:202", "fa_on": "server.go:209", "kv": "server.go:220", "start": "server.go:392",
+                   "loaded": "sched.go:517", "wait": "server.go:1294", "status": "server.go:1328",
+                   "progress": "server.go:1338", "started": "server.go:1332", "gone": "server.go:1214",
+                   "error": "sched.go:523", "abort": "server.go:1497", "vram": "sched.go:349",
+                   "runner_start": "runner.go:963"}),
+]
+
+
+def sources_for(version: str) -> dict[str, str]:
+    v = version_tuple(version)
+    return next(table for first, table in reversed(SOURCES) if v >= first)
 
 
 # ---- configuration -----------------------------------------------------------------------------
@@ -83,6 +97,7 @@ class Config:
     context_length: int
     max_loaded: int
     max_queue: int
+    load_timeout_s: float
     models_dir: Path
     debug: bool
     version: str
@@ -95,7 +110,7 @@ class Config:
 
     @property
     def sources(self) -> dict[str, str]:
-        return SOURCES["new" if new_runner_style(self.version) else "old"]
+        return sources_for(self.version)
 
 
 def _uint(env: dict[str, str], key: str, default: int) -> int:
@@ -167,7 +182,7 @@ def load_config(home: Path, env: dict[str, str]) -> Config:
                   num_parallel=max(1, num_parallel),  # 0 (auto, before v0.6) → 1: the scripted GPU has no room for more
                   flash_attention=fa, kv_cache_type=kv, context_length=ctx,
                   max_loaded=max_loaded or 3,  # 0 = 3 × GPUs; the scripted host has one
-                  max_queue=max_queue, models_dir=models_dir, debug=debug, version=version, log_style=log_style,
+                  max_queue=max_queue, load_timeout_s=load_timeout / 1e9, models_dir=models_dir, debug=debug, version=version, log_style=log_style,
                   exe=scripted.get("exe", FAKE_EXE), proctitle=bool(scripted.get("proctitle", True)),
                   env_map=env_map, specs=specs)
 
@@ -410,7 +425,7 @@ class Scheduler:
             del self.runners[r.spec.name]
         r.state = "gone"
         self.terminating.add(r)
-        self.log.log("DEBUG", "sched.go:345", "starting background wait for VRAM recovery",
+        self.log.log("DEBUG", self.cfg.sources["vram"], "starting background wait for VRAM recovery",
                      runner=r.spec.name, reason=why)
 
         def finish() -> None:
@@ -440,8 +455,7 @@ class Scheduler:
         if cfg.flash_attention and not spec.fa_supported:
             self.log.log("WARN", src["fa"], "flash attention enabled but not supported by model")
         if r.fa:
-            self.log.log("INFO", "server.go:217" if new_runner_style(cfg.version) else "server.go:223",
-                         "enabling flash attention")
+            self.log.log("INFO", src["fa_on"], "enabling flash attention")
         elif cfg.kv_cache_type and cfg.kv_cache_type != "f16":
             self.log.log("WARN", src["kv"], "quantized kv cache requested but flash attention disabled",
                          type=cfg.kv_cache_type)
@@ -459,7 +473,7 @@ class Scheduler:
             if r.opts.use_mmap is False:
                 args.append("--no-mmap")
             args += ["--parallel", str(r.parallel), "--port", str(r.port)]
-        settings = {"spec": spec.to_json(), "version": cfg.version, "exe": cfg.exe, "proctitle": cfg.proctitle,
+        settings = {"spec": spec.to_json(), "version": cfg.version, "sources": src, "exe": cfg.exe, "proctitle": cfg.proctitle,
                     "ctx_size": r.opts.num_ctx * r.parallel, "batch_size": r.opts.num_batch,
                     "gpu_layers": r.gpu_layers, "threads": r.opts.num_thread or cfg.threads, "parallel": r.parallel,
                     "flash_attn": r.fa, "kv_cache_type": r.kv_type, "use_mmap": r.opts.use_mmap is not False,
@@ -491,6 +505,20 @@ class Scheduler:
         self.log.log("INFO", src["wait"], "waiting for llama runner to start responding")
         self.log.log("INFO", src["status"], "waiting for server to become available", status="llm server loading model")
         ready: dict[str, Any] | None = None
+        # OLLAMA_LOAD_TIMEOUT is a stall timeout: it runs from the last sign of progress.
+        stall = {"t": time.monotonic(), "p": 0.0, "timed_out": False}
+        loading = threading.Event()
+        loading.set()
+
+        def watchdog() -> None:
+            while loading.is_set() and proc.poll() is None:
+                if time.monotonic() - stall["t"] > cfg.load_timeout_s:
+                    stall["timed_out"] = True
+                    proc.kill()
+                    return
+                time.sleep(0.02)
+
+        threading.Thread(target=watchdog, name=f"load-timeout-{proc.pid}", daemon=True).start()
         for line in proc.stdout:
             try:
                 ev = json.loads(line)
@@ -502,13 +530,19 @@ class Scheduler:
                     last_err.append(text)
                 self.log.raw(text)
             elif ev.get("event") == "progress":
+                stall["t"], stall["p"] = time.monotonic(), float(ev.get("progress", 0))
                 self.log.log("DEBUG", src["progress"], f"model load progress {ev.get('progress', 0):0.2f}")
             elif ev.get("event") == "ready":
                 ready = ev
                 break
+        loading.clear()
         if ready is None:
             code = proc.wait()
             relay_t.join(2)
+            if stall["timed_out"]:
+                msg = f"timed out waiting for llama runner to start - progress {stall['p']:0.2f} - "
+                self.log.log("ERROR", src["error"], "error loading llama server", error=msg)
+                raise LoadError(msg)
             detail = next((ln.split("error loading model:", 1)[1].strip() for ln in last_err
                            if "error loading model:" in ln), "")
             msg = f"llama runner process has terminated: exit status {code}"
@@ -611,6 +645,13 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *a: Any) -> None:
             pass  # the GIN line is the access log
 
+        def parse_request(self) -> bool:
+            # Called as soon as the request line has arrived: the earliest moment the server knows of
+            # the request. Truth's arrival (and GIN's latency start) is taken here, before Python's
+            # comparatively slow header parsing, so it is not counted as client-side time.
+            self._arrival = (time.time(), time.monotonic(), time.monotonic_ns())
+            return super().parse_request()
+
         def send_response(self, code: int, message: str | None = None) -> None:
             self._status = code
             self.send_response_only(code, message)
@@ -618,7 +659,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
 
         # -- plumbing --
         def _begin(self) -> None:
-            self._t0 = time.monotonic_ns()
+            self._t0 = self._arrival[2]
             self._status = 0
 
         def _end(self) -> None:
@@ -718,7 +759,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                          + "".join(f"PARAMETER {line}\n" for line in spec.parameters.splitlines()))
             self._json(200, {"license": "Apache License 2.0", "modelfile": modelfile, "parameters": spec.parameters,
                              "template": spec.template, "details": spec.details(), "model_info": spec.model_info(),
-                             "tensors": [] if req.get("verbose") else None,
+                             **({"tensors": []} if req.get("verbose") else {}),
                              "capabilities": ["completion", "tools"], "modified_at": rfc3339(m.modified_at)})
 
         # -- generation --
@@ -736,8 +777,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
 
         def _generate(self, chat: bool) -> None:
-            arrival_wall, arrival_mono = now_pair()
-            t0_ns = time.monotonic_ns()
+            arrival_wall, arrival_mono, t0_ns = self._arrival
             endpoint = "/api/chat" if chat else "/api/generate"
             truth: dict[str, Any] = {"seq": app.truth.next_seq(), "endpoint": endpoint, "arrival_wall": arrival_wall,
                                      "arrival_mono": arrival_mono, "version": cfg.version}
@@ -800,7 +840,9 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 with app.qlock:
                     app.queued -= 1
             load_ns = time.monotonic_ns() - t0_ns
+            # joined_load: not loaded at arrival, but another request's load made it ready (we waited for it).
             truth.update(loaded_during=info is not None, runner_pid=runner.pid, load_duration_s=load_ns / 1e9,
+                         joined_load=info is None and not truth["loaded_at_arrival"],
                          flash_attention=runner.fa, kv_cache_type=runner.kv_type, num_parallel=runner.parallel,
                          num_ctx=runner.opts.num_ctx)
             if info:
@@ -808,11 +850,10 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 truth["injected_load_s"] = spec.load_s
             try:
                 if empty:
-                    truth.update(kind="load", status=200)
-                    body = self._final_base(key, chat, created, "load")
-                    self._json(200, body)
-                    truth.update(end_wall=time.time(), end_mono=time.monotonic())
+                    # The truth line goes out before the reply, so a client that has its answer can read it.
+                    truth.update(kind="load", status=200, end_wall=time.time(), end_mono=time.monotonic())
                     app.truth.write(truth)
+                    self._json(200, self._final_base(key, chat, created, "load"))
                     return
                 truth["kind"] = "generate"
                 self._run_generation(req, chat, key, spec, runner, text, options, t0_ns, load_ns, truth)
@@ -858,6 +899,27 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             prefill_s: float | None = None
             t_first_tok: float | None = None
             t_last = time.monotonic()
+            written = False
+
+            def write_truth() -> None:
+                # Once, before the stream's terminating chunk (or the non-streamed body): a client that
+                # has seen the end of its response can read this line. "end" is the final object written.
+                nonlocal written
+                if written:
+                    return
+                written = True
+                end_wall, end_mono = now_pair()
+                truth.update(status=truth.get("status", 200), end_wall=end_wall, end_mono=end_mono,
+                             client_gone=client_gone, slot=slot, queue_s=queue_s,
+                             prompt_tokens=len(tokens), template_tokens=0 if raw else len(TEMPLATE_TOKENS),
+                             cached_tokens=cached, uncached_tokens=uncached,
+                             prefill_s_per_token=spec.prefill_s_per_token,
+                             prefill_s_planned=prefill_plan, prefill_s=prefill_s, itl_s=spec.itl_s,
+                             decode_s=(t_last - t_first_tok) if t_first_tok is not None else None,
+                             decode_sleep_s=decode_sleep, eval_count=len(pieces), done_reason=reason,
+                             gaps_s=[round(g, 6) for g in gaps], logprobs=want_lp)
+                app.truth.write(truth)
+
             try:
                 # Prefill: the injected cost of every uncached prompt token.
                 t_proc = time.monotonic()
@@ -909,29 +971,22 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 final.update({k: v for k, v in metrics.items() if v})  # omitempty
                 if stream:
                     self._write_chunk(final)
+                    write_truth()
                     try:
                         self.wfile.write(b"0\r\n\r\n")
                     except OSError as e:
                         raise ClientGone() from e
                 else:
+                    # Not streamed: the first token reaches the client with everything else.
+                    truth["first_token_wall"], truth["first_token_mono"] = now_pair()
+                    write_truth()
                     self._json(200, final)
-                    truth["first_token_wall"], truth["first_token_mono"] = time.time(), time.monotonic()
             except ClientGone:
                 client_gone = True
                 log.log("INFO", cfg.sources["abort"], "aborting completion request due to client closing the connection")
             finally:
                 runner.free_slot(slot, tokens + [p.strip() for p in pieces])
-                end_wall, end_mono = now_pair()
-                truth.update(status=truth.get("status", 200), end_wall=end_wall, end_mono=end_mono,
-                             client_gone=client_gone, slot=slot, queue_s=queue_s,
-                             prompt_tokens=len(tokens), template_tokens=0 if raw else len(TEMPLATE_TOKENS),
-                             cached_tokens=cached, uncached_tokens=uncached,
-                             prefill_s_per_token=spec.prefill_s_per_token,
-                             prefill_s_planned=prefill_plan, prefill_s=prefill_s, itl_s=spec.itl_s,
-                             decode_s=(t_last - t_first_tok) if t_first_tok is not None else None,
-                             decode_sleep_s=decode_sleep, eval_count=len(pieces), done_reason=reason,
-                             gaps_s=[round(g, 6) for g in gaps], logprobs=want_lp)
-                app.truth.write(truth)
+                write_truth()
             if client_gone:
                 raise ClientGone()
 
@@ -969,7 +1024,13 @@ def main() -> int:
         set_proctitle(f"{cfg.exe} serve", comm="ollama")
     log = LogWriter(sys.stderr, cfg.log_style, debug=cfg.debug)
     src = cfg.sources
-    log.log("INFO", src["config"], "server config", env=go_map(cfg.env_map))
+    if version_tuple(cfg.version) >= (0, 7):
+        log.log("INFO", src["config"], "server config", env=go_map(cfg.env_map))
+    else:
+        # Before v0.7 this line was written before Ollama installed its slog handler: Go's default
+        # handler through the log package (LstdFlags | Lshortfile).
+        log.raw(f"{time.strftime('%Y/%m/%d %H:%M:%S')} {src['config']}: INFO server config "
+                f"env={json.dumps(go_map(cfg.env_map), ensure_ascii=False)}")
     app = App(cfg, log)
     try:
         httpd = Server((cfg.host, cfg.port), make_handler(app))
