@@ -41,6 +41,17 @@ def _unique(values: list, what: str) -> list:
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v, info):
+        # YAML's yes/no/true/false would silently become 1/0 in a number field (`reps: yes` → 1 rep).
+        if isinstance(v, bool) and info.field_name in cls.model_fields:
+            ann = cls.model_fields[info.field_name].annotation
+            kinds = set(getattr(ann, "__args__", ())) or {ann}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"a number, not {str(v).lower()}")
+        return v
+
 
 def _members(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
     bad = [v for v in values if v not in allowed]

@@ -134,6 +134,10 @@ def fmt_table(df: pd.DataFrame, columns: dict[str, str], ci: dict[str, tuple[str
         k = scale.get(col, 1.0)
 
         def f(v):
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and k == 1.0:
+                return str(int(v))
+            if isinstance(v, float) and v.is_integer() and col in ("n", "concurrency", "total_slots") and k == 1.0:
+                return str(int(v))
             return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else (
                 fmt.number(v * k, digits) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
         if col in ci:

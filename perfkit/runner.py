@@ -141,6 +141,17 @@ class Runner:
                            warmup=t.warmup, prompt_words=t.prompt_words, sampling=t.sampling.present(),
                            **state, **t.tags)
 
+    def _resources(self, rows: list[tuple[dict, Any]]) -> pd.DataFrame:
+        """Resource windows of a finished series' requests, stored beside its rows (keyed by trial id)."""
+        if self.monitor is not None:
+            res = [{"trial_id": row["trial_id"], **self.monitor.request_summary(rec)} for row, rec in rows
+                   if rec.t_end_ns]
+            self.store.append_resources(res)
+            by_id = {r["trial_id"]: r for r in res}
+            for row, _ in rows:
+                row.update(by_id.get(row["trial_id"], {}))
+        return pd.DataFrame([row for row, _ in rows])
+
     def _store(self, row: dict) -> None:
         self.store.append_trial(row)
         if self.on_row:
@@ -192,18 +203,23 @@ class Runner:
                 rec = self.backend.generate(model, self.prompt(key, prompt_words), sampling,
                                             timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s,
                                             keep_alive=self.keep_alive)
-                row = self.record(rec, trial_id=key, series=series, attempt=attempt, mode="closed",
-                                  concurrency=concurrency, worker=w, index=i, cache_state="warm", warmup=False,
-                                  variant=model, **(tags or {}))
+                # Stored at once (nothing lost on a kill), resource windows after the series: waiting for
+                # samples here would be think time and lower the achieved concurrency.
+                row = {"trial_id": key, "series": series, "attempt": attempt, "mode": "closed",
+                       "concurrency": concurrency, "worker": w, "index": i, "cache_state": "warm", "warmup": False,
+                       "variant": model, **(tags or {}), **rec.as_dict()}
+                self._store(row)
                 with lock:
-                    rows.append(row)
+                    rows.append((row, rec))
                     bar.update(1)
 
         with ThreadPoolExecutor(concurrency, thread_name_prefix="perfkit-client") as pool:
             list(pool.map(worker, range(concurrency)))
         bar.close()
-        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=now_ns())
-        return pd.DataFrame(rows)
+        t1 = now_ns()
+        out = self._resources(rows)
+        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1)
+        return out
 
     def open_loop(self, model: str, rate_rps: float, n_requests: int, *, series: str, seed: int = 0,
                   sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None,
@@ -234,11 +250,12 @@ class Runner:
             rec = self.backend.generate(model, self.prompt(key, prompt_words), sampling,
                                         timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s,
                                         keep_alive=self.keep_alive)
-            row = self.record(rec, trial_id=key, series=series, attempt=attempt, mode="open", rate_rps=rate_rps,
-                              index=i, scheduled_s=offsets[i], send_lag_s=lag, cache_state="warm", warmup=False,
-                              variant=model, seed=seed, **(tags or {}))
+            row = {"trial_id": key, "series": series, "attempt": attempt, "mode": "open", "rate_rps": rate_rps,
+                   "index": i, "scheduled_s": offsets[i], "send_lag_s": lag, "cache_state": "warm", "warmup": False,
+                   "variant": model, "seed": seed, **(tags or {}), **rec.as_dict()}
+            self._store(row)
             with lock:
-                rows.append(row)
+                rows.append((row, rec))
                 bar.update(1)
 
         with ThreadPoolExecutor(min(max_in_flight, n_requests), thread_name_prefix="perfkit-arrival") as pool:
@@ -251,8 +268,9 @@ class Runner:
             for f in futures:
                 f.result()
         bar.close()
+        out = self._resources(rows)
         self.store.event("series_done", series=series, attempt=attempt)
-        return pd.DataFrame(rows)
+        return out
 
 
 def throughput(rows: pd.DataFrame) -> dict[str, float]:

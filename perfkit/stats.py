@@ -73,15 +73,14 @@ class Estimate:
         """The parenthetical that goes with a formatted value: note, n, and why there is no CI.
 
         e.g. ``"n=5"``, ``"all 5 values identical; n=5"``,
-        ``"n=4; n too small for a 95% CI of p99, need ≥ 299"``.
+        ``"n=4; no 95% CI of p99 below n=299"``.
         """
         parts = [self.note] if self.note else []
         parts.append(f"n={self.n_a} vs {self.n_b}" if self.n_a is not None and self.n_b is not None
                      else f"n={self.n}")
         if self.need_n is not None and not math.isfinite(self.lo):
             per = " per sample" if self.n_a is not None else ""
-            parts.append(f"n too small for a {100 * self.confidence:g}% CI of {self.stat}, "
-                         f"need ≥ {self.need_n}{per}")
+            parts.append(f"no {100 * self.confidence:g}% CI of {self.stat} below n={self.need_n}{per}")
         return "; ".join(parts)
 
     def fmt(self, unit: str = "", digits: int = 3) -> str:

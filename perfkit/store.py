@@ -167,10 +167,16 @@ class RunStore:
         self.trials_log = JsonlLog(self.dir / "trials.jsonl")
         self.samples_log = JsonlLog(self.dir / "samples.jsonl")
         self.events_log = JsonlLog(self.dir / "events.jsonl")
+        # Resource windows of load-series requests, computed after the series (see Runner.closed_loop).
+        self.resources_log = JsonlLog(self.dir / "resources.jsonl")
 
     # ---- writing -------------------------------------------------------------------------------
     def append_trial(self, row: dict) -> None:
         self.trials_log.append(row)
+
+    def append_resources(self, rows: Iterable[dict]) -> None:
+        """Resource figures (``res_*``) for trials already stored, keyed by ``trial_id``."""
+        self.resources_log.extend(rows)
 
     def append_samples(self, rows: Iterable[dict]) -> None:
         self.samples_log.extend(rows)
@@ -227,6 +233,12 @@ class RunStore:
         """One row per trial, its latest attempt (a failed trial measured again keeps its failed row on
         disk); ``all_attempts=True`` gives every row."""
         df = pd.DataFrame(self.trials_log.read())
+        res = self.resources_log.read()
+        if res and "trial_id" in df:
+            r = pd.DataFrame(res).drop_duplicates("trial_id", keep="last").set_index("trial_id")
+            for col in r.columns:
+                vals = df["trial_id"].map(r[col])
+                df[col] = vals if col not in df else df[col].where(df[col].notna(), vals)
         if all_attempts or "trial_id" not in df or not df["trial_id"].duplicated().any():
             return df
         return df[~df["trial_id"].duplicated(keep="last") | df["trial_id"].isna()].reset_index(drop=True)

@@ -92,5 +92,5 @@ def test_estimate_notes_from_real_estimates():
     assert fmt.estimate(ident) == "412 ms (all 6 values identical; n=6)"
     small = stats.estimate([0.40, 0.41, 0.42, 0.43], "p99")
     need = stats.min_n_for(0.99, 0.95)
-    assert fmt.estimate(small) == f"430 ms (n=4; n too small for a 95% CI of p99, need ≥ {need})"
+    assert fmt.estimate(small) == f"430 ms (n=4; no 95% CI of p99 below n={need})"
     assert fmt.estimate(stats.estimate([])).startswith("n/a (n=0")

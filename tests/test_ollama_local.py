@@ -102,6 +102,9 @@ def test_cold_server_and_the_servers_split_of_the_first_request(so, tmp_path):
     assert check.verified and check.restart["ready_s"] > 0
     rec = b.generate(BIG, "[x] explain tides", Sampling(num_predict=8))
     assert rec.ok and rec.load_s > 0.3
+    deadline = time.monotonic() + 5  # like gin, the server logs a request just after answering it
+    while '"/api/chat"' not in so.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
     (store.dir / "server.log").write_text("\n".join(b.control.log_source().read_since(mark)) + "\n")
     acc = timeline.load_account(store.dir, store.events())
     split = timeline.request_split(acc, rec.as_dict())

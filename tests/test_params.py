@@ -84,6 +84,7 @@ CS = "name: x\nstudies:\n  cold_start:\n    model: m\n"
      r"p.yaml: name: .*use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters"),
     ("name: " + "n" * 300 + "\nstudies: {cold_start: {model: m}}\n", r"p.yaml: name: .*at most 64 characters"),
     ("name: x\nname: y\nstudies: {cold_start: {model: m}}\n", r"not valid YAML: duplicate key 'name'"),
+    (CS + "    reps: yes\n", r"p.yaml: studies.cold_start.reps: a number, not true"),
 ])
 def test_values_that_would_fail_later_or_do_nothing_are_refused(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):

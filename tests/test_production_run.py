@@ -52,7 +52,7 @@ def production_run(tmp_path_factory, scripted_models_dir):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         (run_dir,) = [d for d in results.iterdir() if d.is_dir()]
         yield so, run_dir
-        assert not so.leftover_processes()
+    assert not so.leftover_processes()  # the serve and every runner it ever had are gone
 
 
 def test_reports_are_as_complete_as_on_the_embedded_engine(production_run):

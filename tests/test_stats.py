@@ -88,7 +88,7 @@ def test_p99_from_12_samples_has_no_ci_and_says_why():
     assert e.value == pytest.approx(np.percentile(x, 99))
     assert math.isnan(e.lo) and math.isnan(e.hi) and e.need_n == stats.min_n_for(0.99, 0.95)
     text = e.fmt(" s")
-    assert "n=12" in text and "too small" in text and f"need ≥ {e.need_n}" in text and "p99" in text
+    assert "n=12" in text and "no 95% CI" in text and f"below n={e.need_n}" in text and "p99" in text
     assert "[" not in text
 
 
@@ -120,7 +120,7 @@ def test_degenerate_samples():
     one = stats.estimate([2.0])
     assert one.value == 2.0 and one.n == 1 and math.isnan(one.lo) and one.need_n == 6
     assert stats.estimate([None, float("nan"), 1.0, 3.0]).n == 2
-    assert "n=1" in one.fmt(" s") and "need ≥ 6" in one.fmt(" s")
+    assert "n=1" in one.fmt(" s") and "below n=6" in one.fmt(" s")
 
 
 def test_identical_values_are_not_shown_as_certainty():
@@ -129,7 +129,7 @@ def test_identical_values_are_not_shown_as_certainty():
     text = e.fmt(" s")
     assert text == "0.412 s (all 8 values identical; n=8)"
     few = stats.estimate([412.0] * 5)  # identical, but 5 < 6 samples: still no interval, and it says both
-    assert math.isnan(few.lo) and "all 5 values identical" in few.fmt() and "need ≥ 6" in few.fmt()
+    assert math.isnan(few.lo) and "all 5 values identical" in few.fmt() and "below n=6" in few.fmt()
     m = stats.estimate([2.0] * 3, "mean")
     assert m.lo == m.hi == 2.0 and m.note == "all 3 values identical"
 
@@ -147,7 +147,7 @@ def test_fmt_plain():
     e = stats.Estimate("median", 412.0, 398.0, 431.0, 5)
     assert e.fmt() == "412 [398, 431] (n=5)"
     assert stats.Estimate("p99", 3380.4, math.nan, math.nan, 4, need_n=299).fmt() == \
-        "3380 (n=4; n too small for a 95% CI of p99, need ≥ 299)"
+        "3380 (n=4; no 95% CI of p99 below n=299)"
 
 
 # ----------------------------------------------------------------------------------------- ratio
@@ -192,7 +192,7 @@ def test_ratio_too_small_and_min_n():
     assert stats.min_n_ratio(0.95) == 4  # 1/C(8,4) = 1/70 ≤ 0.025 < 1/C(6,3) = 1/20
     assert stats.min_n_ratio(0.99) == 5
     r = stats.ratio([3.0, 3.3, 2.9], [1.0, 1.1, 0.9])
-    assert math.isnan(r.lo) and r.need_n == 4 and "need ≥ 4 per sample" in r.fmt("×")
+    assert math.isnan(r.lo) and r.need_n == 4 and "below n=4 per sample" in r.fmt("×")
     ok = stats.ratio([3.0, 3.3, 2.9, 3.1], [1.0, 1.1, 0.9, 1.05])
     assert ok.lo == pytest.approx(2.9 / 1.1) and ok.hi == pytest.approx(3.3 / 0.9)  # k=1: extreme differences
 

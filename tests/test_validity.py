@@ -206,3 +206,26 @@ def test_a_busy_machine_is_detected(tmp_path):
     assert s["res_other_cpu_pct_mean"] > 50 and s["res_noisy"]
     df = pd.DataFrame([{"ok": True, **s}])
     assert "Noisy machine" in noisy_note(df)
+
+
+def test_closed_loop_has_no_think_time_with_a_monitor(tmp_path):
+    """Resource windows used to be computed inside each client's loop (waiting for samples), so the
+    achieved concurrency was far below the nominal one; they now come after the series."""
+    from fake_ollama import FakeOllama
+    from perfkit.runner import throughput
+
+    with FakeOllama(token_gap_s=0.02, tokens=5) as f, Monitor(0.05, None, gpu=False) as m:
+        r = Runner(OllamaBackend(f.url), RunStore(tmp_path), progress=False, monitor=m)
+        df = r.closed_loop("good", 2, 16, series="c2")
+    assert throughput(df)["concurrency_achieved"] >= 0.9 * 2
+    stored = RunStore(tmp_path).trials()
+    assert len(stored) == 16 and stored["res_host_cpu_pct_mean"].notna().all()
+
+
+def test_best_setting_without_a_ci_is_not_called_clear_of_the_runner_up():
+    from perfkit.studies.config_tuning import _resolved, _runner_up
+
+    ranked = pd.DataFrame([{"config": "a", "lo": float("nan"), "hi": float("nan")},
+                           {"config": "b", "lo": float("nan"), "hi": float("nan")}])
+    text = _resolved(_runner_up(ranked, "lo", "hi"))
+    assert "not distinguishable" in text and "clear" not in text

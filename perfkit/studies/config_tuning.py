@@ -17,7 +17,7 @@ from ..backends.base import Sampling
 from ..coldstart import ensure_warm
 from ..runner import goodput, throughput
 from ..settings import validate_settings
-from ._common import (est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note,
+from ._common import (_cell, est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note,
                       per_request_itl)
 from ._context import StudyContext
 
@@ -84,9 +84,8 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
         all_rows = df[(df.get("config_index") == i) & (df.get("concurrency") == conc)] if len(df) else g
         rows.append({"config_index": i, "config": g["config"].iloc[0], "concurrency": conc, "n": len(g),
                      "ttft_p50_s": ttft50.value, "ttft_p50_lo": ttft50.lo, "ttft_p50_hi": ttft50.hi,
-                     "ttft_p90": fmt.estimate(ttft90, "duration"), "ttft_p99": fmt.estimate(ttft99, "duration"),
-                     "tpot_p50": fmt.estimate(est(g["tpot_s"]), "duration"),
-                     "itl_p50": fmt.estimate(est(per_request_itl(g, "median")), "duration"),
+                     "ttft_p90": _cell(ttft90), "ttft_p99": _cell(ttft99), "tpot_p50": _cell(est(g["tpot_s"])),
+                     "itl_p50": _cell(est(per_request_itl(g, "median"))),
                      "decode_tok_s": dec.value, "decode_lo": dec.lo, "decode_hi": dec.hi,
                      "throughput_tok_s": tps.value, "throughput_lo": tps.lo, "throughput_hi": tps.hi,
                      "throughput_method": tps.method, "requests_s": tp["requests_s"],
@@ -137,10 +136,16 @@ def _runner_up(ranked: pd.DataFrame, lo: str, hi: str) -> dict[str, Any]:
     if len(ranked) < 2:
         return {}
     a, b = ranked.iloc[0], ranked.iloc[1]
+    if any(pd.isna(x) for x in (a[lo], a[hi], b[lo], b[hi])):
+        # No interval at this n: nothing says the two differ.
+        return {"runner_up": b["config"], "overlaps_runner_up": True, "no_ci": True}
     return {"runner_up": b["config"], "overlaps_runner_up": bool(a[lo] <= b[hi] and b[lo] <= a[hi])}
 
 
 def _resolved(best: dict) -> str:
+    if best.get("no_ci"):
+        return (f" At this n there is no confidence interval, so it is not distinguishable from the runner-up "
+                f"(**{best['runner_up']}**); add requests to separate them.")
     if best.get("overlaps_runner_up"):
         return (f" Its CI overlaps the runner-up's (**{best['runner_up']}**): at this n the two are not "
                 "distinguishable; add requests to separate them.")

@@ -28,6 +28,8 @@ import time
 from typing import Any, TextIO
 
 GO_MAX_DURATION_NS = 2**63 - 1  # time.Duration(math.MaxInt64): what Ollama stores for "forever"
+# v0.12.11 is the first Ollama whose API has `logprobs` (v0.12.3 silently drops it); its log formats are
+# v0.12's ("starting runner", settings sent over the runner's port, not on its command line).
 DEFAULT_VERSION = "0.12.11"
 LOG_STYLES = ("slog", "journald", "docker")
 FAKE_EXE = "/usr/local/bin/ollama"  # where install.sh puts the real binary; what the runner's argv shows

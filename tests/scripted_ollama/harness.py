@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -193,6 +194,8 @@ class ScriptedOllama:
                 self._proc = subprocess.Popen([sys.executable, str(SERVE_PY), "--home", str(self.home)],
                                               env=self.server_env(), stdin=subprocess.DEVNULL, stdout=logf,
                                               stderr=logf, start_new_session=True, close_fds=True)
+            # Reap it the moment it exits (a restart replaces it): no "[ollama] <defunct>" lingers.
+            threading.Thread(target=self._proc.wait, name="scripted-ollama-reaper", daemon=True).start()
             self._started = True
             self._seen_pids.add(self._proc.pid)
             self.wait_ready(new_pid_of=None)
@@ -206,7 +209,8 @@ class ScriptedOllama:
         deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None and new_pid_of is None:
-                raise RuntimeError(f"scripted ollama exited with {self._proc.returncode}; log:\n{self.log_text()[-3000:]}")
+                raise RuntimeError(f"scripted ollama exited with {self._proc.returncode}; "
+                                   f"log:\n{self.log_text()[-3000:]}")
             pid = self.serve_pid()
             if pid and pid != new_pid_of:
                 try:

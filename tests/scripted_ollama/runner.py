@@ -74,8 +74,8 @@ def main(argv: list[str]) -> int:
     sources = settings.get("sources", {})
     _log(slog_line("INFO", sources.get("runner_start", "runner.go:864"), "starting go runner"))
     if "runner_system" in sources:
-        _log(slog_line("INFO", sources["runner_system"], "system", info="CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | "
-                       "F16C = 1 | FMA = 1 | LLAMAFILE = 1 | cgo(gcc)", threads=settings.get("threads", 1)))
+        info = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | LLAMAFILE = 1 | cgo(gcc)"
+        _log(slog_line("INFO", sources["runner_system"], "system", info=info, threads=settings.get("threads", 1)))
     # log.Println routed through slog carries no caller: Go prints the empty source as ".:0".
     _log(slog_line("INFO", ".:0", f"Server listening on 127.0.0.1:{port}"))
 
@@ -85,7 +85,8 @@ def main(argv: list[str]) -> int:
     size = os.path.getsize(model)
     _log(f"llama_model_loader: loaded meta data with 9 key-value pairs and 0 tensors from {model} "
          "(version GGUF V3 (latest))")
-    _log(f"{pfx}: loading model tensors, this can take a while... (mmap = {'true' if settings.get('use_mmap', True) else 'false'})")
+    mmap = "true" if settings.get("use_mmap", True) else "false"
+    _log(f"{pfx}: loading model tensors, this can take a while... (mmap = {mmap})")
 
     # Read the whole file: a cold page cache makes this slower, exactly what cold_disk measures.
     t0 = time.monotonic()

@@ -35,7 +35,9 @@ from scripted_ollama import (  # noqa: E402
     DEFAULT_VERSION, FAKE_EXE, GO_MAX_DURATION_NS, LogWriter, env_keep_alive_ns, gin_line, go_bool, go_duration,
     go_map, keep_alive_ns, new_runner_style, now_pair, rfc3339, set_proctitle, supports_logprobs, version_tuple,
 )
-from scripted_ollama.models import ModelSpec, StoredModel, merge_models, resolve, scan_store, specs_from_file  # noqa: E402
+from scripted_ollama.models import (  # noqa: E402
+    ModelSpec, StoredModel, merge_models, resolve, scan_store, specs_from_file,
+)
 
 RUNNER_PY = Path(__file__).resolve().parent / "runner.py"
 TEMPLATE_TOKENS = ["<|im_start|>", "system", "You", "are", "Qwen,", "created", "by", "Alibaba", "Cloud.",
@@ -149,42 +151,47 @@ def load_config(home: Path, env: dict[str, str]) -> Config:
     max_queue = _uint(env, "OLLAMA_MAX_QUEUE", 512)
     models_dir = Path(env.get("OLLAMA_MODELS") or home / "models")
     debug_raw = env.get("OLLAMA_DEBUG", "").strip()
-    debug = go_bool(debug_raw) if debug_raw and not debug_raw.lstrip("-").isdigit() else _uint(env, "OLLAMA_DEBUG", 0) > 0
+    debug = (_uint(env, "OLLAMA_DEBUG", 0) > 0) if debug_raw.lstrip("-").isdigit() else go_bool(debug_raw)
+    load_timeout = env_keep_alive_ns(env.get("OLLAMA_LOAD_TIMEOUT", "") or "5m")
+
+    def flag(key: str) -> str:
+        return "true" if go_bool(env.get(key, "")) else "false"
+
+    def go_list(items: list[str]) -> str:
+        return "[" + " ".join(items) + "]"
 
     origins = [o for o in env.get("OLLAMA_ORIGINS", "").split(",") if o]
     for o in ("localhost", "127.0.0.1", "0.0.0.0"):
         origins += [f"http://{o}", f"https://{o}", f"http://{o}:*", f"https://{o}:*"]
     origins += ["app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
-    load_timeout = env_keep_alive_ns(env.get("OLLAMA_LOAD_TIMEOUT", "") or "5m")
-    env_map = {
-        "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", ""), "GPU_DEVICE_ORDINAL": env.get("GPU_DEVICE_ORDINAL", ""),
-        "HIP_VISIBLE_DEVICES": env.get("HIP_VISIBLE_DEVICES", ""), "ROCR_VISIBLE_DEVICES": env.get("ROCR_VISIBLE_DEVICES", ""),
-        "HSA_OVERRIDE_GFX_VERSION": env.get("HSA_OVERRIDE_GFX_VERSION", ""),
-        "HTTP_PROXY": env.get("HTTP_PROXY", ""), "HTTPS_PROXY": env.get("HTTPS_PROXY", ""), "NO_PROXY": env.get("NO_PROXY", ""),
-        "http_proxy": env.get("http_proxy", ""), "https_proxy": env.get("https_proxy", ""), "no_proxy": env.get("no_proxy", ""),
+    # envconfig.Values(): every variable Ollama knows, as fmt prints its parsed value.
+    env_map = {k: env.get(k, "") for k in (
+        "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+        "HSA_OVERRIDE_GFX_VERSION", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+        "no_proxy", "OLLAMA_LLM_LIBRARY")}
+    env_map.update({k: flag(k) for k in ("OLLAMA_NOHISTORY", "OLLAMA_NOPRUNE", "OLLAMA_SCHED_SPREAD",
+                                         "OLLAMA_MULTIUSER_CACHE", "OLLAMA_INTEL_GPU")})
+    env_map.update({
+        # v0.7+ prints the slog level; before, OLLAMA_DEBUG was a plain bool.
         "OLLAMA_DEBUG": ("DEBUG" if debug else "INFO") if new else ("true" if debug else "false"),
-        "OLLAMA_FLASH_ATTENTION": "true" if fa else "false",
-        "OLLAMA_KV_CACHE_TYPE": kv, "OLLAMA_GPU_OVERHEAD": str(_uint(env, "OLLAMA_GPU_OVERHEAD", 0)),
+        "OLLAMA_FLASH_ATTENTION": "true" if fa else "false", "OLLAMA_KV_CACHE_TYPE": kv,
+        "OLLAMA_GPU_OVERHEAD": str(_uint(env, "OLLAMA_GPU_OVERHEAD", 0)),
         "OLLAMA_HOST": f"{scheme}://{host}:{port}", "OLLAMA_KEEP_ALIVE": go_duration(ka_ns),
-        "OLLAMA_LLM_LIBRARY": env.get("OLLAMA_LLM_LIBRARY", ""), "OLLAMA_LOAD_TIMEOUT": go_duration(load_timeout),
-        "OLLAMA_MAX_LOADED_MODELS": str(max_loaded), "OLLAMA_MAX_QUEUE": str(max_queue),
-        "OLLAMA_MODELS": str(models_dir), "OLLAMA_NOHISTORY": str(go_bool(env.get("OLLAMA_NOHISTORY", ""))).lower(),
-        "OLLAMA_NOPRUNE": str(go_bool(env.get("OLLAMA_NOPRUNE", ""))).lower(),
-        "OLLAMA_NUM_PARALLEL": str(num_parallel), "OLLAMA_ORIGINS": "[" + " ".join(origins) + "]",
-        "OLLAMA_SCHED_SPREAD": str(go_bool(env.get("OLLAMA_SCHED_SPREAD", ""))).lower(),
-        "OLLAMA_MULTIUSER_CACHE": str(go_bool(env.get("OLLAMA_MULTIUSER_CACHE", ""))).lower(),
-        "OLLAMA_INTEL_GPU": str(go_bool(env.get("OLLAMA_INTEL_GPU", ""))).lower(),
-    }
+        "OLLAMA_LOAD_TIMEOUT": go_duration(load_timeout), "OLLAMA_MAX_LOADED_MODELS": str(max_loaded),
+        "OLLAMA_MAX_QUEUE": str(max_queue), "OLLAMA_MODELS": str(models_dir),
+        "OLLAMA_NUM_PARALLEL": str(num_parallel), "OLLAMA_ORIGINS": go_list(origins),
+    })
     if new:
-        env_map.update({"OLLAMA_CONTEXT_LENGTH": str(ctx), "OLLAMA_NEW_ENGINE": str(go_bool(env.get("OLLAMA_NEW_ENGINE", ""))).lower(),
-                        "OLLAMA_REMOTES": "[" + " ".join(env.get("OLLAMA_REMOTES", "").split(",") if env.get("OLLAMA_REMOTES") else ["ollama.com"]) + "]"})
+        remotes = env.get("OLLAMA_REMOTES", "")
+        env_map.update({"OLLAMA_CONTEXT_LENGTH": str(ctx), "OLLAMA_NEW_ENGINE": flag("OLLAMA_NEW_ENGINE"),
+                        "OLLAMA_REMOTES": go_list(remotes.split(",") if remotes else ["ollama.com"])})
     return Config(home=home, host=host, port=int(port), keep_alive_ns=ka_ns,
-                  num_parallel=max(1, num_parallel),  # 0 (auto, before v0.6) → 1: the scripted GPU has no room for more
-                  flash_attention=fa, kv_cache_type=kv, context_length=ctx,
+                  # 0 ("auto", before v0.6) → 1: the scripted GPU never has room for more
+                  num_parallel=max(1, num_parallel), flash_attention=fa, kv_cache_type=kv, context_length=ctx,
                   max_loaded=max_loaded or 3,  # 0 = 3 × GPUs; the scripted host has one
-                  max_queue=max_queue, load_timeout_s=load_timeout / 1e9, models_dir=models_dir, debug=debug, version=version, log_style=log_style,
-                  exe=scripted.get("exe", FAKE_EXE), proctitle=bool(scripted.get("proctitle", True)),
-                  env_map=env_map, specs=specs)
+                  max_queue=max_queue, load_timeout_s=load_timeout / 1e9, models_dir=models_dir, debug=debug,
+                  version=version, log_style=log_style, exe=scripted.get("exe", FAKE_EXE),
+                  proctitle=bool(scripted.get("proctitle", True)), env_map=env_map, specs=specs)
 
 
 # ---- the model's "behaviour" -------------------------------------------------------------------
@@ -397,13 +404,13 @@ class Scheduler:
                 self.cond.notify_all()
             return r, info
 
-    def release(self, r: Runner, session_ns: int) -> None:
+    def release(self, r: Runner) -> None:
+        # The keep-alive is the one of the request scheduled last (acquire/unload set it), as in Ollama.
         with self.cond:
             r.refcount -= 1
-            r.session_ns = session_ns
             r.last_used = time.monotonic()
             if r.refcount == 0:
-                if session_ns == 0:
+                if r.session_ns == 0:
                     self._drop(r, "keep_alive 0")
                 else:
                     r._set_expiry()
@@ -473,13 +480,15 @@ class Scheduler:
             if r.opts.use_mmap is False:
                 args.append("--no-mmap")
             args += ["--parallel", str(r.parallel), "--port", str(r.port)]
-        settings = {"spec": spec.to_json(), "version": cfg.version, "sources": src, "exe": cfg.exe, "proctitle": cfg.proctitle,
+        settings = {"spec": spec.to_json(), "version": cfg.version, "sources": src, "exe": cfg.exe,
+                    "proctitle": cfg.proctitle,
                     "ctx_size": r.opts.num_ctx * r.parallel, "batch_size": r.opts.num_batch,
                     "gpu_layers": r.gpu_layers, "threads": r.opts.num_thread or cfg.threads, "parallel": r.parallel,
                     "flash_attn": r.fa, "kv_cache_type": r.kv_type, "use_mmap": r.opts.use_mmap is not False,
                     "kv_mib": r.kv_bytes / (1 << 20)}
         t0w, t0 = now_pair()
-        self.log.log("INFO", src["start"], "starting runner" if new_runner_style(cfg.version) else "starting llama server",
+        self.log.log("INFO", src["start"],
+                     "starting runner" if new_runner_style(cfg.version) else "starting llama server",
                      cmd=" ".join([cfg.exe, *args]))
         proc = subprocess.Popen([sys.executable, str(RUNNER_PY), *args], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
@@ -631,8 +640,8 @@ class App:
         return scan_store(self.cfg.models_dir)
 
     def spec_for(self, stored: StoredModel) -> ModelSpec:
-        spec = self.cfg.specs.get(stored.name) or ModelSpec(stored.name)
-        return spec
+        # A model on disk with no scripted spec behaves like tiny's defaults.
+        return self.cfg.specs.get(stored.name) or ModelSpec(stored.name)
 
 
 def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
@@ -858,7 +867,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 truth["kind"] = "generate"
                 self._run_generation(req, chat, key, spec, runner, text, options, t0_ns, load_ns, truth)
             finally:
-                app.sched.release(runner, session_ns)
+                app.sched.release(runner)
 
         def _final_base(self, model: str, chat: bool, created: str, reason: str) -> dict[str, Any]:
             if chat:
@@ -938,7 +947,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                     t_last = time.monotonic()
                     if not runner.alive:
                         if stream:
-                            self._write_chunk({"error": "an error was encountered while running the model: unexpected EOF"})
+                            self._write_chunk({"error": "an error was encountered while running the model: "
+                                                        "unexpected EOF"})
                         truth.update(status=200, error="runner died")
                         break
                     piece = word + " "
@@ -983,7 +993,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                     self._json(200, final)
             except ClientGone:
                 client_gone = True
-                log.log("INFO", cfg.sources["abort"], "aborting completion request due to client closing the connection")
+                log.log("INFO", cfg.sources["abort"],
+                        "aborting completion request due to client closing the connection")
             finally:
                 runner.free_slot(slot, tokens + [p.strip() for p in pieces])
                 write_truth()
