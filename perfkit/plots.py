@@ -102,12 +102,31 @@ def timeline(samples: pd.DataFrame, trials: pd.DataFrame, *,
     return fig
 
 
+def _control_line(c: dict) -> str:
+    """What perfkit could see of the server: local (pid, runners, restart command, log) or why not."""
+    if not c:
+        return "not recorded"
+    if not c.get("local"):
+        return f"{c.get('control')}: {c.get('unknown_because') or 'only the HTTP API'}"
+    parts = [f"{c.get('control')} (local)"]
+    if c.get("serve_pid"):
+        parts.append(f"serve pid {c['serve_pid']}")
+    if c.get("runners"):
+        parts.append("runners: " + "; ".join(" ".join(r.get("argv", []))[:160] for r in c["runners"]))
+    if c.get("restart_command"):
+        parts.append(f"restart: `{' '.join(c['restart_command'])}`")
+    if c.get("log"):
+        parts.append(f"log: {c['log']}")
+    return " · ".join(parts)
+
+
 def provenance(manifest: dict) -> str:
     """Markdown: how this report's numbers were made (engine, versions, host, models, parameters)."""
     b, h = manifest.get("backend", {}), manifest.get("host", {})
     lines = ["## Provenance", "",
              f"- **Engine / backend**: {b.get('backend')} {b.get('version', '')} at {b.get('url', '')}",
-             f"- **Engine command**: `{' '.join(manifest.get('engine_command') or []) or 'n/a (external server)'}`",
+             f"- **Engine command**: `{' '.join(manifest.get('engine_command') or []) or 'not started by perfkit'}`",
+             f"- **Server seen as**: {_control_line(manifest.get('control') or {})}",
              f"- **Host**: {h.get('cpu')} · {h.get('cpu_cores_logical')} logical cores · "
              f"{(h.get('memory_total_bytes') or 0) / 2**30:.1f} GiB · {h.get('os')}",
              f"- **GPUs**: {', '.join(g['name'] for g in h.get('gpus', [])) or 'none'}",

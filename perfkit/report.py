@@ -497,5 +497,8 @@ with its provenance (engine, versions, host, parameters).</p>
 <table><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th></tr>{''.join(rows)}</table>
 </body></html>"""
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "index.html").write_text(page)
+    # Runs in the same results directory may finish together: each writes its own file, then renames.
+    tmp = results_dir / f".index.html.{os.getpid()}.{secrets.token_hex(3)}.tmp"
+    tmp.write_text(page)
+    tmp.replace(results_dir / "index.html")
     return results_dir / "index.html"

@@ -214,7 +214,7 @@ def test_closed_loop_has_no_think_time_with_a_monitor(tmp_path):
     from fake_ollama import FakeOllama
     from perfkit.runner import throughput
 
-    with FakeOllama(token_gap_s=0.02, tokens=5) as f, Monitor(0.05, None, gpu=False) as m:
+    with FakeOllama(token_gap_s=0.05, tokens=5) as f, Monitor(0.05, None, gpu=False) as m:
         r = Runner(OllamaBackend(f.url), RunStore(tmp_path), progress=False, monitor=m)
         df = r.closed_loop("good", 2, 16, series="c2")
     assert throughput(df)["concurrency_achieved"] >= 0.9 * 2

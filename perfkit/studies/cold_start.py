@@ -162,7 +162,7 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
     ev = ctx.store.events()
     acc = timeline.load_account(ctx.store.dir, ev)
     t0 = int(df["t_send_ns"].min()) if len(df) and "t_send_ns" in df else None
-    cold = ok[ok["cache_state"].isin(COLD_STATES + ("first_after_load",))]
+    cold = ok[ok["cache_state"].isin(COLD_STATES)]
     split = timeline.splits(acc, pd.concat([cold, measured(schemea)])) if len(cold) or len(schemea) else pd.DataFrame()
     return {"trials": df, "states": states, "by_state": by_state, "ratios": ratios, "strategy_trials": strat,
             "strategies": strategies, "scheme_a_trials": schemea, "limit": load_limit(ctx, ok, ev),

@@ -40,6 +40,8 @@ def verify(session, model: str) -> dict[str, Any]:
         p = props(model)
         out["total_slots"] = p.get("total_slots")
         out["n_ctx_per_slot"] = (p.get("default_generation_settings") or {}).get("n_ctx")
+    elif "OLLAMA_NUM_PARALLEL" in checks and checks["OLLAMA_NUM_PARALLEL"].status == "confirmed":
+        out["total_slots"] = int(checks["OLLAMA_NUM_PARALLEL"].effective)
     return out
 
 
@@ -51,6 +53,8 @@ def run(ctx: StudyContext) -> dict[str, Any]:
                 s.restart(setting)
             check = verify(s, c.model)
             ctx.store.event("setting_check", config_index=i, config=label(setting), **check)
+            if i == 0:
+                ctx.store.event("device", model=c.model, **s.control.device(c.model, s.backend).as_record())
             for conc in c.concurrency:
                 s.runner.closed_loop(c.model, conc, c.requests, series=f"cfg{i}/c{conc}",
                                      sampling=Sampling(c.num_predict), prompt_words=c.prompt_words,
@@ -96,8 +100,10 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
                      "setting_applied": None if chk is None else chk.get("all_applied"),
                      "total_slots": None if chk is None else chk.get("total_slots")})
     table = pd.DataFrame(rows)
+    dev = ev[ev["kind"] == "device"] if len(ev) and (ev["kind"] == "device").any() else None
     return {"trials": df, "table": table, "checks": checks, "best": best(table), "manifest": ctx.store.manifest(),
-            "failures": failures(df), "slo": slo.model_dump()}
+            "failures": failures(df), "slo": slo.model_dump(),
+            "device": dev.iloc[-1].dropna().to_dict() if dev is not None else None}
 
 
 def settings_table(res: dict[str, Any]) -> pd.DataFrame:
@@ -155,7 +161,11 @@ def _resolved(best: dict) -> str:
 def conclusions(res: dict[str, Any]) -> str:
     b = res["best"]
     t = res["table"]
-    lines = ["### What the measurements say"]
+    from .model_size import offload_warnings
+
+    ev = res.get("device")
+    lines = (offload_warnings(pd.DataFrame([{"model": ev.get("model"), **ev}])) if ev else []) + [
+        "### What the measurements say"]
     if not b:
         return "\n".join(lines + ["- No successful trials.", res["failures"]])
     L, T, M = b["latency"], b["throughput"], b["memory"]

@@ -105,6 +105,10 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
             "manifest": ctx.store.manifest(), "failures": failures(df)}
 
 
+def _ci(lo: float, hi: float) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{fmt.number(lo)}, {fmt.number(hi)}]"
+
+
 def conclusions(res: dict[str, Any]) -> str:
     t = res["table"].set_index("model")
     ref = res["reference"]
@@ -116,8 +120,8 @@ def conclusions(res: dict[str, Any]) -> str:
     fastest = t["decode_tok_s"].idxmax()
     smallest = t["file_bytes"].idxmin() if t["file_bytes"].notna().any() else None
     lines.append(f"- Fastest decode: **{fastest}** ({t.loc[fastest, 'quantization']}) at "
-                 f"{fmt.rate(t.loc[fastest, 'decode_tok_s'])} [{fmt.number(t.loc[fastest, 'decode_tok_s_lo'])}, "
-                 f"{fmt.number(t.loc[fastest, 'decode_tok_s_hi'])}] vs {fmt.rate(t.loc[ref, 'decode_tok_s'])} for the reference.")
+                 f"{fmt.rate(t.loc[fastest, 'decode_tok_s'])}{_ci(t.loc[fastest, 'decode_tok_s_lo'], t.loc[fastest, 'decode_tok_s_hi'])}"
+                 f" vs {fmt.rate(t.loc[ref, 'decode_tok_s'])} for the reference (medians over warm requests).")
     if smallest:
         lines.append(f"- Smallest file: **{smallest}** at {fmt.size(t.loc[smallest, 'file_bytes'])}, "
                      f"{t.loc[smallest, 'file_bytes'] / t.loc[ref, 'file_bytes']:.0%} of the reference's size.")
