@@ -45,3 +45,32 @@ def test_keep_warm_log(short_keep_alive, tmp_path):
 def test_bad_strategy(short_keep_alive):
     with pytest.raises(PerfkitError, match="unknown warmup strategy 'pray'; allowed: none, preload, keep_warm"):
         user_first_request(short_keep_alive, MODEL, "pray", idle_gap_s=0, prompt="x")
+
+
+def test_the_engines_own_log_gives_the_server_side_split(store_dir, tmp_path):
+    """The embedded engine's log (relative timestamps, pinned to wall time by perfkit's marks) puts the
+    model process's spawn and load on the run's clock, inside the cold request that caused them."""
+    import time as _time
+
+    from perfkit import timeline
+    from perfkit.coldstart import prepare_state
+    from perfkit.records import now_ns
+    from perfkit.store import RunStore
+    from perfkit.studies._context import ENGINE_LOG_ARGS
+
+    store = RunStore(tmp_path / "study")
+    with Engine(store_dir, {"num_thread": 2}, log_path=tmp_path / "engine.log", extra_args=ENGINE_LOG_ARGS) as e:
+        b = LlamaServerBackend.from_engine(e)
+        store.event("clock", wall_unix_s=_time.time(), t_ns=now_ns())
+        prepare_state(b, MODEL, "cold_memory")
+        rec = b.generate(MODEL, "[tl] Explain tides.", Sampling(num_predict=4))
+        b.close()
+    (store.dir / "server.log").write_text((tmp_path / "engine.log").read_text())
+    acc = timeline.load_account(store.dir, store.events())
+    split = timeline.request_split(acc, rec.as_dict())
+    assert rec.ok and rec.load_s > 0
+    assert 0 <= split["server_spawn_s"] < rec.ttft_s  # the model process was spawned by this request
+    assert 0 < split["server_runner_start_s"] < rec.ttft_s
+    assert abs(split["server_spawn_s"] + split["server_runner_start_s"] - rec.load_s) < 0.25
+    kinds = set(timeline.timeline_frame(acc)["kind"])
+    assert {"server_listening", "runner_start", "model_loaded"} <= kinds
