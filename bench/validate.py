@@ -45,7 +45,7 @@ from typing import Any, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("PERFKIT_SRC", str(ROOT)))  # PERFKIT_SRC: measure another checkout (before/after)
 
 from scripted_ollama.harness import ScriptedOllama  # noqa: E402
 
@@ -201,8 +201,9 @@ def run_plan(backend: OllamaBackend, run_dir: Path, state: str, reps: int, prefi
                                sampling=Sampling.greedy(OUTPUT_TOKENS), prompt_words=PROMPT_WORDS, **trial_kw)
     df = runner.run(trials, desc=prefix)
     rows = [r for r in df.to_dict("records") if not r.get("warmup")]
-    prompts = {t.trial_id: t.prompt_with(runner.nonce) for t in trials}
-    return rows, prompts, runner.nonce
+    nonce = getattr(runner, "nonce", "")  # perfkit before the per-run nonce: prompts from the trial id alone
+    prompts = {t.trial_id: (t.prompt_with(nonce) if hasattr(t, "prompt_with") else t.prompt) for t in trials}
+    return rows, prompts, nonce
 
 
 def uptime() -> tuple[str, float]:
