@@ -187,6 +187,19 @@ def load_limit(ctx: StudyContext, ok: pd.DataFrame, ev: pd.DataFrame) -> dict | 
             "cold_disk_load_s": e, "pct_of_limit": 100 * floor / e.value if e.value else float("nan")}
 
 
+def state_table(res: dict[str, Any]) -> pd.DataFrame:
+    """Per cache state: medians of e2e, TTFT and the client's split, each in the unit that reads well."""
+    b = res["by_state"]
+    rows = []
+    for _, r in b.iterrows():
+        row = {"cache state": r["cache_state"], "n": int(r["n"])}
+        for m, name in (("e2e_s", "e2e"), ("ttft_s", "TTFT"), ("load_s", "load"), ("prefill_s", "prefill"),
+                        ("decode_s", "decode"), ("overhead_s", "overhead")):
+            row[name] = fmt.duration_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("cache state") if rows else pd.DataFrame()
+
+
 def state_latency(res: dict[str, Any]) -> pd.DataFrame:
     """p50/p90/p99 (with CIs and n) of TTFT, e2e, TPOT and ITL per cache state."""
     return latency_table(measured(res["states"]), "cache_state", groups=[s for s in res["by_state"]["cache_state"]])

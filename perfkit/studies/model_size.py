@@ -85,9 +85,15 @@ def per_model(ctx: StudyContext, df: pd.DataFrame, models: list[str]) -> pd.Data
         why = d.get("unknown_because")
         weights = row["model_vram_bytes"] if d.get("device") == "gpu" and row["model_vram_bytes"] else f.get("size_bytes")
         if bw and not pd.isna(bw) and weights:
-            row["decode_limit_tok_s"] = bw / weights
-            row["decode_pct_of_limit"] = 100 * dec.value / row["decode_limit_tok_s"]
-            row["bandwidth_source"] = d.get("bandwidth_source")
+            limit = bw / weights
+            pct = 100 * dec.value / limit
+            if pct > 100:
+                # Faster than physics allows: the limit or the measurement is wrong; never print it as a result.
+                row["limit_unknown_because"] = (f"the measured decode ({fmt.rate(dec.value)}) exceeds the computed "
+                                                f"limit ({fmt.rate(limit)}, {d.get('bandwidth_source')}): suspect")
+            else:
+                row["decode_limit_tok_s"], row["decode_pct_of_limit"] = limit, pct
+                row["bandwidth_source"] = d.get("bandwidth_source")
         else:
             row["limit_unknown_because"] = why if isinstance(why, str) and why else (
                 "the device that runs the model was not recorded" if not d else "its memory bandwidth is unknown")
