@@ -261,10 +261,27 @@ class LocalOllamaControl(ServerControl):
         for pid in list(pids):
             pids.update(procs.process_tree(pid))
         ev = f"/api/ps: size {size} B, size_vram {vram} B"
-        off = next((e for e in reversed(self.log_events()) if e.kind == "offload"), None)
+        off = self._offload_event(model)
         if off:
             ev += f"; log: offloaded {off.fields.get('layers_gpu')}/{off.fields.get('layers_total')} layers to GPU"
         return local_device(size, vram, pids, ev)
+
+    def _offload_event(self, model: str):
+        """The loader's "offloaded N/M layers" line of this model's latest runner (the log holds every model's)."""
+        try:
+            path = str(self.model_file(model))
+        except Unknown:
+            return None
+        events = self.log_events()
+        starts = [i for i, e in enumerate(events) if e.kind == "runner_start" and e.fields.get("model_path") == path]
+        if not starts:
+            return None
+        for e in events[starts[-1]:]:
+            if e.kind == "runner_start" and e is not events[starts[-1]]:
+                break
+            if e.kind == "offload" and e.fields.get("stage", "actual") == "actual":
+                return e
+        return None
 
     def wait_memory_released(self, model: str, timeout_s: float = 120.0) -> float | None:
         """Ollama drops a model from /api/ps before its runner has exited and freed its (V)RAM: wait for the runner."""
