@@ -49,7 +49,14 @@ def run(ctx: StudyContext) -> dict[str, Any]:
     c = ctx.cfg
     settings = {"OLLAMA_KEEP_ALIVE": c.keep_alive_s} if ctx.params.backend.kind == "embedded" else {}
     with ctx.session(settings, keep_alive=_keep_alive(ctx)) as s:
-        s.runner.run(plan(ctx), desc="cache states")
+        trials = plan(ctx)
+        if "cold_server" in c.states and not s.control.can_restart():
+            # Not a failed trial per rep: a state this server can't be put in, said once.
+            why = (s.control.why_not_local() if not s.control.is_local
+                   else "backend.restart_command is not set")
+            ctx.store.event("state_skipped", state="cold_server", why=f"perfkit can't restart this server: {why}")
+            trials = [t for t in trials if t.cache_state != "cold_server"]
+        s.runner.run(trials, desc="cache states")
         _strategies(ctx, s)
         _scheme_a(ctx, s)
         _facts(ctx, s)
@@ -167,7 +174,8 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
     return {"trials": df, "states": states, "by_state": by_state, "ratios": ratios, "strategy_trials": strat,
             "strategies": strategies, "scheme_a_trials": schemea, "limit": load_limit(ctx, ok, ev),
             "device": _event(ev, "device"), "read_bandwidth": _event(ev, "read_bandwidth"),
-            "scheme_a_skipped": _event(ev, "scheme_a_skipped"), "account": acc,
+            "scheme_a_skipped": _event(ev, "scheme_a_skipped"), "state_skipped": _event(ev, "state_skipped"),
+            "account": acc,
             "timeline": timeline.timeline_frame(acc, t0), "splits": split, "manifest": ctx.store.manifest(),
             "model": ctx.cfg.model, "failures": failures(df)}
 
@@ -341,6 +349,8 @@ def conclusions(res: dict[str, Any]) -> str:
         if med["keep_warm"].value > med["none"].value:
             lines.append("  ⚠ Keep-warm measured slower than no warmup at all, which a resident model can't be: "
                          "suspect data (a refresh in flight, or a busy machine).")
+    if res.get("state_skipped"):
+        lines.append(f"- `{res['state_skipped']['state']}` not measured: {res['state_skipped']['why']}.")
     sa = measured(res["scheme_a_trials"])
     if len(sa):
         lines.append(f"- **Scheme A** (restart, preload at start): a user request is served at warm speed "
