@@ -7,9 +7,10 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import psutil
@@ -31,23 +32,39 @@ def info_cpu() -> str:
     return _cpu_model()
 
 
-def gpus() -> list[dict[str, Any]]:
+@contextmanager
+def _nvml() -> Iterator[Any]:
+    """pynvml initialised for the block, or None without a library, driver or GPU (then nothing is known)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001
-        return []
+    except Exception:  # noqa: BLE001 - ImportError, NVMLError_LibraryNotFound, DriverNotLoaded ...
+        yield None
+        return
     try:
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                        "memory_total_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total})
-        return out
+        yield pynvml
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def gpus() -> list[dict[str, Any]]:
+    with _nvml() as nv:
+        if nv is None:
+            return []
+        try:
+            out = []
+            for i in range(nv.nvmlDeviceGetCount()):
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                name = nv.nvmlDeviceGetName(h)
+                out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                            "memory_total_bytes": nv.nvmlDeviceGetMemoryInfo(h).total})
+            return out
+        except Exception:  # noqa: BLE001 - a GPU lost mid-listing: report none rather than fail a run
+            return []
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -116,55 +133,39 @@ def gpu_memory_bandwidth_bytes_s(index: int) -> tuple[float | None, str]:
     No name table: NVML's names vary by board and driver (an H100 SXM reads "NVIDIA H100 80GB HBM3"),
     and the bus and clock are what the bandwidth is made of.
     """
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as e:  # noqa: BLE001 - no library or driver
-        return None, f"NVML unavailable ({type(e).__name__})"
-    try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(h)
-        clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)
+    with _nvml() as nv:
+        if nv is None:
+            return None, "NVML unavailable on this host"
+        try:
+            h = nv.nvmlDeviceGetHandleByIndex(index)
+            bus_bits = nv.nvmlDeviceGetMemoryBusWidth(h)
+            clock_mhz = nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM)
+        except Exception as e:  # noqa: BLE001
+            return None, f"NVML could not read the memory bus ({type(e).__name__}: {e})"
         if not bus_bits or not clock_mhz:
             return None, "NVML reports no memory bus width or clock for this GPU"
-        return bus_bits / 8 * clock_mhz * 1e6 * 2, (f"NVML: {bus_bits}-bit bus × {clock_mhz} MHz max memory clock × 2")
-    except Exception as e:  # noqa: BLE001
-        return None, f"NVML could not read the memory bus ({type(e).__name__}: {e})"
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        return bus_bits / 8 * clock_mhz * 1e6 * 2, f"NVML: {bus_bits}-bit bus × {clock_mhz} MHz max memory clock × 2"
 
 
 def gpus_holding(pids: set[int]) -> list[int]:
     """Indices of the GPUs on which any of ``pids`` holds memory (NVML compute + graphics processes)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001
-        return []
-    try:
+    with _nvml() as nv:
+        if nv is None:
+            return []
         out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
-            try:
-                procs += list(pynvml.nvmlDeviceGetGraphicsRunningProcesses(h))
-            except Exception:  # noqa: BLE001
-                pass
-            if any(p.pid in pids for p in procs):
-                out.append(i)
-        return out
-    except Exception:  # noqa: BLE001
-        return []
-    finally:
         try:
-            pynvml.nvmlShutdown()
+            for i in range(nv.nvmlDeviceGetCount()):
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                procs = list(nv.nvmlDeviceGetComputeRunningProcesses(h))
+                try:
+                    procs += list(nv.nvmlDeviceGetGraphicsRunningProcesses(h))
+                except Exception:  # noqa: BLE001 - not supported on compute-only boards
+                    pass
+                if any(p.pid in pids for p in procs):
+                    out.append(i)
         except Exception:  # noqa: BLE001
-            pass
+            return out
+        return out
 
 
 def matmul_flops_s(n: int = 1024, repeats: int = 3) -> float:
