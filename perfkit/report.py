@@ -98,23 +98,10 @@ def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = Tru
     ``$PERFKIT_OWNER`` / ``$PERFKIT_RUN_DIR`` tell the kernel who owns it; ``env`` adds variables.
     """
     out = run_dir / "notebooks" / f"{study}.ipynb"
-    out.parent.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "logs" / f"{study}-papermill.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "papermill", str(notebook_for(study)), str(out), "--cwd", str(NOTEBOOKS),
-           "-k", "python3", "--no-progress-bar", "-p", "params_path", str(params_path.resolve()),
-           "-p", "run_dir", str(run_dir.resolve()), "-p", "measure", str(measure)]
-    from .engine import kill_process_group
-
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=die_with_parent(),
-                                env={**os.environ, **owner_env(run_dir), **(env or {})})
-        try:
-            code = proc.wait()
-        except BaseException:
-            kill_process_group(proc.pid, grace_s=3.0, proc=proc)
-            raise
+    code = papermill(notebook_for(study), out, {"params_path": str(params_path.resolve()),
+                                                "run_dir": str(run_dir.resolve()), "measure": str(measure)},
+                     log_path, env={**owner_env(run_dir), **(env or {})})
     if code:
         cell, error = _first_error(out)
         where = f"in cell {cell}" if cell is not None else "before finishing"
@@ -123,6 +110,30 @@ def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = Tru
                           f"  papermill log: {log_path}\n"
                           f"  data measured so far is kept in {run_dir / study}")
     return out
+
+
+def papermill(notebook: Path, out: Path, parameters: dict[str, str], log_path: Path, *,
+              env: dict[str, str] | None = None) -> int:
+    """Execute ``notebook`` into ``out`` with papermill (``-p name value`` each parameter, cwd notebooks/) in a
+    child process group, output to ``log_path``; returns its exit status. Interrupts and this process's death
+    reach it as described in :func:`execute`; ``env`` adds variables."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(NOTEBOOKS),
+           "-k", "python3", "--no-progress-bar"]
+    for name, value in parameters.items():
+        cmd += ["-p", name, value]
+    from .engine import kill_process_group
+
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=die_with_parent(),
+                                env={**os.environ, **(env or {})})
+        try:
+            return proc.wait()
+        except BaseException:
+            kill_process_group(proc.pid, grace_s=3.0, proc=proc)
+            raise
 
 
 def warning_html(warnings: list[str], title: str = "Damaged data: read these numbers with care") -> str:
@@ -468,7 +479,10 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_d
 
 
 def write_index(results_dir: Path) -> Path:
-    """``results/index.html``: every run, newest first, with its studies' status and reports."""
+    """``results/index.html``: every run, newest first, with its studies' status, reports and headline
+    figures; the ``perfkit compare`` command for two runs and links to comparisons already made."""
+    from .compare import index_cell, index_section
+
     rows = []
     for run_dir in sorted((p for p in results_dir.iterdir() if (p / "run.json").exists()), reverse=True):
         try:
@@ -487,14 +501,18 @@ def write_index(results_dir: Path) -> Path:
             cls = status.split()[0] if status.split() else "unknown"
             cells.append(f'<li class="{html.escape(cls)}">{link} — {html.escape(status)}{extra}</li>')
         rows.append(f"<tr><td>{html.escape(run_dir.name)}</td><td>{html.escape(info.get('params_name', ''))}</td>"
-                    f"<td>{html.escape(info.get('created_utc', ''))}</td><td><ul>{''.join(cells)}</ul></td></tr>")
+                    f"<td>{html.escape(info.get('created_utc', ''))}</td><td><ul>{''.join(cells)}</ul></td>"
+                    f"<td>{index_cell(run_dir)}</td></tr>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>perfkit results</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;width:100%}}
 td,th{{border-bottom:1px solid #ddd;padding:.5em;text-align:left;vertical-align:top}}ul{{margin:0;padding-left:1.2em}}
-li.failed,li.unreadable{{color:#b00}}li.running,li.interrupted{{color:#a60}}</style></head><body>
+li.failed,li.unreadable{{color:#b00}}li.running,li.interrupted{{color:#a60}}.muted{{color:#777}}
+pre{{background:#f6f6f6;padding:.5em;overflow-x:auto}}</style></head><body>
 <h1>perfkit results</h1><p>Every figure in these reports was measured in the run that produced it; each report ends
 with its provenance (engine, versions, host, parameters).</p>
-<table><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th></tr>{''.join(rows)}</table>
+<table><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th><th>headline figures (median, n)</th>
+</tr>{''.join(rows)}</table>
+{index_section(results_dir)}
 </body></html>"""
     results_dir.mkdir(parents=True, exist_ok=True)
     # Runs in the same results directory may finish together: each writes its own file, then renames.
