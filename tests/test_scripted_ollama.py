@@ -273,8 +273,9 @@ def test_num_parallel_queues_the_rest(start):
         t.start()
     for t in ts:
         t.join()
-    a, b = sorted((t for t in so.truth() if t["kind"] == "generate"), key=lambda t: t["arrival_mono"])
-    assert b["first_token_mono"] >= a["end_mono"] - 0.05  # never generating at the same time (±50 ms of bookkeeping under load)
+    # Ordered by who got the slot first: two requests sent together arrive in either order.
+    a, b = sorted((t for t in so.truth() if t["kind"] == "generate"), key=lambda t: t["first_token_mono"])
+    assert b["first_token_mono"] >= a["end_mono"] - 0.01  # never generating at the same time
     if b["arrival_mono"] < a["first_token_mono"]:  # both arrived before the first one started answering
         assert b["queue_s"] > 0.1  # so the second waited for the slot (30 tokens × 10 ms)
 

@@ -17,6 +17,7 @@ import pandas as pd
 from .. import fmt, pagecache, stats, timeline
 from ..backends.base import Sampling
 from ..coldstart import scheme_a, user_first_request
+from ..compare import compare_samples
 from ..control.base import Unknown
 from ..runner import Trial
 from ._common import (_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note, negative_overhead_note,
@@ -69,11 +70,9 @@ def _facts(ctx: StudyContext, s) -> None:
     c = ctx.cfg
     kinds = set(ctx.store.events().get("kind", pd.Series(dtype=str)))
     if "device" not in kinds:
-        from ..coldstart import ensure_warm
+        from .model_size import record_device
 
-        ensure_warm(s.backend, c.model, _keep_alive(ctx))
-        ctx.store.event("device", model=c.model, **s.control.device(c.model, s.backend).as_record(),
-                        **s.backend.resident_memory(c.model))
+        record_device(ctx, s, c.model)
     if "read_bandwidth" not in kinds:
         try:
             path = s.control.model_file(c.model)
@@ -214,7 +213,8 @@ def state_latency(res: dict[str, Any]) -> pd.DataFrame:
 
 
 def before_after(res: dict[str, Any]) -> pd.DataFrame:
-    """The seed guide's table: the first request with no warmup vs with each strategy, CIs and ratio."""
+    """The seed guide's table: the first request with no warmup vs with each strategy, CIs, ratio and verdict
+    (the same comparison as ``perfkit compare``: Hodges–Lehmann ratio, Moses CI)."""
     sok = measured(res["strategy_trials"])
     if sok.empty:
         return pd.DataFrame()
@@ -222,7 +222,7 @@ def before_after(res: dict[str, Any]) -> pd.DataFrame:
     for gap, g in sok.groupby("idle_gap_s"):
         base = g[g["strategy"] == "none"]["e2e_s"]
         for strategy, h in g.groupby("strategy", sort=False):
-            r = stats.ratio(h["e2e_s"], base) if strategy != "none" and len(base) else None
+            r = compare_samples(base, h["e2e_s"], "lower") if strategy != "none" and len(base) else None
             phase = ""
             if strategy == "keep_warm" and "keep_warm_phase" in h and h["keep_warm_phase"].notna().any():
                 phase = (f"phase {h['keep_warm_phase'].mean():.2f} of the refresh cycle; "
@@ -231,7 +231,8 @@ def before_after(res: dict[str, Any]) -> pd.DataFrame:
             rows.append({"idle gap": fmt.duration(gap), "strategy": strategy,
                          "first-request e2e (median [95% CI])": fmt_s(est(h["e2e_s"])),
                          "model resident at send": f"{h['loaded_at_send'].mean():.0%}",
-                         "vs no warmup": fmt_x(r) if r else "—", "keep-warm timing": phase})
+                         "vs no warmup": r.ratio_text if r else "—",
+                         "verdict": r.verdict if r else "—", "keep-warm timing": phase})
     return pd.DataFrame(rows).set_index(["idle gap", "strategy"])
 
 

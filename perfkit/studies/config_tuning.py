@@ -15,6 +15,7 @@ from .. import stats
 from .. import fmt
 from ..backends.base import Sampling
 from ..coldstart import ensure_warm
+from ..compare import compare_estimates, compare_samples
 from ..runner import goodput, throughput
 from ..settings import validate_settings
 from ._common import (_cell, est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note,
@@ -148,6 +149,34 @@ def _runner_up(ranked: pd.DataFrame, lo: str, hi: str) -> dict[str, Any]:
     return {"runner_up": b["config"], "overlaps_runner_up": bool(a[lo] <= b[hi] and b[lo] <= a[hi])}
 
 
+def baseline_vs_best(res: dict[str, Any]) -> pd.DataFrame:
+    """The first setting (the baseline) against the best one per objective, compared as ``perfkit compare``
+    does: TTFT by Hodges–Lehmann ratio of the requests (Moses CI), throughput by the two series' batch-means
+    CIs (a change only when they are disjoint). Empty when the baseline is the best."""
+    t, b = res["table"], res["best"]
+    if t.empty or not b:
+        return pd.DataFrame()
+    base = t.sort_values("config_index")["config"].iloc[0]
+    ok = measured(res["trials"])
+    rows = []
+    L, T = b["latency"], b["throughput"]
+    if L["config"] != base:
+        ttft = lambda cfg: ok[(ok["config"] == cfg) & (ok["concurrency"] == L["at_concurrency"])]["ttft_s"]  # noqa: E731
+        rows.append((f"TTFT at concurrency {L['at_concurrency']}", L["config"],
+                     compare_samples(ttft(base), ttft(L["config"]), "lower", kind="duration")))
+    if T["config"] != base:
+        def series(cfg: str) -> stats.Estimate:
+            r = t[(t["config"] == cfg) & (t["concurrency"] == T["at_concurrency"])].iloc[0]
+            return stats.Estimate("throughput", r["throughput_tok_s"], r["throughput_lo"], r["throughput_hi"],
+                                  int(r["n"]), method=r["throughput_method"])
+        rows.append((f"output throughput at concurrency {T['at_concurrency']}", T["config"],
+                     compare_estimates(series(base), series(T["config"]), "higher", kind="rate")))
+    return pd.DataFrame([{"objective": o, "baseline": base, "best": cfg, "baseline value": r.before,
+                          "best value": r.after, "best / baseline": r.ratio_text, "change": r.change_text,
+                          "verdict": r.verdict, "why": r.reason} for o, cfg, r in rows]).set_index("objective") \
+        if rows else pd.DataFrame()
+
+
 def _resolved(best: dict) -> str:
     if best.get("no_ci"):
         return (f" At this n there is no confidence interval, so it is not distinguishable from the runner-up "
@@ -174,6 +203,9 @@ def conclusions(res: dict[str, Any]) -> str:
     lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): best is **{T['config']}** with "
                  f"{fmt.rate(T['value'])} [{fmt.number(T['lo'])}, {fmt.number(T['hi'])}] ({T['n']} requests)."
                  + _resolved(T))
+    for obj, r in baseline_vs_best(res).iterrows():
+        lines.append(f"- **Baseline vs best** ({obj}): the first setting **{r['baseline']}** {r['baseline value']} → "
+                     f"**{r['best']}** {r['best value']}, {r['best / baseline']}: {r['verdict']} ({r['why']}).")
     slo = res.get("slo") or {}
     g = t[t["concurrency"] == T["at_concurrency"]].sort_values("goodput_rps", ascending=False)
     if len(g):

@@ -34,10 +34,17 @@ def device_facts(ctx: StudyContext, s, models: list[str]) -> None:
     for m in models:
         if m in done:
             continue
-        ensure_warm(s.backend, m, s.runner.keep_alive)
-        s.backend.generate(m, "ok", Sampling(num_predict=2), keep_alive=s.runner.keep_alive)
-        ctx.store.event("device", model=m, **s.control.device(m, s.backend).as_record(),
-                        **s.backend.resident_memory(m))
+        record_device(ctx, s, m)
+
+
+def record_device(ctx: StudyContext, s, model: str) -> None:
+    """One "device" event: where ``model`` runs, and its own memory read while it is resident and used."""
+    ensure_warm(s.backend, model, s.runner.keep_alive)
+    device = s.control.device(model, s.backend)  # the first call measures host bandwidth: seconds
+    # A short keep-alive may have put the model to sleep meanwhile: use it again, then read its memory.
+    ensure_warm(s.backend, model, s.runner.keep_alive)
+    s.backend.generate(model, "ok", Sampling(num_predict=2), keep_alive=s.runner.keep_alive)
+    ctx.store.event("device", model=model, **device.as_record(), **s.backend.resident_memory(model))
 
 
 def measure(ctx: StudyContext, trials, desc: str) -> None:
