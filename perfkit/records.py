@@ -46,6 +46,7 @@ class RequestRecord:
     itl_s: list[float] = field(default_factory=list)
     # Server-reported.
     load_s: float | None = None
+    load_resolution_s: float | None = None  # ± on load_s where it is polled, not reported (llama-server)
     prompt_tokens: int | None = None  # every prompt token the server saw, cached or not
     cached_tokens: int | None = None  # served from the prompt cache (llama-server cache_n)
     prefill_tokens: int | None = None  # uncached prompt tokens actually evaluated

@@ -229,3 +229,20 @@ def test_best_setting_without_a_ci_is_not_called_clear_of_the_runner_up():
                            {"config": "b", "lo": float("nan"), "hi": float("nan")}])
     text = _resolved(_runner_up(ranked, "lo", "hi"))
     assert "not distinguishable" in text and "clear" not in text
+
+
+def test_a_model_process_found_late_is_the_servers_load_not_other_processes(tmp_path):
+    """The tree is rescanned every 250 ms: a model process spawned in between used to be counted as
+    other processes' load, so every cold load looked like a noisy machine."""
+    code = ("import subprocess, sys, time\ntime.sleep(0.4)\n"
+            "subprocess.run([sys.executable, '-c', 'import time\\nt=time.time()\\nwhile time.time()-t<1.2: pass'])\n"
+            "time.sleep(5)")
+    root = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        with Monitor(0.05, lambda: [root.pid], gpu=False) as m:
+            t0 = now_ns()
+            time.sleep(2.0)
+            s = m.request_summary(RequestRecord("x", "m", t_send_ns=t0, t_end_ns=now_ns(), output_tokens=1))
+    finally:
+        root.kill()
+    assert s["res_server_cpu_pct_mean"] > 40 and s["res_other_cpu_pct_mean"] < 25 and not s["res_noisy"]

@@ -240,6 +240,7 @@ class LlamaServerBackend(Backend):
             rec.t_loaded_ns = watcher.t_loaded_ns
             if rec.t_loaded_ns is not None:
                 rec.load_s = max(0.0, (rec.t_loaded_ns - rec.t_send_ns) * 1e-9)
+                rec.load_resolution_s = watcher.resolution_s
         else:
             rec.load_s = 0.0
         return rec.finalize()
@@ -274,6 +275,7 @@ class _LoadWatcher:
         self.backend, self.model = backend, model
         self.needed = False
         self.t_loaded_ns: int | None = None
+        self.resolution_s: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -286,13 +288,21 @@ class _LoadWatcher:
         self._thread.start()
 
     def _run(self) -> None:
+        # The load ended after the last poll that said "not loaded" was sent and before the first that
+        # said "loaded" came back: the midpoint is the estimate, half the span its resolution. Taking the
+        # later end instead overstated every load by half a poll and made overheads negative.
+        t_prev = now_ns()
         with httpx.Client(base_url=self.backend.url, timeout=10.0) as c:
             while not self._stop.is_set():
+                t_sent = now_ns()
                 try:
                     st = {m["id"]: m.get("status", {}) for m in c.get("/models").json().get("data", [])}
                     if st.get(self.model, {}).get("value") == "loaded":
-                        self.t_loaded_ns = now_ns()
+                        t_recv = now_ns()
+                        self.t_loaded_ns = (t_prev + t_recv) // 2
+                        self.resolution_s = (t_recv - t_prev) * 0.5e-9
                         return
+                    t_prev = t_sent
                 except (httpx.HTTPError, ValueError):
                     pass
                 self._stop.wait(_POLL_S)

@@ -37,6 +37,9 @@ class SystemSampler(PeriodicSampler):
         self._tree_roots: list[int] = []
         self._tree_at = 0.0
         self._self = psutil.Process()
+        self._cpu_last: dict[int, float] = {}
+        self._host_last = None
+        self._wall_last: float | None = None
         self._ncpu = psutil.cpu_count() or 1
 
     def tree_pids(self) -> list[int]:
@@ -59,27 +62,59 @@ class SystemSampler(PeriodicSampler):
         p = self._procs.get(pid)
         if p is None:
             p = self._procs[pid] = psutil.Process(pid)
-            p.cpu_percent(None)  # the first call only primes the counter
         return p
+
+    def _host_cpu(self) -> tuple[float, float]:
+        """(busy %, steal %) of the whole machine since the last sample, from /proc/stat's counters.
+
+        Computed from ``psutil.cpu_times()`` deltas rather than ``cpu_times_percent``: on these VMs the
+        latter reported 90% busy over 50 ms on an idle machine (idle 10%, 20% at 100 ms, ...), which
+        flagged every request as noisy.
+        """
+        t = psutil.cpu_times()
+        last, self._host_last = self._host_last, t
+        if last is None:
+            return 0.0, 0.0
+        total = sum(t) - sum(last)
+        if total <= 0:
+            return 0.0, 0.0
+        idle = (t.idle - last.idle) + (getattr(t, "iowait", 0.0) - getattr(last, "iowait", 0.0))
+        steal = getattr(t, "steal", 0.0) - getattr(last, "steal", 0.0)
+        return max(0.0, 100.0 * (1 - idle / total)), max(0.0, 100.0 * steal / total)
+
+    def _cpu_delta_s(self, pid: int, p: psutil.Process) -> float:
+        """CPU seconds ``pid`` used since the last sample. A process first seen now (a model process the
+        tree rescan found up to ``tree_refresh_s`` late) counts all its CPU since it started, if it started
+        after the last sample: otherwise that load would be missing from the server and, on a cold load,
+        wrongly counted as other processes' load."""
+        t = p.cpu_times()
+        used = t.user + t.system
+        last = self._cpu_last.get(pid)
+        self._cpu_last[pid] = used
+        if last is not None:
+            return max(0.0, used - last)
+        if self._wall_last is not None and p.create_time() >= self._wall_last - self.tree_refresh_s - self.interval_s:
+            return used
+        return 0.0
 
     def _sample(self, t_ns: int) -> list[dict[str, Any]]:
         vm = psutil.virtual_memory()
-        ct = psutil.cpu_times_percent(None)
-        busy = max(0.0, 100.0 - ct.idle - getattr(ct, "iowait", 0.0))
+        busy, steal = self._host_cpu()
         client = self._self.cpu_percent(None)
         row: dict[str, Any] = {"source": "system", "t_ns": t_ns, "host_mem_available_bytes": vm.available,
-                               "host_cpu_pct": busy, "steal_pct": getattr(ct, "steal", 0.0),
-                               "client_cpu_pct": client}
+                               "host_cpu_pct": busy, "steal_pct": steal, "client_cpu_pct": client}
         if self.root_pids is None:
             row["other_cpu_pct"] = max(0.0, busy * self._ncpu - client)
             return [row]
-        cpu, rss, n = 0.0, 0, 0
+        wall = time.time()
+        dt = wall - self._wall_last if self._wall_last is not None else None
+        cpu_s, rss, n = 0.0, 0, 0
         live = set(self.tree_pids())
         for pid in live:
             try:
                 p = self._proc(pid)
                 with p.oneshot():
-                    cpu += p.cpu_percent(None)
+                    cpu_s += self._cpu_delta_s(pid, p)
                     rss += p.memory_info().rss
                     if "io" not in self.unavailable:
                         try:
@@ -93,7 +128,12 @@ class SystemSampler(PeriodicSampler):
                 self._procs.pop(pid, None)
         for gone in set(self._procs) - live:
             self._procs.pop(gone, None)
+            self._cpu_last.pop(gone, None)
+        self._wall_last = wall
+        cpu = 100.0 * cpu_s / dt if dt else 0.0
+        # Not clamped per sample: a late-found process's earlier CPU lands here as a negative share that
+        # cancels the "other" it was counted as before, so the mean over a window is right.
         row.update({"server_cpu_pct": cpu, "server_rss_bytes": rss, "server_processes": n,
-                    "other_cpu_pct": max(0.0, busy * self._ncpu - client - cpu),
+                    "other_cpu_pct": busy * self._ncpu - client - cpu,
                     "server_read_bytes": self._read_total if "io" not in self.unavailable else None})
         return [row]

@@ -75,7 +75,9 @@ def negative_overhead_note(df: pd.DataFrame) -> str:
     d = measured(df)
     if d.empty or "overhead_s" not in d:
         return ""
-    neg = d[d["overhead_s"] < -1e-3]
+    # A polled load time is known to ± its resolution: only an overhead below that is a contradiction.
+    tol = 1e-3 + (d["load_resolution_s"].fillna(0) if "load_resolution_s" in d else 0)
+    neg = d[d["overhead_s"] < -tol]
     if neg.empty:
         return ""
     return (f"⚠ **Suspect data:** {len(neg)} requests show a negative overhead (down to "
