@@ -97,8 +97,10 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
         for col in ("token_agreement", "prefix_match", "logprob_abs_diff"):
             agg = {v: est(g[col], "mean") for v, g in dr.groupby("variant")}
             table[col] = table["model"].map(lambda m: agg[m].value if m in agg else np.nan)
-            table[f"{col}_lo"] = table["model"].map(lambda m: agg[m].lo if m in agg else np.nan)
-            table[f"{col}_hi"] = table["model"].map(lambda m: agg[m].hi if m in agg else np.nan)
+            # Shares can't leave [0, 1]: a t-interval from a few prompts can, so it is cut at the bounds.
+            lo_b, hi_b = (0.0, 1.0) if col != "logprob_abs_diff" else (0.0, np.inf)
+            table[f"{col}_lo"] = table["model"].map(lambda m: max(lo_b, agg[m].lo) if m in agg else np.nan)
+            table[f"{col}_hi"] = table["model"].map(lambda m: min(hi_b, agg[m].hi) if m in agg else np.nan)
     method = ("tokens" if dr.empty or (dr["method"] == "tokens").all() else
               "words" if (dr["method"] == "words").all() else "mixed")
     return {"trials": df, "table": table, "drift": dr, "drift_method": method, "reference": reference(ctx),
