@@ -159,7 +159,7 @@ def _resolve(host: str, timeout_s: float = 2.0) -> set[str]:
         try:
             for *_, sa in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
                 out.add(str(ipaddress.ip_address(sa[0].split("%")[0])))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # TypeError: a resolver torn down under the thread
             pass
 
     # getaddrinfo has no timeout and a dead DNS server can stall it for many seconds.
