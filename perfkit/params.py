@@ -152,7 +152,14 @@ class ColdStart(_Strict):
     scheme_a_delays_s: list[float] = Field(default_factory=list, description=(
         "scheme A (restart, preload at start): a user request arrives this long after the restart; "
         "empty: not measured"))
-    scheme_a_reps: int = Field(2, ge=1)
+    scheme_a_reps: int = Field(2, ge=1, le=MAX_REPS)
+
+    @field_validator("scheme_a_delays_s")
+    @classmethod
+    def _scheme_a(cls, v):
+        if any(not 0 <= d <= MAX_GAP_S for d in v):
+            raise ValueError(f"a list of delays in seconds after the restart, each 0 ≤ delay ≤ {MAX_GAP_S:g}")
+        return _unique(v, "scheme A delay")
 
     @field_validator("states")
     @classmethod

@@ -107,3 +107,10 @@ def test_a_safe_name_and_good_values_pass(tmp_path):
                                     "studies: {cold_start: {model: m, idle_gaps_s: [0, 60], reps: 10000}}\n"),
                     check_models=False)
     assert p.name == "my-run_1.2" and p.studies.cold_start.reps == 10000
+
+
+def test_scheme_a_delays_are_checked(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\nstudies: {cold_start: {model: smollm2-135m-q4_1, scheme_a_delays_s: [-1]}}\n")
+    with pytest.raises(ConfigError, match=r"studies.cold_start.scheme_a_delays_s: a list of delays"):
+        params.load(p, check_models=False)
