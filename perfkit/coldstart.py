@@ -153,7 +153,10 @@ def confirm(check: StateCheck, rec: RequestRecord, shared_prefix_tokens: int | N
     if check.verified is False or not rec.ok:
         return check
     state = check.cache_state
-    loaded_during = rec.t_loaded_ns is not None or (rec.load_s or 0) > 0 if rec.backend == "llama-server" else None
+    # Only llama-server shows a load during the request (its polled load); Ollama reports load_duration
+    # on every request, so there it proves nothing.
+    loaded_during = ((rec.t_loaded_ns is not None or (rec.load_s or 0) > 0)
+                     if rec.backend == "llama-server" else None)
     notes = [check.note] if check.note else []
     if state in ("cold_server", "cold_disk", "cold_memory"):
         if loaded_during is False:

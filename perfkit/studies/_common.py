@@ -15,7 +15,8 @@ from .. import fmt, stats
 def _state_failed(df: pd.DataFrame) -> pd.Series:
     if "state_verified" not in df:
         return pd.Series(False, index=df.index)
-    return df["state_verified"].map(lambda v: v is False or v == 0.0 and not pd.isna(v) and v is not None)
+    # JSON false reads back as bool or numpy bool; None/NaN (not verifiable, no check) is not a failure.
+    return df["state_verified"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)
 
 
 def measured(df: pd.DataFrame, **eq) -> pd.DataFrame:
@@ -88,7 +89,7 @@ def negative_overhead_note(df: pd.DataFrame) -> str:
 PCTS = ("median", "p90", "p99")
 
 
-def _cell(e: stats.Estimate) -> str:
+def ci_cell(e: stats.Estimate) -> str:
     """A compact table cell: '412 ms [398, 431]', or '412 ms (no CI: n < 6)' when n is too small."""
     if e.has_ci:
         return fmt.duration_ci(e.value, e.lo, e.hi)
@@ -120,7 +121,7 @@ def latency_table(df: pd.DataFrame, by: str, metrics: Iterable[str] = ("ttft_s",
                 vals = per_request_itl(g, s) if m == "itl" else g[m].tolist() if m in g else []
                 e = stats.estimate(vals, "median" if m == "itl" else s)
                 row["n"] = e.n
-                row["p50" if s == "median" else s] = _cell(e)
+                row["p50" if s == "median" else s] = ci_cell(e)
             rows.append(row)
     return pd.DataFrame(rows).set_index([by, "metric"]) if rows else pd.DataFrame()
 

@@ -20,8 +20,8 @@ from ..coldstart import scheme_a, user_first_request
 from ..compare import compare_samples
 from ..control.base import Unknown
 from ..runner import Trial
-from ._common import (_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note, negative_overhead_note,
-                      noisy_note, state_note)
+from ._common import (ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note,
+                      negative_overhead_note, noisy_note, state_note)
 from ._context import StudyContext
 
 COMPONENTS = ("load_s", "prefill_s", "decode_s", "overhead_s")
@@ -264,7 +264,7 @@ def split_table(res: dict[str, Any]) -> pd.DataFrame:
     for state, g in sp.groupby("cache_state", sort=False):
         row = {"cache state": state, "n": len(g)}
         for c, name in cols.items():
-            row[name] = _cell(est(g[c])) if c in g and g[c].notna().any() else "not in log"
+            row[name] = ci_cell(est(g[c])) if c in g and g[c].notna().any() else "not in log"
         rows.append(row)
     return pd.DataFrame(rows).set_index("cache state")
 

@@ -18,7 +18,7 @@ from ..coldstart import ensure_warm
 from ..compare import compare_estimates, compare_samples
 from ..runner import goodput, throughput
 from ..settings import validate_settings
-from ._common import (_cell, est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note,
+from ._common import (ci_cell, est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note,
                       per_request_itl)
 from ._context import StudyContext
 
@@ -89,8 +89,8 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
         all_rows = df[(df.get("config_index") == i) & (df.get("concurrency") == conc)] if len(df) else g
         rows.append({"config_index": i, "config": g["config"].iloc[0], "concurrency": conc, "n": len(g),
                      "ttft_p50_s": ttft50.value, "ttft_p50_lo": ttft50.lo, "ttft_p50_hi": ttft50.hi,
-                     "ttft_p90": _cell(ttft90), "ttft_p99": _cell(ttft99), "tpot_p50": _cell(est(g["tpot_s"])),
-                     "itl_p50": _cell(est(per_request_itl(g, "median"))),
+                     "ttft_p90": ci_cell(ttft90), "ttft_p99": ci_cell(ttft99), "tpot_p50": ci_cell(est(g["tpot_s"])),
+                     "itl_p50": ci_cell(est(per_request_itl(g, "median"))),
                      "decode_tok_s": dec.value, "decode_lo": dec.lo, "decode_hi": dec.hi,
                      "throughput_tok_s": tps.value, "throughput_lo": tps.lo, "throughput_hi": tps.hi,
                      "throughput_method": tps.method, "requests_s": tp["requests_s"],

@@ -76,7 +76,7 @@ def per_model(ctx: StudyContext, df: pd.DataFrame, models: list[str]) -> pd.Data
         for name, series in (("load_s", cold["load_s"]), ("cold_ttft_s", cold["ttft_s"]), ("ttft_s", warm["ttft_s"]),
                              ("prefill_tok_s", warm["prefill_tok_s"]), ("decode_tok_s", warm["decode_tok_s"]),
                              ("e2e_s", warm["e2e_s"]), ("tpot_s", warm["tpot_s"])):
-            e = est(series) if name in warm or name in cold or len(series) else est([])
+            e = est(series)
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = e.value, e.lo, e.hi
         if "prefill_tok_s_max" in warm and warm["prefill_tok_s_max"].notna().any():
             # Ollama counts cached prompt tokens but times only uncached ones: only an upper bound exists.
