@@ -11,7 +11,7 @@ Public API::
 
 __version__ = "0.1.0"
 
-from .backends import Backend, LlamaServerBackend, OllamaBackend, Sampling
+from .backends import Backend, LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
 from .coldstart import KeepWarm, prepare_state, user_first_request
 from .engine import Engine
 from .errors import ConfigError, EngineError, PerfkitError
@@ -23,7 +23,7 @@ from .stats import Estimate, estimate, ratio
 from .store import RunStore
 
 __all__ = [
-    "Backend", "LlamaServerBackend", "OllamaBackend", "Sampling", "KeepWarm", "prepare_state", "user_first_request",
+    "Backend", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend", "Sampling", "KeepWarm", "prepare_state", "user_first_request",
     "Engine", "ConfigError", "EngineError", "PerfkitError", "list_models", "models_dir", "CACHE_STATES",
     "RequestRecord", "Runner", "Trial", "plan", "GpuSampler", "Monitor", "SystemSampler", "Estimate", "estimate",
     "ratio", "RunStore", "__version__",

@@ -68,9 +68,21 @@ def prime(backend: Backend, model: str, keep_alive: object = None) -> RequestRec
     return rec
 
 
+def residency(backend: Backend, model: str) -> bool | None:
+    """Whether the server lists ``model`` as resident; None where it can't say (an OpenAI-compatible API)."""
+    try:
+        return backend.is_loaded(model)
+    except Unknown:
+        return None
+
+
 def ensure_warm(backend: Backend, model: str, keep_alive: object = None) -> bool:
     """Make ``model`` resident and primed; True if it had to be loaded (and was primed)."""
-    if backend.is_loaded(model):
+    is_resident = residency(backend, model)
+    if is_resident:
+        return False
+    if is_resident is None:  # the server can't say: a served request makes it resident, and primes it
+        prime(backend, model, keep_alive)
         return False
     backend.load(model, keep_alive=keep_alive)
     prime(backend, model, keep_alive)
@@ -97,7 +109,7 @@ def prepare_state(backend: Backend, model: str, state: str, *, prompt: str | Non
     if state not in CACHE_STATES:
         raise PerfkitError(f"unknown cache state {state!r}; allowed: {', '.join(CACHE_STATES)}")
     t0 = time.perf_counter()
-    loaded_before = backend.is_loaded(model)
+    loaded_before = residency(backend, model)
     check = StateCheck(state, loaded_before, None)
     if state == "cold_server":
         info = backend.control.restart(None)
@@ -135,7 +147,9 @@ def prepare_state(backend: Backend, model: str, state: str, *, prompt: str | Non
             first = backend.generate(model, prompt, sampling or Sampling(num_predict=1), keep_alive=keep_alive)
             if not first.ok:
                 raise PerfkitError(f"priming the prompt cache failed: {first.error}")
-        check.verified = backend.is_loaded(model)
+        check.verified = residency(backend, model)
+        if check.verified is None:
+            check.note = "residency unknown: the server does not report it (it answered the priming request)"
     if check.file_resident_fraction is None and state not in ("cold_disk", "cold_memory"):
         path = _model_file(backend, model, need=False)
         if path is not None:

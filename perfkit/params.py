@@ -83,8 +83,10 @@ class ServerLog(_Strict):
 
 
 class BackendParams(_Strict):
-    kind: Literal["embedded", "ollama", "llama-server"] = "embedded"
+    kind: Literal["embedded", "ollama", "llama-server", "openai"] = "embedded"
     url: str | None = None
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="openai only: /v1/chat/completions (chat) or /v1/completions")
     headers: dict[str, str] = Field(default_factory=dict, description="sent to the server, never recorded")
     settings: dict[str, Any] = Field(default_factory=dict, description="base server settings (Ollama names)")
     restart_command: list[str] | None = Field(
@@ -121,8 +123,10 @@ class BackendParams(_Strict):
         if self.kind != "embedded" and not self.url:
             raise ValueError(f"backend kind {self.kind!r} needs a url")
         if self.kind == "embedded" and self.url:
-            raise ValueError("url is used only with kind ollama or llama-server (the embedded engine picks its "
-                             "own port): remove it or set kind")
+            raise ValueError("url is used only with kind ollama, llama-server or openai (the embedded engine picks "
+                             "its own port): remove it or set kind")
+        if self.endpoint != "chat" and self.kind != "openai":
+            raise ValueError("endpoint is used only with kind openai")
         return self
 
 
@@ -226,8 +230,18 @@ class ConfigTuning(_Strict):
     settings: list[dict[str, Any]] = Field(min_length=1, description="one server configuration per entry")
     concurrency: list[int] = Field(default_factory=lambda: [1, 4])
     requests: int = Field(8, ge=1, le=MAX_REQUESTS)
+    rates_rps: list[float] = Field(default_factory=list, description="open-loop request rates to sweep (goodput vs rate)")
+    rate_requests: int = Field(12, ge=2, le=MAX_REQUESTS, description="requests per open-loop rate")
+    arrivals: Literal["poisson", "constant"] = "poisson"
     num_predict: int = Field(32, ge=2, le=MAX_TOKENS)
     prompt_words: int = Field(48, ge=4, le=MAX_PROMPT_WORDS)
+
+    @field_validator("rates_rps")
+    @classmethod
+    def _rates(cls, v):
+        if any(not 0 < r <= 10_000 for r in v):
+            raise ValueError("request rates must be > 0 and ≤ 10000 per second")
+        return _unique(v, "rate")
 
     @field_validator("settings")
     @classmethod

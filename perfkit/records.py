@@ -37,12 +37,23 @@ class RequestRecord:
     t_first_token_ns: int | None = None
     t_end_ns: int | None = None
     t_loaded_ns: int | None = None  # llama-server: when /models first said "loaded" during this request
+    t_start_ns: int | None = None  # the client began the request (before finding or opening a connection)
+    t_scheduled_ns: int | None = None  # open loop: when the schedule said to send it
+    connect_s: float | None = None  # opening a new connection; None when one was reused (never inside TTFT)
+    pool_wait_s: float | None = None  # waiting for a free connection in the client's pool
+    conn_reused: bool | None = None
+    stream: int | None = None  # closed loop: which of the concurrent client streams sent it
+    served_by: str | None = None  # the upstream a proxy says served it (X-Upstream-Addr)
+    proxy_cache: str | None = None  # the proxy's cache status (X-Cache-Status: HIT, MISS ...)
     token_times_ns: list[int] = field(default_factory=list)
     # Derived from the client timestamps (finalize()).
     ttfb_s: float | None = None
     ttft_s: float | None = None
     e2e_s: float | None = None
     tpot_s: float | None = None
+    send_lag_s: float | None = None  # open loop: actual send − scheduled send
+    ttft_sched_s: float | None = None  # open loop: TTFT from the scheduled send (no coordinated omission)
+    e2e_sched_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
     # Server-reported.
     load_s: float | None = None
@@ -72,6 +83,12 @@ class RequestRecord:
             self.ttft_s = (self.t_first_token_ns - self.t_send_ns) * s
         if self.t_end_ns is not None:
             self.e2e_s = (self.t_end_ns - self.t_send_ns) * s
+        if self.t_scheduled_ns is not None:
+            self.send_lag_s = (self.t_send_ns - self.t_scheduled_ns) * s
+            if self.t_first_token_ns is not None:
+                self.ttft_sched_s = (self.t_first_token_ns - self.t_scheduled_ns) * s
+            if self.t_end_ns is not None and self.ok:
+                self.e2e_sched_s = (self.t_end_ns - self.t_scheduled_ns) * s
         self.itl_s = [(b - a) * s for a, b in zip(self.token_times_ns, self.token_times_ns[1:])]
         if self.output_tokens is None and self.token_times_ns:
             self.output_tokens, self.output_tokens_source = len(self.token_times_ns), "chunks"
@@ -89,11 +106,11 @@ class RequestRecord:
                 self.overhead_s = self.e2e_s - sum(parts)
         return self
 
-    def fail(self, reason: str) -> "RequestRecord":
+    def fail(self, reason: str, t_end_ns: int | None = None) -> "RequestRecord":
         self.ok = False
         self.error = reason
         if self.t_end_ns is None:
-            self.t_end_ns = now_ns()
+            self.t_end_ns = t_end_ns or now_ns()
         return self.finalize()
 
     def as_dict(self) -> dict[str, Any]:

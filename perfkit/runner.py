@@ -6,20 +6,22 @@ Every trial becomes one row in the run's store the moment it completes.
 
 from __future__ import annotations
 
+import marshal
+import math
 import random
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from .backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
 from .coldstart import confirm, ensure_warm, prepare_state
 from .errors import PerfkitError
+from .loadgen import Job, run_series
+from .stream import Capture, decode
 from .prompts import prompt_for
 from .records import CACHE_STATES, now_ns
 from .store import RunStore
@@ -174,104 +176,193 @@ class Runner:
 
     def closed_loop(self, model: str, concurrency: int, n_requests: int, *, series: str,
                     sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None) -> pd.DataFrame:
-        """``concurrency`` clients each send their next request as soon as the last one ends.
+        """``concurrency`` streams each send their next request the moment the last one ends (no think time).
 
         A series is the unit of resume: an interrupted one is re-run whole under a new attempt, so
-        its concurrency is never mixed; its rows are all kept, flagged by ``attempt``.
+        its concurrency is never mixed; what the interrupted attempt measured is kept, flagged.
         """
         if concurrency < 1 or n_requests < 1:
             raise PerfkitError(f"closed loop needs concurrency ≥ 1 and requests ≥ 1 (got {concurrency}, {n_requests})")
-        done = self._series_done(series)
-        if done is not None:
-            return done
-        attempt = self._attempt(series)
-        self.store.event("series_start", series=series, attempt=attempt, mode="closed", concurrency=concurrency)
-        ensure_warm(self.backend, model, self.keep_alive)
-        counter = iter(range(n_requests))
-        lock = threading.Lock()
-        rows: list[dict] = []
-        bar = self._bar(n_requests, series)
-        t0 = now_ns()
-
-        def worker(w: int) -> None:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                key = f"{series}/a{attempt}/{i}"
-                rec = self.backend.generate(model, self.prompt(key, prompt_words), sampling,
-                                            timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s,
-                                            keep_alive=self.keep_alive)
-                # Stored at once (nothing lost on a kill), resource windows after the series: waiting for
-                # samples here would be think time and lower the achieved concurrency.
-                row = {"trial_id": key, "series": series, "attempt": attempt, "mode": "closed",
-                       "concurrency": concurrency, "worker": w, "index": i, "cache_state": "warm", "warmup": False,
-                       "variant": model, **(tags or {}), **rec.as_dict()}
-                self._store(row)
-                with lock:
-                    rows.append((row, rec))
-                    bar.update(1)
-
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="perfkit-client") as pool:
-            list(pool.map(worker, range(concurrency)))
-        bar.close()
-        t1 = now_ns()
-        out = self._resources(rows)
-        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1)
-        return out
+        return self._series(model, series, [0.0] * n_requests, concurrency, sampling, prompt_words, tags,
+                            {"mode": "closed", "concurrency": concurrency})
 
     def open_loop(self, model: str, rate_rps: float, n_requests: int, *, series: str, seed: int = 0,
-                  sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None,
-                  max_in_flight: int = 256) -> pd.DataFrame:
-        """Requests arrive as a Poisson process at ``rate_rps`` (exponential gaps, seeded), whether
-        or not earlier ones have finished; ``send_lag_s`` records how late each one left."""
+                  arrivals: str = "poisson", sampling: Sampling | None = None, prompt_words: int = 48,
+                  tags: dict | None = None) -> pd.DataFrame:
+        """Requests sent on a fixed schedule at ``rate_rps`` (``poisson``: exponential gaps, seeded;
+        ``constant``: even gaps), whether or not earlier ones have finished, with no cap on what is in
+        flight. Latency counts from the send and from the schedule (``ttft_sched_s``), so a late
+        client can't hide a slow server (coordinated omission)."""
         if rate_rps <= 0 or n_requests < 1:
             raise PerfkitError(f"open loop needs rate > 0 and requests ≥ 1 (got {rate_rps}, {n_requests})")
+        return self._series(model, series, schedule(arrivals, rate_rps, n_requests, seed), None, sampling,
+                            prompt_words, tags, {"mode": "open", "rate_rps": rate_rps, "arrivals": arrivals,
+                                                 "seed": seed})
+
+    def _series(self, model: str, series: str, offsets: list[float], concurrency: int | None,
+                sampling: Sampling | None, prompt_words: int, tags: dict | None, info: dict) -> pd.DataFrame:
         done = self._series_done(series)
         if done is not None:
             return done
         attempt = self._attempt(series)
-        self.store.event("series_start", series=series, attempt=attempt, mode="open", rate_rps=rate_rps, seed=seed)
+        make = self._jobs(model, series, offsets, sampling, prompt_words)
+        if attempt:
+            self._recover(series, attempt - 1, make(attempt - 1), info, tags)
+        self.store.event("series_start", series=series, attempt=attempt, **info)
         ensure_warm(self.backend, model, self.keep_alive)
-        rng = random.Random(seed)
-        offsets, t = [], 0.0
-        for _ in range(n_requests):
-            offsets.append(t)
-            t += rng.expovariate(rate_rps)
-        rows: list[dict] = []
-        lock = threading.Lock()
-        bar = self._bar(n_requests, series)
-        start = time.perf_counter()
+        jobs = make(attempt)
+        spool = _Spool(self._spool_path(series, attempt))
+        bar = self._bar(len(jobs), series)
 
-        def one(i: int) -> None:
-            key = f"{series}/a{attempt}/{i}"
-            lag = time.perf_counter() - start - offsets[i]
-            rec = self.backend.generate(model, self.prompt(key, prompt_words), sampling,
-                                        timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s,
-                                        keep_alive=self.keep_alive)
-            row = {"trial_id": key, "series": series, "attempt": attempt, "mode": "open", "rate_rps": rate_rps,
-                   "index": i, "scheduled_s": offsets[i], "send_lag_s": lag, "cache_state": "warm", "warmup": False,
-                   "variant": model, "seed": seed, **(tags or {}), **rec.as_dict()}
-            self._store(row)
-            with lock:
-                rows.append((row, rec))
-                bar.update(1)
+        def on_done(i: int, cap) -> None:  # on the loop: a buffered write and a tick, nothing more
+            spool.write(i, cap)
+            bar.update(1)
 
-        with ThreadPoolExecutor(min(max_in_flight, n_requests), thread_name_prefix="perfkit-arrival") as pool:
-            futures = []
-            for i, off in enumerate(offsets):
-                delay = start + off - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                futures.append(pool.submit(one, i))
-            for f in futures:
-                f.result()
-        bar.close()
-        out = self._resources(rows)
-        self.store.event("series_done", series=series, attempt=attempt)
+        try:
+            t0 = now_ns()
+            recs, check = run_series(jobs, concurrency=concurrency, timeout_s=self.timeout_s,
+                                     stall_timeout_s=self.stall_timeout_s, on_done=on_done)
+            t1 = now_ns()
+        finally:
+            spool.close()
+            bar.close()
+        rows = self._rows(series, attempt, info, tags, model, recs, offsets)
+        self.store.extend_trials(rows)
+        for row in rows:
+            if self.on_row:
+                self.on_row(row)
+        window = steady_window(pd.DataFrame(rows), concurrency)
+        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1,
+                         **{f"client_{k}": v for k, v in check.as_dict().items()}, **window)
+        spool.path.unlink(missing_ok=True)
+        return self._resources(list(zip(rows, recs)))
+
+    def _jobs(self, model: str, series: str, offsets: list[float], sampling: Sampling | None,
+              prompt_words: int) -> Callable[[int], list[Job]]:
+        """Every request of an attempt, built (prompts made, bodies serialized) before any timing starts."""
+        def make(attempt: int) -> list[Job]:
+            return [Job(self.backend.target,
+                        self.backend.stream_call(model, self.prompt(f"{series}/a{attempt}/{i}", prompt_words),
+                                                 sampling, keep_alive=self.keep_alive), off)
+                    for i, off in enumerate(offsets)]
+        return make
+
+    def _rows(self, series: str, attempt: int, info: dict, tags: dict | None, model: str,
+              recs: Sequence, offsets: list[float]) -> list[dict]:
+        sched = info["mode"] == "open"
+        return [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info,
+                 "index": i, **({"scheduled_s": offsets[i]} if sched else {}), "cache_state": "warm",
+                 "warmup": False, "variant": model, **(tags or {}), **rec.as_dict()} for i, rec in enumerate(recs)]
+
+    def _spool_path(self, series: str, attempt: int):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in series)
+        return self.store.dir / "spool" / f"{safe}.a{attempt}.bin"
+
+    def _recover(self, series: str, attempt: int, jobs: list[Job], info: dict, tags: dict | None) -> None:
+        """Store what an interrupted attempt measured before it was killed (from its spool), flagged
+        ``interrupted``: nothing measured is lost, and no analysis mixes it with a whole series."""
+        path = self._spool_path(series, attempt)
+        caps = _Spool.read(path)
+        if caps:
+            recs = {i: decode(jobs[i].call, cap) for i, cap in caps.items() if i < len(jobs)}
+            rows = [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info, "index": i,
+                     "cache_state": "warm", "warmup": False, "variant": rec.model, "interrupted": True,
+                     **(tags or {}), **rec.as_dict()} for i, rec in sorted(recs.items())]
+            self.store.extend_trials(rows)
+            self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
+        path.unlink(missing_ok=True)
+
+
+def schedule(arrivals: str, rate_rps: float, n: int, seed: int = 0) -> list[float]:
+    """Send offsets (s from the start): ``poisson`` (exponential gaps, seeded) or ``constant``."""
+    if arrivals == "constant":
+        return [i / rate_rps for i in range(n)]
+    if arrivals != "poisson":
+        raise PerfkitError(f"unknown arrivals {arrivals!r}; allowed: poisson, constant")
+    rng = random.Random(seed)
+    offsets, t = [], 0.0
+    for _ in range(n):
+        offsets.append(t)
+        t += rng.expovariate(rate_rps)
+    return offsets
+
+
+class _Spool:
+    """Raw responses of the running series, appended as each ends (marshal: fast enough for the loop,
+    no fsync: a killed process's writes are in the page cache), read back only after a crash."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "wb")
+
+    def write(self, i: int, cap) -> None:
+        blob = marshal.dumps((i, {k: v for k, v in cap.__dict__.items() if not k.startswith("_")}))
+        self._f.write(len(blob).to_bytes(4, "little") + blob)
+
+    def close(self) -> None:
+        self._f.close()
+
+    @staticmethod
+    def read(path) -> dict[int, Capture]:
+        out: dict[int, Capture] = {}
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return out
+        pos = 0
+        while pos + 4 <= len(data):
+            n = int.from_bytes(data[pos:pos + 4], "little")
+            if pos + 4 + n > len(data):
+                break  # torn by the kill
+            try:
+                i, fields = marshal.loads(data[pos + 4:pos + 4 + n])
+                out[i] = Capture(**{k: v for k, v in fields.items() if k in Capture.__dataclass_fields__})
+            except (ValueError, EOFError, TypeError):
+                break
+            pos += 4 + n
         return out
 
+
+def steady_window(rows: pd.DataFrame, concurrency: int | None = None, warmup_fraction: float = 0.1) -> dict:
+    """The steady-state window of a series, and what the client achieved in it.
+
+    Closed loop: from the moment every stream has finished its first request (the synchronized start
+    is over) to the first moment a stream has nothing left to send (concurrency starts to fall).
+    Open loop: from ``warmup_fraction`` of the schedule to its last send. Without such a window (too
+    few requests per stream) the whole span is used and ``steady`` is False.
+    Returns ns bounds, ``achieved_concurrency`` (mean requests in flight), ``achieved_rate_rps`` (sends
+    per second) and ``n_steady`` (requests sent inside the window).
+    """
+    ok = rows.dropna(subset=["t_send_ns", "t_end_ns"]) if len(rows) else rows
+    if ok.empty:
+        return {"steady": False}
+    send, end = ok["t_send_ns"].astype("int64"), ok["t_end_ns"].astype("int64")
+    lo, hi, steady = int(send.min()), int(end.max()), False
+    if concurrency is None and "t_scheduled_ns" in ok and ok["t_scheduled_ns"].notna().all():
+        sched = ok["t_scheduled_ns"].astype("int64")
+        a, b = int(sched.min()), int(sched.max())
+        t0 = a + int(warmup_fraction * (b - a))
+        if b > t0:
+            lo, hi, steady = t0, b, True
+    elif concurrency and "stream" in ok and ok["stream"].notna().all():
+        g = ok.assign(send=send, end=end).sort_values("send").groupby("stream")
+        t0, t1 = int(g["end"].first().max()), int(g["end"].last().min())
+        if t1 > t0 and g.ngroups >= concurrency:
+            lo, hi, steady = t0, t1, True
+    span = (hi - lo) * 1e-9
+    overlap = (np.minimum(end, hi) - np.maximum(send, lo)).clip(lower=0).sum() * 1e-9
+    if concurrency is None and steady:  # open loop: the sends scheduled inside, at the pace they really left
+        inside = (sched >= lo) & (sched <= hi)
+        s_in = send[inside]
+        rate = (len(s_in) - 1) / ((s_in.max() - s_in.min()) * 1e-9) if len(s_in) > 1 and s_in.max() > s_in.min() \
+            else math.nan
+    else:
+        inside = (send >= lo) & (send <= hi)
+        rate = int(inside.sum()) / span if span > 0 else math.nan
+    return {"steady": steady, "steady_t0_ns": lo, "steady_t1_ns": hi, "steady_s": span,
+            "n_steady": int(inside.sum()), "achieved_concurrency": overlap / span if span > 0 else math.nan,
+            "achieved_rate_rps": rate}
 
 def throughput(rows: pd.DataFrame) -> dict[str, float]:
     """Aggregate figures of a load series: requests/s, output tokens/s, achieved concurrency."""

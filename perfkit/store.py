@@ -174,6 +174,10 @@ class RunStore:
     def append_trial(self, row: dict) -> None:
         self.trials_log.append(row)
 
+    def extend_trials(self, rows: Iterable[dict]) -> None:
+        """Many trials at once (a finished load series): one write, one fsync."""
+        self.trials_log.extend(rows)
+
     def append_resources(self, rows: Iterable[dict]) -> None:
         """Resource figures (``res_*``) for trials already stored, keyed by ``trial_id``."""
         self.resources_log.extend(rows)

@@ -34,4 +34,27 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 quiet .venv/bin/perfkit engine build
 quiet .venv/bin/perfkit models prepare
+
+# nginx for the fleet study, best effort: perfkit runs its own nginx per run (perfkit/proxy.py), so
+# without it only that study is skipped. /usr/sbin is not on a non-root PATH, hence the second test.
+if [ -z "${PERFKIT_NGINX:-}" ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing nginx-light (for the fleet study)"
+    apt_nginx() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null 2>&1; }
+    apt_nginx || { apt-get update -q >/dev/null 2>&1 && apt_nginx; } || true
+    # The package starts and enables a system nginx on port 80; perfkit never uses it, so turn it off.
+    if [ -x /usr/sbin/nginx ]; then
+      if [ -d /run/systemd/system ]; then
+        systemctl disable --now nginx >/dev/null 2>&1 || true
+      else
+        invoke-rc.d nginx stop >/dev/null 2>&1 || true
+        update-rc.d nginx disable >/dev/null 2>&1 || true
+      fi
+    fi
+  fi
+  if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    echo "[setup] nginx not installed (fleet study will be skipped): as root, apt-get install nginx-light" \
+         "(Debian/Ubuntu), or set PERFKIT_NGINX=/path/to/nginx"
+  fi
+fi
 echo "[setup] ready in $(( $(date +%s) - t0 )) s"

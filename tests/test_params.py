@@ -78,7 +78,7 @@ CS = "name: x\nstudies:\n  cold_start:\n    model: m\n"
     ("name: x\nbackend: {kind: ollama, url: 'ftp://h:1'}\nstudies: {cold_start: {model: m}}\n", r"backend.url: expected an http://"),
     ("name: x\nbackend: {kind: ollama, url: 'http://h:99999'}\nstudies: {cold_start: {model: m}}\n", r"backend.url: expected"),
     ("name: x\nbackend: {url: 'http://h:1'}\nstudies: {cold_start: {model: m}}\n",
-     r"backend: url is used only with kind ollama or llama-server"),
+     r"backend: url is used only with kind ollama, llama-server or openai"),
     ("name: x\nstudies: {}\n", r"p.yaml: studies: no study enabled; set at least one of: cold_start, model_size"),
     ("name: ../../../x\nstudies: {cold_start: {model: m}}\n",
      r"p.yaml: name: .*use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters"),

@@ -50,7 +50,7 @@ def test_closed_loop_keeps_n_requests_in_flight(tmp_path):
         r = Runner(OllamaBackend(f.url), RunStore(tmp_path), progress=False)
         df = r.closed_loop("good", 4, 12, series="c4")
         tp = throughput(df)
-        assert len(df) == 12 and df["ok"].all() and df["worker"].nunique() == 4
+        assert len(df) == 12 and df["ok"].all() and df["stream"].nunique() == 4
         assert 3.0 < tp["concurrency_achieved"] <= 4.05
         assert goodput(df, ttft_s=10) == pytest.approx(tp["requests_s"])
         assert goodput(df, ttft_s=0) == 0

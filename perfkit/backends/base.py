@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..records import RequestRecord
+from ..stream import StreamCall
 
 DEFAULT_TIMEOUT_S = 1800.0  # a 72B cold start can take many minutes: never cut off a 15-minute load
 
@@ -53,6 +54,7 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     url: str = ""
+    target = None  # perfkit.loadgen.HttpTarget: the engine's connection pool for this server
     _control = None
 
     @property
@@ -94,10 +96,16 @@ class Backend(abc.ABC):
         """Make ``model`` not resident, and verify it."""
 
     @abc.abstractmethod
+    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
+        """The streamed request for one generation, ready for the engine (``self.target``) to send."""
+
     def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
                  timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
                  logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
-        """Stream one chat completion and time it; failures come back as a record with ``ok=False``."""
+        """Stream one generation and time it; failures come back as a record with ``ok=False``."""
+        call = self.stream_call(model, prompt, sampling, logprobs=logprobs, keep_alive=keep_alive)
+        return self.target.fetch(call, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
 
     def resident_memory(self, model: str) -> dict[str, int]:
         """What the resident ``model`` itself occupies (bytes), by whatever the server exposes; {} if nothing."""

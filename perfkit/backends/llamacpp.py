@@ -8,6 +8,7 @@ of a request that autoloads the model) to the first ``/models`` poll that says `
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ import httpx
 from ..errors import EngineError, PerfkitError
 from ..records import RequestRecord, now_ns
 from .. import pagecache
-from ._stream import MalformedLine, StreamError, mark_token, timed_stream
+from ..loadgen import HttpTarget
+from ..stream import MalformedLine, StreamCall, StreamError, mark_token
 from .base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
 
 _MS = 1e-3
@@ -41,6 +43,7 @@ class LlamaServerBackend(Backend):
         self._prefix: dict[str, int | None] = {}
         self._client = httpx.Client(base_url=self.url, timeout=control_timeout_s,
                                     limits=httpx.Limits(max_connections=256))
+        self.target = HttpTarget(self.url)
 
     @classmethod
     def from_engine(cls, engine) -> "LlamaServerBackend":
@@ -178,9 +181,10 @@ class LlamaServerBackend(Backend):
         return n
 
     # ---- measured request ----------------------------------------------------------------------
-    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
-                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
+    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
+        """A streamed chat completion; ``load_s`` is 0 (a series runs on a resident model; ``generate``
+        times an autoload instead). keep_alive is a server setting here, not per request."""
         sampling = sampling or Sampling()
         body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": sampling.num_predict,
                                 "messages": [{"role": "user", "content": prompt}],
@@ -196,11 +200,6 @@ class LlamaServerBackend(Backend):
         rec = RequestRecord(backend=self.name, model=model, tokens=[] if logprobs else None,
                             logprobs=[] if logprobs else None)
         parts: list[str] = []
-        watcher = _LoadWatcher(self, model)
-        try:
-            watcher.start_if_needed()
-        except httpx.HTTPError as e:
-            return rec.fail(f"{type(e).__name__}: {e}")
 
         def on_line(line: str, t_ns: int) -> bool:
             if not line.startswith("data:"):
@@ -232,17 +231,33 @@ class LlamaServerBackend(Backend):
                 _timings(rec, obj["timings"])
             return False
 
-        timed_stream(self._client, "/v1/chat/completions", body, rec, on_line, timeout_s=timeout_s,
-                     stall_timeout_s=stall_timeout_s)
-        watcher.stop()
-        rec.text = "".join(parts)
+        def after(r: RequestRecord) -> None:
+            r.text = "".join(parts)
+            if r.load_s is None:
+                r.load_s = 0.0
+                r.finalize()
+
+        return StreamCall.json("/v1/chat/completions", body, rec, on_line, after)
+
+    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
+                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
+        call = self.stream_call(model, prompt, sampling, logprobs=logprobs)
+        watcher = _LoadWatcher(self, model)
+        try:
+            watcher.start_if_needed()
+        except httpx.HTTPError as e:
+            return call.rec.fail(f"{type(e).__name__}: {e}")
         if watcher.needed:
+            call.rec.load_s = math.nan  # set below from the watcher; nan keeps after() from zeroing it
+        rec = self.target.fetch(call, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
+        watcher.stop()
+        if watcher.needed:
+            rec.load_s = None
             rec.t_loaded_ns = watcher.t_loaded_ns
             if rec.t_loaded_ns is not None:
                 rec.load_s = max(0.0, (rec.t_loaded_ns - rec.t_send_ns) * 1e-9)
                 rec.load_resolution_s = watcher.resolution_s
-        else:
-            rec.load_s = 0.0
         return rec.finalize()
 
     def describe(self) -> dict[str, Any]:
@@ -255,6 +270,7 @@ class LlamaServerBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+        self.target.close()
 
 
 def _timings(rec: RequestRecord, t: dict) -> None:

@@ -15,7 +15,8 @@ import httpx
 from ..errors import PerfkitError
 from ..records import RequestRecord, now_ns
 from ..settings import parse_keep_alive_s
-from ._stream import MalformedLine, StreamError, mark_token, timed_stream
+from ..loadgen import HttpTarget
+from ..stream import MalformedLine, StreamCall, StreamError, mark_token
 from .base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
 
 _NS = 1e-9
@@ -50,6 +51,7 @@ class OllamaBackend(Backend):
         self.endpoint = endpoint
         self._client = httpx.Client(base_url=self.url, headers=dict(headers or {}),
                                     timeout=control_timeout_s, limits=httpx.Limits(max_connections=256))
+        self.target = HttpTarget(self.url, dict(headers or {}))
         if control is None:
             from ..control import ollama_control
 
@@ -140,9 +142,8 @@ class OllamaBackend(Backend):
         return False
 
     # ---- measured request ----------------------------------------------------------------------
-    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
-                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
+    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
         sampling = sampling or Sampling()
         body: dict[str, Any] = {"model": model, "stream": True, "options": sampling.present()}
         if self.endpoint == "chat":
@@ -157,6 +158,7 @@ class OllamaBackend(Backend):
         rec = RequestRecord(backend=self.name, model=model, tokens=[] if logprobs else None,
                             logprobs=[] if logprobs else None)
         parts: list[str] = []
+        chat = self.endpoint == "chat"
 
         def on_line(line: str, t_ns: int) -> bool:
             try:
@@ -168,7 +170,7 @@ class OllamaBackend(Backend):
             if "error" in obj:
                 raise StreamError(str(obj["error"]))
             msg = obj.get("message") or {}
-            text = (msg.get("content") or "") + (msg.get("thinking") or "") if self.endpoint == "chat" \
+            text = (msg.get("content") or "") + (msg.get("thinking") or "") if chat \
                 else (obj.get("response") or "") + (obj.get("thinking") or "")
             if text:
                 mark_token(rec, t_ns)
@@ -182,10 +184,10 @@ class OllamaBackend(Backend):
                 return True
             return False
 
-        path = "/api/chat" if self.endpoint == "chat" else "/api/generate"
-        timed_stream(self._client, path, body, rec, on_line, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
-        rec.text = "".join(parts)
-        return rec
+        def after(r: RequestRecord) -> None:
+            r.text = "".join(parts)
+
+        return StreamCall.json("/api/chat" if chat else "/api/generate", body, rec, on_line, after)
 
     def describe(self) -> dict[str, Any]:
         try:
@@ -196,6 +198,7 @@ class OllamaBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+        self.target.close()
 
 
 def _final_metrics(rec: RequestRecord, obj: dict) -> None:

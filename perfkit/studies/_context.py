@@ -99,6 +99,10 @@ class StudyContext:
             if settings:
                 backend.control.restart(settings)
             return backend
+        if p.backend.kind == "openai":
+            from ..backends.openai import OpenAIBackend
+
+            return OpenAIBackend(p.backend.url, endpoint=p.backend.endpoint, headers=p.backend.headers)
         return LlamaServerBackend(p.backend.url)
 
     @contextmanager

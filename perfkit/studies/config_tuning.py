@@ -56,18 +56,42 @@ def run(ctx: StudyContext) -> dict[str, Any]:
             ctx.store.event("setting_check", config_index=i, config=label(setting), **check)
             if i == 0:
                 ctx.store.event("device", model=c.model, **s.control.device(c.model, s.backend).as_record())
+            tags = {"config": label(setting), "config_index": i}
             for conc in c.concurrency:
                 s.runner.closed_loop(c.model, conc, c.requests, series=f"cfg{i}/c{conc}",
-                                     sampling=Sampling(c.num_predict), prompt_words=c.prompt_words,
-                                     tags={"config": label(setting), "config_index": i})
+                                     sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags)
+            for rate in c.rates_rps:
+                s.runner.open_loop(c.model, rate, c.rate_requests, series=f"cfg{i}/r{rate:g}", seed=ctx.params.seed,
+                                   arrivals=c.arrivals, sampling=Sampling(c.num_predict),
+                                   prompt_words=c.prompt_words, tags=tags)
     ctx.store.finalize()
     return analyze(ctx)
 
 
-def _throughput_ci(g: pd.DataFrame) -> stats.Estimate:
-    """Output tokens/s of one closed-loop series by batch means over its own token timestamps."""
+def _throughput_ci(g: pd.DataFrame, window: dict | None = None) -> stats.Estimate:
+    """Output tokens/s of one series by batch means over its own token timestamps, inside its
+    steady-state window (warm-up and cool-down excluded) where it has one."""
     times = [t for t in g["token_times_ns"] if isinstance(t, (list, tuple, np.ndarray))]
+    if window and window.get("steady"):
+        return stats.throughput_ci(times, int(window["steady_t0_ns"]), int(window["steady_t1_ns"]))
     return stats.throughput_ci(times, int(g["t_send_ns"].min()), int(g["t_end_ns"].max()))
+
+
+def series_checks(ev: pd.DataFrame) -> dict[str, dict]:
+    """series name → its last completed attempt's steady window and client self-check (series_done event)."""
+    if ev.empty or "series" not in ev:
+        return {}
+    done = ev[ev["kind"] == "series_done"].drop_duplicates("series", keep="last")
+    return {r["series"]: r.dropna().to_dict() for _, r in done.iterrows()}
+
+
+def _client_cell(chk: dict) -> str:
+    if not chk or "client_client_bound" not in chk:
+        return "not checked"
+    if chk["client_client_bound"]:
+        return "⚠ " + str(chk.get("client_reason", "client-bound"))
+    return (f"ok (loop {chk.get('client_loop_busy', math.nan):.0%} busy, lag p99 "
+            f"{fmt.duration(chk.get('client_loop_lag_p99_s'))})")
 
 
 def _goodput(g: pd.DataFrame, slo) -> float:
@@ -81,12 +105,17 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
     slo = ctx.cfg.slo
     rows = []
     ok = measured(df)
-    for (i, conc), g in ok.groupby(["config_index", "concurrency"]):
+    sc = series_checks(ev)
+    closed = ok[ok["mode"] == "closed"] if "mode" in ok else ok
+    for (i, conc), g in closed.groupby(["config_index", "concurrency"]):
         tp = throughput(g)
+        sck = sc.get(g["series"].iloc[0], {}) if "series" in g else {}
         ttft50, ttft90, ttft99 = est(g["ttft_s"]), est(g["ttft_s"], "p90"), est(g["ttft_s"], "p99")
-        dec, tps = est(g["decode_tok_s"]), _throughput_ci(g)
+        dec, tps = est(g["decode_tok_s"]), _throughput_ci(g, sck)
         chk = checks[checks["config_index"] == i].iloc[0] if len(checks) and (checks["config_index"] == i).any() else None
         all_rows = df[(df.get("config_index") == i) & (df.get("concurrency") == conc)] if len(df) else g
+        if "attempt" in all_rows and "series" in all_rows:  # only the completed attempt's rows
+            all_rows = all_rows[all_rows["trial_id"].isin(g["trial_id"]) | ~all_rows["ok"].astype(bool)]
         rows.append({"config_index": i, "config": g["config"].iloc[0], "concurrency": conc, "n": len(g),
                      "ttft_p50_s": ttft50.value, "ttft_p50_lo": ttft50.lo, "ttft_p50_hi": ttft50.hi,
                      "ttft_p90": ci_cell(ttft90), "ttft_p99": ci_cell(ttft99), "tpot_p50": ci_cell(est(g["tpot_s"])),
@@ -94,7 +123,9 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
                      "decode_tok_s": dec.value, "decode_lo": dec.lo, "decode_hi": dec.hi,
                      "throughput_tok_s": tps.value, "throughput_lo": tps.lo, "throughput_hi": tps.hi,
                      "throughput_method": tps.method, "requests_s": tp["requests_s"],
-                     "concurrency_achieved": tp["concurrency_achieved"],
+                     "concurrency_achieved": sck.get("achieved_concurrency", tp["concurrency_achieved"]),
+                     "steady_window": bool(sck.get("steady", False)), "client_check": _client_cell(sck),
+                     "client_bound": bool(sck.get("client_client_bound", False)),
                      "goodput_rps": _goodput(all_rows, slo),
                      "noisy_requests": int(g.get("res_noisy", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
                      "server_rss_max_bytes": g["res_server_rss_bytes_max"].max() if "res_server_rss_bytes_max" in g else np.nan,
@@ -102,9 +133,35 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
                      "total_slots": None if chk is None else chk.get("total_slots")})
     table = pd.DataFrame(rows)
     dev = ev[ev["kind"] == "device"] if len(ev) and (ev["kind"] == "device").any() else None
-    return {"trials": df, "table": table, "checks": checks, "best": best(table), "manifest": ctx.store.manifest(),
+    return {"trials": df, "table": table, "rates": rate_table(df, sc, slo), "checks": checks, "best": best(table),
+            "manifest": ctx.store.manifest(),
             "failures": failures(df), "slo": slo.model_dump(),
             "device": dev.iloc[-1].dropna().to_dict() if dev is not None else None}
+
+
+def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
+    """Open-loop sweep: per setting and offered rate, what was achieved, latency from the send and from
+    the schedule (the one a user waits), and goodput: requests/s meeting the SLOs, timed from the schedule."""
+    if df.empty or "mode" not in df:
+        return pd.DataFrame()
+    rows = []
+    for (i, rate), g_all in df[df["mode"] == "open"].groupby(["config_index", "rate_rps"]):
+        chk = sc.get(g_all["series"].iloc[0], {})
+        g_all = g_all[g_all["attempt"] == g_all["attempt"].max()] if "attempt" in g_all else g_all
+        g = measured(g_all)
+        sched = g_all.assign(ttft_s=g_all["ttft_sched_s"])  # goodput against the schedule, not the send
+        t50, t99, s99 = est(g["ttft_s"]), est(g["ttft_s"], "p99"), est(g["ttft_sched_s"], "p99")
+        rows.append({"config_index": i, "config": g_all["config"].iloc[0], "rate_rps": rate, "n": len(g),
+                     "failed": int(len(g_all) - len(g)), "achieved_rate_rps": chk.get("achieved_rate_rps", math.nan),
+                     "achieved_concurrency": chk.get("achieved_concurrency", math.nan),
+                     "ttft_p50_s": t50.value, "ttft_p50_lo": t50.lo, "ttft_p50_hi": t50.hi,
+                     "ttft_p99": ci_cell(t99), "ttft_sched_p99": ci_cell(s99),
+                     "send_lag_p99_s": g_all["send_lag_s"].quantile(0.99) if "send_lag_s" in g_all else math.nan,
+                     "goodput_rps": goodput(sched, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
+                     "meets_slo_share": float(((sched["ok"].astype(bool)) & (sched["ttft_s"] <= (slo.ttft_s or math.inf))
+                                               & (sched["tpot_s"].fillna(0) <= (slo.tpot_s or math.inf))).mean()),
+                     "client_check": _client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
+    return pd.DataFrame(rows)
 
 
 def settings_table(res: dict[str, Any]) -> pd.DataFrame:
@@ -187,6 +244,18 @@ def _resolved(best: dict) -> str:
     return f" Its CI is clear of the runner-up's ({best['runner_up']})." if best.get("runner_up") else ""
 
 
+def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
+    """The highest offered rate each setting sustained with ≥ 90% of requests inside the SLOs."""
+    parts = []
+    for cfg, g in rt.sort_values("rate_rps").groupby("config", sort=False):
+        okr = g[g["meets_slo_share"] >= 0.9]
+        parts.append(f"{cfg}: {fmt.number(okr['rate_rps'].max())} req/s" if len(okr) else
+                     f"{cfg}: none of {', '.join(fmt.number(r) for r in g['rate_rps'])} req/s")
+    return ("- **Open-loop sweep** (highest offered rate with ≥ 90% of requests meeting TTFT ≤ "
+            f"{fmt.duration(slo.get('ttft_s'))} and TPOT ≤ {fmt.duration(slo.get('tpot_s'))}, latency timed from "
+            "the schedule): " + "; ".join(parts) + ".")
+
+
 def conclusions(res: dict[str, Any]) -> str:
     b = res["best"]
     t = res["table"]
@@ -216,6 +285,24 @@ def conclusions(res: dict[str, Any]) -> str:
     if not math.isnan(M["value"]):
         lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {fmt.mib(M['value'])} "
                      f"(the maximum over {M['n']} requests' windows).")
+    bound = t[t["client_bound"]] if "client_bound" in t else t.iloc[0:0]
+    rt = res.get("rates", pd.DataFrame())
+    if len(rt):
+        bound = pd.concat([bound, rt[rt["client_bound"]]])
+    if len(bound):
+        lines.append(f"- ⚠ **The client was the bottleneck** in {len(bound)} series "
+                     f"({bound['client_check'].iloc[0]}): their latencies and ITLs are the client's, not the server's.")
+    steady = t[t["steady_window"]] if "steady_window" in t else t.iloc[0:0]
+    low = steady[steady["concurrency_achieved"] < 0.9 * steady["concurrency"]]
+    if len(low):
+        lines.append(f"- Achieved concurrency in the steady-state window fell below 90% of the nominal one in "
+                     f"{len(low)} series (e.g. {fmt.number(low['concurrency_achieved'].iloc[0])} of "
+                     f"{int(low['concurrency'].iloc[0])}): gaps between a client's requests lowered the offered load.")
+    if len(t) > len(steady):
+        lines.append(f"- {len(t) - len(steady)} series had too few requests per client for a steady-state window; "
+                     "their throughput and achieved concurrency span the whole series, ramp and tail included.")
+    if len(rt):
+        lines.append(_rate_conclusion(rt, slo))
     st = settings_table(res)
     if len(st):
         bad = st[st["status"] == "not applied"]
@@ -233,6 +320,9 @@ def conclusions(res: dict[str, Any]) -> str:
             lines.append("- " + w)
     if res["failures"]:
         lines.append("- " + res["failures"])
-    lines += ["", method_note(res["manifest"], "Throughput CI: batch means over 5 equal windows of each "
-                                               "series' own token timestamps.")]
+    lines += ["", method_note(res["manifest"], "Throughput CI: batch means over 5 equal windows of each series' own "
+                                               "token timestamps inside its steady-state window (closed loop: from "
+                                               "every stream's first response to the first stream running out of "
+                                               "work). Client: one asyncio loop, connections reused, connection "
+                                               "set-up outside TTFT; each series checks the client itself.")]
     return "\n".join(lines)

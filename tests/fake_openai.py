@@ -1,0 +1,125 @@
+"""A scripted OpenAI-compatible server (SSE chat/completions with usage, as vLLM and SGLang send it),
+for what a real one can't give us on demand: errors, stalls, fixed latencies, connection counts.
+Behaviour is chosen per model name.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    """Models: 'good' (``tokens`` tokens, ``token_gap_s`` apart), 'fixed' (one token after
+    ``fixed_latency_s``, then done), 'http500', 'stall' (2 tokens then silence), 'no-done' (ends
+    without ``[DONE]``), 'cached' (reports 8 cached prompt tokens)."""
+
+    def __init__(self, token_gap_s: float = 0.01, tokens: int = 5, fixed_latency_s: float = 0.1):
+        self.token_gap_s, self.tokens, self.fixed_latency_s = token_gap_s, tokens, fixed_latency_s
+        self.requests: list[dict] = []
+        self.connections = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.arrivals: list[float] = []  # perf_counter() when each request arrived
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def setup(self):
+                with owner._lock:
+                    owner.connections += 1
+                super().setup()
+
+            def _json(self, code: int, obj) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    return self._json(200, {"object": "list", "data": [
+                        {"id": m, "object": "model", "owned_by": "fake", "max_model_len": 4096}
+                        for m in ("good", "fixed", "http500", "stall", "no-done", "cached")]})
+                if self.path == "/version":
+                    return self._json(200, {"version": "0.0-fake"})
+                self._json(404, {"error": "not found"})
+
+            def _chunk(self, obj) -> None:
+                data = (obj if isinstance(obj, bytes) else f"data: {json.dumps(obj)}\n\n".encode())
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                req = json.loads(self.rfile.read(n) or b"{}")
+                with owner._lock:
+                    owner.requests.append(req)
+                    owner.arrivals.append(time.perf_counter())
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                try:
+                    self._serve(req)
+                finally:
+                    with owner._lock:
+                        owner.in_flight -= 1
+
+            def _serve(self, req):
+                model = req.get("model", "")
+                chat = self.path == "/v1/chat/completions"
+                if model == "http500":
+                    return self._json(500, {"error": {"message": "boom", "type": "server_error"}})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                count = 1 if model == "fixed" else owner.tokens
+                if model == "fixed":
+                    time.sleep(owner.fixed_latency_s)
+                for i in range(count):
+                    if model == "stall" and i == 2:
+                        time.sleep(30)
+                        return
+                    if model != "fixed":
+                        time.sleep(owner.token_gap_s)
+                    piece = f"t{i} "
+                    choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+                    self._chunk({"id": "x", "object": "chat.completion.chunk", "choices": [choice]})
+                last = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else \
+                    {"index": 0, "text": "", "finish_reason": "length"}
+                self._chunk({"id": "x", "choices": [last]})
+                usage = {"prompt_tokens": 20, "completion_tokens": count, "total_tokens": 20 + count}
+                if model == "cached":
+                    usage["prompt_tokens_details"] = {"cached_tokens": 8}
+                self._chunk({"id": "x", "choices": [], "usage": usage})
+                if model != "no-done":
+                    self._chunk(b"data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 512
+
+            def handle_error(self, request, client_address):
+                pass
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "FakeOpenAI":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

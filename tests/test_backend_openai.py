@@ -1,0 +1,59 @@
+"""The OpenAI-compatible backend against a scripted server: SSE, usage, errors, what it can't know."""
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from perfkit.backends import OpenAIBackend, Sampling
+from perfkit.coldstart import ensure_warm, prepare_state
+from perfkit.control.base import Unknown
+from perfkit.errors import PerfkitError
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAI(token_gap_s=0.01) as f:
+        yield f
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_stream_usage_and_timing(fake, endpoint):
+    b = OpenAIBackend(fake.url + "/v1", endpoint=endpoint)  # a /v1 suffix is accepted
+    rec = b.generate("good", "hi", Sampling(num_predict=5, temperature=0.0, top_k=1))
+    assert rec.ok, rec.error
+    assert rec.text == "t0 t1 t2 t3 t4 " and rec.output_tokens == 5 and rec.output_tokens_source == "server"
+    assert rec.prompt_tokens == 20 and rec.done_reason == "length"
+    assert rec.ttft_s >= 0.01 and len(rec.itl_s) == 4
+    body = fake.requests[-1]
+    assert body["stream_options"] == {"include_usage": True} and body["max_tokens"] == 5 and body["top_k"] == 1
+    assert ("messages" in body) == (endpoint == "chat")
+
+
+def test_cached_tokens_from_usage_details(fake):
+    rec = OpenAIBackend(fake.url).generate("cached", "hi")
+    assert rec.cached_tokens == 8 and rec.prefill_tokens == 12
+
+
+@pytest.mark.parametrize("model,reason", [("http500", "HTTP 500: "), ("no-done", "stream ended before the final message")])
+def test_failures_are_classified(fake, model, reason):
+    rec = OpenAIBackend(fake.url).generate(model, "hi")
+    assert not rec.ok and reason in rec.error
+
+
+def test_stall(fake):
+    rec = OpenAIBackend(fake.url).generate("stall", "hi", stall_timeout_s=0.5, timeout_s=5)
+    assert not rec.ok and rec.error.startswith("timeout (stall)")
+
+
+def test_what_the_api_cannot_show_is_unknown_and_says_why(fake, tmp_path):
+    b = OpenAIBackend(fake.url)
+    assert "good" in b.models() and b.version().startswith("0.0-fake")
+    assert b.model_facts("good").extra["max_model_len"] == 4096
+    with pytest.raises(PerfkitError, match="serves no model 'nope'"):
+        b.model_facts("nope")
+    with pytest.raises(Unknown, match="does not say which models are resident"):
+        b.loaded()
+    assert ensure_warm(b, "good") is False  # primed by a request instead
+    check = prepare_state(b, "good", "warm")
+    assert check.verified is None and "residency unknown" in check.note
+    with pytest.raises(Unknown):
+        prepare_state(b, "good", "cold_memory")
