@@ -133,7 +133,8 @@ class HttpTarget:
 
     def __init__(self, url: str, headers: dict[str, str] | None = None):
         self.url = url.rstrip("/")
-        self._headers = {**(headers or {}), "Content-Type": "application/json"}
+        self.headers = dict(headers or {})  # for worker processes; never recorded
+        self._headers = {**self.headers, "Content-Type": "application/json"}
         self._session: aiohttp.ClientSession | None = None
         _TARGETS.add(self)
 
@@ -312,8 +313,12 @@ class Job:
 
 
 async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: float, stall_timeout_s: float | None,
-                  on_done: Callable[[int, Capture], None] | None) -> tuple[list[Capture], SelfCheck]:
-    """Captures in job order (every job runs to an end: the engine never raises for server trouble)."""
+                  on_done: Callable[[int, Capture], None] | None,
+                  start_ns: int | None = None) -> tuple[list[Capture], SelfCheck]:
+    """Captures in job order (every job runs to an end: the engine never raises for server trouble).
+    ``start_ns``: a common start for worker processes (their schedules share one base)."""
+    if start_ns is not None and start_ns > _now():
+        await asyncio.sleep((start_ns - _now()) * 1e-9)
     caps: list[Capture | None] = [None] * len(jobs)
     probe = _Probe()
     think: list[float] = []
@@ -342,7 +347,7 @@ async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: fl
         await asyncio.gather(*(stream(w) for w in range(concurrency)))
     else:  # open loop: every request at its scheduled time, whatever is still in flight
         tasks = []
-        base = _now()
+        base = start_ns if start_ns is not None else _now()
         for i, j in enumerate(jobs):
             t_sched = base + int(j.offset_s * 1e9)
             delay = (t_sched - _now()) * 1e-9 - _TIMER_SLACK_S
@@ -368,14 +373,23 @@ async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: fl
 
 
 def run_series(jobs: Sequence[Job], *, concurrency: int | None = None, timeout_s: float,
-               stall_timeout_s: float | None = None,
-               on_done: Callable[[int, Capture], None] | None = None) -> tuple[list[RequestRecord], SelfCheck]:
+               stall_timeout_s: float | None = None, on_done: Callable[[int, Capture], None] | None = None,
+               workers: int = 1) -> tuple[list[RequestRecord], SelfCheck]:
     """Run a closed-loop series (``concurrency`` streams over ``jobs`` in order) or, with
     ``concurrency=None``, an open-loop one (each job sent at its ``offset_s`` from the start).
 
     ``on_done(i, capture)`` runs on the loop as each response ends (keep it cheap: a spool write,
     a progress tick). Records are parsed after the series, in the caller's thread.
+    ``workers`` > 1 splits the streams (or the schedule) over that many processes, each with its own
+    loop, when one core can't keep up; their stamps share the one clock. ``on_done`` then runs here,
+    after the series.
     """
+    if workers > 1:
+        caps, check = _run_workers(jobs, concurrency, timeout_s, stall_timeout_s, workers)
+        for i, cap in enumerate(caps):
+            if on_done is not None:
+                on_done(i, cap)
+        return [decode(j.call, c) for j, c in zip(jobs, caps)], check
     # A full garbage collection pauses every thread for milliseconds: collect now, not mid-series.
     was_enabled = gc.isenabled()
     gc.collect()
@@ -387,3 +401,84 @@ def run_series(jobs: Sequence[Job], *, concurrency: int | None = None, timeout_s
         if was_enabled:
             gc.enable()
     return [decode(j.call, c) for j, c in zip(jobs, caps)], check
+
+
+# ---- worker processes ---------------------------------------------------------------------------
+def _split(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if k < n % parts else 0) for k in range(parts)]
+
+
+def _worker(spec: dict) -> tuple[list[Capture], dict]:
+    """One worker process: its share of the series on its own loop. Calls travel as (path, body) only;
+    parsing stays with the parent, which holds the parsers."""
+    gc.disable()
+    targets: dict[tuple, HttpTarget] = {}
+    jobs = []
+    for (url, headers), path, body, off in spec["jobs"]:
+        key = (url, tuple(sorted(headers.items())))
+        if key not in targets:
+            targets[key] = HttpTarget(url, headers)
+        jobs.append(Job(targets[key], StreamCall(path, body, None, None), off))  # type: ignore[arg-type]
+    loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
+    try:
+        caps, check = loop.run_until_complete(_series(
+            jobs, concurrency=spec["concurrency"], timeout_s=spec["timeout_s"],
+            stall_timeout_s=spec["stall_timeout_s"], on_done=None, start_ns=spec["start_ns"]))
+        for t in targets.values():
+            if t._session is not None:
+                loop.run_until_complete(t._session.close())
+    finally:
+        loop.close()
+    for c in caps:  # the trace's scratch stamps don't travel
+        c.__dict__.pop("_q0", None)
+        c.__dict__.pop("_c0", None)
+    return caps, check.as_dict()
+
+
+def _run_workers(jobs: Sequence[Job], concurrency: int | None, timeout_s: float, stall_timeout_s: float | None,
+                 workers: int) -> tuple[list[Capture], SelfCheck]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if concurrency is not None:  # closed loop: streams split evenly, each worker a contiguous share of jobs
+        workers = min(workers, concurrency)
+        streams = _split(concurrency, workers)
+        sizes = [round(len(jobs) * c / concurrency) for c in streams]
+        sizes[-1] = len(jobs) - sum(sizes[:-1])
+        bounds = [sum(sizes[:k]) for k in range(workers + 1)]
+        shares = [list(range(bounds[k], bounds[k + 1])) for k in range(workers)]
+    else:  # open loop: the schedule dealt round-robin, each send at its own offset from the common start
+        streams = [None] * workers
+        shares = [list(range(k, len(jobs), workers)) for k in range(workers)]
+    # Spawned (a forked copy of a process running the loop thread would inherit its locks); the common
+    # start leaves time for the workers' imports.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pool.submit(int).result()  # the pool's first process is up; the rest start alongside
+        start_ns = _now() + int(3e9)
+        futs = [pool.submit(_worker, {
+            "jobs": [((jobs[i].target.url, jobs[i].target.headers), jobs[i].call.path, jobs[i].call.body,
+                      jobs[i].offset_s) for i in share],
+            "concurrency": c, "timeout_s": timeout_s, "stall_timeout_s": stall_timeout_s, "start_ns": start_ns})
+            for share, c in zip(shares, streams)]
+        results = [f.result() for f in futs]
+    caps: list[Capture] = [None] * len(jobs)  # type: ignore[list-item]
+    for k, (share, (wcaps, _)) in enumerate(zip(shares, results)):
+        for i, cap in zip(share, wcaps):
+            if cap.stream is not None:  # stream ids unique across workers
+                cap.stream += sum(streams[:k])
+            caps[i] = cap
+    checks = [SelfCheck(**{k: v for k, v in d.items() if k in SelfCheck.__dataclass_fields__}) for _, d in results]
+    cpu, chunks = sum(c.loop_cpu_s for c in checks), sum(c.chunks for c in checks)
+    lags = [(c.t_send_ns or c.t_start_ns) - c.t_scheduled_ns for c in caps if c.t_scheduled_ns is not None]
+    merged = SelfCheck(wall_s=max(c.wall_s for c in checks), loop_cpu_s=cpu,
+                       loop_busy=max(c.loop_busy for c in checks), chunks=chunks,
+                       cpu_us_per_chunk=1e6 * cpu / chunks if chunks else math.nan,
+                       loop_lag_p50_s=max(c.loop_lag_p50_s for c in checks),
+                       loop_lag_p99_s=max(c.loop_lag_p99_s for c in checks),
+                       loop_lag_max_s=max(c.loop_lag_max_s for c in checks),
+                       think_p99_s=max(c.think_p99_s for c in checks),
+                       send_lag_p50_s=_pct([x * 1e-9 for x in lags], 0.5),
+                       send_lag_p99_s=_pct([x * 1e-9 for x in lags], 0.99),
+                       new_connections=sum(c.new_connections for c in checks), workers=workers)
+    return caps, merged.judge()

@@ -114,3 +114,15 @@ def test_a_killed_series_keeps_what_it_measured(tmp_path):
     rows = RunStore(tmp_path).trials()
     old = rows[rows["attempt"] == 0]
     assert len(old) == 5 and old["interrupted"].all() and old["ok"].all()
+
+
+def test_worker_processes_split_the_streams_on_one_clock():
+    with FakeOpenAI(fixed_latency_s=0.1) as f:
+        b = OpenAIBackend(f.url)
+        jobs = [Job(b.target, b.stream_call("fixed", f"p{i}", Sampling(num_predict=1))) for i in range(24)]
+        recs, check = run_series(jobs, concurrency=6, timeout_s=30, workers=2)
+    assert all(r.ok for r in recs) and check.workers == 2 and f.max_in_flight == 6
+    assert sorted({r.stream for r in recs}) == list(range(6))
+    # Stamps from both processes are on the parent's clock: every request sits inside one span.
+    t0, t1 = min(r.t_send_ns for r in recs), max(r.t_end_ns for r in recs)
+    assert (t1 - t0) / 1e9 < 2.0 and all(r.e2e_s >= 0.1 for r in recs)
