@@ -141,14 +141,29 @@ class HttpTarget:
     def _ensure(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # No pool limit: the series bounds what is in flight; the pool must never queue a stream.
-            conn = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            # Idle connections are dropped after 4 s, before servers drop them (uvicorn, cpp-httplib: 5 s).
+            conn = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
             self._session = aiohttp.ClientSession(connector=conn, headers=self._headers, trace_configs=[_trace()],
                                                   timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
         return self._session
 
     async def capture(self, call: StreamCall, timeout_s: float, stall_timeout_s: float | None = None,
                       t_scheduled_ns: int | None = None) -> Capture:
-        """The hot path: send, stamp, read, stamp. Never raises for server trouble."""
+        """The hot path: send, stamp, read, stamp. Never raises for server trouble.
+
+        A kept-alive connection the server closed while idle fails at once, before any response: the
+        request never reached it, so it is sent again on a new connection (as browsers and Go's client
+        do), and ``stale_retry`` says so. Any later failure is the server's and is recorded as such.
+        """
+        cap = await self._capture(call, timeout_s, stall_timeout_s, t_scheduled_ns)
+        if cap.conn_reused and cap.t_headers_ns is None and cap.exc is not None and cap.exc.startswith(
+                ("server connection lost: ServerDisconnectedError", "server connection lost: ClientOSError")):
+            cap = await self._capture(call, timeout_s, stall_timeout_s, t_scheduled_ns)
+            cap.stale_retry = True
+        return cap
+
+    async def _capture(self, call: StreamCall, timeout_s: float, stall_timeout_s: float | None,
+                       t_scheduled_ns: int | None) -> Capture:
         session = self._ensure()
         stall_s = min(stall_timeout_s or timeout_s, timeout_s)
         cap = Capture(wall_start_unix_s=time.time(), t_scheduled_ns=t_scheduled_ns)

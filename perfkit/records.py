@@ -43,6 +43,7 @@ class RequestRecord:
     pool_wait_s: float | None = None  # waiting for a free connection in the client's pool
     conn_reused: bool | None = None
     stream: int | None = None  # closed loop: which of the concurrent client streams sent it
+    stale_retry: bool = False  # resent once: the server had closed the kept-alive connection while idle
     served_by: str | None = None  # the upstream a proxy says served it (X-Upstream-Addr)
     proxy_cache: str | None = None  # the proxy's cache status (X-Cache-Status: HIT, MISS ...)
     token_times_ns: list[int] = field(default_factory=list)

@@ -87,12 +87,13 @@ class Runner:
 
     def __init__(self, backend: Backend, store: RunStore, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  stall_timeout_s: float | None = None, monitor=None, progress: bool = True,
-                 on_row: Callable[[dict], None] | None = None, keep_alive: object = None):
+                 on_row: Callable[[dict], None] | None = None, keep_alive: object = None, client_workers: int = 1):
         self.backend, self.store = backend, store
         self.timeout_s, self.stall_timeout_s = timeout_s, stall_timeout_s
         self.monitor, self.progress, self.on_row = monitor, progress, on_row
         self.keep_alive = keep_alive  # sent with every request and preload (Ollama), so the server default never applies
         self.nonce = store.nonce()
+        self.client_workers = client_workers  # load series: client processes (see perfkit.loadgen.run_series)
 
     def prompt(self, key: str, words: int) -> str:
         """The prompt for ``key`` in this run (the run's nonce mixed in)."""
@@ -221,7 +222,8 @@ class Runner:
         try:
             t0 = now_ns()
             recs, check = run_series(jobs, concurrency=concurrency, timeout_s=self.timeout_s,
-                                     stall_timeout_s=self.stall_timeout_s, on_done=on_done)
+                                     stall_timeout_s=self.stall_timeout_s, on_done=on_done,
+                                     workers=self.client_workers)
             t1 = now_ns()
         finally:
             spool.close()

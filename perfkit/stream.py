@@ -64,6 +64,7 @@ class Capture:
     error_body: bytes = b""
     chunk_times_ns: list[int] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
+    stale_retry: bool = False  # sent again: the kept-alive connection had been closed by the server
     stream: int | None = None  # closed loop: which of the concurrent streams sent it
     exc: str | None = None  # failure class + message, set by the engine when reading stopped early
 
@@ -78,6 +79,7 @@ def decode(call: StreamCall, cap: Capture) -> RequestRecord:
     rec.connect_s, rec.pool_wait_s, rec.conn_reused = cap.connect_s, cap.pool_wait_s, cap.conn_reused
     rec.http_status = cap.status
     rec.stream = cap.stream
+    rec.stale_retry = cap.stale_retry
     rec.served_by = cap.headers.get("x-upstream-addr")
     rec.proxy_cache = cap.headers.get("x-cache-status")
     try:

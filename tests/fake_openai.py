@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FakeOpenAI:
     """Models: 'good' (``tokens`` tokens, ``token_gap_s`` apart), 'fixed' (one token after
     ``fixed_latency_s``, then done), 'http500', 'stall' (2 tokens then silence), 'no-done' (ends
-    without ``[DONE]``), 'cached' (reports 8 cached prompt tokens)."""
+    without ``[DONE]``), 'cached' (reports 8 cached prompt tokens), 'drop-idle' (like 'good', but a second
+    request on the same connection finds it closed, as when a server's idle timeout races the send)."""
 
     def __init__(self, token_gap_s: float = 0.01, tokens: int = 5, fixed_latency_s: float = 0.1):
         self.token_gap_s, self.tokens, self.fixed_latency_s = token_gap_s, tokens, fixed_latency_s
@@ -62,6 +63,10 @@ class FakeOpenAI:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", 0))
                 req = json.loads(self.rfile.read(n) or b"{}")
+                if req.get("model") == "drop-idle" and getattr(self, "_served", False):
+                    self.close_connection = True  # closed, unanswered: the request is never processed
+                    return
+                self._served = True
                 with owner._lock:
                     owner.requests.append(req)
                     owner.arrivals.append(time.perf_counter())

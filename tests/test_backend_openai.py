@@ -57,3 +57,77 @@ def test_what_the_api_cannot_show_is_unknown_and_says_why(fake, tmp_path):
     assert check.verified is None and "residency unknown" in check.note
     with pytest.raises(Unknown):
         prepare_state(b, "good", "cold_memory")
+
+
+STUDY = """name: oa
+backend: {{kind: openai, url: "{url}"}}
+timeouts: {{request_s: 60}}
+sampling: {{interval_s: 0.1}}
+studies:
+  config_tuning:
+    model: {model}
+    settings: [{{}}]
+    concurrency: [1, 2]
+    requests: 6
+    rates_rps: [4]
+    rate_requests: 6
+    num_predict: 8
+    prompt_words: 16
+"""
+
+
+def _run_config_tuning(tmp_path, url: str, model: str):
+    from perfkit.studies import config_tuning
+    from perfkit.studies._context import StudyContext
+
+    p = tmp_path / "p.yaml"
+    p.write_text(STUDY.format(url=url, model=model))
+    res = config_tuning.run(StudyContext(p, tmp_path / "run", "config_tuning"))
+    assert len(res["table"]) == 2 and (res["table"]["n"] == 6).all(), res["failures"]
+    assert len(res["rates"]) == 1 and res["rates"]["n"].iloc[0] == 6
+    text = config_tuning.conclusions(res)
+    assert "**Latency**" in text and "Open-loop sweep" in text
+    return res
+
+
+def test_a_study_runs_unchanged_against_an_openai_server(tmp_path):
+    with FakeOpenAI(fixed_latency_s=0.03) as f:
+        res = _run_config_tuning(tmp_path, f.url, "fixed")
+    assert res["manifest"]["backend"]["backend"] == "openai"
+    assert "does not say which models are resident" in res["manifest"]["backend"]["unknown"]
+
+
+@pytest.mark.engine
+def test_a_study_runs_against_llama_server_v1_in_single_model_mode(tmp_path):
+    """The real engine as a plain OpenAI-compatible server (one model, no router): what vLLM or
+    SGLang look like to perfkit."""
+    import subprocess
+
+    from perfkit import engine, models_dir
+
+    port = engine.free_port()
+    proc = subprocess.Popen([str(engine.binary()), "-m", str(models_dir() / "smollm2-135m-q4_1.gguf"),
+                             "--alias", "smollm2", "--port", str(port), "-t", "2", "-c", "2048", "-np", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import time
+
+        import httpx
+
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        b = OpenAIBackend(url)
+        assert "smollm2" in b.models()
+        rec = b.generate("smollm2", "Say hi", Sampling(num_predict=8))
+        assert rec.ok and rec.output_tokens_source == "server" and rec.prompt_tokens > 0, rec.error
+        _run_config_tuning(tmp_path, url, "smollm2")
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -26,6 +26,17 @@ def test_sequential_requests_share_one_connection_and_connect_is_outside_ttft():
     assert recs[0].t_start_ns + int(recs[0].connect_s * 1e9) <= recs[0].t_send_ns
 
 
+def test_a_connection_the_server_closed_while_idle_is_replaced_not_a_failure():
+    with FakeOpenAI(token_gap_s=0.001) as f:
+        b = OpenAIBackend(f.url)
+        first = b.generate("drop-idle", "a", Sampling(num_predict=3))
+        time.sleep(0.2)
+        second = b.generate("drop-idle", "b", Sampling(num_predict=3))
+    assert first.ok and second.ok, second.error
+    assert not first.stale_retry and second.stale_retry and second.conn_reused is False
+    assert len(f.requests) == 2  # the stale attempt never reached the server
+
+
 def test_ollama_requests_reuse_the_connection_too(fake_ollama):
     b = OllamaBackend(fake_ollama.url)
     recs = [b.generate("good", "hi", Sampling(num_predict=3)) for _ in range(4)]
