@@ -82,7 +82,10 @@ def ensure_warm(backend: Backend, model: str, keep_alive: object = None) -> bool
     if is_resident:
         return False
     if is_resident is None:  # the server can't say: a served request makes it resident, and primes it
-        prime(backend, model, keep_alive)
+        primed = backend.__dict__.setdefault("_primed_models", set())
+        if model not in primed:  # once per backend: it can't tell an unload apart anyway
+            prime(backend, model, keep_alive)
+            primed.add(model)
         return False
     backend.load(model, keep_alive=keep_alive)
     prime(backend, model, keep_alive)

@@ -174,7 +174,7 @@ class HttpTarget:
                                     trace_request_ctx=cap) as resp:
                 cap.t_headers_ns = _now()
                 cap.status = resp.status
-                for h in ("X-Upstream-Addr", "X-Cache-Status"):
+                for h in ("X-Upstream-Addr", "X-Cache-Status", "X-Accel-Buffering"):
                     if h in resp.headers:
                         cap.headers[h.lower()] = resp.headers[h]
                 if resp.status >= 400:

@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .records import CACHE_STATES
 from .settings import validate_settings
 
-STUDIES = ("cold_start", "model_size", "quantization", "config_tuning")
+STUDIES = ("cold_start", "model_size", "quantization", "config_tuning", "fleet")
 # Upper bounds: past these a run would not end in a useful time (and a typo such as 1e9 would run forever).
 MAX_REPS = 10_000
 MAX_REQUESTS = 100_000
@@ -261,11 +261,92 @@ class ConfigTuning(_Strict):
         return _unique(v, "concurrency")
 
 
+def _http_url(v: str) -> str:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(v.strip())
+    try:
+        ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or 0 < u.port < 65536)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{v!r} is not an http:// or https:// URL with a host, e.g. http://gpu1:11434")
+    return v.strip().rstrip("/")
+
+
+class FleetProxy(_Strict):
+    """The proxy perfkit runs (nginx); the seed guide's values are the defaults."""
+
+    read_timeout_s: float = Field(900.0, gt=0, le=MAX_GAP_S, description="proxy_read_timeout")
+    buffering: bool = Field(False, description="proxy_buffering (off: streamed tokens pass as they come)")
+    keepalive: int = Field(32, ge=0, le=1024, description="idle upstream connections kept per worker")
+    max_fails: int = Field(1, ge=0, le=100)
+    fail_timeout_s: int = Field(10, ge=1, le=3600)
+
+
+class Fleet(_Strict):
+    """Several servers behind a load balancer. Embedded backend: perfkit starts ``servers`` engines and
+    nginx; any other backend: give ``proxy_url`` and ``server_urls`` and perfkit starts nothing."""
+
+    model: str
+    servers: int = Field(2, ge=1, le=16, description="embedded: engines to start")
+    weights: list[int] | None = Field(None, description="one per server (default: equal)")
+    proxy_url: str | None = None
+    server_urls: list[str] = Field(default_factory=list)
+    api: Literal["openai", "ollama"] = Field("openai", description="the servers' API: OpenAI /v1 or Ollama's own")
+    proxy: FleetProxy = Field(default_factory=FleetProxy)
+    concurrency: list[int] = Field(default_factory=lambda: [1, 2, 4])
+    requests: int = Field(12, ge=2, le=MAX_REQUESTS)
+    num_predict: int = Field(16, ge=2, le=MAX_TOKENS)
+    prompt_words: int = Field(32, ge=4, le=MAX_PROMPT_WORDS)
+    overhead_reps: int = Field(10, ge=2, le=MAX_REPS, description="direct/proxy request pairs per buffering mode")
+    cold_reps: int = Field(3, ge=1, le=MAX_REPS, description="cold starts measured for the timeout advice")
+    failover_requests: int = Field(16, ge=4, le=MAX_REQUESTS)
+    failover_kill_after: int = Field(4, ge=1, le=MAX_REQUESTS, description="kill a server after this many responses")
+    short_timeout_s: float | None = Field(None, gt=0, description="the proxy timeout that must produce a 504 "
+                                          "(default: half the shortest measured cold start)")
+    cache_reps: int = Field(4, ge=2, le=MAX_REPS)
+    stale_model: str | None = Field(None, description="embedded: the model the served name is switched to, "
+                                    "to show a cached answer outliving a model change")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _conc(cls, v):
+        if not v or any(not 1 <= c <= MAX_CONCURRENCY for c in v):
+            raise ValueError(f"a non-empty list of integers 1 ≤ clients ≤ {MAX_CONCURRENCY}")
+        return _unique(v, "concurrency")
+
+    @field_validator("server_urls")
+    @classmethod
+    def _urls(cls, v):
+        return _unique([_http_url(u) for u in v], "server url")
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _purl(cls, v):
+        return None if v is None else _http_url(v)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if bool(self.proxy_url) != bool(self.server_urls):
+            raise ValueError("give both proxy_url and server_urls (a user's own fleet), or neither (embedded)")
+        n = len(self.server_urls) or self.servers
+        if self.weights is not None and (len(self.weights) != n or any(w < 1 for w in self.weights)):
+            raise ValueError(f"weights: one integer ≥ 1 per server ({n}), got {self.weights}")
+        if self.failover_kill_after >= self.failover_requests:
+            raise ValueError("failover_kill_after must be less than failover_requests")
+        return self
+
+    def weight_list(self) -> list[int]:
+        return self.weights or [1] * (len(self.server_urls) or self.servers)
+
+
 class Studies(_Strict):
     cold_start: ColdStart | None = None
     model_size: ModelSize | None = None
     quantization: Quantization | None = None
     config_tuning: ConfigTuning | None = None
+    fleet: Fleet | None = None
 
     @model_validator(mode="after")
     def _some(self):
@@ -293,6 +374,15 @@ class Params(_Strict):
             raise ValueError(f"the name becomes part of the run directory's name: use {NAME_RULE}")
         return v
 
+    @model_validator(mode="after")
+    def _fleet_needs_urls(self):
+        f = self.studies.fleet
+        if f is not None and self.backend.kind != "embedded" and not f.server_urls:
+            raise ValueError("studies.fleet: with a server of your own (backend kind "
+                             f"{self.backend.kind!r}) give fleet.proxy_url and fleet.server_urls; perfkit starts "
+                             "engines and nginx only for the embedded backend")
+        return self
+
     def enabled(self) -> list[str]:
         return [s for s in STUDIES if getattr(self.studies, s) is not None]
 
@@ -308,6 +398,10 @@ class Params(_Strict):
                 out += [(f"studies.{key}.models[{i}]", m) for i, m in enumerate(st.models)]
         if s.config_tuning:
             out.append(("studies.config_tuning.model", s.config_tuning.model))
+        if s.fleet and not s.fleet.server_urls:  # a user's fleet serves its own names
+            out.append(("studies.fleet.model", s.fleet.model))
+            if s.fleet.stale_model:
+                out.append(("studies.fleet.stale_model", s.fleet.stale_model))
         return out
 
 

@@ -137,6 +137,10 @@ class ProxyConfig:
     cache_max_body_bytes: int = MAX_CACHED_BODY_BYTES
     cache_methods: list[str] = field(default_factory=lambda: ["POST"])  # GET and HEAD are always cached
     worker_connections: int = 1024  # each proxied request takes two
+    # Upstream headers nginx must not obey. llama-server sends "X-Accel-Buffering: no", which turns
+    # buffering off per response whatever proxy_buffering says, and with it the cache (nginx stores only
+    # buffered responses): the seed's cache then caches nothing. Listing it here makes the config rule.
+    ignore_headers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -173,6 +177,11 @@ class ProxyConfig:
                                    "without quotes, backslashes or line breaks")
         if not self.cache_methods or set(self.cache_methods) - {"GET", "HEAD", "POST"}:
             raise ProxyConfigError(f"cache_methods must be among GET, HEAD, POST, got {self.cache_methods!r}")
+        allowed_ignore = {"X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Limit-Rate", "X-Accel-Buffering",
+                          "X-Accel-Charset", "Expires", "Cache-Control", "Set-Cookie", "Vary"}
+        if set(self.ignore_headers) - allowed_ignore:
+            raise ProxyConfigError(f"ignore_headers: unknown {sorted(set(self.ignore_headers) - allowed_ignore)}; "
+                                   f"allowed: {sorted(allowed_ignore)}")
         if self.cache and not self.buffering:
             # Measured with nginx 1.22: with proxy_buffering off every response is a MISS, none is stored.
             raise ProxyConfigError("cache=True needs buffering=True: nginx never stores unbuffered responses")
@@ -221,9 +230,12 @@ def render(cfg: ProxyConfig, prefix: Path, listen_port: int) -> str:
             # ... is not enough for cache key" and bypasses the cache (a ~3.5 KB prompt in the 4k default).
             proxy_buffer_size {hdr};
             proxy_buffers {nbufs} 8k;
-            proxy_busy_buffers_size {hdr};
-            # the cache policy is this config's, not the upstream's headers
-            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;"""
+            proxy_busy_buffers_size {hdr};"""
+    # With the cache on, its policy is this config's, not the upstream's headers.
+    ignore = list(dict.fromkeys((["Cache-Control", "Expires", "Set-Cookie", "Vary"] if cfg.cache else [])
+                                + list(cfg.ignore_headers)))
+    if ignore:
+        cache_loc += f"\n            proxy_ignore_headers {' '.join(ignore)};"
     tries = f"\n            proxy_next_upstream_tries {cfg.next_upstream_tries};" if cfg.next_upstream_tries else ""
     return f"""# written by perfkit.proxy
 {user}daemon off;

@@ -46,6 +46,7 @@ class RequestRecord:
     stale_retry: bool = False  # resent once: the server had closed the kept-alive connection while idle
     served_by: str | None = None  # the upstream a proxy says served it (X-Upstream-Addr)
     proxy_cache: str | None = None  # the proxy's cache status (X-Cache-Status: HIT, MISS ...)
+    accel_buffering: str | None = None  # the server's X-Accel-Buffering (tells nginx not to buffer)
     token_times_ns: list[int] = field(default_factory=list)
     # Derived from the client timestamps (finalize()).
     ttfb_s: float | None = None

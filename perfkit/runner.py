@@ -176,7 +176,8 @@ class Runner:
         return 0
 
     def closed_loop(self, model: str, concurrency: int, n_requests: int, *, series: str,
-                    sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None) -> pd.DataFrame:
+                    sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None,
+                    on_response: Callable[[int, Capture], None] | None = None) -> pd.DataFrame:
         """``concurrency`` streams each send their next request the moment the last one ends (no think time).
 
         A series is the unit of resume: an interrupted one is re-run whole under a new attempt, so
@@ -185,7 +186,7 @@ class Runner:
         if concurrency < 1 or n_requests < 1:
             raise PerfkitError(f"closed loop needs concurrency ≥ 1 and requests ≥ 1 (got {concurrency}, {n_requests})")
         return self._series(model, series, [0.0] * n_requests, concurrency, sampling, prompt_words, tags,
-                            {"mode": "closed", "concurrency": concurrency})
+                            {"mode": "closed", "concurrency": concurrency}, on_response)
 
     def open_loop(self, model: str, rate_rps: float, n_requests: int, *, series: str, seed: int = 0,
                   arrivals: str = "poisson", sampling: Sampling | None = None, prompt_words: int = 48,
@@ -201,7 +202,10 @@ class Runner:
                                                  "seed": seed})
 
     def _series(self, model: str, series: str, offsets: list[float], concurrency: int | None,
-                sampling: Sampling | None, prompt_words: int, tags: dict | None, info: dict) -> pd.DataFrame:
+                sampling: Sampling | None, prompt_words: int, tags: dict | None, info: dict,
+                on_response: Callable[[int, Capture], None] | None = None) -> pd.DataFrame:
+        """``on_response(i, capture)``: runs on the loop as each response ends (a fault injected after
+        k responses, say); keep it as cheap as the spool write beside it."""
         done = self._series_done(series)
         if done is not None:
             return done
@@ -218,6 +222,8 @@ class Runner:
         def on_done(i: int, cap) -> None:  # on the loop: a buffered write and a tick, nothing more
             spool.write(i, cap)
             bar.update(1)
+            if on_response is not None:
+                on_response(i, cap)
 
         try:
             t0 = now_ns()

@@ -320,6 +320,38 @@ def ratio(a: Sequence[float], b: Sequence[float], stat: str = "median", *, n_res
                     note=note, **common)
 
 
+def shift(a: Sequence[float], b: Sequence[float], *, confidence: float = CONFIDENCE) -> Estimate:
+    """How much larger ``a`` is than ``b`` (same unit), e.g. TTFT through a proxy − TTFT direct.
+
+    Hodges–Lehmann shift: value = median of all differences a_i − b_j; CI = Moses (order statistics of the
+    differences at ranks from the exact Mann–Whitney null), distribution-free under a shift model, as
+    ``ratio`` is under a scale model. Below the minimum n the bounds are NaN and ``need_n`` says what would do.
+    """
+    _check_confidence(confidence)
+    xa, xb = _clean(a), _clean(b)
+    m, n = len(xa), len(xb)
+    common = dict(confidence=confidence, method="Hodges–Lehmann shift, Moses CI", n_a=m, n_b=n)
+    if m == 0 or n == 0:
+        return Estimate("shift", math.nan, math.nan, math.nan, min(m, n), need_n=min_n_ratio(confidence), **common)
+    d = (xa[:, None] - xb[None, :]).ravel()
+    value = float(np.median(d))
+    k = _moses_k(m, n, confidence)
+    if k < 1:
+        return Estimate("shift", value, math.nan, math.nan, min(m, n), need_n=min_n_ratio(confidence), **common)
+    lo_i, hi_i = k - 1, m * n - k
+    part = np.partition(d, [lo_i, hi_i])
+    return Estimate("shift", value, float(part[lo_i]), float(part[hi_i]), min(m, n), **common)
+
+
+def proportion(k: int, n: int, *, confidence: float = CONFIDENCE) -> Estimate:
+    """k of n as a share, with the exact (Clopper–Pearson) CI: always within [0, 1]."""
+    _check_confidence(confidence)
+    if n <= 0:
+        return Estimate("share", math.nan, math.nan, math.nan, 0, confidence, "Clopper–Pearson")
+    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return Estimate("share", k / n, float(ci.low), float(ci.high), int(n), confidence, "Clopper–Pearson")
+
+
 # ------------------------------------------------------------------------------------------ throughput
 
 def _flatten_times(token_times_ns: Sequence) -> np.ndarray:

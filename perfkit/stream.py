@@ -82,9 +82,12 @@ def decode(call: StreamCall, cap: Capture) -> RequestRecord:
     rec.stale_retry = cap.stale_retry
     rec.served_by = cap.headers.get("x-upstream-addr")
     rec.proxy_cache = cap.headers.get("x-cache-status")
+    rec.accel_buffering = cap.headers.get("x-accel-buffering")
     try:
         if cap.status is not None and cap.status >= 400:
-            body = cap.error_body.decode(errors="replace")[:300].strip()
+            body = " ".join(cap.error_body.decode(errors="replace")[:300].split())
+            if cap.status == 504:  # a gateway's answer, not the server's: its own class
+                return rec.fail(f"proxy timeout: HTTP 504: {body}", t_end_ns=cap.t_eof_ns)
             return rec.fail(f"HTTP {cap.status}: {body}", t_end_ns=cap.t_eof_ns)
         finished, cut, t_last = _feed(call, cap)
         if finished:

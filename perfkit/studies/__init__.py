@@ -1,11 +1,11 @@
-"""The four studies. Each has ``run(ctx)`` (measure, resumable), ``analyze(ctx)`` (from recorded
+"""The five studies. Each has ``run(ctx)`` (measure, resumable), ``analyze(ctx)`` (from recorded
 data only, no server) and ``conclusions(result)`` (text built from the measured numbers)."""
 
-from . import cold_start, config_tuning, model_size, quantization
+from . import cold_start, config_tuning, fleet, model_size, quantization
 from ._context import Session, StudyContext
 
 STUDY_MODULES = {"cold_start": cold_start, "model_size": model_size, "quantization": quantization,
-                 "config_tuning": config_tuning}
+                 "config_tuning": config_tuning, "fleet": fleet}
 
 
 def run_or_load(params_path, run_dir, study: str, measure: bool = True):

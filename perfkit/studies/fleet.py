@@ -1,0 +1,669 @@
+"""Study 5: several servers behind a load balancer (nginx): scaling, balance against the weights, the
+proxy's own overhead and whether streaming survives it, a cold or dead server, proxy timeouts (504)
+and nginx's response cache, each measured, with n and CI.
+
+Embedded: perfkit starts ``servers`` engines (the machine's cores split between them) and nginx with a
+config generated in the run directory, and changes it between phases (reload). A user's fleet:
+``proxy_url`` and ``server_urls``; perfkit starts and changes nothing, and the phases that need to
+(kill a server, shorten a timeout, turn a cache on) say "unknown, because" in the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import fmt, host, stats
+from ..backends import LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
+from ..fleet import FLEET_MODEL, Fleet
+from ..models import models_dir
+from ..proxy import ProxyConfig, nginx_version, parse_access_log
+from ..records import now_ns
+from ..runner import Runner, steady_window
+from ..store import RunStore
+from ._common import ci_cell, est, failures, fmt_x, measured, method_note
+from ._context import ENGINE_LOG_ARGS, StudyContext
+
+PHASES = ("scaling", "overhead", "cold_upstream", "failover", "timeout", "cache")
+
+
+# ---- set-up ----------------------------------------------------------------------------------------
+def _fleet(ctx: StudyContext) -> Fleet:
+    c, p = ctx.cfg, ctx.params
+    if c.server_urls:
+        return Fleet.external(c.proxy_url, c.server_urls, c.weight_list())
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // c.servers)  # fair: every server gets the same share, none more than the machine
+    settings = {k: v for k, v in p.backend.settings.items() if k != "num_thread"}
+    pc = c.proxy
+    proxy = dict(proxy_read_timeout_s=pc.read_timeout_s, buffering=pc.buffering, keepalive=pc.keepalive,
+                 max_fails=pc.max_fails, fail_timeout_s=pc.fail_timeout_s)
+    return Fleet.embedded(ctx.models_dir, c.model, ctx.store.dir, servers=c.servers, weights=c.weight_list(),
+                          threads=threads, settings=settings, proxy=proxy, log_dir=ctx.run_dir / "logs",
+                          extra_args=ENGINE_LOG_ARGS)
+
+
+def _model(ctx: StudyContext, fleet: Fleet) -> str:
+    return FLEET_MODEL if fleet.managed else ctx.cfg.model
+
+
+def _client(ctx: StudyContext, url: str):
+    """The measuring client: the same wire for direct and proxied requests, so the difference is the proxy."""
+    if ctx.cfg.api == "ollama":
+        from ..control import RemoteControl
+
+        return OllamaBackend(url, headers=ctx.params.backend.headers, control=RemoteControl(url))
+    return OpenAIBackend(url, headers=ctx.params.backend.headers)
+
+
+def _native(ctx: StudyContext, fleet: Fleet, i: int):
+    """A backend that can load and unload on server ``i`` (None when its API can't)."""
+    s = fleet.servers[i]
+    if s.engine is not None:
+        return LlamaServerBackend(s.url)
+    if ctx.cfg.api == "ollama":
+        from ..control import RemoteControl
+
+        return OllamaBackend(s.url, headers=ctx.params.backend.headers, control=RemoteControl(s.url))
+    return None
+
+
+class _Phase:
+    """One phase's runners and tags; its events go to the store with a wall and a client clock."""
+
+    def __init__(self, ctx: StudyContext, fleet: Fleet):
+        self.ctx, self.fleet, self.c = ctx, fleet, ctx.cfg
+        p = ctx.params
+        kw = dict(timeout_s=p.timeouts.request_s, stall_timeout_s=p.timeouts.stall_s, progress=p.progress)
+        self.proxy = Runner(_client(ctx, fleet.proxy_url), ctx.store, **kw)
+        self.direct = [Runner(_client(ctx, s.url), ctx.store, **kw) for s in fleet.servers]
+        self.model = _model(ctx, fleet)
+        self.sampling = Sampling(self.c.num_predict)
+
+    def event(self, kind: str, **data: Any) -> None:
+        self.ctx.store.event(kind, wall_unix_s=time.time(), t_ns=now_ns(), **data)
+
+    def done(self, phase: str) -> bool:
+        ev = self.ctx.store.events()
+        return bool(len(ev)) and "phase" in ev and ((ev["kind"] == "phase_done") & (ev["phase"] == phase)).any()
+
+    def skip(self, phase: str, why: str) -> None:
+        self.event("phase_skipped", phase=phase, why=why)
+
+    def one(self, runner: Runner, key: str, *, phase: str, target: str, sampling: Sampling | None = None,
+            prompt: str | None = None, **tags: Any) -> dict:
+        """One measured request, stored at once."""
+        rec = runner.backend.generate(self.model, prompt or runner.prompt(key, self.c.prompt_words),
+                                      sampling or self.sampling, timeout_s=runner.timeout_s,
+                                      stall_timeout_s=runner.stall_timeout_s)
+        row = {"trial_id": key, "phase": phase, "target": target, "cache_state": "warm", "warmup": False,
+               **tags, **rec.as_dict()}
+        self.ctx.store.append_trial(row)
+        return row
+
+    def warm_all(self) -> None:
+        """Every server loaded and primed, directly (through the proxy a cold one would hide behind the others)."""
+        for i, r in enumerate(self.direct):
+            nat = _native(self.ctx, self.fleet, i)
+            if nat is not None:
+                nat.load(self.model)
+                nat.close()
+            rec = r.backend.generate(self.model, "ok", Sampling(num_predict=2), timeout_s=r.timeout_s)
+            if not rec.ok:
+                raise RuntimeError(f"server {self.fleet.servers[i].url} did not answer: {rec.error}")
+
+
+# ---- phases ------------------------------------------------------------------------------------------
+def _scaling(ph: _Phase) -> None:
+    for conc in ph.c.concurrency:
+        tags = {"phase": "scaling", "concurrency_nominal": conc}
+        ph.direct[0].closed_loop(ph.model, conc, ph.c.requests, series=f"scaling/direct/c{conc}",
+                                 sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "direct"})
+        ph.proxy.closed_loop(ph.model, conc, ph.c.requests, series=f"scaling/proxy/c{conc}",
+                             sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "proxy"})
+
+
+def _overhead(ph: _Phase) -> None:
+    """Direct vs proxied requests in alternating order, to one server, with proxy buffering off and on."""
+    # "on" is proxy_buffering as the seed writes it; a server's X-Accel-Buffering: no still turns it off
+    # per response, so "on, forced" also ignores that header: what buffering really does to a stream.
+    modes = [("off", False, []), ("on", True, []), ("on, X-Accel-Buffering ignored", True, ["X-Accel-Buffering"])] \
+        if ph.fleet.managed else [("as configured", None, None)]
+    for label, buffering, ignore in modes:
+        if buffering is not None:
+            ph.fleet.reconfigure(buffering=buffering, ignore_headers=ignore, upstreams=[ph.fleet.nginx.cfg.upstreams[0]])
+        for rep in range(ph.c.overhead_reps):
+            order = [("direct", ph.direct[0]), ("proxy", ph.proxy)]
+            for target, runner in (order if rep % 2 == 0 else order[::-1]):
+                ph.one(runner, f"overhead/{label}/{target}/{rep}", phase="overhead", target=target, buffering=label,
+                       rep=rep)
+    if ph.fleet.managed:
+        _restore(ph)
+
+
+def _restore(ph: _Phase) -> None:
+    from ..proxy import Upstream
+
+    pc = ph.c.proxy
+    ph.fleet.reconfigure(upstreams=[Upstream(s.url, s.weight) for s in ph.fleet.servers], buffering=pc.buffering,
+                         proxy_read_timeout_s=pc.read_timeout_s, max_fails=pc.max_fails, cache=False,
+                         ignore_headers=[])
+
+
+def _cold_upstream(ph: _Phase) -> None:
+    last = len(ph.fleet.servers) - 1
+    nat = _native(ph.ctx, ph.fleet, last)
+    if nat is None or last == 0:
+        ph.skip("cold_upstream", "unknown, because " + ("the servers' OpenAI API can't unload a model"
+                                                         if nat is None else "there is only one server"))
+        return
+    nat.unload(ph.model)
+    nat.close()
+    ph.event("server_unloaded", server=ph.fleet.servers[last].addr)
+    n = max(2 * len(ph.fleet.servers), 6)
+    ph.proxy.closed_loop(ph.model, len(ph.fleet.servers), n, series="cold_upstream/proxy", sampling=ph.sampling,
+                         prompt_words=ph.c.prompt_words, tags={"phase": "cold_upstream", "target": "proxy",
+                                                               "cold_server": ph.fleet.servers[last].addr})
+
+
+def _failover(ph: _Phase) -> None:
+    if not ph.fleet.managed or len(ph.fleet.servers) < 2:
+        ph.skip("failover", "unknown, because " + ("perfkit does not kill servers it did not start"
+                                                    if not ph.fleet.managed else "there is only one server"))
+        return
+    victim = len(ph.fleet.servers) - 1
+    state = {"done": 0, "killed": False}
+
+    def on_response(i: int, cap) -> None:  # on the loop: a counter and, once, a kill(2)
+        state["done"] += 1
+        if state["done"] >= ph.c.failover_kill_after and not state["killed"]:
+            state["killed"] = True
+            t = ph.fleet.kill(victim)
+            ph.event("server_killed", server=ph.fleet.servers[victim].addr, kill_t_ns=t)
+
+    try:
+        ph.proxy.closed_loop(ph.model, 2, ph.c.failover_requests, series="failover/proxy", sampling=ph.sampling,
+                             prompt_words=ph.c.prompt_words, on_response=on_response,
+                             tags={"phase": "failover", "target": "proxy", "victim": ph.fleet.servers[victim].addr})
+    finally:
+        ph.fleet.revive(victim)
+        ph.event("server_revived", server=ph.fleet.servers[victim].addr)
+        ph.warm_all()
+
+
+def _timeout(ph: _Phase) -> None:
+    """Cold starts measured directly (the basis for the timeout advice); then, on the fleet perfkit runs,
+    a proxy timeout shorter than a cold start must give 504s."""
+    nat = _native(ph.ctx, ph.fleet, 0)
+    if nat is None:
+        ph.skip("timeout", "unknown, because the servers' OpenAI API can't unload a model, so no cold start "
+                           "can be produced and measured")
+        return
+    for rep in range(ph.c.cold_reps):
+        nat.unload(ph.model)
+        ph.one(ph.direct[0], f"timeout/cold/{rep}", phase="timeout", target="direct", cold=True, rep=rep)
+    if not ph.fleet.managed:
+        ph.skip("timeout_504", "unknown, because perfkit does not change the timeout of a proxy it did not start")
+        nat.close()
+        return
+    ok = measured(pd.DataFrame([r for r in ph.ctx.store.trials_log.read() if r.get("phase") == "timeout"]))
+    ttfb = float(ok["ttfb_s"].min()) if len(ok) else 1.0
+    ttft = float(ok["ttft_s"].min()) if len(ok) else 1.0
+    # proxy_read_timeout bounds each silence, the first included. Shorter than the cold wait for headers,
+    # the proxy answers 504; if the server sends its headers early (llama-server does), a timeout between
+    # headers and first token cuts the stream instead: both are probed, each its own failure class.
+    probes = [("before headers", ph.c.short_timeout_s or round(max(0.02, ttfb / 2), 3))]
+    if ttft - 2 * ttfb > 0.05 and not ph.c.short_timeout_s:
+        # longer than the wait for headers, shorter than the silence after them (the timer restarts there)
+        probes.append(("after headers", round(ttft / 2, 3)))
+    from ..proxy import Upstream
+
+    for label, short in probes:
+        # One failure must not bench the server for the rest of the run (max_fails 0), and with one
+        # upstream nothing is retried elsewhere: what comes back is the proxy's own answer.
+        ph.fleet.reconfigure(proxy_read_timeout_s=short, max_fails=0, upstreams=[Upstream(ph.fleet.servers[0].url, 1)])
+        ph.event("short_timeout", proxy_read_timeout_s=short, probe=label, cold_ttfb_s=ttfb, cold_ttft_s=ttft)
+        nat.unload(ph.model)
+        ph.one(ph.proxy, f"timeout/proxy/{label}", phase="timeout", target="proxy", cold=True, probe=label,
+               proxy_read_timeout_s=short)
+    _restore(ph)
+    nat.close()
+    ph.warm_all()
+
+
+def _cache(ph: _Phase) -> None:
+    if not ph.fleet.managed:
+        _cache_probe(ph)
+        return
+    # nginx stores only buffered responses: the cache brings buffering with it (see the overhead phase).
+    ph.fleet.reconfigure(cache=True, buffering=True)
+    ph.event("cache_on", key=ph.fleet.nginx.cfg.cache_key, valid_s=ph.fleet.nginx.cfg.cache_valid_s, ignore=[])
+    base = ph.proxy.prompt("cache/prompt", ph.c.prompt_words)
+    greedy = Sampling(ph.c.num_predict, temperature=0.0, top_k=1, seed=1)
+    # First as the seed writes it; a server's X-Accel-Buffering: no makes every response uncacheable.
+    seed_rows = [ph.one(ph.proxy, f"cache/seed/{rep}", phase="cache", target="proxy", variant="seed config", rep=rep,
+                        sampling=greedy, prompt=ph.proxy.prompt("cache/seed", ph.c.prompt_words)) for rep in range(2)]
+    # nginx consumes X-Accel-* headers: ask the server itself what it sends.
+    srv = ph.one(ph.direct[0], "cache/server-headers", phase="cache", target="direct", variant="server headers",
+                 sampling=greedy, prompt=base)
+    if seed_rows[-1].get("proxy_cache") != "HIT" and srv.get("accel_buffering") == "no":
+        ph.fleet.reconfigure(ignore_headers=["X-Accel-Buffering"])
+        ph.event("cache_on", key=ph.fleet.nginx.cfg.cache_key, ignore=["X-Accel-Buffering"])
+    sampled = Sampling(ph.c.num_predict, temperature=0.8)
+    for rep in range(ph.c.cache_reps):
+        ph.one(ph.proxy, f"cache/greedy/{rep}", phase="cache", target="proxy", variant="greedy", rep=rep,
+               sampling=greedy, prompt=base)
+    # The same prompt, one sampling option changed: another body, so another key.
+    ph.one(ph.proxy, "cache/greedy-top_k2/0", phase="cache", target="proxy", variant="options differ", rep=0,
+           sampling=Sampling(ph.c.num_predict, temperature=0.0, top_k=2, seed=1), prompt=base)
+    for rep in range(ph.c.cache_reps):
+        ph.one(ph.proxy, f"cache/sampled/{rep}", phase="cache", target="proxy", variant="sampled", rep=rep,
+               sampling=sampled, prompt=base)
+        ph.one(ph.direct[0], f"cache/sampled-direct/{rep}", phase="cache", target="direct", variant="sampled",
+               rep=rep, sampling=sampled, prompt=base)
+    if ph.c.stale_model:
+        ph.fleet.swap_model(ph.c.stale_model, ph.ctx.models_dir)
+        for i in range(len(ph.fleet.servers)):
+            nat = _native(ph.ctx, ph.fleet, i)
+            nat.unload(ph.model)
+            nat.close()
+        ph.event("model_changed", to=ph.c.stale_model)
+        ph.one(ph.proxy, "cache/stale/proxy", phase="cache", target="proxy", variant="after model change",
+               sampling=greedy, prompt=base)
+        ph.one(ph.direct[0], "cache/stale/direct", phase="cache", target="direct", variant="after model change",
+               sampling=greedy, prompt=base)
+        ph.fleet.swap_model(ph.c.model, ph.ctx.models_dir)
+        for i in range(len(ph.fleet.servers)):
+            nat = _native(ph.ctx, ph.fleet, i)
+            nat.unload(ph.model)
+            nat.close()
+    _restore(ph)
+
+
+def _cache_probe(ph: _Phase) -> None:
+    """A user's proxy: identical greedy requests; its X-Cache-Status says what it did, where it says anything."""
+    base = ph.proxy.prompt("cache/prompt", ph.c.prompt_words)
+    greedy = Sampling(ph.c.num_predict, temperature=0.0, top_k=1, seed=1)
+    for rep in range(ph.c.cache_reps):
+        ph.one(ph.proxy, f"cache/greedy/{rep}", phase="cache", target="proxy", variant="greedy", rep=rep,
+               sampling=greedy, prompt=base)
+
+
+def run(ctx: StudyContext) -> dict[str, Any]:
+    c = ctx.cfg
+    if not c.server_urls and nginx_version() is None:
+        from ..proxy import install_hint
+
+        raise RuntimeError(f"the fleet study needs nginx: {install_hint()}")
+    fleet = _fleet(ctx)
+    try:
+        ph = _Phase(ctx, fleet)
+        ctx.store.write_manifest(study="fleet", fleet=fleet.describe(), host=host.info(),
+                                 perfkit_version=host.versions().get("perfkit"), backend=ph.proxy.backend.describe(),
+                                 params=ctx.params.model_dump(mode="json"), params_file=str(ctx.params_path),
+                                 started_utc=ctx.store.manifest().get("started_utc") or _utc(),
+                                 engine_command=fleet.servers[0].engine.command if fleet.managed else None)
+        ph.event("clock")
+        ph.warm_all()
+        for name, fn in (("scaling", _scaling), ("overhead", _overhead), ("cold_upstream", _cold_upstream),
+                         ("failover", _failover), ("timeout", _timeout), ("cache", _cache)):
+            if ph.done(name):
+                continue
+            ph.event("phase_start", phase=name)
+            fn(ph)
+            ph.event("phase_done", phase=name)
+        for e in fleet.events:
+            ctx.store.event(f"fleet_{e['kind']}", **{k: v for k, v in e.items() if k != "kind"})
+    finally:
+        if fleet.nginx is not None:
+            import shutil
+
+            for name in ("access.log", "error.log", "nginx.conf"):
+                src = fleet.nginx.prefix / name
+                if src.exists():
+                    shutil.copy(src, ctx.store.dir / f"nginx-{name}")
+        fleet.stop()
+        ctx.store.write_manifest(ended_utc=_utc())
+    ctx.store.finalize()
+    return analyze(ctx)
+
+
+def _utc() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- analysis ------------------------------------------------------------------------------------
+def _phase(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    return df[df["phase"] == name] if len(df) and "phase" in df else df.iloc[0:0]
+
+
+def _series_checks(ev: pd.DataFrame) -> dict[str, dict]:
+    from .config_tuning import series_checks
+
+    return series_checks(ev)
+
+
+def scaling_table(df: pd.DataFrame, ev: pd.DataFrame, n_servers: int) -> pd.DataFrame:
+    """Per concurrency: throughput direct (one server) and through the proxy (all), with CIs, latency
+    percentiles, and scaling efficiency = proxy throughput ÷ (N × direct throughput)."""
+    from .config_tuning import _client_cell, _throughput_ci
+
+    sc = _series_checks(ev)
+    rows = []
+    ok = measured(_phase(df, "scaling"))
+    for (conc, target), g in ok.groupby(["concurrency", "target"]):
+        chk = sc.get(g["series"].iloc[0], {})
+        tp = _throughput_ci(g, chk)
+        rows.append({"concurrency": int(conc), "target": target, "n": len(g), "tok_s": tp.value, "tok_s_lo": tp.lo,
+                     "tok_s_hi": tp.hi, "ttft_p50": ci_cell(est(g["ttft_s"])), "ttft_p90": ci_cell(est(g["ttft_s"], "p90")),
+                     "ttft_p99": ci_cell(est(g["ttft_s"], "p99")), "e2e_p50": ci_cell(est(g["e2e_s"])),
+                     "e2e_p99": ci_cell(est(g["e2e_s"], "p99")),
+                     "achieved_concurrency": chk.get("achieved_concurrency", math.nan),
+                     "client_check": _client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
+    t = pd.DataFrame(rows)
+    if t.empty:
+        return t
+    eff = []
+    for _, r in t.iterrows():
+        d = t[(t["concurrency"] == r["concurrency"]) & (t["target"] == "direct")]
+        if r["target"] != "proxy" or d.empty:
+            eff.append((math.nan, math.nan, math.nan))
+            continue
+        d = d.iloc[0]
+        # Conservative interval: the proxy's CI ends against the direct one's opposite ends.
+        eff.append((r["tok_s"] / (n_servers * d["tok_s"]), r["tok_s_lo"] / (n_servers * d["tok_s_hi"]),
+                    r["tok_s_hi"] / (n_servers * d["tok_s_lo"]) if d["tok_s_lo"] > 0 else math.nan))
+    t["efficiency"], t["efficiency_lo"], t["efficiency_hi"] = zip(*eff)
+    return t.sort_values(["concurrency", "target"]).reset_index(drop=True)
+
+
+def balance_table(df: pd.DataFrame, servers: list[dict]) -> tuple[pd.DataFrame, str]:
+    """Which server answered each proxied request (the proxy's X-Upstream-Addr) against the weights."""
+    rows = measured(pd.concat([_phase(df, "scaling"), _phase(df, "cold_upstream")]))
+    rows = rows[rows["target"] == "proxy"] if len(rows) else rows
+    if rows.empty or "served_by" not in rows or rows["served_by"].isna().all():
+        return pd.DataFrame(), ("unknown, because the proxy adds no X-Upstream-Addr header; add "
+                                "`add_header X-Upstream-Addr $upstream_addr always;` to its location")
+    scaling = rows[rows["phase"] == "scaling"]
+    n = len(scaling)
+    total_w = sum(s["weight"] for s in servers)
+    out = []
+    for s in servers:
+        addr = s["url"].split("://", 1)[-1]
+        k = int((scaling["served_by"] == addr).sum())
+        share = stats.proportion(k, n)
+        want = s["weight"] / total_w
+        out.append({"server": addr, "weight": s["weight"], "configured share": want, "requests": k,
+                    "share": share.value, "share_lo": share.lo, "share_hi": share.hi,
+                    "matches weights": bool(share.lo <= want <= share.hi)})
+    return pd.DataFrame(out), "the X-Upstream-Addr header the proxy adds to each response"
+
+
+def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per buffering mode: TTFT and e2e direct vs through the proxy, the added time (Hodges–Lehmann shift,
+    Moses CI), and whether the first token was held back (proxy TTFT close to its e2e)."""
+    ok = measured(_phase(df, "overhead"))
+    rows = []
+    for mode, g in ok.groupby("buffering", sort=False):
+        d, p = g[g["target"] == "direct"], g[g["target"] == "proxy"]
+        add_ttft, add_e2e = stats.shift(p["ttft_s"], d["ttft_s"]), stats.shift(p["e2e_s"], d["e2e_s"])
+        gap = float(d["e2e_s"].median() - d["ttft_s"].median())
+        held = bool(p["ttft_s"].median() > d["ttft_s"].median() + 0.5 * gap) if gap > 0 else None
+        rows.append({"buffering": mode, "n": min(len(d), len(p)), "ttft_direct": ci_cell(est(d["ttft_s"])),
+                     "ttft_proxy": ci_cell(est(p["ttft_s"])), "added_ttft_s": add_ttft.value,
+                     "added_ttft_lo": add_ttft.lo, "added_ttft_hi": add_ttft.hi, "added_e2e_s": add_e2e.value,
+                     "added_e2e_lo": add_e2e.lo, "added_e2e_hi": add_e2e.hi,
+                     "first_token_held_back": held,
+                     "proxy_ttft_share_of_e2e": float((p["ttft_s"] / p["e2e_s"]).median()) if len(p) else math.nan})
+    return pd.DataFrame(rows)
+
+
+def cold_upstream_table(df: pd.DataFrame) -> pd.DataFrame:
+    g = measured(_phase(df, "cold_upstream"))
+    if g.empty:
+        return pd.DataFrame()
+    cold = g["cold_server"].iloc[0]
+    rows = []
+    for addr, h in g.groupby("served_by"):
+        h = h.sort_values("t_send_ns")
+        rows.append({"server": addr, "cold": addr == cold, "requests": len(h),
+                     "first_ttft_s": float(h["ttft_s"].iloc[0]), "ttft_p50": ci_cell(est(h["ttft_s"])),
+                     "ttft_max_s": float(h["ttft_s"].max())})
+    return pd.DataFrame(rows)
+
+
+def failover_summary(df: pd.DataFrame, ev: pd.DataFrame, access: list[dict]) -> dict[str, Any]:
+    """What a killed server cost: failed requests by class, retries the proxy made on another server,
+    and how long the proxy kept trying the dead one (from nginx's access log)."""
+    all_rows = _phase(df, "failover")
+    if all_rows.empty:
+        return {}
+    kill = ev[ev["kind"] == "server_killed"]
+    if kill.empty:
+        return {"requests": len(all_rows), "note": "the kill was not reached"}
+    k = kill.iloc[-1]
+    victim, t_kill_wall = k["server"], float(k["wall_unix_s"])
+    rev = ev[(ev["kind"] == "server_revived") & (ev["wall_unix_s"] > t_kill_wall)]
+    t_end_wall = float(rev["wall_unix_s"].iloc[0]) if len(rev) else math.inf  # the same address serves again
+    after = all_rows[all_rows["t_send_ns"] >= int(k["kill_t_ns"]) - int(30e9)]
+    failed = all_rows[~all_rows["ok"].astype(bool)]
+    touched = [a for a in access if t_kill_wall - 0.5 <= a.get("msec", 0) <= t_end_wall
+               and victim in (a.get("upstream_addrs") or [])]
+    retried = [a for a in touched if len(a.get("upstream_addrs") or []) > 1 and a.get("status") == 200]
+    last = max((a["msec"] for a in touched), default=None)
+    return {"requests": len(all_rows), "ok": int(all_rows["ok"].astype(bool).sum()), "failed": len(failed),
+            "failure_classes": failed["error"].fillna("?").str.slice(0, 60).value_counts().to_dict(),
+            "victim": victim, "sent_after_kill": int(len(after)), "proxy_tries_on_dead_server": len(touched),
+            "retried_elsewhere_ok": len(retried),
+            "last_try_on_dead_server_s_after_kill": (last - t_kill_wall) if last is not None else math.nan,
+            "access_log_entries": len(access)}
+
+
+def timeout_summary(df: pd.DataFrame, ev: pd.DataFrame, read_timeout_s: float) -> dict[str, Any]:
+    g = _phase(df, "timeout")
+    cold = measured(g[g["target"] == "direct"]) if len(g) else g
+    out: dict[str, Any] = {"configured_read_timeout_s": read_timeout_s}
+    if len(cold):
+        ttft = est(cold["ttft_s"], "p99")
+        worst = float(cold["ttft_s"].max())
+        if ttft.has_ci:
+            basis, value = f"the upper end of the cold-start TTFT p99's CI (n={len(cold)})", ttft.hi
+        else:
+            basis, value = (f"the longest of {len(cold)} measured cold starts (n={len(cold)} is too small for a "
+                            f"p99 CI; {ttft.need_n or '?'} would give one)"), worst
+        out.update(cold_n=len(cold), cold_ttft_p50=ci_cell(est(cold["ttft_s"])), cold_ttft_max_s=worst,
+                   recommended_read_timeout_s=float(math.ceil(2 * value)), basis=basis)
+    proxied = g[g["target"] == "proxy"] if len(g) else g
+    if len(proxied):
+        out["probes"] = [{"probe": r.get("probe"), "proxy_read_timeout_s": r.get("proxy_read_timeout_s"),
+                          "http_status": r.get("http_status"), "outcome": _timeout_class(r)}
+                         for _, r in proxied.iterrows()]
+    return out
+
+
+def _timeout_class(r) -> str:
+    err = r.get("error") or ""
+    if r.get("ok"):
+        return "answered (no timeout)"
+    if err.startswith("proxy timeout: HTTP 504"):
+        return "proxy 504 (timed out before the server's headers)"
+    if err.startswith("server connection lost") and pd.notna(r.get("ttfb_s")):
+        return "cut mid-stream by the proxy (the server had sent its headers, then fell silent past the timeout)"
+    return f"other failure: {err[:60]}"
+
+
+def cache_summary(df: pd.DataFrame) -> dict[str, Any]:
+    g = _phase(df, "cache")
+    if g.empty:
+        return {}
+    ok = g[g["ok"].astype(bool)]
+    v = ok["variant"] if "variant" in ok else pd.Series("", index=ok.index)
+    out: dict[str, Any] = {}
+    seed = ok[(v == "seed config") & (ok["target"] == "proxy")]
+    srv = ok[v == "server headers"]
+    if len(seed):
+        out["seed_config_statuses"] = seed["proxy_cache"].fillna("none").tolist()
+        out["server_accel_buffering"] = srv["accel_buffering"].iloc[0] if len(srv) else None
+    proxied = ok[(ok["target"] == "proxy") & (v != "seed config")]
+    status = proxied["proxy_cache"].fillna("none") if "proxy_cache" in proxied else pd.Series("none", index=proxied.index)
+    out.update({"requests": len(proxied), "status_counts": status.value_counts().to_dict(),
+                "header": bool((status != "none").any())})
+    hits, misses = proxied[status == "HIT"], proxied[status == "MISS"]
+    out["hit_ratio"] = stats.proportion(len(hits), len(proxied)).__dict__
+    if len(hits):
+        out["hit_ttft"], out["hit_e2e"] = ci_cell(est(hits["ttft_s"])), ci_cell(est(hits["e2e_s"]))
+        itl = [x for t in hits["itl_s"] if isinstance(t, (list, np.ndarray)) for x in t]
+        out["hit_itl_p50_s"] = float(np.median(itl)) if itl else math.nan
+    if len(misses):
+        out["miss_ttft"], out["miss_e2e"] = ci_cell(est(misses["ttft_s"])), ci_cell(est(misses["e2e_s"]))
+        if len(hits):
+            out["miss_over_hit_e2e"] = fmt_x(stats.ratio(misses["e2e_s"], hits["e2e_s"]))
+    opt = proxied[v.reindex(proxied.index) == "options differ"]
+    out["options_differ_status"] = opt["proxy_cache"].iloc[0] if len(opt) and "proxy_cache" in opt else None
+    sampled_p = ok[(v == "sampled") & (ok["target"] == "proxy")]
+    sampled_d = ok[(v == "sampled") & (ok["target"] == "direct")]
+    if len(sampled_p) and len(sampled_d):
+        out["sampled_distinct_via_cache"] = int(sampled_p["text"].nunique())
+        out["sampled_distinct_direct"] = int(sampled_d["text"].nunique())
+        out["sampled_n"] = int(min(len(sampled_p), len(sampled_d)))
+    stale_p = ok[(v == "after model change") & (ok["target"] == "proxy")]
+    stale_d = ok[(v == "after model change") & (ok["target"] == "direct")]
+    greedy = ok[(v == "greedy") & (ok["target"] == "proxy")]
+    if len(stale_p) and len(stale_d) and len(greedy):
+        out["stale"] = {"proxy_status": stale_p["proxy_cache"].iloc[0],
+                        "proxy_answer_is_old_model": bool(stale_p["text"].iloc[0] == greedy["text"].iloc[0]),
+                        "server_answer_changed": bool(stale_d["text"].iloc[0] != greedy["text"].iloc[0])}
+    return out
+
+
+def analyze(ctx: StudyContext) -> dict[str, Any]:
+    df = ctx.store.trials()
+    ev = ctx.store.events()
+    manifest = ctx.store.manifest()
+    fleet = manifest.get("fleet", {})
+    servers = fleet.get("servers", [])
+    access_path = ctx.store.dir / "nginx-access.log"
+    access = parse_access_log(access_path) if access_path.exists() else []
+    skipped = ev[ev["kind"] == "phase_skipped"][["phase", "why"]].to_dict("records") if len(ev) and "why" in ev else []
+    bal, bal_source = balance_table(df, servers) if servers else (pd.DataFrame(), "no servers recorded")
+    return {"trials": df, "manifest": manifest, "fleet": fleet, "scaling": scaling_table(df, ev, max(1, len(servers))),
+            "balance": bal, "balance_source": bal_source, "overhead": overhead_table(df),
+            "cold_upstream": cold_upstream_table(df), "failover": failover_summary(df, ev, access),
+            "timeout": timeout_summary(df, ev, fleet.get("proxy_read_timeout_s") or
+                                       ctx.cfg.proxy.read_timeout_s),
+            "cache": cache_summary(df), "skipped": skipped, "failures": failures(df)}
+
+
+# ---- text ----------------------------------------------------------------------------------------
+def _ms(x: float) -> str:
+    return fmt.duration(x)
+
+
+def _signed(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return ("+" if x >= 0 else "−") + fmt.duration(abs(x))
+
+
+def conclusions(res: dict[str, Any]) -> str:
+    f = res["fleet"]
+    n = len(f.get("servers", []))
+    lines = ["### What the measurements say",
+             f"- **Fleet**: {n} servers behind {'nginx ' + str(f.get('proxy_version')) + ' started by perfkit' if f.get('managed') else 'your proxy at ' + str(f.get('proxy_url'))}"
+             f" (weights {', '.join(str(s['weight']) for s in f.get('servers', []))})."]
+    t = res["scaling"]
+    if len(t):
+        p = t[t["target"] == "proxy"]
+        for _, r in p.iterrows():
+            lines.append(f"- **Scaling** at {r['concurrency']} clients: {fmt.number(r['tok_s'])} tok/s through the proxy "
+                         f"over {n} servers vs {fmt.number(t[(t['concurrency'] == r['concurrency']) & (t['target'] == 'direct')]['tok_s'].iloc[0])} "
+                         f"tok/s from one server directly: efficiency {fmt.number(r['efficiency'])} "
+                         f"[{fmt.number(r['efficiency_lo'])}, {fmt.number(r['efficiency_hi'])}] (1 = perfect, n={r['n']} requests).")
+        bound = t[t["client_bound"]]
+        if len(bound):
+            lines.append(f"- ⚠ The client was the bottleneck in {len(bound)} scaling series: {bound['client_check'].iloc[0]}.")
+    b = res["balance"]
+    if len(b):
+        parts = [f"{r['server']} {fmt.pct(r['share'])} [{fmt.pct(r['share_lo'])}, {fmt.pct(r['share_hi'])}] "
+                 f"(weight {r['weight']}: {fmt.pct(r['configured share'])})" for _, r in b.iterrows()]
+        verdict = "matches the weights" if b["matches weights"].all() else "does not match the weights"
+        lines.append(f"- **Balance** (from {res['balance_source']}, {int(b['requests'].sum())} requests): "
+                     + "; ".join(parts) + f": the split {verdict} at 95% confidence.")
+    else:
+        lines.append(f"- **Balance**: {res['balance_source']}.")
+    for _, r in res["overhead"].iterrows():
+        held = {True: "the first token **was held back** until the response was complete",
+                False: "streaming survives (first token not held back)", None: "held back: unknown"}[r["first_token_held_back"]]
+        lines.append(f"- **Proxy overhead** (buffering {r['buffering']}): {_signed(r['added_ttft_s'])} "
+                     f"[{_signed(r['added_ttft_lo'])}, {_signed(r['added_ttft_hi'])}] TTFT, {_signed(r['added_e2e_s'])} "
+                     f"[{_signed(r['added_e2e_lo'])}, {_signed(r['added_e2e_hi'])}] end to end (n={r['n']} pairs); {held}.")
+    cu = res["cold_upstream"]
+    if len(cu):
+        c = cu[cu["cold"]]
+        w = cu[~cu["cold"]]
+        if len(c):
+            lines.append(f"- **A cold server** behind the proxy: the first request it got waited "
+                         f"{_ms(c['first_ttft_s'].iloc[0])} for its first token (the load), against a TTFT p50 of "
+                         f"{w['ttft_p50'].iloc[0] if len(w) else 'n/a'} on the warm one{'s' if len(w) > 1 else ''}.")
+    fo = res["failover"]
+    if fo.get("victim"):
+        lines.append(f"- **A server killed mid-run** ({fo['victim']}): {fo['failed']} of {fo['requests']} requests failed"
+                     + (f" ({'; '.join(f'{k} ×{v}' for k, v in fo['failure_classes'].items())})" if fo["failed"] else "")
+                     + f"; the proxy tried the dead server {fo['proxy_tries_on_dead_server']} time(s) after the kill, "
+                     f"{fo['retried_elsewhere_ok']} of them retried on another server successfully; its last try came "
+                     f"{_ms(fo['last_try_on_dead_server_s_after_kill'])} after the kill. Every response before and after "
+                     f"was kept ({fo['ok']} ok).")
+    to = res["timeout"]
+    if "recommended_read_timeout_s" in to:
+        lines.append(f"- **Timeout advice**: cold-start TTFT p50 {to['cold_ttft_p50']}, longest "
+                     f"{_ms(to['cold_ttft_max_s'])}. Set `proxy_read_timeout` ≥ **{to['recommended_read_timeout_s']:.0f} s** "
+                     f"(2 × {to['basis']}); configured: {to['configured_read_timeout_s']:g} s.")
+    for p in to.get("probes", []):
+        lines.append(f"- **Proxy timeout** {_ms(p['proxy_read_timeout_s'])} ({p['probe']}), a cold request: "
+                     f"**{p['outcome']}**.")
+    ca = res["cache"]
+    if ca:
+        if not ca.get("header"):
+            lines.append("- **Response cache**: unknown, because the proxy sends no X-Cache-Status header.")
+        else:
+            if ca.get("seed_config_statuses") and "HIT" not in ca["seed_config_statuses"]:
+                lines.append(f"- ⚠ **The seed's cache config cached nothing**: two identical requests were "
+                             f"{' then '.join(ca['seed_config_statuses'])}"
+                             + (", because the server sends `X-Accel-Buffering: no`, which turns nginx's buffering "
+                                "and with it the cache off per response; `proxy_ignore_headers X-Accel-Buffering;` "
+                                "fixes it (used below)." if ca.get("server_accel_buffering") == "no" else "."))
+            hr = ca["hit_ratio"]
+            lines.append(f"- **Response cache**: hit ratio {fmt.pct(hr['value'])} [{fmt.pct(hr['lo'])}, "
+                         f"{fmt.pct(hr['hi'])}] of {ca['requests']} requests; a hit took {ca.get('hit_e2e', 'n/a')} "
+                         f"end to end vs a miss {ca.get('miss_e2e', 'n/a')}. A hit replays the stored stream in one "
+                         f"burst (ITL p50 {_ms(ca.get('hit_itl_p50_s', math.nan))}): token timing through a cache is "
+                         "not the server's.")
+            if ca.get("options_differ_status"):
+                lines.append(f"- The same prompt with one sampling option changed was a **{ca['options_differ_status']}**: "
+                             "the key is the whole body, so any option change is another entry.")
+            if "sampled_distinct_direct" in ca:
+                lines.append(f"- ⚠ **Unsafe with temperature > 0**: {ca['sampled_n']} sampled requests gave "
+                             f"{ca['sampled_distinct_direct']} different answers from the server and "
+                             f"{ca['sampled_distinct_via_cache']} through the cache: identical prompts should not get "
+                             "identical answers. Cache only greedy (temperature 0) requests.")
+            st = ca.get("stale")
+            if st:
+                lines.append(f"- ⚠ **Stale answers**: after the model behind the name changed, the server's answer "
+                             f"{'changed' if st['server_answer_changed'] else 'did not change'} but the proxy answered "
+                             f"{st['proxy_status']} with the {'old' if st['proxy_answer_is_old_model'] else 'new'} model's "
+                             "text: purge the cache (or key it on the model digest) whenever a model changes.")
+    for s in res["skipped"]:
+        lines.append(f"- {s['phase'].replace('_', ' ').capitalize()}: {s['why']}.")
+    if res["failures"]:
+        lines.append("- " + res["failures"] + " (the failover and timeout phases fail requests on purpose).")
+    lines += ["", method_note(res["manifest"], "Throughput CI: batch means inside each series' steady-state "
+                                                "window; added latency: Hodges–Lehmann shift with Moses CI; shares: "
+                                                "Clopper–Pearson.")]
+    return "\n".join(lines)
