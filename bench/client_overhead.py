@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/client_overhead.py [--streams 1 16 64 256] [--tokens 100] [--gap-ms 5]
         [--first-ms 20] [--requests-per-stream 4] [--min-requests 20] [--server-procs 1]
-        [--workers 1 2] [--no-guidellm] [--json OUT]
+        [--server-slack-us 100] [--workers 1 2] [--workers-from 256] [--no-guidellm] [--json OUT]
 
 One zero-delay streaming server (bench/_sse_server.py: separate processes, uvloop, OpenAI SSE) sends
 each token at an injected time (first after --first-ms, then one every --gap-ms) with its own
@@ -10,25 +10,38 @@ each token at an injected time (first after --first-ms, then one every --gap-ms)
 perfkit's clock too, so per token: timing error = perfkit's receive stamp − the server's send stamp
 (loopback + the client's wake-up, read and stamp); TTFT error the same for the first token; ITL error
 = measured gap − the server's own gap. The server reports its lateness (stamp − intended time) and
-CPU: where its p99 lateness exceeds 1 ms the row says "server-bound" (the server set the pace, not the
-client; try --server-procs 2).
+CPU: where its p99 lateness exceeds 1 ms the row says "server-bound" and the note says whether the
+server was busy (its own limit: --server-procs N spreads it over N processes, if there are cores for
+them) or waited for a CPU (client and server together need more cores than the machine has).
 
 Per stream count, closed loop, the same workload for both tools (requests = max(streams ×
 --requests-per-stream, --min-requests), --tokens each):
   perfkit   OpenAIBackend.stream_call + loadgen.run_series, after a warm-up series that opens the
-            connections. CPU = the client process's (plus its worker processes', where run_series has
-            ``workers``; their spawn-and-import cost, measured by a one-token series, is taken off as
-            GuideLLM's start-up is) ÷ tokens; and the SelfCheck's loop-thread µs per chunk.
-  GuideLLM  bench/_guidellm.py (its own venv, a subprocess). Its per-token stamps are not available, so
-            its TTFT error is its TTFT − the injected first delay (perfkit's is printed too, like for
-            like); CPU = (whole process tree − a 1-request start-up run) ÷ its output tokens.
+            connections ("new conn": opened during the measured series; worker processes open their
+            own per series). CPU = the client process's, plus its worker processes' where run_series
+            has ``workers``, minus a series' fixed cost (measured by a series of one one-token request
+            per worker, as GuideLLM's start-up is: run_series' gc.collect, worker spawn and imports),
+            ÷ tokens ("gross" in the JSON keeps it in); and the SelfCheck's loop-thread µs per chunk.
+            Where run_series takes ``workers``, streams ≥ --workers-from get one row per worker count.
+  GuideLLM  bench/_guidellm.py (its own venv, a subprocess; its files in results/client_overhead/
+            guidellm/). Its per-token stamps are not available, so its TTFT error is its TTFT − the
+            injected first delay (perfkit's is printed too, like for like); CPU = (whole process tree −
+            a start-up run of 1 one-token request at the same concurrency) ÷ its output tokens, a
+            difference of two ~15 s figures: ± tens of µs/token on small series.
 Tokens/s = tokens ÷ (last response end − first send). With injected gaps both tools are capped by the
 offered load (streams × tokens ÷ (first + (tokens − 1) × gap)); the "≥ 2× GuideLLM" goal is only
-decided where one of them falls short of it (--gap-ms 0: tokens back to back, the clients' own limit).
+decided where one of them falls short of it (--gap-ms 0: tokens back to back, the clients' own
+limit; several tokens then share a read, so "loop µs/chk" is per read, not per token).
 
-Goals checked per perfkit row: ≤ 20 µs client CPU per token; TTFT error p99 ≤ 1 ms at 64 streams
-(where the server is not saturated); ≥ 2 × GuideLLM's token rate. "client-bound" wherever perfkit's
-self-check says so or its timing error p99 exceeds 1 ms.
+Columns: tokens/s and the offered load; client CPU µs per token; perfkit's loop-thread µs per chunk;
+timing error p50/p99 and TTFT error p99 (receive − server stamp, perfkit); TTFT − injected first
+delay p50/p99 (both tools); ITL median measured (the injected gap in the header); ITL |error| p99
+(perfkit); the server's lateness p99 and busiest process's CPU share; flags. Goals, per perfkit row:
+≤ 20 µs client CPU per token; TTFT error p99 ≤ 1 ms at 64 streams (where the server is not
+saturated); ≥ 2 × GuideLLM's token rate. "client-bound" wherever perfkit's self-check says so or its
+timing error p99 exceeds 1 ms (for GuideLLM: its TTFT − injected p99 exceeds 1 ms, server on time).
+The machine's load average is printed at the start and the end: the figures are only as good as the
+machine is quiet.
 """
 
 from __future__ import annotations
@@ -39,7 +52,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -186,11 +198,16 @@ def run_guidellm_row(server: SSEServer, streams: int, n_req: int, a) -> dict:
     from bench._guidellm import run_guidellm
 
     out = ROOT / "results" / "client_overhead" / "guidellm" / f"c{streams}"
-    server.reset()  # the window takes in its 1-request start-up run too: 1 token, nothing to the percentiles
+    # Its start-up run (what run_guidellm's measure_startup does: same concurrency, so as many workers,
+    # 1 request of 1 token) on its own, so that the server's window holds the measured run alone.
+    startup = run_guidellm(server.url, concurrency=streams, requests=1, output_tokens=1,
+                           prompt_tokens=PROMPT_TOKENS, out_dir=out / "startup", model="bench", measure_startup=False)
+    server.reset()
     g = run_guidellm(server.url, concurrency=streams, requests=n_req, output_tokens=a.tokens,
-                     prompt_tokens=PROMPT_TOKENS, out_dir=out, model="bench")
+                     prompt_tokens=PROMPT_TOKENS, out_dir=out, model="bench", measure_startup=False)
     srv = server.stats()
-    work_cpu = g["cpu_s"] - (g["startup_cpu_s"] or 0.0)
+    g["startup_cpu_s"] = startup["cpu_s"]
+    work_cpu = g["cpu_s"] - g["startup_cpu_s"]
     return {
         "tool": "guidellm", "streams": streams, "workers": g["workers"], "requests": g["completed"],
         "failed": g["errored"] + g["incomplete"], "tokens": g["output_tokens"], "span_s": g["wall_s"],
@@ -258,7 +275,8 @@ def _f(x, spec: str, scale: float = 1.0) -> str:
 
 def table(rows: list[dict], a) -> str:
     cols = [("streams", 7), ("tool", 8), ("wk", 3), ("req", 5), ("tokens", 7), ("tok/s", 7), ("offered", 7),
-            ("CPU µs/tok", 10), ("loop µs/chk", 11), ("err p50/p99 µs", 15), ("TTFT−inj p50/p99 ms", 19),
+            ("CPU µs/tok", 10), ("loop µs/chk", 11), ("err p50/p99 µs", 15), ("TTFTerr p99 µs", 14),
+            ("TTFT−inj p50/p99 ms", 19),
             (f"ITL med ms (inj {a.gap_ms:g})", 20), ("ITL|err|p99 µs", 14), ("srv late p99 µs", 15),
             ("srv busy", 8), ("new conn", 8), ("flags", 0)]
     lines = ["  ".join(f"{n:>{w}}" if w else n for n, w in cols)]
@@ -269,6 +287,7 @@ def table(rows: list[dict], a) -> str:
             _f(r["tok_s"], ".0f"), _f(r["offered_tok_s"], ".0f"), _f(r["cpu_us_per_token"], ".1f"),
             _f(r.get("loop_us_per_chunk"), ".1f"),
             f"{_f(r['err_us_p50'], '.0f')}/{_f(r['err_us_p99'], '.0f')}" if pk else "–",
+            _f(r.get("ttft_err_us_p99"), ".0f"),
             f"{_f(r['ttft_minus_inj_ms_p50'], '.2f')}/{_f(r['ttft_minus_inj_ms_p99'], '.2f')}",
             _f(r["itl_ms_median"], ".3f"), _f(r.get("itl_abs_err_us_p99"), ".0f"),
             _f(r["server"]["late_us_p99"], ".0f"), _f(r["server"]["busy_max"], ".0%"),
@@ -318,8 +337,8 @@ def main() -> None:
         worker_counts = [1]
     else:
         worker_counts = sorted(set(a.workers or [1, os.cpu_count() or 1]))
-    head = [f"start: {_uptime()}", f"os.cpu_count() = {os.cpu_count()}; perfkit loop: {loop_kind()}; "
-            f"run_series workers: {'yes, ' + str(worker_counts) + f' at ≥ {a.workers_from} streams' if has_workers else 'not available (1)'}"]
+    wk = f"{worker_counts} at ≥ {a.workers_from} streams" if has_workers else "not in run_series (1)"
+    head = [f"start: {_uptime()}", f"os.cpu_count() = {os.cpu_count()}; perfkit loop: {loop_kind()}; workers: {wk}"]
     with SSEServer(procs=a.server_procs, first_ms=a.first_ms, gap_ms=a.gap_ms, tokens=a.tokens,
                    slack_us=a.server_slack_us) as server:
         head.append(f"server: {server.url}, {len(server.pids)} process(es), {server.loop}, timer {server.timer} "

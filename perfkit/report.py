@@ -388,6 +388,16 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
             lock.release()
 
 
+def _cannot_run(params, study: str) -> str | None:
+    """Why a study can't run on this machine (and every other study still does), or None."""
+    if study == "fleet" and not params.studies.fleet.server_urls:
+        from .proxy import install_hint, nginx_binary
+
+        if nginx_binary() is None:
+            return f"nginx is not installed; {install_hint()}"
+    return None
+
+
 def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path, run_dir: Path, measure_with: Path,
                  lock: RunLock, log, warn, retry_failed: bool) -> Path:
     info = read_run(run_dir) or {"run_id": run_dir.name, "params_name": params.name, "created_utc": _utc(),
@@ -402,6 +412,12 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
                 log(f"[{study}] already done in this run: skipped (re-render with `perfkit report {run_dir}`)")
                 continue
             log(f"[{study}] {failed} trial(s) whose last attempt failed: measuring them again (--retry-failed)")
+        why_not = _cannot_run(params, study)
+        if why_not:
+            log(f"[{study}] skipped: {why_not}")
+            info["studies"][study] = {"status": "skipped", "why": why_not, "ended_utc": _utc()}
+            write_run(run_dir, info)
+            continue
         damage, _ = study_health(run_dir, study)
         for d in damage:
             warn(f"damaged data: {d}")
@@ -497,6 +513,8 @@ def write_index(results_dir: Path) -> Path:
             else:
                 link = label
             extra = f' ({st["wall_s"]:.0f} s)' if st.get("wall_s") else ""
+            if st.get("why"):
+                extra += f": {st['why']}"
             status = str(st.get("status", "?"))
             cls = status.split()[0] if status.split() else "unknown"
             cells.append(f'<li class="{html.escape(cls)}">{link} — {html.escape(status)}{extra}</li>')

@@ -14,10 +14,13 @@ def write(tmp_path, text):
     return p
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "smoke.yaml", "ollama-qwen2.5.yaml"])
-def test_shipped_parameter_sets_validate(name):
+@pytest.mark.parametrize("name,studies", [
+    ("demo.yaml", list(params.STUDIES)), ("smoke.yaml", list(params.STUDIES)),
+    # a fleet needs the user's proxy and servers: its own file
+    ("ollama-qwen2.5.yaml", [s for s in params.STUDIES if s != "fleet"]), ("ollama-fleet.yaml", ["fleet"])])
+def test_shipped_parameter_sets_validate(name, studies):
     p = params.load(ROOT / "params" / name, check_models=False)
-    assert p.enabled() == list(params.STUDIES)
+    assert p.enabled() == studies
 
 
 @pytest.mark.parametrize("text,match", [

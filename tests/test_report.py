@@ -18,7 +18,10 @@ from perfkit.studies._common import est, fmt_s
 
 pytestmark = pytest.mark.notebooks
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = ["cold_start", "model_size", "quantization", "config_tuning"]
+# The fleet study needs nginx; without it the run skips that study with a line saying how to install it.
+from perfkit.proxy import nginx_binary  # noqa: E402
+
+STUDIES = ["cold_start", "model_size", "quantization", "config_tuning"] + (["fleet"] if nginx_binary() else [])
 
 
 @pytest.fixture(scope="module")

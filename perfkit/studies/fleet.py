@@ -303,10 +303,17 @@ def run(ctx: StudyContext) -> dict[str, Any]:
     fleet = _fleet(ctx)
     try:
         ph = _Phase(ctx, fleet)
+        backend = ph.proxy.backend.describe()
+        if fleet.managed:
+            from ..engine import engine_version
+
+            backend = {"backend": f"llama-server ×{len(fleet.servers)} behind nginx {fleet.nginx.version}",
+                       "version": engine_version(), "url": fleet.proxy_url, "client": backend.get("backend")}
         ctx.store.write_manifest(study="fleet", fleet=fleet.describe(), host=host.info(),
-                                 perfkit_version=host.versions().get("perfkit"), backend=ph.proxy.backend.describe(),
+                                 perfkit_version=host.versions().get("perfkit"), backend=backend,
                                  params=ctx.params.model_dump(mode="json"), params_file=str(ctx.params_path),
                                  started_utc=ctx.store.manifest().get("started_utc") or _utc(),
+                                 sampling_unavailable={"resources": "the fleet study does not sample CPU, memory or GPU"},
                                  engine_command=fleet.servers[0].engine.command if fleet.managed else None)
         ph.event("clock")
         ph.warm_all()
@@ -562,6 +569,47 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
 
 
 # ---- text ----------------------------------------------------------------------------------------
+_LABELS = {"requests": "requests", "ok": "answered", "failed": "failed", "failure_classes": "failure classes",
+           "victim": "killed server", "sent_after_kill": "requests sent after the kill",
+           "proxy_tries_on_dead_server": "proxy tries on the dead server (access log)",
+           "retried_elsewhere_ok": "of those, retried on another server and answered",
+           "last_try_on_dead_server_s_after_kill": "last try on the dead server after the kill",
+           "access_log_entries": "access-log entries read", "configured_read_timeout_s": "proxy_read_timeout configured",
+           "cold_n": "cold starts measured", "cold_ttft_p50": "cold-start TTFT p50", "cold_ttft_max_s": "longest cold start (TTFT)",
+           "recommended_read_timeout_s": "recommended proxy_read_timeout", "basis": "basis of the advice",
+           "seed_config_statuses": "seed config: two identical requests", "server_accel_buffering": "server's X-Accel-Buffering",
+           "status_counts": "cache status of the requests", "header": "proxy reports cache status",
+           "hit_ratio": "hit ratio", "hit_ttft": "hit TTFT", "hit_e2e": "hit end to end",
+           "hit_itl_p50_s": "hit ITL p50", "miss_ttft": "miss TTFT", "miss_e2e": "miss end to end",
+           "miss_over_hit_e2e": "miss ÷ hit, end to end", "options_differ_status": "same prompt, one option changed",
+           "sampled_distinct_via_cache": "distinct sampled answers through the cache",
+           "sampled_distinct_direct": "distinct sampled answers from the server", "sampled_n": "sampled requests each",
+           "stale": "after a model change", "note": "note"}
+
+
+def _show(key: str, v: Any) -> str:
+    if isinstance(v, float) and (key.endswith("_s") or key.endswith("_s_after_kill")):
+        return fmt.duration(v)
+    if isinstance(v, dict) and v.get("stat") == "share":
+        return f"{fmt.pct(v['value'])} [{fmt.pct(v['lo'])}, {fmt.pct(v['hi'])}] (n={v['n']}, {v['method']})"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {x}" for k, x in v.items()) or "none"
+    if isinstance(v, list) and v and isinstance(v[0], dict):
+        return "; ".join(", ".join(f"{k} {x}" for k, x in d.items()) for d in v)
+    if isinstance(v, list):
+        return " then ".join(map(str, v))
+    return fmt.number(v) if isinstance(v, float) else str(v)
+
+
+def details(res: dict[str, Any], part: str) -> pd.DataFrame:
+    """One phase's summary (failover, timeout, cache) as a two-column table for the report."""
+    d = res.get(part) or {}
+    rows = [{"figure": _LABELS.get(k, k.replace("_", " ")), "value": _show(k, v)} for k, v in d.items()
+            if k not in ("probes",)]
+    for p in d.get("probes", []):
+        rows.append({"figure": f"proxy_read_timeout {fmt.duration(p['proxy_read_timeout_s'])} ({p['probe']})",
+                     "value": p["outcome"]})
+    return pd.DataFrame(rows).set_index("figure") if rows else pd.DataFrame()
 def _ms(x: float) -> str:
     return fmt.duration(x)
 
