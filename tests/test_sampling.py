@@ -79,6 +79,19 @@ def test_gpu_sampler_records_every_metric(monkeypatch):
     assert s.devices[0]["name"] == "NVIDIA H100 80GB HBM3"
 
 
+def test_power_is_the_boards_not_the_gpu_scopes_instant_field(monkeypatch):
+    """The instant power field reads the GPU scope only: on an H200 under load 340 W against the board's
+    646 W (nvidia-smi) and the energy counter's 684 W average. "power" must be the board's."""
+    nv = fake_nvml()
+    field = types.SimpleNamespace(nvmlReturn=0, value=types.SimpleNamespace(uiVal=150_000))
+    nv.nvmlDeviceGetFieldValues = lambda h, ids: [field]
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    with GpuSampler(0.01) as s:
+        time.sleep(0.05)
+    row = pd.DataFrame(s.samples).iloc[-1]
+    assert row["power_w"] == row["power_avg_w"] != 150 and row["power_gpu_instant_w"] == 150
+
+
 @pytest.mark.parametrize("err", [ImportError("No module named 'pynvml'"), NVMLError(9)])
 def test_no_driver_or_no_library_is_recorded_not_raised(monkeypatch, err):
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(fail_init=err))
@@ -111,6 +124,21 @@ def test_energy_from_counter_and_fallback_to_power_integral(monkeypatch):
         assert win.energy_j == pytest.approx(600 * win.duration_s, rel=0.15)
         assert win.stats["power_w_mean"] == pytest.approx(600)
         assert m.windows[-1] is win
+
+
+def test_gpu_means_are_not_diluted_by_the_system_samplers_ticks(monkeypatch):
+    """Both samplers write rows to one frame; a system tick has no GPU reading. Summing per tick made
+    each of them a 0 W reading and halved mean power (an H200 under load showed 322 W for 686 W)."""
+    import os
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
+    with Monitor(0.01, lambda: [os.getpid()], system=True) as m:
+        time.sleep(0.05)
+        with m.window("work") as w:
+            time.sleep(0.2)
+    s = w["window"].stats
+    assert s["power_w_mean"] == pytest.approx(600) and s["gpu_util_pct_mean"] == pytest.approx(51, abs=30)
+    assert s["gpu_mem_used_bytes_mean"] == pytest.approx(s["gpu_mem_used_bytes_max"])
 
 
 def test_energy_counts_only_gpus_that_hold_the_server(monkeypatch):
