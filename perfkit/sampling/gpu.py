@@ -92,9 +92,9 @@ class GpuSampler(PeriodicSampler):
                 "source": "gpu", "t_ns": t_ns, "gpu": i,
                 "gpu_util_pct": getattr(util, "gpu", None), "gpu_mem_util_pct": getattr(util, "memory", None),
                 "gpu_mem_used_bytes": getattr(mem, "used", None), "gpu_mem_total_bytes": getattr(mem, "total", None),
-                # Board power (nvmlDeviceGetPowerUsage, what nvidia-smi shows and what the energy counter
-                # integrates). The instant field reads the GPU scope alone: on an H200 under load 340 W
-                # against 646 W for the board (measured), so it is kept apart and never called "power".
+                # nvmlDeviceGetPowerUsage: what nvidia-smi shows and what the energy counter integrates (H200
+                # under load, measured: 685–692 W vs the counter's 686 W average). The instant field is a
+                # point reading that swung 644–705 W in the same seconds: kept, apart, as a noisier view.
                 "power_w": power_mw / 1000 if power_mw is not None else None,
                 "power_avg_w": power_mw / 1000 if power_mw is not None else None,
                 "power_gpu_instant_w": inst / 1000 if inst is not None else None,
