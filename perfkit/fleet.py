@@ -49,6 +49,7 @@ class Fleet:
     nginx: Nginx | None = None
     models_dir: Path | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    on_event: Any = None  # called with each event as it happens (the study stores it at once)
 
     @property
     def managed(self) -> bool:
@@ -138,15 +139,22 @@ class Fleet:
         self._event("model_swapped", to=model_file)
 
     def _event(self, kind: str, **data: Any) -> None:
-        self.events.append({"kind": kind, "t_ns": data.pop("t_ns", now_ns()), **data})
+        e = {"kind": kind, "t_ns": data.pop("t_ns", now_ns()), **data}
+        self.events.append(e)
+        if self.on_event is not None:
+            self.on_event(e)
 
     def stop(self) -> None:
         """Stop nginx and every engine perfkit started (safe to call twice, and after a failed start)."""
         if self.nginx is not None:
             self.nginx.stop()
-        for s in self.servers:
-            if s.engine is not None:
-                s.engine.stop()
+        engines = [s.engine for s in self.servers if s.engine is not None]
+        if engines:
+            # Together: an engine with a request in flight may take its whole grace period to stop.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(engines)) as pool:
+                list(pool.map(lambda e: e.stop(), engines))
 
     def __enter__(self) -> "Fleet":
         return self

@@ -492,6 +492,8 @@ def load(path: str | Path, *, check_models: bool = True) -> Params:
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{path}: unknown key {key!r}; allowed here: {_allowed(Params, err['loc'])}") from None
         msg = err["msg"].removeprefix("Value error, ")
+        if not key:  # a check across sections: its message names the keys, the input is the whole file
+            raise ConfigError(f"{path}: {msg}") from None
         got = repr(err.get("input"))
         raise ConfigError(f"{path}: {key}: {msg} (got {got[:80] + '…' if len(got) > 80 else got})") from None
     if check_models and params.backend.kind == "embedded":

@@ -186,13 +186,20 @@ def _failover(ph: _Phase) -> None:
             t = ph.fleet.kill(victim)
             ph.event("server_killed", server=ph.fleet.servers[victim].addr, kill_t_ns=t)
 
+    def revive() -> None:
+        ph.fleet.revive(victim)
+        ph.event("server_revived", server=ph.fleet.servers[victim].addr)
+
     try:
         ph.proxy.closed_loop(ph.model, 2, ph.c.failover_requests, series="failover/proxy", sampling=ph.sampling,
                              prompt_words=ph.c.prompt_words, on_response=on_response,
                              tags={"phase": "failover", "target": "proxy", "victim": ph.fleet.servers[victim].addr})
-    finally:
-        ph.fleet.revive(victim)
-        ph.event("server_revived", server=ph.fleet.servers[victim].addr)
+    except Exception:  # a failure: bring the server back for what follows; Ctrl-C goes straight to stop()
+        if state["killed"]:
+            revive()
+        raise
+    if state["killed"]:
+        revive()
         ph.warm_all()
 
 
@@ -303,6 +310,8 @@ def run(ctx: StudyContext) -> dict[str, Any]:
     fleet = _fleet(ctx)
     try:
         ph = _Phase(ctx, fleet)
+        # The fleet's own changes (reloads, kills, model swaps) go to the store as they happen.
+        fleet.on_event = lambda e: ctx.store.event(f"fleet_{e['kind']}", **{k: v for k, v in e.items() if k != "kind"})
         backend = ph.proxy.backend.describe()
         if fleet.managed:
             from ..engine import engine_version
@@ -324,8 +333,6 @@ def run(ctx: StudyContext) -> dict[str, Any]:
             ph.event("phase_start", phase=name)
             fn(ph)
             ph.event("phase_done", phase=name)
-        for e in fleet.events:
-            ctx.store.event(f"fleet_{e['kind']}", **{k: v for k, v in e.items() if k != "kind"})
     finally:
         if fleet.nginx is not None:
             import shutil
