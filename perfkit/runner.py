@@ -212,7 +212,7 @@ class Runner:
         attempt = self._attempt(series)
         make = self._jobs(model, series, offsets, sampling, prompt_words)
         if attempt:
-            self._recover(series, attempt - 1, make(attempt - 1), info, tags)
+            self._recover(series, attempt - 1, make(attempt - 1), info, tags, model, offsets)
         self.store.event("series_start", series=series, attempt=attempt, **info)
         ensure_warm(self.backend, model, self.keep_alive)
         jobs = make(attempt)
@@ -234,7 +234,7 @@ class Runner:
         finally:
             spool.close()
             bar.close()
-        rows = self._rows(series, attempt, info, tags, model, recs, offsets)
+        rows = self._rows(series, attempt, info, tags, model, enumerate(recs), offsets)
         self.store.extend_trials(rows)
         for row in rows:
             if self.on_row:
@@ -256,26 +256,26 @@ class Runner:
         return make
 
     def _rows(self, series: str, attempt: int, info: dict, tags: dict | None, model: str,
-              recs: Sequence, offsets: list[float]) -> list[dict]:
+              recs, offsets: list[float], **extra: Any) -> list[dict]:
+        """One row per (index, record) of an attempt."""
         sched = info["mode"] == "open"
         return [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info,
                  "index": i, **({"scheduled_s": offsets[i]} if sched else {}), "cache_state": "warm",
-                 "warmup": False, "variant": model, **(tags or {}), **rec.as_dict()} for i, rec in enumerate(recs)]
+                 "warmup": False, "variant": model, **extra, **(tags or {}), **rec.as_dict()} for i, rec in recs]
 
     def _spool_path(self, series: str, attempt: int):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in series)
         return self.store.dir / "spool" / f"{safe}.a{attempt}.bin"
 
-    def _recover(self, series: str, attempt: int, jobs: list[Job], info: dict, tags: dict | None) -> None:
+    def _recover(self, series: str, attempt: int, jobs: list[Job], info: dict, tags: dict | None, model: str,
+                 offsets: list[float]) -> None:
         """Store what an interrupted attempt measured before it was killed (from its spool), flagged
         ``interrupted``: nothing measured is lost, and no analysis mixes it with a whole series."""
         path = self._spool_path(series, attempt)
         caps = _Spool.read(path)
         if caps:
-            recs = {i: decode(jobs[i].call, cap) for i, cap in caps.items() if i < len(jobs)}
-            rows = [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info, "index": i,
-                     "cache_state": "warm", "warmup": False, "variant": rec.model, "interrupted": True,
-                     **(tags or {}), **rec.as_dict()} for i, rec in sorted(recs.items())]
+            recs = [(i, decode(jobs[i].call, cap)) for i, cap in sorted(caps.items()) if i < len(jobs)]
+            rows = self._rows(series, attempt, info, tags, model, recs, offsets, interrupted=True)
             self.store.extend_trials(rows)
             self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
         path.unlink(missing_ok=True)

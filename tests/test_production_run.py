@@ -41,7 +41,8 @@ def production_run(tmp_path_factory, scripted_models_dir):
                                idle_gaps_s=[1], keep_warm_interval_s=0.5, scheme_a_delays_s=[0], scheme_a_reps=1)
         s["model_size"].update(reps=2, cold_reps=1, num_predict=8, prompt_words=24)
         s["quantization"].update(reps=2, drift_prompts=2, num_predict=8, prompt_words=24)
-        s["config_tuning"].update(concurrency=[1, 2], requests=3, num_predict=8, prompt_words=24)
+        s["config_tuning"].update(concurrency=[1, 2], requests=3, num_predict=8, prompt_words=24, rates_rps=[4],
+                                  rate_requests=3)
         s["config_tuning"]["settings"] = [{"OLLAMA_NUM_PARALLEL": 1}, {"OLLAMA_NUM_PARALLEL": 2, "OLLAMA_FLASH_ATTENTION": 1}]
         s["config_tuning"]["model"] = "qwen2.5:32b-instruct-q4_0"  # scripted: flash attention not supported
         params = tmp / "ollama-scripted.yaml"

@@ -25,6 +25,8 @@ def measured(df: pd.DataFrame, **eq) -> pd.DataFrame:
     if df.empty:
         return df
     out = df[df.get("ok", True).astype(bool)]
+    if "interrupted" in out:  # kept from a killed load series; its re-run is the measurement
+        out = out[out["interrupted"].fillna(False).astype(bool) == False]  # noqa: E712
     if "warmup" in out:
         out = out[~out["warmup"].fillna(False).astype(bool)]
     out = out[~_state_failed(out)]
