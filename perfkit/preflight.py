@@ -14,7 +14,8 @@ import httpx
 
 from .errors import PerfkitError
 
-_API = {"ollama": ("/api/version", "the Ollama API"), "llama-server": ("/health", "a llama-server")}
+_API = {"ollama": ("/api/version", "the Ollama API"), "llama-server": ("/health", "a llama-server"),
+        "openai": ("/v1/models", "an OpenAI-compatible API")}
 
 
 def check_backend(params, params_path: str | Path, timeout_s: float = 10.0) -> str:
@@ -23,7 +24,7 @@ def check_backend(params, params_path: str | Path, timeout_s: float = 10.0) -> s
     if b.kind not in _API:
         return ""
     probe, api = _API[b.kind]
-    url = b.url.rstrip("/")
+    url = b.url.rstrip("/").removesuffix("/v1") if b.kind == "openai" else b.url.rstrip("/")
     where = f"{params_path}: backend.url {b.url}"
     hint_headers = "check backend.headers" if b.headers else "the server wants credentials: set backend.headers"
     try:
@@ -41,7 +42,8 @@ def check_backend(params, params_path: str | Path, timeout_s: float = 10.0) -> s
         if "SSL" in text or "certificate" in text.lower():
             raise PerfkitError(f"{where}: TLS failed ({text[:160]}): http:// or https://?") from None
         raise PerfkitError(f"{where}: nothing listening there (connection refused): is "
-                           f"{'ollama serve' if b.kind == 'ollama' else 'llama-server'} running, on that port?") from None
+                           f"{ {'ollama': 'ollama serve', 'openai': 'the server'}.get(b.kind, 'llama-server')} running, "
+                           "on that port?") from None
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
         raise PerfkitError(f"{where}: not a usable http(s) URL ({e})") from None
     except httpx.HTTPError as e:
@@ -70,4 +72,7 @@ def check_backend(params, params_path: str | Path, timeout_s: float = 10.0) -> s
         if "version" not in body:
             raise PerfkitError(f"{where}: GET {probe} answered JSON without a 'version': not {api}")
         return f"ollama {body['version']} at {url}"
+    if b.kind == "openai":
+        models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
+        return f"an OpenAI-compatible server at {url} serving {', '.join(models) or 'no model'}"
     return f"llama-server at {url} ({'loading' if loading else body.get('status', 'ok')})"
