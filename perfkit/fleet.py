@@ -91,7 +91,8 @@ class Fleet:
                              "servers": [{"url": s.url, "weight": s.weight} for s in self.servers]}
         if self.nginx is not None:
             c = self.nginx.cfg
-            d.update(proxy="nginx", proxy_version=self.nginx.version, conf=str(self.nginx.conf_path),
+            d.update(proxy="nginx", proxy_version=self.nginx.version, cores=os.cpu_count(),
+                     threads_per_server=self.servers[0].engine.settings.get("num_thread"), conf=str(self.nginx.conf_path),
                      proxy_read_timeout_s=c.proxy_read_timeout_s, buffering=c.buffering, keepalive=c.keepalive,
                      max_fails=c.max_fails, fail_timeout_s=c.fail_timeout_s, next_upstream=c.next_upstream)
         return d

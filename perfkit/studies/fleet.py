@@ -641,6 +641,10 @@ def conclusions(res: dict[str, Any]) -> str:
                          f"over {n} servers vs {fmt.number(t[(t['concurrency'] == r['concurrency']) & (t['target'] == 'direct')]['tok_s'].iloc[0])} "
                          f"tok/s from one server directly: efficiency {fmt.number(r['efficiency'])} "
                          f"[{fmt.number(r['efficiency_lo'])}, {fmt.number(r['efficiency_hi'])}] (1 = perfect, n={r['n']} requests).")
+        if f.get("cores") and f.get("threads_per_server"):
+            lines.append(f"- On this machine {n} servers × {f['threads_per_server']} thread(s) share {f['cores']} cores "
+                         "with the client and nginx: where they fill the cores, scaling is bounded by the machine, "
+                         "not by the proxy.")
         bound = t[t["client_bound"]]
         if len(bound):
             lines.append(f"- ⚠ The client was the bottleneck in {len(bound)} scaling series: {bound['client_check'].iloc[0]}.")
