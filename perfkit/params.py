@@ -53,6 +53,26 @@ class _Strict(BaseModel):
         return v
 
 
+def _concurrency(v: list[int]) -> list[int]:
+    if not v or any(not 1 <= c <= MAX_CONCURRENCY for c in v):
+        raise ValueError(f"a non-empty list of integers 1 ≤ clients ≤ {MAX_CONCURRENCY}")
+    return _unique(v, "concurrency")
+
+
+def _http_url(v: str, trailing_slash: bool = False) -> str:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(v.strip())
+    try:
+        ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or 0 < u.port < 65536)
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok:
+        raise ValueError("expected an http:// or https:// URL with a host (and optional port), "
+                         "e.g. http://127.0.0.1:11434")
+    return v.strip() if trailing_slash else v.strip().rstrip("/")
+
+
 def _members(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
     bad = [v for v in values if v not in allowed]
     if bad:
@@ -105,18 +125,7 @@ class BackendParams(_Strict):
     def _url_form(cls, v):
         if v is None:
             return v
-        from urllib.parse import urlsplit
-
-        v = v.strip()
-        u = urlsplit(v)
-        try:
-            ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or 0 < u.port < 65536)
-        except ValueError:  # a port that is not a number
-            ok = False
-        if not ok:
-            raise ValueError("expected an http:// or https:// URL with a host (and optional port), "
-                             "e.g. http://127.0.0.1:11434")
-        return v
+        return _http_url(v, trailing_slash=True)
 
     @model_validator(mode="after")
     def _url(self):
@@ -256,22 +265,9 @@ class ConfigTuning(_Strict):
     @field_validator("concurrency")
     @classmethod
     def _conc(cls, v):
-        if not v or any(not 1 <= c <= MAX_CONCURRENCY for c in v):
-            raise ValueError(f"a non-empty list of integers 1 ≤ clients ≤ {MAX_CONCURRENCY}")
-        return _unique(v, "concurrency")
+        return _concurrency(v)
 
 
-def _http_url(v: str) -> str:
-    from urllib.parse import urlsplit
-
-    u = urlsplit(v.strip())
-    try:
-        ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or 0 < u.port < 65536)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{v!r} is not an http:// or https:// URL with a host, e.g. http://gpu1:11434")
-    return v.strip().rstrip("/")
 
 
 class FleetProxy(_Strict):
@@ -312,9 +308,7 @@ class Fleet(_Strict):
     @field_validator("concurrency")
     @classmethod
     def _conc(cls, v):
-        if not v or any(not 1 <= c <= MAX_CONCURRENCY for c in v):
-            raise ValueError(f"a non-empty list of integers 1 ≤ clients ≤ {MAX_CONCURRENCY}")
-        return _unique(v, "concurrency")
+        return _concurrency(v)
 
     @field_validator("server_urls")
     @classmethod

@@ -85,6 +85,14 @@ def test_runner_is_a_real_child_process_named_like_ollamas(start):
     assert wait_for(lambda: any(c.laddr.port == port and c.status == "LISTEN" for c in proc.net_connections()))
 
 
+def _gone(pid: int) -> bool:
+    """Exited or a zombie; a process can exit between two psutil calls, so no check-then-read."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_sigterm_kills_runners_and_stop_leaves_nothing(start):
     so = start()
     post(so, "/api/generate", model="tiny")
@@ -92,8 +100,7 @@ def test_sigterm_kills_runners_and_stop_leaves_nothing(start):
     runners = so.runner_pids()
     assert len(runners) == 2
     os.kill(so.serve_pid(), signal.SIGTERM)
-    assert wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                                    for p in runners))
+    assert wait_for(lambda: all(_gone(p) for p in runners))
     assert wait_for(lambda: not (so.home / "serve.pid").exists())  # removed by the exiting server
 
 
@@ -102,8 +109,7 @@ def test_runners_exit_when_the_server_is_killed_outright(start):
     post(so, "/api/generate", model="tiny")
     (runner,) = so.runner_pids()
     os.kill(so.serve_pid(), signal.SIGKILL)  # no cleanup: the runner sees its pipe close and exits
-    assert wait_for(lambda: not psutil.pid_exists(runner) or
-                    psutil.Process(runner).status() == psutil.STATUS_ZOMBIE, 5)
+    assert wait_for(lambda: _gone(runner), 5)
 
 
 @pytest.fixture
@@ -214,8 +220,7 @@ def test_keep_alive_zero_drops_from_ps_before_the_runner_exits(start):
     assert r.json()["done_reason"] == "unload"
     assert so.ps() == []
     assert psutil.Process(runner).is_running()  # the scheduler dropped it, its "VRAM" is not free yet
-    assert wait_for(lambda: not psutil.pid_exists(runner) or
-                    psutil.Process(runner).status() == psutil.STATUS_ZOMBIE, 5)
+    assert wait_for(lambda: _gone(runner), 5)
 
 
 def test_keep_alive_expiry_and_expires_at(start):

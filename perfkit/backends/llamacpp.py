@@ -7,7 +7,6 @@ of a request that autoloads the model) to the first ``/models`` poll that says `
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -20,7 +19,8 @@ from ..errors import EngineError, PerfkitError
 from ..records import RequestRecord, now_ns
 from .. import pagecache
 from ..loadgen import HttpTarget
-from ..stream import MalformedLine, StreamCall, StreamError, mark_token
+from ..stream import StreamCall
+from .openai import sse_parser
 from .base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
 
 _MS = 1e-3
@@ -201,35 +201,11 @@ class LlamaServerBackend(Backend):
                             logprobs=[] if logprobs else None)
         parts: list[str] = []
 
-        def on_line(line: str, t_ns: int) -> bool:
-            if not line.startswith("data:"):
-                if line.startswith((":", "event:", "id:", "retry:")):
-                    return False
-                raise MalformedLine(line[:120])
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return True
-            try:
-                obj = json.loads(data)
-            except json.JSONDecodeError:
-                raise MalformedLine(data[:120]) from None
-            if "error" in obj:
-                raise StreamError(json.dumps(obj["error"])[:300])
-            for choice in obj.get("choices") or []:
-                delta = choice.get("delta") or {}
-                text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
-                if text:
-                    mark_token(rec, t_ns)
-                    parts.append(text)
-                for lp in ((choice.get("logprobs") or {}).get("content") or []):
-                    if rec.tokens is not None:
-                        rec.tokens.append(lp.get("token", ""))
-                        rec.logprobs.append(lp.get("logprob"))
-                if choice.get("finish_reason"):
-                    rec.done_reason = choice["finish_reason"]
+        def timings(obj: dict) -> None:
             if "timings" in obj:
                 _timings(rec, obj["timings"])
-            return False
+
+        on_line = sse_parser(rec, parts, on_obj=timings)
 
         def after(r: RequestRecord) -> None:
             r.text = "".join(parts)

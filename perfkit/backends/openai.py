@@ -10,7 +10,7 @@ and say so (``perfkit.control.Unknown``) instead of guessing.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 
@@ -108,35 +108,11 @@ class OpenAIBackend(Backend):
                             logprobs=[] if logprobs else None)
         parts: list[str] = []
 
-        def on_line(line: str, t_ns: int) -> bool:
-            if not line.startswith("data:"):
-                if line.startswith((":", "event:", "id:", "retry:")):
-                    return False
-                raise MalformedLine(line[:120])
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return True
-            try:
-                obj = json.loads(data)
-            except json.JSONDecodeError:
-                raise MalformedLine(data[:120]) from None
-            if not isinstance(obj, dict):
-                raise MalformedLine(data[:120])
-            if "error" in obj:
-                raise StreamError(json.dumps(obj["error"])[:300])
-            for choice in obj.get("choices") or []:
-                delta = choice.get("delta") or {}
-                text = (delta.get("content") or "") + (delta.get("reasoning_content") or "") if chat \
-                    else choice.get("text") or ""
-                if text:
-                    mark_token(rec, t_ns)
-                    parts.append(text)
-                _logprobs(rec, choice.get("logprobs"))
-                if choice.get("finish_reason"):
-                    rec.done_reason = choice["finish_reason"]
+        def usage(obj: dict) -> None:
             if obj.get("usage"):
                 _usage(rec, obj["usage"])
-            return False
+
+        on_line = sse_parser(rec, parts, chat=chat, on_obj=usage)
 
         def after(r: RequestRecord) -> None:
             r.text = "".join(parts)
@@ -150,6 +126,45 @@ class OpenAIBackend(Backend):
     def close(self) -> None:
         self._client.close()
         self.target.close()
+
+
+def sse_parser(rec: RequestRecord, parts: list[str], *, chat: bool = True,
+               on_obj: Callable[[dict], None] | None = None) -> Callable[[str, int], bool]:
+    """A line parser for OpenAI-style SSE (``data: {...}``, ``data: [DONE]``), llama-server's included:
+    text (and reasoning) into ``parts`` with token stamps, logprobs and the finish reason into ``rec``;
+    ``on_obj(chunk)`` sees every chunk for what a server adds (usage, llama.cpp's timings)."""
+
+    def on_line(line: str, t_ns: int) -> bool:
+        if not line.startswith("data:"):
+            if line.startswith((":", "event:", "id:", "retry:")):
+                return False
+            raise MalformedLine(line[:120])
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return True
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            raise MalformedLine(data[:120]) from None
+        if not isinstance(obj, dict):
+            raise MalformedLine(data[:120])
+        if "error" in obj:
+            raise StreamError(json.dumps(obj["error"])[:300])
+        for choice in obj.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text = (delta.get("content") or "") + (delta.get("reasoning_content") or "") if chat \
+                else choice.get("text") or ""
+            if text:
+                mark_token(rec, t_ns)
+                parts.append(text)
+            _logprobs(rec, choice.get("logprobs"))
+            if choice.get("finish_reason"):
+                rec.done_reason = choice["finish_reason"]
+        if on_obj is not None:
+            on_obj(obj)
+        return False
+
+    return on_line
 
 
 def _usage(rec: RequestRecord, u: dict) -> None:
