@@ -402,3 +402,56 @@ def test_ctrl_c_leaves_no_nginx_or_engine_behind(tmp_path, store_dir):
         except ProcessLookupError:
             pass
     assert not left, left
+
+
+# ---- the production path: your nginx in front of two (scripted, local) Ollama servers -----------------
+OLLAMA_FLEET = """\
+name: ollamafleet
+backend: {{kind: ollama, url: "{a}"}}
+timeouts: {{request_s: 60, stall_s: 30}}
+sampling: {{interval_s: 0.1}}
+studies:
+  fleet:
+    model: qwen2.5:32b-instruct-q4_0
+    proxy_url: "{proxy}"
+    server_urls: ["{a}", "{b}"]
+    weights: [3, 2]
+    api: ollama
+    concurrency: [2]
+    requests: 6
+    overhead_reps: 2
+    cold_reps: 2
+    cache_reps: 2
+    num_predict: 4
+    prompt_words: 8
+"""
+
+
+@needs_nginx
+def test_a_users_nginx_in_front_of_ollama_servers(tmp_path, scripted_models_dir):
+    """params/ollama-fleet.yaml's shape against real serve/runner processes: Ollama's own API through the
+    proxy, cold upstreams and cold starts made with keep_alive 0, what needs control said to be unknown."""
+    from scripted_ollama.harness import ScriptedOllama
+
+    from perfkit.proxy import Nginx, ProxyConfig, Upstream
+    from perfkit.studies import fleet
+    from perfkit.studies._context import StudyContext
+
+    env = {"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_KEEP_ALIVE": "10m"}
+    with ScriptedOllama(tmp_path / "o1", models_dir=scripted_models_dir, env=env) as a, \
+            ScriptedOllama(tmp_path / "o2", models_dir=scripted_models_dir, env=env) as b, \
+            Nginx(ProxyConfig([Upstream(a.url, 3), Upstream(b.url, 2)]), tmp_path / "proxy") as ngx:
+        p = _write(tmp_path, OLLAMA_FLEET.format(a=a.url, b=b.url, proxy=ngx.url))
+        res = fleet.run(StudyContext(p, tmp_path / "run", "fleet"))
+    assert not res["failures"], res["failures"]
+    t = res["scaling"]
+    assert (t["n"] == 6).all() and set(t["target"]) == {"direct", "proxy"}
+    assert "X-Upstream-Addr" in res["balance_source"] and res["balance"]["requests"].sum() == 6
+    cu = res["cold_upstream"]  # the last server unloaded through Ollama's API, then served through the proxy
+    assert len(cu) and cu["cold"].any()
+    assert res["timeout"]["cold_n"] == 2 and res["timeout"]["recommended_read_timeout_s"] >= 1
+    skipped = {s["phase"]: s["why"] for s in res["skipped"]}
+    assert skipped["failover"].startswith("unknown, because perfkit does not kill servers")
+    assert skipped["timeout_504"].startswith("unknown, because perfkit does not change the timeout")
+    trials = res["trials"]
+    assert (trials["backend"] == "ollama").all()  # Ollama's own /api/chat, direct and proxied

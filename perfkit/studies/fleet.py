@@ -690,7 +690,9 @@ def conclusions(res: dict[str, Any]) -> str:
     ca = res["cache"]
     if ca:
         if not ca.get("header"):
-            lines.append("- **Response cache**: unknown, because the proxy sends no X-Cache-Status header.")
+            lines.append("- **Response cache**: unknown, because the proxy sends no X-Cache-Status header (a proxy "
+                         "without a cache sends none; one with a cache needs `add_header X-Cache-Status "
+                         "$upstream_cache_status always;`).")
         else:
             if ca.get("seed_config_statuses") and "HIT" not in ca["seed_config_statuses"]:
                 lines.append(f"- ⚠ **The seed's cache config cached nothing**: two identical requests were "
