@@ -157,7 +157,8 @@ class HttpTarget:
         """
         cap = await self._capture(call, timeout_s, stall_timeout_s, t_scheduled_ns)
         if cap.conn_reused and cap.t_headers_ns is None and cap.exc is not None and cap.exc.startswith(
-                ("server connection lost: ServerDisconnectedError", "server connection lost: ClientOSError")):
+                ("server connection lost: ServerDisconnectedError", "server connection lost: ClientOSError",
+                 "server connection lost: ClientConnectionResetError")):
             cap = await self._capture(call, timeout_s, stall_timeout_s, t_scheduled_ns)
             cap.stale_retry = True
         return cap
@@ -199,7 +200,8 @@ class HttpTarget:
             cap.exc = f"timeout (connect): {e or 'no connection'}"
         except aiohttp.ClientConnectorError as e:
             cap.exc = f"ConnectError: {e}"
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                aiohttp.ClientConnectionResetError) as e:
             # The server (or the model process behind a router) died or dropped the connection mid-response.
             cap.exc = f"server connection lost: {type(e).__name__}: {e}"
         except asyncio.TimeoutError:

@@ -185,11 +185,19 @@ def test_no_header_value_anywhere_under_the_run_directory(tmp_path, fake_ollama)
 
 
 def test_two_runs_started_together_get_two_directories_and_share_no_trial(tmp_path, fake_ollama):
-    p = _ollama_params(tmp_path, fake_ollama.url)
-    argv = [sys.executable, "-m", "perfkit", "run", str(p), "--results", str(tmp_path / "res")]
-    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
-    outs = [pr.communicate(timeout=300)[0] for pr in procs]
+    from fake_ollama import FakeOllama
+
+    # One server each: two cold-start runs on one server unload each other's model (a race of the test's
+    # making); what is tested is the results directory and the trials, not a shared server's state.
+    with FakeOllama() as other:
+        argv = []
+        for sub, url in (("a", fake_ollama.url), ("b", other.url)):  # same run name, one server each
+            (tmp_path / sub).mkdir()
+            argv.append([sys.executable, "-m", "perfkit", "run", str(_ollama_params(tmp_path / sub, url)),
+                         "--results", str(tmp_path / "res")])
+        procs = [subprocess.Popen(a, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for a in argv]
+        outs = [pr.communicate(timeout=300)[0] for pr in procs]
     assert [pr.returncode for pr in procs] == [0, 0], outs
     dirs = sorted(d for d in (tmp_path / "res").iterdir() if d.is_dir())
     assert len(dirs) == 2
