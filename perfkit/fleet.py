@@ -15,7 +15,7 @@ from typing import Any
 
 from .engine import Engine
 from .errors import PerfkitError
-from .proxy import Nginx, ProxyConfig, Upstream, nginx_version
+from .proxy import Nginx, ProxyConfig, Upstream
 from .records import now_ns
 
 FLEET_MODEL = "fleet-model"  # the name the embedded servers serve; a symlink, so the model behind it can change
@@ -163,7 +163,3 @@ class Fleet:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def proxy_available() -> str | None:
-    """nginx's version if perfkit can run one here, else None."""
-    return nginx_version()

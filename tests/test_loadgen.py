@@ -4,8 +4,6 @@ the client-bound flag. Fixed latencies come from the fake server; the checks all
 import threading
 import time
 
-import pytest
-
 from fake_openai import FakeOpenAI
 from perfkit.backends import OllamaBackend, OpenAIBackend, Sampling
 from perfkit.loadgen import Job, run_series

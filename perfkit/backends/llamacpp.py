@@ -17,7 +17,6 @@ import httpx
 
 from ..errors import EngineError, PerfkitError
 from ..records import RequestRecord, now_ns
-from .. import pagecache
 from ..loadgen import HttpTarget
 from ..stream import StreamCall
 from .openai import sse_parser

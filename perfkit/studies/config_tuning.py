@@ -4,12 +4,10 @@ setting is checked to have taken effect, and the best setting per objective is n
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
 
 from .. import stats
 from .. import fmt

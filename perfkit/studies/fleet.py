@@ -21,11 +21,9 @@ import pandas as pd
 from .. import fmt, host, stats
 from ..backends import LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
 from ..fleet import FLEET_MODEL, Fleet
-from ..models import models_dir
-from ..proxy import ProxyConfig, nginx_version, parse_access_log
+from ..proxy import nginx_version, parse_access_log
 from ..records import now_ns
-from ..runner import Runner, steady_window
-from ..store import RunStore
+from ..runner import Runner
 from ._common import ci_cell, est, failures, fmt_x, measured, method_note
 from ._context import ENGINE_LOG_ARGS, StudyContext
 
