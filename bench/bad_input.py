@@ -128,7 +128,7 @@ def url_args(which: str) -> Callable[[Ctx], list[str]]:
 
 def made_run(ctx: Ctx, *, manifest: bool = True, corrupt: bool = False, headers: dict | None = None) -> Path:
     """A finished-looking run directory made by hand (params copy, run.json, one study's data)."""
-    from perfkit import report
+    from perfkit.run import pipeline as report
 
     run_dir = ctx.results / "20260101-000000-bad-000000"
     (run_dir / "cold_start").mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def resume_redacted(ctx: Ctx) -> list[str]:
 
 
 def resume_locked(ctx: Ctx) -> list[str]:
-    from perfkit.runlock import RunLock
+    from perfkit.run.lock import RunLock
 
     run_dir = made_run(ctx)
     ctx.held.append(RunLock(run_dir, "bad_input.py (holding the run)", log=lambda m: None).acquire())

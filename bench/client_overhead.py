@@ -131,7 +131,7 @@ def _med(xs) -> float:
 
 
 def _has_workers() -> bool:
-    from perfkit.loadgen import run_series
+    from perfkit.client.loadgen import run_series
 
     return "workers" in inspect.signature(run_series).parameters
 
@@ -143,9 +143,9 @@ def offered_tok_s(streams: int, a) -> float:
 
 # ---- perfkit ----------------------------------------------------------------------------------------
 def run_perfkit(server: SSEServer, streams: int, n_req: int, a, workers: int) -> dict:
-    from perfkit.backends.base import Sampling
-    from perfkit.backends.openai import OpenAIBackend
-    from perfkit.loadgen import Job, run_series
+    from perfkit.client.backends.base import Sampling
+    from perfkit.client.backends.openai import OpenAIBackend
+    from perfkit.client.loadgen import Job, run_series
 
     be = OpenAIBackend(server.url)
     kw = {"workers": workers} if _has_workers() else {}
@@ -357,7 +357,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write every figure here too")
     a = ap.parse_args()
 
-    from perfkit.loadgen import loop_kind
+    from perfkit.client.loadgen import loop_kind
 
     t_start = time.perf_counter()
     has_workers = _has_workers()

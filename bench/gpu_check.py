@@ -32,8 +32,8 @@ def main() -> None:
     import pynvml
     import torch
 
-    from perfkit import host
-    from perfkit.records import now_ns
+    from perfkit.core import host
+    from perfkit.core.records import now_ns
     from perfkit.sampling import Monitor
 
     print("host.info gpus:", host.info().get("gpus"))

@@ -49,9 +49,9 @@ sys.path.insert(0, os.environ.get("PERFKIT_SRC", str(ROOT)))  # PERFKIT_SRC: mea
 
 from scripted_ollama.harness import ScriptedOllama  # noqa: E402
 
-from perfkit.backends import OllamaBackend, Sampling  # noqa: E402
-from perfkit.runner import Runner, Trial, plan  # noqa: E402
-from perfkit.store import RunStore  # noqa: E402
+from perfkit.client.backends import OllamaBackend, Sampling  # noqa: E402
+from perfkit.measure.runner import Runner, Trial, plan  # noqa: E402
+from perfkit.core.store import RunStore  # noqa: E402
 
 MODEL = "qwen2.5:32b-instruct-q4_K_M"
 INJECTED = {"load_s": 0.4, "prefill_s_per_token": 0.002, "itl_s": 0.005, "vram_release_s": 0.3}

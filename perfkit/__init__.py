@@ -11,16 +11,16 @@ Public API::
 
 __version__ = "0.1.0"
 
-from .backends import Backend, LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
-from .coldstart import KeepWarm, prepare_state, user_first_request
-from .engine import Engine
-from .errors import ConfigError, EngineError, PerfkitError
-from .models import list_models, models_dir
-from .records import CACHE_STATES, RequestRecord
-from .runner import Runner, Trial, plan
-from .sampling import GpuSampler, Monitor, SystemSampler
-from .stats import Estimate, estimate, ratio
-from .store import RunStore
+from perfkit.client.backends import Backend, LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
+from perfkit.measure.cache_states import KeepWarm, prepare_state, user_first_request
+from perfkit.servers.engine import Engine
+from perfkit.core.errors import ConfigError, EngineError, PerfkitError
+from perfkit.servers.models import list_models, models_dir
+from perfkit.core.records import CACHE_STATES, RequestRecord
+from perfkit.measure.runner import Runner, Trial, plan
+from perfkit.sampling import GpuSampler, Monitor, SystemSampler
+from perfkit.analysis.stats import Estimate, estimate, ratio
+from perfkit.core.store import RunStore
 
 __all__ = [
     "Backend", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend", "Sampling", "KeepWarm", "prepare_state", "user_first_request",

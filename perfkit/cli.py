@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import PerfkitError
+from perfkit.core.errors import PerfkitError
 
 EPILOG = """examples:
   perfkit run params/demo.yaml                  every study on the embedded engine → results/index.html
@@ -55,7 +55,7 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(a) -> int:
-    from . import report
+    from perfkit.run import pipeline as report
 
     run_dir = Path(a.resume) if a.resume else None
     if run_dir is not None and not run_dir.is_dir():
@@ -71,7 +71,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from . import report
+    from perfkit.run import pipeline as report
 
     run_dir = Path(a.run_dir)
     if not run_dir.is_dir():
@@ -82,7 +82,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from . import compare
+    from perfkit import compare
 
     out = compare.publish(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None)
     print(f"comparison: {out}\ndata:       {out.parent / 'comparison.json'}")
@@ -90,7 +90,7 @@ def cmd_compare(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from . import models
+    from perfkit.servers import models
 
     store = Path(a.models_dir) if a.models_dir else models.models_dir()
     if a.action == "prepare":
@@ -111,7 +111,8 @@ def cmd_models(a) -> int:
 
 
 def cmd_engine(a) -> int:
-    from . import engine, models
+    from perfkit.servers import engine
+    from perfkit.servers import models
 
     if a.action == "build":
         path = engine.build(force=a.force)
@@ -130,7 +131,7 @@ def cmd_engine(a) -> int:
     if not state:
         print("no engine running")
         return 3
-    from .backends import LlamaServerBackend
+    from perfkit.client.backends import LlamaServerBackend
 
     b = LlamaServerBackend(state["url"])
     print(f"llama-server at {state['url']} (pid {state['pid']}); settings {state['settings'] or 'defaults'}")

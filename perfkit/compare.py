@@ -31,10 +31,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import fmt, stats
-from .errors import PerfkitError
-from .records import CACHE_STATES
-from .store import JsonlLog, RunStore
+from perfkit.core import fmt
+from perfkit.analysis import stats
+from perfkit.core.errors import PerfkitError
+from perfkit.core.records import CACHE_STATES
+from perfkit.core.store import JsonlLog, RunStore
 
 STUDIES = ("cold_start", "model_size", "quantization", "config_tuning")
 KINDS = ("duration", "rate", "bytes", "pct", "energy")
@@ -197,7 +198,7 @@ def _device_memory(events: pd.DataFrame, model: str) -> Any:
 
 
 def _cold_start(store: RunStore, manifest: dict) -> list[Figure | None]:
-    from .studies._common import measured, per_request_itl
+    from perfkit.analysis.requests import measured, per_request_itl
 
     df = store.trials()
     if df.empty or "trial_id" not in df:
@@ -244,7 +245,7 @@ def _cold_start(store: RunStore, manifest: dict) -> list[Figure | None]:
 
 def _per_model(study: str, store: RunStore) -> list[Figure | None]:
     """model_size and quantization: per model, warm speed, TTFT, cold load, memory, energy, GPU use."""
-    from .studies._common import measured
+    from perfkit.analysis.requests import measured
 
     ok = measured(store.trials())
     if ok.empty or "variant" not in ok:
@@ -276,7 +277,7 @@ def _per_model(study: str, store: RunStore) -> list[Figure | None]:
 
 def _config_tuning(store: RunStore) -> list[Figure | None]:
     """Per (setting, concurrency): TTFT and e2e over the series' requests, throughput of the series."""
-    from .studies._common import measured
+    from perfkit.analysis.requests import measured
 
     ok = measured(store.trials())
     if ok.empty or not {"config", "concurrency"} <= set(ok):
@@ -841,7 +842,7 @@ def publish(run_a: str | Path, run_b: str | Path, out: str | Path | None = None)
     """``perfkit compare``: write ``comparison.json`` and ``comparison.html`` (the compare notebook executed by
     papermill, rendered like the study reports) into ``out``; refresh the results index beside it.
     Returns the HTML's path."""
-    from . import report
+    from perfkit.run import pipeline as report
 
     comparison = compare(run_a, run_b)  # fails here, before any file is written, on a bad run
     out = Path(out) if out else default_out(run_a, run_b)

@@ -23,8 +23,8 @@ def llama_server_pids() -> list[int]:
 
 @pytest.fixture(scope="session")
 def store_dir():
-    from perfkit.engine import binary
-    from perfkit.models import models_dir
+    from perfkit.servers.engine import binary
+    from perfkit.servers.models import models_dir
 
     binary()
     d = models_dir()
@@ -36,7 +36,7 @@ def store_dir():
 @pytest.fixture(scope="module")
 def engine(store_dir):
     """One real llama-server for a test module (2 threads: the machines have 2 cores)."""
-    from perfkit.engine import Engine
+    from perfkit.servers.engine import Engine
 
     with Engine(store_dir, {"num_thread": 2}) as e:
         yield e
@@ -44,7 +44,7 @@ def engine(store_dir):
 
 @pytest.fixture
 def backend(engine):
-    from perfkit.backends import LlamaServerBackend
+    from perfkit.client.backends import LlamaServerBackend
 
     b = LlamaServerBackend.from_engine(engine)
     yield b

@@ -2,9 +2,9 @@
 
 import pytest
 
-from perfkit.backends import Sampling
-from perfkit.coldstart import prepare_state
-from perfkit.errors import PerfkitError
+from perfkit.client.backends import Sampling
+from perfkit.measure.cache_states import prepare_state
+from perfkit.core.errors import PerfkitError
 
 pytestmark = pytest.mark.engine
 MODEL = "smollm2-135m-q4_1"

@@ -4,10 +4,10 @@ import time
 
 import pytest
 
-from perfkit.backends import OllamaBackend, Sampling
-from perfkit.backends.ollama import keep_alive_value
-from perfkit.errors import PerfkitError
-from perfkit.store import RunStore
+from perfkit.client.backends import OllamaBackend, Sampling
+from perfkit.client.backends.ollama import keep_alive_value
+from perfkit.core.errors import PerfkitError
+from perfkit.core.store import RunStore
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "generate"])

@@ -3,10 +3,10 @@
 import pytest
 
 from fake_openai import FakeOpenAI
-from perfkit.backends import OpenAIBackend, Sampling
-from perfkit.coldstart import ensure_warm, prepare_state
-from perfkit.control.base import Unknown
-from perfkit.errors import PerfkitError
+from perfkit.client.backends import OpenAIBackend, Sampling
+from perfkit.measure.cache_states import ensure_warm, prepare_state
+from perfkit.servers.control.base import Unknown
+from perfkit.core.errors import PerfkitError
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ studies:
 
 def _run_config_tuning(tmp_path, url: str, model: str):
     from perfkit.studies import config_tuning
-    from perfkit.studies._context import StudyContext
+    from perfkit.studies.base import StudyContext
 
     p = tmp_path / "p.yaml"
     p.write_text(STUDY.format(url=url, model=model))
@@ -103,7 +103,8 @@ def test_a_study_runs_against_llama_server_v1_in_single_model_mode(tmp_path):
     SGLang look like to perfkit."""
     import subprocess
 
-    from perfkit import engine, models_dir
+    from perfkit import models_dir
+    from perfkit.servers import engine
 
     port = engine.free_port()
     proc = subprocess.Popen([str(engine.binary()), "-m", str(models_dir() / "smollm2-135m-q4_1.gguf"),

@@ -2,10 +2,10 @@
 
 import pytest
 
-from perfkit.backends import LlamaServerBackend, Sampling
-from perfkit.coldstart import KeepWarm, user_first_request
-from perfkit.engine import Engine
-from perfkit.errors import PerfkitError
+from perfkit.client.backends import LlamaServerBackend, Sampling
+from perfkit.measure.cache_states import KeepWarm, user_first_request
+from perfkit.servers.engine import Engine
+from perfkit.core.errors import PerfkitError
 
 pytestmark = pytest.mark.engine
 MODEL = "smollm2-135m-q4_1"
@@ -52,11 +52,11 @@ def test_the_engines_own_log_gives_the_server_side_split(store_dir, tmp_path):
     model process's spawn and load on the run's clock, inside the cold request that caused them."""
     import time as _time
 
-    from perfkit import timeline
-    from perfkit.coldstart import prepare_state
-    from perfkit.records import now_ns
-    from perfkit.store import RunStore
-    from perfkit.studies._context import ENGINE_LOG_ARGS
+    from perfkit.analysis import timeline
+    from perfkit.measure.cache_states import prepare_state
+    from perfkit.core.records import now_ns
+    from perfkit.core.store import RunStore
+    from perfkit.studies.base import ENGINE_LOG_ARGS
 
     store = RunStore(tmp_path / "study")
     with Engine(store_dir, {"num_thread": 2}, log_path=tmp_path / "engine.log", extra_args=ENGINE_LOG_ARGS) as e:

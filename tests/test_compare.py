@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from perfkit import compare as cmp
-from perfkit.errors import PerfkitError
-from perfkit.store import RunStore
+from perfkit.core.errors import PerfkitError
+from perfkit.core.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-q4_1"
@@ -112,7 +112,7 @@ def test_compare_samples_is_the_one_code_path():
 
 
 def test_estimates_without_samples_use_their_cis():
-    from perfkit.stats import Estimate
+    from perfkit.analysis.stats import Estimate
 
     a, b = Estimate("throughput", 100, 95, 105, 5), Estimate("throughput", 150, 140, 160, 5)
     assert cmp.compare_estimates(a, b, "higher").verdict == cmp.IMPROVED

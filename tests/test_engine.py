@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from conftest import llama_server_pids
-from perfkit.engine import Engine
-from perfkit.errors import ConfigError, EngineError
+from perfkit.servers.engine import Engine
+from perfkit.core.errors import ConfigError, EngineError
 
 pytestmark = pytest.mark.engine
 
@@ -64,7 +64,7 @@ def test_no_models(tmp_path):
 
 def test_a_model_that_fails_to_load_says_so(small_store):
     (small_store / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 4096)
-    from perfkit.backends import LlamaServerBackend
+    from perfkit.client.backends import LlamaServerBackend
 
     with Engine(small_store, {"num_thread": 2}) as e:
         b = LlamaServerBackend.from_engine(e)
@@ -75,7 +75,7 @@ def test_a_model_that_fails_to_load_says_so(small_store):
 
 RUNNER = textwrap.dedent("""
     import sys, time
-    from perfkit.engine import Engine
+    from perfkit.servers.engine import Engine
     from perfkit.cli import _sigterm
     import signal
     signal.signal(signal.SIGTERM, _sigterm)

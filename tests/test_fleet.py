@@ -17,8 +17,9 @@ import psutil
 import pytest
 
 from fake_openai import FakeOpenAI
-from perfkit import params, proxy
-from perfkit.errors import ConfigError
+from perfkit.studies import params
+from perfkit.servers import nginx as proxy
+from perfkit.core.errors import ConfigError
 
 needs_nginx = pytest.mark.skipif(proxy.nginx_binary() is None,
                                  reason=f"nginx not installed ({proxy.install_hint()})")
@@ -168,10 +169,10 @@ def _descendants() -> set[int]:
 
 @needs_nginx
 def test_a_users_fleet_is_measured_and_nothing_is_started(tmp_path, monkeypatch):
-    from perfkit import engine as engine_mod
-    from perfkit.proxy import Nginx, ProxyConfig, Upstream
+    from perfkit.servers import engine as engine_mod
+    from perfkit.servers.nginx import Nginx, ProxyConfig, Upstream
     from perfkit.studies import fleet
-    from perfkit.studies._context import StudyContext
+    from perfkit.studies.base import StudyContext
 
     with FakeOpenAI(fixed_latency_s=0.02) as a, FakeOpenAI(fixed_latency_s=0.02) as b, \
             Nginx(ProxyConfig([Upstream(a.url, 2), Upstream(b.url, 1)]), tmp_path / "proxy") as ngx:
@@ -274,10 +275,10 @@ studies:
 @needs_nginx
 @pytest.mark.engine
 def test_the_embedded_fleet_end_to_end(tmp_path, store_dir, monkeypatch):
-    from perfkit import engine as engine_mod
-    from perfkit.fleet import Fleet
+    from perfkit.servers import engine as engine_mod
+    from perfkit.servers.fleet import Fleet
     from perfkit.studies import fleet
-    from perfkit.studies._context import StudyContext
+    from perfkit.studies.base import StudyContext
 
     fleets, engine_pids = [], []
     embedded = Fleet.embedded
@@ -303,7 +304,7 @@ def test_the_embedded_fleet_end_to_end(tmp_path, store_dir, monkeypatch):
     print(f"embedded fleet study: {wall:.1f} s")
 
     # the killed upstream is recorded, and every failover request was kept, ok or not
-    from perfkit.store import RunStore
+    from perfkit.core.store import RunStore
 
     events = RunStore(run_dir / "fleet").events()
     killed = events[events["kind"] == "server_killed"]
@@ -348,7 +349,7 @@ def test_the_embedded_fleet_end_to_end(tmp_path, store_dir, monkeypatch):
 CTRL_C_SCRIPT = """\
 import sys
 from perfkit.studies import fleet
-from perfkit.studies._context import StudyContext
+from perfkit.studies.base import StudyContext
 fleet.run(StudyContext(sys.argv[1], sys.argv[2], "fleet"))
 print("FINISHED")
 """
@@ -433,9 +434,9 @@ def test_a_users_nginx_in_front_of_ollama_servers(tmp_path, scripted_models_dir)
     proxy, cold upstreams and cold starts made with keep_alive 0, what needs control said to be unknown."""
     from scripted_ollama.harness import ScriptedOllama
 
-    from perfkit.proxy import Nginx, ProxyConfig, Upstream
+    from perfkit.servers.nginx import Nginx, ProxyConfig, Upstream
     from perfkit.studies import fleet
-    from perfkit.studies._context import StudyContext
+    from perfkit.studies.base import StudyContext
 
     env = {"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_KEEP_ALIVE": "10m"}
     with ScriptedOllama(tmp_path / "o1", models_dir=scripted_models_dir, env=env) as a, \

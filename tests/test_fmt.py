@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from perfkit import fmt, stats
+from perfkit.core import fmt
+from perfkit.analysis import stats
 
 NAN = float("nan")
 

@@ -5,10 +5,10 @@ import threading
 import time
 
 from fake_openai import FakeOpenAI
-from perfkit.backends import OllamaBackend, OpenAIBackend, Sampling
-from perfkit.loadgen import Job, run_series
-from perfkit.runner import Runner, schedule, steady_window
-from perfkit.store import RunStore
+from perfkit.client.backends import OllamaBackend, OpenAIBackend, Sampling
+from perfkit.client.loadgen import Job, run_series
+from perfkit.measure.runner import Runner, schedule, steady_window
+from perfkit.core.store import RunStore
 
 
 def test_sequential_requests_share_one_connection_and_connect_is_outside_ttft():
@@ -111,7 +111,7 @@ def test_a_killed_series_keeps_what_it_measured(tmp_path):
         b = OpenAIBackend(f.url)
         r = Runner(b, RunStore(tmp_path), progress=False)
         # Simulate a kill after the spool got 5 responses: run the jobs, spool them, never store the series.
-        from perfkit.runner import _Spool
+        from perfkit.measure.runner import _Spool
 
         r.store.event("series_start", series="c2", attempt=0, mode="closed", concurrency=2)
         jobs = r._jobs("fixed", "c2", [0.0] * 5, Sampling(num_predict=1), 48)(0)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from perfkit import models
-from perfkit.errors import PerfkitError
+from perfkit.servers import models
+from perfkit.core.errors import PerfkitError
 
 
 @pytest.mark.engine

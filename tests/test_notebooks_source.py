@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from perfkit import params
+from perfkit.studies import params
 from perfkit.studies import STUDY_MODULES
 
 NB = Path(__file__).resolve().parent.parent / "notebooks"

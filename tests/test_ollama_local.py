@@ -5,13 +5,14 @@ import time
 
 import pytest
 
-from perfkit import pagecache, timeline
-from perfkit.backends import OllamaBackend, Sampling
-from perfkit.coldstart import prepare_state, scheme_a
-from perfkit.control import LocalOllamaControl, RemoteControl, ollama_control
-from perfkit.records import now_ns
-from perfkit.serverlog import FileLogSource
-from perfkit.store import RunStore
+from perfkit.servers import pagecache
+from perfkit.analysis import timeline
+from perfkit.client.backends import OllamaBackend, Sampling
+from perfkit.measure.cache_states import prepare_state, scheme_a
+from perfkit.servers.control import LocalOllamaControl, RemoteControl, ollama_control
+from perfkit.core.records import now_ns
+from perfkit.servers.serverlog import FileLogSource
+from perfkit.core.store import RunStore
 from scripted_ollama.harness import ScriptedOllama
 
 BIG = "qwen2.5:72b-instruct-q4_K_M"  # scripted with a partial offload (60 of 81 layers on the GPU)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from perfkit import params
-from perfkit.errors import ConfigError
+from perfkit.studies import params
+from perfkit.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""perfkit.procs: a local server seen from its host, tested on real processes that look like Ollama's."""
+"""perfkit.servers.procs: a local server seen from its host, tested on real processes that look like Ollama's."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from perfkit import procs
-from perfkit.procs import environ, is_local_host, listening_pid, parse_runner_argv, process_tree, runners
+from perfkit.servers import procs
+from perfkit.servers.procs import environ, is_local_host, listening_pid, parse_runner_argv, process_tree, runners
 
 # A stand-in for the `ollama` binary: `ollama serve` listens on a port, writes it to $FAKE_PORT_FILE
 # and spawns two runners (old and new engine shapes) and one helper that is not a runner.
@@ -223,8 +223,8 @@ def test_resolve_times_out(monkeypatch):
 def test_real_llama_server_router(store_dir, tmp_path):
     import httpx
 
-    from perfkit.engine import Engine
-    from perfkit.serverlog import FileLogSource, parse
+    from perfkit.servers.engine import Engine
+    from perfkit.servers.serverlog import FileLogSource, parse
 
     log = tmp_path / "engine.log"
     with Engine(store_dir, {"num_thread": 2}, log_path=log, extra_args=["--log-timestamps", "--log-prefix"]) as e:

@@ -1,4 +1,4 @@
-"""perfkit.proxy: configs nginx accepts, bad parameters refused, and a real nginx in front of tiny
+"""perfkit.servers.nginx: configs nginx accepts, bad parameters refused, and a real nginx in front of tiny
 local servers (balance by weight, streaming, 504 on a read timeout, retries, the response cache, stop).
 
 Tests that run nginx are skipped when it is not installed (scripts/setup.sh installs it when it can)."""
@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from perfkit import proxy
-from perfkit.proxy import Nginx, ProxyConfig, ProxyError, Upstream, check_config, parse_access_log, render
+from perfkit.servers import nginx as proxy
+from perfkit.servers.nginx import Nginx, ProxyConfig, ProxyError, Upstream, check_config, parse_access_log, render
 
 needs_nginx = pytest.mark.skipif(proxy.nginx_binary() is None,
                                  reason=f"nginx not installed ({proxy.install_hint()})")

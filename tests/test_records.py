@@ -1,6 +1,6 @@
 import pytest
 
-from perfkit.records import RequestRecord
+from perfkit.core.records import RequestRecord
 
 
 def test_derived_metrics_follow_the_definitions():

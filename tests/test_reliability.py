@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from perfkit import report, runlock
+from perfkit.run import pipeline as report
+from perfkit.run import lock as runlock
+from perfkit.core import children
 from perfkit.cli import main
-from perfkit.errors import ConfigError, PerfkitError
-from perfkit.store import JsonlLog, RunStore
+from perfkit.core.errors import ConfigError, PerfkitError
+from perfkit.core.store import JsonlLog, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-t0ken-value"
@@ -115,7 +117,7 @@ def run_cli(*argv: str, env: dict | None = None, timeout: float = 120) -> subpro
 def dead_pid() -> tuple[int, int]:
     """(pid, start time) of a process that has exited and been reaped."""
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
-    st = runlock.start_time(p.pid)
+    st = children.start_time(p.pid)
     p.wait()
     return p.pid, st
 
@@ -124,7 +126,7 @@ def dead_pid() -> tuple[int, int]:
 
 def test_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", LIGHT +
-                               "import sys,time; from perfkit.runlock import RunLock\n"
+                               "import sys,time; from perfkit.run.lock import RunLock\n"
                                "RunLock(sys.argv[1], 'perfkit run').acquire(); print('held', flush=True); time.sleep(60)",
                                str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -146,13 +148,13 @@ def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
     # The pid is alive (our own parent) but started at another time: a different process.
     ppid = os.getppid()
     (tmp_path / runlock.LOCK_NAME).write_text(json.dumps(
-        {"pid": ppid, "start_time": runlock.start_time(ppid) + 12345, "host": socket.gethostname()}))
+        {"pid": ppid, "start_time": children.start_time(ppid) + 12345, "host": socket.gethostname()}))
     said = []
     with runlock.RunLock(tmp_path, log=said.append):
         pass
     assert said and "no longer running" in said[0]
-    assert not runlock.owner_alive({"pid": ppid, "start_time": runlock.start_time(ppid) + 1})
-    assert runlock.owner_alive({"pid": ppid, "start_time": runlock.start_time(ppid)})
+    assert not children.owner_alive({"pid": ppid, "start_time": children.start_time(ppid) + 1})
+    assert children.owner_alive({"pid": ppid, "start_time": children.start_time(ppid)})
 
 
 def test_status_of_a_study_whose_owner_died_reads_interrupted(tmp_path):
@@ -168,7 +170,7 @@ def test_status_of_a_study_whose_owner_died_reads_interrupted(tmp_path):
     report.write_index(tmp_path / "res")
     assert "cold start</a> — interrupted (owner died)" in (tmp_path / "res" / "index.html").read_text() or \
         "cold start — interrupted (owner died)" in (tmp_path / "res" / "index.html").read_text()
-    (run_dir / "run.json").write_text(json.dumps({"owner": runlock.identity(),
+    (run_dir / "run.json").write_text(json.dumps({"owner": children.identity(),
                                                   "studies": {"cold_start": {"status": "running"}}}))
     assert report.read_run(run_dir)["studies"]["cold_start"]["status"] == "running"
 
@@ -178,7 +180,7 @@ def test_resume_refuses_a_run_another_live_process_owns(tmp_path, fake_ollama, f
     assert main(["run", str(p), "--results", str(tmp_path / "res")]) == 0
     run_dir = the_run(tmp_path / "res")
     holder = subprocess.Popen([sys.executable, "-c", LIGHT +
-                               "import sys,time; from perfkit.runlock import RunLock\n"
+                               "import sys,time; from perfkit.run.lock import RunLock\n"
                                "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
                                str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
@@ -196,11 +198,13 @@ def _spawn_chain(tmp_path: Path, tag: str, kill: str) -> tuple[subprocess.Popen,
     """owner (stands for perfkit) → middle (papermill, started like report.execute starts it) → kernel
     (runs the lifeline and an 'engine' process group). Returns the owner and the pids below it."""
     kernel = (LIGHT + "import os,subprocess,sys,time\n"
-              "from perfkit import engine, runlock\n"
-              "class E: pass\n"
+              "from perfkit.core import children\n"
+              "class E:\n"
+              "    def stop(self): pass\n"
               "e = E(); e.proc = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
-              "engine._RUNNING.add(e)\n"
-              "runlock.start_lifeline(0.05)\n"
+              "e.process_group = e.proc.pid\n"
+              "children.register(e)\n"
+              "children.start_lifeline(0.05)\n"
               "print(os.getpid(), e.proc.pid, flush=True)\n"
               "time.sleep(60)\n")
     middle = ("import subprocess,sys,time\n"
@@ -208,10 +212,10 @@ def _spawn_chain(tmp_path: Path, tag: str, kill: str) -> tuple[subprocess.Popen,
               "print(__import__('os').getpid(), flush=True)\n"
               "time.sleep(60)\n")
     owner = (LIGHT + "import os,subprocess,sys,time\n"
-             "from perfkit import runlock\n"
-             f"env = {{**os.environ, **runlock.owner_env(__import__('pathlib').Path({str(tmp_path)!r})), 'T': {tag!r}}}\n"
+             "from perfkit.core import children\n"
+             f"env = {{**os.environ, **children.owner_env(__import__('pathlib').Path({str(tmp_path)!r})), 'T': {tag!r}}}\n"
              f"m = subprocess.Popen([sys.executable, '-c', {middle!r}], stdout=sys.stdout, env=env,\n"
-             f"                     start_new_session=True, preexec_fn=runlock.die_with_parent() if {kill == 'owner'!r} else None)\n"
+             f"                     start_new_session=True, preexec_fn=children.die_with_parent() if {kill == 'owner'!r} else None)\n"
              "time.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", owner], stdout=subprocess.PIPE, text=True)
     middle_pid = int(p.stdout.readline())
@@ -220,7 +224,7 @@ def _spawn_chain(tmp_path: Path, tag: str, kill: str) -> tuple[subprocess.Popen,
 
 
 def _alive(pid: int) -> bool:
-    return runlock.start_time(pid) is not None
+    return children.start_time(pid) is not None
 
 
 @pytest.mark.parametrize("kill", ["owner", "middle"])
@@ -261,8 +265,8 @@ def test_papermill_is_started_to_die_with_perfkit(tmp_path, monkeypatch):
     monkeypatch.setattr(report.subprocess, "Popen", popen)
     report.execute("cold_start", tmp_path / "p.yaml", tmp_path)
     assert callable(seen["preexec_fn"]) and seen["start_new_session"]
-    assert seen["env"][runlock.ENV_OWNER].startswith(f"{os.getpid()}:")
-    assert seen["env"][runlock.ENV_RUN_DIR] == str(tmp_path.resolve())
+    assert seen["env"][children.ENV_OWNER].startswith(f"{os.getpid()}:")
+    assert seen["env"][children.ENV_RUN_DIR] == str(tmp_path.resolve())
 
 
 # ---- 2. a torn last line is repaired before appending, and reported when read ----------------------
@@ -290,8 +294,8 @@ def test_a_whole_row_without_its_newline_is_kept(tmp_path):
 
 
 def test_resume_after_a_torn_line_measures_the_trial_once_and_completely(tmp_path, fake_ollama):
-    from perfkit.backends import OllamaBackend
-    from perfkit.runner import Runner, plan
+    from perfkit.client.backends import OllamaBackend
+    from perfkit.measure.runner import Runner, plan
 
     store = RunStore(tmp_path)
     b = OllamaBackend(fake_ollama.url)
@@ -359,7 +363,7 @@ def test_run_directories_are_created_exclusively(tmp_path, monkeypatch):
 def test_unsafe_names_are_refused(tmp_path, name, capsys):
     p = params_file(tmp_path, "http://127.0.0.1:9", name=name)
     with pytest.raises(ConfigError, match=r"p.yaml: name: .*letters, digits, '-', '_' and '\.'.*at most 64"):
-        from perfkit import params
+        from perfkit.studies import params
 
         params.load(p)
     assert main(["run", str(p), "--results", str(tmp_path / "sub" / "res")]) == 2
@@ -604,7 +608,7 @@ def _chunk(data: bytes) -> bytes:
     + _chunk(b'{"model":"m","done":false,"mess') + b"0\r\n\r\n",
 ], ids=["incomplete-chunked-read", "ends-inside-a-line"])
 def test_a_server_dying_mid_stream_is_a_lost_connection_not_a_malformed_line(payload):
-    from perfkit.backends import OllamaBackend
+    from perfkit.client.backends import OllamaBackend
 
     url, srv = _one_shot_server(payload)
     try:
@@ -631,7 +635,7 @@ def test_no_secret_is_written_and_resume_takes_it_from_the_given_file(tmp_path, 
     assert _grep(run_dir, SECRET) == []
     kept = (run_dir / "params.yaml").read_text()
     assert "Authorization: '***'" in kept and "X-Api-Key: '***'" in kept
-    from perfkit import params
+    from perfkit.studies import params
 
     assert params.load(run_dir / "params.yaml").backend.headers == {"Authorization": "***", "X-Api-Key": "***"}
     assert fake_study["calls"][0]["params_path"] == p.resolve()  # measured with the real headers
@@ -674,7 +678,7 @@ def tagged(tag: str) -> dict[int, str]:
     out = {}
     for d in Path("/proc").glob("[0-9]*"):
         try:
-            if want in (d / "environ").read_bytes().split(b"\0") and runlock.start_time(int(d.name)):
+            if want in (d / "environ").read_bytes().split(b"\0") and children.start_time(int(d.name)):
                 out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
@@ -748,7 +752,7 @@ def test_kill_9_leaves_nothing_running_and_an_immediate_resume_keeps_every_line(
 def test_a_model_process_dying_mid_stream_is_a_lost_connection(engine):
     import psutil
 
-    from perfkit.backends import LlamaServerBackend, Sampling
+    from perfkit.client.backends import LlamaServerBackend, Sampling
 
     b = LlamaServerBackend.from_engine(engine)
     model = "smollm2-135m-q4_1"

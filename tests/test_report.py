@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import llama_server_pids
-from perfkit import report
-from perfkit.studies._common import est, fmt_s
+from perfkit.run import pipeline as report
+from perfkit.analysis.requests import est, fmt_s
 
 pytestmark = pytest.mark.notebooks
 ROOT = Path(__file__).resolve().parent.parent
 # The fleet study needs nginx; without it the run skips that study with a line saying how to install it.
-from perfkit.proxy import nginx_binary  # noqa: E402
+from perfkit.servers.nginx import nginx_binary  # noqa: E402
 
 STUDIES = ["cold_start", "model_size", "quantization", "config_tuning"] + (["fleet"] if nginx_binary() else [])
 

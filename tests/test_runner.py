@@ -2,10 +2,10 @@
 
 import pytest
 
-from perfkit.backends import OllamaBackend, Sampling
-from perfkit.errors import PerfkitError
-from perfkit.runner import Runner, Trial, goodput, plan, throughput
-from perfkit.store import RunStore
+from perfkit.client.backends import OllamaBackend, Sampling
+from perfkit.core.errors import PerfkitError
+from perfkit.measure.runner import Runner, Trial, goodput, plan, throughput
+from perfkit.core.store import RunStore
 
 
 def test_plan_flags_warmups_and_interleaves_with_a_recorded_seed():

@@ -7,7 +7,7 @@ import types
 import pandas as pd
 import pytest
 
-from perfkit.records import RequestRecord, now_ns
+from perfkit.core.records import RequestRecord, now_ns
 from perfkit.sampling import GpuSampler, Monitor, SystemSampler
 
 
@@ -206,8 +206,8 @@ def test_system_sampler_without_server_still_reports_host():
 
 @pytest.mark.engine
 def test_server_memory_rises_on_load_and_falls_on_unload(store_dir):
-    from perfkit.backends import LlamaServerBackend
-    from perfkit.engine import Engine
+    from perfkit.client.backends import LlamaServerBackend
+    from perfkit.servers.engine import Engine
 
     with Engine(store_dir, {"num_thread": 2}) as e:
         b = LlamaServerBackend.from_engine(e)

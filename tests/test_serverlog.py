@@ -1,4 +1,4 @@
-"""perfkit.serverlog: Ollama's and llama-server's log lines, in every source format, and reading a log's new part."""
+"""perfkit.servers.serverlog: Ollama's and llama-server's log lines, in every source format, and reading a log's new part."""
 
 from __future__ import annotations
 
@@ -11,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from perfkit.errors import PerfkitError
-from perfkit.serverlog import (
-    KINDS,
-    CommandLogSource,
-    FileLogSource,
-    parse,
-    parse_go_duration,
-    parse_go_map,
-    parse_line,
-    strip_prefix,
-)
+from perfkit.core.errors import PerfkitError
+from perfkit.servers.serverlog import KINDS, CommandLogSource, FileLogSource, parse, parse_go_duration, parse_go_map, parse_line, strip_prefix
 
 LOGS = Path(__file__).parent / "data" / "logs"
 UTC = timezone.utc

@@ -1,7 +1,7 @@
 import pytest
 
-from perfkit.errors import ConfigError
-from perfkit.settings import check_applied, parse_keep_alive_s, to_llama_server_flags, to_ollama_env
+from perfkit.core.errors import ConfigError
+from perfkit.core.settings import check_applied, parse_keep_alive_s, to_llama_server_flags, to_ollama_env
 
 
 def test_one_table_translates_ollama_names_to_flags():

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from perfkit import stats
+from perfkit.analysis import stats
 
 
 # ---------------------------------------------------------------------------- minimum n & ranks

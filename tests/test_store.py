@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from perfkit.store import REDACTED, RunStore, redact
+from perfkit.core.store import REDACTED, RunStore, redact
 
 
 def test_rows_are_on_disk_when_append_returns(tmp_path):
@@ -24,7 +24,7 @@ def test_killed_writer_loses_only_the_torn_line(tmp_path):
 
 
 def test_child_killed_mid_run_keeps_completed_trials(tmp_path):
-    code = ("import time,sys; from perfkit.store import RunStore; s=RunStore(sys.argv[1])\n"
+    code = ("import time,sys; from perfkit.core.store import RunStore; s=RunStore(sys.argv[1])\n"
             "for i in range(1000):\n    s.append_trial({'trial_id': str(i)}); time.sleep(0.01)\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
     import time

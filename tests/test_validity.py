@@ -9,16 +9,16 @@ import types
 import pandas as pd
 import pytest
 
-from perfkit import host
-from perfkit.backends import OllamaBackend, Sampling
-from perfkit.coldstart import KeepWarm, StateCheck, confirm, mid_cycle_offset, prepare_state
-from perfkit.control import RemoteControl
-from perfkit.control._device import local_device
-from perfkit.records import RequestRecord, now_ns
-from perfkit.runner import Runner, Trial, plan
+from perfkit.core import host
+from perfkit.client.backends import OllamaBackend, Sampling
+from perfkit.measure.cache_states import KeepWarm, StateCheck, confirm, mid_cycle_offset, prepare_state
+from perfkit.servers.control import RemoteControl
+from perfkit.servers.control.device import local_device
+from perfkit.core.records import RequestRecord, now_ns
+from perfkit.measure.runner import Runner, Trial, plan
 from perfkit.sampling import Monitor
-from perfkit.store import RunStore
-from perfkit.studies._common import measured, noisy_note, state_note
+from perfkit.core.store import RunStore
+from perfkit.analysis.requests import measured, noisy_note, state_note
 
 
 def _chat(reqs):
@@ -174,7 +174,7 @@ def test_limit_belongs_to_the_device_that_runs_the_model():
 def test_model_size_gives_no_limit_for_a_remote_server(tmp_path):
     """Against a remote Ollama the old code divided by the *client's* RAM bandwidth (18383% of limit)."""
     from perfkit.studies import model_size
-    from perfkit.studies._context import StudyContext
+    from perfkit.studies.base import StudyContext
 
     params = tmp_path / "p.yaml"
     params.write_text("name: t\nbackend: {kind: ollama, url: 'http://gpu-box:11434'}\n"
@@ -213,7 +213,7 @@ def test_closed_loop_has_no_think_time_with_a_monitor(tmp_path):
     """Resource windows used to be computed inside each client's loop (waiting for samples), so the
     achieved concurrency was far below the nominal one; they now come after the series."""
     from fake_ollama import FakeOllama
-    from perfkit.runner import throughput
+    from perfkit.measure.runner import throughput
 
     with FakeOllama(token_gap_s=0.05, tokens=5) as f, Monitor(0.05, None, gpu=False) as m:
         r = Runner(OllamaBackend(f.url), RunStore(tmp_path), progress=False, monitor=m)

@@ -1,7 +1,7 @@
 """What the hardware did: GPU (NVML) and system (psutil) samplers, and windows over their data."""
 
-from .gpu import GpuSampler
-from .monitor import Monitor, Window
-from .system import SystemSampler
+from perfkit.sampling.gpu import GpuSampler
+from perfkit.sampling.monitor import Monitor, Window
+from perfkit.sampling.system import SystemSampler
 
 __all__ = ["GpuSampler", "SystemSampler", "Monitor", "Window"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from ._periodic import PeriodicSampler
+from perfkit.sampling._periodic import PeriodicSampler
 
 _FI_DEV_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT (nvml.h); absent from older bindings
 

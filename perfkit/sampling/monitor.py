@@ -11,9 +11,9 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from ..records import RequestRecord, now_ns
-from .gpu import GpuSampler
-from .system import SystemSampler
+from perfkit.core.records import RequestRecord, now_ns
+from perfkit.sampling.gpu import GpuSampler
+from perfkit.sampling.system import SystemSampler
 
 _MEAN_MAX = ("gpu_util_pct", "power_w", "gpu_mem_used_bytes", "server_gpu_mem_bytes", "sm_clock_mhz",
              "temperature_c", "server_cpu_pct", "server_rss_bytes", "host_cpu_pct", "other_cpu_pct", "steal_pct",

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from ._periodic import PeriodicSampler
+from perfkit.sampling._periodic import PeriodicSampler
 
 
 class SystemSampler(PeriodicSampler):

@@ -14,15 +14,17 @@ from typing import Any
 
 import pandas as pd
 
-from .. import fmt, pagecache, stats, timeline
-from ..backends.base import Sampling
-from ..coldstart import scheme_a, user_first_request
-from ..compare import compare_samples
-from ..control.base import Unknown
-from ..runner import Trial
-from ._common import (ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note,
-                      negative_overhead_note, noisy_note, state_note)
-from ._context import StudyContext
+from perfkit.core import fmt
+from perfkit.servers import pagecache
+from perfkit.analysis import stats
+from perfkit.analysis import timeline
+from perfkit.client.backends.base import Sampling
+from perfkit.measure.cache_states import scheme_a, user_first_request
+from perfkit.compare import compare_samples
+from perfkit.servers.control.base import Unknown
+from perfkit.measure.runner import Trial
+from perfkit.analysis.requests import ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note, negative_overhead_note, noisy_note, state_note
+from perfkit.studies.base import StudyContext
 
 COMPONENTS = ("load_s", "prefill_s", "decode_s", "overhead_s")
 COLD_STATES = ("cold_server", "cold_disk", "cold_memory")
@@ -70,7 +72,7 @@ def _facts(ctx: StudyContext, s) -> None:
     c = ctx.cfg
     kinds = set(ctx.store.events().get("kind", pd.Series(dtype=str)))
     if "device" not in kinds:
-        from .model_size import record_device
+        from perfkit.studies.model_size import record_device
 
         record_device(ctx, s, c.model)
     if "read_bandwidth" not in kinds:

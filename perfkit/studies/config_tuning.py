@@ -9,16 +9,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import stats
-from .. import fmt
-from ..backends.base import Sampling
-from ..coldstart import ensure_warm
-from ..compare import compare_estimates, compare_samples
-from ..runner import goodput, throughput
-from ..settings import validate_settings
-from ._common import (ci_cell, est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note,
-                      per_request_itl)
-from ._context import StudyContext
+from perfkit.analysis import stats
+from perfkit.core import fmt
+from perfkit.client.backends.base import Sampling
+from perfkit.measure.cache_states import ensure_warm
+from perfkit.compare import compare_estimates, compare_samples
+from perfkit.measure.runner import goodput, throughput
+from perfkit.core.settings import validate_settings
+from perfkit.analysis.requests import ci_cell, est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note, per_request_itl
+from perfkit.studies.base import StudyContext
 
 
 def label(setting: dict) -> str:
@@ -257,7 +256,7 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
 def conclusions(res: dict[str, Any]) -> str:
     b = res["best"]
     t = res["table"]
-    from .model_size import offload_warnings
+    from perfkit.studies.model_size import offload_warnings
 
     ev = res.get("device")
     lines = (offload_warnings(pd.DataFrame([{"model": ev.get("model"), **ev}])) if ev else []) + [

@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import fmt, host, stats
-from ..backends import LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
-from ..fleet import FLEET_MODEL, Fleet
-from ..proxy import nginx_version, parse_access_log
-from ..records import now_ns
-from ..runner import Runner
-from ._common import ci_cell, est, failures, fmt_x, measured, method_note
-from ._context import ENGINE_LOG_ARGS, StudyContext
+from perfkit.core import fmt
+from perfkit.core import host
+from perfkit.analysis import stats
+from perfkit.client.backends import LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
+from perfkit.servers.fleet import FLEET_MODEL, Fleet
+from perfkit.servers.nginx import nginx_version, parse_access_log
+from perfkit.core.records import now_ns
+from perfkit.measure.runner import Runner
+from perfkit.analysis.requests import ci_cell, est, failures, fmt_x, measured, method_note
+from perfkit.studies.base import ENGINE_LOG_ARGS, StudyContext
 
 PHASES = ("scaling", "overhead", "cold_upstream", "failover", "timeout", "cache")
 
@@ -53,7 +55,7 @@ def _model(ctx: StudyContext, fleet: Fleet) -> str:
 def _client(ctx: StudyContext, url: str):
     """The measuring client: the same wire for direct and proxied requests, so the difference is the proxy."""
     if ctx.cfg.api == "ollama":
-        from ..control import RemoteControl
+        from perfkit.servers.control import RemoteControl
 
         return OllamaBackend(url, headers=ctx.params.backend.headers, control=RemoteControl(url))
     return OpenAIBackend(url, headers=ctx.params.backend.headers)
@@ -65,7 +67,7 @@ def _native(ctx: StudyContext, fleet: Fleet, i: int):
     if s.engine is not None:
         return LlamaServerBackend(s.url)
     if ctx.cfg.api == "ollama":
-        from ..control import RemoteControl
+        from perfkit.servers.control import RemoteControl
 
         return OllamaBackend(s.url, headers=ctx.params.backend.headers, control=RemoteControl(s.url))
     return None
@@ -145,7 +147,7 @@ def _overhead(ph: _Phase) -> None:
 
 
 def _restore(ph: _Phase) -> None:
-    from ..proxy import Upstream
+    from perfkit.servers.nginx import Upstream
 
     pc = ph.c.proxy
     ph.fleet.reconfigure(upstreams=[Upstream(s.url, s.weight) for s in ph.fleet.servers], buffering=pc.buffering,
@@ -226,7 +228,7 @@ def _timeout(ph: _Phase) -> None:
     if ttft - 2 * ttfb > 0.05 and not ph.c.short_timeout_s:
         # longer than the wait for headers, shorter than the silence after them (the timer restarts there)
         probes.append(("after headers", round(ttft / 2, 3)))
-    from ..proxy import Upstream
+    from perfkit.servers.nginx import Upstream
 
     for label, short in probes:
         # One failure must not bench the server for the rest of the run (max_fails 0), and with one
@@ -302,7 +304,7 @@ def _cache_probe(ph: _Phase) -> None:
 def run(ctx: StudyContext) -> dict[str, Any]:
     c = ctx.cfg
     if not c.server_urls and nginx_version() is None:
-        from ..proxy import install_hint
+        from perfkit.servers.nginx import install_hint
 
         raise RuntimeError(f"the fleet study needs nginx: {install_hint()}")
     fleet = _fleet(ctx)
@@ -312,7 +314,7 @@ def run(ctx: StudyContext) -> dict[str, Any]:
         fleet.on_event = lambda e: ctx.store.event(f"fleet_{e['kind']}", **{k: v for k, v in e.items() if k != "kind"})
         backend = ph.proxy.backend.describe()
         if fleet.managed:
-            from ..engine import engine_version
+            from perfkit.servers.engine import engine_version
 
             backend = {"backend": f"llama-server ×{len(fleet.servers)} behind nginx {fleet.nginx.version}",
                        "version": engine_version(), "url": fleet.proxy_url, "client": backend.get("backend")}
@@ -357,7 +359,7 @@ def _phase(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def _series_checks(ev: pd.DataFrame) -> dict[str, dict]:
-    from .config_tuning import series_checks
+    from perfkit.studies.config_tuning import series_checks
 
     return series_checks(ev)
 
@@ -365,7 +367,7 @@ def _series_checks(ev: pd.DataFrame) -> dict[str, dict]:
 def scaling_table(df: pd.DataFrame, ev: pd.DataFrame, n_servers: int) -> pd.DataFrame:
     """Per concurrency: throughput direct (one server) and through the proxy (all), with CIs, latency
     percentiles, and scaling efficiency = proxy throughput ÷ (N × direct throughput)."""
-    from .config_tuning import _client_cell, _throughput_ci
+    from perfkit.studies.config_tuning import _client_cell, _throughput_ci
 
     sc = _series_checks(ev)
     rows = []

@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import fmt
-from ..backends.base import Sampling
-from ..coldstart import ensure_warm
-from ..runner import plan as plan_trials
-from ._common import (est, failures, fmt_s, latency_table, measured, method_note, negative_overhead_note,
-                      noisy_note, per_request_itl, state_note)
-from ._context import StudyContext
+from perfkit.core import fmt
+from perfkit.client.backends.base import Sampling
+from perfkit.measure.cache_states import ensure_warm
+from perfkit.measure.runner import plan as plan_trials
+from perfkit.analysis.requests import est, failures, fmt_s, latency_table, measured, method_note, negative_overhead_note, noisy_note, per_request_itl, state_note
+from perfkit.studies.base import StudyContext
 
 
 def plan(ctx: StudyContext):
@@ -183,7 +182,7 @@ def conclusions(res: dict[str, Any]) -> str:
                      f"{fmt_s(est(c['load_s']))}, warm TTFT {fmt_s(est(w['ttft_s']))}, decodes at "
                      f"{fmt.estimate(est(w['decode_tok_s']), 'rate')}{lim}.")
     if pd.notna(t.loc[small, "decode_tok_s"]) and pd.notna(t.loc[large, "decode_tok_s"]) and t.loc[large, "decode_tok_s"]:
-        from .. import stats
+        from perfkit.analysis import stats
 
         rd = stats.ratio(ok[(ok["variant"] == small) & (ok["cache_state"] == "warm")]["decode_tok_s"],
                          ok[(ok["variant"] == large) & (ok["cache_state"] == "warm")]["decode_tok_s"])

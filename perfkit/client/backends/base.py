@@ -1,0 +1,124 @@
+"""The interface every backend implements; a study never branches on the backend."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from perfkit.core.records import RequestRecord
+from perfkit.client.stream import StreamCall
+
+DEFAULT_TIMEOUT_S = 1800.0  # a 72B cold start can take many minutes: never cut off a 15-minute load
+
+
+@dataclass
+class Sampling:
+    """Generation options by their Ollama names; each backend maps them to its own API."""
+
+    num_predict: int = 64
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    @classmethod
+    def greedy(cls, num_predict: int = 64, seed: int = 0) -> "Sampling":
+        return cls(num_predict=num_predict, temperature=0.0, top_k=1, seed=seed)
+
+    def present(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class ModelFacts:
+    """What the server says about a model (quantization from the model itself, never its name)."""
+
+    name: str
+    size_bytes: int | None = None
+    parameter_count: int | None = None
+    quantization: str | None = None
+    family: str | None = None
+    digest: str | None = None
+    path: str | None = None  # local file, when the engine is local (enables cold_disk)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """A server that loads models and streams generations.
+
+    Every method that talks to the server raises ``perfkit.errors.PerfkitError`` subclasses or
+    httpx errors for control calls; ``generate`` never raises for server trouble: it returns a
+    failed ``RequestRecord`` carrying the reason.
+    """
+
+    name: str = "backend"
+    url: str = ""
+    target = None  # perfkit.loadgen.HttpTarget: the engine's connection pool for this server
+    _control = None
+
+    @property
+    def control(self):
+        """This server's ``perfkit.control.ServerControl``: restart, settings in effect, processes,
+        model file, log, device. A backend without a richer one sees only the HTTP API."""
+        if self._control is None:
+            from perfkit.servers.control import RemoteControl
+
+            self._control = RemoteControl(self.url)
+        return self._control
+
+    @control.setter
+    def control(self, value) -> None:
+        self._control = value
+
+    @abc.abstractmethod
+    def version(self) -> str: ...
+
+    @abc.abstractmethod
+    def models(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def model_facts(self, model: str) -> ModelFacts: ...
+
+    @abc.abstractmethod
+    def loaded(self) -> list[str]: ...
+
+    def is_loaded(self, model: str) -> bool:
+        return model in self.loaded()
+
+    @abc.abstractmethod
+    def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S, keep_alive: object = None) -> float:
+        """Make ``model`` resident (for ``keep_alive`` where the server takes one per request); return the
+        measured load time in seconds (verified residency)."""
+
+    @abc.abstractmethod
+    def unload(self, model: str, timeout_s: float = 120.0) -> None:
+        """Make ``model`` not resident, and verify it."""
+
+    @abc.abstractmethod
+    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
+        """The streamed request for one generation, ready for the engine (``self.target``) to send."""
+
+    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
+                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
+        """Stream one generation and time it; failures come back as a record with ``ok=False``."""
+        call = self.stream_call(model, prompt, sampling, logprobs=logprobs, keep_alive=keep_alive)
+        return self.target.fetch(call, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
+
+    def resident_memory(self, model: str) -> dict[str, int]:
+        """What the resident ``model`` itself occupies (bytes), by whatever the server exposes; {} if nothing."""
+        return {}
+
+    def shared_prefix_tokens(self, model: str) -> int | None:
+        """Prompt tokens every chat request shares (the template's head, which a prompt cache may serve
+        in any state); None where the server reports no cached-token count to compare it with."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata for the run manifest (no secrets)."""
+        return {"backend": self.name}
+
+    def close(self) -> None:
+        pass

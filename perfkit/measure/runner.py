@@ -1,0 +1,398 @@
+"""The trial runner: warmups flagged, repetitions in interleaved order with a recorded seed,
+closed-loop concurrency and open-loop Poisson arrivals, per-request timeouts, resumable runs.
+
+Every trial becomes one row in the run's store the moment it completes.
+"""
+
+from __future__ import annotations
+
+import marshal
+import math
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
+from perfkit.measure.cache_states import confirm, ensure_warm, prepare_state
+from perfkit.core.errors import PerfkitError
+from perfkit.client.loadgen import Job, run_series
+from perfkit.client.stream import Capture, decode
+from perfkit.core.prompts import prompt_for
+from perfkit.core.records import CACHE_STATES, now_ns
+from perfkit.core.store import RunStore
+
+
+@dataclass
+class Trial:
+    """One planned request. ``trial_id`` is stable across a resume: it keys the store."""
+
+    trial_id: str
+    model: str
+    cache_state: str = "warm"
+    rep: int = 0
+    warmup: bool = False
+    variant: str = ""
+    prompt_words: int = 48
+    sampling: Sampling = field(default_factory=Sampling)
+    logprobs: bool = False
+    prompt_key: str | None = None  # same key → same prompt (quantization drift compares variants on it)
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cache_state not in CACHE_STATES:
+            raise PerfkitError(f"trial {self.trial_id}: unknown cache state {self.cache_state!r}; "
+                               f"allowed: {', '.join(CACHE_STATES)}")
+        self.variant = self.variant or self.model
+
+    @property
+    def prompt(self) -> str:
+        return self.prompt_with("")
+
+    def prompt_with(self, nonce: str) -> str:
+        """The prompt this trial sends in a run whose nonce is ``nonce``."""
+        return prompt_for(self.prompt_key or self.trial_id, self.prompt_words, nonce)
+
+
+def plan(variants: Sequence[str], reps: int, *, prefix: str, warmup: int = 1, cache_state: str = "warm",
+         seed: int = 0, models: dict[str, str] | None = None, **trial_kw: Any) -> list[Trial]:
+    """Warmup trials (flagged) then ``reps`` rounds; each round runs every variant once, in an order
+    shuffled with ``seed`` + round, so drift (thermal, page cache) can't favour one variant."""
+    models = models or {v: v for v in variants}
+    rng = random.Random(seed)
+    trials = [Trial(f"{prefix}/{v}/warmup{w}", models[v], "warm", w, True, v, **trial_kw)
+              for w in range(warmup) for v in variants]
+    for rep in range(reps):
+        order = list(variants)
+        rng.shuffle(order)
+        trials += [Trial(f"{prefix}/{v}/rep{rep}", models[v], cache_state, rep, False, v,
+                         tags={"order_seed": seed}, **trial_kw) for v in order]
+    return trials
+
+
+class Runner:
+    """Runs trials against one backend into one store.
+
+    Args:
+        timeout_s: bound on each request (default 30 min: a cold 72B load must not be cut off).
+        stall_timeout_s: bound on silence inside a stream (defaults to timeout_s).
+        monitor: optional ``perfkit.sampling.Monitor``; each row then gets resource figures for the
+            request's own window.
+        progress: show a progress bar (stderr).
+    """
+
+    def __init__(self, backend: Backend, store: RunStore, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 stall_timeout_s: float | None = None, monitor=None, progress: bool = True,
+                 on_row: Callable[[dict], None] | None = None, keep_alive: object = None, client_workers: int = 1):
+        self.backend, self.store = backend, store
+        self.timeout_s, self.stall_timeout_s = timeout_s, stall_timeout_s
+        self.monitor, self.progress, self.on_row = monitor, progress, on_row
+        self.keep_alive = keep_alive  # sent with every request and preload (Ollama), so the server default never applies
+        self.nonce = store.nonce()
+        self.client_workers = client_workers  # load series: client processes (see perfkit.loadgen.run_series)
+
+    def prompt(self, key: str, words: int) -> str:
+        """The prompt for ``key`` in this run (the run's nonce mixed in)."""
+        return prompt_for(key, words, self.nonce)
+
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not self.progress, file=sys.stderr, leave=False)
+
+    def record(self, rec, **meta: Any) -> dict:
+        """Store one measured request as a row: ``meta`` + the record + its resource window."""
+        row = {**meta, **rec.as_dict()}
+        if self.monitor is not None and rec.t_end_ns:
+            row.update(self.monitor.request_summary(rec))
+        self._store(row)
+        return row
+
+    # ---- independent trials -----------------------------------------------------------------------
+    def run(self, trials: Sequence[Trial], desc: str = "trials") -> pd.DataFrame:
+        """Run the trials not already in the store; return this plan's rows (old and new)."""
+        done = self.store.done_ids()
+        todo = [t for t in trials if t.trial_id not in done]
+        if len(todo) < len(trials):
+            self.store.event("resume", skipped=len(trials) - len(todo), desc=desc)
+        with self._bar(len(todo), desc) as bar:
+            for t in todo:
+                self.run_one(t)
+                bar.update(1)
+        ids = {t.trial_id for t in trials}
+        df = self.store.trials()
+        return df[df["trial_id"].isin(ids)].reset_index(drop=True) if len(df) else df
+
+    def run_one(self, t: Trial) -> dict:
+        prompt = t.prompt_with(self.nonce)
+        try:
+            check = prepare_state(self.backend, t.model, t.cache_state, prompt=prompt, sampling=t.sampling,
+                                  keep_alive=self.keep_alive)
+        except Exception as e:  # noqa: BLE001 - a failed set-up is a failed trial, never a crash
+            row = {"trial_id": t.trial_id, "variant": t.variant, "model": t.model, "cache_state": t.cache_state,
+                   "rep": t.rep, "warmup": t.warmup, "ok": False, "error": f"state set-up: {e}", **t.tags}
+            self._store(row)
+            return row
+        rec = self.backend.generate(t.model, prompt, t.sampling, timeout_s=self.timeout_s,
+                                    stall_timeout_s=self.stall_timeout_s, logprobs=t.logprobs,
+                                    keep_alive=self.keep_alive)
+        check = confirm(check, rec, self.backend.shared_prefix_tokens(t.model))
+        state = {f"state_{k}": v for k, v in check.as_dict().items() if k != "cache_state"}
+        return self.record(rec, trial_id=t.trial_id, variant=t.variant, cache_state=t.cache_state, rep=t.rep,
+                           warmup=t.warmup, prompt_words=t.prompt_words, sampling=t.sampling.present(),
+                           **state, **t.tags)
+
+    def _resources(self, rows: list[tuple[dict, Any]]) -> pd.DataFrame:
+        """Resource windows of a finished series' requests, stored beside its rows (keyed by trial id)."""
+        if self.monitor is not None:
+            res = [{"trial_id": row["trial_id"], **self.monitor.request_summary(rec)} for row, rec in rows
+                   if rec.t_end_ns]
+            self.store.append_resources(res)
+            by_id = {r["trial_id"]: r for r in res}
+            for row, _ in rows:
+                row.update(by_id.get(row["trial_id"], {}))
+        return pd.DataFrame([row for row, _ in rows])
+
+    def _store(self, row: dict) -> None:
+        self.store.append_trial(row)
+        if self.on_row:
+            self.on_row(row)
+
+    # ---- load series: closed loop and open loop ------------------------------------------------
+    def _series_done(self, series: str) -> pd.DataFrame | None:
+        ev = self.store.events()
+        if len(ev) and "series" in ev and ((ev["kind"] == "series_done") & (ev["series"] == series)).any():
+            attempt = int(ev[(ev["kind"] == "series_done") & (ev["series"] == series)]["attempt"].iloc[-1])
+            df = self.store.trials()
+            return df[(df.get("series") == series) & (df.get("attempt") == attempt)].reset_index(drop=True)
+        return None
+
+    def _attempt(self, series: str) -> int:
+        ev = self.store.events()
+        if len(ev) and "series" in ev:
+            return int(((ev["kind"] == "series_start") & (ev["series"] == series)).sum())
+        return 0
+
+    def closed_loop(self, model: str, concurrency: int, n_requests: int, *, series: str,
+                    sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None,
+                    on_response: Callable[[int, Capture], None] | None = None) -> pd.DataFrame:
+        """``concurrency`` streams each send their next request the moment the last one ends (no think time).
+
+        A series is the unit of resume: an interrupted one is re-run whole under a new attempt, so
+        its concurrency is never mixed; what the interrupted attempt measured is kept, flagged.
+        """
+        if concurrency < 1 or n_requests < 1:
+            raise PerfkitError(f"closed loop needs concurrency ≥ 1 and requests ≥ 1 (got {concurrency}, {n_requests})")
+        return self._series(model, series, [0.0] * n_requests, concurrency, sampling, prompt_words, tags,
+                            {"mode": "closed", "concurrency": concurrency}, on_response)
+
+    def open_loop(self, model: str, rate_rps: float, n_requests: int, *, series: str, seed: int = 0,
+                  arrivals: str = "poisson", sampling: Sampling | None = None, prompt_words: int = 48,
+                  tags: dict | None = None) -> pd.DataFrame:
+        """Requests sent on a fixed schedule at ``rate_rps`` (``poisson``: exponential gaps, seeded;
+        ``constant``: even gaps), whether or not earlier ones have finished, with no cap on what is in
+        flight. Latency counts from the send and from the schedule (``ttft_sched_s``), so a late
+        client can't hide a slow server (coordinated omission)."""
+        if rate_rps <= 0 or n_requests < 1:
+            raise PerfkitError(f"open loop needs rate > 0 and requests ≥ 1 (got {rate_rps}, {n_requests})")
+        return self._series(model, series, schedule(arrivals, rate_rps, n_requests, seed), None, sampling,
+                            prompt_words, tags, {"mode": "open", "rate_rps": rate_rps, "arrivals": arrivals,
+                                                 "seed": seed})
+
+    def _series(self, model: str, series: str, offsets: list[float], concurrency: int | None,
+                sampling: Sampling | None, prompt_words: int, tags: dict | None, info: dict,
+                on_response: Callable[[int, Capture], None] | None = None) -> pd.DataFrame:
+        """``on_response(i, capture)``: runs on the loop as each response ends (a fault injected after
+        k responses, say); keep it as cheap as the spool write beside it."""
+        done = self._series_done(series)
+        if done is not None:
+            return done
+        attempt = self._attempt(series)
+        make = self._jobs(model, series, offsets, sampling, prompt_words)
+        if attempt:
+            self._recover(series, attempt - 1, make(attempt - 1), info, tags, model, offsets)
+        self.store.event("series_start", series=series, attempt=attempt, **info)
+        ensure_warm(self.backend, model, self.keep_alive)
+        jobs = make(attempt)
+        spool = _Spool(self._spool_path(series, attempt))
+        bar = self._bar(len(jobs), series)
+
+        def on_done(i: int, cap) -> None:  # on the loop: a buffered write and a tick, nothing more
+            spool.write(i, cap)
+            bar.update(1)
+            if on_response is not None:
+                on_response(i, cap)
+
+        try:
+            t0 = now_ns()
+            recs, check = run_series(jobs, concurrency=concurrency, timeout_s=self.timeout_s,
+                                     stall_timeout_s=self.stall_timeout_s, on_done=on_done,
+                                     workers=self.client_workers)
+            t1 = now_ns()
+        finally:
+            spool.close()
+            bar.close()
+        rows = self._rows(series, attempt, info, tags, model, enumerate(recs), offsets)
+        self.store.extend_trials(rows)
+        for row in rows:
+            if self.on_row:
+                self.on_row(row)
+        window = steady_window(pd.DataFrame(rows), concurrency)
+        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1,
+                         **{f"client_{k}": v for k, v in check.as_dict().items()}, **window)
+        spool.path.unlink(missing_ok=True)
+        return self._resources(list(zip(rows, recs)))
+
+    def _jobs(self, model: str, series: str, offsets: list[float], sampling: Sampling | None,
+              prompt_words: int) -> Callable[[int], list[Job]]:
+        """Every request of an attempt, built (prompts made, bodies serialized) before any timing starts."""
+        def make(attempt: int) -> list[Job]:
+            return [Job(self.backend.target,
+                        self.backend.stream_call(model, self.prompt(f"{series}/a{attempt}/{i}", prompt_words),
+                                                 sampling, keep_alive=self.keep_alive), off)
+                    for i, off in enumerate(offsets)]
+        return make
+
+    def _rows(self, series: str, attempt: int, info: dict, tags: dict | None, model: str,
+              recs, offsets: list[float], **extra: Any) -> list[dict]:
+        """One row per (index, record) of an attempt."""
+        sched = info["mode"] == "open"
+        return [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info,
+                 "index": i, **({"scheduled_s": offsets[i]} if sched else {}), "cache_state": "warm",
+                 "warmup": False, "variant": model, **extra, **(tags or {}), **rec.as_dict()} for i, rec in recs]
+
+    def _spool_path(self, series: str, attempt: int):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in series)
+        return self.store.dir / "spool" / f"{safe}.a{attempt}.bin"
+
+    def _recover(self, series: str, attempt: int, jobs: list[Job], info: dict, tags: dict | None, model: str,
+                 offsets: list[float]) -> None:
+        """Store what an interrupted attempt measured before it was killed (from its spool), flagged
+        ``interrupted``: nothing measured is lost, and no analysis mixes it with a whole series."""
+        path = self._spool_path(series, attempt)
+        caps = _Spool.read(path)
+        if caps:
+            recs = [(i, decode(jobs[i].call, cap)) for i, cap in sorted(caps.items()) if i < len(jobs)]
+            rows = self._rows(series, attempt, info, tags, model, recs, offsets, interrupted=True)
+            self.store.extend_trials(rows)
+            self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
+        path.unlink(missing_ok=True)
+
+
+def schedule(arrivals: str, rate_rps: float, n: int, seed: int = 0) -> list[float]:
+    """Send offsets (s from the start): ``poisson`` (exponential gaps, seeded) or ``constant``."""
+    if arrivals == "constant":
+        return [i / rate_rps for i in range(n)]
+    if arrivals != "poisson":
+        raise PerfkitError(f"unknown arrivals {arrivals!r}; allowed: poisson, constant")
+    rng = random.Random(seed)
+    offsets, t = [], 0.0
+    for _ in range(n):
+        offsets.append(t)
+        t += rng.expovariate(rate_rps)
+    return offsets
+
+
+class _Spool:
+    """Raw responses of the running series, appended as each ends (marshal: fast enough for the loop,
+    no fsync: a killed process's writes are in the page cache), read back only after a crash."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "wb")
+
+    def write(self, i: int, cap) -> None:
+        blob = marshal.dumps((i, {k: v for k, v in cap.__dict__.items() if not k.startswith("_")}))
+        self._f.write(len(blob).to_bytes(4, "little") + blob)
+
+    def close(self) -> None:
+        self._f.close()
+
+    @staticmethod
+    def read(path) -> dict[int, Capture]:
+        out: dict[int, Capture] = {}
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return out
+        pos = 0
+        while pos + 4 <= len(data):
+            n = int.from_bytes(data[pos:pos + 4], "little")
+            if pos + 4 + n > len(data):
+                break  # torn by the kill
+            try:
+                i, fields = marshal.loads(data[pos + 4:pos + 4 + n])
+                out[i] = Capture(**{k: v for k, v in fields.items() if k in Capture.__dataclass_fields__})
+            except (ValueError, EOFError, TypeError):
+                break
+            pos += 4 + n
+        return out
+
+
+def steady_window(rows: pd.DataFrame, concurrency: int | None = None, warmup_fraction: float = 0.1) -> dict:
+    """The steady-state window of a series, and what the client achieved in it.
+
+    Closed loop: from the moment every stream has finished its first request (the synchronized start
+    is over) to the first moment a stream has nothing left to send (concurrency starts to fall).
+    Open loop: from ``warmup_fraction`` of the schedule to its last send. Without such a window (too
+    few requests per stream) the whole span is used and ``steady`` is False.
+    Returns ns bounds, ``achieved_concurrency`` (mean requests in flight), ``achieved_rate_rps`` (sends
+    per second) and ``n_steady`` (requests sent inside the window).
+    """
+    ok = rows.dropna(subset=["t_send_ns", "t_end_ns"]) if len(rows) else rows
+    if ok.empty:
+        return {"steady": False}
+    send, end = ok["t_send_ns"].astype("int64"), ok["t_end_ns"].astype("int64")
+    lo, hi, steady = int(send.min()), int(end.max()), False
+    if concurrency is None and "t_scheduled_ns" in ok and ok["t_scheduled_ns"].notna().all():
+        sched = ok["t_scheduled_ns"].astype("int64")
+        a, b = int(sched.min()), int(sched.max())
+        t0 = a + int(warmup_fraction * (b - a))
+        if b > t0:
+            lo, hi, steady = t0, b, True
+    elif concurrency and "stream" in ok and ok["stream"].notna().all():
+        g = ok.assign(send=send, end=end).sort_values("send").groupby("stream")
+        t0, t1 = int(g["end"].first().max()), int(g["end"].last().min())
+        if t1 > t0 and g.ngroups >= concurrency:
+            lo, hi, steady = t0, t1, True
+    span = (hi - lo) * 1e-9
+    overlap = (np.minimum(end, hi) - np.maximum(send, lo)).clip(lower=0).sum() * 1e-9
+    if concurrency is None and steady:  # open loop: the sends scheduled inside, at the pace they really left
+        inside = (sched >= lo) & (sched <= hi)
+        s_in = send[inside]
+        rate = (len(s_in) - 1) / ((s_in.max() - s_in.min()) * 1e-9) if len(s_in) > 1 and s_in.max() > s_in.min() \
+            else math.nan
+    else:
+        inside = (send >= lo) & (send <= hi)
+        rate = int(inside.sum()) / span if span > 0 else math.nan
+    return {"steady": steady, "steady_t0_ns": lo, "steady_t1_ns": hi, "steady_s": span,
+            "n_steady": int(inside.sum()), "achieved_concurrency": overlap / span if span > 0 else math.nan,
+            "achieved_rate_rps": rate}
+
+def throughput(rows: pd.DataFrame) -> dict[str, float]:
+    """Aggregate figures of a load series: requests/s, output tokens/s, achieved concurrency."""
+    ok = rows[rows["ok"]] if "ok" in rows else rows
+    if ok.empty:
+        return {"requests_s": float("nan"), "output_tok_s": float("nan"), "concurrency_achieved": float("nan")}
+    t0, t1 = ok["t_send_ns"].min(), ok["t_end_ns"].max()
+    span_s = (t1 - t0) * 1e-9
+    busy_s = ((ok["t_end_ns"] - ok["t_send_ns"]) * 1e-9).sum()
+    return {"requests_s": len(ok) / span_s, "output_tok_s": ok["output_tokens"].sum() / span_s,
+            "concurrency_achieved": busy_s / span_s, "span_s": span_s, "n_ok": len(ok),
+            "n_failed": int(len(rows) - len(ok))}
+
+
+def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | None = None) -> float:
+    """Requests/s that met every SLO given (failed requests never do)."""
+    if rows.empty:
+        return float("nan")
+    good = rows["ok"].astype(bool)
+    if ttft_s is not None:
+        good &= rows["ttft_s"] <= ttft_s
+    if tpot_s is not None:
+        good &= rows["tpot_s"].fillna(0) <= tpot_s
+    span_s = (rows["t_end_ns"].max() - rows["t_send_ns"].min()) * 1e-9
+    return float(good.sum() / span_s) if span_s > 0 else float("nan")

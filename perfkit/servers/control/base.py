@@ -1,0 +1,159 @@
+"""What a server lets perfkit see and do beyond its API: one controller per backend.
+
+A study asks the same questions of every server — restart it with settings, which settings are
+in effect and how we know, which processes to sample, where the model file and the server's log
+are, what hardware runs the model — and never branches on the backend. A controller that can't
+see something answers with the reason (``Unknown``), and reports print that reason.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from perfkit.core.errors import PerfkitError
+
+SETTING_STATUSES = ("confirmed", "not applied", "unverifiable")
+
+
+@dataclass
+class SettingCheck:
+    """Whether one server setting took effect.
+
+    ``status``: confirmed | not applied (``effective`` says what the server runs instead) |
+    unverifiable (``evidence`` says why). ``evidence`` names the source: a log line, a command line,
+    ``/proc/PID/environ``, the server's own properties.
+    """
+
+    name: str
+    wanted: str
+    status: str
+    effective: str | None = None
+    evidence: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RestartInfo:
+    """One restart: when it was asked for and when the *new* server answered (perf_counter ns)."""
+
+    t_restart_ns: int
+    t_ready_ns: int
+    wall_restart_unix_s: float
+    pid_before: int | None = None
+    pid_after: int | None = None
+
+    @property
+    def ready_s(self) -> float:
+        """Restart → the new server answers (s)."""
+        return (self.t_ready_ns - self.t_restart_ns) * 1e-9
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ready_s": self.ready_s}
+
+
+@dataclass
+class Device:
+    """The hardware that runs a model, and the memory bandwidth that bounds its decode speed.
+
+    ``kind``: cpu | gpu | gpu+cpu (partial offload) | unknown. ``memory_bandwidth_bytes_s`` is the
+    limit of that device (bytes/s; for a partial offload the GPU's, with ``cpu_share`` saying how
+    much of the model runs on the CPU instead). ``unknown_because`` is set whenever a figure can't be
+    known, e.g. for a server on another host.
+    """
+
+    kind: str
+    name: str | None = None
+    memory_bandwidth_bytes_s: float | None = None
+    bandwidth_source: str | None = None
+    gpu_indices: list[int] = field(default_factory=list)
+    cpu_share: float | None = None
+    offload_evidence: str | None = None
+    unknown_because: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def as_record(self) -> dict[str, Any]:
+        """Flat fields for an event row (``kind`` is the event's own key there, so it is ``device``)."""
+        d = asdict(self)
+        d["device"], d["device_name"] = d.pop("kind"), d.pop("name")
+        return d
+
+
+class Unknown(PerfkitError):
+    """A fact this controller can't see; the message says why (it goes into reports as is)."""
+
+
+class ServerControl(abc.ABC):
+    """The questions every study asks of a server, whatever it is.
+
+    ``is_local``: the server runs on this host (its processes, files and log are readable).
+    """
+
+    name = "server"
+    is_local = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def restart(self, settings: Mapping[str, Any] | None) -> RestartInfo:
+        """Restart with these (Ollama-named) settings (None: the ones in effect) and wait until the new
+        server answers."""
+        raise Unknown(f"{self.name}: perfkit can't restart this server ({self.why_not_local()})")
+
+    def can_restart(self) -> bool:
+        return False
+
+    # ---- what it runs ------------------------------------------------------------------------------
+    def settings_in_effect(self, wanted: Mapping[str, Any], model: str | None = None) -> dict[str, SettingCheck]:
+        from perfkit.core.settings import validate_settings
+
+        return {k: SettingCheck(k, v, "unverifiable", None, self.why_not_local())
+                for k, v in validate_settings(wanted).items()}
+
+    def server_pids(self) -> list[int]:
+        """Root pids of the server's process tree (the sampler adds descendants); [] when not visible."""
+        return []
+
+    def model_file(self, model: str) -> Path:
+        """The model's file on this host (what cold_disk evicts and the load floor reads)."""
+        raise Unknown(f"the model file is unknown, because {self.why_not_local()}")
+
+    def log_source(self):
+        """A ``perfkit.serverlog.LogSource`` for the server's own log, or None."""
+        return None
+
+    def device(self, model: str, backend=None) -> Device:
+        return Device("unknown", unknown_because=self.why_not_local())
+
+    def wait_memory_released(self, model: str, timeout_s: float = 120.0) -> float | None:
+        """After an unload: wait until the model's memory is really free; seconds waited, None if unknowable."""
+        return None
+
+    def why_not_local(self) -> str:
+        return "the server is not on this host"
+
+    def describe(self) -> dict[str, Any]:
+        return {"control": self.name, "local": self.is_local}
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteControl(ServerControl):
+    """A server perfkit can only reach over HTTP: everything beyond the API is unknown, with the reason."""
+
+    name = "remote"
+
+    def __init__(self, url: str, reason: str | None = None):
+        self.url = url
+        self.reason = reason or f"the server at {url} is on another host (only its HTTP API is visible)"
+
+    def why_not_local(self) -> str:
+        return self.reason
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "url": self.url, "unknown_because": self.reason}

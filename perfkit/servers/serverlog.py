@@ -1,0 +1,871 @@
+"""The server's own account of a run: Ollama's and llama-server's log lines, parsed into events.
+
+A client sees a slow first request; the server's log says why (runner spawn, weights load, partial
+GPU offload, a setting that did not apply). This module turns log lines into ``LogEvent``s with
+times in epoch seconds, and reads only the part of a log written during a run (``LogSource``).
+
+Formats understood (all leniently; unknown lines give None, never an exception):
+
+* Ollama's slog text lines: ``time=2026-11-24T10:00:00.123Z level=INFO source=server.go:398 msg="..." k=v``
+  (server/routes.go "server config" and "Listening on", llm/server.go "starting llama server" /
+  "starting runner", llm/llama_server.go "starting llama-server" (v0.30+), "... started in N seconds",
+  "model load progress", sched.go "loaded runners", the scheduler's unload messages).
+  Also the Go ``log`` form Ollama writes before its own handler is set up
+  (``2026/11/24 10:00:00 routes.go:1187: INFO server config env="map[...]"``, local time).
+* GIN request lines: ``[GIN] 2026/02/21 - 12:10:32 | 200 |  2m38s |  127.0.0.1 | POST  "/api/chat"``
+  (local time, no zone, whole seconds; written when the request ends).
+* llama.cpp lines, bare inside Ollama's log (``load_tensors: offloaded 81/81 layers to GPU``,
+  older ``llm_load_tensors:``; Ollama < 0.4's ``INFO [main] model loaded | ... timestamp=EPOCH``) or in
+  llama-server's own log. There ``--log-timestamps`` prints only together with ``--log-prefix``:
+  ``0.00.035.060 I srv  main: ...`` is minutes.seconds.milliseconds.microseconds since that process's
+  logger started (common/log.cpp: ``t_us() - t_start``), a clock relative to process start, not wall
+  time. A router forwards its child's stderr as ``[PORT] <child line>`` with no stamp of its own, so
+  child lines carry the child's own relative clock. ``load_tensors``/buffer lines need ``-lv 4``
+  (default verbosity 3 hides them; Ollama passes ``--log-verbosity 4`` for the same reason).
+* Source prefixes: journald (``short``, ``short-iso``, ``short-precise``), docker compose
+  (``ollama-1  | ``), docker ``--timestamps`` (``2026-11-24T10:00:00.123456789Z ``).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any, Iterable
+
+from perfkit.servers.engine import ENGINE_START_MARK
+from perfkit.core.errors import PerfkitError
+from perfkit.servers.procs import parse_runner_argv
+
+KINDS = (
+    "server_config",     # env: the full effective config (Ollama)
+    "server_listening",  # address, version
+    "runner_start",      # cmd, argv, model_path, flags (a runner / model instance is spawned)
+    "runner_waiting",    # Ollama waits for the runner to answer: the load begins
+    "load_progress",     # progress 0..1 (Ollama, OLLAMA_DEBUG=1)
+    "offload",           # layers_gpu, layers_total, stage ("planned" by Ollama's estimate, "actual" by the loader)
+    "model_buffer",      # device, mib: model weights per device
+    "kv_cache",          # device, mib
+    "compute_buffer",    # device, mib
+    "gpu_init",          # backend, count
+    "gpu_device",        # index, name (+ compute_capability, free_mib, total_mib where given)
+    "backend_loaded",    # backend, path (ggml dynamic backends)
+    "model_loading",     # model_path (llama-server starts reading a model)
+    "runner_ready",      # seconds: Ollama's "llama runner started in N seconds"
+    "model_loaded",      # llama-server's "model loaded"
+    "runners_loaded",    # count (Ollama's "loaded runners")
+    "request",           # status, latency_s, client, method, path (GIN)
+    "timing",            # phase, ms, tokens, ms_per_token, tokens_per_s, slot, task (llama-server per request)
+    "warning",           # level, msg
+    "error",             # level, msg
+    "load_timeout",      # msg, progress
+    "unload",            # reason, name: a model is being unloaded (expiry, eviction, stop, idle sleep)
+    "runner_exit",       # name, exit_status: a llama-server model instance ended
+    "request_proxied",   # name, port: a llama-server router hands a request to a model instance
+)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# --- source prefixes ------------------------------------------------------------------------------
+
+_ISO_TS = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})"
+_JOURNAL_ISO = re.compile(rf"^(?P<ts>{_ISO_TS}) (?P<host>\S+) (?P<ident>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?: ?")
+_JOURNAL_SHORT = re.compile(
+    r"^(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(?P<day>\d{1,2}) "
+    r"(?P<hms>\d{2}:\d{2}:\d{2})(?P<frac>\.\d+)? (?P<host>\S+) (?P<ident>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?: ?"
+)
+_COMPOSE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*) +\| ?")
+_DOCKER_TS = re.compile(rf"^(?P<ts>{_ISO_TS}) ")
+_MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
+
+
+@dataclass
+class _Prefix:
+    rest: str
+    time_unix_s: float | None = None
+    resolution_s: float | None = None
+
+
+def _local_ts(dt: datetime, local_tz: tzinfo | None) -> float:
+    """Epoch seconds of a naive local time: in ``local_tz``, or the machine's zone when None."""
+    if local_tz is not None:
+        return dt.replace(tzinfo=local_tz).timestamp()
+    return dt.timestamp()  # naive datetime: Python applies the machine's local zone
+
+
+def _iso_ts(text: str, local_tz: tzinfo | None) -> float | None:
+    try:
+        dt = datetime.fromisoformat(text.replace(",", "."))
+    except ValueError:
+        return None
+    return dt.timestamp() if dt.tzinfo else _local_ts(dt, local_tz)
+
+
+def _split_prefix(line: str, local_tz: tzinfo | None = None, year: int | None = None) -> _Prefix:
+    line = _ANSI.sub("", line.rstrip("\r\n"))
+    p = _Prefix(line)
+    m = _JOURNAL_ISO.match(line)
+    if m:
+        p = _Prefix(line[m.end():], _iso_ts(m["ts"], local_tz), None if re.search(r"[.,]\d", m["ts"]) else 1.0)
+    else:
+        m = _JOURNAL_SHORT.match(line)
+        if m:
+            p = _Prefix(line[m.end():], _journal_short_ts(m, local_tz, year), None if m["frac"] else 1.0)
+    m = _COMPOSE.match(p.rest)
+    if m:
+        p.rest = p.rest[m.end():]
+    m = _DOCKER_TS.match(p.rest)
+    if m:
+        t = _iso_ts(m["ts"], local_tz)
+        p.rest = p.rest[m.end():]
+        if p.time_unix_s is None and t is not None:
+            p.time_unix_s, p.resolution_s = t, None
+    return p
+
+
+def _journal_short_ts(m: re.Match, local_tz: tzinfo | None, year: int | None) -> float | None:
+    hh, mm, ss = (int(x) for x in m["hms"].split(":"))
+    frac = float(m["frac"]) if m["frac"] else 0.0
+    explicit = year is not None
+    y = year if explicit else datetime.now(local_tz).year
+    try:
+        dt = datetime(y, _MONTHS[m["mon"]], int(m["day"]), hh, mm, ss)
+    except ValueError:
+        return None
+    t = _local_ts(dt, local_tz) + frac
+    # journald's short format has no year: a December line read in January belongs to last year.
+    if not explicit and t > time.time() + 86400:
+        t = _local_ts(dt.replace(year=y - 1), local_tz) + frac
+    return t
+
+
+def strip_prefix(line: str) -> str:
+    """The line as the server wrote it: without a journald, docker compose or docker --timestamps prefix
+    (and without terminal colour codes)."""
+    return _split_prefix(line).rest
+
+
+# --- Go value formats -----------------------------------------------------------------------------
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """A Go ``time.Duration`` string in seconds: "178.535µs", "12.5ms", "9.79s", "3m9s", "1h2m3s",
+    "2m38.123s", "0s". ValueError if it is not one."""
+    s = text.strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    s = s.lstrip("+-")
+    if s == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _GO_DURATION_PART.match(s, pos)
+        if not m:
+            raise ValueError(f"not a Go duration: {text!r}")
+        total += float(m[1]) * _GO_UNITS_S[m[2]]
+        pos = m.end()
+    if pos == 0:
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sign * total
+
+
+_GO_MAP_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*):")
+
+
+def parse_go_map(text: str) -> dict[str, str]:
+    """A Go ``fmt`` map (``map[K1:V1 K2: K3:[a b]]``) as a dict of strings: an empty value is "",
+    a bracketed list is kept as the text inside its brackets. Keys are identifiers (env names)."""
+    s = text.strip()
+    if s.startswith("map[") and s.endswith("]"):
+        s = s[4:-1]
+    out: dict[str, str] = {}
+    pos = 0
+    n = len(s)
+    while pos < n:
+        while pos < n and s[pos] == " ":
+            pos += 1
+        m = _GO_MAP_KEY.match(s, pos)
+        if not m:
+            break
+        key, pos = m[1], m.end()
+        if pos < n and s[pos] == "[":
+            depth, j = 0, pos
+            while j < n:
+                depth += s[j] == "["
+                depth -= s[j] == "]"
+                if depth == 0:
+                    break
+                j += 1
+            out[key] = s[pos + 1:j]
+            pos = j + 1
+            continue
+        # A value runs to the next " KEY:"; an empty value is directly followed by it. Values may hold
+        # colons (http://127.0.0.1:11434) but not a space followed by an identifier and a colon.
+        nxt = re.compile(r" (?=[A-Za-z_][A-Za-z0-9_.\-]*:)").search(s, pos)
+        end = nxt.start() if nxt else n
+        out[key] = s[pos:end].strip()
+        pos = end
+    return out
+
+
+_GO_ESCAPES = {"a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t", "v": b"\v",
+               "\\": b"\\", '"': b'"', "'": b"'"}
+
+
+def _go_unquote(q: str) -> str:
+    """The string a Go ``strconv.Quote`` literal stands for (slog quotes values that need it)."""
+    body = q[1:-1] if len(q) >= 2 and q[0] == q[-1] == '"' else q
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\" or i + 1 >= len(body):
+            out += c.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        e = body[i + 1]
+        try:
+            if e in _GO_ESCAPES:
+                out += _GO_ESCAPES[e]
+                i += 2
+            elif e == "x":
+                out.append(int(body[i + 2:i + 4], 16))  # a raw byte: invalid UTF-8 in the original
+                i += 4
+            elif e in "uU":
+                n = 4 if e == "u" else 8
+                out += chr(int(body[i + 2:i + 2 + n], 16)).encode("utf-8", "surrogatepass")
+                i += 2 + n
+            elif e in "01234567":
+                out.append(int(body[i + 1:i + 4], 8) & 0xFF)
+                i += 4
+            else:
+                out += ("\\" + e).encode()
+                i += 2
+        except ValueError:
+            out += b"\\"
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+_SLOG_PAIR = re.compile(r'\s*(?P<key>"(?:[^"\\]|\\.)*"|[^\s="]+)=(?P<val>"(?:[^"\\]|\\.)*"|\S*)')
+
+
+def _slog_attrs(text: str) -> dict[str, str]:
+    attrs: dict[str, str] = {}
+    pos = 0
+    while pos < len(text):
+        m = _SLOG_PAIR.match(text, pos)
+        if not m:
+            nxt = text.find(" ", pos + 1)  # skip a token that isn't key=value
+            if nxt < 0:
+                break
+            pos = nxt
+            continue
+        key = m["key"]
+        key = _go_unquote(key) if key.startswith('"') else key
+        val = m["val"]
+        attrs[key] = _go_unquote(val) if val.startswith('"') else val
+        pos = m.end()
+    return attrs
+
+
+_HUMAN_BYTES = re.compile(r"^\s*([\d.]+)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\s*$")
+_BYTES_PER = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+              "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
+
+
+def _mib(text: str) -> float | None:
+    """Ollama's format.HumanBytes2 ("16.3 GiB", "512 MiB", "0 B") in MiB."""
+    m = _HUMAN_BYTES.match(text or "")
+    if not m:
+        return None
+    return float(m[1]) * _BYTES_PER[m[2]] / (1 << 20)
+
+
+def _split_cmd(cmd: str) -> list[str]:
+    try:
+        # Windows paths (C:\Users\...) lose their backslashes in POSIX mode.
+        if re.search(r"(^|\s)[A-Za-z]:\\", cmd):
+            return [a.strip('"') for a in shlex.split(cmd, posix=False)]
+        return shlex.split(cmd)
+    except ValueError:
+        return cmd.split()
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LogEvent:
+    """One thing the server said. ``wall_unix_s``: when it wrote it (epoch seconds, UTC), None when the
+    line carries no time. ``fields`` hold parsed values with units in their names."""
+
+    kind: str
+    wall_unix_s: float | None
+    fields: dict[str, Any]
+    line: str
+
+
+@dataclass
+class _Parsed:
+    event: LogEvent | None
+    time_unix_s: float | None = None  # wall time the line itself (or its source prefix) carries
+    rel_s: float | None = None        # llama.cpp --log-timestamps: seconds since its process started
+    instance_port: int | None = None  # router-forwarded child line: the child's port
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_GIN = re.compile(
+    r"^\[GIN\] (?P<ts>\d{4}/\d{2}/\d{2} - \d{2}:\d{2}:\d{2}) \|\s*(?P<status>\d{3})\s*\|\s*(?P<lat>[^|]*?)\s*\|"
+    r"\s*(?P<client>[^|]*?)\s*\|\s*(?P<method>[A-Za-z]+)\s+(?P<path>\".*\"|\S+)\s*$"
+)
+_GOLOG = re.compile(
+    r"^(?P<ts>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})(?P<frac>\.\d+)? (?:(?P<src>[\w.-]+\.go:\d+): )?(?P<msg>.*)$"
+)
+# llama.cpp's --log-prefix/--log-timestamps ("M.SS.mmm.uuu L "), after a router's "[PORT] " for child lines.
+_LLAMA_PREFIX = re.compile(
+    r"^(?:\[\s*(?P<port>\d+)\] )?(?:(?P<ts>\d+\.\d{2}\.\d{3}\.\d{3}) )?(?:(?P<lvl>[IWED]) (?=\S))?"
+)
+_EXT_SERVER = re.compile(r"^(?P<lvl>INFO|WARN|ERROR|DEBUG|VERB) \[(?P<fn>[^\]]*)\] (?P<msg>.*?)(?: \| (?P<kv>.*))?$")
+
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_BUFFER = re.compile(
+    r"^(?P<fn>[A-Za-z_][A-Za-z0-9_]*):\s+(?P<dev>\S+)\s+(?:(?P<what>model|KV|compute|output|RS)\s+)?"
+    r"buffer size\s*=\s*(?P<mib>[\d.]+)\s*MiB"
+)
+_GPU_INIT = re.compile(r"ggml_(?P<be>cuda|vulkan|sycl|metal|hip|musa|cann)\w*: found (?P<n>\d+) (?P<name>\S+) devices?")
+_GPU_DEVICE = re.compile(
+    r"^\s*Device (?P<i>\d+): (?P<name>.+?)(?:, compute capability (?P<cc>[\d.]+))?(?:, VMM: (?P<vmm>\w+))?"
+    r"(?:, ID: (?P<id>\S+))?\s*$"
+)
+_USING_DEVICE = re.compile(
+    r"using device (?P<dev>\S+) \((?P<name>.*?)\)(?: \((?P<pci>[^)]*)\))? - (?P<free>\d+) MiB free"
+)
+_LOAD_BACKEND = re.compile(r"load_backend: loaded (?P<be>\S+) backend from (?P<path>.+)$")
+_TIMING = re.compile(
+    r"(?P<phase>prompt eval|eval|total) time =\s*(?P<ms>[\d.]+) ms /\s*(?P<n>\d+) (?:tokens|runs)"
+    r"(?:\s*\(\s*(?P<mspt>[\d.]+) ms per token,\s*(?P<tps>[\d.]+|inf|nan) tokens per second\))?"
+)
+_SLOT = re.compile(r"id\s+(?P<slot>-?\d+) \| task (?P<task>-?\d+) \|")
+_SRV = re.compile(r"^(?P<who>srv|slot|que|cmn|spec|mtd|res)\s+(?P<fn>\S+): (?P<msg>.*)$")
+_STARTED_IN = re.compile(r"(?:llama runner|llama-server|runner) started in (?P<s>[\d.]+) seconds")
+_LOAD_PROGRESS = re.compile(r"model load progress (?P<p>[\d.]+)")
+_LISTENING = re.compile(r"Listening on (?P<addr>\S+)(?: \(version (?P<ver>[^)]*)\))?")
+_TIMED_OUT = re.compile(r"timed out waiting for (?:llama runner|llama-server|runner) to start")
+_PROGRESS_IN = re.compile(r"progress (?P<p>[\d.]+)")
+_SPAWN = re.compile(r"spawning server instance with name=(?P<name>\S+) on port (?P<port>\d+)")
+_UNLOAD_MSGS = (
+    "timer expired, expiring to unload", "gone idle, expiring to unload", "runner expired event received",
+    "shutting down runner", "stopping llama-server", "llama-server stopped", "sending an unloaded event",
+    "unload completed", "evicting", "stopping model instance", "removing LRU", "server is entering sleeping state",
+    "expiring loaded models",
+)
+
+
+def _fields_runner_start(cmd: str, argv: list[str] | None = None) -> dict[str, Any]:
+    argv = argv if argv is not None else _split_cmd(cmd)
+    r = parse_runner_argv(argv)
+    return {"cmd": cmd, "argv": argv, "model_path": r.model_path, "flags": r.flags, "runner_kind": r.kind,
+            "port": r.port}
+
+
+def _from_msg(msg: str, attrs: dict[str, str], level: str | None) -> tuple[str, dict[str, Any]] | None:
+    """Kind and fields of an Ollama message (slog ``msg`` or an old Go log line's text)."""
+    lvl = (level or "").upper()
+    if msg == "server config":
+        return "server_config", {"env": parse_go_map(attrs.get("env", ""))}
+    m = _LISTENING.search(msg)
+    if m and msg.startswith("Listening on"):
+        return "server_listening", {"address": m["addr"], "version": m["ver"]}
+    if msg in ("starting llama server", "starting runner", "starting llama-server") and "cmd" in attrs:
+        return "runner_start", _fields_runner_start(attrs["cmd"])
+    if msg.startswith("waiting for llama runner to start responding") or msg.startswith(
+            "waiting for llama-server to start responding"):
+        return "runner_waiting", {}
+    m = _LOAD_PROGRESS.search(msg)
+    if m:
+        return "load_progress", {"progress": float(m["p"])}
+    m = _STARTED_IN.search(msg)
+    if m:
+        return "runner_ready", {"seconds": float(m["s"])}
+    everything = " ".join([msg, *attrs.values()])
+    if _TIMED_OUT.search(everything):
+        p = _PROGRESS_IN.search(everything)
+        return "load_timeout", {"level": lvl or "ERROR", "msg": msg, "error": attrs.get("error"),
+                                "progress": float(p["p"]) if p else None}
+    if msg == "offload" or msg.startswith("offload to "):
+        if "layers.offload" in attrs and "layers.model" in attrs:
+            try:
+                return "offload", {"layers_gpu": int(attrs["layers.offload"]),
+                                   "layers_total": int(attrs["layers.model"]), "stage": "planned",
+                                   "library": attrs.get("library") or msg.removeprefix("offload to ").strip() or None}
+            except ValueError:
+                pass
+    m = _OFFLOADED.search(msg)
+    if m:
+        return "offload", {"layers_gpu": int(m[1]), "layers_total": int(m[2]), "stage": "actual"}
+    if msg in ("model weights", "kv cache", "compute graph") and "device" in attrs:
+        kind = {"model weights": "model_buffer", "kv cache": "kv_cache", "compute graph": "compute_buffer"}[msg]
+        return kind, {"device": attrs["device"], "mib": _mib(attrs.get("size", ""))}
+    if msg == "inference compute":
+        idx = attrs.get("id", "")
+        return "gpu_device", {"index": int(idx) if idx.isdigit() else None, "id": idx or None,
+                              "name": attrs.get("name") or attrs.get("description"),
+                              "library": attrs.get("library"), "compute": attrs.get("compute"),
+                              "total_mib": _mib(attrs.get("total", "")),
+                              "available_mib": _mib(attrs.get("available", ""))}
+    if msg == "loaded runners" and attrs.get("count", "").isdigit():
+        return "runners_loaded", {"count": int(attrs["count"])}
+    if any(s in msg for s in _UNLOAD_MSGS):
+        name = next((attrs[k] for k in ("runner.name", "model", "modelPath", "runner.model") if attrs.get(k)), None)
+        return "unload", {"reason": msg, "name": name}
+    if lvl.startswith("WARN"):
+        return "warning", {"level": "WARN", "msg": msg}
+    if lvl.startswith("ERR"):
+        return "error", {"level": "ERROR", "msg": msg, "error": attrs.get("error")}
+    return None
+
+
+def _from_llama(text: str, level: str | None) -> tuple[str, dict[str, Any]] | None:
+    """Kind and fields of a llama.cpp line (after any timestamp / level prefix)."""
+    m = _OFFLOADED.search(text)
+    if m:
+        return "offload", {"layers_gpu": int(m[1]), "layers_total": int(m[2]), "stage": "actual"}
+    m = _BUFFER.match(text)
+    if m:
+        what = m["what"] or "model"  # llm_load_tensors' old "CUDA0 buffer size" lines are weights
+        kind = {"model": "model_buffer", "KV": "kv_cache"}.get(what, "compute_buffer")
+        return kind, {"device": m["dev"], "mib": float(m["mib"]), "buffer": what, "source": m["fn"]}
+    m = _GPU_INIT.search(text)
+    if m:
+        return "gpu_init", {"backend": m["name"], "count": int(m["n"])}
+    m = _GPU_DEVICE.match(text)
+    if m:
+        return "gpu_device", {"index": int(m["i"]), "name": m["name"], "compute_capability": m["cc"],
+                              "vmm": m["vmm"], "id": m["id"]}
+    m = _USING_DEVICE.search(text)
+    if m:
+        d = re.search(r"(\d+)$", m["dev"])
+        return "gpu_device", {"index": int(d[1]) if d else None, "device": m["dev"], "name": m["name"],
+                              "pci": m["pci"], "free_mib": float(m["free"])}
+    m = _LOAD_BACKEND.search(text)
+    if m:
+        return "backend_loaded", {"backend": m["be"], "path": m["path"].strip()}
+    m = _TIMING.search(text)
+    if m:
+        s = _SLOT.search(text)
+        tps = m["tps"]
+        return "timing", {"phase": m["phase"].replace(" ", "_"), "ms": float(m["ms"]), "tokens": int(m["n"]),
+                          "ms_per_token": float(m["mspt"]) if m["mspt"] else None,
+                          "tokens_per_s": float(tps) if tps else None,
+                          "slot": int(s["slot"]) if s else None, "task": int(s["task"]) if s else None}
+    srv = _SRV.match(text)
+    msg = srv["msg"].strip() if srv else text.strip()
+    if srv:
+        if msg == "model loaded":
+            return "model_loaded", {}
+        m = re.match(r"loading model '(?P<p>.*)'$", msg)
+        if m:
+            return "model_loading", {"model_path": m["p"]}
+        m = re.match(r"listening on (?P<addr>\S+)", msg)
+        if m:
+            return "server_listening", {"address": m["addr"], "version": None}
+        m = _SPAWN.search(msg)
+        if m:
+            # The argv follows on the next lines ("spawning server instance with args:"); parse() adds it.
+            return "runner_start", {"name": m["name"], "port": int(m["port"]), "cmd": None, "argv": [],
+                                    "model_path": None, "flags": {}, "runner_kind": "llama-server"}
+        m = re.search(r"instance name=(?P<name>\S+) exited with status (?P<st>-?\d+)", msg)
+        if m:
+            return "runner_exit", {"name": m["name"], "exit_status": int(m["st"])}
+        m = re.search(r"proxying request to model (?P<name>\S+) on port (?P<port>\d+)", msg)
+        if m:
+            return "request_proxied", {"name": m["name"], "port": int(m["port"])}
+        if any(s in msg for s in _UNLOAD_MSGS):
+            m = re.search(r"name=(?P<name>\S+)", msg)
+            return "unload", {"reason": msg, "name": m["name"] if m else None}
+    if level == "W":
+        return "warning", {"level": "WARN", "msg": msg}
+    if level == "E":
+        return "error", {"level": "ERROR", "msg": msg}
+    return None
+
+
+def _parse(line: str, local_tz: tzinfo | None, year: int | None) -> _Parsed:
+    pre = _split_prefix(line, local_tz, year)
+    text = pre.rest
+    res = _Parsed(None, pre.time_unix_s)
+    fields_extra: dict[str, Any] = {}
+    if pre.resolution_s:
+        fields_extra["time_resolution_s"] = pre.resolution_s
+    kf: tuple[str, dict[str, Any]] | None = None
+
+    if text.startswith("time="):
+        attrs = _slog_attrs(text)
+        t = _iso_ts(attrs.get("time", ""), local_tz)
+        if t is not None:
+            res.time_unix_s = t
+            fields_extra.pop("time_resolution_s", None)
+        level = attrs.get("level")
+        msg = attrs.get("msg", "")
+        kf = _from_msg(msg, attrs, level)
+        if kf:
+            kf[1].setdefault("level", level)
+            kf[1]["source"] = attrs.get("source")
+            kf[1]["attrs"] = attrs
+    elif text.startswith("[GIN]"):
+        m = _GIN.match(text)
+        if m:
+            dt = datetime.strptime(m["ts"], "%Y/%m/%d - %H:%M:%S")
+            # GIN writes local time without a zone, whole seconds, when the request *ends*. A source
+            # prefix (journald, docker --timestamps) stamped the same moment with a zone and often
+            # finer: keep that one.
+            if pre.time_unix_s is None:
+                res.time_unix_s = _local_ts(dt, local_tz)
+                fields_extra["time_resolution_s"] = 1.0
+            try:
+                lat = parse_go_duration(m["lat"])
+            except ValueError:
+                lat = None
+            path = m["path"]
+            kf = ("request", {"status": int(m["status"]), "latency_s": lat, "client": m["client"],
+                              "method": m["method"].upper(),
+                              "path": _go_unquote(path) if path.startswith('"') else path})
+    else:
+        mg = _GOLOG.match(text)
+        if mg:
+            # Ollama before slog (2023): Go's log package, local time.
+            if pre.time_unix_s is None:  # as for GIN: a source prefix's time has a zone
+                dt = datetime.strptime(mg["ts"], "%Y/%m/%d %H:%M:%S")
+                res.time_unix_s = _local_ts(dt, local_tz) + (float(mg["frac"]) if mg["frac"] else 0.0)
+                if not mg["frac"]:
+                    fields_extra["time_resolution_s"] = 1.0
+            # slog's default handler before Ollama installs its own: "INFO server config env=..." with
+            # the message unquoted up to the first key=value.
+            ml = re.match(r"^(?P<lvl>DEBUG|INFO|WARN|ERROR)(?:[+-]\d+)? (?P<rest>.*)$", mg["msg"])
+            level, rest = (ml["lvl"], ml["rest"]) if ml else (None, mg["msg"])
+            kv = re.search(r" [A-Za-z_][\w.]*=", rest) if ml else None
+            msg, attrs = (rest[:kv.start()], _slog_attrs(rest[kv.start():])) if kv else (rest, {})
+            kf = _from_msg(msg.strip(), attrs, level)
+            if kf:
+                kf[1].setdefault("level", level)
+                kf[1]["source"] = mg["src"]
+                kf[1]["attrs"] = attrs
+        elif text.startswith("{") and '"timestamp"' in text:
+            # Ollama's old embedded llama.cpp server logged JSON with epoch seconds.
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                if isinstance(obj.get("timestamp"), (int, float)):
+                    res.time_unix_s = float(obj["timestamp"])
+                    fields_extra["time_resolution_s"] = 1.0
+                if obj.get("msg") == "model loaded":
+                    kf = ("model_loaded", {})
+        else:
+            lp = _LLAMA_PREFIX.match(text)
+            body = text[lp.end():] if lp else text
+            if lp and lp["port"]:
+                res.instance_port = int(lp["port"])
+                # A forwarded child line carries the child's own prefix, if any.
+                lp2 = _LLAMA_PREFIX.match(body)
+                if lp2 and (lp2["ts"] or lp2["lvl"]):
+                    lp, body = lp2, body[lp2.end():]
+            if lp and lp["ts"]:
+                mins, secs, ms, us = (int(x) for x in lp["ts"].split("."))
+                res.rel_s = round(mins * 60 + secs + ms / 1e3 + us / 1e6, 6)
+            level = lp["lvl"] if lp else None
+            me = _EXT_SERVER.match(body)
+            if me:
+                # Old Ollama ext_server: 'INFO [main] model loaded | tid="..." timestamp=1718100000'
+                kv = _slog_attrs(me["kv"] or "")
+                if kv.get("timestamp", "").isdigit():
+                    res.time_unix_s = float(kv["timestamp"])
+                    fields_extra["time_resolution_s"] = 1.0
+                if me["msg"].strip() == "model loaded":
+                    kf = ("model_loaded", {})
+            else:
+                kf = _from_llama(body, level)
+                if kf and level:
+                    kf[1].setdefault("level", {"I": "INFO", "W": "WARN", "E": "ERROR", "D": "DEBUG"}[level])
+
+    if kf:
+        kind, fields = kf
+        fields.update(fields_extra)
+        if res.rel_s is not None:
+            fields["log_t_s"] = res.rel_s
+        if res.instance_port is not None:
+            fields["instance_port"] = res.instance_port
+        res.event = LogEvent(kind, res.time_unix_s, fields, text)
+    res.extra = fields_extra
+    return res
+
+
+def parse_line(line: str, *, local_tz: tzinfo | None = None, year: int | None = None) -> LogEvent | None:
+    """One log line as an event, or None for a line that says nothing we track (never raises).
+
+    ``local_tz``: the zone of lines that carry local time without a zone (GIN, journald short, old Go
+    log); None means this machine's zone. ``year``: for journald's short format, which has none
+    (default: the current year, or last year for a date in the future). A llama.cpp relative timestamp
+    is given in ``fields["log_t_s"]`` with ``wall_unix_s`` None: use ``parse(..., t0_wall_unix_s=)``.
+    """
+    try:
+        return _parse(line, local_tz, year).event
+    except Exception:  # noqa: BLE001  (a log line we misread must not stop an analysis)
+        return None
+
+
+_ARG_LINE = re.compile(r"^srv\s+\S+:   (?P<arg>.*)$")
+
+
+def _finish_spawn(ev: LogEvent) -> None:
+    """Fill a router's runner_start from the argv lines collected after it."""
+    argv = ev.fields["argv"]
+    if not argv:
+        return
+    f = _fields_runner_start(shlex.join(argv), argv)
+    if f["runner_kind"] == "unknown":
+        f["runner_kind"] = "llama-server"
+    f["port"] = ev.fields.get("port") or f["port"]
+    ev.fields.update(f)
+
+
+def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | None = None,
+          t0_wall_unix_s: float | None = None) -> list[LogEvent]:
+    """Events of a whole log, in order.
+
+    A line without a time of its own (``load_tensors: ...`` inside Ollama's log) takes the time of the
+    last timed line and says so in ``fields["time_inherited"] = True``.
+
+    llama-server's ``--log-timestamps`` are seconds since its process started (``fields["log_t_s"]``);
+    ``t0_wall_unix_s`` (epoch seconds) is that start, which makes them wall times. Without it such
+    lines keep ``wall_unix_s`` None. perfkit's engine start mark (``ENGINE_START_MARK``, written into
+    the log just before each start) sets ``t0_wall_unix_s`` for the lines after it.
+    A router's forwarded child lines (``[PORT] ...``) count from the child's own start, taken as the
+    router's time of its "spawning server instance ... on port PORT" line: ``fields["router_t_s"]`` is
+    the child line on the router's relative clock, and its wall time has ``fields["t0_estimated"]``
+    (the child starts a few ms after that line). The router's "spawning server instance with args:"
+    block fills ``argv``/``flags``/``model_path`` of that runner_start event.
+    """
+    events: list[LogEvent] = []
+    last_t: float | None = None
+    spawn_rel_s: dict[int, float] = {}  # child port → router-relative time of its spawn line
+    collecting: LogEvent | None = None  # runner_start waiting for its args block
+    for raw in lines:
+        if raw.startswith(ENGINE_START_MARK):
+            try:
+                t0_wall_unix_s = float(raw[len(ENGINE_START_MARK):].strip())
+                spawn_rel_s.clear()
+                continue
+            except ValueError:
+                pass
+        try:
+            p = _parse(raw, local_tz, year)
+        except Exception:  # noqa: BLE001
+            continue
+        ev = p.event
+
+        # The router prints its child's argv one argument a line after the spawn line.
+        if collecting is not None:
+            body = _LLAMA_PREFIX.sub("", strip_prefix(raw), count=1)
+            if body.rstrip().endswith("spawning server instance with args:"):
+                continue
+            ma = _ARG_LINE.match(body)
+            if ma and p.instance_port is None:
+                collecting.fields["argv"].append(ma["arg"].strip())
+                continue
+            _finish_spawn(collecting)
+            collecting = None
+
+        wall = p.time_unix_s
+        if wall is None and p.rel_s is not None:
+            if p.instance_port is None:
+                if t0_wall_unix_s is not None:
+                    wall = t0_wall_unix_s + p.rel_s
+            elif p.instance_port in spawn_rel_s:
+                router_t_s = round(spawn_rel_s[p.instance_port] + p.rel_s, 6)
+                if ev is not None:
+                    ev.fields["router_t_s"] = router_t_s
+                if t0_wall_unix_s is not None:
+                    wall = t0_wall_unix_s + router_t_s
+                    if ev is not None:
+                        ev.fields["t0_estimated"] = True
+        if ev is not None and ev.kind == "runner_start" and ev.fields.get("cmd") is None and "port" in ev.fields:
+            collecting = ev
+            if p.rel_s is not None and p.instance_port is None:
+                spawn_rel_s[ev.fields["port"]] = p.rel_s
+        if wall is not None:
+            res_s = p.extra.get("time_resolution_s") or 0.0
+            # A whole-second stamp inside the second of a finer one already seen says nothing newer:
+            # keep the finer one for the untimed lines that follow.
+            if not (res_s and last_t is not None and wall <= last_t < wall + res_s):
+                last_t = wall
+            if ev is not None:
+                ev.wall_unix_s = wall
+        elif ev is not None and last_t is not None and p.rel_s is None:
+            # A line with a relative time of its own but no t0 keeps wall None rather than borrow one.
+            ev.wall_unix_s = last_t
+            ev.fields["time_inherited"] = True
+        if ev is not None:
+            events.append(ev)
+    if collecting is not None:
+        _finish_spawn(collecting)
+    return events
+
+
+def line_time(line: str, *, local_tz: tzinfo | None = None, year: int | None = None) -> tuple[float | None, float]:
+    """(wall time the line carries in epoch seconds or None, its resolution in seconds; 0 = sub-second)."""
+    try:
+        p = _parse(line, local_tz, year)
+    except Exception:  # noqa: BLE001
+        return None, 0.0
+    return p.time_unix_s, float(p.extra.get("time_resolution_s") or 0.0)
+
+
+# --- where the log is -----------------------------------------------------------------------------
+
+
+class LogSource(abc.ABC):
+    """A server log perfkit can read the new part of: ``m = src.mark()`` before a run,
+    ``src.read_since(m)`` after it gives only the lines written in between (prefixes stripped)."""
+
+    notes: list[str]
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """What this source is, for a report."""
+
+    @abc.abstractmethod
+    def mark(self) -> object:
+        """A point in the log to read from later."""
+
+    @abc.abstractmethod
+    def read_since(self, mark: object) -> list[str]:
+        """The lines written after ``mark``."""
+
+
+class FileLogSource(LogSource):
+    """A log file (``~/.ollama/logs/server.log``, a redirect of ``ollama serve``, llama-server's log).
+    The mark is a byte offset; a file that shrank or was replaced (rotation, truncation) is read from its
+    start, and ``notes`` says so."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path).expanduser()
+        self.notes: list[str] = []
+        self._inode: int | None = None
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+    def _stat(self) -> os.stat_result | None:
+        try:
+            return self.path.stat()
+        except OSError:
+            return None
+
+    def mark(self) -> int:
+        st = self._stat()
+        self._inode = st.st_ino if st else None
+        return st.st_size if st else 0
+
+    def read_since(self, mark: object) -> list[str]:
+        offset = int(mark)  # type: ignore[call-overload]
+        st = self._stat()
+        if st is None:
+            self.notes.append(f"{self.path} does not exist")
+            return []
+        if st.st_size < offset:
+            self.notes.append(f"{self.path} shrank from {offset} to {st.st_size} bytes (rotated or truncated): "
+                              "read from its start")
+            offset = 0
+        elif self._inode is not None and st.st_ino != self._inode:
+            self.notes.append(f"{self.path} was replaced (rotated): read the new file from its start")
+            offset = 0
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        return data.decode("utf-8", "replace").splitlines()
+
+
+class CommandLogSource(LogSource):
+    """A command printing the log: ``journalctl -u ollama --no-pager -o short-iso``, ``docker logs ollama``,
+    ``docker compose logs ollama``. The mark is the wall time (epoch seconds). The command gets
+    ``--since`` where it is journalctl or ``docker [compose] logs``; lines are then kept when their time is
+    at or after the mark (within the line's time resolution), and an untimed line when the timed line
+    before it was kept (a continuation, e.g. ``load_tensors:`` output)."""
+
+    def __init__(self, argv: list[str] | str, *, timeout_s: float = 60.0, local_tz: tzinfo | None = None):
+        if isinstance(argv, str):
+            argv = shlex.split(argv)
+        if not argv:
+            raise PerfkitError("log command is empty")
+        self.argv = [str(a) for a in argv]
+        self.timeout_s = timeout_s
+        self.local_tz = local_tz
+        self.notes: list[str] = []
+
+    def describe(self) -> str:
+        return "command " + shlex.join(self.argv)
+
+    def mark(self) -> float:
+        return time.time()
+
+    def command_for(self, since_unix_s: float) -> list[str]:
+        """The argv that is run for ``read_since(since_unix_s)``."""
+        argv = list(self.argv)
+        names = [Path(a).name for a in argv]
+        # A second of slack: --since takes whole seconds here; the time filter does the exact cut.
+        since = int(since_unix_s) - 1
+        if "journalctl" in names and not any(a in ("--since", "-S") or a.startswith("--since=") for a in argv):
+            argv += ["--since", f"@{since}"]
+        elif names and names[0] in ("docker", "podman") and "logs" in argv and "--since" not in argv \
+                and not any(a.startswith("--since=") for a in argv):
+            i = argv.index("logs") + 1
+            argv[i:i] = ["--since", str(since)]
+        return argv
+
+    def read_since(self, mark: object) -> list[str]:
+        since = float(mark)  # type: ignore[arg-type]
+        argv = self.command_for(since)
+        # docker logs writes the container's stderr (where Ollama logs) to its own stderr: merge the two
+        # streams in the order written instead of losing one.
+        merge = Path(argv[0]).name in ("docker", "podman")
+        try:
+            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+                               text=True, errors="replace", timeout=self.timeout_s)
+        except FileNotFoundError:
+            raise PerfkitError(f"log command not found: {shlex.join(argv)}") from None
+        except subprocess.TimeoutExpired:
+            raise PerfkitError(f"log command took over {self.timeout_s:g} s: {shlex.join(argv)}") from None
+        if r.returncode != 0:
+            err = (r.stdout if merge else r.stderr) or ""
+            tail = "\n".join(err.strip().splitlines()[-5:]) or "(no stderr)"
+            raise PerfkitError(f"log command failed (exit {r.returncode}): {shlex.join(argv)}\n{tail}")
+        return self._filter(r.stdout.splitlines(), since)
+
+    def _filter(self, lines: list[str], since: float) -> list[str]:
+        out: list[str] = []
+        keep_untimed = False
+        for ln in lines:
+            if ln.startswith("-- ") and ln.rstrip().endswith(" --"):  # journalctl's "-- No entries --"
+                continue
+            t, res = line_time(ln, local_tz=self.local_tz)
+            body = strip_prefix(ln)
+            if t is None:
+                if keep_untimed:
+                    out.append(body)
+                continue
+            keep_untimed = t + res >= since if res else t >= since
+            if keep_untimed:
+                out.append(body)
+        return out
