@@ -33,7 +33,7 @@ def main() -> None:
     import torch
 
     from perfkit.core import host
-    from perfkit.core.records import now_ns
+    from perfkit.core.clock import now_ns
     from perfkit.sampling import Monitor
 
     print("host.info gpus:", host.info().get("gpus"))

@@ -2,28 +2,32 @@
 
 Public API::
 
-    from perfkit import Engine, LlamaServerBackend, OllamaBackend, Runner, RunStore, Monitor, plan
+    import perfkit
 
-    with Engine(perfkit.models_dir(), {"OLLAMA_NUM_PARALLEL": 2}) as engine:
-        backend = LlamaServerBackend.from_engine(engine)
-        record = backend.generate("smollm2-135m-q4_1", "Hello")   # a RequestRecord, ttft_s, e2e_s ...
+    with perfkit.Engine(perfkit.models_dir(), {"OLLAMA_NUM_PARALLEL": 2}) as engine:
+        backend = perfkit.backends.create("embedded", engine=engine)   # or create("ollama", "http://gpu:11434")
+        record = backend.generate("smollm2-135m-q4_1", "Hello")        # a RequestRecord: ttft_s, e2e_s ...
+
+    perfkit.studies.names()                      # the registered studies
+    perfkit.compare.compare("results/A", "results/B").summary()
 """
 
 __version__ = "0.1.0"
 
+from perfkit import compare, studies
+from perfkit.analysis.stats import Estimate, estimate, ratio
+from perfkit.client import backends
 from perfkit.client.backends import Backend, LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
-from perfkit.measure.cache_states import KeepWarm, prepare_state, user_first_request
-from perfkit.servers.engine import Engine
 from perfkit.core.errors import ConfigError, EngineError, PerfkitError
-from perfkit.servers.models import list_models, models_dir
 from perfkit.core.records import CACHE_STATES, RequestRecord
+from perfkit.core.store import RunStore
 from perfkit.measure.runner import Runner, Trial, plan
 from perfkit.sampling import GpuSampler, Monitor, SystemSampler
-from perfkit.analysis.stats import Estimate, estimate, ratio
-from perfkit.core.store import RunStore
+from perfkit.servers.engine import Engine
+from perfkit.servers.models import list_models, models_dir
 
 __all__ = [
-    "Backend", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend", "Sampling", "KeepWarm", "prepare_state", "user_first_request",
+    "backends", "compare", "studies", "Backend", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend", "Sampling",
     "Engine", "ConfigError", "EngineError", "PerfkitError", "list_models", "models_dir", "CACHE_STATES",
     "RequestRecord", "Runner", "Trial", "plan", "GpuSampler", "Monitor", "SystemSampler", "Estimate", "estimate",
     "ratio", "RunStore", "__version__",

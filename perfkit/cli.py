@@ -55,7 +55,7 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(a) -> int:
-    from perfkit.run import pipeline as report
+    from perfkit.run import pipeline
 
     run_dir = Path(a.resume) if a.resume else None
     if run_dir is not None and not run_dir.is_dir():
@@ -65,26 +65,26 @@ def cmd_run(a) -> int:
     if a.retry_failed and run_dir is None:
         raise PerfkitError("--retry-failed needs --resume RUN_DIR: it measures again the failed trials of that run")
     results = Path(a.results) if a.results else (run_dir.parent if run_dir else Path("results"))
-    out = report.run(Path(a.params), a.study or [], results, run_dir, retry_failed=a.retry_failed)
+    out = pipeline.run(Path(a.params), a.study or [], results, run_dir, retry_failed=a.retry_failed)
     print(f"\nreports: {out}/*.html\nindex:   {results / 'index.html'}")
     return 0
 
 
 def cmd_report(a) -> int:
-    from perfkit.run import pipeline as report
+    from perfkit.run import pipeline
 
     run_dir = Path(a.run_dir)
     if not run_dir.is_dir():
         raise PerfkitError(f"{run_dir}: no such run directory")
-    report.report(run_dir, allow_damaged=a.allow_damaged)
+    pipeline.report(run_dir, allow_damaged=a.allow_damaged)
     print(f"index: {run_dir.parent / 'index.html'}")
     return 0
 
 
 def cmd_compare(a) -> int:
-    from perfkit import compare
+    from perfkit.run import pipeline
 
-    out = compare.publish(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None)
+    out = pipeline.compare(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None)
     print(f"comparison: {out}\ndata:       {out.parent / 'comparison.json'}")
     return 0
 

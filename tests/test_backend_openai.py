@@ -82,9 +82,9 @@ def _run_config_tuning(tmp_path, url: str, model: str):
 
     p = tmp_path / "p.yaml"
     p.write_text(STUDY.format(url=url, model=model))
-    res = config_tuning.run(StudyContext(p, tmp_path / "run", "config_tuning"))
-    assert len(res["table"]) == 2 and (res["table"]["n"] == 6).all(), res["failures"]
-    assert len(res["rates"]) == 1 and res["rates"]["n"].iloc[0] == 6
+    res = (_ctx := StudyContext(p, tmp_path / "run", "config_tuning")).study.run(_ctx)
+    assert len(res.table) == 2 and (res.table["n_series"] == 6).all(), res.failures
+    assert len(res.rates) == 1 and res.rates["n"].iloc[0] == 6
     text = config_tuning.conclusions(res)
     assert "**Latency**" in text and "Open-loop sweep" in text
     return res
@@ -93,8 +93,8 @@ def _run_config_tuning(tmp_path, url: str, model: str):
 def test_a_study_runs_unchanged_against_an_openai_server(tmp_path):
     with FakeOpenAI(fixed_latency_s=0.03) as f:
         res = _run_config_tuning(tmp_path, f.url, "fixed")
-    assert res["manifest"]["backend"]["backend"] == "openai"
-    assert "does not say which models are resident" in res["manifest"]["backend"]["unknown"]
+    assert res.manifest["backend"]["backend"] == "openai"
+    assert "does not say which models are resident" in res.manifest["backend"]["unknown"]
 
 
 @pytest.mark.engine

@@ -54,7 +54,7 @@ def test_the_engines_own_log_gives_the_server_side_split(store_dir, tmp_path):
 
     from perfkit.analysis import timeline
     from perfkit.measure.cache_states import prepare_state
-    from perfkit.core.records import now_ns
+    from perfkit.core.clock import now_ns
     from perfkit.core.store import RunStore
     from perfkit.studies.base import ENGINE_LOG_ARGS
 

@@ -13,9 +13,12 @@ import nbformat
 import numpy as np
 import pytest
 
+import yaml
+
 from perfkit import compare as cmp
 from perfkit.core.errors import PerfkitError
 from perfkit.core.store import RunStore
+from perfkit.run import figures as run_figures, site
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-q4_1"
@@ -51,6 +54,10 @@ def make_run(root: Path, name: str, *, warm_s: float = 0.2, cold_s: float = 0.7,
                                  "studies": {"cold_start": {"model": MODEL, "states": list(states), "reps": n}}})
     (run / "run.json").write_text(json.dumps({"run_id": name, "params_name": "synthetic", "created_utc": "now",
                                               "studies": {"cold_start": {"status": "done"}}}))
+    (run / "params.yaml").write_text(yaml.safe_dump({
+        "name": name, "backend": {"kind": "embedded", "settings": {"num_thread": num_thread}},
+        "studies": {"cold_start": {"model": MODEL, "states": list(states), "reps": n}}}))
+    run_figures.ensure(run)  # what `perfkit compare` does first: the study's own analysis writes figures.json
     return run
 
 
@@ -71,7 +78,7 @@ def test_a_clear_2x_slowdown_at_n8_is_worse(tmp_path):
     assert r.change_text.startswith("+") and "[" in r.change_text
     assert r.headline == "warm start"
     # decode speed halves too: lower is worse for a rate because higher is better
-    assert row(c, "cold_start/decode_tok_s/warm").verdict == cmp.WORSE
+    assert row(c, "cold_start/decode_rate/warm").verdict == cmp.WORSE
 
 
 def test_an_improvement_is_improved(tmp_path):
@@ -90,7 +97,7 @@ def test_identical_distributions_show_no_detectable_change(tmp_path):
     for r in c.rows:
         assert r.verdict == cmp.NO_CHANGE, (r.key, r.ratio_text)
     assert "includes 1" in row(c, "cold_start/e2e/warm").reason
-    assert c.counts() == {cmp.IMPROVED: 0, cmp.WORSE: 0, cmp.NO_CHANGE: len(c.rows)}
+    assert c.counts()[cmp.IMPROVED] == c.counts()[cmp.WORSE] == 0 and c.counts()[cmp.NO_CHANGE] == len(c.rows)
 
 
 def test_n3_is_too_small_for_any_verdict_and_says_so(tmp_path):
@@ -126,7 +133,7 @@ def test_estimates_without_samples_use_their_cis():
 def test_memory_is_a_single_reading(tmp_path):
     a = make_run(tmp_path, "a", memory_bytes=300 * 2**20)
     b = make_run(tmp_path, "b", memory_bytes=600 * 2**20)
-    r = row(cmp.compare(a, b), "cold_start/memory")
+    r = row(cmp.compare(a, b), f"cold_start/memory/{MODEL}")
     assert r.headline == "memory" and r.before.startswith("300 MiB") and r.ratio.value == 2
     assert r.verdict == cmp.NO_CHANGE and "one reading per run" in r.reason
 
@@ -137,8 +144,10 @@ def test_figures_only_one_run_has_are_listed_not_blank(tmp_path):
     a = make_run(tmp_path, "a", states=("cold_disk", "warm"))
     b = make_run(tmp_path, "b", states=("cold_server", "warm"))
     c = cmp.compare(a, b)
-    assert {f.key for f in c.only_a} == {"cold_start/e2e/cold_disk", "cold_start/load/cold_disk"}
-    assert {f.key for f in c.only_b} == {"cold_start/e2e/cold_server", "cold_start/load/cold_server"}
+    assert {f.key for f in c.only_a} == {"cold_start/e2e/cold_disk", "cold_start/load/cold_disk",
+                                         "cold_start/cold_over_warm/cold_disk"}
+    assert {f.key for f in c.only_b} == {"cold_start/e2e/cold_server", "cold_start/load/cold_server",
+                                         "cold_start/cold_over_warm/cold_server"}
     assert not any(k in {r.key for r in c.rows} for k in ("cold_start/e2e/cold_disk", "cold_start/e2e/cold_server"))
     text = c.only_markdown()
     assert "Only in A" in text and "cold_disk" in text and "Only in B" in text and "cold_server" in text
@@ -167,7 +176,8 @@ def test_other_host_and_other_model_digest_are_flagged_as_confounds(tmp_path):
     assert any("another model file" in x and "b179c952" in x for x in r.confounds)
     d = {x.what: x for x in c.differences}
     assert d["host.cpu"].b == "Intel Xeon" and d[f"models.{MODEL}.digest"].category == "models"
-    assert "another host" in c.table().loc["warm start: first request e2e, warm", "could also be"]
+    t = c.table().set_index("figure")
+    assert "another host" in t.loc["warm start: end-to-end latency (warm)", "could also be"]
 
 
 def test_a_noisy_run_is_flagged(tmp_path):
@@ -204,7 +214,9 @@ def test_rows_that_are_not_perfkit_trials_are_a_clear_error(tmp_path):
     store = RunStore(tmp_path / "odd" / "cold_start")
     store.append_trial({"trial_id": "state/warm/rep0", "ok": True, "cache_state": "warm"})  # no e2e_s
     store.write_manifest(host=HOST)
-    with pytest.raises(PerfkitError, match=r"odd/cold_start/trials.jsonl: its rows lack the column 'e2e_s'"):
+    with pytest.raises(PerfkitError, match=r"odd has no figures yet and the run has no params.yaml|odd: cold_start"):
+        run_figures.ensure(tmp_path / "odd")
+    with pytest.raises(PerfkitError, match=r"odd/cold_start/figures.json is missing.*perfkit report"):
         cmp.compare(good, tmp_path / "odd")
 
 
@@ -227,19 +239,24 @@ def test_config_tuning_throughput_is_the_series_not_per_request(tmp_path):
         for i in range(8):
             times = [t + gap_ns * (k + 1) for k in range(20)]
             store.append_trial({"trial_id": f"cfg0/c1/a0/{i}", "series": "cfg0/c1", "attempt": 0, "ok": True,
-                                "config": "NUM_PARALLEL=1", "config_index": 0, "concurrency": 1,
-                                "ttft_s": gap_ns / 1e9, "e2e_s": 20 * gap_ns / 1e9, "t_send_ns": t,
-                                "t_end_ns": times[-1], "token_times_ns": times, "output_tokens": 20})
+                                "mode": "closed", "stream": 0, "config": "NUM_PARALLEL=1", "config_index": 0,
+                                "concurrency": 1, "ttft_s": gap_ns / 1e9, "e2e_s": 20 * gap_ns / 1e9, "t_send_ns": t,
+                                "t_end_ns": times[-1], "token_times_ns": times, "output_tokens": 20,
+                                "output_tokens_source": "server", "tpot_s": gap_ns / 1e9})
             t = times[-1]
         store.write_manifest(study="config_tuning", host=HOST, params={"backend": {"settings": {}}})
+        (tmp_path / name / "params.yaml").write_text(yaml.safe_dump({
+            "name": name, "studies": {"config_tuning": {"model": MODEL, "settings": [{"OLLAMA_NUM_PARALLEL": 1}],
+                                                          "concurrency": [1], "requests": 8}}}))
+        run_figures.ensure(tmp_path / name)
         runs.append(tmp_path / name)
-    figs = cmp.figures(runs[0])
-    thr = figs["config_tuning/throughput/NUM_PARALLEL=1/c1"]
+    figs = cmp.load(runs[0]).all_figures()
+    thr = figs["config_tuning/throughput/NUM_PARALLEL=1/1"]
     assert thr.samples == [] and thr.estimate.method.startswith("batch means") and 95 < thr.value < 105
     c = cmp.compare(*runs)
-    assert row(c, "config_tuning/throughput/NUM_PARALLEL=1/c1").verdict == cmp.IMPROVED
-    assert row(c, "config_tuning/ttft/NUM_PARALLEL=1/c1").verdict == cmp.IMPROVED
-    assert cmp.headlines(runs[1])["best setting"].startswith("NUM_PARALLEL=1: 200 tok/s")
+    assert row(c, "config_tuning/throughput/NUM_PARALLEL=1/1").verdict == cmp.IMPROVED
+    assert row(c, "config_tuning/ttft/NUM_PARALLEL=1/1").verdict == cmp.IMPROVED
+    assert dict(site.headlines(runs[1]))["best throughput"].startswith("200 tok/s (NUM_PARALLEL=1, 1, n=5)")
 
 
 def test_comparison_json_is_strict_json(tmp_path):
@@ -253,17 +270,17 @@ def test_comparison_json_is_strict_json(tmp_path):
 
 def test_index_pieces_headlines_and_compare_commands(tmp_path):
     a, b = make_run(tmp_path, "20260101-000000-x-aaaaaa"), make_run(tmp_path, "20260102-000000-x-bbbbbb")
-    h = cmp.headlines(b)
-    assert h["warm first request"].startswith("2") and "ms" in h["warm first request"] and "decode" in h
-    cell = cmp.index_cell(b)
-    assert "cold first request" in cell
+    h = dict(site.headlines(b))
+    assert h["warm start"].startswith("2") and "ms" in h["warm start"] and "cold start" in h and "memory" in h
+    cell = site.index_cell(b)
+    assert "cold start" in cell
     (tmp_path / "compare-x").mkdir()
     cmp.compare(a, b).to_json(tmp_path / "compare-x" / "comparison.json")
     (tmp_path / "compare-x" / "comparison.html").write_text("<html></html>")
-    sec = cmp.index_section(tmp_path, "results")
+    sec = site.index_section(tmp_path, "results")
     assert f"perfkit compare results/{a.name} results/{b.name}" in sec
     assert 'href="compare-x/comparison.html"' in sec
-    assert cmp.pick("", "", tmp_path) == (a, b)
+    assert site.pick("", "", tmp_path) == (a, b)
 
 
 def test_compare_notebook_is_clean_parameterized_and_thin():

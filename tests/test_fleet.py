@@ -190,7 +190,7 @@ def test_a_users_fleet_is_measured_and_nothing_is_started(tmp_path, monkeypatch)
         monkeypatch.setattr(proxy.Nginx, "start", refuse("nginx"))
         p = _write(tmp_path, USER_FLEET.format(a=a.url, b=b.url, proxy=ngx.url))
         t0 = time.monotonic()
-        res = fleet.run(StudyContext(p, tmp_path / "run", "fleet"))
+        res = (_ctx := StudyContext(p, tmp_path / "run", "fleet")).study.run(_ctx)
         wall = time.monotonic() - t0
         assert started == []
         # nothing new runs under this process: only the user's nginx
@@ -199,42 +199,44 @@ def test_a_users_fleet_is_measured_and_nothing_is_started(tmp_path, monkeypatch)
         assert ngx.proc.poll() is None  # the user's proxy was left running
 
     assert wall < 60, wall
-    f = res["fleet"]
+    f = res.fleet
     assert f["managed"] is False and f["proxy_url"] == ngx.url
     assert [s["weight"] for s in f["servers"]] == [2, 1] and "conf" not in f
 
     # every scaling request answered, through the proxy and directly
-    t = res["scaling"]
-    assert sorted(zip(t["concurrency"], t["target"])) == [(1, "direct"), (1, "proxy"), (2, "direct"), (2, "proxy")]
-    assert (t["n"] == 6).all(), t
-    assert not res["failures"], res["failures"]
+    t = res.scaling
+    # one server at c clients, the fleet of 2 at 2·c (the same load per server), each its own series
+    assert sorted(zip(t["clients_per_server"], t["target"], t["clients"])) == [
+        (1, "direct", 1), (1, "proxy", 2), (2, "direct", 2), (2, "proxy", 4)]
+    assert (t["n_series"] == t["target"].map({"direct": 6, "proxy": 12})).all(), t
+    assert not res.failures, res.failures
 
-    # balance: from the proxy's X-Upstream-Addr header, over the 12 proxied scaling requests
-    assert "X-Upstream-Addr" in res["balance_source"]
-    bal = res["balance"]
+    # balance: from the proxy's X-Upstream-Addr header, over the 24 proxied scaling requests
+    assert "X-Upstream-Addr" in res.balance_source
+    bal = res.balance
     addrs = [u.split("://", 1)[1] for u in (a.url, b.url)]
     assert bal["server"].tolist() == addrs and bal["weight"].tolist() == [2, 1]
-    assert int(bal["requests"].sum()) == 12 and abs(bal["share"].sum() - 1) < 1e-9
+    assert int(bal["requests"].sum()) == 24 and abs(bal["share"].sum() - 1) < 1e-9
     assert bal["configured share"].tolist() == pytest.approx([2 / 3, 1 / 3])
-    assert bal["matches weights"].all(), bal  # nginx's smooth weighted round robin: 8 and 4
-    proxied = res["trials"][(res["trials"]["target"] == "proxy") & (res["trials"]["phase"] == "scaling")]
+    assert bal["matches weights"].all(), bal  # nginx's smooth weighted round robin: 16 and 8
+    proxied = res.trials[(res.trials["target"] == "proxy") & (res.trials["phase"] == "scaling")]
     assert set(proxied["served_by"]) == set(addrs)
 
     # overhead: one mode, as the user's proxy is configured
-    assert res["overhead"]["buffering"].tolist() == ["as configured"] and res["overhead"]["n"].iloc[0] == 3
+    assert res.overhead["buffering"].tolist() == ["as configured"] and res.overhead["n"].iloc[0] == 3
 
     # phases that need control: skipped, each with its reason
-    why = {s["phase"]: s["why"] for s in res["skipped"]}
+    why = {s["phase"]: s["why"] for s in res.skipped}
     assert set(why) == {"cold_upstream", "failover", "timeout"}, why
     assert all(w.startswith("unknown, because") for w in why.values()), why
     assert "OpenAI API can't unload" in why["cold_upstream"]
     assert "perfkit does not kill servers it did not start" in why["failover"]
     assert "can't unload" in why["timeout"]
-    assert res["failover"] == {} and res["cold_upstream"].empty
-    assert "recommended_read_timeout_s" not in res["timeout"] and "probes" not in res["timeout"]
+    assert res.failover == {} and res.cold_upstream.empty
+    assert "recommended_read_timeout_s" not in res.timeout and "probes" not in res.timeout
 
     # cache: probed with identical requests; perfkit's nginx config without a cache sends no status
-    cache = res["cache"]
+    cache = res.cache
     assert cache["requests"] == 2 and cache["header"] is False
 
     text = fleet.conclusions(res)
@@ -299,7 +301,7 @@ def test_the_embedded_fleet_end_to_end(tmp_path, store_dir, monkeypatch):
     run_dir = tmp_path / "run"
     p = _write(tmp_path, EMBEDDED_RUN.format(requests=6))
     t0 = time.monotonic()
-    res = fleet.run(StudyContext(p, run_dir, "fleet"))
+    res = (_ctx := StudyContext(p, run_dir, "fleet")).study.run(_ctx)
     wall = time.monotonic() - t0
     print(f"embedded fleet study: {wall:.1f} s")
 
@@ -309,26 +311,26 @@ def test_the_embedded_fleet_end_to_end(tmp_path, store_dir, monkeypatch):
     events = RunStore(run_dir / "fleet").events()
     killed = events[events["kind"] == "server_killed"]
     assert len(killed) == 1, events["kind"].tolist()
-    fo = res["failover"]
+    fo = res.failover
     assert fo.get("victim") and fo["victim"] == killed["server"].iloc[0], fo
     assert fo["requests"] == 8 and fo["ok"] + fo["failed"] == 8, fo
-    rows = res["trials"][res["trials"]["phase"] == "failover"]
+    rows = res.trials[res.trials["phase"] == "failover"]
     assert len(rows) == 8 and rows["trial_id"].is_unique
     assert (events["kind"] == "server_revived").any() and (events["kind"] == "fleet_server_killed").any()
 
     # a proxy timeout shorter than a cold start gives a 504
-    to = res["timeout"]
-    errors = res["trials"][(res["trials"]["phase"] == "timeout") & (res["trials"]["target"] == "proxy")]["error"]
+    to = res.timeout
+    errors = res.trials[(res.trials["phase"] == "timeout") & (res.trials["target"] == "proxy")]["error"]
     assert errors.fillna("").str.startswith("proxy timeout: HTTP 504").any(), (errors.tolist(), to)
     assert to.get("cold_n") == 2 and to["recommended_read_timeout_s"] > 0
 
     # the cache answered at least once from its store
-    assert res["cache"]["status_counts"].get("HIT", 0) >= 1, res["cache"]
+    assert res.cache["status_counts"].get("HIT", 0) >= 1, res.cache
 
     # everything ran on the fleet perfkit started, and it is all gone
-    f = res["fleet"]
+    f = res.fleet
     assert f["managed"] is True and len(f["servers"]) == 2 and [s["weight"] for s in f["servers"]] == [3, 2]
-    assert not res["skipped"], res["skipped"]
+    assert not res.skipped, res.skipped
     assert (run_dir / "fleet" / "nginx-access.log").exists() and (run_dir / "fleet" / "nginx-nginx.conf").exists()
     text = fleet.conclusions(res)
     assert "started by perfkit" in text and "**A server killed mid-run**" in text
@@ -350,7 +352,7 @@ CTRL_C_SCRIPT = """\
 import sys
 from perfkit.studies import fleet
 from perfkit.studies.base import StudyContext
-fleet.run(StudyContext(sys.argv[1], sys.argv[2], "fleet"))
+(_ctx := StudyContext(sys.argv[1], sys.argv[2], "fleet")).study.run(_ctx)
 print("FINISHED")
 """
 
@@ -443,16 +445,16 @@ def test_a_users_nginx_in_front_of_ollama_servers(tmp_path, scripted_models_dir)
             ScriptedOllama(tmp_path / "o2", models_dir=scripted_models_dir, env=env) as b, \
             Nginx(ProxyConfig([Upstream(a.url, 3), Upstream(b.url, 2)]), tmp_path / "proxy") as ngx:
         p = _write(tmp_path, OLLAMA_FLEET.format(a=a.url, b=b.url, proxy=ngx.url))
-        res = fleet.run(StudyContext(p, tmp_path / "run", "fleet"))
-    assert not res["failures"], res["failures"]
-    t = res["scaling"]
-    assert (t["n"] == 6).all() and set(t["target"]) == {"direct", "proxy"}
-    assert "X-Upstream-Addr" in res["balance_source"] and res["balance"]["requests"].sum() == 6
-    cu = res["cold_upstream"]  # the last server unloaded through Ollama's API, then served through the proxy
+        res = (_ctx := StudyContext(p, tmp_path / "run", "fleet")).study.run(_ctx)
+    assert not res.failures, res.failures
+    t = res.scaling
+    assert (t["n_series"] == t["target"].map({"direct": 6, "proxy": 12})).all() and set(t["target"]) == {"direct", "proxy"}
+    assert "X-Upstream-Addr" in res.balance_source and res.balance["requests"].sum() == 12
+    cu = res.cold_upstream  # the last server unloaded through Ollama's API, then served through the proxy
     assert len(cu) and cu["cold"].any()
-    assert res["timeout"]["cold_n"] == 2 and res["timeout"]["recommended_read_timeout_s"] >= 1
-    skipped = {s["phase"]: s["why"] for s in res["skipped"]}
+    assert res.timeout["cold_n"] == 2 and res.timeout["recommended_read_timeout_s"] >= 1
+    skipped = {s["phase"]: s["why"] for s in res.skipped}
     assert skipped["failover"].startswith("unknown, because perfkit does not kill servers")
     assert skipped["timeout_504"].startswith("unknown, because perfkit does not change the timeout")
-    trials = res["trials"]
+    trials = res.trials
     assert (trials["backend"] == "ollama").all()  # Ollama's own /api/chat, direct and proxied

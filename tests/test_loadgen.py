@@ -7,7 +7,8 @@ import time
 from fake_openai import FakeOpenAI
 from perfkit.client.backends import OllamaBackend, OpenAIBackend, Sampling
 from perfkit.client.loadgen import Job, run_series
-from perfkit.measure.runner import Runner, schedule, steady_window
+from perfkit.analysis.series import steady_window
+from perfkit.measure.runner import Runner, schedule
 from perfkit.core.store import RunStore
 
 

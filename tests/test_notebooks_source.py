@@ -6,12 +6,12 @@ import nbformat
 import pytest
 
 from perfkit.studies import params
-from perfkit.studies import STUDY_MODULES
+from perfkit.studies import names as study_names
 
 NB = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-@pytest.mark.parametrize("study", list(STUDY_MODULES))
+@pytest.mark.parametrize("study", study_names())
 def test_notebook_is_clean_parameterized_and_thin(study):
     nb = nbformat.read(NB / f"{study}.ipynb", as_version=4)
     nbformat.validate(nb)

@@ -10,7 +10,7 @@ from perfkit.analysis import timeline
 from perfkit.client.backends import OllamaBackend, Sampling
 from perfkit.measure.cache_states import prepare_state, scheme_a
 from perfkit.servers.control import LocalOllamaControl, RemoteControl, ollama_control
-from perfkit.core.records import now_ns
+from perfkit.core.clock import now_ns
 from perfkit.servers.serverlog import FileLogSource
 from perfkit.core.store import RunStore
 from scripted_ollama.harness import ScriptedOllama

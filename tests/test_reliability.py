@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from perfkit.run import pipeline as report
+from perfkit.run import publish, rundir, site
 from perfkit.run import lock as runlock
 from perfkit.core import children
 from perfkit.cli import main
@@ -99,7 +100,7 @@ def fake_study(monkeypatch):
 
     monkeypatch.setattr(report, "execute", execute)
     monkeypatch.setattr(report, "render", lambda executed, html_path, warnings=None, notes=None:
-                        html_path.write_text("<p>report</p>" + report.warning_html(warnings or []) * bool(warnings))
+                        html_path.write_text("<p>report</p>" + publish.warning_html(warnings or []) * bool(warnings))
                         and html_path)
     return state
 
@@ -164,15 +165,15 @@ def test_status_of_a_study_whose_owner_died_reads_interrupted(tmp_path):
     (run_dir / "run.json").write_text(json.dumps({"owner": {"pid": pid, "start_time": st},
                                                   "studies": {"cold_start": {"status": "running"},
                                                               "model_size": {"status": "done"}}}))
-    info = report.read_run(run_dir)
+    info = rundir.read_run(run_dir)
     assert info["studies"]["cold_start"]["status"] == "interrupted (owner died)"
     assert info["studies"]["model_size"]["status"] == "done"
-    report.write_index(tmp_path / "res")
+    site.write_index(tmp_path / "res")
     assert "cold start</a> — interrupted (owner died)" in (tmp_path / "res" / "index.html").read_text() or \
         "cold start — interrupted (owner died)" in (tmp_path / "res" / "index.html").read_text()
     (run_dir / "run.json").write_text(json.dumps({"owner": children.identity(),
                                                   "studies": {"cold_start": {"status": "running"}}}))
-    assert report.read_run(run_dir)["studies"]["cold_start"]["status"] == "running"
+    assert rundir.read_run(run_dir)["studies"]["cold_start"]["status"] == "running"
 
 
 def test_resume_refuses_a_run_another_live_process_owns(tmp_path, fake_ollama, fake_study, capsys):
@@ -262,8 +263,8 @@ def test_papermill_is_started_to_die_with_perfkit(tmp_path, monkeypatch):
         seen.update(kw)
         return P()
 
-    monkeypatch.setattr(report.subprocess, "Popen", popen)
-    report.execute("cold_start", tmp_path / "p.yaml", tmp_path)
+    monkeypatch.setattr(publish.subprocess, "Popen", popen)
+    publish.execute("cold_start", tmp_path / "p.yaml", tmp_path)
     assert callable(seen["preexec_fn"]) and seen["start_new_session"]
     assert seen["env"][children.ENV_OWNER].startswith(f"{os.getpid()}:")
     assert seen["env"][children.ENV_RUN_DIR] == str(tmp_path.resolve())
@@ -322,12 +323,12 @@ def test_unreadable_middle_line_is_reported(tmp_path):
 # ---- 3. two runs started in the same second get two run directories --------------------------------
 
 def test_runs_started_in_the_same_second_never_share_a_directory(tmp_path, fake_ollama, fake_study, monkeypatch):
-    class Frozen(report.datetime):
+    class Frozen(rundir.datetime):
         @classmethod
         def now(cls, tz=None):
-            return report.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+            return rundir.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
 
-    monkeypatch.setattr(report, "datetime", Frozen)
+    monkeypatch.setattr(rundir, "datetime", Frozen)
     p = params_file(tmp_path, fake_ollama.url)
     results = tmp_path / "res"
     assert main(["run", str(p), "--results", str(results)]) == 0
@@ -341,12 +342,12 @@ def test_runs_started_in_the_same_second_never_share_a_directory(tmp_path, fake_
 
 def test_run_directories_are_created_exclusively(tmp_path, monkeypatch):
     names = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
-    monkeypatch.setattr(report.secrets, "token_hex", lambda n: next(names))
-    a = report.new_run_dir(tmp_path, "x")
-    b = report.new_run_dir(tmp_path, "x")
+    monkeypatch.setattr(rundir.secrets, "token_hex", lambda n: next(names))
+    a = rundir.new_run_dir(tmp_path, "x")
+    b = rundir.new_run_dir(tmp_path, "x")
     assert a != b and b.name.endswith("-bbbbbb")
     got = []
-    threads = [threading.Thread(target=lambda: got.append(report.new_run_dir(tmp_path / "many", "x")))
+    threads = [threading.Thread(target=lambda: got.append(rundir.new_run_dir(tmp_path / "many", "x")))
                for _ in range(20)]
     (tmp_path / "many").mkdir()
     monkeypatch.undo()
@@ -377,7 +378,7 @@ def _damaged_run(tmp_path: Path, fake_ollama) -> Path:
     run_dir = tmp_path / "res" / "20260101-000000-rel-abcdef"
     (run_dir / "cold_start").mkdir(parents=True)
     params_file(tmp_path, fake_ollama.url)
-    report.write_params_copy(tmp_path / "p.yaml", run_dir)
+    rundir.write_params_copy(tmp_path / "p.yaml", run_dir)
     (run_dir / "run.json").write_text(json.dumps({"run_id": run_dir.name, "studies": {"cold_start": {"status": "done"}}}))
     (run_dir / "cold_start" / "trials.jsonl").write_text(
         '{"trial_id": "t0", "ok": true}\n{"trial_id": "t1", "o\n{"trial_id": "t2", "ok": true}\n')
@@ -737,7 +738,7 @@ def test_kill_9_leaves_nothing_running_and_an_immediate_resume_keeps_every_line(
         assert len(ids) == len(set(ids))  # none measured twice
         done_before = {json.loads(x)["trial_id"] for x in complete.splitlines()}
         assert done_before < set(ids)
-        assert report.read_run(run_dir)["studies"]["cold_start"]["status"] == "done"
+        assert rundir.read_run(run_dir)["studies"]["cold_start"]["status"] == "done"
         assert not tagged(tag2)
     finally:
         for proc in (run, resume):

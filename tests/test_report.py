@@ -14,6 +14,7 @@ import pytest
 
 from conftest import llama_server_pids
 from perfkit.run import pipeline as report
+from perfkit.run import publish, rundir, site
 from perfkit.analysis.requests import est, fmt_s
 
 pytestmark = pytest.mark.notebooks
@@ -109,8 +110,8 @@ def test_failing_notebook_names_the_cell_and_keeps_data(tmp_path, store_dir):
     (run_dir / "model_size").mkdir(parents=True)
     (run_dir / "model_size" / "trials.jsonl").write_text('{"trial_id": "kept", "ok": true}\n')
     shutil.copyfile(ROOT / "params" / "smoke.yaml", run_dir / "params.yaml")
-    with pytest.raises(report.StudyFailed, match=r"study model_size failed in cell \d+: \w+") as e:
-        report.execute("model_size", run_dir / "params.yaml", run_dir, measure=False)
+    with pytest.raises(publish.StudyFailed, match=r"study model_size failed in cell \d+: \w+") as e:
+        publish.execute("model_size", run_dir / "params.yaml", run_dir, measure=False)
     assert "data measured so far is kept" in str(e.value)
     assert (run_dir / "model_size" / "trials.jsonl").read_text().startswith('{"trial_id": "kept"')
 

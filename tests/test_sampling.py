@@ -7,7 +7,8 @@ import types
 import pandas as pd
 import pytest
 
-from perfkit.core.records import RequestRecord, now_ns
+from perfkit.core.clock import now_ns
+from perfkit.core.records import RequestRecord
 from perfkit.sampling import GpuSampler, Monitor, SystemSampler
 
 

@@ -3,7 +3,8 @@ import os
 import subprocess
 import sys
 
-from perfkit.core.store import REDACTED, RunStore, redact
+from perfkit.core.secrets import REDACTED, redact
+from perfkit.core.store import RunStore
 
 
 def test_rows_are_on_disk_when_append_returns(tmp_path):
@@ -44,8 +45,10 @@ def test_redaction_of_secrets_at_any_depth():
            "note": "Bearer abc.def", "list": [{"OLLAMA_API_KEY": "z"}]}
     r = redact(row)
     assert r["output_tokens"] == 3 and r["cached_tokens"] == 1
-    assert r["params"]["backend"] == {"headers": REDACTED, "api_key": REDACTED, "url": "u"}
+    assert r["params"]["backend"] == {"headers": {"X": REDACTED}, "api_key": REDACTED, "url": "u"}
     assert r["note"] == REDACTED and r["list"][0]["OLLAMA_API_KEY"] == REDACTED
+    assert redact({"url": "http://user:PASS@gpu:11434/v1"})["url"] == "http://***@gpu:11434/v1"
+    assert redact({"cache_key": "$request_body"})["cache_key"] == "$request_body"  # a key name, not a secret
 
 
 def test_manifest_merge_dataframes_and_parquet(tmp_path):

@@ -1,8 +1,10 @@
-"""Small helpers the studies share: filtering measured rows, formatted estimates, provenance text."""
+"""Requests from recorded data: the rows a figure is made of (successful, not warm-up, cache state not
+contradicted), per-request ITL, latency tables, and the notes a report owes its reader (failed trials,
+unverifiable states, a busy machine, physics contradicted, how the numbers were made)."""
 
 from __future__ import annotations
 
-import math
+import html
 from typing import Iterable
 
 import pandas as pd
@@ -11,6 +13,11 @@ import numpy as np
 
 from perfkit.core import fmt
 from perfkit.analysis import stats
+
+
+def col(df: pd.DataFrame, name: str) -> pd.Series:
+    """Column ``name`` of ``df``, or NaN for every row when no row has it (a field a server did not report)."""
+    return df[name] if name in df else pd.Series(np.nan, index=df.index, dtype=float)
 
 
 def _state_failed(df: pd.DataFrame) -> pd.Series:
@@ -148,7 +155,8 @@ def failures(df: pd.DataFrame) -> str:
     if df.empty or "ok" not in df or df["ok"].astype(bool).all():
         return ""
     bad = df[~df["ok"].astype(bool)]
-    reasons = bad["error"].fillna("unknown").str.slice(0, 80).value_counts().head(3)
+    # A server's own words (an HTML error page, say) go into a report: escaped, never markup.
+    reasons = bad["error"].fillna("unknown").str.slice(0, 80).map(html.escape).value_counts().head(3)
     return (f"**{len(bad)} of {len(df)} trials failed** and are excluded from the statistics: "
             + "; ".join(f"{r} (×{n})" for r, n in reasons.items()) + ".")
 

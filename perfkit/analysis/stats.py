@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from perfkit.core.fmt import number
+
 # Bootstrap settings: no longer used for any interval here, kept because other modules import them.
 N_RESAMPLES = 2000
 SEED = 20261123
@@ -86,8 +88,6 @@ class Estimate:
     def fmt(self, unit: str = "", digits: int = 3) -> str:
         """``"412 [398, 431] (n=5)"``: ``digits`` significant digits, ``unit`` appended to the value as is
         (pass ``" ms"``). A zero-width interval is not printed; the note says why (identical values)."""
-        from perfkit.core.fmt import number  # local: fmt imports this module for type hints only
-
         ci = f" [{number(self.lo, digits)}, {number(self.hi, digits)}]" if self.has_ci else ""
         return f"{number(self.value, digits)}{unit}{ci} ({self.annotation()})"
 
@@ -354,24 +354,31 @@ def proportion(k: int, n: int, *, confidence: float = CONFIDENCE) -> Estimate:
 
 # ------------------------------------------------------------------------------------------ throughput
 
-def _flatten_times(token_times_ns: Sequence) -> np.ndarray:
-    """Token timestamps pooled over requests: accepts one flat sequence or a sequence of per-request ones."""
+def _flatten_times(token_times_ns: Sequence, weights: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(times, weights) pooled over requests: ``token_times_ns`` is one flat sequence or one sequence per
+    request; ``weights`` (tokens per time, same shape) default to 1."""
     flat: list[float] = []
-    for item in token_times_ns:
+    w: list[float] = []
+    for i, item in enumerate(token_times_ns):
+        wi = weights[i] if weights is not None else None
         if isinstance(item, (list, tuple, np.ndarray, pd.Series)):
             flat.extend(item)
+            w.extend(wi if wi is not None else [1.0] * len(item))
         elif item is not None:
             flat.append(item)
-    a = np.asarray(flat, dtype=float)
-    return a[np.isfinite(a)]
+            w.append(wi if wi is not None else 1.0)
+    a, b = np.asarray(flat, dtype=float), np.asarray(w, dtype=float)
+    keep = np.isfinite(a)
+    return a[keep], b[keep]
 
 
 def throughput_ci(token_times_ns: Sequence, t_start_ns: int, t_end_ns: int, *, batches: int = 5,
-                  confidence: float = CONFIDENCE) -> Estimate:
+                  confidence: float = CONFIDENCE, weights: Sequence | None = None) -> Estimate:
     """Output tokens/s of one load series, CI by the method of batch means.
 
     ``token_times_ns``: the arrival time (ns, same clock as ``t_start_ns``/``t_end_ns``) of every output
-    token, either flat or one sequence per request. [t_start, t_end] is split into ``batches`` equal windows;
+    token (or streamed event), either flat or one sequence per request; ``weights``: the tokens each time
+    carries (an event with k tokens weighs k), same shape, default 1. [t_start, t_end] is split into ``batches`` equal windows;
     rate_k = tokens in window k / window length (s). Value = all tokens in the span / span (s); CI = t-interval
     over the k window rates (k−1 dof), which treats windows as roughly independent — true when each window
     is long compared with a request. ``n`` is the number of windows. No CI with fewer than 3 windows or
@@ -385,11 +392,12 @@ def throughput_ci(token_times_ns: Sequence, t_start_ns: int, t_end_ns: int, *, b
     if not span_s > 0:
         return Estimate("throughput", math.nan, math.nan, math.nan, 0, confidence, method,
                         note="empty time span")
-    t = _flatten_times(token_times_ns)
-    t = t[(t >= t_start_ns) & (t <= t_end_ns)]
-    counts, _ = np.histogram(t, bins=np.linspace(t_start_ns, t_end_ns, batches + 1))
+    t, w = _flatten_times(token_times_ns, weights)
+    inside = (t >= t_start_ns) & (t <= t_end_ns)
+    t, w = t[inside], w[inside]
+    counts, _ = np.histogram(t, bins=np.linspace(t_start_ns, t_end_ns, batches + 1), weights=w)
     rates = counts / (span_s / batches)
-    value = len(t) / span_s
+    value = float(w.sum()) / span_s
     if batches < 3:
         return Estimate("throughput", value, math.nan, math.nan, batches, confidence, method, need_n=3)
     filled = int((counts > 0).sum())

@@ -8,10 +8,21 @@ reads well for the magnitude (chosen after rounding, so 0.9996 s prints as "1.00
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
-if TYPE_CHECKING:  # stats imports this module lazily; no import cycle at runtime
-    from perfkit.analysis.stats import Estimate
+
+class Estimate(Protocol):
+    """What :func:`estimate` prints (``perfkit.analysis.stats.Estimate`` is one): a value, its CI, and the
+    parenthetical that goes with it."""
+
+    value: float
+    lo: float
+    hi: float
+
+    @property
+    def has_ci(self) -> bool: ...
+
+    def annotation(self) -> str: ...
 
 NA = "n/a"
 
@@ -153,7 +164,7 @@ def pct(x: float | None, *, fraction: bool = True) -> str:
 
 
 def estimate(e: Estimate, kind: str = "duration", unit: str = "", digits: int = 3) -> str:
-    """An :class:`perfkit.stats.Estimate` as "value [lo, hi] (n=…)", with its note and, when there is no CI
+    """An estimate (e.g. :class:`perfkit.analysis.stats.Estimate`) as "value [lo, hi] (n=…)", with its note and, when there is no CI
     because n is too small, the n that would give one:
 
     * ``duration`` (value in seconds): "412 ms [398, 431] (n=5)", "412 ms (all 5 values identical; n=5)"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from perfkit.core.clock import now_ns
 
 # cold_server: the server restarted, then the first request (the seed's "first request after a
 # (container) restart"); first_after_load: the model just loaded and never used, whose first request
 # pays allocation and first kernels; warm: resident and primed, prompt not cached.
 CACHE_STATES = ("cold_server", "cold_disk", "cold_memory", "first_after_load", "warm", "warm_cached")
-
-
-def now_ns() -> int:
-    """The one client clock: ``time.perf_counter_ns()`` (monotonic, ns)."""
-    return time.perf_counter_ns()
 
 
 @dataclass
@@ -47,7 +43,8 @@ class RequestRecord:
     served_by: str | None = None  # the upstream a proxy says served it (X-Upstream-Addr)
     proxy_cache: str | None = None  # the proxy's cache status (X-Cache-Status: HIT, MISS ...)
     accel_buffering: str | None = None  # the server's X-Accel-Buffering (tells nginx not to buffer)
-    token_times_ns: list[int] = field(default_factory=list)
+    token_times_ns: list[int] = field(default_factory=list)  # one stamp per streamed event carrying text
+    event_tokens: list[int] | None = None  # tokens in each event, where the server says (logprobs per event)
     # Derived from the client timestamps (finalize()).
     ttfb_s: float | None = None
     ttft_s: float | None = None
@@ -91,9 +88,12 @@ class RequestRecord:
                 self.ttft_sched_s = (self.t_first_token_ns - self.t_scheduled_ns) * s
             if self.t_end_ns is not None and self.ok:
                 self.e2e_sched_s = (self.t_end_ns - self.t_scheduled_ns) * s
-        self.itl_s = [(b - a) * s for a, b in zip(self.token_times_ns, self.token_times_ns[1:])]
         if self.output_tokens is None and self.token_times_ns:
             self.output_tokens, self.output_tokens_source = len(self.token_times_ns), "chunks"
+        # Per token, not per event: a server that packs k tokens into one event (vLLM behind a busy API
+        # server, speculative decoding) spreads that event's gap over its k tokens.
+        self.itl_s = [(b - a) * s / k for a, b, k in zip(self.token_times_ns, self.token_times_ns[1:],
+                                                        self.tokens_per_event()[1:]) if k for _ in range(k)]
         if self.output_tokens and self.output_tokens > 1 and self.e2e_s is not None and self.ttft_s is not None:
             self.tpot_s = (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
         if self.prefill_tokens and self.prefill_s:
@@ -107,6 +107,18 @@ class RequestRecord:
             if parts:
                 self.overhead_s = self.e2e_s - sum(parts)
         return self
+
+    def tokens_per_event(self) -> list[int]:
+        """How many output tokens each streamed event carried: the server's own per-event count where it gave
+        one, else the server's total spread evenly over the events (integers, summing to the total); one per
+        event when the server gave no count."""
+        n = len(self.token_times_ns)
+        if self.event_tokens is not None and len(self.event_tokens) == n:
+            return list(self.event_tokens)
+        total = self.output_tokens if self.output_tokens_source == "server" and self.output_tokens else n
+        if n == 0 or total <= n:
+            return [1] * n
+        return [round(total * (i + 1) / n) - round(total * i / n) for i in range(n)]
 
     def fail(self, reason: str, t_end_ns: int | None = None) -> "RequestRecord":
         self.ok = False

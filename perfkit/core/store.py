@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,24 +18,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-# Whole key names (or their last part): "api_key", "access_token", "headers"; not "output_tokens".
-_SECRET = re.compile(r"^(.*[-_.])?(api[-_]?key|apikey|key|token|secret|password|passwd|authorization|auth|"
-                     r"cookie|bearer|headers?)$", re.I)
-_SECRET_VALUE = re.compile(r"^\s*(bearer|basic)\s+\S+", re.I)
-REDACTED = "***"
-_log = logging.getLogger("perfkit.core.store")
+from perfkit.core.secrets import redact
 
-
-def redact(obj: Any) -> Any:
-    """Replace the value of every key that looks like a secret, at any depth."""
-    if isinstance(obj, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET.search(k) else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str) and _SECRET_VALUE.match(obj):
-        return REDACTED
-    return obj
-
+_log = logging.getLogger("perfkit.store")
 
 def _default(o: Any) -> Any:
     if hasattr(o, "as_dict"):

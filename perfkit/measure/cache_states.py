@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.servers import pagecache
-from perfkit.client.backends.base import Backend, Sampling
+from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
 from perfkit.servers.control.base import Unknown
 from perfkit.core.errors import PerfkitError
-from perfkit.core.records import CACHE_STATES, RequestRecord, now_ns
+from perfkit.core.clock import now_ns
+from perfkit.core.records import CACHE_STATES, RequestRecord
 
 WARMUP_STRATEGIES = ("none", "preload", "keep_warm")
 PRIME_PROMPT = "ok"
@@ -59,10 +60,11 @@ def _warm_page_cache(path: str | Path) -> None:
             pass
 
 
-def prime(backend: Backend, model: str, keep_alive: object = None) -> RequestRecord:
+def prime(backend: Backend, model: str, keep_alive: object = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
+          ) -> RequestRecord:
     """The unrecorded first request after a load: it pays allocation and first kernels so the next
-    (measured) request doesn't."""
-    rec = backend.generate(model, PRIME_PROMPT, Sampling(num_predict=2), keep_alive=keep_alive)
+    (measured) request doesn't. Bounded by the run's request timeout like every request perfkit sends."""
+    rec = backend.generate(model, PRIME_PROMPT, Sampling(num_predict=2), keep_alive=keep_alive, timeout_s=timeout_s)
     if not rec.ok:
         raise PerfkitError(f"priming {model!r} after its load failed: {rec.error}")
     return rec
@@ -76,19 +78,21 @@ def residency(backend: Backend, model: str) -> bool | None:
         return None
 
 
-def ensure_warm(backend: Backend, model: str, keep_alive: object = None) -> bool:
-    """Make ``model`` resident and primed; True if it had to be loaded (and was primed)."""
+def ensure_warm(backend: Backend, model: str, keep_alive: object = None, *,
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Make ``model`` resident and primed; True if it had to be loaded (and was primed). ``timeout_s`` bounds
+    the load and the priming request."""
     is_resident = residency(backend, model)
     if is_resident:
         return False
     if is_resident is None:  # the server can't say: a served request makes it resident, and primes it
         primed = backend.__dict__.setdefault("_primed_models", set())
         if model not in primed:  # once per backend: it can't tell an unload apart anyway
-            prime(backend, model, keep_alive)
+            prime(backend, model, keep_alive, timeout_s=timeout_s)
             primed.add(model)
         return False
-    backend.load(model, keep_alive=keep_alive)
-    prime(backend, model, keep_alive)
+    backend.load(model, timeout_s=timeout_s, keep_alive=keep_alive)
+    prime(backend, model, keep_alive, timeout_s=timeout_s)
     return True
 
 
@@ -107,7 +111,8 @@ def _model_file(backend: Backend, model: str, need: bool) -> Path | None:
 
 
 def prepare_state(backend: Backend, model: str, state: str, *, prompt: str | None = None,
-                  sampling: Sampling | None = None, keep_alive: object = None) -> StateCheck:
+                  sampling: Sampling | None = None, keep_alive: object = None,
+                  timeout_s: float = DEFAULT_TIMEOUT_S) -> StateCheck:
     """Put ``model`` into ``state`` and check it. For ``warm_cached``, ``prompt`` is sent once now."""
     if state not in CACHE_STATES:
         raise PerfkitError(f"unknown cache state {state!r}; allowed: {', '.join(CACHE_STATES)}")
@@ -140,14 +145,15 @@ def prepare_state(backend: Backend, model: str, state: str, *, prompt: str | Non
             check.note = "" if check.verified else f"{f:.0%} of the model file is in the page cache"
     elif state == "first_after_load":
         check.memory_release_wait_s = _unload(backend, model)
-        backend.load(model, keep_alive=keep_alive)
+        backend.load(model, timeout_s=timeout_s, keep_alive=keep_alive)
         check.verified = backend.is_loaded(model)
     else:
-        check.primed = ensure_warm(backend, model, keep_alive)
+        check.primed = ensure_warm(backend, model, keep_alive, timeout_s=timeout_s)
         if state == "warm_cached":
             if prompt is None:
                 raise PerfkitError("warm_cached needs the prompt that will be repeated")
-            first = backend.generate(model, prompt, sampling or Sampling(num_predict=1), keep_alive=keep_alive)
+            first = backend.generate(model, prompt, sampling or Sampling(num_predict=1), keep_alive=keep_alive,
+                                     timeout_s=timeout_s)
             if not first.ok:
                 raise PerfkitError(f"priming the prompt cache failed: {first.error}")
         check.verified = residency(backend, model)
@@ -303,11 +309,12 @@ def user_first_request(backend: Backend, model: str, strategy: str, *, idle_gap_
     """
     if strategy not in WARMUP_STRATEGIES:
         raise PerfkitError(f"unknown warmup strategy {strategy!r}; allowed: {', '.join(WARMUP_STRATEGIES)}")
-    prepare_state(backend, model, "cold_memory")
+    limit = timeout_s or DEFAULT_TIMEOUT_S
+    prepare_state(backend, model, "cold_memory", timeout_s=limit)
     keeper = None
     if strategy in ("preload", "keep_warm"):
         # A preload as users make it: a load, then the first request pays the first-use cost.
-        backend.load(model, keep_alive=keep_alive)
+        backend.load(model, timeout_s=limit, keep_alive=keep_alive)
     if strategy == "keep_warm":
         if not keep_warm_interval_s:
             raise PerfkitError("keep_warm needs keep_warm_interval_s")
@@ -352,8 +359,8 @@ def scheme_a(backend: Backend, model: str, *, delay_s: float, prompt: str, sampl
 
     def preload() -> None:
         try:
-            backend.load(model, keep_alive=keep_alive)
-            prime(backend, model, keep_alive)
+            backend.load(model, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, keep_alive=keep_alive)
+            prime(backend, model, keep_alive, timeout_s=timeout_s or DEFAULT_TIMEOUT_S)
             done["t_ns"] = now_ns()
         except Exception as e:  # noqa: BLE001 - recorded with the trial
             done["error"] = f"{type(e).__name__}: {e}"

@@ -7,13 +7,11 @@ Every trial becomes one row in the run's store the moment it completes.
 from __future__ import annotations
 
 import marshal
-import math
 import random
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -23,8 +21,10 @@ from perfkit.core.errors import PerfkitError
 from perfkit.client.loadgen import Job, run_series
 from perfkit.client.stream import Capture, decode
 from perfkit.core.prompts import prompt_for
-from perfkit.core.records import CACHE_STATES, now_ns
+from perfkit.core.clock import now_ns
+from perfkit.core.records import CACHE_STATES
 from perfkit.core.store import RunStore
+from perfkit.analysis.series import steady_window
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Runner:
         prompt = t.prompt_with(self.nonce)
         try:
             check = prepare_state(self.backend, t.model, t.cache_state, prompt=prompt, sampling=t.sampling,
-                                  keep_alive=self.keep_alive)
+                                  keep_alive=self.keep_alive, timeout_s=self.timeout_s)
         except Exception as e:  # noqa: BLE001 - a failed set-up is a failed trial, never a crash
             row = {"trial_id": t.trial_id, "variant": t.variant, "model": t.model, "cache_state": t.cache_state,
                    "rep": t.rep, "warmup": t.warmup, "ok": False, "error": f"state set-up: {e}", **t.tags}
@@ -214,7 +214,7 @@ class Runner:
         if attempt:
             self._recover(series, attempt - 1, make(attempt - 1), info, tags, model, offsets)
         self.store.event("series_start", series=series, attempt=attempt, **info)
-        ensure_warm(self.backend, model, self.keep_alive)
+        ensure_warm(self.backend, model, self.keep_alive, timeout_s=self.timeout_s)
         jobs = make(attempt)
         spool = _Spool(self._spool_path(series, attempt))
         bar = self._bar(len(jobs), series)
@@ -330,69 +330,3 @@ class _Spool:
                 break
             pos += 4 + n
         return out
-
-
-def steady_window(rows: pd.DataFrame, concurrency: int | None = None, warmup_fraction: float = 0.1) -> dict:
-    """The steady-state window of a series, and what the client achieved in it.
-
-    Closed loop: from the moment every stream has finished its first request (the synchronized start
-    is over) to the first moment a stream has nothing left to send (concurrency starts to fall).
-    Open loop: from ``warmup_fraction`` of the schedule to its last send. Without such a window (too
-    few requests per stream) the whole span is used and ``steady`` is False.
-    Returns ns bounds, ``achieved_concurrency`` (mean requests in flight), ``achieved_rate_rps`` (sends
-    per second) and ``n_steady`` (requests sent inside the window).
-    """
-    ok = rows.dropna(subset=["t_send_ns", "t_end_ns"]) if len(rows) else rows
-    if ok.empty:
-        return {"steady": False}
-    send, end = ok["t_send_ns"].astype("int64"), ok["t_end_ns"].astype("int64")
-    lo, hi, steady = int(send.min()), int(end.max()), False
-    if concurrency is None and "t_scheduled_ns" in ok and ok["t_scheduled_ns"].notna().all():
-        sched = ok["t_scheduled_ns"].astype("int64")
-        a, b = int(sched.min()), int(sched.max())
-        t0 = a + int(warmup_fraction * (b - a))
-        if b > t0:
-            lo, hi, steady = t0, b, True
-    elif concurrency and "stream" in ok and ok["stream"].notna().all():
-        g = ok.assign(send=send, end=end).sort_values("send").groupby("stream")
-        t0, t1 = int(g["end"].first().max()), int(g["end"].last().min())
-        if t1 > t0 and g.ngroups >= concurrency:
-            lo, hi, steady = t0, t1, True
-    span = (hi - lo) * 1e-9
-    overlap = (np.minimum(end, hi) - np.maximum(send, lo)).clip(lower=0).sum() * 1e-9
-    if concurrency is None and steady:  # open loop: the sends scheduled inside, at the pace they really left
-        inside = (sched >= lo) & (sched <= hi)
-        s_in = send[inside]
-        rate = (len(s_in) - 1) / ((s_in.max() - s_in.min()) * 1e-9) if len(s_in) > 1 and s_in.max() > s_in.min() \
-            else math.nan
-    else:
-        inside = (send >= lo) & (send <= hi)
-        rate = int(inside.sum()) / span if span > 0 else math.nan
-    return {"steady": steady, "steady_t0_ns": lo, "steady_t1_ns": hi, "steady_s": span,
-            "n_steady": int(inside.sum()), "achieved_concurrency": overlap / span if span > 0 else math.nan,
-            "achieved_rate_rps": rate}
-
-def throughput(rows: pd.DataFrame) -> dict[str, float]:
-    """Aggregate figures of a load series: requests/s, output tokens/s, achieved concurrency."""
-    ok = rows[rows["ok"]] if "ok" in rows else rows
-    if ok.empty:
-        return {"requests_s": float("nan"), "output_tok_s": float("nan"), "concurrency_achieved": float("nan")}
-    t0, t1 = ok["t_send_ns"].min(), ok["t_end_ns"].max()
-    span_s = (t1 - t0) * 1e-9
-    busy_s = ((ok["t_end_ns"] - ok["t_send_ns"]) * 1e-9).sum()
-    return {"requests_s": len(ok) / span_s, "output_tok_s": ok["output_tokens"].sum() / span_s,
-            "concurrency_achieved": busy_s / span_s, "span_s": span_s, "n_ok": len(ok),
-            "n_failed": int(len(rows) - len(ok))}
-
-
-def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | None = None) -> float:
-    """Requests/s that met every SLO given (failed requests never do)."""
-    if rows.empty:
-        return float("nan")
-    good = rows["ok"].astype(bool)
-    if ttft_s is not None:
-        good &= rows["ttft_s"] <= ttft_s
-    if tpot_s is not None:
-        good &= rows["tpot_s"].fillna(0) <= tpot_s
-    span_s = (rows["t_end_ns"].max() - rows["t_send_ns"].min()) * 1e-9
-    return float(good.sum() / span_s) if span_s > 0 else float("nan")

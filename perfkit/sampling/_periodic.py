@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from perfkit.core.records import now_ns
+from perfkit.core.clock import now_ns
 
 
 class PeriodicSampler:

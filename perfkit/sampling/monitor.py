@@ -11,7 +11,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from perfkit.core.records import RequestRecord, now_ns
+from perfkit.core.clock import now_ns
+from perfkit.core.records import RequestRecord
 from perfkit.sampling.gpu import GpuSampler
 from perfkit.sampling.system import SystemSampler
 
@@ -74,6 +75,7 @@ class Monitor:
 
     def __init__(self, interval_s: float = 0.1, server_pids=None, *, gpu: bool = True, system: bool = True,
                  store=None):
+        self.interval_s = interval_s
         self._server_pids = server_pids
         self.system = SystemSampler(interval_s, server_pids) if system else None
         self.gpu = GpuSampler(interval_s, self._all_pids if server_pids else None) if gpu else None

@@ -16,7 +16,7 @@ from typing import Any
 from perfkit.servers.engine import Engine
 from perfkit.core.errors import PerfkitError
 from perfkit.servers.nginx import Nginx, ProxyConfig, Upstream
-from perfkit.core.records import now_ns
+from perfkit.core.clock import now_ns
 
 FLEET_MODEL = "fleet-model"  # the name the embedded servers serve; a symlink, so the model behind it can change
 

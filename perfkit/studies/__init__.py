@@ -1,25 +1,7 @@
-"""The five studies. Each has ``run(ctx)`` (measure, resumable), ``analyze(ctx)`` (from recorded
-data only, no server) and ``conclusions(result)`` (text built from the measured numbers)."""
+"""The studies: each answers one question, registered by name (:mod:`perfkit.studies.registry`), with its own
+parameter section, notebook and figures. A notebook calls :func:`run_or_load` and plots the result."""
 
-from perfkit.studies import cold_start
-from perfkit.studies import config_tuning
-from perfkit.studies import fleet
-from perfkit.studies import model_size
-from perfkit.studies import quantization
-from perfkit.studies.base import Session, StudyContext
+from perfkit.studies.base import Study, StudyContext, StudyResult, run_or_load
+from perfkit.studies.registry import get, names, register
 
-STUDY_MODULES = {"cold_start": cold_start, "model_size": model_size, "quantization": quantization,
-                 "config_tuning": config_tuning, "fleet": fleet}
-
-
-def run_or_load(params_path, run_dir, study: str, measure: bool = True):
-    """What a notebook calls: measure (or, with ``measure=False``, re-read recorded data) and analyze."""
-    from perfkit.core.children import start_lifeline
-
-    start_lifeline()  # under `perfkit run`: this kernel and its engines die with perfkit (see perfkit.core.children)
-    ctx = StudyContext(params_path, run_dir, study)
-    mod = STUDY_MODULES[study]
-    return mod.run(ctx) if measure else mod.analyze(ctx)
-
-
-__all__ = ["StudyContext", "Session", "STUDY_MODULES", "run_or_load"]
+__all__ = ["Study", "StudyContext", "StudyResult", "run_or_load", "register", "get", "names"]

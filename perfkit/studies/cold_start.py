@@ -1,4 +1,4 @@
-"""Study 1: why is the first request slow, and which warmup fixes it.
+"""Cold start: why is the first request slow, and which warmup fixes it.
 
 First-request latency in each cache state (server restarted, cold disk, cold memory, first request
 after a load, warm, cached prompt), decomposed into load / prefill / decode / overhead by the client
@@ -10,24 +10,126 @@ against its physical limit (file bytes / the disk's measured read bandwidth).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from pydantic import Field, field_validator
 
+from perfkit.analysis import figures as F, stats, timeline
+from perfkit.analysis.figures import FigureSet
+from perfkit.analysis.models import resource_figures
+from perfkit.analysis.requests import (ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note,
+                                       negative_overhead_note, noisy_note, per_request_itl, state_note)
+from perfkit.analysis.verdicts import compare_samples
+from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.servers import pagecache
-from perfkit.analysis import stats
-from perfkit.analysis import timeline
-from perfkit.client.backends.base import Sampling
-from perfkit.measure.cache_states import scheme_a, user_first_request
-from perfkit.compare import compare_samples
-from perfkit.servers.control.base import Unknown
+from perfkit.core.records import CACHE_STATES
+from perfkit.core.schema import MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, members, unique
+from perfkit.measure.cache_states import WARMUP_STRATEGIES, scheme_a, user_first_request
+from perfkit.measure.devices import record_device
 from perfkit.measure.runner import Trial
-from perfkit.analysis.requests import ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note, negative_overhead_note, noisy_note, state_note
-from perfkit.studies.base import StudyContext
+from perfkit.servers import pagecache
+from perfkit.servers.control.base import Unknown
+from perfkit.studies.base import Study, StudyContext, StudyResult
+from perfkit.studies.registry import register
 
 COMPONENTS = ("load_s", "prefill_s", "decode_s", "overhead_s")
 COLD_STATES = ("cold_server", "cold_disk", "cold_memory")
+
+
+class ColdStartParams(Strict):
+    """``studies.cold_start``: which cache states and warmup strategies, how many repetitions."""
+
+    model: str
+    states: list[str] = Field(default_factory=lambda: ["cold_disk", "cold_memory", "warm"], min_length=1)
+    reps: int = Field(5, ge=1, le=MAX_REPS)
+    num_predict: int = Field(32, ge=1, le=MAX_TOKENS)
+    prompt_words: int = Field(48, ge=4, le=MAX_PROMPT_WORDS)
+    strategies: list[str] = Field(default_factory=lambda: list(WARMUP_STRATEGIES))
+    strategy_reps: int = Field(2, ge=1, le=MAX_REPS)
+    keep_alive_s: float = Field(300.0, gt=0, description="server keep-alive during the strategy runs")
+    idle_gaps_s: list[float] = Field(default_factory=lambda: [1.0])
+    keep_warm_interval_s: float | None = Field(None, gt=0)
+    scheme_a_delays_s: list[float] = Field(default_factory=list, description=(
+        "scheme A (restart, preload at start): a user request arrives this long after the restart; "
+        "empty: not measured"))
+    scheme_a_reps: int = Field(2, ge=1, le=MAX_REPS)
+
+    @field_validator("scheme_a_delays_s")
+    @classmethod
+    def _scheme_a(cls, v):
+        if any(not 0 <= d <= MAX_GAP_S for d in v):
+            raise ValueError(f"a list of delays in seconds after the restart, each 0 ≤ delay ≤ {MAX_GAP_S:g}")
+        return unique(v, "scheme A delay")
+
+    @field_validator("states")
+    @classmethod
+    def _states(cls, v):
+        return unique(members(v, CACHE_STATES, "cache state"), "cache state")
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v):
+        return unique(members(v, WARMUP_STRATEGIES, "warmup strategy"), "warmup strategy")
+
+    @field_validator("idle_gaps_s")
+    @classmethod
+    def _gaps(cls, v):
+        if not v or any(not 0 <= g <= MAX_GAP_S for g in v):
+            raise ValueError(f"a non-empty list of idle gaps in seconds, each 0 ≤ gap ≤ {MAX_GAP_S:g}")
+        return unique(v, "idle gap")
+
+
+
+
+@dataclass
+class ColdStartResult(StudyResult):
+    model: str = ""
+    states: pd.DataFrame = field(default_factory=pd.DataFrame)
+    by_state: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ratios: dict[str, stats.Estimate] = field(default_factory=dict)
+    strategy_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    strategies: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scheme_a_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    limit: dict | None = None
+    device: dict | None = None
+    read_bandwidth: dict | None = None
+    scheme_a_skipped: dict | None = None
+    state_skipped: dict | None = None
+    account: Any = None
+    timeline: pd.DataFrame = field(default_factory=pd.DataFrame)
+    splits: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+@register
+class ColdStart(Study):
+    name = "cold_start"
+    title = "Cold start: where the first request's time goes"
+    question = "Why is the first request slow, and which warmup fixes it?"
+    Params = ColdStartParams
+    order = 10
+
+    def measure(self, ctx: StudyContext) -> None:
+        c = ctx.cfg
+        with ctx.session(keep_alive_s=c.keep_alive_s) as s:
+            trials = plan(ctx)
+            if "cold_server" in c.states and not s.control.can_restart():
+                # Not a failed trial per rep: a state this server can't be put in, said once.
+                why = (s.control.why_not_local() if not s.control.is_local
+                       else "backend.restart_command is not set")
+                ctx.store.event("state_skipped", state="cold_server", why=f"perfkit can't restart this server: {why}")
+                trials = [t for t in trials if t.cache_state != "cold_server"]
+            s.runner.run(trials, desc="cache states")
+            _strategies(ctx, s)
+            _scheme_a(ctx, s)
+            _facts(ctx, s)
+
+    def analyze(self, ctx: StudyContext) -> ColdStartResult:
+        return analyze(ctx)
+
+    def conclusions(self, result: ColdStartResult) -> str:
+        return conclusions(result)
 
 
 def plan(ctx: StudyContext) -> list[Trial]:
@@ -42,39 +144,12 @@ def plan(ctx: StudyContext) -> list[Trial]:
     return trials
 
 
-def _keep_alive(ctx: StudyContext) -> Any:
-    """On Ollama every request and preload carries the study's keep_alive (the server default never
-    applies); the embedded engine takes it as a server setting."""
-    return ctx.cfg.keep_alive_s if ctx.params.backend.kind == "ollama" else None
-
-
-def run(ctx: StudyContext) -> dict[str, Any]:
-    c = ctx.cfg
-    settings = {"OLLAMA_KEEP_ALIVE": c.keep_alive_s} if ctx.params.backend.kind == "embedded" else {}
-    with ctx.session(settings, keep_alive=_keep_alive(ctx)) as s:
-        trials = plan(ctx)
-        if "cold_server" in c.states and not s.control.can_restart():
-            # Not a failed trial per rep: a state this server can't be put in, said once.
-            why = (s.control.why_not_local() if not s.control.is_local
-                   else "backend.restart_command is not set")
-            ctx.store.event("state_skipped", state="cold_server", why=f"perfkit can't restart this server: {why}")
-            trials = [t for t in trials if t.cache_state != "cold_server"]
-        s.runner.run(trials, desc="cache states")
-        _strategies(ctx, s)
-        _scheme_a(ctx, s)
-        _facts(ctx, s)
-    ctx.store.finalize()
-    return analyze(ctx)
-
-
 def _facts(ctx: StudyContext, s) -> None:
     """The device that runs the model and the disk's read bandwidth for its file (the load floor)."""
     c = ctx.cfg
     kinds = set(ctx.store.events().get("kind", pd.Series(dtype=str)))
     if "device" not in kinds:
-        from perfkit.studies.model_size import record_device
-
-        record_device(ctx, s, c.model)
+        record_device(s, ctx.store, c.model)
     if "read_bandwidth" not in kinds:
         try:
             path = s.control.model_file(c.model)
@@ -102,7 +177,7 @@ def _strategies(ctx: StudyContext, s) -> None:
                     continue
                 fr = user_first_request(s.backend, c.model, strategy, idle_gap_s=gap,
                                         prompt=s.runner.prompt(tid, c.prompt_words), sampling=Sampling(c.num_predict),
-                                        keep_warm_interval_s=interval, keep_alive=_keep_alive(ctx),
+                                        keep_warm_interval_s=interval, keep_alive=s.runner.keep_alive,
                                         timeout_s=ctx.params.timeouts.request_s)
                 s.runner.record(fr.record, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
                                 keep_alive_s=c.keep_alive_s, keep_warm_interval_s=interval,
@@ -126,7 +201,7 @@ def _scheme_a(ctx: StudyContext, s) -> None:
             if tid in done:
                 continue
             r = scheme_a(s.backend, c.model, delay_s=delay, prompt=s.runner.prompt(tid, c.prompt_words),
-                         sampling=Sampling(c.num_predict), keep_alive=_keep_alive(ctx),
+                         sampling=Sampling(c.num_predict), keep_alive=s.runner.keep_alive,
                          timeout_s=ctx.params.timeouts.request_s)
             s.runner.record(r.record, trial_id=tid, strategy="scheme_a", scheme_a_delay_s=delay, rep=rep,
                             warmup=False, variant=f"scheme A, request at +{delay:g} s", cache_state="cold_server",
@@ -141,7 +216,12 @@ def _event(ev: pd.DataFrame, kind: str) -> dict | None:
     return None
 
 
-def analyze(ctx: StudyContext) -> dict[str, Any]:
+def _workload(c: ColdStartParams) -> dict[str, Any]:
+    return {"prompt_words": c.prompt_words, "num_predict": c.num_predict}
+
+
+def analyze(ctx: StudyContext) -> ColdStartResult:
+    c = ctx.cfg
     df = ctx.store.trials()
     ids = df["trial_id"] if len(df) else pd.Series(dtype=str)
     states = df[ids.str.startswith("state/")] if len(df) else df
@@ -149,7 +229,7 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
     schemea = df[ids.str.startswith("scheme_a/")] if len(df) else df
     ok = measured(states)
     by_state = []
-    for state in ctx.cfg.states:
+    for state in c.states:
         g = ok[ok["cache_state"] == state]
         row = {"cache_state": state, "n": len(g)}
         for m in ("e2e_s", "ttft_s", *COMPONENTS):
@@ -157,34 +237,79 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = e.value, e.lo, e.hi
         by_state.append(row)
     by_state = pd.DataFrame(by_state)
-    warm = ok[ok["cache_state"] == "warm"]["e2e_s"]
-    ratios = {st: stats.ratio(ok[ok["cache_state"] == st]["e2e_s"], warm) for st in ctx.cfg.states if st != "warm"}
+    warm = ok[ok["cache_state"] == "warm"]["e2e_s"] if len(ok) else pd.Series(dtype=float)
+    ratios = {st: stats.ratio(ok[ok["cache_state"] == st]["e2e_s"], warm) for st in c.states
+              if st != "warm" and len(ok)}
     sok = measured(strat)
     strategies = []
-    for (strategy, gap), g in sok.groupby(["strategy", "idle_gap_s"], sort=False):
-        e = est(g["e2e_s"])
-        strategies.append({"strategy": strategy, "idle_gap_s": gap, "n": len(g), "e2e_s": e.value, "e2e_s_lo": e.lo,
-                           "e2e_s_hi": e.hi, "load_s": est(g["load_s"]).value,
-                           "loaded_at_send": float(g["loaded_at_send"].mean())})
-    strategies = pd.DataFrame(strategies)
+    if len(sok):
+        for (strategy, gap), g in sok.groupby(["strategy", "idle_gap_s"], sort=False):
+            e = est(g["e2e_s"])
+            strategies.append({"strategy": strategy, "idle_gap_s": gap, "n": len(g), "e2e_s": e.value,
+                               "e2e_s_lo": e.lo, "e2e_s_hi": e.hi, "load_s": est(g["load_s"]).value,
+                               "loaded_at_send": float(g["loaded_at_send"].mean())})
     ev = ctx.store.events()
     acc = timeline.load_account(ctx.store.dir, ev)
-    t0 = int(df["t_send_ns"].min()) if len(df) and "t_send_ns" in df else None
-    cold = ok[ok["cache_state"].isin(COLD_STATES)]
-    split = timeline.splits(acc, pd.concat([cold, measured(schemea)])) if len(cold) or len(schemea) else pd.DataFrame()
-    return {"trials": df, "states": states, "by_state": by_state, "ratios": ratios, "strategy_trials": strat,
-            "strategies": strategies, "scheme_a_trials": schemea, "limit": load_limit(ctx, ok, ev),
-            "device": _event(ev, "device"), "read_bandwidth": _event(ev, "read_bandwidth"),
-            "scheme_a_skipped": _event(ev, "scheme_a_skipped"), "state_skipped": _event(ev, "state_skipped"),
-            "account": acc,
-            "timeline": timeline.timeline_frame(acc, t0), "splits": split, "manifest": ctx.store.manifest(),
-            "model": ctx.cfg.model, "failures": failures(df)}
+    t0 = int(df["t_send_ns"].min()) if len(df) and "t_send_ns" in df and df["t_send_ns"].notna().any() else None
+    cold = ok[ok["cache_state"].isin(COLD_STATES)] if len(ok) else ok
+    sa_ok = measured(schemea)
+    split = timeline.splits(acc, pd.concat([cold, sa_ok])) if len(cold) or len(sa_ok) else pd.DataFrame()
+    device = _event(ev, "device")
+    figs = FigureSet(_figures(c, ok, sok, sa_ok, ratios, device))
+    return ColdStartResult(
+        study="cold_start", figures=figs, trials=df, manifest=ctx.store.manifest(), failures=failures(df),
+        model=c.model, states=states, by_state=by_state, ratios=ratios, strategy_trials=strat,
+        strategies=pd.DataFrame(strategies), scheme_a_trials=schemea, limit=load_limit(ctx, ok, ev), device=device,
+        read_bandwidth=_event(ev, "read_bandwidth"), scheme_a_skipped=_event(ev, "scheme_a_skipped"),
+        state_skipped=_event(ev, "state_skipped"), account=acc, timeline=timeline.timeline_frame(acc, t0),
+        splits=split)
+
+
+def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.DataFrame,
+             ratios: dict[str, stats.Estimate], device: dict | None) -> list[F.Figure | None]:
+    """The figures this study stands by: first-request e2e per cache state (the seed's cold and warm start),
+    load per cold state, warm TTFT, ITL and decode speed, resident memory, energy and GPU use, each warmup
+    strategy after each idle gap, scheme A per delay, and cold ÷ warm."""
+    wl, m = _workload(c), c.model
+    out: list[F.Figure | None] = []
+    present = set(ok["cache_state"]) if len(ok) else set()
+    cold_headline = next((st for st in ("cold_server", "cold_memory", "cold_disk") if st in present), None)
+    for state in [s for s in CACHE_STATES if s in present]:
+        g = ok[ok["cache_state"] == state]
+        w = {"state": state}
+        out.append(F.per_request("cold_start", "e2e", g, "e2e_s", where=w, model=m, workload=wl,
+                                 headline="cold start" if state == cold_headline else
+                                 "warm start" if state == "warm" else ""))
+        if state in COLD_STATES:
+            out.append(F.per_request("cold_start", "load", g, "load_s", where=w, model=m, workload=wl))
+        if state != "warm" and state in ratios:
+            out.append(F.from_estimate("cold_start", "cold_over_warm", ratios[state], where=w, model=m, workload=wl))
+    warm = ok[ok["cache_state"] == "warm"] if len(ok) else ok
+    w = {"state": "warm"}
+    out += [F.per_request("cold_start", "ttft", warm, "ttft_s", where=w, model=m, workload=wl),
+            # One value per request (its median gap per token): gaps within a request are not independent.
+            F.per_request("cold_start", "itl", warm, lambda r: per_request_itl(r, "median"), where=w, model=m,
+                          workload=wl),
+            F.per_request("cold_start", "decode_rate", warm, "decode_tok_s", where=w, model=m, workload=wl),
+            *resource_figures("cold_start", warm, w, m, wl),
+            F.reading("cold_start", "memory", (device or {}).get("model_memory_bytes"), where={"model": m}, model=m,
+                      headline="memory")]
+    if len(sok) and {"strategy", "idle_gap_s"} <= set(sok):
+        for (strategy, gap), g in sok.groupby(["strategy", "idle_gap_s"], sort=False):
+            out.append(F.per_request("cold_start", "e2e", g, "e2e_s", where={"strategy": strategy, "gap_s": f"{gap:g}"},
+                                     model=m, workload={**wl, "keep_alive_s": c.keep_alive_s}))
+    if len(sa) and "scheme_a_delay_s" in sa:
+        for delay, g in sa.groupby("scheme_a_delay_s"):
+            out.append(F.per_request("cold_start", "e2e", g, "e2e_s", where={"scheme_a": "user request",
+                                                                              "delay_s": f"{delay:g}"},
+                                     model=m, workload=wl))
+    return out
 
 
 def load_limit(ctx: StudyContext, ok: pd.DataFrame, ev: pd.DataFrame) -> dict | None:
     """The cold-disk load against its floor: file bytes / the disk's measured cold read bandwidth."""
     bw = _event(ev, "read_bandwidth")
-    if not bw or "bytes_s" not in bw:
+    if not bw or "bytes_s" not in bw or ok.empty:
         return None
     size = bw.get("size_bytes") or ctx.store.manifest().get("models", {}).get(ctx.cfg.model, {}).get("size_bytes")
     cold = ok[ok["cache_state"] == "cold_disk"]["load_s"]
@@ -196,9 +321,9 @@ def load_limit(ctx: StudyContext, ok: pd.DataFrame, ev: pd.DataFrame) -> dict | 
             "cold_disk_load_s": e, "pct_of_limit": 100 * floor / e.value if e.value else float("nan")}
 
 
-def state_table(res: dict[str, Any]) -> pd.DataFrame:
+def state_table(res: "ColdStartResult") -> pd.DataFrame:
     """Per cache state: medians of e2e, TTFT and the client's split, each in the unit that reads well."""
-    b = res["by_state"]
+    b = res.by_state
     rows = []
     for _, r in b.iterrows():
         row = {"cache state": r["cache_state"], "n": int(r["n"])}
@@ -209,15 +334,15 @@ def state_table(res: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("cache state") if rows else pd.DataFrame()
 
 
-def state_latency(res: dict[str, Any]) -> pd.DataFrame:
+def state_latency(res: "ColdStartResult") -> pd.DataFrame:
     """p50/p90/p99 (with CIs and n) of TTFT, e2e, TPOT and ITL per cache state."""
-    return latency_table(measured(res["states"]), "cache_state", groups=[s for s in res["by_state"]["cache_state"]])
+    return latency_table(measured(res.states), "cache_state", groups=[s for s in res.by_state["cache_state"]])
 
 
-def before_after(res: dict[str, Any]) -> pd.DataFrame:
+def before_after(res: "ColdStartResult") -> pd.DataFrame:
     """The seed guide's table: the first request with no warmup vs with each strategy, CIs, ratio and verdict
     (the same comparison as ``perfkit compare``: Hodges–Lehmann ratio, Moses CI)."""
-    sok = measured(res["strategy_trials"])
+    sok = measured(res.strategy_trials)
     if sok.empty:
         return pd.DataFrame()
     rows = []
@@ -238,9 +363,9 @@ def before_after(res: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["idle gap", "strategy"])
 
 
-def scheme_a_table(res: dict[str, Any]) -> pd.DataFrame:
+def scheme_a_table(res: "ColdStartResult") -> pd.DataFrame:
     """Scheme A per request delay: restart → ready, time until warm speed, the user's first request."""
-    d = measured(res["scheme_a_trials"])
+    d = measured(res.scheme_a_trials)
     if d.empty:
         return pd.DataFrame()
     rows = []
@@ -253,9 +378,9 @@ def scheme_a_table(res: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("user request at")
 
 
-def split_table(res: dict[str, Any]) -> pd.DataFrame:
+def split_table(res: "ColdStartResult") -> pd.DataFrame:
     """Per cold state: the client's split beside the server's (medians with CIs and n)."""
-    sp = res["splits"]
+    sp = res.splits
     if sp.empty:
         return pd.DataFrame()
     cols = {"e2e_s": "client e2e", "load_s": "client load", "prefill_s": "client prefill",
@@ -271,98 +396,145 @@ def split_table(res: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("cache state")
 
 
-def _suspect(res: dict[str, Any]) -> list[str]:
+def _suspect(res: ColdStartResult) -> list[str]:
     """Conclusions that would contradict physics are flagged, never stated as findings."""
-    ok = measured(res["states"])
+    ok = measured(res.states)
+    if ok.empty:
+        return []
     out = []
     warm, cached = ok[ok["cache_state"] == "warm"]["e2e_s"], ok[ok["cache_state"] == "warm_cached"]["prefill_s"]
     wp = ok[ok["cache_state"] == "warm"]["prefill_s"]
-    if len(cached) and len(wp) and est(cached).value > est(wp).value:
+    if len(cached) and len(wp) and compare_samples(wp, cached, "lower").verdict == "worse":
         out.append("⚠ **Suspect data:** the cached prompt's prefill is slower than an uncached one, which a "
                    "prompt-cache hit cannot be; the machine was probably busy.")
     for st in COLD_STATES:
         c = ok[ok["cache_state"] == st]["e2e_s"]
-        if len(c) and len(warm) and est(c).value < est(warm).value:
+        if len(c) and len(warm) and compare_samples(warm, c, "lower").verdict == "improved":
             out.append(f"⚠ **Suspect data:** {st} requests measured faster than warm ones.")
     return out
 
 
-def conclusions(res: dict[str, Any]) -> str:
-    b = res["by_state"].set_index("cache_state")
-    ok = measured(res["states"])
-    lines = [f"### What the measurements say ({res['model']})"]
-    dev = res.get("device") or {}
+def _versus(r: stats.Estimate, what: str) -> str:
+    """How a ratio's CI reads: 'x× [lo, hi] the warm median' or that this n can't tell them apart."""
+    text = fmt_x(r)
+    if r.has_ci and r.lo <= 1 <= r.hi:
+        return f"{text} {what}: not distinguishable from it at this n"
+    if not r.has_ci:
+        return f"{text} {what} (no CI at this n, so no claim either way)"
+    return f"{text} {what}"
+
+
+def conclusions(res: ColdStartResult) -> str:
+    f = res.figures
+    ok = measured(res.states)
+    lines = [f"### What the measurements say ({res.model})"]
+    dev = res.device or {}
     if dev.get("device") == "gpu+cpu":
-        lines.insert(0, f"> ⚠ **Partial offload:** {dev.get('cpu_share', 0):.0%} of {res['model']} runs on the CPU "
+        lines.insert(0, f"> ⚠ **Partial offload:** {dev.get('cpu_share', 0):.0%} of {res.model} runs on the CPU "
                         f"({dev.get('offload_evidence')}). That, not cold start, explains slow warm requests.")
-    for w in _suspect(res) + [noisy_note(res["trials"]), negative_overhead_note(res["trials"])]:
+    for w in _suspect(res) + [noisy_note(res.trials), negative_overhead_note(res.trials)]:
         if w:
             lines.append("- " + w)
-    if "warm" in b.index and b.loc["warm", "n"]:
-        w = est(ok[ok["cache_state"] == "warm"]["e2e_s"])
-        lines.append(f"- A **warm** request takes {fmt_s(w)} end to end.")
-    for st, r in res["ratios"].items():
-        g = ok[ok["cache_state"] == st]
-        if g.empty:
+    if "cold_start/e2e/warm" in f:
+        lines.append(f"- A **warm** request takes {f['cold_start/e2e/warm'].text()} end to end.")
+    for st, r in res.ratios.items():
+        e2e = f.get(f"cold_start/e2e/{st}")
+        if e2e is None:
             continue
-        e2e, load = est(g["e2e_s"]), est(g["load_s"])
+        g = ok[ok["cache_state"] == st]
         if st == "warm_cached":
-            lines.append(f"- Repeating a prompt the server has cached (**warm_cached**) takes {fmt_s(e2e)}: "
-                         f"{fmt_x(r)} the warm median; its prefill is {fmt_s(est(g['prefill_s']))}.")
+            lines.append(f"- Repeating a prompt the server has cached (**warm_cached**) takes {e2e.text()}: "
+                         f"{_versus(r, 'the warm median')}; its prefill is {fmt_s(est(g['prefill_s']))}.")
             continue
         if st == "first_after_load":
-            lines.append(f"- The **first request after a load** (model resident, never used) takes {fmt_s(e2e)}: "
-                         f"{fmt_x(r)} the warm median — the first-inference cost a preload alone does not remove.")
+            lines.append(f"- The **first request after a load** (model resident, never used) takes {e2e.text()}: "
+                         f"{_versus(r, 'the warm median')}.")
             continue
-        share = load.value / e2e.value if e2e.value else float("nan")
+        load = f.get(f"cold_start/load/{st}")
+        share = load.value / e2e.value if load is not None and e2e.value else float("nan")
         what = "After a **server restart**" if st == "cold_server" else f"From **{st}**"
-        lines.append(f"- {what}, the first request takes {fmt_s(e2e)}: {fmt_x(r)} the warm median; "
-                     f"loading the model is {fmt_s(load)}, {share:.0%} of it.")
-    sp = res["splits"]
+        lines.append(f"- {what}, the first request takes {e2e.text()}: {_versus(r, 'the warm median')}"
+                     + (f"; loading the model is {load.text()}, {share:.0%} of it." if load is not None else "."))
+    sp = res.splits
     if len(sp) and "server_runner_start_s" in sp and sp["server_runner_start_s"].notna().any():
         g = sp[sp["server_runner_start_s"].notna()]
-        lines.append(f"- The server's own log: the runner started in {fmt_s(est(g['server_runner_start_s']))} "
-                     + (f"and the first token came {fmt_s(est(g['server_ready_to_first_token_s']))} after it was ready"
-                        if "server_ready_to_first_token_s" in g and g["server_ready_to_first_token_s"].notna().any()
+        lines.append(f"- The server's own log: the runner started in {fmt_s(est(g['server_runner_start_s']))}"
+                     + (f" and the first token came {fmt_s(est(g['server_ready_to_first_token_s']))} after it was "
+                        "ready" if "server_ready_to_first_token_s" in g and g["server_ready_to_first_token_s"].notna().any()
                         else "") + ".")
-    elif res["account"].why_empty:
-        lines.append(f"- The server's own account is unavailable: {res['account'].why_empty}.")
-    if res["limit"]:
-        L = res["limit"]
+    elif res.account is not None and res.account.why_empty:
+        lines.append(f"- The server's own account is unavailable: {res.account.why_empty}.")
+    if res.limit:
+        L = res.limit
         lines.append(f"- Load floor: {fmt.size(L['model_bytes'])} at the measured "
                      f"{fmt.size(L['read_bandwidth_bytes_s'])}/s cold read = {fmt.duration(L['load_floor_s'])}; "
                      f"the cold-disk load ({fmt_s(L['cold_disk_load_s'])}) runs at {L['pct_of_limit']:.0f}% of that "
                      "limit, so " + ("reading the file is most of the load." if L["pct_of_limit"] > 50
                                      else "most of the load is not disk reading (allocation, set-up, warm-up)."))
-    elif res.get("read_bandwidth") and res["read_bandwidth"].get("unknown_because"):
-        lines.append(f"- Load floor: unknown, because {res['read_bandwidth']['unknown_because']}.")
-    sok = measured(res["strategy_trials"])
-    for gap, g in sok.groupby("idle_gap_s"):
-        med = {s: est(h["e2e_s"]) for s, h in g.groupby("strategy")}
-        best = min(med, key=lambda s: med[s].value)
-        worst = max(med, key=lambda s: med[s].value)
-        ka = g["keep_alive_s"].iloc[0]
-        lines.append(f"- After an idle gap of {fmt.duration(gap)} (keep-alive {fmt.duration(ka)}), the first request "
-                     f"is fastest with **{best}** ({fmt_s(med[best])}) and slowest with **{worst}** "
-                     f"({fmt_s(med[worst])}); the model was resident at send in "
-                     f"{g[g['strategy'] == best]['loaded_at_send'].mean():.0%} of '{best}' trials and "
-                     f"{g[g['strategy'] == worst]['loaded_at_send'].mean():.0%} of '{worst}' ones.")
-        if best == "keep_warm" or "keep_warm" not in med or "none" not in med:
-            continue
-        if med["keep_warm"].value > med["none"].value:
-            lines.append("  ⚠ Keep-warm measured slower than no warmup at all, which a resident model can't be: "
-                         "suspect data (a refresh in flight, or a busy machine).")
-    if res.get("state_skipped"):
-        lines.append(f"- `{res['state_skipped']['state']}` not measured: {res['state_skipped']['why']}.")
-    sa = measured(res["scheme_a_trials"])
-    if len(sa):
-        lines.append(f"- **Scheme A** (restart, preload at start): a user request is served at warm speed "
-                     f"{fmt_s(est(sa['warm_after_s']))} after the restart.")
-    elif res.get("scheme_a_skipped"):
-        lines.append(f"- Scheme A not measured: {res['scheme_a_skipped']['why']}.")
-    for note in (state_note(res["trials"]), res["failures"]):
+    elif res.read_bandwidth and res.read_bandwidth.get("unknown_because"):
+        lines.append(f"- Load floor: unknown, because {res.read_bandwidth['unknown_because']}.")
+    lines += _strategy_lines(res)
+    if res.state_skipped:
+        lines.append(f"- `{res.state_skipped['state']}` not measured: {res.state_skipped['why']}.")
+    lines += _scheme_a_lines(res)
+    for note in (state_note(res.trials), res.failures):
         if note:
             lines.append("- " + note)
     lines.append("")
-    lines.append(method_note(res["manifest"]))
+    lines.append(method_note(res.manifest))
     return "\n".join(lines)
+
+
+def _strategy_lines(res: ColdStartResult) -> list[str]:
+    """Per idle gap: which warmup the first request is fastest with, claimed only where the CI of the ratio
+    to the others says so."""
+    sok = measured(res.strategy_trials)
+    out = []
+    for gap, g in sok.groupby("idle_gap_s") if len(sok) else ():
+        figs = {s: res.figures.get(f"cold_start/e2e/{s}/{gap:g}") for s in dict.fromkeys(g["strategy"])}
+        figs = {s: x for s, x in figs.items() if x is not None}
+        if not figs:
+            continue
+        best = min(figs, key=lambda s: figs[s].value)
+        ka = g["keep_alive_s"].iloc[0]
+        resident = {s: g[g["strategy"] == s]["loaded_at_send"].mean() for s in figs}
+        head = (f"- After an idle gap of {fmt.duration(gap)} (keep-alive {fmt.duration(ka)}): "
+                + "; ".join(f"**{s}** {x.text()} (model resident at send in {resident[s]:.0%})" for s, x in figs.items()))
+        beaten = [s for s in figs if s != best and compare_samples(figs[s].samples, figs[best].samples,
+                                                                  "lower").verdict == "improved"]
+        if beaten:
+            head += f". **{best}** is faster than {', '.join(beaten)} (ratio CI excludes 1)"
+            rest = [s for s in figs if s not in beaten and s != best]
+            if rest:
+                head += f"; not distinguishable from {', '.join(rest)} at this n"
+        elif len(figs) > 1:
+            head += ". At this n no strategy is distinguishable from another (every ratio's CI includes 1 or n is "
+            head += "too small)"
+        out.append(head + ".")
+        if "keep_warm" in figs and "none" in figs and compare_samples(
+                figs["none"].samples, figs["keep_warm"].samples, "lower").verdict == "worse":
+            out.append("  ⚠ Keep-warm measured slower than no warmup at all, which a resident model can't be: "
+                       "suspect data (a refresh in flight, or a busy machine).")
+    return out
+
+
+def _scheme_a_lines(res: ColdStartResult) -> list[str]:
+    """Scheme A: the user's request after a restart with preload, against a warm request, by its CI."""
+    sa = measured(res.scheme_a_trials)
+    if sa.empty:
+        return [f"- Scheme A not measured: {res.scheme_a_skipped['why']}."] if res.scheme_a_skipped else []
+    warm = res.figures.get("cold_start/e2e/warm")
+    out = []
+    for delay, g in sa.groupby("scheme_a_delay_s"):
+        fig = res.figures.get(f"cold_start/e2e/user request/{delay:g}")
+        if fig is None:
+            continue
+        done = g["preload_done_at_send"].mean()
+        line = (f"- **Scheme A** (restart, preload at start): a user request {fmt.duration(delay)} after the restart "
+                f"took {fig.text()}; the preload had finished before it in {done:.0%} of trials "
+                f"(restart → preload done {fmt_s(est(g['warm_after_s']))})")
+        if warm is not None:
+            r = stats.ratio(fig.samples, warm.samples)
+            line += f"; against a warm request ({warm.text()}) that is {_versus(r, 'as long')}"
+        out.append(line + ".")
+    return out

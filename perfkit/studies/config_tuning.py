@@ -1,23 +1,82 @@
-"""Study 4: server settings × client concurrency. The server restarts for each setting, each
-setting is checked to have taken effect, and the best setting per objective is named with its CI."""
+"""Config tuning: server settings × client concurrency. The server restarts for each setting, each setting is
+checked to have taken effect, and the best setting per objective is named with its CI; an optional open-loop
+sweep finds the request rate each setting sustains within the SLOs."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
-from perfkit.analysis import stats
+from perfkit.analysis import figures as F, series as S, stats
+from perfkit.analysis.figures import FigureSet
+from perfkit.analysis.models import offload_warnings
+from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, method_note, negative_overhead_note,
+                                       noisy_note, per_request_itl)
+from perfkit.analysis.verdicts import compare_estimates, compare_samples
+from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.client.backends.base import Sampling
-from perfkit.measure.cache_states import ensure_warm
-from perfkit.compare import compare_estimates, compare_samples
-from perfkit.measure.runner import goodput, throughput
+from perfkit.core.errors import ConfigError
+from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, unique)
 from perfkit.core.settings import validate_settings
-from perfkit.analysis.requests import ci_cell, est, failures, fmt_s, measured, method_note, negative_overhead_note, noisy_note, per_request_itl
-from perfkit.studies.base import StudyContext
+from perfkit.measure.cache_states import ensure_warm
+from perfkit.servers.control.base import Unknown
+from perfkit.studies.base import Study, StudyContext, StudyResult
+from perfkit.studies.registry import register
+
+
+class ConfigTuningParams(Strict):
+    """``studies.config_tuning``: the settings to try, the client concurrencies, and optionally an open-loop
+    rate sweep (absent: only closed-loop series are measured)."""
+
+    model: str
+    slo: Slo = Field(default_factory=Slo)
+    settings: list[dict[str, Any]] = Field(min_length=1, description="one server configuration per entry")
+    concurrency: list[int] = Field(default_factory=lambda: [1, 4])
+    requests: int = Field(8, ge=1, le=MAX_REQUESTS)
+    rates_rps: list[float] = Field(default_factory=list, description="open-loop request rates to sweep (goodput vs "
+                                                                     "rate); empty: no sweep")
+    rate_requests: int = Field(12, ge=2, le=MAX_REQUESTS, description="requests per open-loop rate")
+    arrivals: Literal["poisson", "constant"] = "poisson"
+    num_predict: int = Field(32, ge=2, le=MAX_TOKENS)
+    prompt_words: int = Field(48, ge=4, le=MAX_PROMPT_WORDS)
+
+    @field_validator("rates_rps")
+    @classmethod
+    def _rates(cls, v):
+        if any(not 0 < r <= 10_000 for r in v):
+            raise ValueError("request rates must be > 0 and ≤ 10000 per second")
+        return unique(v, "rate")
+
+    @field_validator("settings")
+    @classmethod
+    def _grid(cls, v):
+        for i, s in enumerate(v):
+            try:
+                validate_settings(s)
+            except ConfigError as e:
+                raise ValueError(f"entry {i}: {str(e).removeprefix('settings: ')}") from None
+        return v
+
+    @field_validator("concurrency")
+    @classmethod
+    def _conc(cls, v):
+        return concurrency_list(v)
+
+
+@dataclass
+class ConfigTuningResult(StudyResult):
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    checks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    best: dict[str, dict] = field(default_factory=dict)
+    slo: dict[str, Any] = field(default_factory=dict)
+    device: dict | None = None
+    retries: int = 0
 
 
 def label(setting: dict) -> str:
@@ -27,144 +86,190 @@ def label(setting: dict) -> str:
 def verify(session, model: str) -> dict[str, Any]:
     """Did the server really start with these settings? Each one confirmed, not applied (and what the
     server runs instead) or unverifiable (and why), from the server's own evidence (controller)."""
-    ensure_warm(session.backend, model, session.runner.keep_alive)
+    ensure_warm(session.backend, model, session.runner.keep_alive, timeout_s=session.runner.timeout_s)
     checks = session.control.settings_in_effect(session.settings, model)
     statuses = {k: c.status for k, c in checks.items()}
     out: dict[str, Any] = {"checks": {k: c.as_dict() for k, c in checks.items()},
                            "all_applied": (False if "not applied" in statuses.values() else
                                            None if "unverifiable" in statuses.values() else True)}
-    props = getattr(session.control, "props", None)
-    if props is not None:
-        p = props(model)
-        out["total_slots"] = p.get("total_slots")
-        out["n_ctx_per_slot"] = (p.get("default_generation_settings") or {}).get("n_ctx")
-    elif "OLLAMA_NUM_PARALLEL" in checks and checks["OLLAMA_NUM_PARALLEL"].status == "confirmed":
-        out["total_slots"] = int(checks["OLLAMA_NUM_PARALLEL"].effective)
+    try:
+        out.update(session.control.slots(model))
+    except Unknown:
+        if "OLLAMA_NUM_PARALLEL" in checks and checks["OLLAMA_NUM_PARALLEL"].status == "confirmed":
+            out["total_slots"] = int(checks["OLLAMA_NUM_PARALLEL"].effective)
     return out
 
 
-def run(ctx: StudyContext) -> dict[str, Any]:
+@register
+class ConfigTuning(Study):
+    name = "config_tuning"
+    title = "Server settings × concurrency"
+    question = "Which server settings are best for latency, throughput and memory, and what rate do they sustain?"
+    Params = ConfigTuningParams
+    order = 40
+
+    def measure(self, ctx: StudyContext) -> None:
+        c = ctx.cfg
+        with ctx.session(c.settings[0]) as s:
+            for i, setting in enumerate(c.settings):
+                if i:
+                    s.restart(setting)
+                check = verify(s, c.model)
+                ctx.store.event("setting_check", config_index=i, config=label(setting), **check)
+                if i == 0:
+                    ctx.store.event("device", model=c.model, **s.control.device(c.model, s.backend).as_record())
+                tags = {"config": label(setting), "config_index": i}
+                for conc in c.concurrency:
+                    s.runner.closed_loop(c.model, conc, c.requests, series=f"cfg{i}/c{conc}",
+                                         sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags)
+                for rate in c.rates_rps:
+                    s.runner.open_loop(c.model, rate, c.rate_requests, series=f"cfg{i}/r{rate:g}",
+                                       seed=ctx.params.seed, arrivals=c.arrivals, sampling=Sampling(c.num_predict),
+                                       prompt_words=c.prompt_words, tags=tags)
+
+    def analyze(self, ctx: StudyContext) -> ConfigTuningResult:
+        return analyze(ctx)
+
+    def conclusions(self, result: ConfigTuningResult) -> str:
+        return conclusions(result)
+
+
+def _workload(c: ConfigTuningParams, **extra: Any) -> dict[str, Any]:
+    return {"prompt_words": c.prompt_words, "num_predict": c.num_predict, **extra}
+
+
+def analyze(ctx: StudyContext) -> ConfigTuningResult:
     c = ctx.cfg
-    with ctx.session(c.settings[0]) as s:
-        for i, setting in enumerate(c.settings):
-            if i:
-                s.restart(setting)
-            check = verify(s, c.model)
-            ctx.store.event("setting_check", config_index=i, config=label(setting), **check)
-            if i == 0:
-                ctx.store.event("device", model=c.model, **s.control.device(c.model, s.backend).as_record())
-            tags = {"config": label(setting), "config_index": i}
-            for conc in c.concurrency:
-                s.runner.closed_loop(c.model, conc, c.requests, series=f"cfg{i}/c{conc}",
-                                     sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags)
-            for rate in c.rates_rps:
-                s.runner.open_loop(c.model, rate, c.rate_requests, series=f"cfg{i}/r{rate:g}", seed=ctx.params.seed,
-                                   arrivals=c.arrivals, sampling=Sampling(c.num_predict),
-                                   prompt_words=c.prompt_words, tags=tags)
-    ctx.store.finalize()
-    return analyze(ctx)
-
-
-def _throughput_ci(g: pd.DataFrame, window: dict | None = None) -> stats.Estimate:
-    """Output tokens/s of one series by batch means over its own token timestamps, inside its
-    steady-state window (warm-up and cool-down excluded) where it has one."""
-    times = [t for t in g["token_times_ns"] if isinstance(t, (list, tuple, np.ndarray))]
-    if window and window.get("steady"):
-        return stats.throughput_ci(times, int(window["steady_t0_ns"]), int(window["steady_t1_ns"]))
-    return stats.throughput_ci(times, int(g["t_send_ns"].min()), int(g["t_end_ns"].max()))
-
-
-def series_checks(ev: pd.DataFrame) -> dict[str, dict]:
-    """series name → its last completed attempt's steady window and client self-check (series_done event)."""
-    if ev.empty or "series" not in ev:
-        return {}
-    done = ev[ev["kind"] == "series_done"].drop_duplicates("series", keep="last")
-    return {r["series"]: r.dropna().to_dict() for _, r in done.iterrows()}
-
-
-def _client_cell(chk: dict) -> str:
-    if not chk or "client_client_bound" not in chk:
-        return "not checked"
-    if chk["client_client_bound"]:
-        return "⚠ " + str(chk.get("client_reason", "client-bound"))
-    return (f"ok (loop {chk.get('client_loop_busy', math.nan):.0%} busy, lag p99 "
-            f"{fmt.duration(chk.get('client_loop_lag_p99_s'))})")
-
-
-def _goodput(g: pd.DataFrame, slo) -> float:
-    return goodput(g, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s)
-
-
-def analyze(ctx: StudyContext) -> dict[str, Any]:
     df = ctx.store.trials()
     ev = ctx.store.events()
-    checks = ev[ev["kind"] == "setting_check"].drop_duplicates("config_index", keep="last") if len(ev) else pd.DataFrame()
-    slo = ctx.cfg.slo
-    rows = []
-    ok = measured(df)
-    sc = series_checks(ev)
-    closed = ok[ok["mode"] == "closed"] if "mode" in ok else ok
-    for (i, conc), g in closed.groupby(["config_index", "concurrency"]):
-        tp = throughput(g)
-        sck = sc.get(g["series"].iloc[0], {}) if "series" in g else {}
-        ttft50, ttft90, ttft99 = est(g["ttft_s"]), est(g["ttft_s"], "p90"), est(g["ttft_s"], "p99")
-        dec, tps = est(g["decode_tok_s"]), _throughput_ci(g, sck)
-        chk = checks[checks["config_index"] == i].iloc[0] if len(checks) and (checks["config_index"] == i).any() else None
-        all_rows = df[(df.get("config_index") == i) & (df.get("concurrency") == conc)] if len(df) else g
-        if "attempt" in all_rows and "series" in all_rows:  # only the completed attempt's rows
-            all_rows = all_rows[all_rows["trial_id"].isin(g["trial_id"]) | ~all_rows["ok"].astype(bool)]
-        rows.append({"config_index": i, "config": g["config"].iloc[0], "concurrency": conc, "n": len(g),
+    has_kind = len(ev) and "kind" in ev
+    checks = ev[ev["kind"] == "setting_check"].drop_duplicates("config_index", keep="last") \
+        if has_kind and (ev["kind"] == "setting_check").any() else pd.DataFrame()
+    slo = c.slo
+    sc = S.series_checks(ev)
+    closed = S.last_attempt(df[df["mode"] == "closed"]) if len(df) and "mode" in df else df.iloc[0:0]
+    rows, figs = [], FigureSet()
+    for (i, conc), g_all in closed.groupby(["config_index", "concurrency"]) if len(closed) else ():
+        chk = sc.get(g_all["series"].iloc[0], {}) if "series" in g_all else {}
+        g = measured(g_all)
+        if g.empty:
+            rows.append({"config_index": i, "config": g_all["config"].iloc[0], "concurrency": conc, "n": 0,
+                         "failed": len(g_all), "client_check": S.client_cell(chk), "client_bound": False,
+                         "steady_window": bool(chk.get("steady", False))})
+            continue
+        steady = S.in_window(g, chk)
+        burst = S.burst(g)
+        cfg = g["config"].iloc[0]
+        where = {"setting": cfg, "clients": int(conc)}
+        wl = _workload(c, clients=int(conc))
+        steady_all = S.in_window(g_all, chk)
+        ttft_cens = S.censored(steady_all, "ttft_s")
+        tput = S.throughput(g, chk)
+        f_ttft = figs.add(F.per_request("config_tuning", "ttft", steady, "ttft_s", where=where, workload=wl))
+        figs.add(F.per_request("config_tuning", "ttft_p99", steady_all, lambda r: S.censored(r, "ttft_s"),
+                               where=where, workload=wl))
+        figs.add(F.per_request("config_tuning", "e2e", steady, "e2e_s", where=where, workload=wl))
+        f_tput = figs.add(F.from_estimate("config_tuning", "throughput", tput, g, where=where, workload=wl,
+                                          per_replicate=lambda r, chk=chk: S.throughput(r, chk).value))
+        good = S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s)
+        figs.add(F.from_estimate("config_tuning", "goodput", stats.Estimate("goodput", good, math.nan, math.nan,
+                                                                            len(g_all), method="one series"),
+                                 where=where, workload={**wl, **slo.model_dump()}))
+        rss = g["res_server_rss_bytes_max"].max() if "res_server_rss_bytes_max" in g else np.nan
+        figs.add(F.reading("config_tuning", "peak_rss", rss, where=where, note="largest sample over the series"))
+        ck = checks[checks["config_index"] == i].iloc[0] if len(checks) and (checks["config_index"] == i).any() else None
+        ttft50 = f_ttft.estimate if f_ttft else est([])
+        tp = f_tput.estimate if f_tput else tput
+        itl = est(per_request_itl(steady, "median"))
+        rows.append({"config_index": i, "config": cfg, "concurrency": conc, "n": len(steady), "n_series": len(g),
+                     "failed": int(len(g_all) - len(g)),
                      "ttft_p50_s": ttft50.value, "ttft_p50_lo": ttft50.lo, "ttft_p50_hi": ttft50.hi,
-                     "ttft_p90": ci_cell(ttft90), "ttft_p99": ci_cell(ttft99), "tpot_p50": ci_cell(est(g["tpot_s"])),
-                     "itl_p50": ci_cell(est(per_request_itl(g, "median"))),
-                     "decode_tok_s": dec.value, "decode_lo": dec.lo, "decode_hi": dec.hi,
-                     "throughput_tok_s": tps.value, "throughput_lo": tps.lo, "throughput_hi": tps.hi,
-                     "throughput_method": tps.method, "requests_s": tp["requests_s"],
-                     "concurrency_achieved": sck.get("achieved_concurrency", tp["concurrency_achieved"]),
-                     "steady_window": bool(sck.get("steady", False)), "client_check": _client_cell(sck),
-                     "client_bound": bool(sck.get("client_client_bound", False)),
-                     "goodput_rps": _goodput(all_rows, slo),
+                     "ttft_p90": ci_cell(est(col(steady, "ttft_s"), "p90")), "ttft_p99": ci_cell(est(ttft_cens, "p99")),
+                     "burst_ttft_p50": ci_cell(est(col(burst, "ttft_s"))) if len(burst) and chk.get("steady") else "—",
+                     "tpot_p50": ci_cell(est(col(steady, "tpot_s"))), "itl_p50": ci_cell(itl),
+                     "decode_tok_s": est(col(steady, "decode_tok_s")).value,
+                     "throughput_tok_s": tp.value, "throughput_lo": tp.lo, "throughput_hi": tp.hi,
+                     "throughput_text": F.format_estimate(tp, "rate"), "throughput_method": tp.method,
+                     "requests_s": S.request_rate(g),
+                     "concurrency_achieved": chk.get("achieved_concurrency", math.nan),
+                     "steady_window": bool(chk.get("steady", False)),
+                     "client_check": S.client_cell(chk, {"TTFT": ttft50.value, "ITL": itl.value}),
+                     "client_bound": bool(chk.get("client_client_bound", False)),
+                     "client_moves": S.client_can_move(chk, itl.value) or S.client_can_move(chk, ttft50.value),
+                     "retries": int(g_all["stale_retry"].fillna(False).astype(bool).sum()) if "stale_retry" in g_all else 0,
+                     "goodput_rps": good,
                      "noisy_requests": int(g.get("res_noisy", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
-                     "server_rss_max_bytes": g["res_server_rss_bytes_max"].max() if "res_server_rss_bytes_max" in g else np.nan,
-                     "setting_applied": None if chk is None else chk.get("all_applied"),
-                     "total_slots": None if chk is None else chk.get("total_slots")})
+                     "server_rss_max_bytes": rss,
+                     "setting_applied": None if ck is None else ck.get("all_applied"),
+                     "total_slots": None if ck is None else ck.get("total_slots")})
     table = pd.DataFrame(rows)
-    dev = ev[ev["kind"] == "device"] if len(ev) and (ev["kind"] == "device").any() else None
-    return {"trials": df, "table": table, "rates": rate_table(df, sc, slo), "checks": checks, "best": best(table),
-            "manifest": ctx.store.manifest(),
-            "failures": failures(df), "slo": slo.model_dump(),
-            "device": dev.iloc[-1].dropna().to_dict() if dev is not None else None}
+    rates = rate_table(df, sc, slo)
+    for _, r in rates.iterrows():
+        where = {"setting": r["config"], "rate_rps": f"{r['rate_rps']:g}"}
+        g_all = _rate_rows(df, r["config_index"], r["rate_rps"])
+        wl = _workload(c, rate_rps=float(r["rate_rps"]), arrivals=c.arrivals)
+        figs.add(F.per_request("config_tuning", "ttft_sched_p99", g_all, lambda x: S.censored(x, "ttft_sched_s"),
+                               where=where, workload={**wl, **slo.model_dump()}))
+    if len(rates):
+        for cfg, g in rates.groupby("config", sort=False):
+            okr = g[g["meets_slo_share"] >= 0.9]
+            if len(okr):
+                figs.add(F.reading("config_tuning", "sustained_rate", float(okr["rate_rps"].max()),
+                                   where={"setting": cfg}, note=f"of {len(g)} rates tried"))
+    best_ = best(table)
+    _mark_headlines(figs, best_)
+    dev = ev[ev["kind"] == "device"] if has_kind and (ev["kind"] == "device").any() else None
+    retries = int(df["stale_retry"].fillna(False).astype(bool).sum()) if len(df) and "stale_retry" in df else 0
+    return ConfigTuningResult("config_tuning", figs, df, ctx.store.manifest(), failures(df), table=table,
+                              rates=rates, checks=checks, best=best_, slo=slo.model_dump(),
+                              device=dev.iloc[-1].dropna().to_dict() if dev is not None else None, retries=retries)
+
+
+def _mark_headlines(figs: FigureSet, b: dict[str, dict]) -> None:
+    """The index shows the best setting's figures: throughput at the most clients, TTFT at the fewest."""
+    for obj, tag, name in (("throughput", "throughput", "best throughput"), ("latency", "ttft", "best latency")):
+        if obj in b:
+            f = figs.get(f"config_tuning/{tag}/{b[obj]['config']}/{b[obj]['at_concurrency']}")
+            if f is not None:
+                f.headline = name
+
+
+def _rate_rows(df: pd.DataFrame, i: int, rate: float) -> pd.DataFrame:
+    g = df[(df["mode"] == "open") & (df["config_index"] == i) & (df["rate_rps"] == rate)]
+    return g[g["attempt"] == g["attempt"].max()] if "attempt" in g and len(g) else g
 
 
 def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
     """Open-loop sweep: per setting and offered rate, what was achieved, latency from the send and from
-    the schedule (the one a user waits), and goodput: requests/s meeting the SLOs, timed from the schedule."""
-    if df.empty or "mode" not in df:
+    the schedule (the one a user waits; failed requests count as beyond the limit), and goodput: requests/s
+    meeting the SLOs, timed from the schedule. Empty when the parameters have no sweep."""
+    if df.empty or "mode" not in df or "rate_rps" not in df or not (df["mode"] == "open").any():
         return pd.DataFrame()
     rows = []
-    for (i, rate), g_all in df[df["mode"] == "open"].groupby(["config_index", "rate_rps"]):
+    for (i, rate), _ in df[df["mode"] == "open"].groupby(["config_index", "rate_rps"]):
+        g_all = _rate_rows(df, i, rate)
         chk = sc.get(g_all["series"].iloc[0], {})
-        g_all = g_all[g_all["attempt"] == g_all["attempt"].max()] if "attempt" in g_all else g_all
         g = measured(g_all)
-        sched = g_all.assign(ttft_s=g_all["ttft_sched_s"])  # goodput against the schedule, not the send
-        t50, t99, s99 = est(g["ttft_s"]), est(g["ttft_s"], "p99"), est(g["ttft_sched_s"], "p99")
-        rows.append({"config_index": i, "config": g_all["config"].iloc[0], "rate_rps": rate, "n": len(g),
+        good_mask = (g_all["ok"].astype(bool) & (g_all["ttft_sched_s"].fillna(math.inf) <= (slo.ttft_s or math.inf))
+                     & (g_all["tpot_s"].fillna(0) <= (slo.tpot_s or math.inf)))
+        t50 = est(col(g, "ttft_s"))
+        rows.append({"config_index": i, "config": g_all["config"].iloc[0], "rate_rps": rate, "n": len(g_all),
                      "failed": int(len(g_all) - len(g)), "achieved_rate_rps": chk.get("achieved_rate_rps", math.nan),
                      "achieved_concurrency": chk.get("achieved_concurrency", math.nan),
                      "ttft_p50_s": t50.value, "ttft_p50_lo": t50.lo, "ttft_p50_hi": t50.hi,
-                     "ttft_p99": ci_cell(t99), "ttft_sched_p99": ci_cell(s99),
+                     "ttft_p99": ci_cell(est(S.censored(g_all, "ttft_s"), "p99")),
+                     "ttft_sched_p99": ci_cell(est(S.censored(g_all, "ttft_sched_s"), "p99")),
                      "send_lag_p99_s": g_all["send_lag_s"].quantile(0.99) if "send_lag_s" in g_all else math.nan,
-                     "goodput_rps": goodput(sched, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
-                     "meets_slo_share": float(((sched["ok"].astype(bool)) & (sched["ttft_s"] <= (slo.ttft_s or math.inf))
-                                               & (sched["tpot_s"].fillna(0) <= (slo.tpot_s or math.inf))).mean()),
-                     "client_check": _client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
+                     "goodput_rps": S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, ttft_column="ttft_sched_s"),
+                     "meets_slo_share": float(good_mask.mean()),
+                     "client_check": S.client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
     return pd.DataFrame(rows)
 
 
-def settings_table(res: dict[str, Any]) -> pd.DataFrame:
+def settings_table(res: ConfigTuningResult) -> pd.DataFrame:
     """Per configuration and setting: confirmed / not applied / unverifiable, the effective value and the evidence."""
     rows = []
-    for _, c in res["checks"].iterrows():
+    for _, c in res.checks.iterrows():
         for name, chk in (c.get("checks") or {}).items():
             rows.append({"configuration": c["config"], "setting": name, "wanted": chk.get("wanted"),
                          "status": chk.get("status"), "in effect": chk.get("effective") or "—",
@@ -173,22 +278,24 @@ def settings_table(res: dict[str, Any]) -> pd.DataFrame:
 
 
 def best(table: pd.DataFrame) -> dict[str, dict]:
-    if table.empty:
+    if table.empty or "ttft_p50_s" not in table or table["ttft_p50_s"].isna().all():
         return {}
-    lo_c, hi_c = table["concurrency"].min(), table["concurrency"].max()
-    lat_rank = table[table["concurrency"] == lo_c].sort_values("ttft_p50_s")
-    thr_rank = table[table["concurrency"] == hi_c].sort_values("throughput_tok_s", ascending=False)
+    t = table[table["n"] > 0]
+    lo_c, hi_c = t["concurrency"].min(), t["concurrency"].max()
+    lat_rank = t[t["concurrency"] == lo_c].sort_values("ttft_p50_s")
+    thr_rank = t[t["concurrency"] == hi_c].sort_values("throughput_tok_s", ascending=False)
     lat, thr = lat_rank.iloc[0], thr_rank.iloc[0]
-    mem = table.groupby("config")["server_rss_max_bytes"].max().sort_values()
+    mem = t.groupby("config")["server_rss_max_bytes"].max().sort_values()
     return {
         "latency": {"config": lat["config"], "at_concurrency": int(lo_c), "value": lat["ttft_p50_s"],
                     "lo": lat["ttft_p50_lo"], "hi": lat["ttft_p50_hi"], "n": int(lat["n"]), "metric": "TTFT p50 (s)",
                     **_runner_up(lat_rank, "ttft_p50_lo", "ttft_p50_hi")},
         "throughput": {"config": thr["config"], "at_concurrency": int(hi_c), "value": thr["throughput_tok_s"],
-                       "lo": thr["throughput_lo"], "hi": thr["throughput_hi"], "n": int(thr["n"]),
-                       "metric": "output tok/s", **_runner_up(thr_rank, "throughput_lo", "throughput_hi")},
+                       "lo": thr["throughput_lo"], "hi": thr["throughput_hi"], "n": int(thr["n_series"]),
+                       "text": thr["throughput_text"], "metric": "output tok/s",
+                       **_runner_up(thr_rank, "throughput_lo", "throughput_hi")},
         "memory": {"config": mem.index[0], "value": float(mem.iloc[0]), "metric": "peak server RSS (bytes)",
-                   "lo": math.nan, "hi": math.nan, "n": int(table[table["config"] == mem.index[0]]["n"].sum())},
+                   "lo": math.nan, "hi": math.nan, "n": int(t[t["config"] == mem.index[0]]["n_series"].sum())},
     }
 
 
@@ -203,28 +310,28 @@ def _runner_up(ranked: pd.DataFrame, lo: str, hi: str) -> dict[str, Any]:
     return {"runner_up": b["config"], "overlaps_runner_up": bool(a[lo] <= b[hi] and b[lo] <= a[hi])}
 
 
-def baseline_vs_best(res: dict[str, Any]) -> pd.DataFrame:
+def baseline_vs_best(res: ConfigTuningResult) -> pd.DataFrame:
     """The first setting (the baseline) against the best one per objective, compared as ``perfkit compare``
-    does: TTFT by Hodges–Lehmann ratio of the requests (Moses CI), throughput by the two series' batch-means
-    CIs (a change only when they are disjoint). Empty when the baseline is the best."""
-    t, b = res["table"], res["best"]
+    does: TTFT by Hodges–Lehmann ratio of the requests (Moses CI), throughput from the two series' CIs.
+    Empty when the baseline is the best."""
+    t, b = res.table, res.best
     if t.empty or not b:
         return pd.DataFrame()
     base = t.sort_values("config_index")["config"].iloc[0]
-    ok = measured(res["trials"])
     rows = []
     L, T = b["latency"], b["throughput"]
     if L["config"] != base:
-        ttft = lambda cfg: ok[(ok["config"] == cfg) & (ok["concurrency"] == L["at_concurrency"])]["ttft_s"]  # noqa: E731
-        rows.append((f"TTFT at concurrency {L['at_concurrency']}", L["config"],
-                     compare_samples(ttft(base), ttft(L["config"]), "lower", kind="duration")))
+        fa = res.figures.get(f"config_tuning/ttft/{base}/{L['at_concurrency']}")
+        fb = res.figures.get(f"config_tuning/ttft/{L['config']}/{L['at_concurrency']}")
+        if fa is not None and fb is not None:
+            rows.append((f"TTFT at concurrency {L['at_concurrency']}", L["config"],
+                         compare_samples(fa.samples, fb.samples, "lower", kind="duration")))
     if T["config"] != base:
-        def series(cfg: str) -> stats.Estimate:
-            r = t[(t["config"] == cfg) & (t["concurrency"] == T["at_concurrency"])].iloc[0]
-            return stats.Estimate("throughput", r["throughput_tok_s"], r["throughput_lo"], r["throughput_hi"],
-                                  int(r["n"]), method=r["throughput_method"])
-        rows.append((f"output throughput at concurrency {T['at_concurrency']}", T["config"],
-                     compare_estimates(series(base), series(T["config"]), "higher", kind="rate")))
+        fa = res.figures.get(f"config_tuning/throughput/{base}/{T['at_concurrency']}")
+        fb = res.figures.get(f"config_tuning/throughput/{T['config']}/{T['at_concurrency']}")
+        if fa is not None and fb is not None:
+            rows.append((f"output throughput at concurrency {T['at_concurrency']}", T["config"],
+                         compare_estimates(fa.estimate, fb.estimate, "higher", kind="rate")))
     return pd.DataFrame([{"objective": o, "baseline": base, "best": cfg, "baseline value": r.before,
                           "best value": r.after, "best / baseline": r.ratio_text, "change": r.change_text,
                           "verdict": r.verdict, "why": r.reason} for o, cfg, r in rows]).set_index("objective") \
@@ -250,45 +357,48 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
                      f"{cfg}: none of {', '.join(fmt.number(r) for r in g['rate_rps'])} req/s")
     return ("- **Open-loop sweep** (highest offered rate with ≥ 90% of requests meeting TTFT ≤ "
             f"{fmt.duration(slo.get('ttft_s'))} and TPOT ≤ {fmt.duration(slo.get('tpot_s'))}, latency timed from "
-            "the schedule): " + "; ".join(parts) + ".")
+            "the schedule, failed requests counted as misses): " + "; ".join(parts) + ".")
 
 
-def conclusions(res: dict[str, Any]) -> str:
-    b = res["best"]
-    t = res["table"]
-    from perfkit.studies.model_size import offload_warnings
-
-    ev = res.get("device")
+def conclusions(res: ConfigTuningResult) -> str:
+    b, t = res.best, res.table
+    ev = res.device
     lines = (offload_warnings(pd.DataFrame([{"model": ev.get("model"), **ev}])) if ev else []) + [
         "### What the measurements say"]
     if not b:
-        return "\n".join(lines + ["- No successful trials.", res["failures"]])
+        return "\n".join(lines + ["- No successful trials: nothing to conclude.", res.failures])
     L, T, M = b["latency"], b["throughput"], b["memory"]
-    lines.append(f"- **Latency** (TTFT p50 at concurrency {L['at_concurrency']}): best is **{L['config']}** with "
-                 f"{fmt_s(stats.Estimate('median', L['value'], L['lo'], L['hi'], L['n']))}." + _resolved(L))
-    lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): best is **{T['config']}** with "
-                 f"{fmt.rate(T['value'])} [{fmt.number(T['lo'])}, {fmt.number(T['hi'])}] ({T['n']} requests)."
-                 + _resolved(T))
+    f_lat = res.figures.get(f"config_tuning/ttft/{L['config']}/{L['at_concurrency']}")
+    f_thr = res.figures.get(f"config_tuning/throughput/{T['config']}/{T['at_concurrency']}")
+    lines.append(f"- **Latency** (TTFT p50 at concurrency {L['at_concurrency']}, steady-state window): best is "
+                 f"**{L['config']}** with {f_lat.text() if f_lat else fmt.NA}." + _resolved(L))
+    thr_text = f_thr.text() if f_thr else fmt.NA
+    if f_thr is not None and f_thr.estimate.has_ci and (f_thr.estimate.hi - f_thr.estimate.lo) > f_thr.value:
+        thr_text += " — its CI is wider than the value itself: not measurable at this n (more requests per series)"
+    lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): best is **{T['config']}** "
+                 f"with {thr_text}." + _resolved(T))
     for obj, r in baseline_vs_best(res).iterrows():
         lines.append(f"- **Baseline vs best** ({obj}): the first setting **{r['baseline']}** {r['baseline value']} → "
                      f"**{r['best']}** {r['best value']}, {r['best / baseline']}: {r['verdict']} ({r['why']}).")
-    slo = res.get("slo") or {}
-    g = t[t["concurrency"] == T["at_concurrency"]].sort_values("goodput_rps", ascending=False)
+    slo = res.slo or {}
+    g = t[(t["concurrency"] == T["at_concurrency"]) & (t["n"] > 0)].sort_values("goodput_rps", ascending=False)
     if len(g):
         lines.append(f"- **Goodput** at concurrency {T['at_concurrency']} (requests/s meeting TTFT ≤ "
-                     f"{fmt.duration(slo.get('ttft_s'))} and TPOT ≤ {fmt.duration(slo.get('tpot_s'))}): best is "
-                     f"**{g.iloc[0]['config']}** with {fmt.number(g.iloc[0]['goodput_rps'])} requests/s of "
-                     f"{fmt.number(g.iloc[0]['requests_s'])}.")
+                     f"{fmt.duration(slo.get('ttft_s'))} and TPOT ≤ {fmt.duration(slo.get('tpot_s'))}): highest with "
+                     f"**{g.iloc[0]['config']}**, {fmt.number(g.iloc[0]['goodput_rps'])} of "
+                     f"{fmt.number(g.iloc[0]['requests_s'])} requests/s (one series each: no CI).")
     if not math.isnan(M["value"]):
         lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {fmt.mib(M['value'])} "
-                     f"(the maximum over {M['n']} requests' windows).")
-    bound = t[t["client_bound"]] if "client_bound" in t else t.iloc[0:0]
-    rt = res.get("rates", pd.DataFrame())
-    if len(rt):
-        bound = pd.concat([bound, rt[rt["client_bound"]]])
+                     f"(the largest sample over {M['n']} requests' windows; one reading per setting, no CI).")
+    moved = t[t.get("client_moves", pd.Series(False, index=t.index)).fillna(False).astype(bool)] if len(t) else t
+    if len(moved):
+        lines.append(f"- ⚠ **The client's own timing error can move figures** in {len(moved)} series: "
+                     f"{moved['client_check'].iloc[0]}.")
+    bound = t[t["client_bound"] & ~t.get("client_moves", pd.Series(False, index=t.index)).fillna(False).astype(bool)] \
+        if len(t) else t
     if len(bound):
-        lines.append(f"- ⚠ **The client was the bottleneck** in {len(bound)} series "
-                     f"({bound['client_check'].iloc[0]}): their latencies and ITLs are the client's, not the server's.")
+        lines.append(f"- The client was busy in {len(bound)} series ({bound['client_check'].iloc[0]}), too little to "
+                     "change those figures.")
     steady = t[t["steady_window"]] if "steady_window" in t else t.iloc[0:0]
     low = steady[steady["concurrency_achieved"] < 0.9 * steady["concurrency"]]
     if len(low):
@@ -297,9 +407,16 @@ def conclusions(res: dict[str, Any]) -> str:
                      f"{int(low['concurrency'].iloc[0])}): gaps between a client's requests lowered the offered load.")
     if len(t) > len(steady):
         lines.append(f"- {len(t) - len(steady)} series had too few requests per client for a steady-state window; "
-                     "their throughput and achieved concurrency span the whole series, ramp and tail included.")
+                     "their figures span the whole series, start-up burst and tail included.")
+    if res.retries:
+        lines.append(f"- {res.retries} request(s) were resent once on a fresh connection because the server had "
+                     "closed the kept-alive one before answering; each kept its first attempt's error.")
+    rt = res.rates
     if len(rt):
         lines.append(_rate_conclusion(rt, slo))
+    else:
+        lines.append("- No open-loop sweep in these parameters (`rates_rps` is empty): the sustained request rate "
+                     "was not measured.")
     st = settings_table(res)
     if len(st):
         bad = st[st["status"] == "not applied"]
@@ -312,14 +429,16 @@ def conclusions(res: dict[str, Any]) -> str:
             lines.append(f"- {len(unv)} setting checks are unverifiable: {unv['evidence'].iloc[0]}.")
         if not len(bad) and not len(unv):
             lines.append("- Every setting was confirmed by the server's own evidence after each restart.")
-    for w in (noisy_note(res["trials"]), negative_overhead_note(res["trials"])):
+    for w in (noisy_note(res.trials), negative_overhead_note(res.trials)):
         if w:
             lines.append("- " + w)
-    if res["failures"]:
-        lines.append("- " + res["failures"])
-    lines += ["", method_note(res["manifest"], "Throughput CI: batch means over 5 equal windows of each series' own "
-                                               "token timestamps inside its steady-state window (closed loop: from "
-                                               "every stream's first response to the first stream running out of "
-                                               "work). Client: one asyncio loop, connections reused, connection "
-                                               "set-up outside TTFT; each series checks the client itself.")]
+    if res.failures:
+        lines.append("- " + res.failures)
+    lines += ["", method_note(res.manifest, "Latency percentiles over the requests sent inside each series' "
+                                            "steady-state window (closed loop: from every stream's first response to "
+                                            "the first stream running out of work; the start-up burst is shown "
+                                            "apart); TTFT p99 counts failed requests as beyond the limit. Throughput: "
+                                            "server-counted output tokens in that window, CI by batch means over 5 "
+                                            "windows. Client: one asyncio loop, connections reused, connection set-up "
+                                            "outside TTFT; each series checks the client itself.")]
     return "\n".join(lines)

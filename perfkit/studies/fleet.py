@@ -1,4 +1,4 @@
-"""Study 5: several servers behind a load balancer (nginx): scaling, balance against the weights, the
+"""Fleet: several servers behind a load balancer (nginx): scaling, balance against the weights, the
 proxy's own overhead and whether streaming survives it, a cold or dead server, proxy timeouts (504)
 and nginx's response cache, each measured, with n and CI.
 
@@ -12,22 +12,96 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator, model_validator
 
-from perfkit.core import fmt
-from perfkit.core import host
-from perfkit.analysis import stats
-from perfkit.client.backends import LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
-from perfkit.servers.fleet import FLEET_MODEL, Fleet
-from perfkit.servers.nginx import nginx_version, parse_access_log
-from perfkit.core.records import now_ns
-from perfkit.measure.runner import Runner
+from perfkit.analysis import figures as F, series as S, stats
+from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.requests import ci_cell, est, failures, fmt_x, measured, method_note
-from perfkit.studies.base import ENGINE_LOG_ARGS, StudyContext
+from perfkit.client import backends
+from perfkit.client.backends import Sampling
+from perfkit.core import fmt
+from perfkit.core.clock import now_ns, utc_now
+from perfkit.core.schema import (MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_REQUESTS, MAX_TOKENS, Strict,
+                                 concurrency_list, http_url, unique)
+from perfkit.measure.runner import Runner
+from perfkit.measure.session import ENGINE_LOG_ARGS, write_manifest
+from perfkit.servers.fleet import FLEET_MODEL, Fleet
+from perfkit.servers.nginx import install_hint, nginx_binary, nginx_version, parse_access_log
+from perfkit.studies.base import Study, StudyContext, StudyResult
+from perfkit.studies.registry import register
+
+
+class FleetProxyParams(Strict):
+    """The proxy perfkit runs (nginx); the seed guide's values are the defaults."""
+
+    read_timeout_s: float = Field(900.0, gt=0, le=MAX_GAP_S, description="proxy_read_timeout")
+    buffering: bool = Field(False, description="proxy_buffering (off: streamed tokens pass as they come)")
+    keepalive: int = Field(32, ge=0, le=1024, description="idle upstream connections kept per worker")
+    max_fails: int = Field(1, ge=0, le=100)
+    fail_timeout_s: int = Field(10, ge=1, le=3600)
+
+
+class FleetParams(Strict):
+    """Several servers behind a load balancer. Embedded backend: perfkit starts ``servers`` engines and
+    nginx; any other backend: give ``proxy_url`` and ``server_urls`` and perfkit starts nothing."""
+
+    model: str
+    servers: int = Field(2, ge=1, le=16, description="embedded: engines to start")
+    weights: list[int] | None = Field(None, description="one per server (default: equal)")
+    proxy_url: str | None = None
+    server_urls: list[str] = Field(default_factory=list)
+    api: Literal["openai", "ollama"] = Field("openai", description="the servers' API: OpenAI /v1 or Ollama's own")
+    proxy: FleetProxyParams = Field(default_factory=FleetProxyParams)
+    concurrency: list[int] = Field(default_factory=lambda: [1, 2, 4])
+    requests: int = Field(12, ge=2, le=MAX_REQUESTS)
+    num_predict: int = Field(16, ge=2, le=MAX_TOKENS)
+    prompt_words: int = Field(32, ge=4, le=MAX_PROMPT_WORDS)
+    overhead_reps: int = Field(10, ge=2, le=MAX_REPS, description="direct/proxy request pairs per buffering mode")
+    cold_reps: int = Field(3, ge=1, le=MAX_REPS, description="cold starts measured for the timeout advice")
+    failover_requests: int = Field(16, ge=4, le=MAX_REQUESTS)
+    failover_kill_after: int = Field(4, ge=1, le=MAX_REQUESTS, description="kill a server after this many responses")
+    short_timeout_s: float | None = Field(None, gt=0, description="the proxy timeout that must produce a 504 "
+                                          "(default: half the shortest measured cold start)")
+    cache_reps: int = Field(4, ge=2, le=MAX_REPS)
+    stale_model: str | None = Field(None, description="embedded: the model the served name is switched to, "
+                                    "to show a cached answer outliving a model change")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _conc(cls, v):
+        return concurrency_list(v)
+
+    @field_validator("server_urls")
+    @classmethod
+    def _urls(cls, v):
+        return unique([http_url(u) for u in v], "server url")
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _purl(cls, v):
+        return None if v is None else http_url(v)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if bool(self.proxy_url) != bool(self.server_urls):
+            raise ValueError("give both proxy_url and server_urls (a user's own fleet), or neither (embedded)")
+        n = len(self.server_urls) or self.servers
+        if self.weights is not None and (len(self.weights) != n or any(w < 1 for w in self.weights)):
+            raise ValueError(f"weights: one integer ≥ 1 per server ({n}), got {self.weights}")
+        if self.failover_kill_after >= self.failover_requests:
+            raise ValueError("failover_kill_after must be less than failover_requests")
+        return self
+
+    def weight_list(self) -> list[int]:
+        return self.weights or [1] * (len(self.server_urls) or self.servers)
+
 
 PHASES = ("scaling", "overhead", "cold_upstream", "failover", "timeout", "cache")
 
@@ -53,23 +127,19 @@ def _model(ctx: StudyContext, fleet: Fleet) -> str:
 
 
 def _client(ctx: StudyContext, url: str):
-    """The measuring client: the same wire for direct and proxied requests, so the difference is the proxy."""
-    if ctx.cfg.api == "ollama":
-        from perfkit.servers.control import RemoteControl
-
-        return OllamaBackend(url, headers=ctx.params.backend.headers, control=RemoteControl(url))
-    return OpenAIBackend(url, headers=ctx.params.backend.headers)
+    """The measuring client: the same wire for direct and proxied requests, so the difference is the proxy. A
+    fleet's server is seen as a client sees it (its API), never inspected as a local process."""
+    return backends.create(ctx.cfg.api, url, headers=ctx.params.backend.headers, inspect_host=False)
 
 
 def _native(ctx: StudyContext, fleet: Fleet, i: int):
     """A backend that can load and unload on server ``i`` (None when its API can't)."""
     s = fleet.servers[i]
-    if s.engine is not None:
-        return LlamaServerBackend(s.url)
-    if ctx.cfg.api == "ollama":
-        from perfkit.servers.control import RemoteControl
-
-        return OllamaBackend(s.url, headers=ctx.params.backend.headers, control=RemoteControl(s.url))
+    b = backends.create("llama-server" if s.engine is not None else ctx.cfg.api, s.url,
+                        headers=ctx.params.backend.headers, inspect_host=False)
+    if b.capabilities.residency:
+        return b
+    b.close()
     return None
 
 
@@ -120,11 +190,14 @@ class _Phase:
 
 # ---- phases ------------------------------------------------------------------------------------------
 def _scaling(ph: _Phase) -> None:
+    """One server directly at c clients, and the fleet of N through the proxy at N·c (the same load per
+    server): efficiency 1 means the fleet does N times the one server's work at every client count."""
+    n = len(ph.fleet.servers)
     for conc in ph.c.concurrency:
-        tags = {"phase": "scaling", "concurrency_nominal": conc}
+        tags = {"phase": "scaling", "clients_per_server": conc}
         ph.direct[0].closed_loop(ph.model, conc, ph.c.requests, series=f"scaling/direct/c{conc}",
                                  sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "direct"})
-        ph.proxy.closed_loop(ph.model, conc, ph.c.requests, series=f"scaling/proxy/c{conc}",
+        ph.proxy.closed_loop(ph.model, n * conc, n * ph.c.requests, series=f"scaling/proxy/c{n * conc}",
                              sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "proxy"})
 
 
@@ -301,11 +374,9 @@ def _cache_probe(ph: _Phase) -> None:
                sampling=greedy, prompt=base)
 
 
-def run(ctx: StudyContext) -> dict[str, Any]:
+def measure(ctx: StudyContext) -> None:
     c = ctx.cfg
     if not c.server_urls and nginx_version() is None:
-        from perfkit.servers.nginx import install_hint
-
         raise RuntimeError(f"the fleet study needs nginx: {install_hint()}")
     fleet = _fleet(ctx)
     try:
@@ -318,12 +389,11 @@ def run(ctx: StudyContext) -> dict[str, Any]:
 
             backend = {"backend": f"llama-server ×{len(fleet.servers)} behind nginx {fleet.nginx.version}",
                        "version": engine_version(), "url": fleet.proxy_url, "client": backend.get("backend")}
-        ctx.store.write_manifest(study="fleet", fleet=fleet.describe(), host=host.info(),
-                                 perfkit_version=host.versions().get("perfkit"), backend=backend,
-                                 params=ctx.params.model_dump(mode="json"), params_file=str(ctx.params_path),
-                                 started_utc=ctx.store.manifest().get("started_utc") or _utc(),
-                                 sampling_unavailable={"resources": "the fleet study does not sample CPU, memory or GPU"},
-                                 engine_command=fleet.servers[0].engine.command if fleet.managed else None)
+        write_manifest(ctx.store, extra={
+            "study": "fleet", "fleet": fleet.describe(), "backend": backend,
+            "params": ctx.params.model_dump(mode="json"), "params_file": str(ctx.params_path),
+            "sampling_unavailable": {"resources": "the fleet study does not sample CPU, memory or GPU"},
+            "engine_command": fleet.servers[0].engine.command if fleet.managed else None})
         ph.event("clock")
         ph.warm_all()
         for name, fn in (("scaling", _scaling), ("overhead", _overhead), ("cold_upstream", _cold_upstream),
@@ -342,15 +412,7 @@ def run(ctx: StudyContext) -> dict[str, Any]:
                 if src.exists():
                     shutil.copy(src, ctx.store.dir / f"nginx-{name}")
         fleet.stop()
-        ctx.store.write_manifest(ended_utc=_utc())
-    ctx.store.finalize()
-    return analyze(ctx)
-
-
-def _utc() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+        ctx.store.write_manifest(ended_utc=utc_now())
 
 
 # ---- analysis ------------------------------------------------------------------------------------
@@ -358,66 +420,108 @@ def _phase(df: pd.DataFrame, name: str) -> pd.DataFrame:
     return df[df["phase"] == name] if len(df) and "phase" in df else df.iloc[0:0]
 
 
-def _series_checks(ev: pd.DataFrame) -> dict[str, dict]:
-    from perfkit.studies.config_tuning import series_checks
-
-    return series_checks(ev)
-
-
 def scaling_table(df: pd.DataFrame, ev: pd.DataFrame, n_servers: int) -> pd.DataFrame:
-    """Per concurrency: throughput direct (one server) and through the proxy (all), with CIs, latency
-    percentiles, and scaling efficiency = proxy throughput ÷ (N × direct throughput)."""
-    from perfkit.studies.config_tuning import _client_cell, _throughput_ci
-
-    sc = _series_checks(ev)
+    """Per client count per server c: one server's throughput directly at c clients and the fleet's through
+    the proxy at N·c, each with its CI, latency percentiles (steady window), and scaling efficiency = fleet
+    throughput ÷ (N × one server's), 1 = perfect at every c."""
+    sc = S.series_checks(ev)
     rows = []
-    ok = measured(_phase(df, "scaling"))
-    for (conc, target), g in ok.groupby(["concurrency", "target"]):
-        chk = sc.get(g["series"].iloc[0], {})
-        tp = _throughput_ci(g, chk)
-        rows.append({"concurrency": int(conc), "target": target, "n": len(g), "tok_s": tp.value, "tok_s_lo": tp.lo,
-                     "tok_s_hi": tp.hi, "ttft_p50": ci_cell(est(g["ttft_s"])), "ttft_p90": ci_cell(est(g["ttft_s"], "p90")),
-                     "ttft_p99": ci_cell(est(g["ttft_s"], "p99")), "e2e_p50": ci_cell(est(g["e2e_s"])),
-                     "e2e_p99": ci_cell(est(g["e2e_s"], "p99")),
+    g_phase = _phase(df, "scaling")
+    if g_phase.empty:
+        return pd.DataFrame()
+    per = "clients_per_server" if "clients_per_server" in g_phase else "concurrency"
+    for (c, target), g_all in S.last_attempt(g_phase).groupby([per, "target"]):
+        chk = sc.get(g_all["series"].iloc[0], {})
+        g = measured(g_all)
+        steady = S.in_window(g, chk)
+        tp = S.throughput(g, chk)
+        rows.append({"clients_per_server": int(c), "target": target, "clients": int(g_all["concurrency"].iloc[0]),
+                     "n": len(steady), "n_series": len(g_all), "failed": int(len(g_all) - len(g)), "tok_s": tp.value, "tok_s_lo": tp.lo,
+                     "tok_s_hi": tp.hi, "tok_s_text": F.format_estimate(tp, "rate"), "estimate": tp,
+                     "ttft_p50": ci_cell(est(steady["ttft_s"])), "ttft_p90": ci_cell(est(steady["ttft_s"], "p90")),
+                     "ttft_p99": ci_cell(est(S.censored(S.in_window(g_all, chk), "ttft_s"), "p99")),
+                     "e2e_p50": ci_cell(est(steady["e2e_s"])), "e2e_p99": ci_cell(est(steady["e2e_s"], "p99")),
                      "achieved_concurrency": chk.get("achieved_concurrency", math.nan),
-                     "client_check": _client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
+                     "client_check": S.client_cell(chk, {"TTFT": est(steady["ttft_s"]).value}),
+                     "client_bound": bool(chk.get("client_client_bound", False))})
     t = pd.DataFrame(rows)
-    if t.empty:
-        return t
     eff = []
     for _, r in t.iterrows():
-        d = t[(t["concurrency"] == r["concurrency"]) & (t["target"] == "direct")]
+        d = t[(t["clients_per_server"] == r["clients_per_server"]) & (t["target"] == "direct")]
         if r["target"] != "proxy" or d.empty:
-            eff.append((math.nan, math.nan, math.nan))
+            eff.append(stats.Estimate("efficiency", math.nan, math.nan, math.nan, 0))
             continue
-        d = d.iloc[0]
-        # Conservative interval: the proxy's CI ends against the direct one's opposite ends.
-        eff.append((r["tok_s"] / (n_servers * d["tok_s"]), r["tok_s_lo"] / (n_servers * d["tok_s_hi"]),
-                    r["tok_s_hi"] / (n_servers * d["tok_s_lo"]) if d["tok_s_lo"] > 0 else math.nan))
-    t["efficiency"], t["efficiency_lo"], t["efficiency_hi"] = zip(*eff)
-    return t.sort_values(["concurrency", "target"]).reset_index(drop=True)
+        eff.append(efficiency(r["estimate"], d.iloc[0]["estimate"], n_servers))
+    t["efficiency"] = [e.value for e in eff]
+    t["efficiency_lo"] = [e.lo for e in eff]
+    t["efficiency_hi"] = [e.hi for e in eff]
+    t["efficiency_est"] = eff
+    return t.sort_values(["clients_per_server", "target"]).reset_index(drop=True)
+
+
+def efficiency(fleet: stats.Estimate, one: stats.Estimate, n_servers: int) -> stats.Estimate:
+    """Fleet throughput ÷ (N × one server's), with a CI from the two throughput CIs on the log scale."""
+    from perfkit.analysis.verdicts import compare_estimates
+
+    scaled = stats.Estimate(one.stat, one.value * n_servers, one.lo * n_servers, one.hi * n_servers, one.n,
+                            one.confidence, one.method)
+    r = compare_estimates(scaled, fleet, "higher").ratio
+    return stats.Estimate("efficiency", r.value, r.lo, r.hi, min(fleet.n, one.n), r.confidence,
+                          "fleet ÷ (N × one server), CI from both batch-means CIs (log scale)")
+
+
+def _addresses(url: str) -> set[str]:
+    """Every ``address:port`` a server URL's host resolves to (nginx's $upstream_addr names the address)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    out = {f"{u.hostname}:{port}"}
+    try:
+        for info in socket.getaddrinfo(u.hostname, port, type=socket.SOCK_STREAM):
+            addr = info[4][0]
+            out.add(f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}")
+    except OSError:
+        pass
+    return out
+
+
+def _served_by(value: Any) -> str | None:
+    """The upstream that answered: the last of a retried request's "a, b" (and of "a : b" redirects)."""
+    if not isinstance(value, str) or not value.strip() or value.strip() == "-":
+        return None
+    return value.replace(" : ", ", ").split(",")[-1].strip()
 
 
 def balance_table(df: pd.DataFrame, servers: list[dict]) -> tuple[pd.DataFrame, str]:
-    """Which server answered each proxied request (the proxy's X-Upstream-Addr) against the weights."""
+    """Which server answered each proxied request (the proxy's X-Upstream-Addr, matched against every address
+    each server's host resolves to) against the weights; a server that matched nothing says what nginx named."""
     rows = measured(pd.concat([_phase(df, "scaling"), _phase(df, "cold_upstream")]))
     rows = rows[rows["target"] == "proxy"] if len(rows) else rows
     if rows.empty or "served_by" not in rows or rows["served_by"].isna().all():
         return pd.DataFrame(), ("unknown, because the proxy adds no X-Upstream-Addr header; add "
                                 "`add_header X-Upstream-Addr $upstream_addr always;` to its location")
     scaling = rows[rows["phase"] == "scaling"]
+    last = scaling["served_by"].map(_served_by)
     n = len(scaling)
     total_w = sum(s["weight"] for s in servers)
-    out = []
+    out, matched = [], set()
     for s in servers:
-        addr = s["url"].split("://", 1)[-1]
-        k = int((scaling["served_by"] == addr).sum())
+        addrs = _addresses(s["url"])
+        hit = last.isin(addrs)
+        matched |= set(last[hit])
+        k = int(hit.sum())
         share = stats.proportion(k, n)
         want = s["weight"] / total_w
-        out.append({"server": addr, "weight": s["weight"], "configured share": want, "requests": k,
-                    "share": share.value, "share_lo": share.lo, "share_hi": share.hi,
+        out.append({"server": s["url"].split("://", 1)[-1], "weight": s["weight"], "configured share": want,
+                    "requests": k, "share": share.value, "share_lo": share.lo, "share_hi": share.hi,
                     "matches weights": bool(share.lo <= want <= share.hi)})
-    return pd.DataFrame(out), "the X-Upstream-Addr header the proxy adds to each response"
+    other = sorted(set(last.dropna()) - matched)
+    t = pd.DataFrame(out)
+    src = "the X-Upstream-Addr header the proxy adds to each response"
+    if other:
+        src += f" (answers from {', '.join(other[:4])} matched no configured server)"
+    return t, src
 
 
 def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -430,7 +534,8 @@ def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
         add_ttft, add_e2e = stats.shift(p["ttft_s"], d["ttft_s"]), stats.shift(p["e2e_s"], d["e2e_s"])
         gap = float(d["e2e_s"].median() - d["ttft_s"].median())
         held = bool(p["ttft_s"].median() > d["ttft_s"].median() + 0.5 * gap) if gap > 0 else None
-        rows.append({"buffering": mode, "n": min(len(d), len(p)), "ttft_direct": ci_cell(est(d["ttft_s"])),
+        rows.append({"buffering": mode, "n": min(len(d), len(p)), "added_ttft": add_ttft,
+                     "ttft_direct": ci_cell(est(d["ttft_s"])),
                      "ttft_proxy": ci_cell(est(p["ttft_s"])), "added_ttft_s": add_ttft.value,
                      "added_ttft_lo": add_ttft.lo, "added_ttft_hi": add_ttft.hi, "added_e2e_s": add_e2e.value,
                      "added_e2e_lo": add_e2e.lo, "added_e2e_hi": add_e2e.hi,
@@ -530,7 +635,8 @@ def cache_summary(df: pd.DataFrame) -> dict[str, Any]:
     out.update({"requests": len(proxied), "status_counts": status.value_counts().to_dict(),
                 "header": bool((status != "none").any())})
     hits, misses = proxied[status == "HIT"], proxied[status == "MISS"]
-    out["hit_ratio"] = stats.proportion(len(hits), len(proxied)).__dict__
+    out["hit_ratio_est"] = stats.proportion(len(hits), len(proxied))
+    out["hit_ratio"] = out["hit_ratio_est"].__dict__
     if len(hits):
         out["hit_ttft"], out["hit_e2e"] = ci_cell(est(hits["ttft_s"])), ci_cell(est(hits["e2e_s"]))
         itl = [x for t in hits["itl_s"] if isinstance(t, (list, np.ndarray)) for x in t]
@@ -557,7 +663,22 @@ def cache_summary(df: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def analyze(ctx: StudyContext) -> dict[str, Any]:
+@dataclass
+class FleetResult(StudyResult):
+    fleet: dict = field(default_factory=dict)
+    scaling: pd.DataFrame = field(default_factory=pd.DataFrame)
+    balance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    balance_source: str = ""
+    overhead: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cold_upstream: pd.DataFrame = field(default_factory=pd.DataFrame)
+    failover: dict = field(default_factory=dict)
+    timeout: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+
+
+def analyze(ctx: StudyContext) -> FleetResult:
+    c = ctx.cfg
     df = ctx.store.trials()
     ev = ctx.store.events()
     manifest = ctx.store.manifest()
@@ -565,14 +686,72 @@ def analyze(ctx: StudyContext) -> dict[str, Any]:
     servers = fleet.get("servers", [])
     access_path = ctx.store.dir / "nginx-access.log"
     access = parse_access_log(access_path) if access_path.exists() else []
-    skipped = ev[ev["kind"] == "phase_skipped"][["phase", "why"]].to_dict("records") if len(ev) and "why" in ev else []
+    skipped = ev[ev["kind"] == "phase_skipped"][["phase", "why"]].to_dict("records") \
+        if len(ev) and "why" in ev and "kind" in ev else []
     bal, bal_source = balance_table(df, servers) if servers else (pd.DataFrame(), "no servers recorded")
-    return {"trials": df, "manifest": manifest, "fleet": fleet, "scaling": scaling_table(df, ev, max(1, len(servers))),
-            "balance": bal, "balance_source": bal_source, "overhead": overhead_table(df),
-            "cold_upstream": cold_upstream_table(df), "failover": failover_summary(df, ev, access),
-            "timeout": timeout_summary(df, ev, fleet.get("proxy_read_timeout_s") or
-                                       ctx.cfg.proxy.read_timeout_s),
-            "cache": cache_summary(df), "skipped": skipped, "failures": failures(df)}
+    n = max(1, len(servers))
+    scaling = scaling_table(df, ev, n)
+    overhead = overhead_table(df)
+    cache = cache_summary(df)
+    wl = {"prompt_words": c.prompt_words, "num_predict": c.num_predict, "servers": n}
+    figs = FigureSet()
+    for _, r in scaling.iterrows():
+        where = {"target": r["target"], "clients": int(r["clients"])}
+        figs.add(F.from_estimate("fleet", "throughput", r["estimate"], where=where, workload=wl))
+        if r["target"] == "proxy":
+            figs.add(F.from_estimate("fleet", "efficiency", r["efficiency_est"],
+                                     where={"clients_per_server": int(r["clients_per_server"])}, workload=wl))
+    if len(scaling) and (scaling["target"] == "proxy").any():
+        top = scaling[scaling["target"] == "proxy"]["clients_per_server"].max()
+        f = figs.get(f"fleet/efficiency/{int(top)}")
+        if f is not None:
+            f.headline = "scaling efficiency"
+    for _, r in overhead.iterrows():
+        figs.add(F.from_estimate("fleet", "proxy_overhead", r["added_ttft"], where={"buffering": r["buffering"]},
+                                 workload=wl))
+    if cache.get("hit_ratio_est") is not None:
+        figs.add(F.from_estimate("fleet", "hit_ratio", cache["hit_ratio_est"], workload=wl))
+    return FleetResult("fleet", figs, df, manifest, failures(df), fleet=fleet, scaling=scaling, balance=bal,
+                       balance_source=bal_source, overhead=overhead, cold_upstream=cold_upstream_table(df),
+                       failover=failover_summary(df, ev, access),
+                       timeout=timeout_summary(df, ev, fleet.get("proxy_read_timeout_s") or c.proxy.read_timeout_s),
+                       cache=cache, skipped=skipped)
+
+
+@register
+class FleetStudy(Study):
+    name = "fleet"
+    title = "A fleet behind a load balancer"
+    question = ("Several servers behind nginx: how well do they scale, does the proxy balance, add latency or break "
+                "streaming, and what happens when a server is cold or dies?")
+    Params = FleetParams
+    order = 50
+
+    def models_used(self, cfg: FleetParams) -> list[tuple[str, str]]:
+        if cfg.server_urls:  # a user's fleet serves its own names
+            return []
+        return [("model", cfg.model)] + ([("stale_model", cfg.stale_model)] if cfg.stale_model else [])
+
+    def check_params(self, params: Any) -> None:
+        f = params.studies.fleet
+        if params.backend.kind != "embedded" and not f.server_urls:
+            raise ValueError("studies.fleet: with a server of your own (backend kind "
+                             f"{params.backend.kind!r}) give fleet.proxy_url and fleet.server_urls; perfkit starts "
+                             "engines and nginx only for the embedded backend")
+
+    def unavailable(self, params: Any) -> str | None:
+        if not params.studies.fleet.server_urls and nginx_binary() is None:
+            return f"nginx is not installed; {install_hint()}"
+        return None
+
+    def measure(self, ctx: StudyContext) -> None:
+        measure(ctx)
+
+    def analyze(self, ctx: StudyContext) -> FleetResult:
+        return analyze(ctx)
+
+    def conclusions(self, result: FleetResult) -> str:
+        return conclusions(result)
 
 
 # ---- text ----------------------------------------------------------------------------------------
@@ -608,11 +787,11 @@ def _show(key: str, v: Any) -> str:
     return fmt.number(v) if isinstance(v, float) else str(v)
 
 
-def details(res: dict[str, Any], part: str) -> pd.DataFrame:
+def details(res: FleetResult, part: str) -> pd.DataFrame:
     """One phase's summary (failover, timeout, cache) as a two-column table for the report."""
-    d = res.get(part) or {}
+    d = getattr(res, part, None) or {}
     rows = [{"figure": _LABELS.get(k, k.replace("_", " ")), "value": _show(k, v)} for k, v in d.items()
-            if k not in ("probes",)]
+            if k not in ("probes", "hit_ratio_est")]
     for p in d.get("probes", []):
         rows.append({"figure": f"proxy_read_timeout {fmt.duration(p['proxy_read_timeout_s'])} ({p['probe']})",
                      "value": p["outcome"]})
@@ -627,43 +806,59 @@ def _signed(x: float) -> str:
     return ("+" if x >= 0 else "−") + fmt.duration(abs(x))
 
 
-def conclusions(res: dict[str, Any]) -> str:
-    f = res["fleet"]
+def conclusions(res: FleetResult) -> str:
+    f = res.fleet
     n = len(f.get("servers", []))
     lines = ["### What the measurements say",
              f"- **Fleet**: {n} servers behind {'nginx ' + str(f.get('proxy_version')) + ' started by perfkit' if f.get('managed') else 'your proxy at ' + str(f.get('proxy_url'))}"
              f" (weights {', '.join(str(s['weight']) for s in f.get('servers', []))})."]
-    t = res["scaling"]
+    t = res.scaling
     if len(t):
         p = t[t["target"] == "proxy"]
         for _, r in p.iterrows():
-            lines.append(f"- **Scaling** at {r['concurrency']} clients: {fmt.number(r['tok_s'])} tok/s through the proxy "
-                         f"over {n} servers vs {fmt.number(t[(t['concurrency'] == r['concurrency']) & (t['target'] == 'direct')]['tok_s'].iloc[0])} "
-                         f"tok/s from one server directly: efficiency {fmt.number(r['efficiency'])} "
-                         f"[{fmt.number(r['efficiency_lo'])}, {fmt.number(r['efficiency_hi'])}] (1 = perfect, n={r['n']} requests).")
+            d = t[(t["clients_per_server"] == r["clients_per_server"]) & (t["target"] == "direct")]
+            e = r["efficiency_est"]
+            eff = F.format_estimate(e, "ratio")
+            if e.has_ci and (e.hi - e.lo) > e.value:
+                eff += " — its CI is wider than the value: not measurable at this n (more requests per series)"
+            lines.append(f"- **Scaling** with {r['clients_per_server']} client(s) per server: {r['tok_s_text']} through "
+                         f"the proxy over {n} servers at {r['clients']} clients, against "
+                         f"{d['tok_s_text'].iloc[0] if len(d) else 'n/a'} from one server at {r['clients_per_server']}: "
+                         f"efficiency {eff} (fleet ÷ {n} × one server; 1 = perfect).")
         if f.get("cores") and f.get("threads_per_server"):
             lines.append(f"- On this machine {n} servers × {f['threads_per_server']} thread(s) share {f['cores']} cores "
                          "with the client and nginx: where they fill the cores, scaling is bounded by the machine, "
                          "not by the proxy.")
         bound = t[t["client_bound"]]
         if len(bound):
-            lines.append(f"- ⚠ The client was the bottleneck in {len(bound)} scaling series: {bound['client_check'].iloc[0]}.")
-    b = res["balance"]
+            lines.append(f"- The client's self-check in {len(bound)} scaling series: {bound['client_check'].iloc[0]}.")
+    b = res.balance
     if len(b):
         parts = [f"{r['server']} {fmt.pct(r['share'])} [{fmt.pct(r['share_lo'])}, {fmt.pct(r['share_hi'])}] "
                  f"(weight {r['weight']}: {fmt.pct(r['configured share'])})" for _, r in b.iterrows()]
         verdict = "matches the weights" if b["matches weights"].all() else "does not match the weights"
-        lines.append(f"- **Balance** (from {res['balance_source']}, {int(b['requests'].sum())} requests): "
+        lines.append(f"- **Balance** (from {res.balance_source}, {int(b['requests'].sum())} requests): "
                      + "; ".join(parts) + f": the split {verdict} at 95% confidence.")
     else:
-        lines.append(f"- **Balance**: {res['balance_source']}.")
-    for _, r in res["overhead"].iterrows():
+        lines.append(f"- **Balance**: {res.balance_source}.")
+    for _, r in res.overhead.iterrows():
         held = {True: "the first token **was held back** until the response was complete",
                 False: "streaming survives (first token not held back)", None: "held back: unknown"}[r["first_token_held_back"]]
-        lines.append(f"- **Proxy overhead** (buffering {r['buffering']}): {_signed(r['added_ttft_s'])} "
-                     f"[{_signed(r['added_ttft_lo'])}, {_signed(r['added_ttft_hi'])}] TTFT, {_signed(r['added_e2e_s'])} "
-                     f"[{_signed(r['added_e2e_lo'])}, {_signed(r['added_e2e_hi'])}] end to end (n={r['n']} pairs); {held}.")
-    cu = res["cold_upstream"]
+        sh = r["added_ttft"]
+        span = f"{_signed(r['added_ttft_s'])} [{_signed(r['added_ttft_lo'])}, {_signed(r['added_ttft_hi'])}]"
+        if sh.has_ci and sh.hi < 0:
+            what = (f"⚠ **suspect data**: proxied requests measured faster than direct ones ({span} TTFT), which a "
+                    "proxy in the path can't be; the direct and proxied requests did not see the same server state")
+        elif sh.has_ci and sh.lo <= 0 <= sh.hi:
+            what = f"no overhead detectable at this n ({span} TTFT: the CI includes 0)"
+        elif sh.has_ci:
+            what = f"{span} added to TTFT"
+        else:
+            what = f"{span} TTFT (no CI at this n: no claim either way)"
+        lines.append(f"- **Proxy overhead** (buffering {r['buffering']}, n={r['n']} pairs): {what}; "
+                     f"{_signed(r['added_e2e_s'])} [{_signed(r['added_e2e_lo'])}, {_signed(r['added_e2e_hi'])}] end to "
+                     f"end; {held}.")
+    cu = res.cold_upstream
     if len(cu):
         c = cu[cu["cold"]]
         w = cu[~cu["cold"]]
@@ -671,7 +866,7 @@ def conclusions(res: dict[str, Any]) -> str:
             lines.append(f"- **A cold server** behind the proxy: the first request it got waited "
                          f"{_ms(c['first_ttft_s'].iloc[0])} for its first token (the load), against a TTFT p50 of "
                          f"{w['ttft_p50'].iloc[0] if len(w) else 'n/a'} on the warm one{'s' if len(w) > 1 else ''}.")
-    fo = res["failover"]
+    fo = res.failover
     if fo.get("victim"):
         lines.append(f"- **A server killed mid-run** ({fo['victim']}): {fo['failed']} of {fo['requests']} requests failed"
                      + (f" ({'; '.join(f'{k} ×{v}' for k, v in fo['failure_classes'].items())})" if fo["failed"] else "")
@@ -679,7 +874,7 @@ def conclusions(res: dict[str, Any]) -> str:
                      f"{fo['retried_elsewhere_ok']} of them retried on another server successfully; its last try came "
                      f"{_ms(fo['last_try_on_dead_server_s_after_kill'])} after the kill. Every response before and after "
                      f"was kept ({fo['ok']} ok).")
-    to = res["timeout"]
+    to = res.timeout
     if "recommended_read_timeout_s" in to:
         lines.append(f"- **Timeout advice**: cold-start TTFT p50 {to['cold_ttft_p50']}, longest "
                      f"{_ms(to['cold_ttft_max_s'])}. Set `proxy_read_timeout` ≥ **{to['recommended_read_timeout_s']:.0f} s** "
@@ -687,7 +882,7 @@ def conclusions(res: dict[str, Any]) -> str:
     for p in to.get("probes", []):
         lines.append(f"- **Proxy timeout** {_ms(p['proxy_read_timeout_s'])} ({p['probe']}), a cold request: "
                      f"**{p['outcome']}**.")
-    ca = res["cache"]
+    ca = res.cache
     if ca:
         if not ca.get("header"):
             lines.append("- **Response cache**: unknown, because the proxy sends no X-Cache-Status header (a proxy "
@@ -720,11 +915,11 @@ def conclusions(res: dict[str, Any]) -> str:
                              f"{'changed' if st['server_answer_changed'] else 'did not change'} but the proxy answered "
                              f"{st['proxy_status']} with the {'old' if st['proxy_answer_is_old_model'] else 'new'} model's "
                              "text: purge the cache (or key it on the model digest) whenever a model changes.")
-    for s in res["skipped"]:
+    for s in res.skipped:
         lines.append(f"- {s['phase'].replace('_', ' ').capitalize()}: {s['why']}.")
-    if res["failures"]:
-        lines.append("- " + res["failures"] + " (the failover and timeout phases fail requests on purpose).")
-    lines += ["", method_note(res["manifest"], "Throughput CI: batch means inside each series' steady-state "
+    if res.failures:
+        lines.append("- " + res.failures + " (the failover and timeout phases fail requests on purpose).")
+    lines += ["", method_note(res.manifest, "Throughput CI: batch means inside each series' steady-state "
                                                 "window; added latency: Hodges–Lehmann shift with Moses CI; shares: "
                                                 "Clopper–Pearson.")]
     return "\n".join(lines)

@@ -1,19 +1,78 @@
-"""Study 3: quantization variants of one model: speed, memory, file size, and how far each
-variant's greedy output drifts from the highest-precision one on the same prompts."""
+"""Quantization: speed, memory and size per quantization variant of one model, and how far each variant's
+greedy output drifts from the highest-precision one on the same prompts."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator, model_validator
 
-from perfkit.client.backends.base import Sampling
-from perfkit.measure.runner import Trial, plan as plan_trials
-from perfkit.core import fmt
+from perfkit.analysis import figures as F
+from perfkit.analysis.figures import FigureSet
+from perfkit.analysis.models import model_figures, offload_warnings, per_model
+from perfkit.analysis.verdicts import compare_samples
 from perfkit.analysis.requests import est, failures, measured, method_note, negative_overhead_note, noisy_note, state_note
-from perfkit.studies.base import StudyContext
-from perfkit.studies.model_size import measure, offload_warnings, per_model
+from perfkit.client.backends import Sampling
+from perfkit.core import fmt
+from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, unique
+from perfkit.measure.devices import record_devices
+from perfkit.measure.runner import Trial, plan as plan_trials
+from perfkit.studies.base import Study, StudyContext, StudyResult
+from perfkit.studies.registry import register
+
+
+class QuantizationParams(Strict):
+    """``studies.quantization``: variants of one model, the reference, repetitions and drift prompts."""
+
+    models: list[str] = Field(min_length=2)
+    reference: str | None = Field(None, description="highest-precision variant; default: the first")
+    reps: int = Field(4, ge=1, le=MAX_REPS)
+    drift_prompts: int = Field(4, ge=1, le=MAX_REPS)
+    num_predict: int = Field(48, ge=2, le=MAX_TOKENS)
+    prompt_words: int = Field(64, ge=4, le=MAX_PROMPT_WORDS)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v):
+        return unique(v, "model")
+
+    @model_validator(mode="after")
+    def _ref(self):
+        if self.reference is not None and self.reference not in self.models:
+            raise ValueError(f"reference {self.reference!r} must be one of models: {', '.join(self.models)}")
+        return self
+
+
+
+
+@dataclass
+class QuantizationResult(StudyResult):
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    drift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    drift_method: str = "tokens"
+    reference: str = ""
+
+
+@register
+class Quantization(Study):
+    name = "quantization"
+    title = "Quantization: speed, memory, size and output drift per variant"
+    question = "Which quantization should we run: how much faster and smaller, and how far do outputs drift?"
+    Params = QuantizationParams
+    order = 30
+
+    def measure(self, ctx: StudyContext) -> None:
+        with ctx.session() as s:
+            s.runner.run(plan(ctx), desc="quantization")
+            record_devices(s, ctx.store, ctx.cfg.models)
+
+    def analyze(self, ctx: StudyContext) -> QuantizationResult:
+        return analyze(ctx)
+
+    def conclusions(self, result: QuantizationResult) -> str:
+        return conclusions(result)
 
 
 def reference(ctx: StudyContext) -> str:
@@ -33,12 +92,7 @@ def plan(ctx: StudyContext) -> list[Trial]:
     return trials
 
 
-def run(ctx: StudyContext) -> dict[str, Any]:
-    measure(ctx, plan(ctx), "quantization")
-    return analyze(ctx)
-
-
-def compare(ref_tokens: list[str], tokens: list[str], ref_lp: list[float] | None, lp: list[float] | None) -> dict:
+def agreement(ref_tokens: list[str], tokens: list[str], ref_lp: list[float] | None, lp: list[float] | None) -> dict:
     """Greedy outputs of one prompt: positionwise token agreement over the reference length, the
     share of the reference reproduced before the first difference, and the mean |Δ logprob| over
     that common prefix (same context, so the numbers are comparable)."""
@@ -74,7 +128,7 @@ def drift(df: pd.DataFrame, ref: str) -> pd.DataFrame:
             if method != method_b:  # compare like with like
                 a, b, method = str(r.get("text") or "").split(), str(x.get("text") or "").split(), "words"
             rows.append({"prompt": key, "variant": x["variant"], "method": method,
-                         **compare(a, b, r.get("logprobs") if method == "tokens" else None,
+                         **agreement(a, b, r.get("logprobs") if method == "tokens" else None,
                                    x.get("logprobs") if method == "tokens" else None)})
     return pd.DataFrame(rows)
 
@@ -88,42 +142,63 @@ def units(row) -> tuple[list[str], str]:
     return str(row.get("text") or "").split(), "words"
 
 
-def analyze(ctx: StudyContext) -> dict[str, Any]:
+def analyze(ctx: StudyContext) -> QuantizationResult:
+    c = ctx.cfg
     df = ctx.store.trials()
     speed = df[~df["trial_id"].str.startswith("drift/")] if len(df) else df
-    table = per_model(ctx, speed, ctx.cfg.models)
-    dr = drift(df, reference(ctx))
+    table = per_model(ctx.store, speed, c.models)
+    ref = reference(ctx)
+    dr = drift(df, ref)
+    wl = {"prompt_words": c.prompt_words, "num_predict": c.num_predict}
+    figs = FigureSet(model_figures("quantization", speed, ctx.store.events(), c.models, wl))
     if not dr.empty:
+        for col, tag in (("token_agreement", "agreement"), ("prefix_match", "prefix_match")):
+            for v, g in dr.groupby("variant"):
+                if v == ref:
+                    continue
+                e = est(g[col], "mean")
+                # Shares can't leave [0, 1]: a t-interval from a few prompts can, so it is cut at the bounds.
+                e = type(e)(e.stat, e.value, max(0.0, e.lo), min(1.0, e.hi), e.n, e.confidence, e.method,
+                            e.need_n, e.note)
+                figs.add(F.from_estimate("quantization", tag, e, where={"model": v, "reference": ref}, model=v,
+                                         workload={**wl, "drift_prompts": c.drift_prompts}))
         for col in ("token_agreement", "prefix_match", "logprob_abs_diff"):
             agg = {v: est(g[col], "mean") for v, g in dr.groupby("variant")}
             table[col] = table["model"].map(lambda m: agg[m].value if m in agg else np.nan)
-            # Shares can't leave [0, 1]: a t-interval from a few prompts can, so it is cut at the bounds.
             lo_b, hi_b = (0.0, 1.0) if col != "logprob_abs_diff" else (0.0, np.inf)
             table[f"{col}_lo"] = table["model"].map(lambda m: max(lo_b, agg[m].lo) if m in agg else np.nan)
             table[f"{col}_hi"] = table["model"].map(lambda m: min(hi_b, agg[m].hi) if m in agg else np.nan)
     method = ("tokens" if dr.empty or (dr["method"] == "tokens").all() else
               "words" if (dr["method"] == "words").all() else "mixed")
-    return {"trials": df, "table": table, "drift": dr, "drift_method": method, "reference": reference(ctx),
-            "manifest": ctx.store.manifest(), "failures": failures(df)}
+    return QuantizationResult("quantization", figs, df, ctx.store.manifest(), failures(df), table=table, drift=dr,
+                              drift_method=method, reference=ref)
 
 
 def _ci(lo: float, hi: float) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{fmt.number(lo)}, {fmt.number(hi)}]"
 
 
-def conclusions(res: dict[str, Any]) -> str:
-    t = res["table"].set_index("model")
-    ref = res["reference"]
+def conclusions(res: QuantizationResult) -> str:
+    t = res.table.set_index("model")
+    ref = res.reference
     lines = [f"### What the measurements say (reference: {ref}, {t.loc[ref, 'quantization']})"]
-    lines = offload_warnings(res["table"]) + lines
-    for w in (noisy_note(res["trials"]), negative_overhead_note(res["trials"])):
+    lines = offload_warnings(res.table) + lines
+    for w in (noisy_note(res.trials), negative_overhead_note(res.trials)):
         if w:
             lines.append("- " + w)
+    if t["decode_tok_s"].isna().all() or ref not in t.index:
+        return "\n".join(lines + ["- No successful warm trials: nothing to conclude about speed.", res.failures])
     fastest = t["decode_tok_s"].idxmax()
     smallest = t["file_bytes"].idxmin() if t["file_bytes"].notna().any() else None
-    lines.append(f"- Fastest decode: **{fastest}** ({t.loc[fastest, 'quantization']}) at "
-                 f"{fmt.rate(t.loc[fastest, 'decode_tok_s'])}{_ci(t.loc[fastest, 'decode_tok_s_lo'], t.loc[fastest, 'decode_tok_s_hi'])}"
-                 f" vs {fmt.rate(t.loc[ref, 'decode_tok_s'])} for the reference (medians over warm requests).")
+    f_fast = res.figures.get(f"quantization/decode_rate/{fastest}")
+    f_ref = res.figures.get(f"quantization/decode_rate/{ref}")
+    line = (f"- Highest median decode: **{fastest}** ({t.loc[fastest, 'quantization']}) at "
+            f"{f_fast.text() if f_fast else fmt.NA}, against {f_ref.text() if f_ref else fmt.NA} for the reference")
+    if fastest != ref and f_fast is not None and f_ref is not None:
+        v = compare_samples(f_ref.samples, f_fast.samples, "higher", kind="rate")
+        line += (f": {v.ratio_text}, " + ("faster than the reference" if v.verdict == "improved" else
+                                          "not distinguishable from the reference at this n"))
+    lines.append(line + ".")
     if smallest:
         lines.append(f"- Smallest file: **{smallest}** at {fmt.size(t.loc[smallest, 'file_bytes'])}, "
                      f"{t.loc[smallest, 'file_bytes'] / t.loc[ref, 'file_bytes']:.0%} of the reference's size.")
@@ -131,19 +206,24 @@ def conclusions(res: dict[str, Any]) -> str:
         for m in t.index:
             if m == ref or pd.isna(t.loc[m, "token_agreement"]):
                 continue
-            unit = "tokens" if res["drift_method"] == "tokens" else "words (the server returned no tokens)"
+            unit = "tokens" if res.drift_method == "tokens" else "words (the server returned no tokens)"
             lines.append(f"- **{m}** agrees with the reference on {t.loc[m, 'token_agreement']:.0%} of greedy {unit} "
                          f"[{t.loc[m, 'token_agreement_lo']:.0%}, {t.loc[m, 'token_agreement_hi']:.0%}] and reproduces "
                          f"{t.loc[m, 'prefix_match']:.0%} of its output before the first difference"
                          + (f"; mean |Δ logprob| on the shared prefix {t.loc[m, 'logprob_abs_diff']:.3f}."
                             if pd.notna(t.loc[m, "logprob_abs_diff"]) else "."))
-    if res["manifest"].get("backend", {}).get("backend") == "llama-server":
-        lines.append("- The embedded variants are re-quantized from a Q4_1 file: their speed and memory differ for "
-                     "real, but none can be more accurate than that Q4_1 source.")
-    for note in (state_note(res["trials"]), res["failures"]):
+    derived = {m: (f or {}).get("extra", {}).get("requantized_from") for m, f in (res.manifest.get("models") or {}).items()
+               if isinstance(f, dict)}
+    derived = {m: src for m, src in derived.items() if src}
+    if derived:
+        src = sorted(set(derived.values()))
+        lines.append(f"- {', '.join(sorted(derived))} {'are' if len(derived) > 1 else 'is'} re-quantized from "
+                     f"{', '.join(src)}: their speed and memory differ for real, but none can be more accurate "
+                     "than that source.")
+    for note in (state_note(res.trials), res.failures):
         if note:
             lines.append("- " + note)
-    lines += ["", method_note(res["manifest"], f"Drift: greedy decoding (temperature 0, top_k 1), compared by "
-                                               f"{res['drift_method']}; mean agreement with a t-interval over prompts, "
+    lines += ["", method_note(res.manifest, f"Drift: greedy decoding (temperature 0, top_k 1), compared by "
+                                               f"{res.drift_method}; mean agreement with a t-interval over prompts, "
                                                "n = prompts per variant.")]
     return "\n".join(lines)

@@ -1,8 +1,50 @@
-"""Server backends behind one interface: Ollama's native API, llama.cpp's llama-server, any OpenAI-compatible server."""
+"""Server backends behind one interface, registered by name and built by :func:`create`: Ollama's native
+API, llama.cpp's llama-server (the embedded engine is one), and any OpenAI-compatible server."""
 
-from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
 from perfkit.client.backends.llamacpp import LlamaServerBackend
 from perfkit.client.backends.ollama import OllamaBackend
 from perfkit.client.backends.openai import OpenAIBackend
+from perfkit.core.errors import ConfigError
 
-__all__ = ["Backend", "ModelFacts", "Sampling", "DEFAULT_TIMEOUT_S", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend"]
+# kind (as parameter files name it) → backend class; "embedded" is llama-server started by perfkit.
+REGISTRY: dict[str, type[Backend]] = {"ollama": OllamaBackend, "llama-server": LlamaServerBackend,
+                                      "openai": OpenAIBackend, "embedded": LlamaServerBackend}
+
+
+def capabilities(kind: str) -> Capabilities:
+    """What the backend of ``kind`` can do (before any server is reached)."""
+    return _cls(kind).capabilities
+
+
+def _cls(kind: str) -> type[Backend]:
+    try:
+        return REGISTRY[kind]
+    except KeyError:
+        raise ConfigError(f"unknown backend kind {kind!r}; allowed: {', '.join(REGISTRY)}") from None
+
+
+def create(kind: str, url: str | None = None, *, engine=None, headers: Mapping[str, str] | None = None,
+           endpoint: str = "chat", restart_command: list[str] | None = None, log=None,
+           ready_timeout_s: float = 120.0, inspect_host: bool = True, **_: Any) -> Backend:
+    """The backend of ``kind`` for ``url`` (or, for ``embedded``, for the running ``engine``).
+
+    ``headers`` are sent and never recorded. ``inspect_host``: look for the server's processes, log and
+    files on this host (Ollama); False sees only its HTTP API (a fleet's servers seen as a client does).
+    """
+    if kind == "embedded":
+        if engine is None:
+            raise ConfigError("the embedded backend needs a running engine")
+        return LlamaServerBackend.from_engine(engine)
+    if not url:
+        raise ConfigError(f"backend kind {kind!r} needs a url")
+    return _cls(kind).create(url, headers=headers, endpoint=endpoint, restart_command=restart_command, log=log,
+                             ready_timeout_s=ready_timeout_s, inspect_host=inspect_host)
+
+
+__all__ = ["Backend", "Capabilities", "ModelFacts", "Sampling", "DEFAULT_TIMEOUT_S", "LlamaServerBackend",
+           "OllamaBackend", "OpenAIBackend", "REGISTRY", "capabilities", "create"]

@@ -1,4 +1,5 @@
-"""The interface every backend implements; a study never branches on the backend."""
+"""The interface every backend implements; a study never branches on the backend: what differs between
+servers is a :class:`Capabilities` flag here or a capability of the backend's controller."""
 
 from __future__ import annotations
 
@@ -30,6 +31,23 @@ class Sampling:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend's API can do beyond streaming a generation.
+
+    ``residency``: it says which models are resident and can load and unload one (every cold state needs
+    it); ``keep_alive_per_request``: each request carries how long the model stays loaded after it (Ollama),
+    else that is a server setting (``OLLAMA_KEEP_ALIVE``); ``load_seen_per_request``: a load during a request
+    is observed (llama-server, polled), so a cache state can be confirmed by it; ``cached_tokens``: the server
+    reports how much of a prompt came from its cache.
+    """
+
+    residency: bool = False
+    keep_alive_per_request: bool = False
+    load_seen_per_request: bool = False
+    cached_tokens: bool = False
+
+
 @dataclass
 class ModelFacts:
     """What the server says about a model (quantization from the model itself, never its name)."""
@@ -53,9 +71,16 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
+    capabilities = Capabilities()
     url: str = ""
     target = None  # perfkit.loadgen.HttpTarget: the engine's connection pool for this server
     _control = None
+
+    @classmethod
+    def create(cls, url: str, **opts: Any) -> "Backend":
+        """Built from a parameter file's options (``perfkit.client.backends.create``); each backend takes the
+        ones its API has and ignores the rest."""
+        return cls(url)
 
     @property
     def control(self):

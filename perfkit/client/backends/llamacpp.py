@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 
 from perfkit.core.errors import EngineError, PerfkitError
-from perfkit.core.records import RequestRecord, now_ns
+from perfkit.core.clock import now_ns
+from perfkit.core.records import RequestRecord
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import StreamCall
 from perfkit.client.backends.openai import sse_parser
-from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
+from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
 
 _MS = 1e-3
 _POLL_S = 0.01
@@ -33,6 +34,7 @@ class LlamaServerBackend(Backend):
     """
 
     name = "llama-server"
+    capabilities = Capabilities(residency=True, load_seen_per_request=True, cached_tokens=True)
 
     def __init__(self, url: str, models_dir: str | Path | None = None, *, control_timeout_s: float = 30.0,
                  server_pid: int | None = None):
@@ -65,6 +67,12 @@ class LlamaServerBackend(Backend):
             raise PerfkitError(f"llama-server has no model {model!r}; available: {', '.join(sorted(st))}")
         return st[model].get("value", "unknown")
 
+    def props(self, model: str) -> dict[str, Any]:
+        """The model process's ``/props`` (slots, context per slot, generation defaults)."""
+        r = self._client.get("/props", params={"model": model})
+        r.raise_for_status()
+        return r.json()
+
     def version(self) -> str:
         try:
             from perfkit.servers.engine import engine_version
@@ -85,14 +93,15 @@ class LlamaServerBackend(Backend):
         path = self.model_path(model)
         if path is None:
             return ModelFacts(name=model)
-        from perfkit.servers.models import read_gguf
+        from perfkit.servers.models import VARIANT_SOURCE, VARIANTS, read_gguf
 
         info = read_gguf(path)
+        derived = {"requantized_from": VARIANT_SOURCE} if model in VARIANTS else {}
         return ModelFacts(name=model, size_bytes=info.size_bytes, parameter_count=info.parameter_count,
                           quantization=info.quantization, family=info.architecture, digest=info.sha256,
                           path=str(path), extra={"context_length": info.context_length,
                                                  "block_count": info.block_count,
-                                                 "embedding_length": info.embedding_length})
+                                                 "embedding_length": info.embedding_length, **derived})
 
     def model_path(self, model: str) -> Path | None:
         if self.models_dir is None:

@@ -13,11 +13,12 @@ from typing import Any, Mapping
 import httpx
 
 from perfkit.core.errors import PerfkitError
-from perfkit.core.records import RequestRecord, now_ns
+from perfkit.core.clock import now_ns
+from perfkit.core.records import RequestRecord
 from perfkit.core.settings import parse_keep_alive_s
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import MalformedLine, StreamCall, StreamError, mark_token
-from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
+from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
 
 _NS = 1e-9
 
@@ -42,6 +43,7 @@ class OllamaBackend(Backend):
     """
 
     name = "ollama"
+    capabilities = Capabilities(residency=True, keep_alive_per_request=True)
 
     def __init__(self, url: str = "http://127.0.0.1:11434", *, headers: Mapping[str, str] | None = None,
                  endpoint: str = "chat", control_timeout_s: float = 30.0, control=None):
@@ -57,6 +59,15 @@ class OllamaBackend(Backend):
 
             control = ollama_control(self.url, headers=headers)
         self.control = control
+
+    @classmethod
+    def create(cls, url: str, *, headers: Mapping[str, str] | None = None, restart_command=None, log=None,
+               ready_timeout_s: float = 120.0, inspect_host: bool = True, **_: Any) -> "OllamaBackend":
+        from perfkit.servers.control import RemoteControl, ollama_control
+
+        control = (ollama_control(url, restart_command=restart_command, log=log, headers=headers,
+                                  ready_timeout_s=ready_timeout_s) if inspect_host else RemoteControl(url))
+        return cls(url, headers=headers, control=control)
 
     @staticmethod
     def same_model(entry: Mapping[str, Any], model: str) -> bool:

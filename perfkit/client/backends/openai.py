@@ -19,7 +19,7 @@ from perfkit.core.errors import PerfkitError
 from perfkit.client.loadgen import HttpTarget
 from perfkit.core.records import RequestRecord
 from perfkit.client.stream import MalformedLine, StreamCall, StreamError, mark_token
-from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, ModelFacts, Sampling
+from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
 
 _NO_LOAD = ("an OpenAI-compatible API does not say which models are resident, nor load or unload them; "
             "cold states need a native backend (kind ollama or llama-server)")
@@ -33,6 +33,7 @@ class OpenAIBackend(Backend):
     """
 
     name = "openai"
+    capabilities = Capabilities(cached_tokens=True)
 
     def __init__(self, url: str, *, endpoint: str = "chat", headers: Mapping[str, str] | None = None,
                  control_timeout_s: float = 30.0):
@@ -42,6 +43,11 @@ class OpenAIBackend(Backend):
         self.endpoint = endpoint
         self._client = httpx.Client(base_url=self.url, headers=dict(headers or {}), timeout=control_timeout_s)
         self.target = HttpTarget(self.url, dict(headers or {}))
+
+    @classmethod
+    def create(cls, url: str, *, endpoint: str = "chat", headers: Mapping[str, str] | None = None,
+               **_: Any) -> "OpenAIBackend":
+        return cls(url, endpoint=endpoint, headers=headers)
 
     # ---- what the API shows ----------------------------------------------------------------------
     def _models(self) -> list[dict]:

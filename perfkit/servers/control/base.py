@@ -133,6 +133,11 @@ class ServerControl(abc.ABC):
         """After an unload: wait until the model's memory is really free; seconds waited, None if unknowable."""
         return None
 
+    def slots(self, model: str) -> dict[str, Any]:
+        """Parallel request slots of the server for ``model`` (``total_slots``) and its context per slot
+        (``n_ctx_per_slot``); Unknown where the server does not say."""
+        raise Unknown(f"the {self.name} controller can't read the server's slots")
+
     def why_not_local(self) -> str:
         return "the server is not on this host"
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from perfkit.core.records import now_ns
+from perfkit.core.clock import now_ns
 from perfkit.core.settings import check_applied, validate_settings
 from perfkit.servers.control.device import cpu_device
 from perfkit.servers.control.base import RestartInfo, ServerControl, SettingCheck, Unknown
@@ -53,10 +53,10 @@ class EngineControl(ServerControl):
                                         "not found in the model process's arguments: " + " ".join(args)[:300])
         return out
 
-    def props(self, model: str) -> dict[str, Any]:
-        r = self.backend._client.get("/props", params={"model": model})
-        r.raise_for_status()
-        return r.json()
+    def slots(self, model: str) -> dict[str, Any]:
+        p = self.backend.props(model)
+        return {"total_slots": p.get("total_slots"),
+                "n_ctx_per_slot": (p.get("default_generation_settings") or {}).get("n_ctx")}
 
     def server_pids(self) -> list[int]:
         return [self.engine.proc.pid] if self.engine.proc else []

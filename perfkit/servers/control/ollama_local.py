@@ -19,7 +19,7 @@ import httpx
 
 from perfkit.servers import procs
 from perfkit.core.errors import PerfkitError
-from perfkit.core.records import now_ns
+from perfkit.core.clock import now_ns
 from perfkit.core.settings import parse_keep_alive_s, to_ollama_env, validate_settings
 from perfkit.servers.control.device import local_device
 from perfkit.servers.control.base import RestartInfo, ServerControl, SettingCheck, Unknown

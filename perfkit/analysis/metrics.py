@@ -1,0 +1,110 @@
+"""The catalogue: every metric perfkit reports, declared once.
+
+A :class:`Metric` says what a number is (label), its unit (``kind``), which direction is better, which
+statistic it is, how it is computed and what its n counts. A :class:`perfkit.analysis.figures.Figure` is one
+metric measured under one condition (a cache state, a model, a setting at a concurrency) in one run. Reports,
+conclusions, the results index and ``perfkit compare`` all print a figure through its metric, so a figure
+has one definition, one value and one CI wherever it appears. Definitions follow ``metrics.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("duration", "rate", "req_rate", "bytes", "share", "energy", "ratio", "count")
+BETTER = ("lower", "higher", "")  # "": neither (a fact, compared for information only)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric's definition.
+
+    ``kind``: the unit family (``duration`` seconds, ``rate`` tokens/s, ``req_rate`` requests/s, ``bytes``,
+    ``share`` a fraction 0–1, ``energy`` joules, ``ratio`` ×, ``count``); ``better``: ``lower``, ``higher``
+    or ``""`` for a fact with no good direction; ``stat``: the statistic (``median``, ``p90``, ``p99``,
+    ``mean``, ``series``, ``reading``, ``share``, ``shift``, ``max``); ``method``: how the value and its CI
+    are computed; ``n_counts``: what the n printed beside it counts.
+    """
+
+    tag: str
+    label: str
+    kind: str
+    better: str
+    stat: str
+    method: str
+    n_counts: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"metric {self.tag}: unknown kind {self.kind!r}; allowed: {', '.join(KINDS)}")
+        if self.better not in BETTER:
+            raise ValueError(f"metric {self.tag}: better must be 'lower', 'higher' or ''")
+
+
+_PCT = "order-statistic CI (exact, distribution-free)"
+_REQ = "requests"
+CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
+    Metric("e2e", "end-to-end latency", "duration", "lower", "median",
+           f"median of each request's send → last byte (e2e_s), {_PCT}", _REQ),
+    Metric("ttft", "time to first token", "duration", "lower", "median",
+           f"median of each request's send → first token (ttft_s), {_PCT}", _REQ),
+    Metric("ttft_p90", "TTFT p90", "duration", "lower", "p90", f"90th percentile of ttft_s, {_PCT}", _REQ),
+    Metric("ttft_p99", "TTFT p99", "duration", "lower", "p99",
+           f"99th percentile of ttft_s; failed requests count as beyond the limit, {_PCT}", _REQ),
+    Metric("ttft_sched_p99", "TTFT p99 from the schedule", "duration", "lower", "p99",
+           "99th percentile of scheduled send → first token (no coordinated omission); failed requests count "
+           f"as beyond the limit, {_PCT}", _REQ),
+    Metric("tpot", "time per output token", "duration", "lower", "median",
+           f"median over requests of (e2e − TTFT) / (server-counted output tokens − 1), {_PCT}", _REQ),
+    Metric("itl", "inter-token latency", "duration", "lower", "median",
+           "median over requests of each request's median gap per token (an event carrying k tokens spreads "
+           f"its gap over them), {_PCT}", _REQ),
+    Metric("event_gap", "gap between streamed events", "duration", "lower", "median",
+           f"median over requests of each request's median gap between streamed events (what a reader sees), "
+           f"{_PCT}", _REQ),
+    Metric("load", "model load", "duration", "lower", "median",
+           f"median of the server-reported (or polled) load time per request, {_PCT}", _REQ),
+    Metric("decode_rate", "decode speed", "rate", "higher", "median",
+           f"median of server-counted output tokens / server-timed decode, per request, {_PCT}", _REQ),
+    Metric("prefill_rate", "prefill speed", "rate", "higher", "median",
+           f"median of uncached prompt tokens / server-timed prefill, per request, {_PCT}", _REQ),
+    Metric("memory", "resident model memory", "bytes", "lower", "reading",
+           "one reading of the resident model's own memory while it is loaded and used", "readings"),
+    Metric("peak_rss", "peak server memory (RSS)", "bytes", "lower", "max",
+           "the largest server RSS sampled during the series' requests", "requests"),
+    Metric("energy_per_token", "energy per output token", "energy", "lower", "median",
+           f"median over requests of the GPUs' energy in the request's window / output tokens, {_PCT}", _REQ),
+    Metric("gpu_util", "GPU utilization", "share", "higher", "median",
+           f"median over requests of the mean GPU utilization in the request's window, {_PCT}", _REQ),
+    Metric("throughput", "output throughput", "rate", "higher", "series",
+           "server-counted output tokens per second inside the series' steady-state window; CI by batch means "
+           "over 5 equal windows", "windows"),
+    Metric("goodput", "goodput", "req_rate", "higher", "series",
+           "requests per second of the series' last completed attempt that met every SLO (failed requests "
+           "never do)", _REQ),
+    Metric("sustained_rate", "highest sustained rate", "req_rate", "higher", "reading",
+           "the highest offered open-loop rate at which ≥ 90% of requests met the SLOs (latency from the "
+           "schedule)", "rates tried"),
+    Metric("efficiency", "scaling efficiency", "ratio", "higher", "series",
+           "fleet throughput at N·c clients ÷ (N × one server's throughput at c clients): 1 = perfect at every "
+           "client count; CI from the two series' batch-means CIs", "windows"),
+    Metric("proxy_overhead", "time the proxy adds to TTFT", "duration", "lower", "shift",
+           "Hodges–Lehmann shift proxied − direct over alternating request pairs, Moses CI", "pairs"),
+    Metric("hit_ratio", "cache hit ratio", "share", "higher", "share",
+           "share of identical requests the proxy answered from its cache, Clopper–Pearson CI", _REQ),
+    Metric("agreement", "token agreement with the reference", "share", "higher", "mean",
+           "mean over prompts of the share of greedy output tokens equal to the reference's, t-interval",
+           "prompts"),
+    Metric("prefix_match", "output reproduced before the first difference", "share", "higher", "mean",
+           "mean over prompts of the share of the reference's greedy output reproduced exactly, t-interval",
+           "prompts"),
+    Metric("cold_over_warm", "first request ÷ warm request", "ratio", "lower", "ratio",
+           "Hodges–Lehmann ratio of e2e, Moses CI", _REQ),
+)}
+
+
+def metric(tag: str) -> Metric:
+    try:
+        return CATALOGUE[tag]
+    except KeyError:
+        raise KeyError(f"unknown metric {tag!r}; the catalogue has: {', '.join(CATALOGUE)}") from None

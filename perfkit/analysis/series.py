@@ -1,0 +1,202 @@
+"""Load series from recorded data: the steady-state window, throughput, goodput, the start-up burst, and what
+the client's self-check means for each figure. One definition each, used by every study that sends load."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perfkit.analysis import stats
+from perfkit.core import fmt
+
+# A figure moves by at most the client's error (its event-loop lag, p99); below this share of the figure
+# that error can't change what the figure says.
+CLIENT_ERROR_SHARE = 0.05
+
+
+def steady_window(rows: pd.DataFrame, concurrency: int | None = None, warmup_fraction: float = 0.1) -> dict:
+    """The steady-state window of a series, and what the client achieved in it.
+
+    Closed loop: from the moment every stream has finished its first request (the synchronized start
+    is over) to the first moment a stream has nothing left to send (concurrency starts to fall).
+    Open loop: from ``warmup_fraction`` of the schedule to its last send. Without such a window (too
+    few requests per stream) the whole span is used and ``steady`` is False.
+    Returns ns bounds, ``achieved_concurrency`` (mean requests in flight), ``achieved_rate_rps`` (sends
+    per second) and ``n_steady`` (requests sent inside the window).
+    """
+    ok = rows.dropna(subset=["t_send_ns", "t_end_ns"]) if len(rows) else rows
+    if ok.empty:
+        return {"steady": False}
+    send, end = ok["t_send_ns"].astype("int64"), ok["t_end_ns"].astype("int64")
+    lo, hi, steady = int(send.min()), int(end.max()), False
+    sched = None
+    if concurrency is None and "t_scheduled_ns" in ok and ok["t_scheduled_ns"].notna().all():
+        sched = ok["t_scheduled_ns"].astype("int64")
+        a, b = int(sched.min()), int(sched.max())
+        t0 = a + int(warmup_fraction * (b - a))
+        if b > t0:
+            lo, hi, steady = t0, b, True
+    elif concurrency and "stream" in ok and ok["stream"].notna().all():
+        g = ok.assign(send=send, end=end).sort_values("send").groupby("stream")
+        t0, t1 = int(g["end"].first().max()), int(g["end"].last().min())
+        if t1 > t0 and g.ngroups >= concurrency:
+            lo, hi, steady = t0, t1, True
+    span = (hi - lo) * 1e-9
+    overlap = (np.minimum(end, hi) - np.maximum(send, lo)).clip(lower=0).sum() * 1e-9
+    if sched is not None and steady:  # open loop: the sends scheduled inside, at the pace they really left
+        inside = (sched >= lo) & (sched <= hi)
+        s_in = send[inside]
+        rate = (len(s_in) - 1) / ((s_in.max() - s_in.min()) * 1e-9) if len(s_in) > 1 and s_in.max() > s_in.min() \
+            else math.nan
+    else:
+        inside = (send >= lo) & (send <= hi)
+        rate = int(inside.sum()) / span if span > 0 else math.nan
+    return {"steady": steady, "steady_t0_ns": lo, "steady_t1_ns": hi, "steady_s": span,
+            "n_steady": int(inside.sum()), "achieved_concurrency": overlap / span if span > 0 else math.nan,
+            "achieved_rate_rps": rate}
+
+
+def series_checks(events: pd.DataFrame) -> dict[str, dict]:
+    """series name → its last completed attempt's steady window and client self-check (series_done event)."""
+    if events.empty or "series" not in events or "kind" not in events:
+        return {}
+    done = events[events["kind"] == "series_done"].drop_duplicates("series", keep="last")
+    return {r["series"]: r.dropna().to_dict() for _, r in done.iterrows()}
+
+
+def last_attempt(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each series' rows of its last attempt only (an interrupted attempt was re-run whole)."""
+    if rows.empty or "attempt" not in rows or "series" not in rows:
+        return rows
+    last = rows.groupby("series")["attempt"].transform("max")
+    return rows[rows["attempt"] == last]
+
+
+def token_weights(row: Any) -> list[int]:
+    """Output tokens in each streamed event of a stored request row (see ``RequestRecord.tokens_per_event``)."""
+    times = row.get("token_times_ns")
+    n = len(times) if isinstance(times, (list, tuple, np.ndarray)) else 0
+    per = row.get("event_tokens")
+    if isinstance(per, (list, tuple, np.ndarray)) and len(per) == n:
+        return [int(k) for k in per]
+    total = row.get("output_tokens")
+    if row.get("output_tokens_source") != "server" or total is None or pd.isna(total) or total <= n or n == 0:
+        return [1] * n
+    total = int(total)
+    return [round(total * (i + 1) / n) - round(total * i / n) for i in range(n)]
+
+
+def throughput(rows: pd.DataFrame, window: dict | None = None) -> stats.Estimate:
+    """Output tokens/s of one series: server-counted tokens (an event carrying k tokens counts k) inside its
+    steady-state window where it has one (else send of the first → end of the last request), CI by batch
+    means (:func:`perfkit.analysis.stats.throughput_ci`)."""
+    ok = rows[rows["ok"].astype(bool)] if "ok" in rows and len(rows) else rows
+    times, weights = [], []
+    for _, r in ok.iterrows():
+        t = r.get("token_times_ns")
+        if isinstance(t, (list, tuple, np.ndarray)) and len(t):
+            times.append(list(t))
+            weights.append(token_weights(r))
+    if not times:
+        return stats.Estimate("throughput", math.nan, math.nan, math.nan, 0, method="batch means", note="no tokens")
+    if window and window.get("steady"):
+        t0, t1 = int(window["steady_t0_ns"]), int(window["steady_t1_ns"])
+    else:
+        t0, t1 = int(ok["t_send_ns"].min()), int(ok["t_end_ns"].max())
+    return stats.throughput_ci(times, t0, t1, weights=weights)
+
+
+def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | None = None,
+            e2e_s: float | None = None, ttft_column: str = "ttft_s") -> float:
+    """Requests/s that met every SLO given, over the series' last completed attempt (failed requests never
+    do); the span runs from its first send to its last end."""
+    rows = last_attempt(rows)
+    if rows.empty:
+        return math.nan
+    good = rows["ok"].astype(bool)
+    if ttft_s is not None:
+        good &= rows[ttft_column].fillna(math.inf) <= ttft_s
+    if tpot_s is not None:
+        good &= rows["tpot_s"].fillna(0) <= tpot_s
+    if e2e_s is not None:
+        good &= rows["e2e_s"].fillna(math.inf) <= e2e_s
+    start = rows["t_scheduled_ns"].min() if "t_scheduled_ns" in rows and rows["t_scheduled_ns"].notna().any() \
+        else rows["t_send_ns"].min()
+    span_s = (rows["t_end_ns"].max() - start) * 1e-9
+    return float(good.sum() / span_s) if span_s > 0 else math.nan
+
+
+def request_rate(rows: pd.DataFrame) -> float:
+    """Completed requests per second, first send → last end."""
+    ok = rows[rows["ok"].astype(bool)] if "ok" in rows else rows
+    if ok.empty:
+        return math.nan
+    span_s = (ok["t_end_ns"].max() - ok["t_send_ns"].min()) * 1e-9
+    return len(ok) / span_s if span_s > 0 else math.nan
+
+
+def in_window(rows: pd.DataFrame, window: dict | None) -> pd.DataFrame:
+    """The requests sent inside the series' steady-state window (closed loop: the start-up burst, when every
+    stream sends at once, and the tail are outside); all rows when the series has no window."""
+    if rows.empty or not window or not window.get("steady") or "t_send_ns" not in rows:
+        return rows
+    t0, t1 = int(window["steady_t0_ns"]), int(window["steady_t1_ns"])
+    send = pd.to_numeric(rows["t_send_ns"], errors="coerce")
+    # A request that failed before it was sent has no send time: it failed in this series, so it stays.
+    return rows[send.isna() | (send <= 0) | ((send >= t0) & (send <= t1))]
+
+
+def burst(rows: pd.DataFrame) -> pd.DataFrame:
+    """Closed loop: each stream's first request, sent together at the start."""
+    if rows.empty or "stream" not in rows or rows["stream"].isna().all():
+        return rows.iloc[0:0]
+    return rows.sort_values("t_send_ns").groupby("stream").head(1)
+
+
+def censored(rows: pd.DataFrame, column: str) -> list[float]:
+    """``column`` of every request, failed or timed-out ones as +inf (beyond any limit): a failure never
+    leaves a latency percentile, it is its worst value."""
+    if rows.empty:
+        return []
+    ok = rows["ok"].astype(bool) if "ok" in rows else pd.Series(True, index=rows.index)
+    vals = rows[column] if column in rows else pd.Series(np.nan, index=rows.index)
+    return [float(v) if o and pd.notna(v) else math.inf for v, o in zip(vals, ok)]
+
+
+# ---- the client's self-check, figure by figure ---------------------------------------------------------------
+
+def client_error_s(check: dict) -> float:
+    """How late the client may have stamped an event in this series (the event loop's lag, p99), in s."""
+    return float(check.get("client_loop_lag_p99_s", math.nan)) if check else math.nan
+
+
+def client_can_move(check: dict, value_s: float) -> bool:
+    """Can the client's own error change a figure of this size (by more than CLIENT_ERROR_SHARE of it)?"""
+    err = client_error_s(check)
+    if not math.isfinite(err) or not math.isfinite(value_s) or value_s <= 0:
+        return False
+    return err > CLIENT_ERROR_SHARE * value_s
+
+
+def client_cell(check: dict, figures_s: dict[str, float] | None = None) -> str:
+    """The client's self-check for a table cell: 'ok (…)', or what its error can change and what it can't."""
+    if not check or "client_client_bound" not in check:
+        return "not checked"
+    err = client_error_s(check)
+    base = (f"loop {check.get('client_loop_busy', math.nan):.0%} busy, lag p99 {fmt.duration(err)}")
+    if check.get("client_send_lag_p99_s") is not None and math.isfinite(check.get("client_send_lag_p99_s", math.nan)):
+        base += f", send lag p99 {fmt.duration(check['client_send_lag_p99_s'])}"
+    if not check["client_client_bound"]:
+        return f"ok ({base})"
+    if figures_s:
+        moved = [n for n, v in figures_s.items() if client_can_move(check, v)]
+        safe = [n for n, v in figures_s.items() if not client_can_move(check, v) and math.isfinite(v)]
+        what = (f"can shift {', '.join(moved)} by up to {fmt.duration(err)}" if moved else
+                f"{fmt.duration(err)} is too small to change its figures")
+        if safe and moved:
+            what += f"; {', '.join(safe)} unaffected"
+        return f"⚠ client error up to {fmt.duration(err)} ({base}): {what}"
+    return f"⚠ {check.get('client_reason') or 'client-bound'}"

@@ -1,0 +1,15 @@
+"""Before and after: two runs compared figure by figure, from their figures files only.
+
+``compare(a, b)`` → a :class:`Comparison`: each figure both runs measured as a ratio after/before with its CI,
+p-value (false-discovery adjusted) and verdict; the figures only one has; what differs between their
+manifests; what else could explain a row. Statistics: :mod:`perfkit.analysis.verdicts`.
+"""
+
+from perfkit.analysis.verdicts import (IMPROVED, MIN_EFFECT, NO_CHANGE, NOT_COMPARABLE, WORSE, Row,
+                                       compare_estimates, compare_replicates, compare_samples)
+from perfkit.compare.comparison import SEED_ROWS, Comparison, compare
+from perfkit.compare.manifests import Difference
+from perfkit.compare.runs import Run, load
+
+__all__ = ["compare", "Comparison", "Row", "Difference", "Run", "load", "SEED_ROWS", "IMPROVED", "WORSE",
+           "NO_CHANGE", "NOT_COMPARABLE", "MIN_EFFECT", "compare_samples", "compare_estimates", "compare_replicates"]

@@ -1,0 +1,248 @@
+"""Two runs, figure by figure: what changed and whether the change is real (see
+:mod:`perfkit.analysis.verdicts` for the statistics), what differs between their manifests, and what else
+could explain a row."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from perfkit.analysis import stats, verdicts
+from perfkit.analysis.figures import Figure, format_estimate
+from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, NOT_COMPARABLE, WORSE, Row
+from perfkit.compare import manifests
+from perfkit.compare.manifests import Difference, show
+from perfkit.compare.runs import Run, load
+from perfkit.core import fmt
+
+# The seed guide's before/after rows, first when both runs have them (figures carry these headline names).
+SEED_ROWS = ("cold start", "warm start", "memory", "GPU utilization")
+
+
+@dataclass
+class Comparison:
+    """Run A (before) against run B (after): ``rows`` for the figures both have (the seed guide's four first),
+    ``only_a``/``only_b`` for the rest, ``differences`` from the manifests, run-wide ``confounds`` and
+    ``warnings`` (damaged data, a run compared with itself, a run still being measured)."""
+
+    run_a: str
+    run_b: str
+    rows: list[Row]
+    only_a: list[Figure]
+    only_b: list[Figure]
+    differences: list[Difference]
+    confounds: list[str]
+    warnings: list[str]
+    info_a: dict[str, Any] = field(default_factory=dict)
+    info_b: dict[str, Any] = field(default_factory=dict)
+    mode: str = "requests"
+    min_effect: float = verdicts.MIN_EFFECT
+    noisy_runs: list[str] = field(default_factory=list)
+
+    @property
+    def name_a(self) -> str:
+        return Path(self.run_a).name
+
+    @property
+    def name_b(self) -> str:
+        return Path(self.run_b).name
+
+    def counts(self) -> dict[str, int]:
+        """Verdicts over the rows; a noisy run's rows are not counted as improved or worse."""
+        out = {v: 0 for v in verdicts.VERDICTS}
+        for r in self.rows:
+            v = r.verdict
+            if self.noisy_runs and v in (IMPROVED, WORSE):
+                v = NO_CHANGE
+            out[v] += 1
+        return out
+
+    def table(self) -> pd.DataFrame:
+        """One row per figure both runs have, grouped by study: before, after, ratio, change, verdict, why."""
+        rows = [{"study": r.key.split("/", 1)[0], "figure": (f"{r.headline}: " if r.headline else "") + r.label,
+                 "before (A)": r.before, "after (B)": r.after, "after / before": r.ratio_text,
+                 "change": r.change_text, "verdict": r.verdict, "why": r.reason,
+                 "could also be": "; ".join(r.confounds) or "—"} for r in self.rows]
+        return pd.DataFrame(rows) if rows else pd.DataFrame()
+
+    def differences_table(self) -> pd.DataFrame:
+        rows = [{"kind": d.category, "what": d.what, "A (before)": show(d.a), "B (after)": show(d.b)}
+                for d in self.differences]
+        return pd.DataFrame(rows).set_index(["kind", "what"]) if rows else pd.DataFrame()
+
+    def only_markdown(self) -> str:
+        """The figures only one run has, listed (never blank cells in the table)."""
+        out = []
+        for who, figs in (("A", self.only_a), ("B", self.only_b)):
+            if figs:
+                out.append(f"**Only in {who}** ({self.name_a if who == 'A' else self.name_b}): "
+                           + "; ".join(f"{f.label} {f.text()}" for f in figs) + ".")
+        return "\n\n".join(out) or "Both runs measured the same figures."
+
+    def summary(self) -> str:
+        """Markdown: which runs, how they were compared, what differs, the headline verdicts and caveats."""
+        lines = [f"**A (before)**: `{self.name_a}` ({_when(self.info_a)}) · **B (after)**: `{self.name_b}` "
+                 f"({_when(self.info_b)})", ""]
+        for w in self.warnings:
+            lines.append(f"- ⚠ {w}")
+        for r in self.noisy_runs:
+            lines.append(f"- ⚠ **Noisy run**: {r}. Its rows are not counted as improved or worse below.")
+        for c in self.confounds:
+            lines.append(f"- ⚠ **Confound**: {c}")
+        lines.append("- **How**: " + self.how())
+        if self.differences:
+            shown = [d for d in self.differences if d.category in ("settings", "models", "quantization", "engine",
+                                                                   "host", "study parameters")] or self.differences
+            lines.append("- **What differs**: " + "; ".join(
+                f"{d.what} {show(d.a)} → {show(d.b)}" for d in shown[:8])
+                + (f"; and {len(self.differences) - len(shown[:8])} more (below)."
+                   if len(self.differences) > len(shown[:8]) else "."))
+        else:
+            lines.append("- **What differs**: nothing in the manifests (same settings, models, engine, host and "
+                         "parameters): any change below is run-to-run variation or something perfkit does not record.")
+        for r in self.rows:
+            if r.headline:
+                lines.append(f"- **{r.headline[:1].upper() + r.headline[1:]}** ({r.label}): {r.before} → {r.after}; "
+                             f"{r.ratio_text}: **{r.verdict}** ({r.reason})"
+                             + (f"; could also be: {'; '.join(r.confounds)}" if r.confounds else "") + ".")
+        c = self.counts()
+        lines.append(f"- Over all {len(self.rows)} figures both runs measured: {c[IMPROVED]} improved, {c[WORSE]} "
+                     f"worse, {c[NO_CHANGE]} with no detectable change at their n"
+                     + (f", {c[NOT_COMPARABLE]} not comparable" if c[NOT_COMPARABLE] else "")
+                     + (f"; {len(self.only_a)} only in A, {len(self.only_b)} only in B." if self.only_a or self.only_b
+                        else "."))
+        return "\n".join(lines)
+
+    def how(self) -> str:
+        if self.mode == "runs":
+            return ("runs are the unit (both sides have ≥ 3 replicate runs): the ratio of the runs' geometric "
+                    "means with a Welch t-interval over runs, so run-to-run variation is inside every CI.")
+        return (f"a comparison of single runs: requests within one run are not independent samples of the next, "
+                f"so a change is called only when its CI lies entirely beyond ±{self.min_effect:.0%} (the spread "
+                "measured between two runs of the same parameters); repeat each run (`perfkit run --repeat 3`) to "
+                "compare runs instead.")
+
+    def method(self) -> str:
+        return ("Ratios are after / before. " + self.how()[0].upper() + self.how()[1:] + " With per-request "
+                "samples: Hodges–Lehmann estimate with the Moses distribution-free 95% CI, Mann–Whitney p-value. "
+                "A series' throughput has one CI per run: the ratio's CI and p-value come from both CIs on the log "
+                "scale. A single reading (resident memory) has no CI and never gets a verdict. Across all rows, "
+                "p-values are adjusted for the false-discovery rate (Benjamini–Hochberg, q ≤ 0.05): a row is "
+                "improved or worse only when its CI says so and its q does. Rows whose workload differs (prompt "
+                "or output size, concurrency, SLOs, the model file) are not comparable. "
+                f"A row is flagged noisy when ≥ {manifests.NOISY_SHARE:.0%} of its requests in either run ran while "
+                "other processes used the machine; a noisy run's rows are not counted in the summary.")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_a": self.run_a, "run_b": self.run_b, "counts": self.counts(), "mode": self.mode,
+                "min_effect": self.min_effect, "rows": [r.as_dict() for r in self.rows],
+                "only_a": [f.as_dict() for f in self.only_a], "only_b": [f.as_dict() for f in self.only_b],
+                "differences": [asdict(d) for d in self.differences], "confounds": self.confounds,
+                "warnings": self.warnings, "noisy_runs": self.noisy_runs}
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write ``comparison.json`` (NaN written as null, so any JSON reader takes it)."""
+        path = Path(path)
+        path.write_text(json.dumps(_nan_to_none(self.as_dict()), indent=2, default=str))
+        return path
+
+
+def _when(info: dict) -> str:
+    return ", ".join(x for x in (info.get("params_name"), info.get("created_utc")) if x) or "no run.json"
+
+
+def _nan_to_none(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_nan_to_none(v) for v in o]
+    return o
+
+
+def _workload_diff(fa: Figure, fb: Figure) -> list[str]:
+    keys = sorted(set(fa.workload) | set(fb.workload))
+    return [f"{k} {fa.workload.get(k, '(absent)')} → {fb.workload.get(k, '(absent)')}" for k in keys
+            if fa.workload.get(k) != fb.workload.get(k)]
+
+
+def compare_figures(fa: Figure, fb: Figure, *, runs_mode: bool, min_effect: float,
+                    confidence: float = stats.CONFIDENCE) -> Row:
+    """One figure of two runs, by runs, requests or estimates (see :mod:`perfkit.analysis.verdicts`)."""
+    better, kind = fb.better, fb.kind
+    if runs_mode and len(fa.replicates) >= verdicts.MIN_REPLICATES and len(fb.replicates) >= verdicts.MIN_REPLICATES:
+        row = verdicts.compare_replicates(fa.replicates, fb.replicates, better, kind=kind, before_text=fa.text(),
+                                          after_text=fb.text(), confidence=confidence)
+    elif fa.samples and fb.samples:
+        row = verdicts.compare_samples(fa.samples, fb.samples, better, kind=kind, confidence=confidence,
+                                       min_effect=min_effect)
+        row.before, row.after = fa.text(), fb.text()
+    else:
+        row = verdicts.compare_estimates(fa.estimate, fb.estimate, better, kind=kind, confidence=confidence,
+                                         min_effect=min_effect)
+        row.before, row.after = format_estimate(fa.estimate, kind), format_estimate(fb.estimate, kind)
+    row.key = fb.key
+    row.label = fb.label if fa.label == fb.label else f"{fa.label} → {fb.label}"
+    row.headline = fb.headline or fa.headline
+    return row
+
+
+def compare(run_a: str | Path, run_b: str | Path, *, confidence: float = stats.CONFIDENCE,
+            min_effect: float | None = None) -> Comparison:
+    """Run A (before) against run B (after), from their figures only (no server, no trials).
+
+    PerfkitError when either is not a perfkit run, or a manifest or figures file is missing or damaged.
+    ``min_effect``: the smallest change a comparison of single runs may call (default
+    :data:`perfkit.analysis.verdicts.MIN_EFFECT`)."""
+    a, b = load(run_a), load(run_b)
+    eff = verdicts.MIN_EFFECT if min_effect is None else float(min_effect)
+    fa, fb = a.all_figures(), b.all_figures()
+    runs_mode = all(len(f.replicates) >= verdicts.MIN_REPLICATES for f in list(fa.values()) + list(fb.values())
+                    if f.samples or f.replicates) and bool(fa) and bool(fb)
+    host = manifests.run_confounds(a, b)
+    rows = []
+    for key in [k for k in fb if k in fa]:
+        row = compare_figures(fa[key], fb[key], runs_mode=runs_mode, min_effect=eff, confidence=confidence)
+        row.confounds = (["another host"] if host else []) + manifests.row_confounds(fa[key], fb[key], a, b)
+        why_not = _workload_diff(fa[key], fb[key]) + [c for c in row.confounds if c.startswith("another model file")]
+        if why_not:
+            row.verdict, row.reason, row.p_value = NOT_COMPARABLE, "not comparable: " + "; ".join(why_not), math.nan
+        rows.append(row)
+    verdicts.fdr_adjust(rows)
+    order = {h: i for i, h in enumerate(SEED_ROWS)}
+    rows.sort(key=lambda r: (0, order[r.headline]) if r.headline in order else (1, 0) if r.headline else (2, 0))
+    warnings = a.warnings + b.warnings + _run_warnings(a, b, rows)
+    noisy = [f"{w} ({r.name}): {fmt.pct(share)} of its requests ran while other processes used the machine"
+             for w, r in (("A", a), ("B", b)) if (share := _noisy(r)) >= manifests.NOISY_SHARE]
+    return Comparison(str(a.path), str(b.path), rows, [fa[k] for k in fa if k not in fb],
+                      [fb[k] for k in fb if k not in fa], manifests.differences(a, b), host, warnings, a.info, b.info,
+                      "runs" if runs_mode else "requests", eff, noisy)
+
+
+def _noisy(run: Run) -> float:
+    """The largest noisy share over the run's figures (0 when none was sampled)."""
+    shares = [f.noisy for f in run.all_figures().values() if math.isfinite(f.noisy)]
+    return max(shares, default=0.0)
+
+
+def _run_warnings(a: Run, b: Run, rows: list[Row]) -> list[str]:
+    out = []
+    if a.path.resolve() == b.path.resolve():
+        out.append(f"**A and B are the same run** ({a.name}): every row compares the run with itself.")
+    if not rows:
+        out.append("**The two runs have no figure in common**: nothing can be compared (different studies, models "
+                   "or settings).")
+    for who, r in (("A", a), ("B", b)):
+        live = [s for s, st in r.status().items() if st == "running"]
+        if live:
+            out.append(f"**{who} ({r.name}) is still being measured** ({', '.join(live)}): its figures may change.")
+        bad = [s for s, st in r.status().items() if st.startswith(("failed", "interrupted"))]
+        if bad:
+            out.append(f"{who} ({r.name}): {', '.join(bad)} did not finish; its figures cover what was measured.")
+    return out

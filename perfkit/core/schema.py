@@ -1,0 +1,151 @@
+"""The typed schemas every layer shares: the parameter building blocks (a strict base that refuses unknown
+keys and YAML booleans in number fields, URL/list validators, limits) and the sections that are not a
+study's own: the backend, timeouts, sampling and SLOs. A study's own section sits next to the study."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from perfkit.core.errors import ConfigError
+from perfkit.core.settings import validate_settings
+
+# Upper bounds: past these a run would not end in a useful time (and a typo such as 1e9 would run forever).
+MAX_REPS = 10_000
+MAX_REQUESTS = 100_000
+MAX_CONCURRENCY = 1024
+MAX_TOKENS = 131_072
+MAX_PROMPT_WORDS = 100_000
+MAX_GAP_S = 86_400.0
+NAME_RULE = "letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters"
+
+
+def unique(values: list, what: str) -> list:
+    seen = set()
+    for v in values:
+        key = repr(v)
+        if key in seen:
+            raise ValueError(f"{what} {v!r} is listed twice; each may appear once")
+        seen.add(key)
+    return values
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v, info):
+        # YAML's yes/no/true/false would silently become 1/0 in a number field (`reps: yes` → 1 rep).
+        if isinstance(v, bool) and info.field_name in cls.model_fields:
+            ann = cls.model_fields[info.field_name].annotation
+            kinds = set(getattr(ann, "__args__", ())) or {ann}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"a number, not {str(v).lower()}")
+        return v
+
+
+def concurrency_list(v: list[int]) -> list[int]:
+    if not v or any(not 1 <= c <= MAX_CONCURRENCY for c in v):
+        raise ValueError(f"a non-empty list of integers 1 ≤ clients ≤ {MAX_CONCURRENCY}")
+    return unique(v, "concurrency")
+
+
+def http_url(v: str, trailing_slash: bool = False) -> str:
+    u = urlsplit(v.strip())
+    try:
+        ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or 0 < u.port < 65536)
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok:
+        raise ValueError("expected an http:// or https:// URL with a host (and optional port), "
+                         "e.g. http://127.0.0.1:11434")
+    return v.strip() if trailing_slash else v.strip().rstrip("/")
+
+
+def members(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"unknown {what} {bad[0]!r}; allowed: {', '.join(allowed)}")
+    return values
+
+
+def settings_dict(v: dict[str, Any]) -> dict[str, Any]:
+    try:
+        validate_settings(v)
+    except ConfigError as e:
+        raise ValueError(str(e).removeprefix("settings: ")) from None
+    return v
+
+
+class ServerLog(Strict):
+    """Where the server writes its log: a file, or a command that prints it (journalctl, docker logs)."""
+
+    file: str | None = None
+    command: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if bool(self.file) == bool(self.command):
+            raise ValueError("give exactly one of file (a path) or command (an argument list, e.g. "
+                             "[journalctl, -u, ollama, --no-pager, -o, short-iso])")
+        return self
+
+
+class BackendParams(Strict):
+    kind: Literal["embedded", "ollama", "llama-server", "openai"] = "embedded"
+    url: str | None = None
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="openai only: /v1/chat/completions (chat) or /v1/completions")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent to the server, never recorded")
+    settings: dict[str, Any] = Field(default_factory=dict, description="base server settings (Ollama names)")
+    restart_command: list[str] | None = Field(
+        None, description="argument list that restarts an Ollama server; settings are passed in its environment")
+    ready_timeout_s: float = Field(120.0, gt=0)
+    models_dir: str | None = None
+    server_log: ServerLog | None = Field(None, description="the server's own log (Ollama), read for the span of the run")
+
+    @field_validator("settings")
+    @classmethod
+    def _check_settings(cls, v):
+        return settings_dict(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, v):
+        if v is None:
+            return v
+        return http_url(v, trailing_slash=True)
+
+    @model_validator(mode="after")
+    def _url(self):
+        if self.kind != "embedded" and not self.url:
+            raise ValueError(f"backend kind {self.kind!r} needs a url")
+        if self.kind == "embedded" and self.url:
+            raise ValueError("url is used only with kind ollama, llama-server or openai (the embedded engine picks "
+                             "its own port): remove it or set kind")
+        if self.endpoint != "chat" and self.kind != "openai":
+            raise ValueError("endpoint is used only with kind openai")
+        return self
+
+
+class Timeouts(Strict):
+    request_s: float = Field(1800.0, gt=0, description="whole request; a cold 72B load takes minutes")
+    stall_s: float | None = Field(None, gt=0, description="silence inside a stream")
+
+
+class SamplingParams(Strict):
+    interval_s: float = Field(0.1, gt=0)
+    gpu: bool = True
+    system: bool = True
+    idle_baseline_s: float = Field(0.0, ge=0)
+
+
+class Slo(Strict):
+    """Service-level objectives a request must meet to count towards goodput."""
+
+    ttft_s: float | None = Field(2.0, gt=0)
+    tpot_s: float | None = Field(0.1, gt=0)
+    e2e_s: float | None = Field(None, gt=0)

@@ -1,0 +1,34 @@
+"""Where a model runs and what it occupies, recorded once per model as a ``device`` event: the device (host
+CPU, GPU, or a partial offload across both) with its memory bandwidth (the decode limit), asked of the
+server's controller, and the resident model's own memory read while it is loaded and used."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from perfkit.client.backends import Sampling
+from perfkit.core.store import RunStore
+from perfkit.measure.cache_states import ensure_warm
+
+
+def record_device(session, store: RunStore, model: str) -> None:
+    """One ``device`` event for ``model`` (the embedded engine: the host CPU; a local Ollama: /api/ps and
+    NVML; a remote server: "unknown, because")."""
+    keep_alive = session.runner.keep_alive
+    ensure_warm(session.backend, model, keep_alive, timeout_s=session.runner.timeout_s)
+    device = session.control.device(model, session.backend)  # the first call measures host bandwidth: seconds
+    # A short keep-alive may have put the model to sleep meanwhile: use it again, then read its memory.
+    ensure_warm(session.backend, model, keep_alive, timeout_s=session.runner.timeout_s)
+    session.backend.generate(model, "ok", Sampling(num_predict=2), keep_alive=keep_alive,
+                             timeout_s=session.runner.timeout_s)
+    store.event("device", model=model, **device.as_record(), **session.backend.resident_memory(model))
+
+
+def record_devices(session, store: RunStore, models: Iterable[str]) -> None:
+    """A ``device`` event for each model that has none yet (a resumed run records the rest)."""
+    ev = store.events()
+    done = set(ev[ev["kind"] == "device"]["model"]) if len(ev) and "kind" in ev and (ev["kind"] == "device").any() \
+        else set()
+    for m in models:
+        if m not in done:
+            record_device(session, store, m)

@@ -1,0 +1,181 @@
+"""A measuring session: the server started (the embedded engine) or reached (Ollama, a remote llama-server,
+an OpenAI-compatible server), the resource monitor, the runner and the manifest; on exit everything perfkit
+started is stopped, a restarted Ollama gets its own settings back and the server's log written meanwhile is
+kept beside the data, error or not."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from perfkit.client import backends
+from perfkit.client.backends import Backend
+from perfkit.core import host
+from perfkit.core.clock import utc_now
+from perfkit.core.clock import now_ns
+from perfkit.core.schema import BackendParams, SamplingParams, Timeouts
+from perfkit.core.settings import validate_settings
+from perfkit.core.store import RunStore
+from perfkit.measure.runner import Runner
+from perfkit.sampling import Monitor
+from perfkit.servers.engine import Engine
+
+# The engine's log lines carry a time (relative to its start: --log-timestamps needs --log-prefix), so its
+# own account can be put on the run's clock; verbosity 4 (what Ollama passes its runner) adds the
+# load_tensors and buffer lines.
+ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix", "-lv", "4")
+
+
+def log_source(spec):
+    """The server log named in the parameters (a file, or a command such as journalctl), or None."""
+    if spec is None:
+        return None
+    from perfkit.servers.serverlog import CommandLogSource, FileLogSource
+
+    return FileLogSource(spec.file) if spec.file else CommandLogSource(spec.command)
+
+
+@dataclass
+class Target:
+    """What a session measures against and how: the backend section, timeouts and sampling of a run's
+    parameters, the embedded model store, and where the run's logs go."""
+
+    backend: BackendParams
+    timeouts: Timeouts
+    sampling: SamplingParams
+    models_dir: Path
+    log_dir: Path
+    progress: bool = False
+
+
+@dataclass
+class Session:
+    backend: Backend
+    runner: Runner
+    monitor: Monitor
+    engine: Engine | None
+    store: RunStore
+    base_settings: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def control(self):
+        return self.backend.control
+
+    def restart(self, settings: Mapping[str, Any]) -> None:
+        """Restart the server with ``base settings + settings`` (a server setting needs a restart)."""
+        merged = {**self.base_settings, **settings}
+        info = self.control.restart(merged)
+        self.settings = merged
+        self.store.event("restart", settings=merged, **info.as_dict())
+
+
+@contextmanager
+def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str, Any] | None = None,
+            keep_alive_s: float | None = None, models: Sequence[str] = (),
+            manifest: Mapping[str, Any] | None = None) -> Iterator[Session]:
+    """Start (or reach) the server with ``base settings + settings``, the monitor and the runner.
+
+    ``keep_alive_s``: how long a model stays loaded after a request; sent with every request where the API
+    takes it per request, else applied as the server setting ``OLLAMA_KEEP_ALIVE``. ``models``: described
+    in the manifest; ``manifest``: more fields for it (the study, its parameters).
+    """
+    b = target.backend
+    settings = dict(settings or {})
+    keep_alive = None
+    if keep_alive_s is not None:
+        if backends.capabilities(b.kind).keep_alive_per_request:
+            keep_alive = keep_alive_s
+        else:
+            settings = {"OLLAMA_KEEP_ALIVE": keep_alive_s, **settings}
+    base = dict(b.settings)
+    merged = validate_settings({**base, **settings}, where="settings")
+    engine = None
+    if b.kind == "embedded":
+        engine = Engine(target.models_dir, merged, log_path=target.log_dir / f"{name}-engine.log",
+                        ready_timeout_s=b.ready_timeout_s, extra_args=ENGINE_LOG_ARGS)
+        engine.start()
+    backend = monitor = log_mark = None
+    try:
+        backend = backends.create(b.kind, b.url, engine=engine, headers=b.headers, endpoint=b.endpoint,
+                                  restart_command=b.restart_command, log=log_source(b.server_log),
+                                  ready_timeout_s=b.ready_timeout_s)
+        if engine is None and settings and backend.control.can_restart():
+            backend.control.restart(merged)
+        log = backend.control.log_source()
+        # The engine's log is this session's own file: keep it from its first line (its start marks).
+        log_mark = (0 if engine is not None else log.mark()) if log else None
+        store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
+        pids = backend.control.server_pids
+        monitor = Monitor(target.sampling.interval_s, pids if backend.control.is_local else None,
+                          gpu=target.sampling.gpu, system=target.sampling.system, store=store)
+        monitor.start()
+        if target.sampling.idle_baseline_s:
+            monitor.measure_idle(target.sampling.idle_baseline_s)
+        runner = Runner(backend, store, timeout_s=target.timeouts.request_s, stall_timeout_s=target.timeouts.stall_s,
+                        monitor=monitor, progress=target.progress, keep_alive=keep_alive)
+        write_manifest(store, backend=backend, engine=engine, monitor=monitor, models=models, extra=manifest)
+        yield Session(backend, runner, monitor, engine, store, base, dict(merged))
+    finally:
+        if monitor is not None:
+            monitor.stop()
+        if backend is not None:
+            _keep_server_log(store, backend, log_mark)
+            restore = getattr(backend.control, "restore", None)
+            if restore is not None:
+                try:
+                    info = restore()
+                    if info:
+                        store.event("restore", **info.as_dict())
+                except Exception as e:  # noqa: BLE001 - recorded; the measured data is safe already
+                    store.event("restore_failed", error=str(e))
+        store.write_manifest(ended_utc=utc_now(), sampling_unavailable=monitor.unavailable if monitor else {})
+        if backend is not None:
+            backend.close()
+        if engine is not None:
+            engine.stop()
+
+
+def _keep_server_log(store: RunStore, backend: Backend, mark) -> None:
+    """Append the server log written during the session to ``server.log`` in the store (read at analysis)."""
+    log = backend.control.log_source()
+    if log is None:
+        store.event("server_log", available=False, why=backend.control.why_not_local()
+                    if not backend.control.is_local else "no server log was given (backend.server_log)")
+        return
+    try:
+        lines = log.read_since(mark)
+    except Exception as e:  # noqa: BLE001 - a missing log never costs the measured data
+        store.event("server_log", available=False, why=f"reading {log.describe()} failed: {e}")
+        return
+    with open(store.dir / "server.log", "a") as f:
+        f.writelines(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
+    store.event("server_log", available=True, source=log.describe(), lines=len(lines))
+
+
+def write_manifest(store: RunStore, *, backend: Backend | None = None, engine: Engine | None = None,
+                   monitor: Monitor | None = None, models: Sequence[str] = (),
+                   extra: Mapping[str, Any] | None = None) -> dict:
+    """The provenance of a study's data (pyperf-style metadata): host, versions, the backend and its
+    controller, the engine command, each model's facts, what was sampled; ``extra`` adds fields (the study,
+    its parameters). One writer for every study."""
+    facts: dict[str, Any] = {}
+    if backend is not None:
+        for model in dict.fromkeys(models):
+            try:
+                facts[model] = backend.model_facts(model).__dict__
+            except Exception as e:  # noqa: BLE001 - recorded; the study itself will fail loudly
+                facts[model] = {"error": str(e)}
+    m = store.manifest()
+    fields: dict[str, Any] = {
+        "started_utc": m.get("started_utc", utc_now()), "perfkit_version": host.versions().get("perfkit"),
+        "host": host.info(), "engine_command": engine.command if engine else m.get("engine_command")}
+    if backend is not None:
+        fields.update(control=backend.control.describe(), backend=backend.describe(), models=facts)
+    if monitor is not None:
+        fields.update(sampling_interval_s=monitor.interval_s, gpus_sampled=monitor.gpu.devices if monitor.gpu else [])
+    fields.update(extra or {})
+    return store.write_manifest(**fields)

@@ -1,0 +1,167 @@
+"""The results site's front page, ``results/index.html``: every run, newest first, with its studies' status,
+links to their reports and its headline figures (read from each study's figures file, the same objects its
+report and ``perfkit compare`` show); the ``perfkit compare`` command for two runs and links to comparisons
+already made."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import secrets
+import shlex
+from pathlib import Path
+
+from perfkit.analysis.figures import FILE_NAME, FigureSet, format_value
+from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, WORSE
+from perfkit.core.errors import PerfkitError
+from perfkit.run.rundir import read_run
+
+MAX_HEADLINES = 8
+
+
+def headlines(run_dir: str | Path) -> list[tuple[str, str]]:
+    """(name, 'value (condition, n=…)') of each study's headline figures, in study order."""
+    out = []
+    for d in sorted(Path(run_dir).iterdir()) if Path(run_dir).is_dir() else []:
+        f = d / FILE_NAME
+        if not f.is_file():
+            continue
+        try:
+            figs = FigureSet.read(f)
+        except (OSError, ValueError, KeyError, TypeError):
+            out.append((d.name, "figures file unreadable"))
+            continue
+        for fig in figs.headlines():
+            cond = ", ".join(str(v) for v in fig.where.values())
+            out.append((fig.headline, f"{format_value(fig.value, fig.kind)} ({cond + ', ' if cond else ''}n={fig.n})"))
+    return out[:MAX_HEADLINES]
+
+
+def index_cell(run_dir: Path) -> str:
+    """HTML for one run's headline figures in the results index (or why there are none)."""
+    try:
+        h = headlines(run_dir)
+    except Exception as e:  # noqa: BLE001 - the index lists every run, even one this cannot read
+        return f'<span class="muted">figures unavailable ({html.escape(type(e).__name__)}: {html.escape(str(e))})</span>'
+    if not h:
+        return '<span class="muted">no figures yet</span>'
+    return "<br>".join(f"{html.escape(k)}: <b>{html.escape(v)}</b>" for k, v in h)
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and (path / "run.json").exists()
+
+
+def recent_runs(results_dir: str | Path) -> list[Path]:
+    """Run directories under ``results_dir``, oldest first (run ids start with their creation time)."""
+    d = Path(results_dir)
+    return sorted(p for p in d.iterdir() if is_run(p)) if d.is_dir() else []
+
+
+def pick(run_a: str | Path | None, run_b: str | Path | None, results_dir: str | Path = "results") -> tuple[Path, Path]:
+    """The two runs to compare: as given, or, when both are empty, the two most recent in ``results_dir``
+    (older as A, newer as B)."""
+    if run_a and run_b:
+        return Path(run_a), Path(run_b)
+    if run_a or run_b:
+        raise PerfkitError("give both runs to compare (A, the before, and B, the after), or neither for the two "
+                           f"most recent runs in {results_dir}")
+    runs = recent_runs(results_dir)
+    if len(runs) < 2:
+        raise PerfkitError(f"{results_dir}: {len(runs)} run(s) there; comparing needs two (run `perfkit run` twice)")
+    return runs[-2], runs[-1]
+
+
+def default_out(run_a: str | Path, run_b: str | Path) -> Path:
+    """``<results>/compare-<A>-vs-<B>/`` beside run A, so the results index links it."""
+    a, b = Path(run_a), Path(run_b)
+    return a.resolve().parent / f"compare-{a.resolve().name}-vs-{b.resolve().name}"
+
+
+def index_section(results_dir: Path, shown_as: str | None = None, recent: int = 4) -> str:
+    """HTML for the results index: pick two runs and copy the ``perfkit compare`` command (no server needed);
+    the commands for every pair of the ``recent`` newest runs; links to comparisons already made."""
+    runs = recent_runs(results_dir)
+    base = shown_as if shown_as is not None else str(results_dir)
+
+    def cmd(a: Path, b: Path) -> str:
+        return f"perfkit compare {shlex.quote(f'{base}/{a.name}')} {shlex.quote(f'{base}/{b.name}')}"
+
+    parts = ["<h2>Compare two runs</h2>"]
+    if len(runs) >= 2:
+        opts = "".join(f'<option value="{html.escape(shlex.quote(f"{base}/{p.name}"))}">{html.escape(p.name)}</option>'
+                       for p in reversed(runs))
+        parts.append(
+            "<p>Before (A) <select id=\"cmp-a\">" + opts + "</select> after (B) "
+            f"<select id=\"cmp-b\">{opts}</select></p><pre id=\"cmp-cmd\">{html.escape(cmd(runs[-2], runs[-1]))}</pre>"
+            "<script>(function(){var a=document.getElementById('cmp-a'),b=document.getElementById('cmp-b'),"
+            "c=document.getElementById('cmp-cmd');a.selectedIndex=1;b.selectedIndex=0;function u(){c.textContent="
+            "'perfkit compare '+a.value+' '+b.value;}a.onchange=u;b.onchange=u;u();})();</script>")
+        pairs = [(a, b) for i, a in enumerate(runs[-recent:]) for b in runs[-recent:][i + 1:]]
+        parts.append("<p>Recent pairs (older run first):</p><pre>"
+                     + "\n".join(html.escape(cmd(a, b)) for a, b in reversed(pairs)) + "</pre>")
+    else:
+        parts.append("<p>Two runs are needed to compare; this directory has "
+                     f"{len(runs)}.</p>")
+    done = sorted((p for p in results_dir.iterdir() if (p / "comparison.json").is_file()), reverse=True) \
+        if results_dir.is_dir() else []
+    if done:
+        items = []
+        for p in done:
+            try:
+                d = json.loads((p / "comparison.json").read_text())
+                c = d.get("counts") or {}
+                what = (f"{Path(d['run_a']).name} → {Path(d['run_b']).name}: {c.get(IMPROVED, 0)} improved, "
+                        f"{c.get(WORSE, 0)} worse, {c.get(NO_CHANGE, 0)} no detectable change")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                what = "comparison.json unreadable"
+            link = (f'<a href="{html.escape(p.name)}/comparison.html">{html.escape(p.name)}</a>'
+                    if (p / "comparison.html").exists() else html.escape(p.name))
+            items.append(f"<li>{link} — {html.escape(what)}</li>")
+        parts.append(f"<p>Comparisons already made:</p><ul>{''.join(items)}</ul>")
+    return "\n".join(parts)
+
+
+def write_index(results_dir: Path) -> Path:
+    """``results/index.html``: every run, newest first, with its studies' status, reports and headline
+    figures; the ``perfkit compare`` command for two runs and links to comparisons already made."""
+    rows = []
+    for run_dir in sorted((p for p in results_dir.iterdir() if (p / "run.json").exists()), reverse=True):
+        try:
+            info = read_run(run_dir)
+        except PerfkitError:
+            info = {"studies": {"run.json": {"status": "unreadable"}}}
+        cells = []
+        for study, st in info.get("studies", {}).items():
+            label = html.escape(study.replace("_", " "))
+            if st.get("html") and (run_dir / st["html"]).exists():
+                link = f'<a href="{html.escape(run_dir.name)}/{html.escape(st["html"])}">{label}</a>'
+            else:
+                link = label
+            extra = f' ({st["wall_s"]:.0f} s)' if st.get("wall_s") else ""
+            if st.get("why"):
+                extra += f": {st['why']}"
+            status = str(st.get("status", "?"))
+            cls = status.split()[0] if status.split() else "unknown"
+            cells.append(f'<li class="{html.escape(cls)}">{link} — {html.escape(status)}{extra}</li>')
+        rows.append(f"<tr><td>{html.escape(run_dir.name)}</td><td>{html.escape(info.get('params_name', ''))}</td>"
+                    f"<td>{html.escape(info.get('created_utc', ''))}</td><td><ul>{''.join(cells)}</ul></td>"
+                    f"<td>{index_cell(run_dir)}</td></tr>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>perfkit results</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;width:100%}}
+td,th{{border-bottom:1px solid #ddd;padding:.5em;text-align:left;vertical-align:top}}ul{{margin:0;padding-left:1.2em}}
+li.failed,li.unreadable{{color:#b00}}li.running,li.interrupted{{color:#a60}}.muted{{color:#777}}
+pre{{background:#f6f6f6;padding:.5em;overflow-x:auto}}</style></head><body>
+<h1>perfkit results</h1><p>Every figure in these reports was measured in the run that produced it; each report ends
+with its provenance (engine, versions, host, parameters).</p>
+<table><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th><th>headline figures (median, n)</th>
+</tr>{''.join(rows)}</table>
+{index_section(results_dir)}
+</body></html>"""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    # Runs in the same results directory may finish together: each writes its own file, then renames.
+    tmp = results_dir / f".index.html.{os.getpid()}.{secrets.token_hex(3)}.tmp"
+    tmp.write_text(page)
+    tmp.replace(results_dir / "index.html")
+    return results_dir / "index.html"
