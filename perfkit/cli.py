@@ -44,6 +44,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= 100:
+        raise argparse.ArgumentTypeError(f"{n} is out of range: 1 to 100")
+    return n
+
+
 def _settings(pairs: list[str]) -> dict[str, str]:
     out = {}
     for p in pairs or []:
@@ -65,7 +75,8 @@ def cmd_run(a) -> int:
     if a.retry_failed and run_dir is None:
         raise PerfkitError("--retry-failed needs --resume RUN_DIR: it measures again the failed trials of that run")
     results = Path(a.results) if a.results else (run_dir.parent if run_dir else Path("results"))
-    out = pipeline.run(Path(a.params), a.study or [], results, run_dir, retry_failed=a.retry_failed)
+    out = pipeline.run(Path(a.params), a.study or [], results, run_dir, retry_failed=a.retry_failed,
+                       repeat=a.repeat)
     print(f"\nreports: {out}/*.html\nindex:   {results / 'index.html'}")
     return 0
 
@@ -140,6 +151,15 @@ def cmd_engine(a) -> int:
     return 0
 
 
+def _study_names() -> list[str]:
+    from perfkit.studies import registry
+
+    try:
+        return registry.names()
+    except Exception:  # noqa: BLE001 - a broken plugin is reported when it is used, not in --help
+        return []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perfkit", description="Measure, explain and tune LLM inference servers "
                                 "(Ollama, llama.cpp) and publish reproducible HTML reports.",
@@ -151,11 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(data, executed notebooks, logs), render HTML reports and refresh results/index.html.")
     r.add_argument("params", help="parameter file, e.g. params/demo.yaml")
     r.add_argument("--study", action="append", metavar="NAME",
-                   help="only this study (repeatable): cold_start, model_size, quantization, config_tuning")
+                   help="only this study (repeatable): " + ", ".join(_study_names()))
     r.add_argument("--results", metavar="DIR", help="results directory (default: results)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; completed trials are not redone. "
                    "PARAMS must be the file the run was started with (it supplies the secret values, such as "
                    "backend.headers, that the run's own params.yaml has redacted)")
+    r.add_argument("--repeat", type=_positive, metavar="N",
+                   help="measure each study N times in this run, interleaved (overrides `repeat:` in PARAMS); "
+                        "with ≥ 3 a side, `perfkit compare` compares runs, not requests")
     r.add_argument("--retry-failed", action="store_true",
                    help="with --resume: measure again the trials whose last attempt failed (the failed rows are "
                         "kept; the analysis uses each trial's latest attempt). Load series are re-run only if "

@@ -15,10 +15,13 @@ class FakeOpenAI:
     """Models: 'good' (``tokens`` tokens, ``token_gap_s`` apart), 'fixed' (one token after
     ``fixed_latency_s``, then done), 'http500', 'stall' (2 tokens then silence), 'no-done' (ends
     without ``[DONE]``), 'cached' (reports 8 cached prompt tokens), 'drop-idle' (like 'good', but a second
-    request on the same connection finds it closed, as when a server's idle timeout races the send)."""
+    request on the same connection finds it closed, as when a server's idle timeout races the send),
+    'die-later' (like 'good', but a second request on the same connection is read and then, 150 ms later,
+    dropped unanswered: a server dying during a load or prefill), 'packed' (like 'good' at the same token
+    rate, but ``pack`` tokens per streamed event, as vLLM sends when its API server falls behind)."""
 
-    def __init__(self, token_gap_s: float = 0.01, tokens: int = 5, fixed_latency_s: float = 0.1):
-        self.token_gap_s, self.tokens, self.fixed_latency_s = token_gap_s, tokens, fixed_latency_s
+    def __init__(self, token_gap_s: float = 0.01, tokens: int = 5, fixed_latency_s: float = 0.1, pack: int = 4):
+        self.token_gap_s, self.tokens, self.fixed_latency_s, self.pack = token_gap_s, tokens, fixed_latency_s, pack
         self.requests: list[dict] = []
         self.connections = 0
         self.in_flight = 0
@@ -66,6 +69,12 @@ class FakeOpenAI:
                 if req.get("model") == "drop-idle" and getattr(self, "_served", False):
                     self.close_connection = True  # closed, unanswered: the request is never processed
                     return
+                if req.get("model") == "die-later" and getattr(self, "_served", False):
+                    with owner._lock:
+                        owner.requests.append(req)
+                    time.sleep(0.15)  # the server had the request, then died
+                    self.close_connection = True
+                    return
                 self._served = True
                 with owner._lock:
                     owner.requests.append(req)
@@ -90,6 +99,23 @@ class FakeOpenAI:
                 count = 1 if model == "fixed" else owner.tokens
                 if model == "fixed":
                     time.sleep(owner.fixed_latency_s)
+                if model == "packed":
+                    for i in range(0, count, owner.pack):
+                        k = min(owner.pack, count - i)
+                        time.sleep(owner.token_gap_s * k)
+                        piece = "".join(f"t{j} " for j in range(i, i + k))
+                        choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+                        self._chunk({"id": "x", "object": "chat.completion.chunk", "choices": [choice]})
+                    count_sent = count
+                    last = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else \
+                        {"index": 0, "text": "", "finish_reason": "length"}
+                    self._chunk({"id": "x", "choices": [last]})
+                    self._chunk({"id": "x", "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": count_sent,
+                                                                     "total_tokens": 20 + count_sent}})
+                    self._chunk(b"data: [DONE]\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    return
                 for i in range(count):
                     if model == "stall" and i == 2:
                         time.sleep(30)

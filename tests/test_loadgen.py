@@ -136,3 +136,51 @@ def test_worker_processes_split_the_streams_on_one_clock():
     # Stamps from both processes are on the parent's clock: every request sits inside one span.
     t0, t1 = min(r.t_send_ns for r in recs), max(r.t_end_ns for r in recs)
     assert (t1 - t0) / 1e9 < 2.0 and all(r.e2e_s >= 0.1 for r in recs)
+
+
+def test_a_reused_connection_dying_after_the_server_had_the_request_is_a_failure_not_a_resend():
+    """A server that dies during a load or prefill (Ollama sends its headers with the first token) is not a
+    stale connection: the request is not sent again, so its cold reload can't hide inside a warm series."""
+    with FakeOpenAI(token_gap_s=0.001) as f:
+        b = OpenAIBackend(f.url)
+        first = b.generate("die-later", "a", Sampling(num_predict=3))
+        second = b.generate("die-later", "b", Sampling(num_predict=3))
+    assert first.ok and not second.ok and not second.stale_retry
+    assert second.error.startswith("server connection lost") and len(f.requests) == 2
+
+
+def test_a_resend_keeps_the_first_attempts_error_and_time():
+    with FakeOpenAI(token_gap_s=0.001) as f:
+        b = OpenAIBackend(f.url)
+        b.generate("drop-idle", "a", Sampling(num_predict=3))
+        time.sleep(0.2)
+        second = b.generate("drop-idle", "b", Sampling(num_predict=3))
+    assert second.ok and second.stale_retry
+    assert second.first_error.startswith("server connection lost") and 0 <= second.first_error_after_s < 0.02
+
+
+def test_tokens_packed_into_events_give_the_same_throughput_and_itl_as_one_per_event():
+    """vLLM packs several tokens into one SSE event when its API server falls behind: throughput and ITL
+    count tokens (the server's usage), so they match a one-token-per-event server at the same token rate."""
+    import pandas as pd
+
+    from perfkit.analysis import series
+    from perfkit.analysis.requests import per_request_itl
+
+    out = {}
+    for model, pack in (("good", 1), ("packed", 4)):
+        with FakeOpenAI(token_gap_s=0.01, tokens=40, pack=pack) as f:
+            b = OpenAIBackend(f.url)
+            jobs = [Job(b.target, b.stream_call(model, f"p{i}", Sampling(num_predict=40))) for i in range(8)]
+            recs, _ = run_series(jobs, concurrency=2, timeout_s=30)
+            b.close()
+        df = pd.DataFrame([r.as_dict() for r in recs])
+        assert df["ok"].all()
+        tp = series.throughput(df, series.steady_window(df, 2))
+        itl = float(pd.Series(per_request_itl(df, "median")).median())
+        events = float(df["token_times_ns"].map(len).mean())
+        out[model] = (tp.value, itl, events)
+    (tp1, itl1, ev1), (tp4, itl4, ev4) = out["good"], out["packed"]
+    assert ev4 < ev1 / 3  # the packed server really sent fewer events
+    assert abs(tp4 / tp1 - 1) < 0.05, out
+    assert abs(itl4 / itl1 - 1) < 0.05, out

@@ -167,7 +167,7 @@ def test_idle_baseline_is_subtracted(monkeypatch):
     assert abs(w["window"].energy_idle_subtracted_j) < 0.15 * w["window"].energy_j
 
 
-def test_request_phases_from_its_own_timestamps(monkeypatch):
+def test_request_window_energy_and_energy_per_token(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
     with Monitor(0.01, SERVER, system=False) as m:
         t = now_ns()
@@ -175,10 +175,9 @@ def test_request_phases_from_its_own_timestamps(monkeypatch):
         ms = 1_000_000
         rec = RequestRecord("x", "m", t_send_ns=t, t_loaded_ns=t + 50 * ms, t_first_token_ns=t + 80 * ms,
                             t_end_ns=t + 150 * ms, output_tokens=10)
-        assert [p[0] for p in m.phases(rec)] == ["load", "prefill", "decode"]
         s = m.request_summary(rec)
     assert s["res_energy_j"] == pytest.approx(600 * 0.15, rel=0.2)
-    assert s["res_load_energy_j"] + s["res_prefill_energy_j"] + s["res_decode_energy_j"] == pytest.approx(s["res_energy_j"], rel=0.05)
+    assert not any(k.endswith("_energy_j") and k not in ("res_energy_j", "res_energy_idle_subtracted_j") for k in s)
     assert s["res_energy_per_token_j"] == pytest.approx(s["res_energy_j"] / 10)
 
 

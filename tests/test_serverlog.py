@@ -434,7 +434,9 @@ def test_command_source_keeps_lines_after_mark(tmp_path):
         'POST "/api/chat"',
     ]) + "\n")
     out = src.read_since(m)
-    assert out[:2] == [f"time={_docker_ts(after)} level=INFO msg=y", "load_tensors: offloaded 2/2 layers to GPU"]
+    # a zoned source prefix is kept: it dates the line and tells the zone of the server's own stamps
+    assert out[:2] == [f"{_docker_ts(after)} time={_docker_ts(after)} level=INFO msg=y",
+                       "load_tensors: offloaded 2/2 layers to GPU"]
     assert len(out) == 3 and out[2].startswith("[GIN]")  # whole-second local stamp in the mark's second: kept
 
 
@@ -461,3 +463,52 @@ def test_command_source_adds_since():
     assert given.command_for(100.0) == given.argv
     other = CommandLogSource(["cat", "/var/log/ollama.log"])
     assert other.command_for(100.0) == other.argv
+
+
+# ---- log clocks ------------------------------------------------------------------------------------------
+
+def _gin(t: float, tz, latency: str = "1.2s") -> str:
+    stamp = datetime.fromtimestamp(int(t), tz).strftime("%Y/%m/%d - %H:%M:%S")
+    return f'[GIN] {stamp} | 200 | {latency} | 127.0.0.1 | POST "/api/chat"'
+
+
+def test_docker_logs_get_timestamps_so_the_containers_zone_is_known():
+    from perfkit.servers.serverlog import naive_times_zone
+
+    assert "--timestamps" in CommandLogSource(["docker", "logs", "ollama"]).command_for(100.0)
+    assert "--timestamps" in CommandLogSource(["podman", "logs", "ollama"]).command_for(100.0)
+    # the container writes GIN in its own zone (UTC+2 here), docker stamps every line in UTC
+    from datetime import timedelta, timezone
+
+    plus2 = timezone(timedelta(hours=2))
+    t = 1795516100.4
+    lines = [f"{_docker_ts(t + i)} {_gin(t + i, plus2)}" for i in range(3)]
+    tz, n = naive_times_zone(lines)
+    assert n == 3 and tz.utcoffset(None) == timedelta(hours=2)
+
+
+def test_a_gin_zone_is_found_from_the_runs_own_requests_and_ties_are_split_by_latency(tmp_path):
+    """No zoned prefix (a plain docker logs capture): the request lines' zone is the one under which they land
+    on this run's requests; two requests ending in the same second go to their own lines by latency."""
+    from datetime import timedelta, timezone
+
+    import pandas as pd
+
+    from perfkit.analysis import timeline
+
+    minus5 = timezone(timedelta(hours=-5))
+    send = 1795516100.1
+    trials = pd.DataFrame([
+        {"trial_id": "a", "wall_send_unix_s": send, "e2e_s": 0.30, "cache_state": "warm"},
+        {"trial_id": "b", "wall_send_unix_s": send + 0.55, "e2e_s": 0.20, "cache_state": "warm"},
+        {"trial_id": "c", "wall_send_unix_s": send + 5.0, "e2e_s": 1.10, "cache_state": "warm"}])
+    (tmp_path / "server.log").write_text("\n".join([
+        _gin(send + 0.30, minus5, "300ms"), _gin(send + 0.75, minus5, "200ms"), _gin(send + 6.1, minus5, "1.1s")]) + "\n")
+    acc = timeline.load_account(tmp_path, pd.DataFrame(), trials=trials)
+    assert acc.zone.startswith("UTC-05:00 (detected") and len(acc.events) == 3
+    sp = timeline.splits(acc, trials).set_index("trial_id")
+    assert sp.loc["a", "server_latency_s"] == pytest.approx(0.3) and sp.loc["b", "server_latency_s"] == pytest.approx(0.2)
+    assert sp.loc["c", "server_latency_s"] == pytest.approx(1.1)
+    assert acc.clock_n == 3 and -1.0 <= acc.clock_offset_s <= 0.05  # whole-second stamps: up to 1 s early
+    given = timeline.load_account(tmp_path, pd.DataFrame(), trials=trials, tz="-05:00")
+    assert given.zone == "-05:00 (from the parameters)"

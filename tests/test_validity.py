@@ -69,14 +69,14 @@ def _rec(state_backend="llama-server", cached=None, loaded_ns=None, load_s=0.0):
 ])
 def test_cache_state_is_checked_against_the_request(state, cached, prefix, want):
     backend = "llama-server" if cached is not None else "ollama"
-    check = confirm(StateCheck(state, True, True), _rec(backend, cached), prefix)
+    check = confirm(StateCheck(state, True, True), _rec(backend, cached), prefix, load_seen=backend == "llama-server")
     assert check.verified is want
     if want is None:
         assert "not verifiable" in check.note
 
 
 def test_cold_claim_without_a_load_is_contradicted():
-    check = confirm(StateCheck("cold_memory", False, True), _rec("llama-server", 0), 25)
+    check = confirm(StateCheck("cold_memory", False, True), _rec("llama-server", 0), 25, load_seen=True)
     assert check.verified is False and "did not load" in check.note
 
 

@@ -135,8 +135,20 @@ class Figure:
         return f"{self.m.label} ({cond})" if cond else self.m.label
 
     def text(self) -> str:
-        """Value, CI and n in the unit that reads well: '412 ms [398, 431] (n=8)'."""
-        return format_estimate(self.estimate, self.kind)
+        """Value, CI and n in the unit that reads well: '412 ms [398, 431] (n=8)'; n says what it counts
+        when that is not requests; a CI wider than the value itself says the figure is not measurable at
+        this n, and about how much more data would make it ±25%."""
+        e = self.estimate
+        t = format_estimate(e, self.kind)
+        counts = self.m.n_counts
+        if counts != "requests" and f"n={e.n}" in t and e.n_a is None:
+            t = t.replace(f"n={e.n}", f"n={e.n} {counts}", 1)
+        if e.has_ci and math.isfinite(e.value) and math.isfinite(e.hi) and e.value and (e.hi - e.lo) > abs(e.value):
+            more = ((e.hi - e.lo) / (0.5 * abs(e.value))) ** 2
+            what = ("longer series (≈ {:.0f}× the requests per series)" if counts == "windows" else
+                    "≈ {:.0f}× the " + counts).format(math.ceil(more))
+            t += f" — not measurable at this n: the CI is wider than the value; {what} would give about ±25%"
+        return t
 
     def short(self) -> str:
         """Value and n only, for compact places (the index): '412 ms (n=8)'."""
@@ -338,3 +350,32 @@ def replicate_values(rows: pd.DataFrame | None, fn: Callable[[pd.DataFrame], flo
 
 def _key(study: str, tag: str, where: Mapping[str, Any] | None) -> str:
     return "/".join([study, tag, *(str(v) for v in (where or {}).values())])
+
+
+def combine(sets: list[FigureSet]) -> FigureSet:
+    """One figure set from replicate runs of a study: each figure all of them measured carries every run's
+    value (``replicates``), its requests pooled (``samples``), and an estimate whose CI spans the
+    between-run spread: per-request figures keep the pooled statistic, widened by the runs' t-interval
+    (:func:`with_replicates`); series and single readings take the mean over runs with that t-interval.
+    Headlines and workloads come from the first run; a figure missing from some run is left out."""
+    if len(sets) <= 1:
+        return sets[0] if sets else FigureSet()
+    out = FigureSet()
+    for key, first in sets[0].items():
+        figs = [s.get(key) for s in sets]
+        if any(f is None for f in figs):
+            continue
+        values = [f.value for f in figs]
+        samples = [x for f in figs for x in f.samples]
+        if samples and first.samples:
+            est = with_replicates(stats.estimate(samples, first.estimate.stat if first.estimate.stat in
+                                                 ("median", "mean") or first.estimate.stat.startswith("p")
+                                                 else first.m.stat), values)
+        else:
+            est = stats.replicate_ci(values, first.estimate.stat or "mean")
+            est = stats.Estimate(est.stat, est.value, est.lo, est.hi, len(values), est.confidence,
+                                 f"mean over {len(values)} replicate runs, t-interval", None, est.note)
+        noisy = [f.noisy for f in figs if math.isfinite(f.noisy)]
+        out.add(Figure(key, first.metric, dict(first.where), est, samples, values, max(noisy) if noisy else math.nan,
+                       first.model, dict(first.workload), first.headline))
+    return out

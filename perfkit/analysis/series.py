@@ -200,3 +200,27 @@ def client_cell(check: dict, figures_s: dict[str, float] | None = None) -> str:
             what += f"; {', '.join(safe)} unaffected"
         return f"⚠ client error up to {fmt.duration(err)} ({base}): {what}"
     return f"⚠ {check.get('client_reason') or 'client-bound'}"
+
+
+def client_table(events: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """How the client did in each series (its self-check and its connections): requests sent inside the
+    steady window, new connections and their set-up time (never inside TTFT), requests resent after a stale
+    kept-alive connection, think time between a stream's requests, the loop's busy share and lag, CPU per
+    streamed chunk, and send lag against the schedule."""
+    sc = series_checks(events)
+    out = []
+    for name, chk in sc.items():
+        g = last_attempt(rows[rows["series"] == name]) if len(rows) and "series" in rows else rows.iloc[0:0]
+        conn = g["connect_s"].dropna() if "connect_s" in g else pd.Series(dtype=float)
+        out.append({"series": name, "requests": len(g), "in steady window": chk.get("n_steady"),
+                    "new connections": chk.get("client_new_connections"),
+                    "connect p50": fmt.duration(float(conn.median())) if len(conn) else "—",
+                    "resent (stale connection)": int(g["stale_retry"].fillna(False).astype(bool).sum())
+                    if "stale_retry" in g else 0,
+                    "think p99": fmt.duration(chk.get("client_think_p99_s")),
+                    "loop busy": fmt.pct(chk.get("client_loop_busy")),
+                    "loop lag p99 / max": f"{fmt.duration(chk.get('client_loop_lag_p99_s'))} / "
+                                          f"{fmt.duration(chk.get('client_loop_lag_max_s'))}",
+                    "CPU per chunk": f"{fmt.number(chk.get('client_cpu_us_per_chunk'))} µs",
+                    "send lag p99": fmt.duration(chk.get("client_send_lag_p99_s"))})
+    return pd.DataFrame(out).set_index("series") if out else pd.DataFrame()

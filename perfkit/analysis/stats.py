@@ -97,9 +97,10 @@ class Estimate:
 
 # --------------------------------------------------------------------------------------------- cleaning
 
-def _clean(values: Sequence[float]) -> np.ndarray:
-    a = np.asarray(pd.to_numeric(pd.Series(list(values)), errors="coerce"), dtype=float)
-    return a[np.isfinite(a)]
+def _clean(values: Sequence[float], keep_censored: bool = False) -> np.ndarray:
+    """Finite values; with ``keep_censored``, +inf too (a failed or timed-out request: beyond any limit)."""
+    a = np.asarray(pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce"), dtype=float)
+    return a[np.isfinite(a) | (keep_censored & (a == np.inf))]
 
 
 def _check_confidence(confidence: float) -> None:
@@ -190,8 +191,14 @@ def order_stat_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[
 
 def _quantile_estimate(x: np.ndarray, stat: str, q: float, confidence: float) -> Estimate:
     n = len(x)
-    value = float(np.percentile(x, 100 * q))
-    note = _identical_note(n) if n >= 2 and np.ptp(x) == 0 else ""
+    censored = int(np.isinf(x).sum())
+    with np.errstate(invalid="ignore"):
+        value = float(np.percentile(x, 100 * q))
+    if math.isnan(value):  # between two censored values: beyond the limit too
+        value = math.inf
+    note = _identical_note(n) if n >= 2 and censored == 0 and np.ptp(x) == 0 else ""
+    if censored:
+        note = (f"{censored} of {n} failed or timed out, counted as beyond the limit" + (f"; {note}" if note else ""))
     ranks = order_stat_ranks(n, q, confidence)
     if ranks is None:
         return Estimate(stat, value, math.nan, math.nan, n, confidence, ORDER_STAT_METHOD,
@@ -216,7 +223,9 @@ def _t_interval(x: np.ndarray, stat: str, confidence: float, method: str) -> Est
 
 def estimate(values: Sequence[float], stat: str = "median", *, n_resamples: int = N_RESAMPLES,
              confidence: float = CONFIDENCE, seed: int = SEED) -> Estimate:
-    """``stat`` of ``values`` (NaN/None dropped) with a two-sided CI at ``confidence``.
+    """``stat`` of ``values`` (NaN/None dropped) with a two-sided CI at ``confidence``. For a percentile, +inf
+    values are censored observations (a failed or timed-out request: beyond the limit) and stay in the order
+    statistics, so a failure never leaves a latency percentile; the value or a bound may then be +inf.
 
     ``stat``: ``median`` (= ``p50``), ``p90``, ``p95``, ``p99``, any ``pXX``, or ``mean``. Percentiles:
     sample percentile (linear interpolation) with the exact order-statistic interval, NaN bounds plus
@@ -225,7 +234,7 @@ def estimate(values: Sequence[float], stat: str = "median", *, n_resamples: int 
     """
     _check_confidence(confidence)
     q = quantile_of(stat)
-    x = _clean(values)
+    x = _clean(values, keep_censored=q is not None)
     method = ORDER_STAT_METHOD if q is not None else T_METHOD
     if len(x) == 0:
         return Estimate(stat, math.nan, math.nan, math.nan, 0, confidence, method,

@@ -9,13 +9,16 @@ without a server. An empty or unparsed log gives empty frames and a reason, neve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from perfkit.servers.engine import ENGINE_READY_MARK, ENGINE_START_MARK
-from perfkit.servers.serverlog import LogEvent, parse
+from perfkit.core.clock import parse_tz
+from perfkit.servers.serverlog import LogEvent, naive_times_zone, parse
 
 # Kinds worth a row in the report's timeline (progress lines and per-buffer details are summarised).
 TIMELINE_KINDS = ("server_config", "server_listening", "runner_start", "runner_waiting", "gpu_init", "gpu_device",
@@ -30,6 +33,9 @@ class ServerAccount:
     events: list[LogEvent] = field(default_factory=list)
     anchor: tuple[float, int] | None = None  # (wall epoch s, perf_counter ns) taken at the same instant
     why_empty: str = ""
+    zone: str = ""  # the zone of the log's zone-less stamps, and how it was known
+    clock_offset_s: float | None = None  # the server's request ends − the client's (median), after the zone
+    clock_n: int = 0  # requests that offset is from
 
     def t_ns(self, wall_unix_s: float | None) -> float | None:
         """A server wall time on the run's perf_counter clock."""
@@ -60,23 +66,61 @@ def _segments(lines: list[str]) -> list[tuple[float | None, float | None, list[s
     return [tuple(s) for s in out if s[2]]
 
 
-def _parse_segment(start: float | None, ready: float | None, seg: list[str]) -> list[LogEvent]:
+def _parse_segment(start: float | None, ready: float | None, seg: list[str],
+                   local_tz: tzinfo | None = None) -> list[LogEvent]:
     """Events of one server start. Its relative clock is pinned where the server said it was listening
     and perfkit saw it answer (``ready``), else at the start mark."""
     if start is None:
-        return parse(seg)
-    events = parse(seg, t0_wall_unix_s=start)
+        return parse(seg, local_tz=local_tz)
+    events = parse(seg, t0_wall_unix_s=start, local_tz=local_tz)
     if ready is not None:
         listen = next((e for e in events if e.kind == "server_listening" and e.fields.get("instance_port") is None
                        and e.fields.get("log_t_s") is not None), None)
         if listen is not None:
             t0 = max(start, ready - listen.fields["log_t_s"])
-            events = parse(seg, t0_wall_unix_s=t0)
+            events = parse(seg, t0_wall_unix_s=t0, local_tz=local_tz)
     return events
 
 
-def load_account(study_dir: str | Path, events: pd.DataFrame) -> ServerAccount:
-    """The server log a study kept (``server.log``), parsed, with the run's clock anchor."""
+def _request_ends(trials: pd.DataFrame | None) -> list[float]:
+    if trials is None or trials.empty or "wall_send_unix_s" not in trials or "e2e_s" not in trials:
+        return []
+    ends = (pd.to_numeric(trials["wall_send_unix_s"], errors="coerce") + pd.to_numeric(trials["e2e_s"],
+                                                                                       errors="coerce")).dropna()
+    return sorted(float(x) for x in ends if x > 0)
+
+
+def _zone_from_requests(lines: list[str], ends: list[float]) -> tuple[tzinfo | None, int]:
+    """The zone offset (15-minute steps, ±14 h) under which the log's zone-less request lines (GIN, whole
+    seconds, when each request ended) land on the ends of the requests this run made; (None, 0) when no
+    offset matches most of them."""
+    gins = [e.wall_unix_s for e in parse(lines, local_tz=timezone.utc)
+            if e.kind == "request" and e.wall_unix_s is not None and e.fields.get("time_resolution_s")]
+    if not gins or not ends:
+        return None, 0
+    arr = np.array(ends)
+    best, best_n = None, 0
+    for k in range(-56, 57):
+        off = k * 900
+        shifted = np.array(gins) - off
+        idx = np.clip(np.searchsorted(arr, shifted), 1, len(arr) - 1) if len(arr) > 1 else np.zeros(len(shifted), int)
+        near = np.minimum(np.abs(arr[idx] - shifted), np.abs(arr[np.maximum(idx - 1, 0)] - shifted))
+        n = int((near <= 1.5).sum())
+        if n > best_n:
+            best, best_n = off, n
+    if best is None or best_n < max(1, 0.5 * len(gins)):
+        return None, 0
+    return timezone(timedelta(seconds=best)), best_n
+
+
+def load_account(study_dir: str | Path, events: pd.DataFrame, trials: pd.DataFrame | None = None,
+                 tz: str | None = None) -> ServerAccount:
+    """The server log a study kept (``server.log``), parsed, with the run's clock anchor.
+
+    Log stamps written without a zone (Ollama's GIN and Go log lines) are read in ``tz`` when the parameters
+    give one; else in the zone that the log's zoned source prefixes (docker --timestamps, journald
+    short-iso) show them to be in; else in the zone under which its request lines land on the requests this
+    run made (``trials``); else, with nothing to tell it, in perfkit's own zone, and the account says so."""
     study_dir = Path(study_dir)
     acc = ServerAccount()
     if len(events) and "kind" in events and (events["kind"] == "clock").any():
@@ -91,10 +135,23 @@ def load_account(study_dir: str | Path, events: pd.DataFrame) -> ServerAccount:
         acc.why_empty = why
         return acc
     lines = path.read_text(errors="replace").splitlines()
+    local_tz: tzinfo | None = None
+    if tz:
+        local_tz, acc.zone = parse_tz(tz), f"{tz} (from the parameters)"
+    else:
+        local_tz, n = naive_times_zone(lines)
+        if local_tz is not None:
+            acc.zone = f"{local_tz} (detected from {n} lines whose source prefix carries a zone)"
+        else:
+            local_tz, n = _zone_from_requests(lines, _request_ends(trials))
+            acc.zone = (f"{local_tz} (detected: {n} request lines land on this run's requests under it)"
+                        if local_tz is not None else "")
     for start, ready, seg in _segments(lines):
-        acc.events += _parse_segment(start, ready, seg)
+        acc.events += _parse_segment(start, ready, seg, local_tz)
     if not acc.events:
         acc.why_empty = f"the server log ({len(lines)} lines) has no line perfkit can parse"
+    elif not acc.zone and any(e.kind == "request" and e.fields.get("time_resolution_s") for e in acc.events):
+        acc.zone = "perfkit's own zone (nothing in the log or the run tells the server's; set backend.server_log.tz)"
     return acc
 
 
@@ -175,22 +232,49 @@ def request_split(acc: ServerAccount, row: dict[str, Any]) -> dict[str, Any]:
         if off is not None:
             out["server_layers_gpu"] = off.fields.get("layers_gpu")
             out["server_layers_total"] = off.fields.get("layers_total")
-    gins = [ev for ev in acc.events if ev.kind == "request" and ev.wall_unix_s is not None
-            and end - slack - 0.05 <= ev.wall_unix_s <= end + slack and ev.fields.get("path") in ("/api/chat",
-                                                                                                    "/api/generate")]
-    if gins:
-        gin = min(gins, key=lambda ev: abs(ev.wall_unix_s - end))
+    gin = _gin_for(acc, send, e2e, row.get("_claimed"))
+    if gin is not None:
         out["server_latency_s"] = gin.fields.get("latency_s")
         out["server_status"] = gin.fields.get("status")
+        out["server_end_minus_client_s"] = gin.wall_unix_s - end
+        if row.get("_claimed") is not None:
+            row["_claimed"].add(id(gin))
     return out
 
 
+def _gin_for(acc: ServerAccount, send: float, e2e: float, claimed: set | None) -> LogEvent | None:
+    """The server's request line (GIN) of the request sent at ``send`` that took ``e2e``: GIN stamps whole
+    seconds at the request's end, so several requests may share a second; its own latency, and so its
+    implied start, tells them apart. A line already matched to another request is not taken again."""
+    end = send + e2e
+    cands = []
+    for ev in acc.events:
+        if ev.kind != "request" or ev.wall_unix_s is None or ev.fields.get("path") not in ("/api/chat", "/api/generate"):
+            continue
+        res = ev.fields.get("time_resolution_s") or 0.05
+        # The line's true time lies in [stamp, stamp + resolution) for a truncated second.
+        if not (ev.wall_unix_s - 0.05 <= end + 0.05 and end - 0.05 <= ev.wall_unix_s + res + 0.05):
+            continue
+        if claimed is not None and id(ev) in claimed:
+            continue
+        lat = ev.fields.get("latency_s")
+        cost = abs(lat - e2e) if lat is not None else abs(ev.wall_unix_s + res / 2 - end)
+        cands.append((cost, ev))
+    return min(cands, key=lambda c: c[0])[1] if cands else None
+
+
 def splits(acc: ServerAccount, trials: pd.DataFrame) -> pd.DataFrame:
-    """``request_split`` for every trial row, joined to its id, state and client-side split."""
+    """``request_split`` for every trial row, joined to its id, state and client-side split. Each server
+    request line is matched to one request at most (by time, then by its own latency)."""
     rows = []
-    for _, r in trials.iterrows():
-        s = request_split(acc, r.to_dict())
+    claimed: set = set()
+    for _, r in trials.sort_values("wall_send_unix_s").iterrows() if "wall_send_unix_s" in trials else trials.iterrows():
+        s = request_split(acc, {**r.to_dict(), "_claimed": claimed})
         rows.append({"trial_id": r.get("trial_id"), "cache_state": r.get("cache_state"), "e2e_s": r.get("e2e_s"),
                      "ttft_s": r.get("ttft_s"), "load_s": r.get("load_s"), "prefill_s": r.get("prefill_s"),
                      "decode_s": r.get("decode_s"), "overhead_s": r.get("overhead_s"), **s})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if "server_end_minus_client_s" in df and df["server_end_minus_client_s"].notna().any():
+        d = df["server_end_minus_client_s"].dropna()
+        acc.clock_offset_s, acc.clock_n = float(d.median()), int(len(d))
+    return df

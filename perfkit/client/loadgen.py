@@ -45,6 +45,9 @@ CPU_LIMIT = 0.85
 # schedule still counts the lateness, so the figures stay honest; the flag says the load was off.
 SEND_LAG_LIMIT_S = 5e-3
 _PROBE_S = 0.005
+# A reused connection that fails this soon after the send (before any response) had been closed by the
+# server while idle: the request never reached it and is resent. Later, the server had it.
+RESEND_WINDOW_S = 0.02
 _TIMER_SLACK_S = 0.002  # open loop: wake this early for a send (the loop's timers are late by up to 1 ms)
 
 
@@ -153,14 +156,19 @@ class HttpTarget:
 
         A kept-alive connection the server closed while idle fails at once, before any response: the
         request never reached it, so it is sent again on a new connection (as browsers and Go's client
-        do), and ``stale_retry`` says so. Any later failure is the server's and is recorded as such.
+        do), and ``stale_retry`` says so, keeping the first attempt's error and time. Only a failure within
+        ``RESEND_WINDOW_S`` of the send counts: later, the server had the request (a load or a prefill
+        before Ollama sends its headers) and its death is the server's failure, recorded as such.
         """
         cap = await self._capture(call, timeout_s, stall_timeout_s, t_scheduled_ns)
         if cap.conn_reused and cap.t_headers_ns is None and cap.exc is not None and cap.exc.startswith(
                 ("server connection lost: ServerDisconnectedError", "server connection lost: ClientOSError",
                  "server connection lost: ClientConnectionResetError")):
-            cap = await self._capture(call, timeout_s, stall_timeout_s, t_scheduled_ns)
-            cap.stale_retry = True
+            after_s = (cap.t_eof_ns - (cap.t_send_ns or cap.t_start_ns)) * 1e-9
+            if after_s <= RESEND_WINDOW_S:
+                first = cap.exc
+                cap = await self._capture(call, timeout_s, stall_timeout_s, t_scheduled_ns)
+                cap.stale_retry, cap.first_error, cap.first_error_after_s = True, first, after_s
         return cap
 
     async def _capture(self, call: StreamCall, timeout_s: float, stall_timeout_s: float | None,
@@ -281,7 +289,8 @@ class SelfCheck:
     ``loop_cpu_s``: CPU seconds of the engine's loop thread; ``loop_busy``: that ÷ wall time;
     ``cpu_us_per_chunk``: per streamed chunk received; ``loop_lag_*_s``: how long the loop took to run a
     callback handed to it from another thread every 5 ms (a token arriving then was stamped about that late); ``think_*_s`` (closed loop): gap between a
-    stream's response end and its next send; ``send_lag_*_s`` (open loop): send − schedule.
+    stream's response end and its next send; ``send_lag_*_s`` (open loop): the moment perfkit began the
+    request − its scheduled time (a new connection's set-up is not the client's lateness: ``connect_s``).
     """
 
     wall_s: float = 0.0
@@ -416,7 +425,9 @@ async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: fl
     wall_s, cpu_s = (_now() - t0) * 1e-9, time.thread_time() - cpu0
     done: list[Capture] = [c for c in caps if c is not None]
     chunks = sum(len(c.chunks) for c in done)
-    lags = [(c.t_send_ns or c.t_start_ns) - c.t_scheduled_ns for c in done if c.t_scheduled_ns is not None]
+    # When perfkit began the request against its schedule: a new connection's set-up is the network's
+    # (its own figure, connect_s), not the client being late.
+    lags = [c.t_start_ns - c.t_scheduled_ns for c in done if c.t_scheduled_ns is not None]
     check = SelfCheck(wall_s=wall_s, loop_cpu_s=cpu_s, loop_busy=cpu_s / wall_s if wall_s > 0 else math.nan,
                       chunks=chunks, cpu_us_per_chunk=1e6 * cpu_s / chunks if chunks else math.nan,
                       loop_lag_p50_s=_pct(probe.lags, 0.5), loop_lag_p99_s=_pct(probe.lags, 0.99),
@@ -525,7 +536,7 @@ def _run_workers(jobs: Sequence[Job], concurrency: int | None, timeout_s: float,
             caps[i] = cap
     checks = [SelfCheck(**{k: v for k, v in d.items() if k in SelfCheck.__dataclass_fields__}) for _, d in results]
     cpu, chunks = sum(c.loop_cpu_s for c in checks), sum(c.chunks for c in checks)
-    lags = [(c.t_send_ns or c.t_start_ns) - c.t_scheduled_ns for c in caps if c.t_scheduled_ns is not None]
+    lags = [c.t_start_ns - c.t_scheduled_ns for c in caps if c.t_scheduled_ns is not None]
     merged = SelfCheck(wall_s=max(c.wall_s for c in checks), loop_cpu_s=cpu,
                        loop_busy=max(c.loop_busy for c in checks), chunks=chunks,
                        cpu_us_per_chunk=1e6 * cpu / chunks if chunks else math.nan,

@@ -65,6 +65,8 @@ class Capture:
     chunk_times_ns: list[int] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
     stale_retry: bool = False  # sent again: the kept-alive connection had been closed by the server
+    first_error: str | None = None  # the resent request's first attempt: its error ...
+    first_error_after_s: float | None = None  # ... and how long after its send it came
     stream: int | None = None  # closed loop: which of the concurrent streams sent it
     exc: str | None = None  # failure class + message, set by the engine when reading stopped early
 
@@ -80,6 +82,7 @@ def decode(call: StreamCall, cap: Capture) -> RequestRecord:
     rec.http_status = cap.status
     rec.stream = cap.stream
     rec.stale_retry = cap.stale_retry
+    rec.first_error, rec.first_error_after_s = cap.first_error, cap.first_error_after_s
     rec.served_by = cap.headers.get("x-upstream-addr")
     rec.proxy_cache = cap.headers.get("x-cache-status")
     rec.accel_buffering = cap.headers.get("x-accel-buffering")

@@ -25,6 +25,7 @@ class Estimate(Protocol):
     def annotation(self) -> str: ...
 
 NA = "n/a"
+BEYOND = "> limit"  # a censored value: a failed or timed-out request, beyond any latency limit
 
 # (factor, unit), largest first; a unit is used when the value rounds to ≥ 1 of it.
 _DURATION_UNITS: Sequence[tuple[float, str]] = (
@@ -81,6 +82,8 @@ def duration(seconds: float | None, digits: int = 3) -> str:
     Minutes and hours are decimal (not "3 min 9 s") so interval bounds can share the unit."""
     if _missing(seconds):
         return NA
+    if float(seconds) == math.inf:
+        return BEYOND
     factor, unit = _duration_unit(float(seconds), digits)
     return f"{number(float(seconds) / factor, digits)} {unit}"
 
@@ -90,13 +93,16 @@ def _bounds(lo: float | None, hi: float | None, scale: float, digits: int, suffi
     would read as certainty)."""
     if _missing(lo) or _missing(hi) or float(lo) == float(hi):
         return ""
-    return f" [{number(float(lo) / scale, digits)}{suffix}, {number(float(hi) / scale, digits)}{suffix}]"
+    top = BEYOND if float(hi) == math.inf else f"{number(float(hi) / scale, digits)}{suffix}"
+    return f" [{number(float(lo) / scale, digits)}{suffix}, {top}]"
 
 
 def duration_ci(value: float | None, lo: float | None, hi: float | None, digits: int = 3) -> str:
     """Seconds with an interval, bounds in the value's unit: (0.412, 0.398, 0.431) → "412 ms [398, 431]"."""
     if _missing(value):
         return NA
+    if float(value) == math.inf:
+        return BEYOND + (f" [{duration(lo, digits)}, {BEYOND}]" if not _missing(lo) and float(lo) != math.inf else "")
     factor, unit = _duration_unit(float(value), digits)
     return f"{number(float(value) / factor, digits)} {unit}{_bounds(lo, hi, factor, digits)}"
 

@@ -40,6 +40,8 @@ class RequestRecord:
     conn_reused: bool | None = None
     stream: int | None = None  # closed loop: which of the concurrent client streams sent it
     stale_retry: bool = False  # resent once: the server had closed the kept-alive connection while idle
+    first_error: str | None = None  # a resent request's first attempt: its error ...
+    first_error_after_s: float | None = None  # ... and how long after that attempt's send it failed
     served_by: str | None = None  # the upstream a proxy says served it (X-Upstream-Addr)
     proxy_cache: str | None = None  # the proxy's cache status (X-Cache-Status: HIT, MISS ...)
     accel_buffering: str | None = None  # the server's X-Accel-Buffering (tells nginx not to buffer)
@@ -50,7 +52,7 @@ class RequestRecord:
     ttft_s: float | None = None
     e2e_s: float | None = None
     tpot_s: float | None = None
-    send_lag_s: float | None = None  # open loop: actual send − scheduled send
+    send_lag_s: float | None = None  # open loop: when perfkit began the request − its scheduled time
     ttft_sched_s: float | None = None  # open loop: TTFT from the scheduled send (no coordinated omission)
     e2e_sched_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
@@ -83,7 +85,7 @@ class RequestRecord:
         if self.t_end_ns is not None:
             self.e2e_s = (self.t_end_ns - self.t_send_ns) * s
         if self.t_scheduled_ns is not None:
-            self.send_lag_s = (self.t_send_ns - self.t_scheduled_ns) * s
+            self.send_lag_s = ((self.t_start_ns or self.t_send_ns) - self.t_scheduled_ns) * s
             if self.t_first_token_ns is not None:
                 self.ttft_sched_s = (self.t_first_token_ns - self.t_scheduled_ns) * s
             if self.t_end_ns is not None and self.ok:

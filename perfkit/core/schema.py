@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from perfkit.core.clock import parse_tz
 from perfkit.core.errors import ConfigError
 from perfkit.core.settings import validate_settings
 
@@ -85,6 +86,15 @@ class ServerLog(Strict):
 
     file: str | None = None
     command: list[str] | None = None
+    tz: str | None = Field(None, description="the zone of log times written without one (GIN, Go log lines): UTC, "
+                                             "an IANA name or +HH:MM; absent: detected from the log itself")
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v):
+        if v is not None:
+            parse_tz(v)
+        return v
 
     @model_validator(mode="after")
     def _one(self):

@@ -167,19 +167,19 @@ def prepare_state(backend: Backend, model: str, state: str, *, prompt: str | Non
     return check
 
 
-def confirm(check: StateCheck, rec: RequestRecord, shared_prefix_tokens: int | None) -> StateCheck:
+def confirm(check: StateCheck, rec: RequestRecord, shared_prefix_tokens: int | None, *,
+            load_seen: bool = False) -> StateCheck:
     """Check the state again against what the request itself shows (a load during it; prompt-cache hits).
 
     ``shared_prefix_tokens``: tokens every prompt shares (the chat template's head), which the server
     may serve from its cache in any state; None where the server reports no cached count (Ollama).
+    ``load_seen``: the backend observes a load during a request (``Capabilities.load_seen_per_request``);
+    where it does not (Ollama reports a load_duration on every request), a load proves nothing.
     """
     if check.verified is False or not rec.ok:
         return check
     state = check.cache_state
-    # Only llama-server shows a load during the request (its polled load); Ollama reports load_duration
-    # on every request, so there it proves nothing.
-    loaded_during = ((rec.t_loaded_ns is not None or (rec.load_s or 0) > 0)
-                     if rec.backend == "llama-server" else None)
+    loaded_during = (rec.t_loaded_ns is not None or (rec.load_s or 0) > 0) if load_seen else None
     notes = [check.note] if check.note else []
     if state in ("cold_server", "cold_disk", "cold_memory"):
         if loaded_during is False:

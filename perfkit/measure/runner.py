@@ -138,7 +138,8 @@ class Runner:
         rec = self.backend.generate(t.model, prompt, t.sampling, timeout_s=self.timeout_s,
                                     stall_timeout_s=self.stall_timeout_s, logprobs=t.logprobs,
                                     keep_alive=self.keep_alive)
-        check = confirm(check, rec, self.backend.shared_prefix_tokens(t.model))
+        check = confirm(check, rec, self.backend.shared_prefix_tokens(t.model),
+                        load_seen=self.backend.capabilities.load_seen_per_request)
         state = {f"state_{k}": v for k, v in check.as_dict().items() if k != "cache_state"}
         return self.record(rec, trial_id=t.trial_id, variant=t.variant, cache_state=t.cache_state, rep=t.rep,
                            warmup=t.warmup, prompt_words=t.prompt_words, sampling=t.sampling.present(),
@@ -214,7 +215,12 @@ class Runner:
         if attempt:
             self._recover(series, attempt - 1, make(attempt - 1), info, tags, model, offsets)
         self.store.event("series_start", series=series, attempt=attempt, **info)
-        ensure_warm(self.backend, model, self.keep_alive, timeout_s=self.timeout_s)
+        try:
+            ensure_warm(self.backend, model, self.keep_alive, timeout_s=self.timeout_s)
+        except PerfkitError as e:
+            # The server fails even the priming request: the series still runs, and every failure it
+            # records (by class) is the finding; nothing is gained by stopping here.
+            self.store.event("prime_failed", series=series, attempt=attempt, error=str(e)[:300])
         jobs = make(attempt)
         spool = _Spool(self._spool_path(series, attempt))
         bar = self._bar(len(jobs), series)

@@ -27,15 +27,19 @@ from perfkit.servers.engine import Engine
 # own account can be put on the run's clock; verbosity 4 (what Ollama passes its runner) adds the
 # load_tensors and buffer lines.
 ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix", "-lv", "4")
+RESTORE_RECORD = "restore.json"  # how to give a user's server its own settings back, while perfkit has changed them
 
 
 def log_source(spec):
     """The server log named in the parameters (a file, or a command such as journalctl), or None."""
     if spec is None:
         return None
+    from perfkit.core.clock import parse_tz
     from perfkit.servers.serverlog import CommandLogSource, FileLogSource
 
-    return FileLogSource(spec.file) if spec.file else CommandLogSource(spec.command)
+    if spec.file:
+        return FileLogSource(spec.file)
+    return CommandLogSource(spec.command, local_tz=parse_tz(spec.tz) if spec.tz else None)
 
 
 @dataclass
@@ -103,6 +107,7 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
         backend = backends.create(b.kind, b.url, engine=engine, headers=b.headers, endpoint=b.endpoint,
                                   restart_command=b.restart_command, log=log_source(b.server_log),
                                   ready_timeout_s=b.ready_timeout_s)
+        backend.control.restore_record = store.dir / RESTORE_RECORD
         if engine is None and settings and backend.control.can_restart():
             backend.control.restart(merged)
         log = backend.control.log_source()

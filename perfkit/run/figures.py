@@ -8,7 +8,7 @@ from pathlib import Path
 
 from perfkit.analysis.figures import FILE_NAME, SCHEMA_VERSION
 from perfkit.core.errors import PerfkitError
-from perfkit.studies.base import StudyContext
+from perfkit.studies.base import analyze_all
 
 
 def _current(path: Path) -> bool:
@@ -31,11 +31,9 @@ def ensure(run_dir: str | Path) -> list[str]:
         raise PerfkitError(f"{run_dir}: {', '.join(todo)} have no figures yet and the run has no params.yaml to "
                            "compute them with")
     for study in todo:
-        ctx = StudyContext(params, run_dir, study, check_models=False)
         try:
-            result = ctx.study.analyze(ctx)
+            analyze_all(params, run_dir, study)
         except (KeyError, ValueError, TypeError, AttributeError) as e:
-            raise PerfkitError(f"{ctx.store.dir / 'trials.jsonl'}: its rows could not be analyzed as {study} trials "
-                               f"({type(e).__name__}: {e}); they are not perfkit data of this study") from None
-        result.figures.write(ctx.store.dir / FILE_NAME)
+            raise PerfkitError(f"{run_dir / study / 'trials.jsonl'}: its rows could not be analyzed as {study} "
+                               f"trials ({type(e).__name__}: {e}); they are not perfkit data of this study") from None
     return todo

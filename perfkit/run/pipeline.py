@@ -17,14 +17,14 @@ from perfkit.run.publish import StudyFailed, execute, first_error, papermill, re
 from perfkit.run.rundir import (DamagedData, check_results_dir, failed_trials, new_run_dir, read_run,
                                 resume_params, study_health, write_params_copy, write_run)
 from perfkit.studies import registry
-from perfkit.studies.base import NOTEBOOKS
+from perfkit.studies.base import ENV_REPLICATE, NOTEBOOKS
 
 def _warn(msg: str) -> None:
     print(f"perfkit: warning: {msg}", file=sys.stderr)
 
 
 def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path | None = None, log=print, *,
-        retry_failed: bool = False, warn: Callable[[str], Any] = _warn) -> Path:
+        retry_failed: bool = False, warn: Callable[[str], Any] = _warn, repeat: int | None = None) -> Path:
     """Measure and publish; returns the run directory. Stops at the first failing study.
 
     Everything that can be checked is checked before a run directory is created or papermill starts:
@@ -54,9 +54,11 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
     try:
         if run_dir is not None:
             lock = RunLock(run_dir, "perfkit run --resume", log=log).acquire()
+            restore_servers(run_dir, log)  # a killed run changed a user's server: give it back first
             measure_with = resume_params(params_path, run_dir, read_run(run_dir))
         else:
             check_results_dir(results_dir)
+            _restore_orphans(results_dir, log)
         reached = check_backend(params, params_path)
         if reached:
             log(f"backend: {reached}")
@@ -67,63 +69,111 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
             measure_with = write_params_copy(params_path, run_dir)
         (run_dir / "logs").mkdir(exist_ok=True)
         return _run_studies(params, params_path, chosen, results_dir, run_dir, measure_with, lock, log, warn,
-                            retry_failed)
+                            retry_failed, repeat or params.repeat)
     finally:
         if lock is not None:
             lock.release()
 
 
+def restore_servers(run_dir: Path, log=print) -> None:
+    """Give users' servers their own settings back where a run of this directory changed them and was
+    killed before it could (a record per study, written before the first restart)."""
+    from perfkit.measure.session import RESTORE_RECORD
+    from perfkit.servers.control.ollama_local import restore_pending
+
+    for rec in sorted(Path(run_dir).glob(f"*/{RESTORE_RECORD}")) + sorted(Path(run_dir).glob(f"*/r*/{RESTORE_RECORD}")):
+        try:
+            info = restore_pending(rec)
+        except Exception as e:  # noqa: BLE001 - said, and the record stays for the next try
+            log(f"{rec}: could not give the server its own settings back: {e}")
+            continue
+        if info is not None:
+            log(f"{rec.parent.name}: the server perfkit had restarted with other settings has its own back "
+                f"(pid {info.pid_after})")
+
+
+def _restore_orphans(results_dir: Path, log) -> None:
+    """Runs in this results directory killed while a user's server ran on their settings (kill -9): restore."""
+    from perfkit.core.children import owner_alive
+    from perfkit.measure.session import RESTORE_RECORD
+
+    for d in site.recent_runs(results_dir):
+        if any(d.glob(f"*/{RESTORE_RECORD}")) or any(d.glob(f"*/r*/{RESTORE_RECORD}")):
+            try:
+                owner = read_run(d, live=False).get("owner")
+            except PerfkitError:
+                owner = None
+            if not owner_alive(owner):
+                restore_servers(d, log)
+
+
 def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path, run_dir: Path, measure_with: Path,
-                 lock: RunLock, log, warn, retry_failed: bool) -> Path:
+                 lock: RunLock, log, warn, retry_failed: bool, repeat: int) -> Path:
     info = read_run(run_dir) or {"run_id": run_dir.name, "params_name": params.name, "created_utc": utc_now(),
                                  "params_file": str(params_path), "studies": {}}
     info["argv"] = sys.argv
     info["owner"] = lock.owner
-    env = {"PERFKIT_RETRY_FAILED": "1"} if retry_failed else {}
-    for study in chosen:
-        if info["studies"].get(study, {}).get("status") == "done":
-            failed = failed_trials(run_dir, study) if retry_failed else 0
-            if not failed:
-                log(f"[{study}] already done in this run: skipped (re-render with `perfkit report {run_dir}`)")
+    info["repeat"] = repeat = max(repeat, int(info.get("repeat") or 1))
+    base_env = {"PERFKIT_RETRY_FAILED": "1"} if retry_failed else {}
+    # Replicates interleave (every study once, then every study again ...), so drift over the run's time (a
+    # warming machine, a filling page cache) spreads over the replicates instead of favouring one.
+    for rep in range(1, repeat + 1):
+        for study in chosen:
+            st = info["studies"].get(study, {})
+            if st.get("status") == "skipped":
                 continue
-            log(f"[{study}] {failed} trial(s) whose last attempt failed: measuring them again (--retry-failed)")
-        why_not = registry.get(study).unavailable(params)
-        if why_not:
-            log(f"[{study}] skipped: {why_not}")
-            info["studies"][study] = {"status": "skipped", "why": why_not, "ended_utc": utc_now()}
+            done = int(st.get("replicates_done") or (1 if st.get("status") == "done" else 0))
+            of = f" (replicate {rep} of {repeat})" if repeat > 1 else ""
+            if done >= rep:
+                failed = failed_trials(run_dir, study, rep) if retry_failed else 0
+                if not failed:
+                    if rep == 1:
+                        log(f"[{study}] already done in this run: skipped (re-render with `perfkit report {run_dir}`)")
+                    continue
+                log(f"[{study}]{of} {failed} trial(s) whose last attempt failed: measuring them again (--retry-failed)")
+            why_not = registry.get(study).unavailable(params)
+            if why_not:
+                log(f"[{study}] skipped: {why_not}")
+                info["studies"][study] = {"status": "skipped", "why": why_not, "ended_utc": utc_now()}
+                write_run(run_dir, info)
+                continue
+            damage, _ = study_health(run_dir, study)
+            for d in damage:
+                warn(f"damaged data: {d}")
+            log(f"[{study}] measuring{of} ...")
+            st = info["studies"].setdefault(study, {})
+            st.update(status="running", replicates_done=max(done, rep - 1))
+            st.setdefault("started_utc", utc_now())
             write_run(run_dir, info)
-            continue
-        damage, _ = study_health(run_dir, study)
-        for d in damage:
-            warn(f"damaged data: {d}")
-        log(f"[{study}] measuring ...")
-        info["studies"][study] = {"status": "running", "started_utc": utc_now()}
-        write_run(run_dir, info)
-        t0 = datetime.now(timezone.utc)
-        try:
-            executed = execute(study, measure_with, run_dir, measure=True, env=env)
-        except KeyboardInterrupt:
-            info["studies"][study].update(status="interrupted", ended_utc=utc_now())
+            t0 = datetime.now(timezone.utc)
+            try:
+                executed = execute(study, measure_with, run_dir, measure=True,
+                                   env={**base_env, ENV_REPLICATE: str(rep)})
+            except KeyboardInterrupt:
+                st.update(status="interrupted", ended_utc=utc_now())
+                write_run(run_dir, info)
+                restore_servers(run_dir, log)
+                site.write_index(results_dir)
+                raise
+            except StudyFailed as e:
+                st.update(status="failed", error=str(e).splitlines()[0], ended_utc=utc_now())
+                write_run(run_dir, info)
+                restore_servers(run_dir, log)
+                failed = run_dir / "notebooks" / f"{study}.ipynb"
+                if failed.exists():
+                    render(failed, run_dir / f"{study}.html", *study_health(run_dir, study))
+                site.write_index(results_dir)
+                raise
+            damage, notes = study_health(run_dir, study)
+            for d in damage:
+                warn(f"damaged data: {d}")
+            render(executed, run_dir / f"{study}.html", damage, notes)
+            secs = (datetime.now(timezone.utc) - t0).total_seconds()
+            st.update(status="done" if rep >= repeat else f"partial ({rep} of {repeat} replicates)",
+                      replicates_done=max(done, rep), ended_utc=utc_now(),
+                      wall_s=round(float(st.get("wall_s") or 0) * (done >= rep) + secs, 1), html=f"{study}.html")
             write_run(run_dir, info)
-            site.write_index(results_dir)
-            raise
-        except StudyFailed as e:
-            info["studies"][study].update(status="failed", error=str(e).splitlines()[0], ended_utc=utc_now())
-            write_run(run_dir, info)
-            failed = run_dir / "notebooks" / f"{study}.ipynb"
-            if failed.exists():
-                render(failed, run_dir / f"{study}.html", *study_health(run_dir, study))
-            site.write_index(results_dir)
-            raise
-        damage, notes = study_health(run_dir, study)
-        for d in damage:
-            warn(f"damaged data: {d}")
-        render(executed, run_dir / f"{study}.html", damage, notes)
-        secs = (datetime.now(timezone.utc) - t0).total_seconds()
-        info["studies"][study].update(status="done", ended_utc=utc_now(), wall_s=round(secs, 1),
-                                      html=f"{study}.html")
-        write_run(run_dir, info)
-        log(f"[{study}] done in {secs:.0f} s → {run_dir / (study + '.html')}")
+            log(f"[{study}]{of} done in {secs:.0f} s → {run_dir / (study + '.html')}")
     site.write_index(results_dir)
     return run_dir
 

@@ -182,8 +182,9 @@ class DamagedData(PerfkitError):
     pass
 
 
-def failed_trials(run_dir: Path, study: str) -> int:
-    store_dir = run_dir / study
+def failed_trials(run_dir: Path, study: str, replicate: int = 1) -> int:
+    """Trials of a study (replicate) whose last attempt failed."""
+    store_dir = run_dir / study if replicate == 1 else run_dir / study / f"r{replicate}"
     if not (store_dir / "trials.jsonl").exists():
         return 0
     store = RunStore(store_dir)

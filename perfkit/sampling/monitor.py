@@ -222,27 +222,11 @@ class Monitor:
         return self.idle_power_w
 
     # ---- requests ------------------------------------------------------------------------------
-    def phases(self, rec: RequestRecord) -> list[tuple[str, int, int]]:
-        """A request's phases from its own timestamps: load, prefill (→ first token), decode (→ end)."""
-        out = []
-        start = rec.t_send_ns
-        if rec.t_loaded_ns:
-            out.append(("load", rec.t_send_ns, rec.t_loaded_ns))
-            start = rec.t_loaded_ns
-        if rec.t_first_token_ns:
-            out.append(("prefill", start, rec.t_first_token_ns))
-            if rec.t_end_ns:
-                out.append(("decode", rec.t_first_token_ns, rec.t_end_ns))
-        return out
-
     def request_summary(self, rec: RequestRecord) -> dict[str, Any]:
-        """Flat resource figures for a trial row: whole request, plus energy per phase."""
+        """Flat resource figures for a trial row: the request's own window (energy, power, utilization,
+        memory, CPU of the server, the client and everything else), energy per output token, noisy or not."""
         w = self.measure("request", rec.t_send_ns, rec.t_end_ns)
         out = {f"res_{k}": v for k, v in w.as_dict().items() if k not in ("name", "t_start_ns", "t_end_ns")}
-        for name, a, b in self.phases(rec):
-            pw = self.measure(name, a, b, wait=False)
-            out[f"res_{name}_energy_j"] = pw.energy_j
-            out[f"res_{name}_server_cpu_pct_mean"] = pw.stats.get("server_cpu_pct_mean")
         if out.get("res_energy_j") is not None and rec.output_tokens:
             out["res_energy_per_token_j"] = out["res_energy_j"] / rec.output_tokens
         if out.get("res_energy_idle_subtracted_j") is not None and rec.output_tokens:

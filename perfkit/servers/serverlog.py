@@ -146,6 +146,42 @@ def _journal_short_ts(m: re.Match, local_tz: tzinfo | None, year: int | None) ->
     return t
 
 
+def _zoned_prefix(line: str) -> bool:
+    """Whether the line starts with a source prefix that carries a time zone."""
+    line = _ANSI.sub("", line)
+    return bool(_JOURNAL_ISO.match(line) or _DOCKER_TS.match(line)
+                or ((m := _COMPOSE.match(line)) and _DOCKER_TS.match(line[m.end():])))
+
+
+def naive_times_zone(lines: Iterable[str]) -> tuple[tzinfo | None, int]:
+    """The zone of the server's zone-less stamps (GIN, Go log lines), told by lines whose source prefix
+    carries a zone: (that zone as a fixed offset rounded to 15 minutes, lines that agreed), or (None, 0)
+    when no line has both or they disagree."""
+    from datetime import timedelta, timezone
+
+    offsets = []
+    for ln in lines:
+        if not _zoned_prefix(ln):
+            continue
+        pre = _split_prefix(ln, timezone.utc)
+        mg, mo = _GIN.match(pre.rest), _GOLOG.match(pre.rest)
+        if pre.time_unix_s is None or not (mg or mo):
+            continue
+        fmt_ = "%Y/%m/%d - %H:%M:%S" if mg else "%Y/%m/%d %H:%M:%S"
+        try:
+            naive = datetime.strptime((mg or mo)["ts"], fmt_).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+        offsets.append(round((naive - pre.time_unix_s) / 900) * 900)
+    if not offsets:
+        return None, 0
+    best = max(set(offsets), key=offsets.count)
+    agree = offsets.count(best)
+    if agree < 0.8 * len(offsets):
+        return None, 0
+    return timezone(timedelta(seconds=best)), agree
+
+
 def strip_prefix(line: str) -> str:
     """The line as the server wrote it: without a journald, docker compose or docker --timestamps prefix
     (and without terminal colour codes)."""
@@ -828,10 +864,14 @@ class CommandLogSource(LogSource):
         since = int(since_unix_s) - 1
         if "journalctl" in names and not any(a in ("--since", "-S") or a.startswith("--since=") for a in argv):
             argv += ["--since", f"@{since}"]
-        elif names and names[0] in ("docker", "podman") and "logs" in argv and "--since" not in argv \
-                and not any(a.startswith("--since=") for a in argv):
+        elif names and names[0] in ("docker", "podman") and "logs" in argv:
             i = argv.index("logs") + 1
-            argv[i:i] = ["--since", str(since)]
+            if "--since" not in argv and not any(a.startswith("--since=") for a in argv):
+                argv[i:i] = ["--since", str(since)]
+            # Each line stamped with a zone by the container runtime: the container's own zone (Ollama's GIN
+            # lines carry local time without one) can then be told apart from the host's.
+            if not any(a in ("-t", "--timestamps") for a in argv):
+                argv[i:i] = ["--timestamps"]
         return argv
 
     def read_since(self, mark: object) -> list[str]:
@@ -867,5 +907,7 @@ class CommandLogSource(LogSource):
                 continue
             keep_untimed = t + res >= since if res else t >= since
             if keep_untimed:
-                out.append(body)
+                # A zoned source prefix (docker --timestamps, journald short-iso) stays: it dates the line
+                # better than the server's own zone-less stamp, and tells that stamp's zone.
+                out.append(ln if _zoned_prefix(ln) else body)
         return out

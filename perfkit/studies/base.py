@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 import pandas as pd
 
-from perfkit.analysis.figures import FILE_NAME as FIGURES_FILE, FigureSet
+from perfkit.analysis.figures import FILE_NAME as FIGURES_FILE, FigureSet, combine
 from perfkit.core.errors import PerfkitError
 from perfkit.core.schema import Strict
 from perfkit.core.store import RunStore
@@ -26,6 +26,8 @@ from perfkit.servers.models import models_dir as default_models_dir
 from perfkit.studies import params as params_mod, registry
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+ENV_REPLICATE = "PERFKIT_REPLICATE"  # which replicate of a repeated run a study's kernel measures (1-based)
+REPLICATE_FIGURES = "replicate-figures.json"  # one replicate's own figures, beside its data
 
 
 @dataclass
@@ -105,9 +107,11 @@ class StudyContext:
         run_dir: the run's directory (``results/<run-id>``); the study writes under ``<run_dir>/<study>``.
         study: a registered study's name.
         check_models: check that the embedded store has every model named (off for analysis only).
+        replicate: which replicate of a repeated run (``repeat:``); 1 writes to ``<study>/``, k to ``<study>/r<k>/``.
     """
 
-    def __init__(self, params_path: str | Path, run_dir: str | Path, study: str, *, check_models: bool = True):
+    def __init__(self, params_path: str | Path, run_dir: str | Path, study: str, *, check_models: bool = True,
+                 replicate: int = 1):
         self.params_path = Path(params_path)
         self.params = params_mod.load(self.params_path, check_models=check_models)
         self.study = registry.get(study)
@@ -117,7 +121,8 @@ class StudyContext:
             raise PerfkitError(f"{self.params_path}: studies.{study} is not set; this file enables: "
                                f"{', '.join(self.params.enabled()) or 'nothing'}")
         self.run_dir = Path(run_dir)
-        self.store = RunStore(self.run_dir / study)
+        self.replicate = replicate
+        self.store = RunStore(replicate_dir(self.run_dir / study, replicate))
 
     @property
     def models_dir(self) -> Path:
@@ -133,20 +138,69 @@ class StudyContext:
     def session(self, settings: Mapping[str, Any] | None = None, *,
                 keep_alive_s: float | None = None) -> Iterator[Session]:
         """The server with ``base settings + settings`` (see :func:`perfkit.measure.session.session`)."""
-        with session(self.target, self.store, name=self.name, settings=settings, keep_alive_s=keep_alive_s,
+        name = self.name if self.replicate == 1 else f"{self.name}-r{self.replicate}"
+        with session(self.target, self.store, name=name, settings=settings, keep_alive_s=keep_alive_s,
                      models=[m for _, m in self.study.models_used(self.cfg)],
-                     manifest={"study": self.name, "params": self.params.model_dump(mode="json"),
+                     manifest={"study": self.name, "replicate": self.replicate,
+                               "params": self.params.model_dump(mode="json"),
                                "params_file": str(self.params_path)}) as s:
             yield s
 
 
+def replicate_dir(study_dir: Path, replicate: int) -> Path:
+    """Where replicate ``replicate`` of a study keeps its data: the study's directory for the first."""
+    return study_dir if replicate == 1 else study_dir / f"r{replicate}"
+
+
+def replicates(study_dir: Path) -> list[int]:
+    """The replicates of a study recorded in ``study_dir`` (1, 2, …), in order."""
+    found = [1] if (study_dir / "trials.jsonl").exists() else []
+    found += sorted(int(p.name[1:]) for p in study_dir.glob("r[0-9]*")
+                    if p.name[1:].isdigit() and (p / "trials.jsonl").exists())
+    return found
+
+
+def analyze_all(params_path: str | Path, run_dir: str | Path, study: str) -> FigureSet:
+    """Every recorded replicate's figures (each written beside its data) combined into the study's
+    ``figures.json``: one run's figures as they are, several runs' with the between-run spread."""
+    study_dir = Path(run_dir) / study
+    sets = []
+    for k in replicates(study_dir):
+        ctx = StudyContext(params_path, run_dir, study, check_models=False, replicate=k)
+        path = ctx.store.dir / REPLICATE_FIGURES
+        try:
+            sets.append(FigureSet.read(path))
+        except (OSError, ValueError, KeyError, TypeError):
+            figs = ctx.study.analyze(ctx).figures
+            figs.write(path)
+            sets.append(figs)
+    combined = combine(sets)
+    combined.write(study_dir / FIGURES_FILE)
+    return combined
+
+
 def run_or_load(params_path: str | Path, run_dir: str | Path, study: str, measure: bool = True) -> StudyResult:
-    """What a notebook calls: measure (or, with ``measure=False``, re-read recorded data) and analyze; the
-    figures go to ``<run_dir>/<study>/figures.json`` for the index and ``perfkit compare``."""
+    """What a notebook calls: measure (or, with ``measure=False``, re-read recorded data) and analyze.
+
+    Under ``perfkit run --repeat N`` the kernel measures the replicate ``$PERFKIT_REPLICATE`` names; the
+    result's tables are that replicate's, its figures combine every replicate recorded so far. The figures
+    go to ``<run_dir>/<study>/figures.json`` for the index and ``perfkit compare``."""
+    import os
+
     from perfkit.core.children import start_lifeline
 
     start_lifeline()  # under `perfkit run`: this kernel and its servers die with perfkit
-    ctx = StudyContext(params_path, run_dir, study, check_models=measure)
+    replicate = int(os.environ.get(ENV_REPLICATE) or 1)
+    if not measure:  # a re-render shows the last replicate recorded
+        replicate = (replicates(Path(run_dir) / study) or [1])[-1]
+    ctx = StudyContext(params_path, run_dir, study, check_models=measure, replicate=replicate)
     result = ctx.study.run(ctx) if measure else ctx.study.analyze(ctx)
-    result.figures.write(ctx.store.dir / FIGURES_FILE)
+    result.figures.write(ctx.store.dir / REPLICATE_FIGURES)
+    reps = replicates(Path(run_dir) / study)
+    combined = analyze_all(params_path, run_dir, study)
+    if len(reps) > 1:
+        result.figures = combined
+        result.notes.append(f"This run repeats the study {len(reps)} times: the tables and plots show replicate "
+                            f"{replicate}; every figure quoted (conclusions, the figures table, the results index, "
+                            "`perfkit compare`) combines all of them, its CI spanning the spread between the runs.")
     return result

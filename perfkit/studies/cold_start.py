@@ -249,7 +249,8 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
                                "e2e_s_lo": e.lo, "e2e_s_hi": e.hi, "load_s": est(g["load_s"]).value,
                                "loaded_at_send": float(g["loaded_at_send"].mean())})
     ev = ctx.store.events()
-    acc = timeline.load_account(ctx.store.dir, ev)
+    log = ctx.params.backend.server_log
+    acc = timeline.load_account(ctx.store.dir, ev, trials=df, tz=log.tz if log else None)
     t0 = int(df["t_send_ns"].min()) if len(df) and "t_send_ns" in df and df["t_send_ns"].notna().any() else None
     cold = ok[ok["cache_state"].isin(COLD_STATES)] if len(ok) else ok
     sa_ok = measured(schemea)
@@ -330,6 +331,13 @@ def state_table(res: "ColdStartResult") -> pd.DataFrame:
         for m, name in (("e2e_s", "e2e"), ("ttft_s", "TTFT"), ("load_s", "load"), ("prefill_s", "prefill"),
                         ("decode_s", "decode"), ("overhead_s", "overhead")):
             row[name] = fmt.duration_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+        g = measured(res.states)
+        g = g[g["cache_state"] == r["cache_state"]] if len(g) else g
+        frac = g["state_file_resident_fraction"].dropna() if "state_file_resident_fraction" in g else []
+        wait = g["state_memory_release_wait_s"].dropna() if "state_memory_release_wait_s" in g else []
+        # How the state was made: the model file's share in the page cache at send, the wait for memory release.
+        row["file in page cache"] = fmt.pct(float(frac.median())) if len(frac) else "—"
+        row["memory release wait"] = fmt.duration(float(wait.median())) if len(wait) else "—"
         rows.append(row)
     return pd.DataFrame(rows).set_index("cache state") if rows else pd.DataFrame()
 
@@ -464,6 +472,11 @@ def conclusions(res: ColdStartResult) -> str:
                         else "") + ".")
     elif res.account is not None and res.account.why_empty:
         lines.append(f"- The server's own account is unavailable: {res.account.why_empty}.")
+    acc = res.account
+    if acc is not None and acc.clock_n:
+        lines.append(f"- The server's log and the run's clock: request ends differ by {fmt.duration(acc.clock_offset_s)} "
+                     f"(median of {acc.clock_n} requests; the server stamps whole seconds"
+                     + (f"; its zone-less stamps read in {acc.zone}" if acc.zone else "") + ").")
     if res.limit:
         L = res.limit
         lines.append(f"- Load floor: {fmt.size(L['model_bytes'])} at the measured "

@@ -20,7 +20,7 @@ from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, me
 from perfkit.analysis.verdicts import compare_estimates, compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.core.errors import ConfigError
+from perfkit.core.errors import ConfigError, PerfkitError
 from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, unique)
 from perfkit.core.settings import validate_settings
 from perfkit.measure.cache_states import ensure_warm
@@ -77,6 +77,7 @@ class ConfigTuningResult(StudyResult):
     slo: dict[str, Any] = field(default_factory=dict)
     device: dict | None = None
     retries: int = 0
+    clients: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def label(setting: dict) -> str:
@@ -86,7 +87,10 @@ def label(setting: dict) -> str:
 def verify(session, model: str) -> dict[str, Any]:
     """Did the server really start with these settings? Each one confirmed, not applied (and what the
     server runs instead) or unverifiable (and why), from the server's own evidence (controller)."""
-    ensure_warm(session.backend, model, session.runner.keep_alive, timeout_s=session.runner.timeout_s)
+    try:
+        ensure_warm(session.backend, model, session.runner.keep_alive, timeout_s=session.runner.timeout_s)
+    except PerfkitError as e:  # the server can't serve the model: the series will say how it fails
+        return {"checks": {}, "all_applied": None, "error": str(e)[:300]}
     checks = session.control.settings_in_effect(session.settings, model)
     statuses = {k: c.status for k, c in checks.items()}
     out: dict[str, Any] = {"checks": {k: c.as_dict() for k, c in checks.items()},
@@ -222,7 +226,8 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
     retries = int(df["stale_retry"].fillna(False).astype(bool).sum()) if len(df) and "stale_retry" in df else 0
     return ConfigTuningResult("config_tuning", figs, df, ctx.store.manifest(), failures(df), table=table,
                               rates=rates, checks=checks, best=best_, slo=slo.model_dump(),
-                              device=dev.iloc[-1].dropna().to_dict() if dev is not None else None, retries=retries)
+                              device=dev.iloc[-1].dropna().to_dict() if dev is not None else None, retries=retries,
+                              clients=S.client_table(ev, df))
 
 
 def _mark_headlines(figs: FigureSet, b: dict[str, dict]) -> None:
@@ -259,6 +264,7 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
                      "ttft_p50_s": t50.value, "ttft_p50_lo": t50.lo, "ttft_p50_hi": t50.hi,
                      "ttft_p99": ci_cell(est(S.censored(g_all, "ttft_s"), "p99")),
                      "ttft_sched_p99": ci_cell(est(S.censored(g_all, "ttft_sched_s"), "p99")),
+                     "e2e_sched_p99": ci_cell(est(S.censored(g_all, "e2e_sched_s"), "p99")),
                      "send_lag_p99_s": g_all["send_lag_s"].quantile(0.99) if "send_lag_s" in g_all else math.nan,
                      "goodput_rps": S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, ttft_column="ttft_sched_s"),
                      "meets_slo_share": float(good_mask.mean()),
@@ -373,8 +379,6 @@ def conclusions(res: ConfigTuningResult) -> str:
     lines.append(f"- **Latency** (TTFT p50 at concurrency {L['at_concurrency']}, steady-state window): best is "
                  f"**{L['config']}** with {f_lat.text() if f_lat else fmt.NA}." + _resolved(L))
     thr_text = f_thr.text() if f_thr else fmt.NA
-    if f_thr is not None and f_thr.estimate.has_ci and (f_thr.estimate.hi - f_thr.estimate.lo) > f_thr.value:
-        thr_text += " — its CI is wider than the value itself: not measurable at this n (more requests per series)"
     lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): best is **{T['config']}** "
                  f"with {thr_text}." + _resolved(T))
     for obj, r in baseline_vs_best(res).iterrows():

@@ -675,6 +675,7 @@ class FleetResult(StudyResult):
     timeout: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
+    clients: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def analyze(ctx: StudyContext) -> FleetResult:
@@ -715,7 +716,7 @@ def analyze(ctx: StudyContext) -> FleetResult:
                        balance_source=bal_source, overhead=overhead, cold_upstream=cold_upstream_table(df),
                        failover=failover_summary(df, ev, access),
                        timeout=timeout_summary(df, ev, fleet.get("proxy_read_timeout_s") or c.proxy.read_timeout_s),
-                       cache=cache, skipped=skipped)
+                       cache=cache, skipped=skipped, clients=S.client_table(ev, df))
 
 
 @register
@@ -817,10 +818,8 @@ def conclusions(res: FleetResult) -> str:
         p = t[t["target"] == "proxy"]
         for _, r in p.iterrows():
             d = t[(t["clients_per_server"] == r["clients_per_server"]) & (t["target"] == "direct")]
-            e = r["efficiency_est"]
-            eff = F.format_estimate(e, "ratio")
-            if e.has_ci and (e.hi - e.lo) > e.value:
-                eff += " — its CI is wider than the value: not measurable at this n (more requests per series)"
+            fe = res.figures.get(f"fleet/efficiency/{int(r['clients_per_server'])}")
+            eff = fe.text() if fe is not None else fmt.NA
             lines.append(f"- **Scaling** with {r['clients_per_server']} client(s) per server: {r['tok_s_text']} through "
                          f"the proxy over {n} servers at {r['clients']} clients, against "
                          f"{d['tok_s_text'].iloc[0] if len(d) else 'n/a'} from one server at {r['clients_per_server']}: "

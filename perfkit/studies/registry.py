@@ -43,6 +43,14 @@ def register(cls: "type[Study]") -> "type[Study]":
     return cls
 
 
+def unregister(name: str) -> None:
+    """Forget the study ``name`` (a plugin a test registered)."""
+    global _version
+    with _LOCK:
+        if _STUDIES.pop(name, None) is not None:
+            _version += 1
+
+
 def discover() -> None:
     """Import every study perfkit knows of (once; again only for new names in ``$PERFKIT_STUDIES``)."""
     global _discovered

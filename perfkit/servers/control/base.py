@@ -96,6 +96,9 @@ class ServerControl(abc.ABC):
     """
 
     name = "server"
+    # Where a controller that changes a user's server settings writes how to give them back (the session
+    # sets it to a file in the study's directory); None: it changes nothing of theirs.
+    restore_record: Path | None = None
     is_local = False
 
     # ---- lifecycle -------------------------------------------------------------------------------

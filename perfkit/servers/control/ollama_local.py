@@ -7,7 +7,6 @@ Facts this relies on: ../shared/reference/ollama-server-side.md.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -18,11 +17,34 @@ from urllib.parse import urlparse
 import httpx
 
 from perfkit.servers import procs
+from perfkit.core.children import clean_env
 from perfkit.core.errors import PerfkitError
 from perfkit.core.clock import now_ns
 from perfkit.core.settings import parse_keep_alive_s, to_ollama_env, validate_settings
 from perfkit.servers.control.device import local_device
 from perfkit.servers.control.base import RestartInfo, ServerControl, SettingCheck, Unknown
+
+def _base_env() -> dict[str, str]:
+    """The environment a restarted ``ollama serve`` starts from: perfkit's, without any OLLAMA_* setting and
+    without the variables that mark a process as part of a perfkit run (the user's server outlives the run)."""
+    return {k: v for k, v in clean_env().items() if not k.startswith("OLLAMA_")}
+
+
+def restore_pending(record: Path) -> RestartInfo | None:
+    """Restore a user's Ollama from a record left by a run that was killed between its first restart and its
+    restore (see ``LocalOllamaControl.restore_record``); the record is removed once the server is back."""
+    import json
+
+    try:
+        d = json.loads(Path(record).read_text())
+    except (OSError, ValueError):
+        return None
+    ctl = LocalOllamaControl(d["url"], restart_command=d.get("restart_command"),
+                             ready_timeout_s=float(d.get("ready_timeout_s") or 120))
+    ctl._user_env = dict(d.get("user_env") or {})
+    ctl.restore_record = Path(record)
+    return ctl.restore()
+
 
 _FA_UNSUPPORTED = re.compile(r"flash attention.*(not supported|disabled)", re.I)
 
@@ -76,6 +98,9 @@ class LocalOllamaControl(ServerControl):
         self._user_env: dict[str, str] | None = None  # the server's own OLLAMA_* before perfkit restarted it
         self._settings: dict[str, Any] = {}  # what perfkit last applied (None in restart() means these)
         self.restarts: list[RestartInfo] = []
+        # Written before the first restart, removed once the user's settings are back: if perfkit is killed
+        # in between, the next perfkit start restores the server from it (restore_pending).
+        self.restore_record: Path | None = None
 
     # ---- processes -----------------------------------------------------------------------------
     def serve_pid(self) -> int | None:
@@ -112,7 +137,8 @@ class LocalOllamaControl(ServerControl):
             raise Unknown("backend.restart_command is not set: perfkit can't apply server settings to this Ollama")
         if self._user_env is None:
             self._user_env = self._server_env()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+            self._write_record()
+        env = _base_env()
         env.update(self._user_env)
         env.update(to_ollama_env(settings))
         return self._restart_with(env)
@@ -121,11 +147,27 @@ class LocalOllamaControl(ServerControl):
         """Give the user back the server as it was: restart it with its original OLLAMA_* environment."""
         if self._user_env is None or not self.restart_command:
             return None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+        env = _base_env()
         env.update(self._user_env)
         info = self._restart_with(env)
         self._user_env = None
+        if self.restore_record is not None:
+            self.restore_record.unlink(missing_ok=True)
         return info
+
+    def _write_record(self) -> None:
+        if self.restore_record is None:
+            return
+        import json
+
+        from perfkit.core.secrets import SECRET_KEY
+
+        # Secret-looking variables are not kept: a restore without them beats a secret on disk.
+        env = {k: v for k, v in (self._user_env or {}).items() if not SECRET_KEY.search(k)}
+        tmp = self.restore_record.with_name(self.restore_record.name + ".tmp")
+        tmp.write_text(json.dumps({"url": self.url, "restart_command": self.restart_command, "user_env": env,
+                                   "ready_timeout_s": self.ready_timeout_s}))
+        tmp.replace(self.restore_record)
 
     def _restart_with(self, env: dict[str, str]) -> RestartInfo:
         pid_before = self.serve_pid()

@@ -1,0 +1,106 @@
+"""Conclusions claim only what their numbers carry: each study's text generated from adversarial recorded data
+(scheme A slower than warm, a proxy faster than the server behind it, a busy client whose error is far below
+the figures, warmups that can't be told apart) never asserts the opposite of its own figures."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from perfkit.core.store import RunStore
+from perfkit.studies.base import StudyContext
+
+MODEL = "smollm2-135m-q4_1"
+
+
+def _spread(median: float, n: int, seed: int) -> list[float]:
+    return list(median * np.exp(np.random.default_rng(seed).normal(0, 0.03, n)))
+
+
+def _ctx(tmp_path, study: str, section: dict) -> StudyContext:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"name": "adv", "studies": {study: section}}))
+    return StudyContext(tmp_path / "params.yaml", tmp_path, study, check_models=False)
+
+
+def _trial(tid: str, e2e: float, **extra) -> dict:
+    return {"trial_id": tid, "model": MODEL, "ok": True, "warmup": False, "e2e_s": e2e, "ttft_s": 0.8 * e2e,
+            "load_s": 0.0, "prefill_s": 0.1 * e2e, "decode_s": 0.6 * e2e, "overhead_s": 0.1 * e2e,
+            "decode_tok_s": 100.0, "itl_s": [0.01] * 5, "state_verified": True, "t_send_ns": 0,
+            "t_end_ns": int(e2e * 1e9), **extra}
+
+
+def test_scheme_a_slower_than_warm_is_never_called_warm_speed(tmp_path):
+    store = RunStore(tmp_path / "cold_start")
+    for i, e in enumerate(_spread(1.0, 8, 1)):
+        store.append_trial(_trial(f"state/warm/rep{i}", e, cache_state="warm", variant="warm"))
+    for i, e in enumerate(_spread(3.5, 8, 2)):
+        store.append_trial(_trial(f"scheme_a/delay0.5/rep{i}", e, cache_state="cold_server", strategy="scheme_a",
+                                  scheme_a_delay_s=0.5, restart_ready_s=0.2, warm_after_s=5.0,
+                                  preload_done_at_send=False, variant="scheme A"))
+    store.write_manifest(study="cold_start")
+    ctx = _ctx(tmp_path, "cold_start", {"model": MODEL, "states": ["warm"], "scheme_a_delays_s": [0.5],
+                                        "scheme_a_reps": 8})
+    text = ctx.study.conclusions(ctx.study.analyze(ctx))
+    line = next(ln for ln in text.splitlines() if "Scheme A" in ln)
+    assert "warm speed" not in line and "finished before it in 0% of trials" in line
+    assert "not distinguishable" not in line and "3." in line  # 3.5× as long as a warm request, said as such
+
+
+def test_a_proxy_faster_than_its_server_is_suspect_not_a_finding(tmp_path):
+    store = RunStore(tmp_path / "fleet")
+    for i, (d, p) in enumerate(zip(_spread(0.10, 8, 3), _spread(0.04, 8, 4))):
+        for target, ttft in (("direct", d), ("proxy", p)):
+            store.append_trial({"trial_id": f"overhead/off/{target}/{i}", "phase": "overhead", "target": target,
+                                "buffering": "off", "ok": True, "warmup": False, "cache_state": "warm",
+                                "ttft_s": ttft, "e2e_s": ttft + 0.2})
+    store.write_manifest(study="fleet", fleet={"servers": [], "managed": True})
+    ctx = _ctx(tmp_path, "fleet", {"model": MODEL})
+    text = ctx.study.conclusions(ctx.study.analyze(ctx))
+    line = next(ln for ln in text.splitlines() if "Proxy overhead" in ln)
+    assert "suspect data" in line and "added to TTFT" not in line
+
+
+def _series(store: RunStore, series: str, conc: int, ttft: float, gap: float, busy: float, lag: float) -> None:
+    t, rows = 0, []
+    for i in range(4 * conc):
+        times = [t + int((ttft + k * gap) * 1e9) for k in range(10)]
+        rows.append({"trial_id": f"{series}/a0/{i}", "series": series, "attempt": 0, "mode": "closed", "ok": True,
+                     "warmup": False, "cache_state": "warm", "config": "defaults", "config_index": 0,
+                     "concurrency": conc, "stream": i % conc, "t_send_ns": t, "t_end_ns": times[-1],
+                     "ttft_s": ttft, "e2e_s": (times[-1] - t) / 1e9, "tpot_s": gap, "token_times_ns": times,
+                     "itl_s": [gap] * 9, "output_tokens": 10, "output_tokens_source": "server", "decode_tok_s": 1 / gap})
+        t = times[-1] if i % conc == conc - 1 else t
+    store.extend_trials(rows)
+    store.event("series_done", series=series, attempt=0, steady=False, client_client_bound=True,
+                client_loop_busy=busy, client_loop_lag_p99_s=lag, client_loop_lag_max_s=lag,
+                client_reason="client-bound: figures unreliable (loop thread 90% busy)")
+
+
+@pytest.mark.parametrize("gap,moves", [(0.05, False), (0.01, True)])
+def test_a_busy_client_is_blamed_only_for_the_figures_its_error_can_move(tmp_path, gap, moves):
+    store = RunStore(tmp_path / "config_tuning")
+    _series(store, "cfg0/c1", 1, ttft=0.5, gap=gap, busy=0.9, lag=0.001)
+    store.write_manifest(study="config_tuning")
+    ctx = _ctx(tmp_path, "config_tuning", {"model": MODEL, "settings": [{}], "concurrency": [1], "requests": 4})
+    res = ctx.study.analyze(ctx)
+    text = ctx.study.conclusions(res)
+    assert "are the client's" not in text
+    if moves:  # a 1 ms lag is 10% of a 10 ms ITL
+        assert "can shift ITL" in text and "TTFT unaffected" in text
+    else:  # and 2% of a 50 ms ITL, 0.2% of a 500 ms TTFT
+        assert "too little to change those figures" in text and "can shift" not in text
+
+
+def test_warmups_that_cannot_be_told_apart_are_not_ranked(tmp_path):
+    store = RunStore(tmp_path / "cold_start")
+    for s, seed in (("none", 5), ("preload", 6)):
+        for i, e in enumerate(_spread(0.5, 3, seed)):  # n=3: too few for any CI of a ratio
+            store.append_trial(_trial(f"strategy/{s}/gap1/rep{i}", e, cache_state="warm", strategy=s, idle_gap_s=1.0,
+                                      keep_alive_s=300.0, loaded_at_send=True, variant=s))
+    store.write_manifest(study="cold_start")
+    ctx = _ctx(tmp_path, "cold_start", {"model": MODEL, "states": ["warm"], "strategies": ["none", "preload"]})
+    text = ctx.study.conclusions(ctx.study.analyze(ctx))
+    line = next(ln for ln in text.splitlines() if "idle gap" in ln)
+    assert "no strategy is distinguishable" in line and "is faster than" not in line
+    assert json.dumps(text)  # plain text, nothing unserializable
