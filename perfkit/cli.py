@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -64,6 +65,28 @@ def _settings(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def _params_file(arg: str):
+    """The parameter file to run with: ``-`` reads it from standard input (checked like a file, kept in a
+    private temporary file for the run, which may need its secret values, and removed after)."""
+    if arg != "-":
+        yield Path(arg)
+        return
+    import os
+    import tempfile
+
+    from perfkit.core.yamlfile import read_text
+
+    text = read_text("-")
+    fd, name = tempfile.mkstemp(prefix="perfkit-stdin-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
 def cmd_run(a) -> int:
     from perfkit.run import pipeline
 
@@ -75,8 +98,8 @@ def cmd_run(a) -> int:
     if a.retry_failed and run_dir is None:
         raise PerfkitError("--retry-failed needs --resume RUN_DIR: it measures again the failed trials of that run")
     results = Path(a.results) if a.results else (run_dir.parent if run_dir else Path("results"))
-    out = pipeline.run(Path(a.params), a.study or [], results, run_dir, retry_failed=a.retry_failed,
-                       repeat=a.repeat)
+    with _params_file(a.params) as params:
+        out = pipeline.run(params, a.study or [], results, run_dir, retry_failed=a.retry_failed, repeat=a.repeat)
     print(f"\nreports: {out}/*.html\nindex:   {results / 'index.html'}")
     return 0
 
@@ -169,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run studies from a parameter file and publish HTML reports",
                        description="Execute the study notebooks with papermill into results/<run-id>/ "
                                    "(data, executed notebooks, logs), render HTML reports and refresh results/index.html.")
-    r.add_argument("params", help="parameter file, e.g. params/demo.yaml")
+    r.add_argument("params", help="parameter file, e.g. params/demo.yaml; - reads it from standard input")
     r.add_argument("--study", action="append", metavar="NAME",
                    help="only this study (repeatable): " + ", ".join(_study_names()))
     r.add_argument("--results", metavar="DIR", help="results directory (default: results)")
@@ -231,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PerfkitError as e:
-        print(f"perfkit: error: {e}", file=sys.stderr)
+        from perfkit.core.secrets import redact_text
+
+        print(f"perfkit: error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)

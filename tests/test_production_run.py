@@ -61,7 +61,7 @@ def test_reports_are_as_complete_as_on_the_embedded_engine(production_run):
     cold = text(run_dir / "cold_start.html")
     assert "No samples recorded" not in cold and "needs a local engine" not in cold
     assert "Load floor:" in cold and "unknown, because" not in cold.split("Load floor:")[1][:60]
-    assert "After a server restart" in cold and "Scheme A" in cold and "served at warm speed" in cold
+    assert "After a server restart" in cold and "Scheme A" in cold and "the preload had finished before it in" in cold
     assert "runner started in" in cold and "server config" in cold  # the server's own timeline
     assert "Partial offload" in cold  # the scripted 72B has 60 of 81 layers on the "GPU"
     samples = [json.loads(x) for x in (run_dir / "cold_start" / "samples.jsonl").read_text().splitlines()]

@@ -264,5 +264,9 @@ def test_summarize_groups():
     assert stats.pooled(pd.Series([[1, 2], [3], None])) == [1, 2, 3]
 
 
-def test_module_constants_kept():
-    assert stats.CONFIDENCE == 0.95 and isinstance(stats.N_RESAMPLES, int) and isinstance(stats.SEED, int)
+def test_default_confidence_is_95_percent_everywhere():
+    e = stats.estimate([1.0, 2, 3, 4, 5, 6, 7, 8])
+    r = stats.ratio([2.0, 2.1, 1.9, 2.2], [1.0, 1.1, 0.9, 1.05])
+    assert e.confidence == r.confidence == stats.CONFIDENCE == 0.95
+    # and the interval is the 95% one: ranks 1 and 8 of 8 (ranks 2 and 7 cover only 93%)
+    assert (e.lo, e.hi) == (1.0, 8.0)

@@ -24,7 +24,8 @@ def _state_failed(df: pd.DataFrame) -> pd.Series:
     if "state_verified" not in df:
         return pd.Series(False, index=df.index)
     # JSON false reads back as bool or numpy bool; None/NaN (not verifiable, no check) is not a failure.
-    return df["state_verified"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)
+    # Always a boolean mask: an empty object-dtype Series would index columns, not rows.
+    return df["state_verified"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v).astype(bool)
 
 
 def measured(df: pd.DataFrame, **eq) -> pd.DataFrame:

@@ -28,9 +28,6 @@ from scipy import stats as _st
 
 from perfkit.core.fmt import number
 
-# Bootstrap settings: no longer used for any interval here, kept because other modules import them.
-N_RESAMPLES = 2000
-SEED = 20261123
 CONFIDENCE = 0.95
 
 ORDER_STAT_METHOD = "order statistics (binomial, exact)"
@@ -221,16 +218,14 @@ def _t_interval(x: np.ndarray, stat: str, confidence: float, method: str) -> Est
     return Estimate(stat, value, value - half, value + half, n, confidence, method)
 
 
-def estimate(values: Sequence[float], stat: str = "median", *, n_resamples: int = N_RESAMPLES,
-             confidence: float = CONFIDENCE, seed: int = SEED) -> Estimate:
+def estimate(values: Sequence[float], stat: str = "median", *, confidence: float = CONFIDENCE) -> Estimate:
     """``stat`` of ``values`` (NaN/None dropped) with a two-sided CI at ``confidence``. For a percentile, +inf
     values are censored observations (a failed or timed-out request: beyond the limit) and stay in the order
     statistics, so a failure never leaves a latency percentile; the value or a bound may then be +inf.
 
     ``stat``: ``median`` (= ``p50``), ``p90``, ``p95``, ``p99``, any ``pXX``, or ``mean``. Percentiles:
     sample percentile (linear interpolation) with the exact order-statistic interval, NaN bounds plus
-    ``need_n`` when n is too small. Mean: t-interval. ``n_resamples``/``seed`` are accepted for backward
-    compatibility and ignored (no resampling is done).
+    ``need_n`` when n is too small. Mean: t-interval.
     """
     _check_confidence(confidence)
     q = quantile_of(stat)
@@ -291,8 +286,8 @@ def min_n_ratio(confidence: float = CONFIDENCE) -> int:
     return n
 
 
-def ratio(a: Sequence[float], b: Sequence[float], stat: str = "median", *, n_resamples: int = N_RESAMPLES,
-          confidence: float = CONFIDENCE, seed: int = SEED) -> Estimate:
+def ratio(a: Sequence[float], b: Sequence[float], stat: str = "median", *,
+          confidence: float = CONFIDENCE) -> Estimate:
     """How many times larger ``a`` is than ``b`` (two independent samples, e.g. cold e2e / warm e2e).
 
     Hodges–Lehmann on the log scale: value = exp(median of all log a_i − log b_j); CI = exp of the order
@@ -300,8 +295,7 @@ def ratio(a: Sequence[float], b: Sequence[float], stat: str = "median", *, n_res
     approximation beyond 200 × 200. Distribution-free under a scale model (same shape, different scale), valid
     at any n; below the minimum n the bounds are NaN and ``need_n`` is the equal per-sample n that would give
     one. Non-positive values cannot be log-ratioed and are dropped (``note`` says how many). ``n`` is
-    min(n_a, n_b); ``n_a``/``n_b`` are both. ``stat`` must be ``"median"`` (kept for backward compatibility);
-    ``n_resamples``/``seed`` are ignored.
+    min(n_a, n_b); ``n_a``/``n_b`` are both. ``stat`` must be ``"median"``.
     """
     if stat != "median":
         raise ValueError(f"ratio supports stat='median' only (Hodges–Lehmann); got {stat!r}")

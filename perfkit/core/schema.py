@@ -4,6 +4,7 @@ study's own: the backend, timeouts, sampling and SLOs. A study's own section sit
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -34,7 +35,8 @@ def unique(values: list, what: str) -> list:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf and nan are refused everywhere: `request_s: .inf` would overflow a timer deep inside a run.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -122,6 +124,18 @@ class BackendParams(Strict):
     def _check_settings(cls, v):
         return settings_dict(v)
 
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v):
+        for k, val in v.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k):
+                raise ValueError(f"header name {k[:40]!r} is not a valid HTTP header name")
+            if any(ord(c) > 126 or (ord(c) < 32 and c != "\t") for c in val):
+                # HTTP carries header values as ASCII; a non-ASCII or control character fails every request.
+                raise ValueError(f"the value of header {k!r} has a non-ASCII or control character; "
+                                 "HTTP header values are ASCII")
+        return v
+
     @field_validator("url")
     @classmethod
     def _url_form(cls, v):
@@ -142,8 +156,8 @@ class BackendParams(Strict):
 
 
 class Timeouts(Strict):
-    request_s: float = Field(1800.0, gt=0, description="whole request; a cold 72B load takes minutes")
-    stall_s: float | None = Field(None, gt=0, description="silence inside a stream")
+    request_s: float = Field(1800.0, gt=0, le=7 * 86400, description="whole request; a cold 72B load takes minutes")
+    stall_s: float | None = Field(None, gt=0, le=7 * 86400, description="silence inside a stream")
 
 
 class SamplingParams(Strict):

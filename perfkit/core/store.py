@@ -18,9 +18,13 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from perfkit.core.records import RequestRecord
 from perfkit.core.secrets import redact
 
 _log = logging.getLogger("perfkit.store")
+# The columns every trial row can have: what identifies the trial, and the request's record.
+TRIAL_COLUMNS = ("trial_id", "variant", "model", "cache_state", "rep", "warmup", "ok", "error",
+                 *RequestRecord.__dataclass_fields__)
 
 def _default(o: Any) -> Any:
     if hasattr(o, "as_dict"):
@@ -219,8 +223,11 @@ class RunStore:
 
     def trials(self, all_attempts: bool = False) -> pd.DataFrame:
         """One row per trial, its latest attempt (a failed trial measured again keeps its failed row on
-        disk); ``all_attempts=True`` gives every row."""
+        disk); ``all_attempts=True`` gives every row. Every column of a trial row is there, empty where no
+        row has it (no trial yet, or every request failed before it had a time): an analysis never meets
+        a missing column, only missing values."""
         df = pd.DataFrame(self.trials_log.read())
+        df = df.reindex(columns=list(df.columns) + [c for c in TRIAL_COLUMNS if c not in df.columns])
         res = self.resources_log.read()
         if res and "trial_id" in df:
             r = pd.DataFrame(res).drop_duplicates("trial_id", keep="last").set_index("trial_id")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from perfkit.client.backends import Sampling
+from perfkit.core.errors import PerfkitError
 from perfkit.core.store import RunStore
 from perfkit.measure.cache_states import ensure_warm
 
@@ -15,13 +16,16 @@ def record_device(session, store: RunStore, model: str) -> None:
     """One ``device`` event for ``model`` (the embedded engine: the host CPU; a local Ollama: /api/ps and
     NVML; a remote server: "unknown, because")."""
     keep_alive = session.runner.keep_alive
-    ensure_warm(session.backend, model, keep_alive, timeout_s=session.runner.timeout_s)
-    device = session.control.device(model, session.backend)  # the first call measures host bandwidth: seconds
-    # A short keep-alive may have put the model to sleep meanwhile: use it again, then read its memory.
-    ensure_warm(session.backend, model, keep_alive, timeout_s=session.runner.timeout_s)
-    session.backend.generate(model, "ok", Sampling(num_predict=2), keep_alive=keep_alive,
-                             timeout_s=session.runner.timeout_s)
-    store.event("device", model=model, **device.as_record(), **session.backend.resident_memory(model))
+    try:
+        ensure_warm(session.backend, model, keep_alive, timeout_s=session.runner.timeout_s)
+        device = session.control.device(model, session.backend)  # the first call measures host bandwidth: seconds
+        # A short keep-alive may have put the model to sleep meanwhile: use it again, then read its memory.
+        ensure_warm(session.backend, model, keep_alive, timeout_s=session.runner.timeout_s)
+        session.backend.generate(model, "ok", Sampling(num_predict=2), keep_alive=keep_alive,
+                                 timeout_s=session.runner.timeout_s)
+        store.event("device", model=model, **device.as_record(), **session.backend.resident_memory(model))
+    except PerfkitError as e:  # the model can't be served: its trials already say how it fails
+        store.event("device", model=model, device="unknown", unknown_because=f"the server could not serve it: {e}")
 
 
 def record_devices(session, store: RunStore, models: Iterable[str]) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from perfkit.core.clock import utc_now
 from perfkit.core.errors import PerfkitError
+from perfkit.core.secrets import redact_text
 from perfkit.run import figures as run_figures, site
 from perfkit.run.lock import RunLock
 from perfkit.run.publish import StudyFailed, execute, first_error, papermill, render
@@ -30,7 +31,7 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
     Everything that can be checked is checked before a run directory is created or papermill starts:
     the parameters, the results directory, a resumed run's owner and parameters, the server.
     """
-    from perfkit.run.preflight import check_backend
+    from perfkit.run import preflight
     from perfkit.studies import params as params_mod
 
     params_path = Path(params_path)
@@ -59,7 +60,7 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
         else:
             check_results_dir(results_dir)
             _restore_orphans(results_dir, log)
-        reached = check_backend(params, params_path)
+        reached = preflight.check(params, params_path, chosen)
         if reached:
             log(f"backend: {reached}")
         if run_dir is None:
@@ -111,7 +112,7 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
                  lock: RunLock, log, warn, retry_failed: bool, repeat: int) -> Path:
     info = read_run(run_dir) or {"run_id": run_dir.name, "params_name": params.name, "created_utc": utc_now(),
                                  "params_file": str(params_path), "studies": {}}
-    info["argv"] = sys.argv
+    info["argv"] = [redact_text(a) for a in sys.argv]
     info["owner"] = lock.owner
     info["repeat"] = repeat = max(repeat, int(info.get("repeat") or 1))
     base_env = {"PERFKIT_RETRY_FAILED": "1"} if retry_failed else {}
@@ -189,7 +190,7 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_d
         raise PerfkitError(f"{run_dir} is not a perfkit run (no run.json)")
     if not (run_dir / "params.yaml").is_file():
         raise PerfkitError(f"{run_dir}/params.yaml is missing: the run's parameters are needed to render it")
-    with RunLock(run_dir, "perfkit report", log=log) as lock:
+    with RunLock(run_dir, "perfkit report", log=log):
         info = read_run(run_dir)
         studies = [s for s in info["studies"] if (run_dir / s / "trials.jsonl").exists()]
         for study in info["studies"]:

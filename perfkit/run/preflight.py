@@ -1,78 +1,74 @@
-"""Before any study starts: does ``backend.url`` answer, and is it the API the parameter file says?
-
-One GET with the configured headers (their values are never printed or recorded):
-Ollama ``/api/version`` must return JSON with a ``version``; llama-server ``/health`` must return
-JSON (200, or 503 while a model loads). Anything else is a ``PerfkitError`` that names the file,
-``backend.url`` and what was reached: nothing listening, a web page, a refused credential ...
-"""
+"""Before any study starts, everything that can be checked is: does ``backend.url`` answer with the API the
+parameter file names, does the server have every model the studies name, does the restart command exist, a
+server log file that is named, and each study's own needs (a user's fleet answering, settings that need a
+restart). One ``PerfkitError`` lists every problem, each naming the file and the key."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-import httpx
-
+from perfkit.client import backends
+from perfkit.client.probe import probe
 from perfkit.core.errors import PerfkitError
-
-_API = {"ollama": ("/api/version", "the Ollama API"), "llama-server": ("/health", "a llama-server"),
-        "openai": ("/v1/models", "an OpenAI-compatible API")}
+from perfkit.core.secrets import redact_text
+from perfkit.studies import registry
 
 
 def check_backend(params, params_path: str | Path, timeout_s: float = 10.0) -> str:
-    """Returns what was reached ('ollama 0.33.0 at http://…'); raises PerfkitError otherwise."""
+    """What was reached ('ollama 0.33.0 at http://…'), '' for the embedded engine; PerfkitError otherwise."""
     b = params.backend
-    if b.kind not in _API:
+    if b.kind == "embedded":
         return ""
-    probe, api = _API[b.kind]
-    url = b.url.rstrip("/").removesuffix("/v1") if b.kind == "openai" else b.url.rstrip("/")
-    where = f"{params_path}: backend.url {b.url}"
-    hint_headers = "check backend.headers" if b.headers else "the server wants credentials: set backend.headers"
+    return probe(b.kind, b.url, dict(b.headers), f"{params_path}: backend.url {redact_text(b.url)}", timeout_s)
+
+
+def _has(kind: str, names: list[str], model: str) -> bool:
+    if kind == "ollama":  # Ollama resolves a bare name to its ":latest" tag, case-insensitively
+        want = {model.lower(), f"{model.lower()}:latest"} if ":" not in model else {model.lower()}
+        return any(n.lower() in want for n in names)
+    return model in names
+
+
+def check_models(params, params_path: str | Path) -> list[str]:
+    """Models the studies name that the server does not have (a server that can't list its models: none)."""
+    b = params.backend
+    if b.kind == "embedded":
+        return []
+    be = backends.create(b.kind, b.url, headers=b.headers, endpoint=b.endpoint, inspect_host=False)
     try:
-        r = httpx.get(url + probe, headers=dict(b.headers), timeout=timeout_s, follow_redirects=False)
-    except httpx.ConnectTimeout:
-        raise PerfkitError(f"{where}: no answer within {timeout_s:g} s (connect timeout): a firewall, or the "
-                           "wrong host?") from None
-    except httpx.TimeoutException:
-        raise PerfkitError(f"{where}: connected, but GET {probe} got no answer within {timeout_s:g} s") from None
-    except httpx.ConnectError as e:
-        text = str(e)
-        if "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text \
-                or "Temporary failure in name resolution" in text:
-            raise PerfkitError(f"{where}: host not found (DNS): check the host name") from None
-        if "SSL" in text or "certificate" in text.lower():
-            raise PerfkitError(f"{where}: TLS failed ({text[:160]}): http:// or https://?") from None
-        raise PerfkitError(f"{where}: nothing listening there (connection refused): is "
-                           f"{ {'ollama': 'ollama serve', 'openai': 'the server'}.get(b.kind, 'llama-server')} running, "
-                           "on that port?") from None
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
-        raise PerfkitError(f"{where}: not a usable http(s) URL ({e})") from None
-    except httpx.HTTPError as e:
-        raise PerfkitError(f"{where}: GET {probe} failed: {type(e).__name__}: {str(e)[:160]}") from None
-    code = f"HTTP {r.status_code} {r.reason_phrase}".strip()
-    if r.status_code in (401, 403, 407):
-        raise PerfkitError(f"{where}: {code}: {hint_headers}")
-    if 300 <= r.status_code < 400:
-        raise PerfkitError(f"{where}: {code}, a redirect to {r.headers.get('location', '?')}: not {api}; "
-                           "give the API's own URL")
-    ctype = r.headers.get("content-type", "")
-    head = r.text[:300].lstrip().lower()
-    if "html" in ctype or head.startswith(("<!doctype", "<html")):
-        raise PerfkitError(f"{where}: this URL answers HTML (a web page, {code}), not {api} (GET {probe})")
-    try:
-        body = r.json()
-    except ValueError:
-        body = None
-    loading = b.kind == "llama-server" and r.status_code == 503 and isinstance(body, dict)
-    if r.status_code >= 400 and not loading:
-        raise PerfkitError(f"{where}: GET {probe} answered {code}: not {api} (wrong port or path?)")
-    if not isinstance(body, dict):
-        raise PerfkitError(f"{where}: GET {probe} answered {ctype or 'something'} that is not a JSON object: "
-                           f"not {api}")
-    if b.kind == "ollama":
-        if "version" not in body:
-            raise PerfkitError(f"{where}: GET {probe} answered JSON without a 'version': not {api}")
-        return f"ollama {body['version']} at {url}"
-    if b.kind == "openai":
-        models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
-        return f"an OpenAI-compatible server at {url} serving {', '.join(models) or 'no model'}"
-    return f"llama-server at {url} ({'loading' if loading else body.get('status', 'ok')})"
+        names = be.models()
+    except Exception:  # noqa: BLE001 - a server that can't list its models is checked by its first request
+        return []
+    finally:
+        be.close()
+    return [f"{params_path}: {key}: the server has no model {model!r}; it has: {', '.join(sorted(names)[:12]) or 'none'}"
+            for key, model in params.models_used() if not _has(b.kind, names, model)]
+
+
+def check_local(params, params_path: str | Path) -> list[str]:
+    """The restart command's program and a server log file, where the parameters name them."""
+    b, out = params.backend, []
+    if b.restart_command:
+        exe = b.restart_command[0]
+        if not (Path(exe).is_file() or shutil.which(exe)):
+            out.append(f"{params_path}: backend.restart_command: {exe!r} is not a program found here")
+    if b.server_log is not None and b.server_log.file and not Path(b.server_log.file).expanduser().is_file():
+        out.append(f"{params_path}: backend.server_log.file: {b.server_log.file} does not exist")
+    if b.server_log is not None and b.server_log.command:
+        exe = b.server_log.command[0]
+        if not (Path(exe).is_file() or shutil.which(exe)):
+            out.append(f"{params_path}: backend.server_log.command: {exe!r} is not a program found here")
+    return out
+
+
+def check(params, params_path: str | Path, studies: list[str]) -> str:
+    """Every check above and each chosen study's own; returns what was reached, raises one PerfkitError
+    listing every problem otherwise."""
+    reached = check_backend(params, params_path)
+    problems = check_local(params, params_path) + check_models(params, params_path)
+    for s in studies:
+        problems += [f"{params_path}: {p}" for p in registry.get(s).preflight(params)]
+    if problems:
+        raise PerfkitError("nothing was measured; fix these first:\n" + "\n".join(f"  - {p}" for p in problems))
+    return reached

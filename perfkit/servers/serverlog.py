@@ -71,6 +71,8 @@ KINDS = (
     "request_proxied",   # name, port: a llama-server router hands a request to a model instance
 )
 
+# Lines the parser raised on (and skipped): never an analysis stopped by one odd line, but never silent either.
+MISREAD: list[str] = []
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # --- source prefixes ------------------------------------------------------------------------------
@@ -560,8 +562,11 @@ def _parse(line: str, local_tz: tzinfo | None, year: int | None) -> _Parsed:
             kf[1]["attrs"] = attrs
     elif text.startswith("[GIN]"):
         m = _GIN.match(text)
+        try:
+            dt = datetime.strptime(m["ts"], "%Y/%m/%d - %H:%M:%S") if m else None
+        except ValueError:  # an impossible date: not a line GIN wrote
+            m = dt = None
         if m:
-            dt = datetime.strptime(m["ts"], "%Y/%m/%d - %H:%M:%S")
             # GIN writes local time without a zone, whole seconds, when the request *ends*. A source
             # prefix (journald, docker --timestamps) stamped the same moment with a zone and often
             # finer: keep that one.
@@ -578,11 +583,14 @@ def _parse(line: str, local_tz: tzinfo | None, year: int | None) -> _Parsed:
                               "path": _go_unquote(path) if path.startswith('"') else path})
     else:
         mg = _GOLOG.match(text)
+        try:
+            gdt = datetime.strptime(mg["ts"], "%Y/%m/%d %H:%M:%S") if mg else None
+        except ValueError:  # an impossible date: not a line Go's log package wrote
+            mg = gdt = None
         if mg:
             # Ollama before slog (2023): Go's log package, local time.
             if pre.time_unix_s is None:  # as for GIN: a source prefix's time has a zone
-                dt = datetime.strptime(mg["ts"], "%Y/%m/%d %H:%M:%S")
-                res.time_unix_s = _local_ts(dt, local_tz) + (float(mg["frac"]) if mg["frac"] else 0.0)
+                res.time_unix_s = _local_ts(gdt, local_tz) + (float(mg["frac"]) if mg["frac"] else 0.0)
                 if not mg["frac"]:
                     fields_extra["time_resolution_s"] = 1.0
             # slog's default handler before Ollama installs its own: "INFO server config env=..." with
@@ -657,7 +665,8 @@ def parse_line(line: str, *, local_tz: tzinfo | None = None, year: int | None = 
     """
     try:
         return _parse(line, local_tz, year).event
-    except Exception:  # noqa: BLE001  (a log line we misread must not stop an analysis)
+    except Exception as e:  # noqa: BLE001  (a log line we misread must not stop an analysis)
+        MISREAD.append(f"{type(e).__name__}: {e}: {line[:120]!r}")
         return None
 
 
@@ -707,7 +716,8 @@ def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | N
                 pass
         try:
             p = _parse(raw, local_tz, year)
-        except Exception:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a misread line never stops an analysis; MISREAD says which
+            MISREAD.append(f"{type(e).__name__}: {e}: {raw[:120]!r}")
             continue
         ev = p.event
 

@@ -77,6 +77,11 @@ class Study(abc.ABC):
     def check_params(self, params: Any) -> None:
         """A check across sections (this study against the backend, say): ValueError with the message."""
 
+    def preflight(self, params: Any) -> list[str]:
+        """Problems that would stop this study later and can be seen now (a server it needs unreachable,
+        settings it must apply on a server perfkit can't restart), each naming the key; [] when none."""
+        return []
+
     def unavailable(self, params: Any) -> str | None:
         """Why this study can't run on this machine with these parameters (the others still run), or None."""
         return None

@@ -112,6 +112,19 @@ class ConfigTuning(Study):
     Params = ConfigTuningParams
     order = 40
 
+    def preflight(self, params: Any) -> list[str]:
+        c, b = params.studies.config_tuning, params.backend
+        changes = len(c.settings) > 1 or bool(c.settings[0])
+        if not changes or b.kind == "embedded":
+            return []
+        if b.kind != "ollama":
+            return [f"studies.config_tuning.settings: applying server settings needs a server perfkit can restart; "
+                    f"a backend of kind {b.kind!r} can't be (use one setting, {{}}, to measure it as it runs)"]
+        if not b.restart_command:
+            return ["studies.config_tuning.settings: applying them needs backend.restart_command (see "
+                    "scripts/restart-ollama.sh); without it give one setting, {}"]
+        return []
+
     def measure(self, ctx: StudyContext) -> None:
         c = ctx.cfg
         with ctx.session(c.settings[0]) as s:

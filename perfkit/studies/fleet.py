@@ -740,6 +740,22 @@ class FleetStudy(Study):
                              f"{params.backend.kind!r}) give fleet.proxy_url and fleet.server_urls; perfkit starts "
                              "engines and nginx only for the embedded backend")
 
+    def preflight(self, params: Any) -> list[str]:
+        """A user's fleet: the proxy and every server must answer their API before anything is measured."""
+        from perfkit.client.probe import probe
+        from perfkit.core.errors import PerfkitError
+
+        f = params.studies.fleet
+        out = []
+        for key, url in [("studies.fleet.proxy_url", f.proxy_url)] + [
+                (f"studies.fleet.server_urls[{i}]", u) for i, u in enumerate(f.server_urls)]:
+            if url:
+                try:
+                    probe(f.api, url, dict(params.backend.headers), f"{key} {url}", timeout_s=5.0)
+                except PerfkitError as e:
+                    out.append(str(e))
+        return out
+
     def unavailable(self, params: Any) -> str | None:
         if not params.studies.fleet.server_urls and nginx_binary() is None:
             return f"nginx is not installed; {install_hint()}"

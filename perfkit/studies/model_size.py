@@ -83,8 +83,13 @@ def _fig(res: StudyResult, tag: str, model: str) -> str:
     return f.text() if f is not None else fmt.NA
 
 
-def _ratio_line(a: stats.Estimate, what: str) -> str:
-    if a.has_ci and a.lo <= 1 <= a.hi:
+def _ratio_line(a: stats.Estimate, what: str) -> str | None:
+    """A ratio as a claim its CI carries; None when there is no ratio to state."""
+    if not np.isfinite(a.value):
+        return None
+    if not a.has_ci:
+        return f"{fmt.estimate(a, 'ratio')} {what} (no CI at this n, so no claim either way)"
+    if a.lo <= 1 <= a.hi:
         return f"{fmt.estimate(a, 'ratio')} {what}, which this n does not distinguish from equal"
     return f"{fmt.estimate(a, 'ratio')} {what}"
 
@@ -110,16 +115,18 @@ def conclusions(res: ModelSizeResult) -> str:
         size = fmt.size(r["file_bytes"]) if pd.notna(r["file_bytes"]) else "size unknown"
         if pd.notna(r.get("model_memory_bytes", np.nan)):
             size += f", {fmt.mib(r['model_memory_bytes'])} resident"
-        lines.append(f"- **{m}** ({r['quantization']}, {fmt.count(r['parameters'])} parameters, {size}): loads in "
+        quant = r["quantization"] if isinstance(r["quantization"], str) else "quantization unknown"
+        lines.append(f"- **{m}** ({quant}, {fmt.count(r['parameters'])} parameters, {size}): loads in "
                      f"{_fig(res, 'load', m)}, warm TTFT {_fig(res, 'ttft', m)}, decodes at "
                      f"{_fig(res, 'decode_rate', m)}{lim}.")
     warm = lambda m: ok[(ok["variant"] == m) & (ok["cache_state"] == "warm")]  # noqa: E731
     cold = lambda m: ok[(ok["variant"] == m) & (ok["cache_state"] != "warm")]  # noqa: E731
     if small != large and warm(small)["decode_tok_s"].notna().any() and warm(large)["decode_tok_s"].notna().any():
-        rd = stats.ratio(warm(small)["decode_tok_s"], warm(large)["decode_tok_s"])
-        rl = stats.ratio(cold(large)["load_s"], cold(small)["load_s"])
-        lines.append(f"- The smaller model decodes {_ratio_line(rd, 'as fast')}; the larger one takes "
-                     f"{_ratio_line(rl, 'as long to load')}.")
+        rd = _ratio_line(stats.ratio(warm(small)["decode_tok_s"], warm(large)["decode_tok_s"]), "as fast")
+        rl = _ratio_line(stats.ratio(cold(large)["load_s"], cold(small)["load_s"]), "as long to load")
+        parts = ([f"the smaller model decodes {rd}"] if rd else []) + ([f"the larger one takes {rl}"] if rl else [])
+        if parts:
+            lines.append("- " + "; ".join(parts)[0].upper() + "; ".join(parts)[1:] + ".")
     energy = [f for f in res.figures.values() if f.metric == "energy_per_token"]
     if energy:
         lines.append("- Energy per output token (GPUs holding the server's processes): "

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from perfkit.core.errors import ConfigError
+from perfkit.core.secrets import SECRET_KEY, redact_text
 from perfkit.core.schema import NAME_RULE, BackendParams, SamplingParams, Strict, Timeouts
 from perfkit.core.yamlfile import read_yaml, source_name
 from perfkit.studies import registry
@@ -119,7 +120,9 @@ def validate(raw: Any, where: str = "parameters") -> Any:
         msg = err["msg"].removeprefix("Value error, ")
         if not key:  # a check across sections: its message names the keys, the input is the whole file
             raise ConfigError(f"{where}: {msg}") from None
-        got = _short(err.get("input"))
+        if any(isinstance(part, str) and SECRET_KEY.search(part) for part in err["loc"]):
+            raise ConfigError(f"{where}: {key}: {msg}") from None  # a secret's value is never echoed
+        got = redact_text(_short(err.get("input")))
         raise ConfigError(f"{where}: {key}: {msg} (got {got})") from None
     for name in params.enabled():
         try:

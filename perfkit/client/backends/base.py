@@ -132,6 +132,43 @@ class Backend(abc.ABC):
         call = self.stream_call(model, prompt, sampling, logprobs=logprobs, keep_alive=keep_alive)
         return self.target.fetch(call, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
 
+    # A control request (which models are resident, a model's facts) that finds the server gone retries for
+    # this long: a server restarting for a few seconds is not a failed study.
+    control_retry_s: float = 15.0
+
+    def control_get(self, path: str, **kwargs: Any) -> Any:
+        """GET ``path`` on the server's control API and return its JSON. A refused or dropped connection is
+        retried for ``control_retry_s``; what still fails, or answers something that is not JSON (an HTML
+        page, an error), is a ``PerfkitError`` naming the URL and what came back, never a raw traceback."""
+        import time as _time
+
+        import httpx
+
+        from perfkit.core.errors import PerfkitError
+
+        client = self._client  # type: ignore[attr-defined]
+        url = f"{self.url}{path}"
+        deadline = _time.monotonic() + self.control_retry_s
+        while True:
+            try:
+                r = client.get(path, **kwargs)
+                break
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
+                if _time.monotonic() > deadline:
+                    raise PerfkitError(f"the server at {self.url} stopped answering (GET {path}): "
+                                       f"{type(e).__name__} for {self.control_retry_s:g} s") from None
+                _time.sleep(0.25)
+            except httpx.TimeoutException:
+                raise PerfkitError(f"GET {url}: no answer within the control timeout") from None
+        if r.status_code >= 400:
+            raise PerfkitError(f"GET {url} answered HTTP {r.status_code}: {' '.join(r.text[:160].split())}")
+        try:
+            return r.json()
+        except ValueError:
+            what = "an HTML page" if r.text.lstrip()[:15].lower().startswith(("<!doctype", "<html")) else \
+                f"{r.headers.get('content-type') or 'something'} that is not JSON"
+            raise PerfkitError(f"GET {url} answered {what}: not the API perfkit expects there") from None
+
     def resident_memory(self, model: str) -> dict[str, int]:
         """What the resident ``model`` itself occupies (bytes), by whatever the server exposes; {} if nothing."""
         return {}

@@ -57,9 +57,7 @@ class LlamaServerBackend(Backend):
     # ---- control -------------------------------------------------------------------------------
     def status(self) -> dict[str, dict]:
         """model id → its ``status`` object (``value`` ∈ unloaded | loading | loaded | sleeping)."""
-        r = self._client.get("/models")
-        r.raise_for_status()
-        return {m["id"]: (m.get("status") or {}) for m in r.json().get("data", [])}
+        return {m["id"]: (m.get("status") or {}) for m in self.control_get("/models").get("data", [])}
 
     def state(self, model: str) -> str:
         st = self.status()
@@ -69,9 +67,7 @@ class LlamaServerBackend(Backend):
 
     def props(self, model: str) -> dict[str, Any]:
         """The model process's ``/props`` (slots, context per slot, generation defaults)."""
-        r = self._client.get("/props", params={"model": model})
-        r.raise_for_status()
-        return r.json()
+        return self.control_get("/props", params={"model": model})
 
     def version(self) -> str:
         try:

@@ -78,9 +78,10 @@ class OllamaBackend(Backend):
 
     # ---- control -------------------------------------------------------------------------------
     def _get(self, path: str) -> Any:
-        r = self._client.get(path)
-        r.raise_for_status()
-        return r.json()
+        out = self.control_get(path)
+        if not isinstance(out, dict):
+            raise PerfkitError(f"GET {self.url}{path} answered JSON that is not an object: not Ollama's API")
+        return out
 
     def version(self) -> str:
         return self._get("/api/version").get("version", "unknown")
