@@ -437,7 +437,7 @@ def test_retry_failed_measures_failed_trials_again_and_keeps_the_failed_rows(tmp
     assert main(["run", str(p), "--resume", str(run_dir)]) == 0  # a plain resume never retries
     assert fake_study["attempts"] == {"t0": 1, "t1": 1, "t2": 1}
     assert main(["run", str(p), "--resume", str(run_dir), "--retry-failed"]) == 0
-    assert fake_study["calls"][-1]["env"] == {"PERFKIT_RETRY_FAILED": "1"}
+    assert fake_study["calls"][-1]["env"] == {"PERFKIT_RETRY_FAILED": "1", "PERFKIT_REPLICATE": "1"}
     assert fake_study["attempts"] == {"t0": 1, "t1": 2, "t2": 1}
     every = store.trials(all_attempts=True)
     assert list(every["trial_id"]) == ["t0", "t1", "t2", "t1"] and list(every["ok"]) == [True, False, True, True]

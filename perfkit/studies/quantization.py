@@ -181,7 +181,12 @@ def _ci(lo: float, hi: float) -> str:
 def conclusions(res: QuantizationResult) -> str:
     t = res.table.set_index("model")
     ref = res.reference
-    lines = [f"### What the measurements say (reference: {ref}, {t.loc[ref, 'quantization']})"]
+
+    def quant(m: str) -> str:
+        q = t.loc[m, "quantization"] if m in t.index else None
+        return q if isinstance(q, str) else "quantization unknown"
+
+    lines = [f"### What the measurements say (reference: {ref}, {quant(ref)})"]
     lines = offload_warnings(res.table) + lines
     for w in (noisy_note(res.trials), negative_overhead_note(res.trials)):
         if w:
@@ -192,7 +197,7 @@ def conclusions(res: QuantizationResult) -> str:
     smallest = t["file_bytes"].idxmin() if t["file_bytes"].notna().any() else None
     f_fast = res.figures.get(f"quantization/decode_rate/{fastest}")
     f_ref = res.figures.get(f"quantization/decode_rate/{ref}")
-    line = (f"- Highest median decode: **{fastest}** ({t.loc[fastest, 'quantization']}) at "
+    line = (f"- Highest median decode: **{fastest}** ({quant(fastest)}) at "
             f"{f_fast.text() if f_fast else fmt.NA}, against {f_ref.text() if f_ref else fmt.NA} for the reference")
     if fastest != ref and f_fast is not None and f_ref is not None:
         v = compare_samples(f_ref.samples, f_fast.samples, "higher", kind="rate")
@@ -200,16 +205,22 @@ def conclusions(res: QuantizationResult) -> str:
                                           "not distinguishable from the reference at this n"))
     lines.append(line + ".")
     if smallest:
-        lines.append(f"- Smallest file: **{smallest}** at {fmt.size(t.loc[smallest, 'file_bytes'])}, "
-                     f"{t.loc[smallest, 'file_bytes'] / t.loc[ref, 'file_bytes']:.0%} of the reference's size.")
+        share = (f", {t.loc[smallest, 'file_bytes'] / t.loc[ref, 'file_bytes']:.0%} of the reference's size"
+                 if pd.notna(t.loc[ref, "file_bytes"]) and t.loc[ref, "file_bytes"] else
+                 " (the reference's size is unknown)")
+        lines.append(f"- Smallest file: **{smallest}** at {fmt.size(t.loc[smallest, 'file_bytes'])}{share}.")
     if "token_agreement" in t:
         for m in t.index:
             if m == ref or pd.isna(t.loc[m, "token_agreement"]):
                 continue
             unit = "tokens" if res.drift_method == "tokens" else "words (the server returned no tokens)"
-            lines.append(f"- **{m}** agrees with the reference on {t.loc[m, 'token_agreement']:.0%} of greedy {unit} "
-                         f"[{t.loc[m, 'token_agreement_lo']:.0%}, {t.loc[m, 'token_agreement_hi']:.0%}] and reproduces "
-                         f"{t.loc[m, 'prefix_match']:.0%} of its output before the first difference"
+            agree = res.figures.get(f"quantization/agreement/{m}/{ref}")
+            prefix = res.figures.get(f"quantization/prefix_match/{m}/{ref}")
+            if agree is None:
+                continue
+            lines.append(f"- **{m}** agrees with the reference on {agree.text()} of greedy {unit}"
+                         + (f" and reproduces {prefix.text()} of its output before the first difference"
+                            if prefix is not None else "")
                          + (f"; mean |Δ logprob| on the shared prefix {t.loc[m, 'logprob_abs_diff']:.3f}."
                             if pd.notna(t.loc[m, "logprob_abs_diff"]) else "."))
     derived = {m: (f or {}).get("extra", {}).get("requantized_from") for m, f in (res.manifest.get("models") or {}).items()

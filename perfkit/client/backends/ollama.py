@@ -87,7 +87,10 @@ class OllamaBackend(Backend):
         return self._get("/api/version").get("version", "unknown")
 
     def models(self) -> list[str]:
-        return [m["name"] for m in self._get("/api/tags").get("models", [])]
+        tags = self._get("/api/tags")
+        if not isinstance(tags.get("models"), list):
+            raise PerfkitError(f"GET {self.url}/api/tags answered no model list: not Ollama's API")
+        return [m["name"] for m in tags["models"] if isinstance(m, dict) and "name" in m]
 
     def ps(self) -> list[dict]:
         return self._get("/api/ps").get("models", []) or []
