@@ -17,6 +17,8 @@ EPILOG = """examples:
   perfkit run params/demo.yaml --resume results/<run-id>   finish an interrupted run, nothing measured twice
   perfkit report results/<run-id>               re-render the HTML from recorded data, no server needed
   perfkit compare results/<A> results/<B>       before and after: what changed between two runs, and is it real
+  perfkit run params/demo.yaml --repeat 3       three replicates: a comparison then has runs as its unit
+  perfkit lab                                   the study notebooks in JupyterLab (also as root)
   perfkit models prepare && perfkit models      the embedded model store
   perfkit engine start --set OLLAMA_NUM_PARALLEL=2 && perfkit engine status && perfkit engine stop
 """
@@ -53,6 +55,16 @@ def _positive(text: str) -> int:
     if not 1 <= n <= 100:
         raise argparse.ArgumentTypeError(f"{n} is out of range: 1 to 100")
     return n
+
+
+def _share(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a share such as 0.1 for 10%)") from None
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"{x} is out of range: a share from 0 to below 1")
+    return x
 
 
 def _settings(pairs: list[str]) -> dict[str, str]:
@@ -118,8 +130,21 @@ def cmd_report(a) -> int:
 def cmd_compare(a) -> int:
     from perfkit.run import pipeline
 
-    out = pipeline.compare(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None)
+    out = pipeline.compare(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None, min_effect=a.min_effect)
     print(f"comparison: {out}\ndata:       {out.parent / 'comparison.json'}")
+    return 0
+
+
+def cmd_lab(a) -> int:
+    """JupyterLab on the study notebooks, as root too (containers): the notebooks run as they are there."""
+    import os
+
+    from perfkit.studies.base import NOTEBOOKS
+
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={NOTEBOOKS}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # jupyter refuses root otherwise; most containers run as root
+    os.execv(sys.executable, cmd + list(a.args))
     return 0
 
 
@@ -224,7 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_a", help="the run before the change: results/<run-id>")
     c.add_argument("run_b", help="the run after the change: results/<run-id>")
     c.add_argument("--out", metavar="DIR", help="output directory (default: <results>/compare-<A>-vs-<B>/ beside run A)")
+    c.add_argument("--min-effect", type=_share, metavar="SHARE",
+                   help="single runs only: the smallest change that may be called, as a share (default 0.10, from the "
+                        "spread between two runs of the same parameters; 0 calls any CI that excludes 1)")
     c.set_defaults(fn=cmd_compare)
+
+    lab = sub.add_parser("lab", help="open the study notebooks in JupyterLab (also as root)",
+                         description="Start JupyterLab on notebooks/ (with --allow-root when run as root); further "
+                                     "arguments go to jupyter lab, e.g. --no-browser --port 8888.")
+    lab.add_argument("args", nargs=argparse.REMAINDER, help="arguments for jupyter lab")
+    lab.set_defaults(fn=cmd_lab)
 
     m = sub.add_parser("models", help="list or prepare the embedded model store",
                        description="The model store: real GGUF models from PyPI packages (sha256-checked) and "
@@ -261,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        print(f"perfkit: {how}; servers stopped, measured data kept", file=sys.stderr)
+        where = getattr(e, "run_dir", None)
+        print(f"perfkit: {how}; servers stopped, everything measured is kept"
+              + (f" in {where}; go on with: {e.resume}" if where else ""), file=sys.stderr)
         return 128 + signum
     except OSError as e:  # a file system problem not caught earlier: say which file, no traceback
         where = f"{e.filename}: " if e.filename else ""

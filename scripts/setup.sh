@@ -57,4 +57,16 @@ if [ -z "${PERFKIT_NGINX:-}" ] && ! command -v nginx >/dev/null && [ ! -x /usr/s
          "(Debian/Ubuntu), or set PERFKIT_NGINX=/path/to/nginx"
   fi
 fi
+# chromium for the report tests in a real browser (playwright drives Debian's chromium; nothing is downloaded from
+# a browser CDN), best effort like nginx: without it those tests are skipped with a line saying how to install it.
+if [ -z "${PERFKIT_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing chromium (for the report tests in a real browser)"
+    apt_chromium() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core >/dev/null 2>&1; }
+    apt_chromium || { apt-get update -q >/dev/null 2>&1 && apt_chromium; } || true
+  fi
+  if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
+    echo "[setup] chromium not installed (browser tests will be skipped): as root, apt-get install chromium"
+  fi
+fi
 echo "[setup] ready in $(( $(date +%s) - t0 )) s"

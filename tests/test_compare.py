@@ -291,7 +291,7 @@ def test_compare_notebook_is_clean_parameterized_and_thin():
     (tagged,) = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     ns: dict = {}
     exec(tagged.source, ns)  # noqa: S102 - our own parameters cell
-    assert set(ns) - {"__builtins__"} == {"run_a", "run_b", "results_dir"}
+    assert set(ns) - {"__builtins__"} == {"run_a", "run_b", "results_dir", "min_effect"}
     assert "compare.compare(" in code[1].source
     assert max(len(c.source.splitlines()) for c in code) <= 25
 

@@ -44,8 +44,8 @@ def test_every_study_published_without_code_or_errors(smoke_run):
         page = (run_dir / f"{study}.html").read_text()
         assert f'href="{run_dir.name}/{study}.html"' in index
         assert "run_or_load(" not in page and "import matplotlib" not in page  # code hidden
-        assert "Traceback" not in page and 'data-mime-type="application/vnd.jupyter.stderr"' not in page  # no errors, no stderr
-        assert page.count("data:image/png;base64,") >= 1  # plots embedded
+        assert "Traceback" not in page and "output_error" not in page and "output_stderr" not in page
+        assert 'class="plotly-chart"' in page or "data:image/png;base64," in page  # charts or plots embedded
         assert "What the measurements say" in page and "Provenance" in page and "llama-server" in page
         assert (run_dir / study / "trials.jsonl").exists() and (run_dir / study / "manifest.json").exists()
         assert (run_dir / study / "trials.parquet").exists()
@@ -209,3 +209,61 @@ def test_two_runs_started_together_get_two_directories_and_share_no_trial(tmp_pa
         assert len(ids) == len(set(ids)) and any(i.startswith("state/warm/") for i in ids)
         sends.append({r["t_send_ns"] for r in rows if r.get("t_send_ns")})
     assert sends[0] and sends[1] and not sends[0] & sends[1]
+
+
+# ---- in a real browser (Debian's chromium, playwright) -------------------------------------------------------
+
+def _same_origin_links(v, origin: str) -> list[str]:
+    return sorted({u.split("#", 1)[0] for u in v.links if u.startswith(origin)})
+
+
+def test_the_site_in_a_real_browser(smoke_run):
+    """Titles name the study and the run; no console error; nothing fetched from anywhere but the results
+    directory; every link resolves; no raw repr or NaN on a page; charts drawn; the comparison of a run with
+    itself shows every row and says A and B are the same run."""
+    import urllib.request
+
+    from browser import browser, need_browser, serve, visit
+
+    need_browser()
+    results, run_dir = smoke_run
+    r = subprocess.run([sys.executable, "-m", "perfkit", "compare", str(run_dir), str(run_dir)], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    comparison = results / f"compare-{run_dir.name}-vs-{run_dir.name}"
+    rows = len(json.loads((comparison / "comparison.json").read_text())["rows"])
+    pages = [("index.html", "perfkit results")] + [(f"{run_dir.name}/{s}.html", run_dir.name) for s in STUDIES] + [
+        (f"{comparison.name}/comparison.html", "what changed")]
+    with serve(results) as origin, browser() as b:
+        checked: set[str] = set()
+        for rel, want_title in pages:
+            v = visit(b, f"{origin}/{rel}", origin)
+            assert want_title in v.title, (rel, v.title)
+            assert v.console_errors == [], (rel, v.console_errors)
+            assert v.foreign_requests == [] and v.failed_requests == [], (rel, v.foreign_requests, v.failed_requests)
+            for bad in ("object at 0x", "Estimate(", "Traceback", "<html><head><title>"):
+                assert bad not in v.text, (rel, bad)
+            assert " nan " not in f" {v.text.lower()} ".replace("\n", " "), rel
+            for link in _same_origin_links(v, origin):
+                if link not in checked:
+                    checked.add(link)
+                    with urllib.request.urlopen(link) as resp:  # every link of the site resolves
+                        assert resp.status == 200, link
+            if rel.endswith(".html") and rel != "index.html" and "compare-" not in rel:
+                assert "Contents" in v.text and "main-svg" in v.html, rel  # a table of contents; plotly drew
+        v = visit(b, f"{origin}/{comparison.name}/comparison.html", origin)
+        assert "A and B are the same run" in v.text
+        assert v.html.count('<tr class="group">') >= 1 and v.html.count("<tr>") >= rows
+    assert len(checked) > 10
+
+
+def test_a_replay_with_another_parameter_file_shows_the_runs_own_data(smoke_run, tmp_path):
+    _, run_dir = smoke_run
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    other = tmp_path / "other.yaml"
+    other.write_text((ROOT / "params" / "demo.yaml").read_text())  # other models, other SLOs
+    out = publish.execute("model_size", other, copy, measure=False)
+    text = out.read_text()
+    assert "differs and was ignored" in text
+    assert "smollm2-135m-q4_1" in text and "gemma3-270m-q4_k_m" in text  # the run's own two models

@@ -50,6 +50,14 @@ def model_figures(study: str, df: pd.DataFrame, events: pd.DataFrame, models: li
     return out
 
 
+def warm_latency(trials: pd.DataFrame) -> pd.DataFrame:
+    """p50/p90/p99 (CI, n) of TTFT, e2e, TPOT and ITL of each model's warm requests."""
+    from perfkit.analysis.requests import latency_table
+
+    w = measured(trials)
+    return latency_table(w[w["cache_state"] == "warm"], "variant") if len(w) else pd.DataFrame()
+
+
 def resource_figures(study: str, rows: pd.DataFrame, where: dict, model: str | None,
                      workload: dict[str, Any]) -> list[F.Figure | None]:
     """Energy per output token (idle-subtracted where a baseline exists) and GPU utilization of the rows'

@@ -70,6 +70,31 @@ class Comparison:
                  "could also be": "; ".join(r.confounds) or "—"} for r in self.rows]
         return pd.DataFrame(rows) if rows else pd.DataFrame()
 
+    def table_html(self, table_id: str = "comparison") -> str:
+        """Every row, grouped by study (the seed's four first), escaped; sortable by any column and filterable
+        by text (the site's own script does both; without it the table still reads)."""
+        import html as h
+
+        head = ["figure", "before (A)", "after (B)", "after / before", "change", "verdict", "why", "could also be"]
+        out = [f'<p><input class="table-filter" type="search" data-table="{table_id}" '
+               f'placeholder="filter the {len(self.rows)} rows (e.g. ttft, worse, NUM_PARALLEL)" '
+               f'aria-label="filter the comparison rows"></p>',
+               f'<div class="perfkit-table"><table id="{table_id}" class="dataframe perfkit sortable"><thead><tr>'
+               + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"]
+        by_study: dict[str, list[Row]] = {}
+        for r in self.rows:
+            by_study.setdefault("headline" if r.headline in SEED_ROWS else r.key.split("/", 1)[0], []).append(r)
+        for study, rows in by_study.items():
+            out.append(f'<tr class="group"><th colspan="{len(head)}">{h.escape(study.replace("_", " "))}</th></tr>')
+            for r in rows:
+                cells = [(f"{r.headline}: " if r.headline else "") + r.label, r.before, r.after, r.ratio_text,
+                         r.change_text, r.verdict, r.reason, "; ".join(r.confounds) or "—"]
+                cls = f' class="verdict-{r.verdict.split()[0]}"'
+                out.append("<tr>" + "".join(f"<td{cls if i == 5 else ''}>{h.escape(str(c))}</td>"
+                                            for i, c in enumerate(cells)) + "</tr>")
+        out.append("</tbody></table></div>")
+        return "".join(out)
+
     def differences_table(self) -> pd.DataFrame:
         rows = [{"kind": d.category, "what": d.what, "A (before)": show(d.a), "B (after)": show(d.b)}
                 for d in self.differences]

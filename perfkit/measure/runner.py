@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import marshal
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import pandas as pd
-from tqdm import tqdm
 
 from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
 from perfkit.measure.cache_states import confirm, ensure_warm, prepare_state
@@ -24,6 +22,7 @@ from perfkit.core.prompts import prompt_for
 from perfkit.core.clock import now_ns
 from perfkit.core.records import CACHE_STATES
 from perfkit.core.store import RunStore
+from perfkit.measure.progress import Progress
 from perfkit.analysis.series import steady_window
 
 
@@ -99,8 +98,8 @@ class Runner:
         """The prompt for ``key`` in this run (the run's nonce mixed in)."""
         return prompt_for(key, words, self.nonce)
 
-    def _bar(self, total: int, desc: str):
-        return tqdm(total=total, desc=desc, disable=not self.progress, file=sys.stderr, leave=False)
+    def _bar(self, total: int, desc: str) -> Progress:
+        return Progress(self.store.dir, desc, total, interactive=self.progress)
 
     def record(self, rec, **meta: Any) -> dict:
         """Store one measured request as a row: ``meta`` + the record + its resource window."""
@@ -120,7 +119,7 @@ class Runner:
         with self._bar(len(todo), desc) as bar:
             for t in todo:
                 self.run_one(t)
-                bar.update(1)
+                bar.update(1, t.variant if t.variant == t.cache_state else f"{t.variant}, {t.cache_state}")
         ids = {t.trial_id for t in trials}
         df = self.store.trials()
         return df[df["trial_id"].isin(ids)].reset_index(drop=True) if len(df) else df

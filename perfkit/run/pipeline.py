@@ -14,6 +14,7 @@ from perfkit.core.errors import PerfkitError
 from perfkit.core.secrets import redact_text
 from perfkit.run import figures as run_figures, site
 from perfkit.run.lock import RunLock
+from perfkit.run.progress import Watcher
 from perfkit.run.publish import StudyFailed, execute, first_error, papermill, render
 from perfkit.run.rundir import (DamagedData, check_results_dir, failed_trials, new_run_dir, read_run,
                                 resume_params, study_health, write_params_copy, write_run)
@@ -74,6 +75,14 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
     finally:
         if lock is not None:
             lock.release()
+
+
+def _render_study(executed: Path, run_dir: Path, study: str, damage: list[str] | None = None,
+                  notes: list[str] | None = None) -> Path:
+    """A study's report page, titled by the study and the run, with the run's navigation."""
+    site.write_assets(run_dir.parent)
+    return render(executed, run_dir / f"{study}.html", damage, notes,
+                  title=f"{registry.get(study).title} — {run_dir.name}", nav=site.report_nav(run_dir, study))
 
 
 def restore_servers(run_dir: Path, log=print) -> None:
@@ -147,28 +156,34 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
             st.setdefault("started_utc", utc_now())
             write_run(run_dir, info)
             t0 = datetime.now(timezone.utc)
+            watcher = Watcher(study, run_dir / study, label=of)
             try:
                 executed = execute(study, measure_with, run_dir, measure=True,
-                                   env={**base_env, ENV_REPLICATE: str(rep)})
-            except KeyboardInterrupt:
+                                   env={**base_env, ENV_REPLICATE: str(rep)}, tick=watcher.tick)
+            except KeyboardInterrupt as e:
+                watcher.finish()
                 st.update(status="interrupted", ended_utc=utc_now())
                 write_run(run_dir, info)
                 restore_servers(run_dir, log)
                 site.write_index(results_dir)
+                e.resume = f"perfkit run {params_path} --resume {run_dir}"  # what main() says in one line
+                e.run_dir = str(run_dir)
                 raise
             except StudyFailed as e:
+                watcher.finish()
                 st.update(status="failed", error=str(e).splitlines()[0], ended_utc=utc_now())
                 write_run(run_dir, info)
                 restore_servers(run_dir, log)
                 failed = run_dir / "notebooks" / f"{study}.ipynb"
                 if failed.exists():
-                    render(failed, run_dir / f"{study}.html", *study_health(run_dir, study))
+                    _render_study(failed, run_dir, study, *study_health(run_dir, study))
                 site.write_index(results_dir)
                 raise
+            watcher.finish()
             damage, notes = study_health(run_dir, study)
             for d in damage:
                 warn(f"damaged data: {d}")
-            render(executed, run_dir / f"{study}.html", damage, notes)
+            _render_study(executed, run_dir, study, damage, notes)
             secs = (datetime.now(timezone.utc) - t0).total_seconds()
             st.update(status="done" if rep >= repeat else f"partial ({rep} of {repeat} replicates)",
                       replicates_done=max(done, rep), ended_utc=utc_now(),
@@ -208,7 +223,7 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_d
         out = []
         for study in studies:
             executed = execute(study, run_dir / "params.yaml", run_dir, measure=False)
-            out.append(render(executed, run_dir / f"{study}.html", *health[study]))
+            out.append(_render_study(executed, run_dir, study, *health[study]))
             st = info["studies"][study]
             st["html"] = f"{study}.html"
             st["rendered_utc"] = utc_now()
@@ -221,7 +236,8 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_d
 
 
 
-def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None) -> Path:
+def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None, *,
+            min_effect: float | None = None) -> Path:
     """``perfkit compare``: write ``comparison.json`` and ``comparison.html`` (the compare notebook executed by
     papermill, rendered like the study reports) into ``out``; refresh the results index beside it.
     Returns the HTML's path."""
@@ -230,20 +246,23 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None)
     for r in (run_a, run_b):
         if Path(r).is_dir():
             run_figures.ensure(r)  # a run made before figures files, or by an older perfkit
-    comparison = compare_mod.compare(run_a, run_b)  # fails here, before any file is written, on a bad run
+    comparison = compare_mod.compare(run_a, run_b, min_effect=min_effect)  # fails here, before any file is written
     out = Path(out) if out else site.default_out(run_a, run_b)
     out.mkdir(parents=True, exist_ok=True)
     comparison.to_json(out / "comparison.json")
     executed = out / "compare.ipynb"
     code = papermill(NOTEBOOKS / "compare.ipynb", executed,
-                            {"run_a": str(Path(run_a).resolve()), "run_b": str(Path(run_b).resolve())},
+                            {"run_a": str(Path(run_a).resolve()), "run_b": str(Path(run_b).resolve()),
+                             "min_effect": str(-1.0 if min_effect is None else min_effect)},
                             out / "papermill.log")
     if code:
         cell, error = first_error(executed)
         raise PerfkitError(f"the comparison notebook failed{f' in cell {cell}' if cell is not None else ''}: "
                            f"{error}\n  executed notebook: {executed}\n  papermill log: {out / 'papermill.log'}\n"
                            f"  the figures are in {out / 'comparison.json'}")
-    html_path = render(executed, out / "comparison.html", comparison.warnings or None)
+    site.write_assets(out.parent)
+    html_path = render(executed, out / "comparison.html", None, title=f"{comparison.name_a} → {comparison.name_b}: "
+                       "what changed", nav=site.compare_nav(Path(run_a), Path(run_b)))
     if site.recent_runs(out.parent):
         site.write_index(out.parent)
     return html_path

@@ -4,10 +4,13 @@ rendered to HTML by nbconvert; a comparison of two runs published the same way."
 from __future__ import annotations
 
 import html
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 from perfkit.core.children import die_with_parent, kill_process_group, owner_env
 from perfkit.core.errors import PerfkitError
@@ -33,7 +36,7 @@ def first_error(nb_path: Path) -> tuple[int | None, str]:
 
 
 def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = True,
-            env: dict[str, str] | None = None) -> Path:
+            env: dict[str, str] | None = None, tick: Callable[[], None] | None = None) -> Path:
     """Run one study's notebook into ``run_dir/notebooks/``; StudyFailed names the cell and the error.
 
     papermill runs in a child process group: Ctrl-C or SIGTERM here stops it (nbclient alone does
@@ -47,7 +50,7 @@ def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = Tru
     log_path = run_dir / "logs" / f"{study}-papermill.log"
     code = papermill(registry.get(study).notebook_path(), out, {"params_path": str(params_path.resolve()),
                                                 "run_dir": str(run_dir.resolve()), "measure": str(measure)},
-                     log_path, env={**owner_env(run_dir), **(env or {})})
+                     log_path, env={**owner_env(run_dir), **(env or {})}, tick=tick)
     if code:
         cell, error = first_error(out)
         where = f"in cell {cell}" if cell is not None else "before finishing"
@@ -59,7 +62,7 @@ def execute(study: str, params_path: Path, run_dir: Path, *, measure: bool = Tru
 
 
 def papermill(notebook: Path, out: Path, parameters: dict[str, str], log_path: Path, *,
-              env: dict[str, str] | None = None) -> int:
+              env: dict[str, str] | None = None, tick: Callable[[], None] | None = None) -> int:
     """Execute ``notebook`` into ``out`` with papermill (``-p name value`` each parameter, cwd the notebook's folder) in a
     child process group, output to ``log_path``; returns its exit status. Interrupts and this process's death
     reach it as described in :func:`execute`; ``env`` adds variables."""
@@ -74,7 +77,12 @@ def papermill(notebook: Path, out: Path, parameters: dict[str, str], log_path: P
                                 start_new_session=True, preexec_fn=die_with_parent(),
                                 env={**os.environ, **(env or {})})
         try:
-            return proc.wait()
+            while True:  # ``tick`` (a progress line) every second while the notebook runs
+                try:
+                    return proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    if tick is not None:
+                        tick()
         except BaseException:
             kill_process_group(proc.pid, grace_s=3.0, proc=proc)
             raise
@@ -82,15 +90,84 @@ def papermill(notebook: Path, out: Path, parameters: dict[str, str], log_path: P
 
 def warning_html(warnings: list[str], title: str = "Damaged data: read these numbers with care") -> str:
     items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
-    return (f'<div class="perfkit-warning" style="border:2px solid #b00;background:#fff3f3;padding:.6em 1em;'
-            f'margin:1em 0"><strong>&#9888; {html.escape(title)}</strong><ul>{items}</ul></div>')
+    return f'<div class="perfkit-warning"><strong>&#9888; {html.escape(title)}</strong><ul>{items}</ul></div>'
+
+
+# The pages' policy: nothing but their own files (and the images embedded in them); no inline script.
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+       "connect-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'")
+_FIGURE_REPR = re.compile(r"^<(Figure|matplotlib)[^>]*>$")
+
+
+def _chart_html(n: int, data: dict) -> dict:
+    alt = str(data.get("alt") or "a chart")
+    figure = json.dumps(data.get("figure") or {}, default=str).replace("</", "<\\/")
+    return {"text/html": f'<figure class="chart"><div class="plotly-chart" id="chart-{n}" role="img" '
+                         f'aria-label="{html.escape(alt)}"></div><script type="application/json" id="chart-{n}-data">'
+                         f"{figure}</script><figcaption>{html.escape(alt)}</figcaption></figure>"}
+
+
+def _prepare(nb, heading_alt: str = "a plot") -> None:
+    """Outputs as a report shows them: stderr (progress bars, warnings) left out; charts interactive; every
+    image with alt text (its own, else the heading above it)."""
+    from perfkit.report.charts import MIME
+
+    n = 0
+    heading = heading_alt
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            m = re.search(r"^#+\s+(.+)$", cell.source, re.M)
+            if m:
+                heading = m.group(1).strip()
+            continue
+        if cell.cell_type != "code":
+            continue
+        keep = []
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                continue
+            data = o.get("data") or {}
+            if MIME in data:
+                n += 1
+                o["data"] = _chart_html(n, data[MIME])
+            elif "image/png" in data and "text/html" not in data:
+                alt = str(data.get("text/plain") or "").strip()
+                if not alt or _FIGURE_REPR.match(alt):
+                    alt = f"plot: {heading}"
+                o["data"] = {"text/html": f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
+                                          f'{str(data["image/png"]).strip()}">'}
+            keep.append(o)
+        cell.outputs = keep
+
+
+def _toc(body: str) -> str:
+    items = []
+    for level, ident, text in re.findall(r'<h([23]) id="([^"]+)">(.*?)<a class="anchor-link"', body):
+        plain = re.sub(r"<[^>]+>", "", text)
+        items.append(f'<li class="h{level}"><a href="#{html.escape(ident, quote=True)}">{plain}</a></li>')
+    return f'<nav class="toc" aria-label="contents"><strong>Contents</strong><ul>{"".join(items)}</ul></nav>' \
+        if items else ""
+
+
+def page(title: str, body: str, *, nav: str = "", assets: str = "assets", toc: bool = True) -> str:
+    """A whole report page: the policy, the site's stylesheet and scripts (relative: the results directory can
+    be copied or served anywhere), the navigation, a table of contents, the body."""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title>"
+            f'<link rel="stylesheet" href="{assets}/perfkit.css">'
+            f'<script src="{assets}/plotly.min.js" defer></script><script src="{assets}/perfkit.js" defer></script>'
+            f'</head><body><header class="site">{nav}</header><div class="layout">{_toc(body) if toc else ""}'
+            f"<main>{body}</main></div></body></html>")
 
 
 def render(executed: Path, html_path: Path, warnings: list[str] | None = None,
-           notes: list[str] | None = None) -> Path:
-    """HTML with code hidden, plots embedded, stderr (progress bars, warnings) left out.
-
-    ``warnings`` (damaged data) and ``notes`` (repairs made) open the report in a visible box."""
+           notes: list[str] | None = None, *, title: str | None = None, nav: str = "",
+           assets: str = "../assets") -> Path:
+    """The executed notebook as a report page: code hidden, stderr left out, charts interactive, images with
+    alt text, inside :func:`page`. ``warnings`` (damaged data) and ``notes`` (repairs made) open it in a
+    visible box."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -100,14 +177,12 @@ def render(executed: Path, html_path: Path, warnings: list[str] | None = None,
     if boxes:
         nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0,
                         nbformat.v4.new_markdown_cell(boxes))
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.get("outputs", [])
-                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    _prepare(nb)
+    exporter = HTMLExporter(template_name="basic", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    html_path.write_text(body)
+    if title is None:
+        m = re.search(r"<h1[^>]*>(.*?)(<a class|</h1>)", body)
+        title = re.sub(r"<[^>]+>", "", m.group(1)).strip() if m else html_path.stem
+    html_path.write_text(page(title, body, nav=nav, assets=assets))
     return html_path
-
-
-

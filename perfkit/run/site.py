@@ -15,6 +15,7 @@ from pathlib import Path
 from perfkit.analysis.figures import FILE_NAME, FigureSet, format_value
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, WORSE
 from perfkit.core.errors import PerfkitError
+from perfkit.run.publish import page
 from perfkit.run.rundir import read_run
 
 MAX_HEADLINES = 8
@@ -94,10 +95,7 @@ def index_section(results_dir: Path, shown_as: str | None = None, recent: int = 
                        for p in reversed(runs))
         parts.append(
             "<p>Before (A) <select id=\"cmp-a\">" + opts + "</select> after (B) "
-            f"<select id=\"cmp-b\">{opts}</select></p><pre id=\"cmp-cmd\">{html.escape(cmd(runs[-2], runs[-1]))}</pre>"
-            "<script>(function(){var a=document.getElementById('cmp-a'),b=document.getElementById('cmp-b'),"
-            "c=document.getElementById('cmp-cmd');a.selectedIndex=1;b.selectedIndex=0;function u(){c.textContent="
-            "'perfkit compare '+a.value+' '+b.value;}a.onchange=u;b.onchange=u;u();})();</script>")
+            f"<select id=\"cmp-b\">{opts}</select></p><pre id=\"cmp-cmd\">{html.escape(cmd(runs[-2], runs[-1]))}</pre>")
         pairs = [(a, b) for i, a in enumerate(runs[-recent:]) for b in runs[-recent:][i + 1:]]
         parts.append("<p>Recent pairs (older run first):</p><pre>"
                      + "\n".join(html.escape(cmd(a, b)) for a, b in reversed(pairs)) + "</pre>")
@@ -123,9 +121,92 @@ def index_section(results_dir: Path, shown_as: str | None = None, recent: int = 
     return "\n".join(parts)
 
 
+ASSETS = "assets"
+
+
+def write_assets(results_dir: Path) -> Path:
+    """The site's stylesheet and scripts (and plotly.js, from the plotly package), written once into the
+    results directory, refreshed when they changed: every page links them relatively and works offline."""
+    from importlib import resources
+
+    out = Path(results_dir) / ASSETS
+    out.mkdir(parents=True, exist_ok=True)
+    sources = {name: resources.files("perfkit.report") / "assets" / name for name in ("perfkit.css", "perfkit.js")}
+    try:
+        import plotly
+
+        sources["plotly.min.js"] = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    except ImportError:  # charts then stay static images; nothing else depends on it
+        pass
+    for name, src in sources.items():
+        dst = out / name
+        data = Path(str(src)).read_bytes()
+        if not dst.exists() or dst.stat().st_size != len(data) or (name != "plotly.min.js" and dst.read_bytes() != data):
+            tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(dst)
+    return out
+
+
+def _links(pairs: list[tuple[str, str]]) -> str:
+    return "".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in pairs)
+
+
+def report_nav(run_dir: Path, study: str | None) -> str:
+    """The header of a run's report: back to every run, this run's other reports, its data and logs, and the
+    comparisons it is part of (all relative links from ``<run>/<study>.html``)."""
+    run_dir = Path(run_dir)
+    try:
+        info = read_run(run_dir, live=False)
+    except PerfkitError:
+        info = {}
+    reports = [(s.replace("_", " "), f"{s}.html") for s, st in (info.get("studies") or {}).items()
+               if isinstance(st, dict) and st.get("html")]
+    data = [("parameters", "params.yaml"), ("run.json", "run.json")]
+    if study:
+        for name, rel in (("trials", "trials.jsonl"), ("trials (parquet)", "trials.parquet"), ("samples", "samples.jsonl"),
+                          ("events", "events.jsonl"), ("figures", "figures.json"), ("manifest", "manifest.json"),
+                          ("server log", "server.log")):
+            if (run_dir / study / rel).exists():
+                data.append((name, f"{study}/{rel}"))
+        if (run_dir / "notebooks" / f"{study}.ipynb").exists():
+            data.append(("executed notebook", f"notebooks/{study}.ipynb"))
+        logs = sorted((run_dir / "logs").glob(f"{study}*")) if (run_dir / "logs").is_dir() else []
+        data += [(p.name, f"logs/{p.name}") for p in logs]
+    comps = sorted(p for p in run_dir.parent.glob("compare-*") if run_dir.name in p.name
+                   and (p / "comparison.html").exists()) if run_dir.parent.is_dir() else []
+    rows = [f'<div class="row"><a href="../index.html">← all runs</a> <span class="label">run</span>'
+            f"<b>{html.escape(run_dir.name)}</b></div>",
+            f'<div class="row"><span class="label">reports</span>{_links(reports) or "none yet"}</div>',
+            f'<div class="row"><span class="label">data</span>{_links(data)}</div>']
+    if comps:
+        rows.append(f'<div class="row"><span class="label">comparisons</span>'
+                    f'{_links([(p.name.removeprefix("compare-"), f"../{p.name}/comparison.html") for p in comps])}</div>')
+    return "".join(rows)
+
+
+def compare_nav(run_a: Path, run_b: Path) -> str:
+    """The header of a comparison page (``<results>/compare-A-vs-B/comparison.html``)."""
+    rows = ['<div class="row"><a href="../index.html">← all runs</a></div>']
+    for who, r in (("A (before)", Path(run_a)), ("B (after)", Path(run_b))):
+        try:
+            info = read_run(r, live=False)
+        except PerfkitError:
+            info = {}
+        reps = [(s.replace("_", " "), f"../{r.name}/{st['html']}") for s, st in (info.get("studies") or {}).items()
+                if isinstance(st, dict) and st.get("html")]
+        rows.append(f'<div class="row"><span class="label">{who}</span><b>{html.escape(r.name)}</b> '
+                    f"{_links(reps)}</div>")
+    rows.append('<div class="row"><span class="label">data</span><a href="comparison.json">comparison.json</a>'
+                '<a href="compare.ipynb">executed notebook</a></div>')
+    return "".join(rows)
+
+
 def write_index(results_dir: Path) -> Path:
     """``results/index.html``: every run, newest first, with its studies' status, reports and headline
     figures; the ``perfkit compare`` command for two runs and links to comparisons already made."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_assets(results_dir)
     rows = []
     for run_dir in sorted((p for p in results_dir.iterdir() if (p / "run.json").exists()), reverse=True):
         try:
@@ -144,24 +225,20 @@ def write_index(results_dir: Path) -> Path:
                 extra += f": {st['why']}"
             status = str(st.get("status", "?"))
             cls = status.split()[0] if status.split() else "unknown"
-            cells.append(f'<li class="{html.escape(cls)}">{link} — {html.escape(status)}{extra}</li>')
-        rows.append(f"<tr><td>{html.escape(run_dir.name)}</td><td>{html.escape(info.get('params_name', ''))}</td>"
-                    f"<td>{html.escape(info.get('created_utc', ''))}</td><td><ul>{''.join(cells)}</ul></td>"
+            cells.append(f'<li class="{html.escape(cls)}">{link} — {html.escape(status)}{html.escape(extra)}</li>')
+        repeat = f" ×{info['repeat']}" if int(info.get("repeat") or 1) > 1 else ""
+        rows.append(f"<tr><td>{html.escape(run_dir.name)}</td><td>{html.escape(info.get('params_name', ''))}"
+                    f"{repeat}</td><td>{html.escape(info.get('created_utc', ''))}</td><td><ul>{''.join(cells)}</ul></td>"
                     f"<td>{index_cell(run_dir)}</td></tr>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>perfkit results</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;width:100%}}
-td,th{{border-bottom:1px solid #ddd;padding:.5em;text-align:left;vertical-align:top}}ul{{margin:0;padding-left:1.2em}}
-li.failed,li.unreadable{{color:#b00}}li.running,li.interrupted{{color:#a60}}.muted{{color:#777}}
-pre{{background:#f6f6f6;padding:.5em;overflow-x:auto}}</style></head><body>
-<h1>perfkit results</h1><p>Every figure in these reports was measured in the run that produced it; each report ends
-with its provenance (engine, versions, host, parameters).</p>
-<table><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th><th>headline figures (median, n)</th>
-</tr>{''.join(rows)}</table>
-{index_section(results_dir)}
-</body></html>"""
-    results_dir.mkdir(parents=True, exist_ok=True)
+    body = f"""<h1>perfkit results</h1><p>Every figure in these reports was measured in the run that produced it;
+each report ends with its provenance (engine, versions, host, parameters). A headline figure here is the same
+figure, with the same value, as in its study's report and in <code>perfkit compare</code>.</p>
+<table><thead><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th><th>headline figures (value, n)</th>
+</tr></thead><tbody>{''.join(rows)}</tbody></table>
+{index_section(results_dir)}"""
+    text = page("perfkit results", body, assets=ASSETS, toc=False)
     # Runs in the same results directory may finish together: each writes its own file, then renames.
     tmp = results_dir / f".index.html.{os.getpid()}.{secrets.token_hex(3)}.tmp"
-    tmp.write_text(page)
+    tmp.write_text(text)
     tmp.replace(results_dir / "index.html")
     return results_dir / "index.html"

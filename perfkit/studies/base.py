@@ -184,24 +184,73 @@ def analyze_all(params_path: str | Path, run_dir: str | Path, study: str) -> Fig
     return combined
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or a notebook's interrupt) during a measurement: one line on what was kept and how to go on,
+    instead of a traceback through perfkit's internals (IPython shows ``_render_traceback_``)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.message]
+
+
+def _replay_params(params_path: Path, run_dir: Path, notes: list[str]) -> Path:
+    """A re-render reads the run's own parameters (its ``params.yaml``), whatever file the caller names: the
+    study, models and SLOs are the run's. A different file is ignored, and the report says so."""
+    own = run_dir / "params.yaml"
+    if not own.is_file():
+        return params_path
+    if Path(params_path).resolve() != own.resolve():
+        from perfkit.core.yamlfile import read_yaml
+        from perfkit.core.secrets import redact
+
+        try:
+            same = redact(read_yaml(params_path)) == redact(read_yaml(own))
+        except Exception:  # noqa: BLE001 - unreadable: certainly not the run's
+            same = False
+        if not same:
+            notes.append(f"This report re-reads recorded data with the run's own parameters ({own.name}); the "
+                         f"parameter file given ({Path(params_path).name}) differs and was ignored.")
+    return own
+
+
 def run_or_load(params_path: str | Path, run_dir: str | Path, study: str, measure: bool = True) -> StudyResult:
-    """What a notebook calls: measure (or, with ``measure=False``, re-read recorded data) and analyze.
+    """What a notebook calls: measure (or, with ``measure=False``, re-read recorded data with the run's own
+    parameters) and analyze.
 
     Under ``perfkit run --repeat N`` the kernel measures the replicate ``$PERFKIT_REPLICATE`` names; the
     result's tables are that replicate's, its figures combine every replicate recorded so far. The figures
-    go to ``<run_dir>/<study>/figures.json`` for the index and ``perfkit compare``."""
+    go to ``<run_dir>/<study>/figures.json`` for the index and ``perfkit compare``. Outside ``perfkit run``
+    (JupyterLab), measuring into a run directory that already has data says so: it resumes, visibly."""
     import os
 
-    from perfkit.core.children import start_lifeline
+    from perfkit.core.children import ENV_OWNER, start_lifeline
 
     start_lifeline()  # under `perfkit run`: this kernel and its servers die with perfkit
+    notes: list[str] = []
+    run_dir = Path(run_dir)
     replicate = int(os.environ.get(ENV_REPLICATE) or 1)
-    if not measure:  # a re-render shows the last replicate recorded
-        replicate = (replicates(Path(run_dir) / study) or [1])[-1]
+    if not measure:  # a re-render shows the last replicate recorded, with the run's own parameters
+        replicate = (replicates(run_dir / study) or [1])[-1]
+        params_path = _replay_params(Path(params_path), run_dir, notes)
     ctx = StudyContext(params_path, run_dir, study, check_models=measure, replicate=replicate)
-    result = ctx.study.run(ctx) if measure else ctx.study.analyze(ctx)
+    if measure and not os.environ.get(ENV_OWNER):
+        done = len(ctx.store.done_ids())
+        if done:
+            print(f"Resuming the run in {run_dir}: {done} trial(s) already recorded there are kept and not measured "
+                  "again. Set run_dir to a new directory (or delete this one) to start afresh.")
+            notes.append(f"Resumed: {done} trial(s) were already recorded in {run_dir} before this session.")
+    try:
+        result = ctx.study.run(ctx) if measure else ctx.study.analyze(ctx)
+    except KeyboardInterrupt:
+        kept = len(ctx.store.done_ids())
+        raise Interrupted(f"Interrupted: {kept} trial(s) of {study} are kept in {ctx.store.dir}; run this "
+                          "notebook again with the same run_dir to measure only the rest.") from None
+    result.notes[:0] = notes
     result.figures.write(ctx.store.dir / REPLICATE_FIGURES)
-    reps = replicates(Path(run_dir) / study)
+    reps = replicates(run_dir / study)
     combined = analyze_all(params_path, run_dir, study)
     if len(reps) > 1:
         result.figures = combined

@@ -28,6 +28,7 @@ from perfkit.core.records import CACHE_STATES
 from perfkit.core.schema import MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, members, unique
 from perfkit.measure.cache_states import WARMUP_STRATEGIES, scheme_a, user_first_request
 from perfkit.measure.devices import record_device
+from perfkit.measure.progress import Progress
 from perfkit.measure.runner import Trial
 from perfkit.servers import pagecache
 from perfkit.servers.control.base import Unknown
@@ -100,6 +101,7 @@ class ColdStartResult(StudyResult):
     account: Any = None
     timeline: pd.DataFrame = field(default_factory=pd.DataFrame)
     splits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @register
@@ -167,12 +169,20 @@ def _strategies(ctx: StudyContext, s) -> None:
     done = ctx.store.done_ids()
     rng = random.Random(ctx.params.seed + 1)
     interval = c.keep_warm_interval_s or c.keep_alive_s / 2
+    total = len(c.idle_gaps_s) * c.strategy_reps * len(c.strategies)
+    with Progress(ctx.store.dir, "warmup strategies", total, interactive=ctx.params.progress) as bar:
+        _strategy_trials(ctx, s, rng, interval, done, bar)
+
+
+def _strategy_trials(ctx: StudyContext, s, rng, interval: float, done: set, bar: Progress) -> None:
+    c = ctx.cfg
     for gap in c.idle_gaps_s:
         for rep in range(c.strategy_reps):
             order = list(c.strategies)
             rng.shuffle(order)
             for strategy in order:
                 tid = f"strategy/{strategy}/gap{gap:g}/rep{rep}"
+                bar.update(1, f"{strategy} after {fmt.duration(gap)}")
                 if tid in done:
                     continue
                 fr = user_first_request(s.backend, c.model, strategy, idle_gap_s=gap,
@@ -263,7 +273,7 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
         strategies=pd.DataFrame(strategies), scheme_a_trials=schemea, limit=load_limit(ctx, ok, ev), device=device,
         read_bandwidth=_event(ev, "read_bandwidth"), scheme_a_skipped=_event(ev, "scheme_a_skipped"),
         state_skipped=_event(ev, "state_skipped"), account=acc, timeline=timeline.timeline_frame(acc, t0),
-        splits=split)
+        splits=split, samples=ctx.store.samples())
 
 
 def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.DataFrame,
@@ -402,6 +412,38 @@ def split_table(res: "ColdStartResult") -> pd.DataFrame:
             row[name] = ci_cell(est(g[c])) if c in g and g[c].notna().any() else "not in log"
         rows.append(row)
     return pd.DataFrame(rows).set_index("cache state")
+
+
+def decomposition_chart(res: ColdStartResult):
+    """Stacked medians of load / prefill / decode / overhead per cache state (the client's split)."""
+    from perfkit.report.charts import Chart, Series
+
+    b = res.by_state
+    series = [Series(comp, list(b["cache_state"]), [max(0.0, v) if pd.notna(v) else 0.0 for v in b[f"{comp}_s"]],
+                     text=[f"{comp}: {fmt.duration(v)} (n={int(n)})" for v, n in zip(b[f"{comp}_s"], b["n"])])
+              for comp in ("load", "prefill", "decode", "overhead")]
+    return Chart("bar", "Where the first request's time goes (medians)", "seconds",
+                 "Median load, prefill, decode and overhead of the first request in each cache state, stacked",
+                 series, stacked=True)
+
+
+def timeline_table(res: ColdStartResult, rows: int = 25) -> pd.DataFrame:
+    """The first notable lines of the server's log on the run's clock, readable (not every line)."""
+    tl = res.timeline
+    if tl.empty or "t_s" not in tl:
+        return pd.DataFrame()
+    t = tl.dropna(subset=["t_s"]).head(rows)
+    return pd.DataFrame({"at (run clock)": [fmt.duration(v) if v >= 0 else "−" + fmt.duration(-v) for v in t["t_s"]],
+                         "event": t["kind"].str.replace("_", " "), "what": t["what"]}).set_index("at (run clock)")
+
+
+def limit_text(res: ColdStartResult) -> str:
+    L, bw = res.limit, res.read_bandwidth or {}
+    if L:
+        return (f"Model file {fmt.size(L['model_bytes'])}; cold sequential read of the file itself "
+                f"{fmt.size(L['read_bandwidth_bytes_s'])}/s → load floor {fmt.duration(L['load_floor_s'])}; measured "
+                f"cold-disk load {fmt.estimate(L['cold_disk_load_s'])} = **{L['pct_of_limit']:.0f}% of the limit**.")
+    return "No load floor: " + (bw.get("unknown_because") or "no cold_disk trials in this run") + "."
 
 
 def _suspect(res: ColdStartResult) -> list[str]:

@@ -38,8 +38,12 @@ class ConfigTuningParams(Strict):
     settings: list[dict[str, Any]] = Field(min_length=1, description="one server configuration per entry")
     concurrency: list[int] = Field(default_factory=lambda: [1, 4])
     requests: int = Field(8, ge=1, le=MAX_REQUESTS)
-    rates_rps: list[float] = Field(default_factory=list, description="open-loop request rates to sweep (goodput vs "
-                                                                     "rate); empty: no sweep")
+    rates_rps: list[float] | Literal["auto"] = Field(
+        default_factory=list, description="open-loop request rates to sweep (goodput vs rate); auto: fractions of "
+        "each setting's measured capacity (rate_fractions); empty: no sweep")
+    rate_fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+                                        description="with rates_rps: auto, the rates as shares of the capacity the "
+                                                    "closed loop measured at the most clients")
     rate_requests: int = Field(12, ge=2, le=MAX_REQUESTS, description="requests per open-loop rate")
     arrivals: Literal["poisson", "constant"] = "poisson"
     num_predict: int = Field(32, ge=2, le=MAX_TOKENS)
@@ -48,9 +52,18 @@ class ConfigTuningParams(Strict):
     @field_validator("rates_rps")
     @classmethod
     def _rates(cls, v):
+        if v == "auto":
+            return v
         if any(not 0 < r <= 10_000 for r in v):
             raise ValueError("request rates must be > 0 and ≤ 10000 per second")
         return unique(v, "rate")
+
+    @field_validator("rate_fractions")
+    @classmethod
+    def _fractions(cls, v):
+        if not v or any(not 0 < f <= 4 for f in v):
+            raise ValueError("a non-empty list of shares of the measured capacity, each > 0 and ≤ 4")
+        return unique(v, "rate fraction")
 
     @field_validator("settings")
     @classmethod
@@ -139,7 +152,7 @@ class ConfigTuning(Study):
                 for conc in c.concurrency:
                     s.runner.closed_loop(c.model, conc, c.requests, series=f"cfg{i}/c{conc}",
                                          sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags)
-                for rate in c.rates_rps:
+                for rate in _rates(ctx, i):
                     s.runner.open_loop(c.model, rate, c.rate_requests, series=f"cfg{i}/r{rate:g}",
                                        seed=ctx.params.seed, arrivals=c.arrivals, sampling=Sampling(c.num_predict),
                                        prompt_words=c.prompt_words, tags=tags)
@@ -149,6 +162,30 @@ class ConfigTuning(Study):
 
     def conclusions(self, result: ConfigTuningResult) -> str:
         return conclusions(result)
+
+
+def _rates(ctx: StudyContext, i: int) -> list[float]:
+    """The open-loop rates for setting ``i``: as given, or (auto) shares of the capacity its closed loop measured
+    at the most clients, chosen once and recorded so that a resumed run sweeps the same ones."""
+    c = ctx.cfg
+    if c.rates_rps != "auto":
+        return list(c.rates_rps)
+    ev = ctx.store.events()
+    if len(ev) and "kind" in ev and "config_index" in ev:
+        got = ev[(ev["kind"] == "auto_rates") & (ev["config_index"] == i)]
+        if len(got):
+            return list(got.iloc[-1]["rates_rps"])
+    df = ctx.store.trials()
+    top = max(c.concurrency)
+    g = S.last_attempt(df[(df["series"] == f"cfg{i}/c{top}")]) if len(df) and "series" in df else df.iloc[0:0]
+    capacity = S.request_rate(g) if len(g) else math.nan
+    if not (capacity > 0):
+        ctx.store.event("auto_rates", config_index=i, rates_rps=[], capacity_rps=None,
+                        why="the closed loop measured no capacity to take shares of")
+        return []
+    rates = sorted({float(f"{capacity * f:.2g}") for f in c.rate_fractions})
+    ctx.store.event("auto_rates", config_index=i, rates_rps=rates, capacity_rps=capacity, clients=top)
+    return rates
 
 
 def _workload(c: ConfigTuningParams, **extra: Any) -> dict[str, Any]:
@@ -283,6 +320,59 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
                      "meets_slo_share": float(good_mask.mean()),
                      "client_check": S.client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
     return pd.DataFrame(rows)
+
+
+def latency_display(res: ConfigTuningResult) -> pd.DataFrame:
+    """Latency per setting and client count, readable: TTFT p50/p90/p99, the start-up burst apart, TPOT, ITL."""
+    from perfkit.report.page import format_table
+
+    t = res.table
+    if t.empty:
+        return t
+    return format_table(t, {"config": "setting", "concurrency": "clients", "n": "n (steady)",
+                            "ttft_p50_s": "TTFT p50 (ms)", "ttft_p90": "TTFT p90", "ttft_p99": "TTFT p99",
+                            "burst_ttft_p50": "start-up burst TTFT p50", "tpot_p50": "TPOT p50", "itl_p50": "ITL p50"},
+                        ci={"ttft_p50_s": ("ttft_p50_lo", "ttft_p50_hi")}, scale={"ttft_p50_s": 1e3})
+
+
+def throughput_display(res: ConfigTuningResult) -> pd.DataFrame:
+    """Throughput (the figure, with its CI and n windows), requests/s, goodput, achieved concurrency, memory."""
+    from perfkit.report.page import format_table
+
+    t = res.table
+    if t.empty:
+        return t
+    return format_table(t, {"config": "setting", "concurrency": "clients", "throughput_text": "output throughput",
+                            "requests_s": "requests/s", "goodput_rps": "goodput req/s",
+                            "concurrency_achieved": "achieved clients", "server_rss_max_bytes": "peak RSS (MiB)",
+                            "setting_applied": "all confirmed", "total_slots": "slots", "failed": "failed"},
+                        scale={"server_rss_max_bytes": 1 / 2**20})
+
+
+def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
+    from perfkit.report.page import format_table
+
+    rt = res.rates
+    if rt.empty:
+        return rt
+    return format_table(rt, {"config": "setting", "rate_rps": "offered req/s", "achieved_rate_rps": "achieved req/s",
+                             "achieved_concurrency": "in flight", "n": "n", "failed": "failed",
+                             "ttft_sched_p99": "TTFT p99 from schedule", "e2e_sched_p99": "e2e p99 from schedule",
+                             "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO"})
+
+
+def goodput_chart(res: ConfigTuningResult):
+    """Goodput against offered rate per setting (one line each), and the offered rate itself for reference."""
+    from perfkit.report.charts import Chart, Series
+
+    rt = res.rates.sort_values("rate_rps")
+    series = [Series(cfg, [fmt.number(r) for r in g["rate_rps"]], list(g["goodput_rps"]),
+                     text=[f"goodput {fmt.number(v)} req/s of {fmt.number(r)} offered; {fmt.pct(s)} in SLO"
+                           for v, r, s in zip(g["goodput_rps"], g["rate_rps"], g["meets_slo_share"])])
+              for cfg, g in rt.groupby("config", sort=False)]
+    return Chart("line", "Goodput against offered rate (SLOs from the parameters)", "requests/s meeting the SLOs",
+                 "Requests per second that met the SLOs at each offered open-loop rate, one line per setting", series,
+                 xlabel="offered requests/s")
 
 
 def settings_table(res: ConfigTuningResult) -> pd.DataFrame:

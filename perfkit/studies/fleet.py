@@ -771,6 +771,56 @@ class FleetStudy(Study):
         return conclusions(result)
 
 
+# ---- tables -----------------------------------------------------------------------------------------------
+def scaling_display(res: FleetResult) -> pd.DataFrame:
+    from perfkit.report.page import format_table
+
+    t = res.scaling
+    if t.empty:
+        return t
+    eff = {int(r["clients_per_server"]): (res.figures.get(f"fleet/efficiency/{int(r['clients_per_server'])}"))
+           for _, r in t.iterrows()}
+    t = t.assign(efficiency_text=[eff[int(c)].text() if eff.get(int(c)) is not None and tg == "proxy" else "—"
+                                  for c, tg in zip(t["clients_per_server"], t["target"])])
+    return format_table(t, {"clients_per_server": "clients per server", "target": "target", "clients": "clients",
+                            "tok_s_text": "output throughput", "efficiency_text": "scaling efficiency",
+                            "ttft_p50": "TTFT p50", "ttft_p99": "TTFT p99", "e2e_p50": "e2e p50",
+                            "achieved_concurrency": "achieved clients"})
+
+
+def balance_display(res: FleetResult) -> pd.DataFrame:
+    from perfkit.report.page import format_table
+
+    b = res.balance
+    if b.empty:
+        return b
+    return format_table(b.assign(**{"configured share": b["configured share"].map(fmt.pct)}),
+                        {"server": "server", "weight": "weight", "configured share": "configured share",
+                         "requests": "requests", "share": "share", "matches weights": "matches"},
+                        ci={"share": ("share_lo", "share_hi")})
+
+
+def overhead_display(res: FleetResult) -> pd.DataFrame:
+    o = res.overhead
+    if o.empty:
+        return o
+    rows = [{"buffering": r["buffering"], "pairs": r["n"], "TTFT direct": r["ttft_direct"], "TTFT proxy": r["ttft_proxy"],
+             "added TTFT": f"{_signed(r['added_ttft_s'])} [{_signed(r['added_ttft_lo'])}, {_signed(r['added_ttft_hi'])}]",
+             "added e2e": f"{_signed(r['added_e2e_s'])} [{_signed(r['added_e2e_lo'])}, {_signed(r['added_e2e_hi'])}]",
+             "first token held back": {True: "yes", False: "no", None: "unknown"}[r["first_token_held_back"]]}
+            for _, r in o.iterrows()]
+    return pd.DataFrame(rows).set_index("buffering")
+
+
+def cold_display(res: FleetResult) -> pd.DataFrame:
+    c = res.cold_upstream
+    if c.empty:
+        return c
+    return pd.DataFrame({"server": c["server"], "cold": c["cold"].map({True: "yes", False: "no"}),
+                         "requests": c["requests"], "first TTFT": c["first_ttft_s"].map(fmt.duration),
+                         "TTFT p50": c["ttft_p50"], "TTFT max": c["ttft_max_s"].map(fmt.duration)}).set_index("server")
+
+
 # ---- text ----------------------------------------------------------------------------------------
 _LABELS = {"requests": "requests", "ok": "answered", "failed": "failed", "failure_classes": "failure classes",
            "victim": "killed server", "sent_after_kill": "requests sent after the kill",

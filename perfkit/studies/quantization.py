@@ -174,6 +174,25 @@ def analyze(ctx: StudyContext) -> QuantizationResult:
                               drift_method=method, reference=ref)
 
 
+def drift_table(res: QuantizationResult) -> pd.DataFrame:
+    """Per variant: agreement with the reference and the share reproduced before the first difference (each
+    the study's figure, with its CI and n = prompts), and the mean |Δ logprob| on the shared prefix."""
+    t = res.table
+    if t.empty or "token_agreement" not in t:
+        return pd.DataFrame()
+    rows = []
+    for _, r in t.iterrows():
+        if r["model"] == res.reference:
+            continue
+        a = res.figures.get(f"quantization/agreement/{r['model']}/{res.reference}")
+        p = res.figures.get(f"quantization/prefix_match/{r['model']}/{res.reference}")
+        rows.append({"variant": r["model"], "quantization": r["quantization"],
+                     "agreement with the reference": a.text() if a else fmt.NA,
+                     "reproduced before the first difference": p.text() if p else fmt.NA,
+                     "mean |Δ logprob|": fmt.number(r.get("logprob_abs_diff"))})
+    return pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame()
+
+
 def _ci(lo: float, hi: float) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{fmt.number(lo)}, {fmt.number(hi)}]"
 

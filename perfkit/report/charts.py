@@ -1,0 +1,210 @@
+"""Charts: one description, two renderings. In a published report a chart is interactive (plotly.js, written
+once into the results directory, never from a CDN): hover for the value, its CI and n, zoom, legends that
+toggle. In a notebook it is a static PNG (matplotlib), which JupyterLab shows as it is.
+
+A chart is displayed as a MIME bundle: :data:`MIME` carries the plotly figure (data and layout, JSON) and
+its alt text, ``image/png`` the static image, ``text/plain`` the alt text. The report renderer
+(:mod:`perfkit.run.publish`) turns :data:`MIME` into a chart container the page's own script draws.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from perfkit.core import fmt
+
+MIME = "application/vnd.perfkit.chart+json"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+@dataclass
+class Series:
+    """One named series: x labels, y values and, where a CI exists, its bounds and n (hover shows them)."""
+
+    name: str
+    x: list[Any]
+    y: list[float]
+    lo: list[float] | None = None
+    hi: list[float] | None = None
+    n: list[int] | None = None
+    text: list[str] | None = None  # what hover says for each point (value [lo, hi] (n=…))
+
+
+@dataclass
+class Chart:
+    """``kind``: ``bar`` (grouped by series) or ``line``; ``alt``: what the chart shows, in a sentence."""
+
+    kind: str
+    title: str
+    ylabel: str
+    alt: str
+    series: list[Series] = field(default_factory=list)
+    xlabel: str = ""
+    stacked: bool = False
+    reference: tuple[str, float] | None = None  # a horizontal line (label, y), e.g. a bandwidth limit
+
+    # ---- plotly -----------------------------------------------------------------------------------------
+    def plotly(self) -> dict[str, Any]:
+        data = []
+        for i, s in enumerate(self.series):
+            color = PALETTE[i % len(PALETTE)]
+            tr: dict[str, Any] = {"type": "bar" if self.kind == "bar" else "scatter", "name": s.name,
+                                  "x": [str(v) for v in s.x], "y": [_num(v) for v in s.y], "marker": {"color": color},
+                                  "hovertemplate": "%{text}<extra>%{fullData.name}</extra>",
+                                  "text": s.text or [fmt.number(v) for v in s.y]}
+            if self.kind == "line":
+                tr["mode"] = "lines+markers"
+            if self.kind == "bar":
+                tr["textposition"] = "none"
+            if s.lo is not None and s.hi is not None:
+                plus = [_num(h - y) if _ok(h, y) else None for y, h in zip(s.y, s.hi)]
+                minus = [_num(y - lo) if _ok(lo, y) else None for y, lo in zip(s.y, s.lo)]
+                tr["error_y"] = {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
+                                 "visible": True}
+            data.append(tr)
+        layout: dict[str, Any] = {"title": {"text": self.title, "font": {"size": 15}},
+                                  "yaxis": {"title": {"text": self.ylabel}, "rangemode": "tozero"},
+                                  "xaxis": {"title": {"text": self.xlabel}, "automargin": True,
+                                            "tickfont": {"size": 12}},
+                                  "barmode": "stack" if self.stacked else "group", "legend": {"orientation": "h"},
+                                  "margin": {"t": 50, "r": 20, "b": 60, "l": 60}, "height": 380}
+        if self.reference:
+            label, y = self.reference
+            layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": y, "y1": y,
+                                 "line": {"dash": "dot", "color": "#444"}}]
+            layout["annotations"] = [{"xref": "paper", "x": 1, "y": y, "text": label, "showarrow": False,
+                                      "xanchor": "right", "yanchor": "bottom"}]
+        return {"data": data, "layout": layout}
+
+    # ---- matplotlib -------------------------------------------------------------------------------------
+    def png(self) -> bytes:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+        labels = list(dict.fromkeys(str(v) for s in self.series for v in s.x))
+        pos = {v: i for i, v in enumerate(labels)}
+        width = 0.8 / max(1, len(self.series)) if self.kind == "bar" and not self.stacked else 0.8
+        bottom = np.zeros(len(labels))
+        for i, s in enumerate(self.series):
+            xs = np.array([pos[str(v)] for v in s.x], dtype=float)
+            ys = np.array([_num(v) if _num(v) is not None else np.nan for v in s.y], dtype=float)
+            err = None
+            if s.lo is not None and s.hi is not None:
+                lo = np.array([y - lo if _ok(lo, y) else 0 for y, lo in zip(ys, s.lo)], dtype=float)
+                hi = np.array([h - y if _ok(h, y) else 0 for y, h in zip(ys, s.hi)], dtype=float)
+                err = np.vstack([lo, hi])
+            color = PALETTE[i % len(PALETTE)]
+            if self.kind == "bar":
+                off = 0 if self.stacked else (i - (len(self.series) - 1) / 2) * width
+                ax.bar(xs + off, ys, width, bottom=bottom[xs.astype(int)] if self.stacked else None, label=s.name,
+                       color=color, yerr=err, capsize=3 if err is not None else 0)
+                if self.stacked:
+                    bottom[xs.astype(int)] += np.nan_to_num(ys)
+            else:
+                ax.errorbar(xs, ys, yerr=err, marker="o", label=s.name, color=color, capsize=3)
+        if self.reference:
+            ax.axhline(self.reference[1], ls=":", color="#444", label=self.reference[0])
+        ax.set_xticks(range(len(labels)), [_wrap(v) for v in labels], fontsize=9)
+        ax.set(title=self.title, ylabel=self.ylabel, xlabel=self.xlabel)
+        ax.set_ylim(bottom=0)
+        if len(self.series) > 1 or self.reference:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        return buf.getvalue()
+
+    def bundle(self) -> dict[str, Any]:
+        return {MIME: {"figure": self.plotly(), "alt": self.alt},
+                "image/png": base64.b64encode(self.png()).decode(), "text/plain": self.alt}
+
+
+def _num(v: Any) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _ok(a: Any, b: Any) -> bool:
+    return _num(a) is not None and _num(b) is not None
+
+
+def _wrap(label: str, width: int = 18) -> str:
+    """A long setting label over two lines (``FLASH_ATTENTION=1, NUM_PARALLEL=4``), never rotated."""
+    if len(label) <= width:
+        return label
+    parts = label.split(", ")
+    lines, cur = [], ""
+    for p in parts:
+        if cur and len(cur) + len(p) + 2 > width:
+            lines.append(cur)
+            cur = p
+        else:
+            cur = f"{cur}, {p}" if cur else p
+    lines.append(cur)
+    return "\n".join(lines)
+
+
+def bars(df: pd.DataFrame, x: str, y: str, lo: str | None = None, hi: str | None = None, *, hue: str | None = None,
+         n: str | None = None, title: str, ylabel: str, alt: str, scale: float = 1.0, kind: str = "duration",
+         xlabel: str = "", reference: tuple[str, float] | None = None) -> Chart:
+    """Bars of ``y`` per ``x`` (grouped by ``hue``), error bars only where a CI exists, hover text with the
+    value, its CI and n in the unit that reads well (``kind``: duration, rate, share, plain)."""
+    groups = list(df.groupby(hue, sort=False)) if hue else [(None, df)]
+    series = []
+    for key, g in groups:
+        ys = [v * scale if _num(v) is not None else None for v in g[y]]
+        los = [v * scale if _num(v) is not None else None for v in g[lo]] if lo else None
+        his = [v * scale if _num(v) is not None else None for v in g[hi]] if hi else None
+        ns = [int(v) if _num(v) is not None else None for v in g[n]] if n else None
+        text = []
+        for j, (_, r) in enumerate(g.iterrows()):
+            v = _value_text(r[y], kind)
+            ci = f" [{_value_text(r[lo], kind)}, {_value_text(r[hi], kind)}]" if lo and hi and _ok(r[lo], r[hi]) \
+                and r[lo] != r[hi] else " (no CI at this n)"
+            text.append(v + ci + (f" n={ns[j]}" if ns and ns[j] is not None else ""))
+        series.append(Series(str(key) if key is not None else y, list(g[x]), ys, los, his, ns, text))
+    return Chart("bar", title, ylabel, alt, series, xlabel=xlabel, reference=reference)
+
+
+def _value_text(v: Any, kind: str) -> str:
+    if _num(v) is None:
+        return fmt.NA
+    if kind == "duration":
+        return fmt.duration(float(v))
+    if kind == "rate":
+        return fmt.rate(float(v))
+    if kind == "share":
+        return fmt.pct(float(v))
+    return fmt.number(float(v))
+
+
+def show(chart: Chart) -> None:
+    """Display a chart in the notebook (PNG) and, in the published report, interactively."""
+    from IPython.display import display
+
+    display(chart.bundle(), raw=True)
+
+
+def show_png(fig, alt: str) -> None:
+    """A matplotlib figure as a PNG with its alt text (what the report's <img> says it shows)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    display({"image/png": base64.b64encode(buf.getvalue()).decode(), "text/plain": alt}, raw=True)
