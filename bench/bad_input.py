@@ -405,7 +405,7 @@ def run_case(case: Case, work: Path, urls: dict[str, str], timeout_s: float) -> 
     finally:
         for lock in ctx.held:
             lock.release()
-    new_runs = ({p.name for p in ctx.results.iterdir() if p.is_dir()} - before_results) if ctx.results.exists() else set()
+    new_runs = ({p.name for p in ctx.results.iterdir() if (p / "run.json").exists() or p.name.startswith("2")} - before_results) if ctx.results.exists() else set()
     new_work = {p for p in _snapshot(watched) - before_watch if p.startswith(("notebooks", "logs/"))}
     text = out + err
     tb = "Traceback (most recent call last)" in text

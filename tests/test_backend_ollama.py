@@ -114,3 +114,52 @@ def test_resident_memory_from_ps(fake_ollama):
     assert b.resident_memory("good") == {}
     b.load("good")
     assert b.resident_memory("good") == {"model_memory_bytes": 1000, "model_vram_bytes": 1000}
+
+
+def test_a_server_restarting_for_a_few_seconds_is_waited_for_and_html_is_a_clear_error(tmp_path):
+    """A control call that finds the server gone retries (a 1 s restart is not a failed study); an API that
+    answers a web page is a PerfkitError naming the URL, never a JSON traceback."""
+    import socket
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from perfkit.client.backends import OllamaBackend
+    from perfkit.core.errors import PerfkitError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            body = b"<!doctype html><html>sign in</html>" if self.path == "/api/ps" else b'{"models": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html" if self.path == "/api/ps" else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def later():
+        time.sleep(1.0)
+        srv = ThreadingHTTPServer(("127.0.0.1", port), H)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        started.append(srv)
+
+    started: list = []
+    threading.Thread(target=later, daemon=True).start()
+    from perfkit.servers.control import RemoteControl
+
+    url = f"http://127.0.0.1:{port}"
+    b = OllamaBackend(url, control=RemoteControl(url))
+    try:
+        t0 = time.monotonic()
+        assert b.models() == [] and time.monotonic() - t0 >= 0.9  # waited for the server to come back
+        with pytest.raises(PerfkitError, match=r"/api/ps answered an HTML page"):
+            b.ps()
+    finally:
+        for srv in started:
+            srv.shutdown()

@@ -444,12 +444,15 @@ def test_a_users_nginx_in_front_of_ollama_servers(tmp_path, scripted_models_dir)
     with ScriptedOllama(tmp_path / "o1", models_dir=scripted_models_dir, env=env) as a, \
             ScriptedOllama(tmp_path / "o2", models_dir=scripted_models_dir, env=env) as b, \
             Nginx(ProxyConfig([Upstream(a.url, 3), Upstream(b.url, 2)]), tmp_path / "proxy") as ngx:
-        p = _write(tmp_path, OLLAMA_FLEET.format(a=a.url, b=b.url, proxy=ngx.url))
+        # As users name them: by host name (nginx's $upstream_addr is the resolved address).
+        by_name = [u.replace("127.0.0.1", "localhost") for u in (a.url, b.url)]
+        p = _write(tmp_path, OLLAMA_FLEET.format(a=by_name[0], b=by_name[1], proxy=ngx.url))
         res = (_ctx := StudyContext(p, tmp_path / "run", "fleet")).study.run(_ctx)
     assert not res.failures, res.failures
     t = res.scaling
     assert (t["n_series"] == t["target"].map({"direct": 6, "proxy": 12})).all() and set(t["target"]) == {"direct", "proxy"}
-    assert "X-Upstream-Addr" in res.balance_source and res.balance["requests"].sum() == 12
+    assert "X-Upstream-Addr" in res.balance_source and res.balance["requests"].sum() == 12  # every request matched
+    assert res.balance["server"].str.startswith("localhost:").all() and "matched no configured" not in res.balance_source
     cu = res.cold_upstream  # the last server unloaded through Ollama's API, then served through the proxy
     assert len(cu) and cu["cold"].any()
     assert res.timeout["cold_n"] == 2 and res.timeout["recommended_read_timeout_s"] >= 1

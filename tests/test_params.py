@@ -117,3 +117,36 @@ def test_scheme_a_delays_are_checked(tmp_path):
     p.write_text("name: x\nstudies: {cold_start: {model: smollm2-135m-q4_1, scheme_a_delays_s: [-1]}}\n")
     with pytest.raises(ConfigError, match=r"studies.cold_start.scheme_a_delays_s: a list of delays"):
         params.load(p, check_models=False)
+
+
+def test_merge_keys_and_stdin_are_accepted(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    text = ("name: merged\nsampling: &s {interval_s: 0.2}\nstudies:\n  cold_start:\n    <<: {states: [warm], reps: 2}\n"
+            "    model: m\n    reps: 3\n")
+    p = params.load(write(tmp_path, text), check_models=False)
+    assert p.studies.cold_start.states == ["warm"] and p.studies.cold_start.reps == 3  # the explicit key wins
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    assert params.load("-", check_models=False).name == "merged"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n"
+                                             for i in range(8)), r"p.yaml: its aliases expand to more than"),
+    ("name: x\nstudies: " + "[" * 5000 + "]" * 5000 + "\n", r"p.yaml: nested more than 64 levels deep"),
+    ("name: x\ntimeouts: {request_s: .inf}\nstudies: {cold_start: {model: m}}\n", r"timeouts.request_s: .*finite"),
+    ("name: x\nbackend: {kind: ollama, url: 'http://h:1', headers: {X-Key: 'cl\u00e9'}}\nstudies: {cold_start: {model: m}}\n",
+     r"backend.headers: .*non-ASCII"),
+])
+def test_hostile_files_are_refused_without_echoing_them(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        params.load(write(tmp_path, text), check_models=False)
+    assert "clé" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_a_password_in_the_url_is_never_echoed(tmp_path):
+    text = "name: x\nbackend: {kind: ollama, url: 'http://user:S3CRET@h:99999'}\nstudies: {cold_start: {model: m}}\n"
+    with pytest.raises(ConfigError) as e:
+        params.load(write(tmp_path, text), check_models=False)
+    assert "S3CRET" not in str(e.value)

@@ -12,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from perfkit.core import children
 from perfkit.servers import nginx as proxy
 from perfkit.servers.nginx import Nginx, ProxyConfig, ProxyError, Upstream, check_config, parse_access_log, render
 
@@ -296,3 +297,57 @@ def test_start_failure_says_why_and_a_later_start_in_that_run_dir_works(tmp_path
     with Nginx(ProxyConfig([Upstream(up)]), tmp_path / "two") as n, httpx.Client() as c:  # same prefix
         assert "Address already in use" in (n.prefix / "error.log").read_text()
         assert _post(c, n.url).status_code == 200
+
+
+def test_the_lifeline_takes_nginx_and_its_workers_with_it(tmp_path):
+    """kill -9 of perfkit during the fleet study: the kernel's lifeline kills every server in the one registry,
+    nginx's workers included (they would otherwise carry the run's environment and block --resume)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    if proxy.nginx_binary() is None:
+        pytest.skip("nginx is not installed")
+    owner = subprocess.Popen(["sleep", "60"])
+    code = ("import sys, time\n"
+            "from perfkit.core import children\n"
+            "from perfkit.servers.nginx import Nginx, ProxyConfig, Upstream\n"
+            f"n = Nginx(ProxyConfig([Upstream('http://127.0.0.1:9', 1)]), {str(tmp_path)!r}).start()\n"
+            "print(n.pid, flush=True)\n"
+            "children.start_lifeline(0.05)\n"
+            "time.sleep(60)\n")
+    env = {**os.environ, children.ENV_OWNER: f"{owner.pid}:{children.start_time(owner.pid)}"}
+    kernel = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True)
+    try:
+        master = int(kernel.stdout.readline())
+        group = [p.pid for p in psutil.process_iter() if _pgid(p.pid) == master]
+        assert len(group) >= 2  # master and at least one worker
+        owner.kill()  # perfkit dies without unwinding
+        owner.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(children.start_time(p) for p in group):
+            time.sleep(0.05)
+        assert not any(children.start_time(p) for p in group)
+        assert kernel.wait(timeout=10) == 137
+    finally:
+        for p in (owner, kernel):
+            if p.poll() is None:
+                p.kill()
+        try:
+            os.killpg(master, signal.SIGKILL)
+        except (OSError, UnboundLocalError):
+            pass
+
+
+def _pgid(pid: int) -> int | None:
+    import os
+
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None

@@ -72,7 +72,7 @@ def fake_study(monkeypatch):
     writes a small executed notebook. ``fail_once`` lists trials whose first attempt fails."""
     state = {"calls": [], "fail_once": set(), "attempts": {}}
 
-    def execute(study, params_path, run_dir, *, measure=True, env=None):
+    def execute(study, params_path, run_dir, *, measure=True, env=None, tick=None):
         state["calls"].append({"study": study, "params_path": Path(params_path), "env": dict(env or {}),
                                "measure": measure})
         if measure:
@@ -99,14 +99,14 @@ def fake_study(monkeypatch):
         return write_notebook(Path(run_dir) / "notebooks" / f"{study}.ipynb", f"# {study}", "What the measurements say")
 
     monkeypatch.setattr(report, "execute", execute)
-    monkeypatch.setattr(report, "render", lambda executed, html_path, warnings=None, notes=None:
+    monkeypatch.setattr(report, "render", lambda executed, html_path, warnings=None, notes=None, **kw:
                         html_path.write_text("<p>report</p>" + publish.warning_html(warnings or []) * bool(warnings))
                         and html_path)
     return state
 
 
 def the_run(results: Path) -> Path:
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in results.iterdir() if (p / "run.json").exists()]
     return run_dir
 
 
@@ -256,7 +256,7 @@ def test_papermill_is_started_to_die_with_perfkit(tmp_path, monkeypatch):
     class P:
         pid = 0
 
-        def wait(self):
+        def wait(self, timeout=None):
             return 0
 
     def popen(cmd, **kw):
@@ -333,7 +333,7 @@ def test_runs_started_in_the_same_second_never_share_a_directory(tmp_path, fake_
     results = tmp_path / "res"
     assert main(["run", str(p), "--results", str(results)]) == 0
     assert main(["run", str(p), "--results", str(results)]) == 0
-    dirs = sorted(d for d in results.iterdir() if d.is_dir())
+    dirs = sorted(d for d in results.iterdir() if (d / "run.json").exists() or d.name.startswith("2"))
     assert len(dirs) == 2 and all(d.name.startswith("20260102-030405-rel-") for d in dirs)
     for d in dirs:
         ids = [r["trial_id"] for r in JsonlLog(d / "cold_start" / "trials.jsonl").read()]
@@ -398,7 +398,7 @@ def test_report_with_allow_damaged_renders_a_visible_warning(tmp_path, fake_olla
     monkeypatch.undo()  # the real render: the warning must be in the HTML
     fake = fake_study
 
-    def execute(study, params_path, run_dir, *, measure=True, env=None):
+    def execute(study, params_path, run_dir, *, measure=True, env=None, tick=None):
         fake["calls"].append(study)
         return write_notebook(Path(run_dir) / "notebooks" / f"{study}.ipynb", "# Cold start")
 
@@ -777,3 +777,24 @@ def test_a_model_process_dying_mid_stream_is_a_lost_connection(engine):
     rec = got["rec"]
     assert not rec.ok and rec.error.startswith("server connection lost"), rec.error
     assert "malformed" not in rec.error
+
+
+def test_a_password_in_the_url_is_a_secret_too(tmp_path, fake_ollama, fake_study, capsys):
+    url = fake_ollama.url.replace("http://", f"http://perfkit:{SECRET}@")
+    p = params_file(tmp_path, url)
+    assert main(["run", str(p), "--results", str(tmp_path / "res")]) == 0
+    run_dir = the_run(tmp_path / "res")
+    out = capsys.readouterr()
+    assert _grep(run_dir, SECRET) == [] and SECRET not in out.out + out.err
+    assert "url: http://***@127.0.0.1:" in (run_dir / "params.yaml").read_text()
+    assert fake_study["calls"][0]["params_path"] == p.resolve()  # measured with the real URL
+
+
+def test_compare_warns_about_a_run_compared_with_itself(tmp_path):
+    from test_compare import make_run
+
+    from perfkit import compare
+
+    a = make_run(tmp_path, "a")
+    c = compare.compare(a, a)
+    assert any("A and B are the same run" in w for w in c.warnings) and "same run" in c.summary()

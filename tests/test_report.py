@@ -31,7 +31,7 @@ def smoke_run(tmp_path_factory, store_dir):
     r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(ROOT / "params" / "smoke.yaml"),
                         "--results", str(results)], capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in results.iterdir() if (p / "run.json").exists()]
     return results, run_dir
 
 
@@ -174,7 +174,7 @@ def test_no_header_value_anywhere_under_the_run_directory(tmp_path, fake_ollama)
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert {h.get("Authorization") for h in fake_ollama.headers_seen} == {secrets["Authorization"]}
-    (run_dir,) = [d for d in (tmp_path / "res").iterdir() if d.is_dir()]
+    (run_dir,) = [d for d in (tmp_path / "res").iterdir() if (d / "run.json").exists() or d.name.startswith("2")]
     leaks = [str(f) for f in run_dir.rglob("*") if f.is_file()
              for v in ("tok-5ecret-abc", "key-5ecret-def") if v.encode() in f.read_bytes()]
     assert leaks == []
@@ -200,7 +200,7 @@ def test_two_runs_started_together_get_two_directories_and_share_no_trial(tmp_pa
                  for a in argv]
         outs = [pr.communicate(timeout=300)[0] for pr in procs]
     assert [pr.returncode for pr in procs] == [0, 0], outs
-    dirs = sorted(d for d in (tmp_path / "res").iterdir() if d.is_dir())
+    dirs = sorted(d for d in (tmp_path / "res").iterdir() if (d / "run.json").exists() or d.name.startswith("2"))
     assert len(dirs) == 2
     sends = []
     for d in dirs:

@@ -117,6 +117,17 @@ def per_request_itl(df: pd.DataFrame, stat: str) -> list[float]:
             if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
 
 
+def per_request_event_gap(df: pd.DataFrame, stat: str = "median") -> list[float]:
+    """Each request's own ``stat`` of the gaps between its streamed events (what a reader sees arrive, however
+    many tokens each event carries): one value per request."""
+    q = {"median": 50, "p90": 90, "p99": 99}[stat]
+    out = []
+    for t in df.get("token_times_ns", pd.Series(dtype=object)).dropna():
+        if isinstance(t, (list, tuple, np.ndarray)) and len(t) > 1:
+            out.append(float(np.percentile(np.diff(np.asarray(t, dtype=float)) * 1e-9, q)))
+    return out
+
+
 def latency_table(df: pd.DataFrame, by: str, metrics: Iterable[str] = ("ttft_s", "e2e_s", "tpot_s", "itl"),
                   groups: Iterable | None = None) -> pd.DataFrame:
     """Display table: one row per group and metric, with p50/p90/p99, each with its CI, and n."""

@@ -128,6 +128,8 @@ def kill_process_group(pgid: int, grace_s: float = 10.0, proc: subprocess.Popen 
     unreaped leader is a zombie that still counts as a group member, so without ``poll()`` every stop
     would wait the whole grace period (it made each engine restart take 10 s).
     """
+    if not pgid or pgid <= 1 or pgid == os.getpgrp():  # 0 would mean our own group: never
+        return
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:

@@ -116,9 +116,9 @@ def _prepare(nb, heading_alt: str = "a plot") -> None:
     heading = heading_alt
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            m = re.search(r"^#+\s+(.+)$", cell.source, re.M)
-            if m:
-                heading = m.group(1).strip()
+            found = re.findall(r"^#+\s+(.+)$", cell.source, re.M)
+            if found:
+                heading = found[-1].strip()
             continue
         if cell.cell_type != "code":
             continue

@@ -16,7 +16,7 @@ from perfkit.analysis import figures as F, series as S, stats
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.models import offload_warnings
 from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, method_note, negative_overhead_note,
-                                       noisy_note, per_request_itl)
+                                       noisy_note, per_request_event_gap, per_request_itl)
 from perfkit.analysis.verdicts import compare_estimates, compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
@@ -223,6 +223,9 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         figs.add(F.per_request("config_tuning", "ttft_p99", steady_all, lambda r: S.censored(r, "ttft_s"),
                                where=where, workload=wl))
         figs.add(F.per_request("config_tuning", "e2e", steady, "e2e_s", where=where, workload=wl))
+        figs.add(F.per_request("config_tuning", "itl", steady, lambda r: per_request_itl(r, "median"), where=where,
+                               workload=wl))
+        figs.add(F.per_request("config_tuning", "event_gap", steady, per_request_event_gap, where=where, workload=wl))
         f_tput = figs.add(F.from_estimate("config_tuning", "throughput", tput, g, where=where, workload=wl,
                                           per_replicate=lambda r, chk=chk: S.throughput(r, chk).value))
         good = S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s)

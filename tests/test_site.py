@@ -1,0 +1,101 @@
+"""The report pages as files: one policy, no CDN, relative assets, navigation, contents, charts as data, tables
+that fit with their CSV, escaped server text, a progress line that also reaches a log file."""
+
+import io
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from perfkit.report import charts
+from perfkit.report.page import MAX_COLUMNS, Page
+from perfkit.run import publish, site
+
+
+def _executed(tmp_path: Path, outputs: list[dict], md: str = "# Title\n## Part one\ntext") -> Path:
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("x")
+    code.outputs = [nbformat.v4.new_output("display_data", data=o) for o in outputs]
+    nb.cells = [nbformat.v4.new_markdown_cell(md), code]
+    p = tmp_path / "nb.ipynb"
+    nbformat.write(nb, p)
+    return p
+
+
+def test_a_report_page_is_self_contained_and_strict(tmp_path):
+    chart = charts.bars(pd.DataFrame({"x": ["a", "b"], "y": [1.0, 2.0], "lo": [0.9, 1.8], "hi": [1.1, 2.3],
+                                      "n": [8, 8]}), "x", "y", "lo", "hi", n="n", title="T", ylabel="s",
+                        alt="two bars with their CIs")
+    server_text = "<html><head><title>504 Gateway Time-out</title></head></html>"
+    nb = _executed(tmp_path, [chart.bundle(), {"text/markdown": server_text.replace("<", "&lt;"),
+                                               "text/plain": "x"}])
+    out = publish.render(nb, tmp_path / "r.html", title="Cold start — run-1", nav='<a href="../index.html">all</a>')
+    page = out.read_text()
+    assert "<title>Cold start — run-1</title>" in page and "Content-Security-Policy" in page
+    assert "script-src 'self'" in page and "http://" not in page and "https://" not in page  # no CDN, nothing remote
+    assert re.findall(r"<script(?![^>]*(src=|type=\"application/json\"))", page) == []  # no inline script
+    assert 'src="../assets/plotly.min.js"' in page and 'href="../assets/perfkit.css"' in page
+    assert 'class="plotly-chart"' in page and 'aria-label="two bars with their CIs"' in page
+    data = json.loads(re.search(r'<script[^>]*id="chart-1-data"[^>]*>(.*?)</script>', page).group(1))
+    assert data["data"][0]["error_y"]["array"] == [0.10000000000000009, 0.2999999999999998]
+    assert "<title>504" not in page  # a server's HTML is text, never markup
+    assert 'href="#Part-one"' in page  # contents
+
+
+def test_images_get_alt_text(tmp_path):
+    png = charts.Chart("bar", "t", "y", "alt", [charts.Series("s", ["a"], [1.0])]).bundle()["image/png"]
+    nb = _executed(tmp_path, [{"image/png": png, "text/plain": "<Figure size 640x480 with 1 Axes>"}],
+                   md="# T\n## Server resources over time")
+    page = publish.render(nb, tmp_path / "r.html").read_text()
+    assert 'alt="plot: Server resources over time"' in page
+
+
+def test_tables_fit_the_page_and_come_as_csv(tmp_path, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.instance()
+    df = pd.DataFrame({f"c{i}": [i, i + 1] for i in range(MAX_COLUMNS + 3)}, index=["a", "b"])
+    df["server said"] = ["<b>boom</b>", "ok"]
+    shown = []
+    import IPython.display as d
+
+    orig = d.display
+    d.display = lambda *a, **k: shown.extend(a)
+    try:
+        Page(tmp_path, "cold_start").table(df, "Latency by state")
+    finally:
+        d.display = orig
+    html = shown[0].data
+    assert html.count("<table") == 2 and "columns 1–7 of 11" in html
+    assert "&lt;b&gt;boom&lt;/b&gt;" in html and "<b>boom</b>" not in html
+    csv = tmp_path / "tables" / "cold_start" / "latency-by-state.csv"
+    assert csv.exists() and 'href="tables/cold_start/latency-by-state.csv"' in html
+    assert pd.read_csv(csv, index_col=0).shape == df.shape
+
+
+def test_assets_are_written_once_and_the_index_needs_nothing_else(tmp_path):
+    site.write_index(tmp_path)
+    a = tmp_path / "assets"
+    assert (a / "perfkit.css").exists() and (a / "perfkit.js").exists() and (a / "plotly.min.js").stat().st_size > 1e6
+    mtime = (a / "plotly.min.js").stat().st_mtime_ns
+    site.write_index(tmp_path)
+    assert (a / "plotly.min.js").stat().st_mtime_ns == mtime
+    index = (tmp_path / "index.html").read_text()
+    assert "<script>" not in index and 'src="assets/perfkit.js"' in index
+
+
+def test_the_progress_line_reaches_a_log_file(tmp_path):
+    from perfkit.measure.progress import Progress
+    from perfkit.run.progress import Watcher
+
+    out = io.StringIO()  # not a terminal: whole lines, not \r
+    w = Watcher("cold_start", tmp_path, out)
+    with Progress(tmp_path, "cache states", 30) as p:
+        p.update(12, "warm")
+        p._write(force=True)
+        w.tick()
+    line = out.getvalue()
+    assert line.endswith("\n") and "[cold_start] cache states 12/30 (warm)" in line and "elapsed" in line
+    assert "left in this phase" in line
