@@ -79,6 +79,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3, help="A/A pairs of single runs")
     ap.add_argument("--repeat-pairs", type=int, default=2, help="A/A pairs of runs with repeat: 3")
+    ap.add_argument("--real-repeat", type=int, default=3, help="replicates a side for the real change in repeat mode")
+    ap.add_argument("--only-real", action="store_true", help="skip the A/A pairs, measure only the real change")
     ap.add_argument("--keep", help="keep the run directories here")
     a = ap.parse_args()
     load = os.getloadavg()[0]
@@ -86,45 +88,55 @@ def main() -> int:
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="perfkit-aa-"))
     t0 = time.monotonic()
     try:
-        single, spread = [], []
+        if a.only_real:
+            a.pairs = a.repeat_pairs = 0
+        spread = []
         for k in range(a.pairs):
-            c = cmp.compare(measure(root, f"s{k}a"), measure(root, f"s{k}b"), min_effect=0.0)
-            spread += log_ratios(c)
-            single.append(c)
+            spread += log_ratios(cmp.compare(measure(root, f"s{k}a"), measure(root, f"s{k}b"), min_effect=0.0))
         spread.sort()
-        q95 = spread[int(0.95 * (len(spread) - 1))] if spread else math.nan
-        print(f"\nA/A single runs: {a.pairs} pairs, {len(spread)} per-request rows; |after/before − 1| between two "
-              f"runs of the same thing: median {math.expm1(spread[len(spread) // 2]):.1%}, "
-              f"95th percentile {math.expm1(q95):.1%}")
-        for eff in (0.0, verdicts.MIN_EFFECT):
-            n_called = n_rows = 0
-            for k in range(a.pairs):
-                c = cmp.compare(root / f"s{k}a", root / f"s{k}b", min_effect=eff)
-                x, n = called(c)
-                n_called, n_rows = n_called + x, n_rows + n
-            print(f"  min_effect {eff:.0%}: {n_called} of {n_rows} rows called improved/worse "
-                  f"({n_called / max(n_rows, 1):.1%}; goal ≤ 5%)")
+        if a.pairs:
+            report_single(root, a.pairs, spread)
         n_called = n_rows = 0
         for k in range(a.repeat_pairs):
             c = cmp.compare(measure(root, f"r{k}a", repeat=3), measure(root, f"r{k}b", repeat=3))
             x, n = called(c)
             n_called, n_rows = n_called + x, n_rows + n
             assert c.mode == "runs", c.mode
-        print(f"A/A repeat 3 (runs as the unit): {a.repeat_pairs} pairs, {n_called} of {n_rows} rows called "
-              f"({n_called / max(n_rows, 1):.1%}; goal ≤ 5%)")
+        if a.repeat_pairs:
+            print(f"A/A repeat 3 (runs as the unit): {a.repeat_pairs} pairs, {n_called} of {n_rows} rows called "
+                  f"({n_called / max(n_rows, 1):.1%}; goal ≤ 5%)")
         print("\nA real change, num_thread 2 → 1:")
-        for mode, rep in (("single runs", 1), ("repeat 3", 3)):
+        for mode, rep in (("single runs", 1), (f"repeat {a.real_repeat}", a.real_repeat)):
             c = cmp.compare(measure(root, f"x{rep}a", repeat=rep), measure(root, f"x{rep}b", repeat=rep,
                                                                            num_thread=1))
+            x, n = called(c)
+            print(f"  {mode}: {x} of {n} comparable rows called")
             for key in ("cold_start/ttft/warm", "cold_start/e2e/warm", "model_size/decode_rate/smollm2-135m-q4_1"):
                 r = next((r for r in c.rows if r.key == key), None)
                 if r is not None:
-                    print(f"  {mode:12s} {key:45s} {r.change_text:24s} {r.verdict}")
+                    print(f"  {mode:12s} {key:45s} {r.change_text:24s} p={r.p_value:.3g} q={r.q_value:.3g} "
+                          f"{r.verdict}" + ("" if r.called else f" ({r.reason})"))
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\n{time.monotonic() - t0:.0f} s; machine load after: {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def report_single(root: Path, pairs: int, spread: list[float]) -> None:
+    """The spread of per-request ratios between A/A runs, and the share of rows called with and without the
+    minimum practical effect."""
+    q95 = spread[int(0.95 * (len(spread) - 1))] if spread else math.nan
+    print(f"\nA/A single runs: {pairs} pairs, {len(spread)} per-request rows; |after/before − 1| between two "
+          f"runs of the same thing: median {math.expm1(spread[len(spread) // 2]):.1%}, "
+          f"95th percentile {math.expm1(q95):.1%}")
+    for eff in (0.0, verdicts.MIN_EFFECT):
+        n_called = n_rows = 0
+        for k in range(pairs):
+            x, n = called(cmp.compare(root / f"s{k}a", root / f"s{k}b", min_effect=eff))
+            n_called, n_rows = n_called + x, n_rows + n
+        print(f"  min_effect {eff:.0%}: {n_called} of {n_rows} rows called improved/worse "
+              f"({n_called / max(n_rows, 1):.1%}; goal ≤ 5%)")
 
 
 if __name__ == "__main__":

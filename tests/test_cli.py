@@ -88,4 +88,4 @@ def test_sigterm_unwinds_like_ctrl_c_and_exits_143(monkeypatch, capsys):
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    assert "stopped by SIGTERM; servers stopped, measured data kept" in capsys.readouterr().err
+    assert "stopped by SIGTERM; servers stopped, everything measured is kept" in capsys.readouterr().err

@@ -109,6 +109,7 @@ def test_failing_notebook_names_the_cell_and_keeps_data(tmp_path, store_dir):
     run_dir = tmp_path / "run"
     (run_dir / "model_size").mkdir(parents=True)
     (run_dir / "model_size" / "trials.jsonl").write_text('{"trial_id": "kept", "ok": true}\n')
+    (run_dir / "model_size" / "manifest.json").write_text('{"cut short')  # a damaged file fails the analysis
     shutil.copyfile(ROOT / "params" / "smoke.yaml", run_dir / "params.yaml")
     with pytest.raises(publish.StudyFailed, match=r"study model_size failed in cell \d+: \w+") as e:
         publish.execute("model_size", run_dir / "params.yaml", run_dir, measure=False)

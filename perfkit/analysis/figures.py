@@ -268,7 +268,7 @@ def noisy_share(rows: pd.DataFrame) -> float:
     """Share of ``rows`` flagged ``res_noisy`` (other processes used the machine), NaN when not sampled."""
     if rows.empty or "res_noisy" not in rows or rows["res_noisy"].isna().all():
         return math.nan
-    return float(rows["res_noisy"].fillna(False).astype(bool).mean())
+    return float(rows["res_noisy"].astype("boolean").fillna(False).astype(bool).mean())
 
 
 def _per_request_stat(values: list[float], stat: str) -> float:

@@ -29,7 +29,7 @@ def model_figures(study: str, df: pd.DataFrame, events: pd.DataFrame, models: li
     GPU utilization where a GPU was sampled (warm requests; cold ones for the load)."""
     ok = measured(df)
     if "drift" in ok:  # drift requests decode greedily with logprobs: not the same request as a speed trial
-        ok = ok[~ok["drift"].fillna(False).astype(bool)]
+        ok = ok[~ok["drift"].astype("boolean").fillna(False).astype(bool)]
     dev = device_events(events)
     out: list[F.Figure | None] = []
     for m in models:

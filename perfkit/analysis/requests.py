@@ -35,9 +35,9 @@ def measured(df: pd.DataFrame, **eq) -> pd.DataFrame:
         return df
     out = df[df.get("ok", True).astype(bool)]
     if "interrupted" in out:  # kept from a killed load series; its re-run is the measurement
-        out = out[out["interrupted"].fillna(False).astype(bool) == False]  # noqa: E712
+        out = out[out["interrupted"].astype("boolean").fillna(False).astype(bool) == False]  # noqa: E712
     if "warmup" in out:
-        out = out[~out["warmup"].fillna(False).astype(bool)]
+        out = out[~out["warmup"].astype("boolean").fillna(False).astype(bool)]
     out = out[~_state_failed(out)]
     for k, v in eq.items():
         out = out[out[k] == v]
@@ -50,7 +50,7 @@ def state_note(df: pd.DataFrame) -> str:
         return ""
     ok = df[df.get("ok", True).astype(bool)]
     if "warmup" in ok:
-        ok = ok[~ok["warmup"].fillna(False).astype(bool)]
+        ok = ok[~ok["warmup"].astype("boolean").fillna(False).astype(bool)]
     if "state_prepare_s" in ok:  # only trials that had a state check (not strategy or load-series rows)
         ok = ok[ok["state_prepare_s"].notna()]
     failed = ok[_state_failed(ok)]
@@ -72,7 +72,7 @@ def noisy_note(df: pd.DataFrame) -> str:
     if df.empty or "res_noisy" not in df:
         return ""
     d = df[df.get("ok", True).astype(bool)]
-    bad = d[d["res_noisy"].fillna(False).astype(bool)]
+    bad = d[d["res_noisy"].astype("boolean").fillna(False).astype(bool)]
     if bad.empty:
         return ""
     other = bad.get("res_other_cpu_pct_mean", pd.Series(dtype=float)).mean()

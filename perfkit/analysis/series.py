@@ -215,7 +215,7 @@ def client_table(events: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         out.append({"series": name, "requests": len(g), "in steady window": chk.get("n_steady"),
                     "new connections": chk.get("client_new_connections"),
                     "connect p50": fmt.duration(float(conn.median())) if len(conn) else "—",
-                    "resent (stale connection)": int(g["stale_retry"].fillna(False).astype(bool).sum())
+                    "resent (stale connection)": int(g["stale_retry"].astype("boolean").fillna(False).astype(bool).sum())
                     if "stale_retry" in g else 0,
                     "think p99": fmt.duration(chk.get("client_think_p99_s")),
                     "loop busy": fmt.pct(chk.get("client_loop_busy")),

@@ -156,6 +156,7 @@ def page(title: str, body: str, *, nav: str = "", assets: str = "assets", toc: b
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title>"
+            f'<link rel="icon" href="{assets}/favicon.svg" type="image/svg+xml">'
             f'<link rel="stylesheet" href="{assets}/perfkit.css">'
             f'<script src="{assets}/plotly.min.js" defer></script><script src="{assets}/perfkit.js" defer></script>'
             f'</head><body><header class="site">{nav}</header><div class="layout">{_toc(body) if toc else ""}'

@@ -131,7 +131,7 @@ def write_assets(results_dir: Path) -> Path:
 
     out = Path(results_dir) / ASSETS
     out.mkdir(parents=True, exist_ok=True)
-    sources = {name: resources.files("perfkit.report") / "assets" / name for name in ("perfkit.css", "perfkit.js")}
+    sources = {name: resources.files("perfkit.report") / "assets" / name for name in ("perfkit.css", "perfkit.js", "favicon.svg")}
     try:
         import plotly
 

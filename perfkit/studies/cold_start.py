@@ -371,7 +371,7 @@ def before_after(res: "ColdStartResult") -> pd.DataFrame:
             phase = ""
             if strategy == "keep_warm" and "keep_warm_phase" in h and h["keep_warm_phase"].notna().any():
                 phase = (f"phase {h['keep_warm_phase'].mean():.2f} of the refresh cycle; "
-                         f"{int(h['keep_warm_collision'].fillna(False).astype(bool).sum())} of {len(h)} "
+                         f"{int(h['keep_warm_collision'].astype('boolean').fillna(False).astype(bool).sum())} of {len(h)} "
                          "collided with a refresh")
             rows.append({"idle gap": fmt.duration(gap), "strategy": strategy,
                          "first-request e2e (median [95% CI])": fmt_s(est(h["e2e_s"])),
@@ -428,11 +428,15 @@ def decomposition_chart(res: ColdStartResult):
 
 
 def timeline_table(res: ColdStartResult, rows: int = 25) -> pd.DataFrame:
-    """The first notable lines of the server's log on the run's clock, readable (not every line)."""
+    """The first notable lines of the server's log on the run's clock, readable: server start and settings,
+    the runner's start, offload and buffers, generation requests (not every line)."""
     tl = res.timeline
     if tl.empty or "t_s" not in tl:
         return pd.DataFrame()
-    t = tl.dropna(subset=["t_s"]).head(rows)
+    t = tl.dropna(subset=["t_s"])
+    # perfkit's own control calls (/api/ps, /api/show, ...) would crowd out the server's start and the runner's
+    t = t[(t["kind"] != "request") | t["what"].str.contains(r"POST /(?:api/(?:generate|chat|embed)|v1/)", regex=True)]
+    t = t.head(rows)
     return pd.DataFrame({"at (run clock)": [fmt.duration(v) if v >= 0 else "−" + fmt.duration(-v) for v in t["t_s"]],
                          "event": t["kind"].str.replace("_", " "), "what": t["what"]}).set_index("at (run clock)")
 

@@ -253,9 +253,9 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                      "client_check": S.client_cell(chk, {"TTFT": ttft50.value, "ITL": itl.value}),
                      "client_bound": bool(chk.get("client_client_bound", False)),
                      "client_moves": S.client_can_move(chk, itl.value) or S.client_can_move(chk, ttft50.value),
-                     "retries": int(g_all["stale_retry"].fillna(False).astype(bool).sum()) if "stale_retry" in g_all else 0,
+                     "retries": int(g_all["stale_retry"].astype("boolean").fillna(False).astype(bool).sum()) if "stale_retry" in g_all else 0,
                      "goodput_rps": good,
-                     "noisy_requests": int(g.get("res_noisy", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
+                     "noisy_requests": int(g.get("res_noisy", pd.Series(dtype=bool)).astype("boolean").fillna(False).astype(bool).sum()),
                      "server_rss_max_bytes": rss,
                      "setting_applied": None if ck is None else ck.get("all_applied"),
                      "total_slots": None if ck is None else ck.get("total_slots")})
@@ -276,7 +276,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
     best_ = best(table)
     _mark_headlines(figs, best_)
     dev = ev[ev["kind"] == "device"] if has_kind and (ev["kind"] == "device").any() else None
-    retries = int(df["stale_retry"].fillna(False).astype(bool).sum()) if len(df) and "stale_retry" in df else 0
+    retries = int(df["stale_retry"].astype("boolean").fillna(False).astype(bool).sum()) if len(df) and "stale_retry" in df else 0
     return ConfigTuningResult("config_tuning", figs, df, ctx.store.manifest(), failures(df), table=table,
                               rates=rates, checks=checks, best=best_, slo=slo.model_dump(),
                               device=dev.iloc[-1].dropna().to_dict() if dev is not None else None, retries=retries,
@@ -500,11 +500,11 @@ def conclusions(res: ConfigTuningResult) -> str:
     if not math.isnan(M["value"]):
         lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {fmt.mib(M['value'])} "
                      f"(the largest sample over {M['n']} requests' windows; one reading per setting, no CI).")
-    moved = t[t.get("client_moves", pd.Series(False, index=t.index)).fillna(False).astype(bool)] if len(t) else t
+    moved = t[t.get("client_moves", pd.Series(False, index=t.index)).astype("boolean").fillna(False).astype(bool)] if len(t) else t
     if len(moved):
         lines.append(f"- ⚠ **The client's own timing error can move figures** in {len(moved)} series: "
                      f"{moved['client_check'].iloc[0]}.")
-    bound = t[t["client_bound"] & ~t.get("client_moves", pd.Series(False, index=t.index)).fillna(False).astype(bool)] \
+    bound = t[t["client_bound"] & ~t.get("client_moves", pd.Series(False, index=t.index)).astype("boolean").fillna(False).astype(bool)] \
         if len(t) else t
     if len(bound):
         lines.append(f"- The client was busy in {len(bound)} series ({bound['client_check'].iloc[0]}), too little to "

@@ -493,6 +493,11 @@ def _served_by(value: Any) -> str | None:
     return value.replace(" : ", ", ").split(",")[-1].strip()
 
 
+def _server_of(servers: list[dict]) -> dict[str, str]:
+    """Every address nginx may name (each configured host resolved) → the server as the user configured it."""
+    return {addr: s["url"].split("://", 1)[-1].rstrip("/") for s in servers for addr in _addresses(s["url"])}
+
+
 def balance_table(df: pd.DataFrame, servers: list[dict]) -> tuple[pd.DataFrame, str]:
     """Which server answered each proxied request (the proxy's X-Upstream-Addr, matched against every address
     each server's host resolves to) against the weights; a server that matched nothing says what nginx named."""
@@ -503,20 +508,19 @@ def balance_table(df: pd.DataFrame, servers: list[dict]) -> tuple[pd.DataFrame, 
                                 "`add_header X-Upstream-Addr $upstream_addr always;` to its location")
     scaling = rows[rows["phase"] == "scaling"]
     last = scaling["served_by"].map(_served_by)
+    server = last.map(_server_of(servers))
     n = len(scaling)
     total_w = sum(s["weight"] for s in servers)
-    out, matched = [], set()
+    out = []
     for s in servers:
-        addrs = _addresses(s["url"])
-        hit = last.isin(addrs)
-        matched |= set(last[hit])
-        k = int(hit.sum())
+        name = s["url"].split("://", 1)[-1].rstrip("/")
+        k = int((server == name).sum())
         share = stats.proportion(k, n)
         want = s["weight"] / total_w
-        out.append({"server": s["url"].split("://", 1)[-1], "weight": s["weight"], "configured share": want,
+        out.append({"server": name, "weight": s["weight"], "configured share": want,
                     "requests": k, "share": share.value, "share_lo": share.lo, "share_hi": share.hi,
                     "matches weights": bool(share.lo <= want <= share.hi)})
-    other = sorted(set(last.dropna()) - matched)
+    other = sorted(set(last[server.isna()].dropna()))
     t = pd.DataFrame(out)
     src = "the X-Upstream-Addr header the proxy adds to each response"
     if other:
@@ -544,15 +548,19 @@ def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cold_upstream_table(df: pd.DataFrame) -> pd.DataFrame:
+def cold_upstream_table(df: pd.DataFrame, servers: list[dict]) -> pd.DataFrame:
+    """Per server that answered through the proxy after the last one was unloaded: its first and typical TTFT
+    (the cold one's first request pays the load)."""
     g = measured(_phase(df, "cold_upstream"))
-    if g.empty:
+    if g.empty or "served_by" not in g:
         return pd.DataFrame()
     cold = g["cold_server"].iloc[0]
+    names = _server_of(servers)
+    g = g.assign(server=g["served_by"].map(_served_by).map(lambda a: names.get(a, a)))
     rows = []
-    for addr, h in g.groupby("served_by"):
+    for name, h in g.groupby("server"):
         h = h.sort_values("t_send_ns")
-        rows.append({"server": addr, "cold": addr == cold, "requests": len(h),
+        rows.append({"server": name, "cold": name == cold, "requests": len(h),
                      "first_ttft_s": float(h["ttft_s"].iloc[0]), "ttft_p50": ci_cell(est(h["ttft_s"])),
                      "ttft_max_s": float(h["ttft_s"].max())})
     return pd.DataFrame(rows)
@@ -713,7 +721,7 @@ def analyze(ctx: StudyContext) -> FleetResult:
     if cache.get("hit_ratio_est") is not None:
         figs.add(F.from_estimate("fleet", "hit_ratio", cache["hit_ratio_est"], workload=wl))
     return FleetResult("fleet", figs, df, manifest, failures(df), fleet=fleet, scaling=scaling, balance=bal,
-                       balance_source=bal_source, overhead=overhead, cold_upstream=cold_upstream_table(df),
+                       balance_source=bal_source, overhead=overhead, cold_upstream=cold_upstream_table(df, servers),
                        failover=failover_summary(df, ev, access),
                        timeout=timeout_summary(df, ev, fleet.get("proxy_read_timeout_s") or c.proxy.read_timeout_s),
                        cache=cache, skipped=skipped, clients=S.client_table(ev, df))

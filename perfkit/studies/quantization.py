@@ -116,7 +116,7 @@ def drift(df: pd.DataFrame, ref: str) -> pd.DataFrame:
     d = measured(df)
     if d.empty or "drift" not in d:
         return pd.DataFrame()
-    d = d[d["drift"].fillna(False).astype(bool)]
+    d = d[d["drift"].astype("boolean").fillna(False).astype(bool)]
     rows = []
     for key, g in d.groupby("rep"):
         r = g[g["variant"] == ref]
