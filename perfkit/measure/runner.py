@@ -147,8 +147,9 @@ class Runner:
     def _resources(self, rows: list[tuple[dict, Any]]) -> pd.DataFrame:
         """Resource windows of a finished series' requests, stored beside its rows (keyed by trial id)."""
         if self.monitor is not None:
-            res = [{"trial_id": row["trial_id"], **self.monitor.request_summary(rec)} for row, rec in rows
-                   if rec.t_end_ns]
+            done = [(row, rec) for row, rec in rows if rec.t_end_ns]
+            res = [{"trial_id": row["trial_id"], **summary} for (row, _), summary
+                   in zip(done, self.monitor.request_summaries([rec for _, rec in done]))]
             self.store.append_resources(res)
             by_id = {r["trial_id"]: r for r in res}
             for row, _ in rows:

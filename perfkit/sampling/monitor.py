@@ -222,10 +222,19 @@ class Monitor:
         return self.idle_power_w
 
     # ---- requests ------------------------------------------------------------------------------
-    def request_summary(self, rec: RequestRecord) -> dict[str, Any]:
+    def request_summaries(self, recs: list[RequestRecord]) -> list[dict[str, Any]]:
+        """:meth:`request_summary` of many finished requests (a series): the samplers are waited for once,
+        past the last end, not once per request."""
+        ends = [r.t_end_ns for r in recs if r.t_end_ns]
+        if ends:
+            for s in self.samplers:
+                s.wait_past(max(ends))
+        return [self.request_summary(r, wait=False) for r in recs]
+
+    def request_summary(self, rec: RequestRecord, *, wait: bool = True) -> dict[str, Any]:
         """Flat resource figures for a trial row: the request's own window (energy, power, utilization,
         memory, CPU of the server, the client and everything else), energy per output token, noisy or not."""
-        w = self.measure("request", rec.t_send_ns, rec.t_end_ns)
+        w = self.measure("request", rec.t_send_ns, rec.t_end_ns, wait=wait)
         out = {f"res_{k}": v for k, v in w.as_dict().items() if k not in ("name", "t_start_ns", "t_end_ns")}
         if out.get("res_energy_j") is not None and rec.output_tokens:
             out["res_energy_per_token_j"] = out["res_energy_j"] / rec.output_tokens
