@@ -268,3 +268,25 @@ def test_a_replay_with_another_parameter_file_shows_the_runs_own_data(smoke_run,
     text = out.read_text()
     assert "differs and was ignored" in text
     assert "smollm2-135m-q4_1" in text and "gemma3-270m-q4_k_m" in text  # the run's own two models
+
+
+def test_a_headline_figure_has_one_value_on_its_page_in_the_index_and_in_compare(smoke_run):
+    """The figure the index shows for a study is the one its page states and the one `perfkit compare`
+    compares, formatted the same: one definition, one value, wherever it appears."""
+    from perfkit.analysis.figures import FILE_NAME, FigureSet, format_value
+    from perfkit.compare.comparison import compare
+
+    results, run_dir = smoke_run
+    rows = {r.key: r for r in compare(run_dir, run_dir).rows}
+    index = htmllib.unescape((results / "index.html").read_text())
+    checked = 0
+    for study in STUDIES:
+        page = htmllib.unescape((run_dir / f"{study}.html").read_text())
+        for fig in FigureSet.read(run_dir / study / FILE_NAME).headlines():
+            value = format_value(fig.value, fig.kind)
+            assert value in page, (study, fig.key, value)
+            assert fig.key in rows and rows[fig.key].before.startswith(value), (study, fig.key, value)
+            checked += 1
+    assert checked >= len(STUDIES)
+    assert any(format_value(f.value, f.kind) in index
+               for f in FigureSet.read(run_dir / STUDIES[0] / FILE_NAME).headlines())
