@@ -437,7 +437,6 @@ def test_a_users_nginx_in_front_of_ollama_servers(tmp_path, scripted_models_dir)
     from scripted_ollama.harness import ScriptedOllama
 
     from perfkit.servers.nginx import Nginx, ProxyConfig, Upstream
-    from perfkit.studies import fleet
     from perfkit.studies.base import StudyContext
 
     env = {"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_KEEP_ALIVE": "10m"}

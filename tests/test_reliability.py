@@ -23,7 +23,7 @@ from perfkit.run import publish, rundir, site
 from perfkit.run import lock as runlock
 from perfkit.core import children
 from perfkit.cli import main
-from perfkit.core.errors import ConfigError, PerfkitError
+from perfkit.core.errors import ConfigError
 from perfkit.core.store import JsonlLog, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import llama_server_pids
-from perfkit.run import pipeline as report
-from perfkit.run import publish, rundir, site
+from perfkit.run import publish
 from perfkit.analysis.requests import est, fmt_s
 
 pytestmark = pytest.mark.notebooks

@@ -174,7 +174,6 @@ def test_limit_belongs_to_the_device_that_runs_the_model():
 
 def test_model_size_gives_no_limit_for_a_remote_server(tmp_path):
     """Against a remote Ollama the old code divided by the *client's* RAM bandwidth (18383% of limit)."""
-    from perfkit.studies import model_size
     from perfkit.studies.base import StudyContext
 
     params = tmp_path / "p.yaml"
