@@ -3,8 +3,10 @@
 Three ways to compare, by what the two sides have:
 
 * **runs** (both sides ≥ :data:`MIN_REPLICATES` replicate runs): the runs are the unit. Ratio = exp of the
-  difference of the mean log values, CI and p from Welch's t-test on the log values. Run-to-run variation (a
-  restart, the page cache, thermal state, a busy neighbour) is inside the interval.
+  difference of the mean log values, CI and p from a t-test on the log values: Student's pooled test when both
+  sides have as many runs (then it is robust to unequal variances, and with 3 runs a side its n−2 = 4 degrees
+  of freedom keep the power that Welch's ≈2 lose), Welch's otherwise. Run-to-run variation (a restart, the
+  page cache, thermal state, a busy neighbour) is inside the interval.
 * **requests** (per-request samples on both sides, fewer replicates): Hodges–Lehmann ratio with the Moses
   distribution-free CI and the Mann–Whitney p-value. These treat the requests of one run as independent
   samples of it, which they are not of the *next* run: a verdict also needs the CI to lie entirely beyond
@@ -173,12 +175,14 @@ def compare_samples(before: Sequence[float], after: Sequence[float], better: str
 def compare_replicates(before: Sequence[float], after: Sequence[float], better: str, *, kind: str = "duration",
                        before_text: str = "", after_text: str = "", key: str = "", label: str = "",
                        confidence: float = stats.CONFIDENCE) -> Row:
-    """Runs as the unit: each side's replicate values (one per run). Ratio of geometric means with Welch's
-    t-interval and p-value on the log values; a verdict when the CI excludes 1."""
+    """Runs as the unit: each side's replicate values (one per run). Ratio of geometric means with a t-interval
+    and p-value on the log values (pooled with equal runs a side, else Welch); a verdict when the CI excludes 1."""
     _check_better(better)
     b = [v for v in clean(before) if v > 0 and math.isfinite(v)]
     a = [v for v in clean(after) if v > 0 and math.isfinite(v)]
-    method = f"ratio of geometric means over runs, Welch t-interval (log scale), {len(b)} vs {len(a)} runs"
+    pooled = len(a) == len(b)
+    method = (f"ratio of geometric means over runs, {'pooled Student' if pooled else 'Welch'} t-interval "
+              f"(log scale), {len(b)} vs {len(a)} runs")
     if len(a) < 2 or len(b) < 2:
         r = stats.Estimate("ratio", math.nan, math.nan, math.nan, min(len(a), len(b)), confidence, method,
                            need_n=MIN_REPLICATES, n_a=len(a), n_b=len(b))
@@ -192,7 +196,11 @@ def compare_replicates(before: Sequence[float], after: Sequence[float], better: 
         lo = hi = math.exp(diff)
         p = 0.0 if diff else 1.0
     else:
-        dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0) or 1e-300)
+        if pooled:  # equal n: the pooled standard error equals Welch's; only the degrees of freedom differ
+            dof = float(len(a) + len(b) - 2)
+        else:
+            dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0)
+                                    or 1e-300)
         t = float(st.t.ppf((1 + confidence) / 2, dof))
         lo, hi = math.exp(diff - t * se), math.exp(diff + t * se)
         p = float(2 * st.t.sf(abs(diff) / se, dof))

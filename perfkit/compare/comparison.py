@@ -146,7 +146,8 @@ class Comparison:
     def how(self) -> str:
         if self.mode == "runs":
             return ("runs are the unit (both sides have ≥ 3 replicate runs): the ratio of the runs' geometric "
-                    "means with a Welch t-interval over runs, so run-to-run variation is inside every CI.")
+                    "means with a t-interval over runs (pooled with as many runs a side, else Welch), so run-to-run "
+                    "variation is inside every CI.")
         return (f"a comparison of single runs: requests within one run are not independent samples of the next, "
                 f"so a change is called only when its CI lies entirely beyond ±{self.min_effect:.0%} (the spread "
                 "measured between two runs of the same parameters); repeat each run (`perfkit run --repeat 3`) to "
