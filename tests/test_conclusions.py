@@ -104,3 +104,32 @@ def test_warmups_that_cannot_be_told_apart_are_not_ranked(tmp_path):
     line = next(ln for ln in text.splitlines() if "idle gap" in ln)
     assert "no strategy is distinguishable" in line and "is faster than" not in line
     assert json.dumps(text)  # plain text, nothing unserializable
+
+
+def _open_rows(rate: float, ttft_sched_s: float, n: int = 10) -> list[dict]:
+    return [{"mode": "open", "config_index": 0, "config": "NUM_PARALLEL=1", "rate_rps": rate, "attempt": 0,
+             "ok": True, "ttft_sched_s": ttft_sched_s, "tpot_s": 0.01, "e2e_sched_s": ttft_sched_s + 0.1}
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("ttfts, expect_next, says", [
+    ({1.0: 0.2, 2.0: 0.3}, 4.0, "at least 2.00 req/s"),         # every rate sustained: the limit lies above
+    ({1.0: 0.2, 2.0: 5.0}, None, "1.00 req/s sustained, 2.00 req/s not (0% inside"),  # bracketed
+    ({1.0: 5.0, 2.0: 6.0}, 0.5, "below 1.00 req/s"),              # none sustained
+])
+def test_the_sweep_searches_until_it_brackets_the_limit_and_says_what_it_found(ttfts, expect_next, says):
+    import pandas as pd
+
+    from perfkit.core.schema import Slo
+    from perfkit.studies import config_tuning as ct
+
+    slo = Slo(ttft_s=1.0, tpot_s=0.1)
+    df = pd.DataFrame([r for rate, t in ttfts.items() for r in _open_rows(rate, t)])
+    assert ct._next_rate(df, 0, slo) == expect_next
+    rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": rate,
+                        "meets_slo_share": float(ct.meets_slo(df[df["rate_rps"] == rate], slo).mean())}
+                       for rate in ttfts])
+    text = ct._rate_conclusion(rt, slo.model_dump())
+    assert says in text and "TTFT ≤ 1.00 s and TPOT ≤ 100 ms" in text, text
+    if expect_next == 4.0:
+        assert "every rate tried was sustained" in text

@@ -48,7 +48,8 @@ QUANTIZATION = _optional(
 CONFIG_TUNING = _optional(
     {"model": "good", "settings": [{}]},
     model=st.sampled_from(["good", "http500"]), concurrency=st.sampled_from([[1], [2], [1, 2]]),
-    requests=st.integers(1, 4), rates_rps=st.sampled_from([[], [20.0], [5.0, 50.0]]), rate_requests=st.integers(2, 3),
+    requests=st.integers(1, 4), rates_rps=st.sampled_from([[], [20.0], [5.0, 50.0], "auto"]),
+    rate_search_steps=st.integers(0, 2), rate_requests=st.integers(2, 3),
     slo=st.sampled_from([{}, {"ttft_s": None, "tpot_s": None}, {"e2e_s": 0.001}]), num_predict=st.integers(2, 3))
 TOP = _optional({}, timeouts=st.just({"request_s": 10, "stall_s": 2}), sampling=st.just({"interval_s": 0.2}),
                 seed=st.integers(0, 3))

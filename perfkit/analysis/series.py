@@ -110,7 +110,7 @@ def throughput(rows: pd.DataFrame, window: dict | None = None) -> stats.Estimate
 
 
 def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | None = None,
-            e2e_s: float | None = None, ttft_column: str = "ttft_s") -> float:
+            e2e_s: float | None = None, ttft_column: str = "ttft_s", e2e_column: str = "e2e_s") -> float:
     """Requests/s that met every SLO given, over the series' last completed attempt (failed requests never
     do); the span runs from its first send to its last end."""
     rows = last_attempt(rows)
@@ -122,7 +122,7 @@ def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | 
     if tpot_s is not None:
         good &= rows["tpot_s"].fillna(0) <= tpot_s
     if e2e_s is not None:
-        good &= rows["e2e_s"].fillna(math.inf) <= e2e_s
+        good &= rows[e2e_column if e2e_column in rows else "e2e_s"].fillna(math.inf) <= e2e_s
     start = rows["t_scheduled_ns"].min() if "t_scheduled_ns" in rows and rows["t_scheduled_ns"].notna().any() \
         else rows["t_send_ns"].min()
     span_s = (rows["t_end_ns"].max() - start) * 1e-9

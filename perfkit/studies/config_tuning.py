@@ -18,6 +18,7 @@ from perfkit.analysis.models import offload_warnings
 from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, method_note, negative_overhead_note,
                                        noisy_note, per_request_event_gap, per_request_itl)
 from perfkit.analysis.verdicts import compare_estimates, compare_samples
+from perfkit.client import backends
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.errors import ConfigError, PerfkitError
@@ -27,6 +28,9 @@ from perfkit.measure.cache_states import ensure_warm
 from perfkit.servers.control.base import Unknown
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
+
+# An open-loop rate is sustained when at least this share of its requests met every SLO.
+SUSTAINED_SHARE = 0.9
 
 
 class ConfigTuningParams(Strict):
@@ -44,6 +48,9 @@ class ConfigTuningParams(Strict):
     rate_fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
                                         description="with rates_rps: auto, the rates as shares of the capacity the "
                                                     "closed loop measured at the most clients")
+    rate_search_steps: int = Field(2, ge=0, le=8, description=(
+        "with rates_rps: auto, rates tried beyond rate_fractions until one rate is sustained and one is not "
+        "(the highest doubled while every rate was sustained, the lowest halved while none was)"))
     rate_requests: int = Field(12, ge=2, le=MAX_REQUESTS, description="requests per open-loop rate")
     arrivals: Literal["poisson", "constant"] = "poisson"
     num_predict: int = Field(32, ge=2, le=MAX_TOKENS)
@@ -128,9 +135,10 @@ class ConfigTuning(Study):
     def preflight(self, params: Any) -> list[str]:
         c, b = params.studies.config_tuning, params.backend
         changes = len(c.settings) > 1 or bool(c.settings[0])
-        if not changes or b.kind == "embedded":
+        caps = backends.capabilities(b.kind)
+        if not changes or caps.started_by_perfkit:
             return []
-        if b.kind != "ollama":
+        if not caps.settings_by_restart_command:
             return [f"studies.config_tuning.settings: applying server settings needs a server perfkit can restart; "
                     f"a backend of kind {b.kind!r} can't be (use one setting, {{}}, to measure it as it runs)"]
         if not b.restart_command:
@@ -152,10 +160,18 @@ class ConfigTuning(Study):
                 for conc in c.concurrency:
                     s.runner.closed_loop(c.model, conc, c.requests, series=f"cfg{i}/c{conc}",
                                          sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags)
-                for rate in _rates(ctx, i):
+                rates, steps = _rates(ctx, i), 0
+                while rates:
+                    rate = rates.pop(0)
                     s.runner.open_loop(c.model, rate, c.rate_requests, series=f"cfg{i}/r{rate:g}",
                                        seed=ctx.params.seed, arrivals=c.arrivals, sampling=Sampling(c.num_predict),
                                        prompt_words=c.prompt_words, tags=tags)
+                    if not rates and c.rates_rps == "auto" and steps < c.rate_search_steps:
+                        nxt = _next_rate(ctx.store.trials(), i, c.slo)
+                        if nxt is not None:
+                            ctx.store.event("auto_rate_search", config_index=i, rate_rps=nxt, step=steps + 1)
+                            rates.append(nxt)
+                            steps += 1
 
     def analyze(self, ctx: StudyContext) -> ConfigTuningResult:
         return analyze(ctx)
@@ -186,6 +202,46 @@ def _rates(ctx: StudyContext, i: int) -> list[float]:
     rates = sorted({float(f"{capacity * f:.2g}") for f in c.rate_fractions})
     ctx.store.event("auto_rates", config_index=i, rates_rps=rates, capacity_rps=capacity, clients=top)
     return rates
+
+
+def _next_rate(df: pd.DataFrame, i: int, slo: Slo) -> float | None:
+    """The next open-loop rate for setting ``i`` when the rates tried so far do not bracket its limit: twice the
+    highest when each was sustained, half the lowest when none was; None once one was and one was not. Decided
+    from the stored trials only, so a resumed run makes the same choices."""
+    if df.empty or "mode" not in df or "rate_rps" not in df:
+        return None
+    tried = sorted(df[(df["mode"] == "open") & (df["config_index"] == i)]["rate_rps"].dropna().unique())
+    if not tried:
+        return None
+    sustained = [sustains(_rate_rows(df, i, r), slo) for r in tried]
+    if any(sustained) and not all(sustained):
+        return None
+    nxt = float(f"{(2 * tried[-1] if all(sustained) else tried[0] / 2):.2g}")
+    return nxt if nxt > 0 and nxt not in tried and nxt <= 10_000 else None
+
+
+def meets_slo(rows: pd.DataFrame, slo: Slo) -> pd.Series:
+    """Which open-loop requests met every SLO set, latency timed from the schedule (a failed request never does)."""
+    good = rows["ok"].astype(bool)
+    if slo.ttft_s is not None:
+        good &= rows["ttft_sched_s"].fillna(math.inf) <= slo.ttft_s
+    if slo.tpot_s is not None:
+        good &= rows["tpot_s"].fillna(0) <= slo.tpot_s
+    if slo.e2e_s is not None:
+        good &= rows["e2e_sched_s" if "e2e_sched_s" in rows else "e2e_s"].fillna(math.inf) <= slo.e2e_s
+    return good
+
+
+def sustains(rows: pd.DataFrame, slo: Slo) -> bool:
+    """A rate is sustained when at least :data:`SUSTAINED_SHARE` of its requests met the SLOs."""
+    return bool(len(rows)) and float(meets_slo(rows, slo).mean()) >= SUSTAINED_SHARE
+
+
+def slo_text(slo: dict) -> str:
+    """'TTFT ≤ 1.50 s and TPOT ≤ 100 ms': the SLOs set, in words."""
+    parts = [f"{name} ≤ {fmt.duration(slo[k])}" for k, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"),
+                                                                   ("e2e_s", "e2e")) if slo.get(k) is not None]
+    return " and ".join(parts) or "no SLO (every successful request counts)"
 
 
 def _workload(c: ConfigTuningParams, **extra: Any) -> dict[str, Any]:
@@ -269,10 +325,13 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                                where=where, workload={**wl, **slo.model_dump()}))
     if len(rates):
         for cfg, g in rates.groupby("config", sort=False):
-            okr = g[g["meets_slo_share"] >= 0.9]
+            okr = g[g["meets_slo_share"] >= SUSTAINED_SHARE]
             if len(okr):
-                figs.add(F.reading("config_tuning", "sustained_rate", float(okr["rate_rps"].max()),
-                                   where={"setting": cfg}, note=f"of {len(g)} rates tried"))
+                top = float(okr["rate_rps"].max())
+                bound = bool((g["rate_rps"] > top).any())
+                figs.add(F.reading("config_tuning", "sustained_rate", top, where={"setting": cfg},
+                                   note=f"of {len(g)} rates tried" + ("" if bound else
+                                                                      "; a lower bound: every rate tried was sustained")))
     best_ = best(table)
     _mark_headlines(figs, best_)
     dev = ev[ev["kind"] == "device"] if has_kind and (ev["kind"] == "device").any() else None
@@ -308,8 +367,7 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
         g_all = _rate_rows(df, i, rate)
         chk = sc.get(g_all["series"].iloc[0], {})
         g = measured(g_all)
-        good_mask = (g_all["ok"].astype(bool) & (g_all["ttft_sched_s"].fillna(math.inf) <= (slo.ttft_s or math.inf))
-                     & (g_all["tpot_s"].fillna(0) <= (slo.tpot_s or math.inf)))
+        good_mask = meets_slo(g_all, slo)
         t50 = est(col(g, "ttft_s"))
         rows.append({"config_index": i, "config": g_all["config"].iloc[0], "rate_rps": rate, "n": len(g_all),
                      "failed": int(len(g_all) - len(g)), "achieved_rate_rps": chk.get("achieved_rate_rps", math.nan),
@@ -319,7 +377,8 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
                      "ttft_sched_p99": ci_cell(est(S.censored(g_all, "ttft_sched_s"), "p99")),
                      "e2e_sched_p99": ci_cell(est(S.censored(g_all, "e2e_sched_s"), "p99")),
                      "send_lag_p99_s": g_all["send_lag_s"].quantile(0.99) if "send_lag_s" in g_all else math.nan,
-                     "goodput_rps": S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, ttft_column="ttft_sched_s"),
+                     "goodput_rps": S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s,
+                                              ttft_column="ttft_sched_s", e2e_column="e2e_sched_s"),
                      "meets_slo_share": float(good_mask.mean()),
                      "client_check": S.client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
     return pd.DataFrame(rows)
@@ -461,15 +520,27 @@ def _resolved(best: dict) -> str:
 
 
 def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
-    """The highest offered rate each setting sustained with ≥ 90% of requests inside the SLOs."""
+    """Each setting's limit as the sweep bracketed it: the highest rate sustained (≥ 90% of requests inside the
+    SLOs) and the lowest above it that was not; a lower or upper bound where the rates tried did not bracket it."""
     parts = []
     for cfg, g in rt.sort_values("rate_rps").groupby("config", sort=False):
-        okr = g[g["meets_slo_share"] >= 0.9]
-        parts.append(f"{cfg}: {fmt.number(okr['rate_rps'].max())} req/s" if len(okr) else
-                     f"{cfg}: none of {', '.join(fmt.number(r) for r in g['rate_rps'])} req/s")
-    return ("- **Open-loop sweep** (highest offered rate with ≥ 90% of requests meeting TTFT ≤ "
-            f"{fmt.duration(slo.get('ttft_s'))} and TPOT ≤ {fmt.duration(slo.get('tpot_s'))}, latency timed from "
-            "the schedule, failed requests counted as misses): " + "; ".join(parts) + ".")
+        ok = g["meets_slo_share"] >= SUSTAINED_SHARE
+        if not ok.any():
+            parts.append(f"{cfg}: below {fmt.number(g['rate_rps'].min())} req/s (none of "
+                         f"{', '.join(fmt.number(r) for r in g['rate_rps'])} req/s was sustained)")
+            continue
+        top = g[ok]["rate_rps"].max()
+        above = g[g["rate_rps"] > top]
+        if len(above):
+            nxt = above.iloc[0]
+            parts.append(f"{cfg}: {fmt.number(top)} req/s sustained, {fmt.number(nxt['rate_rps'])} req/s not "
+                         f"({fmt.pct(nxt['meets_slo_share'])} inside the SLOs)")
+        else:
+            parts.append(f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained; its limit lies "
+                         "above: add higher rates or rate_search_steps)")
+    return (f"- **Open-loop sweep** (a rate is sustained when ≥ {SUSTAINED_SHARE:.0%} of its requests meet "
+            f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses): "
+            + "; ".join(parts) + ".")
 
 
 def conclusions(res: ConfigTuningResult) -> str:
@@ -493,8 +564,8 @@ def conclusions(res: ConfigTuningResult) -> str:
     slo = res.slo or {}
     g = t[(t["concurrency"] == T["at_concurrency"]) & (t["n"] > 0)].sort_values("goodput_rps", ascending=False)
     if len(g):
-        lines.append(f"- **Goodput** at concurrency {T['at_concurrency']} (requests/s meeting TTFT ≤ "
-                     f"{fmt.duration(slo.get('ttft_s'))} and TPOT ≤ {fmt.duration(slo.get('tpot_s'))}): highest with "
+        lines.append(f"- **Goodput** at concurrency {T['at_concurrency']} (requests/s meeting {slo_text(slo)}): "
+                     "highest with "
                      f"**{g.iloc[0]['config']}**, {fmt.number(g.iloc[0]['goodput_rps'])} of "
                      f"{fmt.number(g.iloc[0]['requests_s'])} requests/s (one series each: no CI).")
     if not math.isnan(M["value"]):

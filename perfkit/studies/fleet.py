@@ -743,7 +743,7 @@ class FleetStudy(Study):
 
     def check_params(self, params: Any) -> None:
         f = params.studies.fleet
-        if params.backend.kind != "embedded" and not f.server_urls:
+        if not backends.capabilities(params.backend.kind).started_by_perfkit and not f.server_urls:
             raise ValueError("studies.fleet: with a server of your own (backend kind "
                              f"{params.backend.kind!r}) give fleet.proxy_url and fleet.server_urls; perfkit starts "
                              "engines and nginx only for the embedded backend")

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from perfkit.client import backends
 from perfkit.core.errors import ConfigError
 from perfkit.core.secrets import SECRET_KEY, redact_text
 from perfkit.core.schema import NAME_RULE, BackendParams, SamplingParams, Strict, Timeouts
@@ -145,7 +146,7 @@ def load(path: str | Path, *, check_models: bool = True) -> Any:
     what is allowed."""
     where = source_name(path)
     params = validate(read_yaml(path), where)
-    if check_models and params.backend.kind == "embedded":
+    if check_models and backends.capabilities(params.backend.kind).started_by_perfkit:
         from perfkit.servers.models import models_dir
 
         store = Path(params.backend.models_dir).expanduser() if params.backend.models_dir else models_dir()

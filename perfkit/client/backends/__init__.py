@@ -3,6 +3,7 @@ API, llama.cpp's llama-server (the embedded engine is one), and any OpenAI-compa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
@@ -16,9 +17,14 @@ REGISTRY: dict[str, type[Backend]] = {"ollama": OllamaBackend, "llama-server": L
                                       "openai": OpenAIBackend, "embedded": LlamaServerBackend}
 
 
+# Kinds whose server perfkit starts itself (the same API class as a user's llama-server).
+STARTED_BY_PERFKIT = frozenset({"embedded"})
+
+
 def capabilities(kind: str) -> Capabilities:
     """What the backend of ``kind`` can do (before any server is reached)."""
-    return _cls(kind).capabilities
+    caps = _cls(kind).capabilities
+    return dataclasses.replace(caps, started_by_perfkit=True) if kind in STARTED_BY_PERFKIT else caps
 
 
 def _cls(kind: str) -> type[Backend]:
@@ -36,7 +42,7 @@ def create(kind: str, url: str | None = None, *, engine=None, headers: Mapping[s
     ``headers`` are sent and never recorded. ``inspect_host``: look for the server's processes, log and
     files on this host (Ollama); False sees only its HTTP API (a fleet's servers seen as a client does).
     """
-    if kind == "embedded":
+    if kind in STARTED_BY_PERFKIT:
         if engine is None:
             raise ConfigError("the embedded backend needs a running engine")
         return LlamaServerBackend.from_engine(engine)

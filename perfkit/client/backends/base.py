@@ -39,13 +39,17 @@ class Capabilities:
     it); ``keep_alive_per_request``: each request carries how long the model stays loaded after it (Ollama),
     else that is a server setting (``OLLAMA_KEEP_ALIVE``); ``load_seen_per_request``: a load during a request
     is observed (llama-server, polled), so a cache state can be confirmed by it; ``cached_tokens``: the server
-    reports how much of a prompt came from its cache.
+    reports how much of a prompt came from its cache; ``started_by_perfkit``: perfkit starts and stops the
+    server itself (the embedded engine), so any setting applies by a restart and it can start several;
+    ``settings_by_restart_command``: a user's server whose settings a restart command can change (Ollama).
     """
 
     residency: bool = False
     keep_alive_per_request: bool = False
     load_seen_per_request: bool = False
     cached_tokens: bool = False
+    started_by_perfkit: bool = False
+    settings_by_restart_command: bool = False
 
 
 @dataclass

@@ -43,7 +43,7 @@ class OllamaBackend(Backend):
     """
 
     name = "ollama"
-    capabilities = Capabilities(residency=True, keep_alive_per_request=True)
+    capabilities = Capabilities(residency=True, keep_alive_per_request=True, settings_by_restart_command=True)
 
     def __init__(self, url: str = "http://127.0.0.1:11434", *, headers: Mapping[str, str] | None = None,
                  endpoint: str = "chat", control_timeout_s: float = 30.0, control=None):

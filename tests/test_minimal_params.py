@@ -1,0 +1,74 @@
+"""A parameter file with no optional section (each study's required keys only, every default taken) runs every
+study to a report: on the embedded engine, which perfkit starts, and against the scripted Ollama, which it can
+neither restart nor read the log of. What a study cannot measure at that shape its report says in a
+sentence; nothing raises."""
+
+import html as htmllib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import llama_server_pids
+from scripted_ollama.harness import ScriptedOllama
+from perfkit.servers.nginx import nginx_binary
+
+pytestmark = pytest.mark.notebooks
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _text(page: Path) -> str:
+    t = re.sub(r"<(style|script).*?</\1>", "", page.read_text(), flags=re.S)
+    return htmllib.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", t)))
+
+
+def _run(params: dict, tmp: Path) -> Path:
+    p = tmp / "minimal.yaml"
+    p.write_text(yaml.safe_dump(params, sort_keys=False))
+    results = tmp / "results"
+    r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(p), "--results", str(results)],
+                       capture_output=True, text=True, timeout=1500, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (run_dir,) = [d for d in results.iterdir() if (d / "run.json").exists()]
+    return run_dir
+
+
+def _every_study_reported(run_dir: Path, studies: list[str]) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    assert {s: v["status"] for s, v in info["studies"].items()} == {s: "done" for s in studies}
+    for study in studies:
+        page = _text(run_dir / f"{study}.html")
+        assert "What the measurements say" in page and "Provenance" in page, study
+        for bad in ("Traceback", "Error:", " nan ", " NaN "):
+            assert bad not in page, (study, bad)
+        assert (run_dir / study / "figures.json").exists()
+
+
+def test_defaults_on_the_embedded_engine(tmp_path):
+    studies = {"cold_start": {"model": "smollm2-135m-q4_1"},
+               "model_size": {"models": ["smollm2-135m-q4_1", "smollm2-135m-q4_0"]},
+               "quantization": {"models": ["smollm2-135m-q8_0", "smollm2-135m-q4_0"]},
+               "config_tuning": {"model": "smollm2-135m-q4_1", "settings": [{}]}}
+    if nginx_binary():
+        studies["fleet"] = {"model": "smollm2-135m-q4_1"}
+    run_dir = _run({"name": "minimal", "studies": studies}, tmp_path)
+    _every_study_reported(run_dir, list(studies))
+    assert not llama_server_pids()
+
+
+def test_defaults_against_an_ollama_perfkit_cannot_restart(tmp_path, scripted_models_dir):
+    """Only the backend's URL: no restart command, no server log. Cold states that need a restart are said to
+    be unmeasurable, the rest is measured."""
+    with ScriptedOllama(tmp_path / "ollama", models_dir=scripted_models_dir) as so:
+        studies = {"cold_start": {"model": "tiny"},
+                   "model_size": {"models": ["qwen2.5:32b-instruct-q4_0", "tiny"]},
+                   "quantization": {"models": ["qwen2.5:32b-instruct-q8_0", "qwen2.5:32b-instruct-q4_0"]},
+                   "config_tuning": {"model": "tiny", "settings": [{}]}}
+        run_dir = _run({"name": "minimal-ollama", "backend": {"kind": "ollama", "url": so.url},
+                        "studies": studies}, tmp_path)
+    _every_study_reported(run_dir, list(studies))
+    assert not so.leftover_processes()
