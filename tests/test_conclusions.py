@@ -106,15 +106,25 @@ def test_warmups_that_cannot_be_told_apart_are_not_ranked(tmp_path):
     assert json.dumps(text)  # plain text, nothing unserializable
 
 
-def _open_rows(rate: float, ttft_sched_s: float, n: int = 10) -> list[dict]:
-    return [{"mode": "open", "config_index": 0, "config": "NUM_PARALLEL=1", "rate_rps": rate, "attempt": 0,
-             "ok": True, "ttft_sched_s": ttft_sched_s, "tpot_s": 0.01, "e2e_sched_s": ttft_sched_s + 0.1}
-            for _ in range(n)]
+def _open_rows(rate: float, ttft_sched_s: float, n: int = 10, service_s: float | None = None) -> list[dict]:
+    """n requests scheduled at ``rate``; each ends ``ttft_sched_s`` + 0.1 s after its schedule, or, with
+    ``service_s``, the server serves them one at a time taking that long each (a queue when it exceeds 1/rate)."""
+    out, free_ns = [], 0
+    for k in range(n):
+        t = int(k / rate * 1e9)
+        end = t + int((ttft_sched_s + 0.1) * 1e9)
+        if service_s is not None:
+            end = free_ns = max(free_ns, t) + int(service_s * 1e9)
+        out.append({"mode": "open", "config_index": 0, "config": "NUM_PARALLEL=1", "rate_rps": rate, "attempt": 0,
+                    "ok": True, "ttft_sched_s": (end - t) / 1e9 - 0.1 if service_s else ttft_sched_s,
+                    "tpot_s": 0.01, "e2e_sched_s": (end - t) / 1e9, "t_scheduled_ns": t, "t_end_ns": end})
+    return out
 
 
 @pytest.mark.parametrize("ttfts, expect_next, says", [
     ({1.0: 0.2, 2.0: 0.3}, 4.0, "at least 2.00 req/s"),         # every rate sustained: the limit lies above
-    ({1.0: 0.2, 2.0: 5.0}, None, "1.00 req/s sustained, 2.00 req/s not (0% inside"),  # bracketed
+    ({1.0: 0.2, 2.0: 5.0}, 1.4, "1.00 req/s sustained, 2.00 req/s not (0% inside"),  # bracketed, split at √2
+    ({1.0: 0.2, 1.4: 5.0}, None, "1.00 req/s sustained, 1.40 req/s not (0% inside"),  # within 1.5×: found
     ({1.0: 5.0, 2.0: 6.0}, 0.5, "below 1.00 req/s"),              # none sustained
 ])
 def test_the_sweep_searches_until_it_brackets_the_limit_and_says_what_it_found(ttfts, expect_next, says):
@@ -126,10 +136,31 @@ def test_the_sweep_searches_until_it_brackets_the_limit_and_says_what_it_found(t
     slo = Slo(ttft_s=1.0, tpot_s=0.1)
     df = pd.DataFrame([r for rate, t in ttfts.items() for r in _open_rows(rate, t)])
     assert ct._next_rate(df, 0, slo) == expect_next
-    rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": rate,
-                        "meets_slo_share": float(ct.meets_slo(df[df["rate_rps"] == rate], slo).mean())}
-                       for rate in ttfts])
+    rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": rate, "kept_up": 1.0,
+                        "meets_slo_share": float(ct.meets_slo(df[df["rate_rps"] == rate], slo).mean()),
+                        "sustained": ct.sustains(df[df["rate_rps"] == rate], slo)} for rate in ttfts])
     text = ct._rate_conclusion(rt, slo.model_dump())
     assert says in text and "TTFT ≤ 1.00 s and TPOT ≤ 100 ms" in text, text
     if expect_next == 4.0:
         assert "every rate tried was sustained" in text
+
+
+def test_a_short_burst_above_capacity_is_not_called_sustained():
+    """8 requests at 4 req/s on a server that serves 2 req/s: each meets a 2.5 s TTFT SLO (the queue never grows
+    long enough to miss it), but the server finished them at half the pace they came: not sustained."""
+    import pandas as pd
+
+    from perfkit.analysis import series as S
+    from perfkit.core.schema import Slo
+    from perfkit.studies import config_tuning as ct
+
+    slo = Slo(ttft_s=2.5, tpot_s=0.1)
+    over = pd.DataFrame(_open_rows(4.0, 0, n=8, service_s=0.5))
+    under = pd.DataFrame(_open_rows(1.0, 0, n=8, service_s=0.5))
+    assert ct.meets_slo(over, slo).all()
+    assert S.kept_up(over) < 0.7 and not ct.sustains(over, slo)
+    assert S.kept_up(under) == pytest.approx(1.0) and ct.sustains(under, slo)
+    rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": r, "meets_slo_share": 1.0, "kept_up": S.kept_up(g),
+                        "sustained": ct.sustains(g, slo)} for r, g in ((1.0, under), (4.0, over))])
+    text = ct._rate_conclusion(rt, slo.model_dump())
+    assert "1.00 req/s sustained, 4.00 req/s not (the server fell behind" in text, text

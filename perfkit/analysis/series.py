@@ -129,6 +129,20 @@ def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | 
     return float(good.sum() / span_s) if span_s > 0 else math.nan
 
 
+def kept_up(rows: pd.DataFrame) -> float:
+    """Did the server keep up with an open-loop series? The pace requests finished at over the pace they were
+    scheduled: (last − first scheduled send) ÷ (last − first end), failed requests included. About 1 when the
+    server keeps up (its latency does not grow); below 1 when its queue grows, e.g. 0.5 at twice its
+    capacity. NaN with fewer than 3 requests or no schedule."""
+    if len(rows) < 3 or "t_scheduled_ns" not in rows or "t_end_ns" not in rows:
+        return math.nan
+    sched, end = rows["t_scheduled_ns"].dropna(), rows["t_end_ns"].dropna()
+    if len(sched) < 3 or len(end) < 3:
+        return math.nan
+    arrive_s, finish_s = (sched.max() - sched.min()) * 1e-9, (end.max() - end.min()) * 1e-9
+    return float(arrive_s / finish_s) if arrive_s > 0 and finish_s > 0 else math.nan
+
+
 def request_rate(rows: pd.DataFrame) -> float:
     """Completed requests per second, first send → last end."""
     ok = rows[rows["ok"].astype(bool)] if "ok" in rows else rows

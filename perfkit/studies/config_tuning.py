@@ -29,8 +29,13 @@ from perfkit.servers.control.base import Unknown
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
 
-# An open-loop rate is sustained when at least this share of its requests met every SLO.
+# An open-loop rate is sustained when at least this share of its requests met every SLO, and the server finished
+# requests at least at this share of the pace they arrived: below it its queue grew, and a longer series at
+# that rate would miss the SLOs however few of a short one did.
 SUSTAINED_SHARE = 0.9
+KEPT_UP = 0.9
+# The auto sweep narrows a bracket of a setting's limit until its ends are within this ratio (or its steps run out).
+BRACKET_RATIO = 1.5
 
 
 class ConfigTuningParams(Strict):
@@ -49,8 +54,9 @@ class ConfigTuningParams(Strict):
                                         description="with rates_rps: auto, the rates as shares of the capacity the "
                                                     "closed loop measured at the most clients")
     rate_search_steps: int = Field(2, ge=0, le=8, description=(
-        "with rates_rps: auto, rates tried beyond rate_fractions until one rate is sustained and one is not "
-        "(the highest doubled while every rate was sustained, the lowest halved while none was)"))
+        "with rates_rps: auto, rates tried beyond rate_fractions until one rate is sustained and the next is not, "
+        "within 1.5× (the highest doubled while every rate was sustained, the lowest halved while none was, a "
+        "wider bracket split at its geometric middle)"))
     rate_requests: int = Field(12, ge=2, le=MAX_REQUESTS, description="requests per open-loop rate")
     arrivals: Literal["poisson", "constant"] = "poisson"
     num_predict: int = Field(32, ge=2, le=MAX_TOKENS)
@@ -205,9 +211,10 @@ def _rates(ctx: StudyContext, i: int) -> list[float]:
 
 
 def _next_rate(df: pd.DataFrame, i: int, slo: Slo) -> float | None:
-    """The next open-loop rate for setting ``i`` when the rates tried so far do not bracket its limit: twice the
-    highest when each was sustained, half the lowest when none was; None once one was and one was not. Decided
-    from the stored trials only, so a resumed run makes the same choices."""
+    """The next open-loop rate for setting ``i``: twice the highest when each rate so far was sustained, half
+    the lowest when none was, the geometric middle of the bracket (highest sustained, next not sustained) while it
+    spans more than :data:`BRACKET_RATIO`; None when the limit is bracketed that closely. Decided from the stored
+    trials only, so a resumed run makes the same choices."""
     if df.empty or "mode" not in df or "rate_rps" not in df:
         return None
     tried = sorted(df[(df["mode"] == "open") & (df["config_index"] == i)]["rate_rps"].dropna().unique())
@@ -215,7 +222,12 @@ def _next_rate(df: pd.DataFrame, i: int, slo: Slo) -> float | None:
         return None
     sustained = [sustains(_rate_rows(df, i, r), slo) for r in tried]
     if any(sustained) and not all(sustained):
-        return None
+        lo = max(r for r, ok in zip(tried, sustained) if ok)
+        above = [r for r, ok in zip(tried, sustained) if not ok and r > lo]
+        if not above or above[0] / lo <= BRACKET_RATIO:
+            return None
+        nxt = float(f"{math.sqrt(lo * above[0]):.2g}")  # narrow a wide bracket at its geometric middle
+        return nxt if lo < nxt < above[0] and nxt not in tried else None
     nxt = float(f"{(2 * tried[-1] if all(sustained) else tried[0] / 2):.2g}")
     return nxt if nxt > 0 and nxt not in tried and nxt <= 10_000 else None
 
@@ -233,8 +245,13 @@ def meets_slo(rows: pd.DataFrame, slo: Slo) -> pd.Series:
 
 
 def sustains(rows: pd.DataFrame, slo: Slo) -> bool:
-    """A rate is sustained when at least :data:`SUSTAINED_SHARE` of its requests met the SLOs."""
-    return bool(len(rows)) and float(meets_slo(rows, slo).mean()) >= SUSTAINED_SHARE
+    """A rate is sustained when ≥ :data:`SUSTAINED_SHARE` of its requests met the SLOs and the server kept up
+    (:func:`perfkit.analysis.series.kept_up` ≥ :data:`KEPT_UP`)."""
+    return bool(len(rows)) and _sustained(float(meets_slo(rows, slo).mean()), S.kept_up(rows))
+
+
+def _sustained(share: float, kept_up: float) -> bool:
+    return share >= SUSTAINED_SHARE and not kept_up < KEPT_UP  # NaN (too few requests to tell): the SLOs decide
 
 
 def slo_text(slo: dict) -> str:
@@ -325,7 +342,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                                where=where, workload={**wl, **slo.model_dump()}))
     if len(rates):
         for cfg, g in rates.groupby("config", sort=False):
-            okr = g[g["meets_slo_share"] >= SUSTAINED_SHARE]
+            okr = g[g["sustained"]]
             if len(okr):
                 top = float(okr["rate_rps"].max())
                 bound = bool((g["rate_rps"] > top).any())
@@ -379,7 +396,8 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
                      "send_lag_p99_s": g_all["send_lag_s"].quantile(0.99) if "send_lag_s" in g_all else math.nan,
                      "goodput_rps": S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s,
                                               ttft_column="ttft_sched_s", e2e_column="e2e_sched_s"),
-                     "meets_slo_share": float(good_mask.mean()),
+                     "meets_slo_share": float(good_mask.mean()), "kept_up": S.kept_up(g_all),
+                     "sustained": _sustained(float(good_mask.mean()), S.kept_up(g_all)),
                      "client_check": S.client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
     return pd.DataFrame(rows)
 
@@ -420,7 +438,8 @@ def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
     return format_table(rt, {"config": "setting", "rate_rps": "offered req/s", "achieved_rate_rps": "achieved req/s",
                              "achieved_concurrency": "in flight", "n": "n", "failed": "failed",
                              "ttft_sched_p99": "TTFT p99 from schedule", "e2e_sched_p99": "e2e p99 from schedule",
-                             "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO"})
+                             "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO",
+                             "kept_up": "completions ÷ arrivals", "sustained": "sustained"})
 
 
 def goodput_chart(res: ConfigTuningResult):
@@ -524,7 +543,7 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
     SLOs) and the lowest above it that was not; a lower or upper bound where the rates tried did not bracket it."""
     parts = []
     for cfg, g in rt.sort_values("rate_rps").groupby("config", sort=False):
-        ok = g["meets_slo_share"] >= SUSTAINED_SHARE
+        ok = g["sustained"].astype(bool)
         if not ok.any():
             parts.append(f"{cfg}: below {fmt.number(g['rate_rps'].min())} req/s (none of "
                          f"{', '.join(fmt.number(r) for r in g['rate_rps'])} req/s was sustained)")
@@ -533,13 +552,16 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
         above = g[g["rate_rps"] > top]
         if len(above):
             nxt = above.iloc[0]
-            parts.append(f"{cfg}: {fmt.number(top)} req/s sustained, {fmt.number(nxt['rate_rps'])} req/s not "
-                         f"({fmt.pct(nxt['meets_slo_share'])} inside the SLOs)")
+            why = (f"{fmt.pct(nxt['meets_slo_share'])} inside the SLOs" if nxt["meets_slo_share"] < SUSTAINED_SHARE
+                   else f"the server fell behind: it finished requests at {fmt.number(nxt['kept_up'])}× the pace "
+                        "they arrived, so its queue grew")
+            parts.append(f"{cfg}: {fmt.number(top)} req/s sustained, {fmt.number(nxt['rate_rps'])} req/s not ({why})")
         else:
             parts.append(f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained; its limit lies "
                          "above: add higher rates or rate_search_steps)")
     return (f"- **Open-loop sweep** (a rate is sustained when ≥ {SUSTAINED_SHARE:.0%} of its requests meet "
-            f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses): "
+            f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses, and the server "
+            f"finishes requests at ≥ {KEPT_UP:.0%} of the pace they arrive): "
             + "; ".join(parts) + ".")
 
 
