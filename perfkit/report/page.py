@@ -121,7 +121,8 @@ def provenance(manifest: dict, study: str, models: list[str] | None = None) -> s
     gpus = ", ".join(g.get("name", "?") for g in h.get("gpus") or [] if isinstance(g, dict)) or "none"
     sampled = manifest.get("sampling_unavailable") or {}
     lines = ["## Provenance", "",
-             f"- **Server**: {html.escape(str(b.get('backend', '?')))} {html.escape(str(b.get('version', '')))} · "
+             f"- **Server**: {html.escape(str(b.get('backend', '?')))} {html.escape(str(b.get('version', '')))}"
+             + (f" {html.escape(str(b['served_as']))}" if b.get("served_as") else "") + " · "
              f"seen as {html.escape(_control_line(manifest.get('control') or {}))}",
              f"- **Host**: {html.escape(str(h.get('cpu', '?')))}, {h.get('cpu_cores_logical', '?')} logical cores, "
              f"{fmt.size(h.get('memory_total_bytes'))} memory, GPUs: {html.escape(gpus)}",

@@ -387,8 +387,9 @@ def measure(ctx: StudyContext) -> None:
         if fleet.managed:
             from perfkit.servers.engine import engine_version
 
-            backend = {"backend": f"llama-server ×{len(fleet.servers)} behind nginx {fleet.nginx.version}",
-                       "version": engine_version(), "url": fleet.proxy_url, "client": backend.get("backend")}
+            backend = {"backend": "llama-server", "version": engine_version(),
+                       "served_as": f"×{len(fleet.servers)} behind nginx {fleet.nginx.version}",
+                       "url": fleet.proxy_url, "client": backend.get("backend")}
         write_manifest(ctx.store, extra={
             "study": "fleet", "fleet": fleet.describe(), "backend": backend,
             "params": ctx.params.model_dump(mode="json"), "params_file": str(ctx.params_path),
