@@ -136,11 +136,11 @@ def test_the_sweep_searches_until_it_brackets_the_limit_and_says_what_it_found(t
     slo = Slo(ttft_s=1.0, tpot_s=0.1)
     df = pd.DataFrame([r for rate, t in ttfts.items() for r in _open_rows(rate, t)])
     assert ct._next_rate(df, 0, slo) == expect_next
-    rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": rate, "kept_up": 1.0,
+    rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": rate, "kept_up": 1.0, "n": 10,
                         "meets_slo_share": float(ct.meets_slo(df[df["rate_rps"] == rate], slo).mean()),
                         "sustained": ct.sustains(df[df["rate_rps"] == rate], slo)} for rate in ttfts])
     text = ct._rate_conclusion(rt, slo.model_dump())
-    assert says in text and "TTFT ≤ 1.00 s and TPOT ≤ 100 ms" in text, text
+    assert says in text and "TTFT ≤ 1.00 s and TPOT ≤ 100 ms" in text and "10 requests per rate" in text, text
     if expect_next == 4.0:
         assert "every rate tried was sustained" in text
 

@@ -561,8 +561,16 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
                          "above: add higher rates or rate_search_steps)")
     return (f"- **Open-loop sweep** (a rate is sustained when ≥ {SUSTAINED_SHARE:.0%} of its requests meet "
             f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses, and the server "
-            f"finishes requests at ≥ {KEPT_UP:.0%} of the pace they arrive): "
+            f"finishes requests at ≥ {KEPT_UP:.0%} of the pace they arrive; {_n_text(rt)}): "
             + "; ".join(parts) + ".")
+
+
+def _n_text(rt: pd.DataFrame) -> str:
+    """How long each rate ran, which bounds what the sweep can see: a queue that grows too slowly to break the
+    SLOs within that many requests passes."""
+    n = sorted({int(x) for x in rt["n"].dropna()}) if "n" in rt else []
+    what = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}" if n else "?"
+    return f"{what} requests per rate: a queue too slow to break the SLOs within them is not seen"
 
 
 def conclusions(res: ConfigTuningResult) -> str:
