@@ -147,7 +147,7 @@ def test_the_sweep_searches_until_it_brackets_the_limit_and_says_what_it_found(t
 
 def test_a_short_burst_above_capacity_is_not_called_sustained():
     """8 requests at 4 req/s on a server that serves 2 req/s: each meets a 2.5 s TTFT SLO (the queue never grows
-    long enough to miss it), but the server finished them at half the pace they came: not sustained."""
+    long enough to miss it), but each waited longer than the one before: not sustained."""
     import pandas as pd
 
     from perfkit.analysis import series as S
@@ -164,3 +164,4 @@ def test_a_short_burst_above_capacity_is_not_called_sustained():
                         "sustained": ct.sustains(g, slo)} for r, g in ((1.0, under), (4.0, over))])
     text = ct._rate_conclusion(rt, slo.model_dump())
     assert "1.00 req/s sustained, 4.00 req/s not (the server fell behind" in text, text
+    assert S.kept_up(over) == pytest.approx(0.5, abs=0.02)  # a server at half the offered rate

@@ -84,7 +84,7 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
            "never do)", _REQ),
     Metric("sustained_rate", "highest sustained rate", "req_rate", "higher", "reading",
            "the highest offered open-loop rate at which ≥ 90% of requests met the SLOs (latency from the "
-           "schedule) and the server finished requests at ≥ 90% of the pace they arrived", "rates tried"),
+           "schedule) and latency did not grow through the series (capacity ÷ rate ≥ 0.9 from its trend)", "rates tried"),
     Metric("efficiency", "scaling efficiency", "ratio", "higher", "series",
            "fleet throughput at N·c clients ÷ (N × one server's throughput at c clients): 1 = perfect at every "
            "client count; CI from the two series' batch-means CIs", "windows"),

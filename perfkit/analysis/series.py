@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _st
 
 from perfkit.analysis import stats
 from perfkit.core import fmt
@@ -130,17 +131,23 @@ def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | 
 
 
 def kept_up(rows: pd.DataFrame) -> float:
-    """Did the server keep up with an open-loop series? The pace requests finished at over the pace they were
-    scheduled: (last − first scheduled send) ÷ (last − first end), failed requests included. About 1 when the
-    server keeps up (its latency does not grow); below 1 when its queue grows, e.g. 0.5 at twice its
-    capacity. NaN with fewer than 3 requests or no schedule."""
-    if len(rows) < 3 or "t_scheduled_ns" not in rows or "t_end_ns" not in rows:
+    """Did the server keep up with an open-loop series? Read from the trend of latency over the schedule: when
+    a queue grows, each request waits longer than the one before, and latency rises by (rate ÷ capacity − 1)
+    seconds per second of schedule, so 1 / (1 + slope) estimates capacity ÷ rate: about 1 when the server
+    keeps up, 0.5 at twice its capacity (capped at 1). The slope of ``e2e_sched_s`` against the scheduled
+    send is Theil–Sen's (the median of pairwise slopes: robust to a few slow requests, and to a batching
+    server that finishes requests in groups). Successful requests only; NaN with fewer than 3 or no schedule."""
+    if "t_scheduled_ns" not in rows or "e2e_sched_s" not in rows:
         return math.nan
-    sched, end = rows["t_scheduled_ns"].dropna(), rows["t_end_ns"].dropna()
-    if len(sched) < 3 or len(end) < 3:
+    ok = rows[rows["ok"].astype(bool)] if "ok" in rows else rows
+    ok = ok.dropna(subset=["t_scheduled_ns", "e2e_sched_s"])
+    if len(ok) < 3:
         return math.nan
-    arrive_s, finish_s = (sched.max() - sched.min()) * 1e-9, (end.max() - end.min()) * 1e-9
-    return float(arrive_s / finish_s) if arrive_s > 0 and finish_s > 0 else math.nan
+    x = (ok["t_scheduled_ns"] - ok["t_scheduled_ns"].min()).to_numpy(dtype=float) * 1e-9
+    if not np.ptp(x) > 0:
+        return math.nan
+    slope = float(_st.theilslopes(ok["e2e_sched_s"].to_numpy(dtype=float), x)[0])
+    return 1.0 / (1.0 + max(slope, 0.0))
 
 
 def request_rate(rows: pd.DataFrame) -> float:

@@ -29,9 +29,9 @@ from perfkit.servers.control.base import Unknown
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
 
-# An open-loop rate is sustained when at least this share of its requests met every SLO, and the server finished
-# requests at least at this share of the pace they arrived: below it its queue grew, and a longer series at
-# that rate would miss the SLOs however few of a short one did.
+# An open-loop rate is sustained when at least this share of its requests met every SLO, and the server kept up
+# with it (capacity ÷ rate from the latency trend, series.kept_up, at least this): below it its queue grew, and
+# a longer series at that rate would miss the SLOs however few of a short one did.
 SUSTAINED_SHARE = 0.9
 KEPT_UP = 0.9
 # The auto sweep narrows a bracket of a setting's limit until its ends are within this ratio (or its steps run out).
@@ -439,7 +439,7 @@ def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
                              "achieved_concurrency": "in flight", "n": "n", "failed": "failed",
                              "ttft_sched_p99": "TTFT p99 from schedule", "e2e_sched_p99": "e2e p99 from schedule",
                              "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO",
-                             "kept_up": "completions ÷ arrivals", "sustained": "sustained"})
+                             "kept_up": "kept up (capacity ÷ rate)", "sustained": "sustained"})
 
 
 def goodput_chart(res: ConfigTuningResult):
@@ -542,7 +542,8 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
     """Each setting's limit as the sweep bracketed it: the highest rate sustained (≥ 90% of requests inside the
     SLOs) and the lowest above it that was not; a lower or upper bound where the rates tried did not bracket it."""
     parts = []
-    for cfg, g in rt.sort_values("rate_rps").groupby("config", sort=False):
+    order = ["config_index", "rate_rps"] if "config_index" in rt else ["rate_rps"]  # settings as the parameters list them
+    for cfg, g in rt.sort_values(order).groupby("config", sort=False):
         ok = g["sustained"].astype(bool)
         if not ok.any():
             parts.append(f"{cfg}: below {fmt.number(g['rate_rps'].min())} req/s (none of "
@@ -553,15 +554,16 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
         if len(above):
             nxt = above.iloc[0]
             why = (f"{fmt.pct(nxt['meets_slo_share'])} inside the SLOs" if nxt["meets_slo_share"] < SUSTAINED_SHARE
-                   else f"the server fell behind: it finished requests at {fmt.number(nxt['kept_up'])}× the pace "
-                        "they arrived, so its queue grew")
+                   else f"the server fell behind: its latency grew through the series, as a queue does when the "
+                        f"server serves about {fmt.number(nxt['kept_up'])}× the rate offered")
             parts.append(f"{cfg}: {fmt.number(top)} req/s sustained, {fmt.number(nxt['rate_rps'])} req/s not ({why})")
         else:
             parts.append(f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained; its limit lies "
                          "above: add higher rates or rate_search_steps)")
     return (f"- **Open-loop sweep** (a rate is sustained when ≥ {SUSTAINED_SHARE:.0%} of its requests meet "
-            f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses, and the server "
-            f"finishes requests at ≥ {KEPT_UP:.0%} of the pace they arrive; {_n_text(rt)}): "
+            f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses, and its latency "
+            f"does not grow through the series faster than a server at {KEPT_UP:.0%} of the rate would make it; "
+            f"{_n_text(rt)}): "
             + "; ".join(parts) + ".")
 
 
