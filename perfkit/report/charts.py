@@ -48,6 +48,7 @@ class Chart:
     xlabel: str = ""
     stacked: bool = False
     reference: tuple[str, float] | None = None  # a horizontal line (label, y), e.g. a bandwidth limit
+    legend_title: str = ""  # what the series stand for (e.g. "clients")
 
     # ---- plotly -----------------------------------------------------------------------------------------
     def plotly(self) -> dict[str, Any]:
@@ -55,7 +56,8 @@ class Chart:
         for i, s in enumerate(self.series):
             color = PALETTE[i % len(PALETTE)]
             tr: dict[str, Any] = {"type": "bar" if self.kind == "bar" else "scatter", "name": s.name,
-                                  "x": [str(v) for v in s.x], "y": [_num(v) for v in s.y], "marker": {"color": color},
+                                  "x": [_wrap(str(v)).replace("\n", "<br>") for v in s.x], "y": [_num(v) for v in s.y],
+                                  "marker": {"color": color},
                                   "hovertemplate": "%{text}<extra>%{fullData.name}</extra>",
                                   "text": s.text or [fmt.number(v) for v in s.y]}
             if self.kind == "line":
@@ -72,7 +74,10 @@ class Chart:
                                   "yaxis": {"title": {"text": self.ylabel}, "rangemode": "tozero"},
                                   "xaxis": {"title": {"text": self.xlabel}, "automargin": True,
                                             "tickfont": {"size": 12}},
-                                  "barmode": "stack" if self.stacked else "group", "legend": {"orientation": "h"},
+                                  "barmode": "stack" if self.stacked else "group",
+                                  # at the right, clear of category labels wrapped over several lines
+                                  "legend": {"orientation": "v", "x": 1.01, "y": 1, "yanchor": "top",
+                                             "title": {"text": self.legend_title}},
                                   "margin": {"t": 50, "r": 20, "b": 60, "l": 60}, "height": 380}
         if self.reference:
             label, y = self.reference
@@ -118,7 +123,7 @@ class Chart:
         ax.set(title=self.title, ylabel=self.ylabel, xlabel=self.xlabel)
         ax.set_ylim(bottom=0)
         if len(self.series) > 1 or self.reference:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, title=self.legend_title or None, title_fontsize=8)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
@@ -176,8 +181,16 @@ def bars(df: pd.DataFrame, x: str, y: str, lo: str | None = None, hi: str | None
             ci = f" [{_value_text(r[lo], kind)}, {_value_text(r[hi], kind)}]" if lo and hi and _ok(r[lo], r[hi]) \
                 and r[lo] != r[hi] else " (no CI at this n)"
             text.append(v + ci + (f" n={ns[j]}" if ns and ns[j] is not None else ""))
-        series.append(Series(str(key) if key is not None else y, list(g[x]), ys, los, his, ns, text))
-    return Chart("bar", title, ylabel, alt, series, xlabel=xlabel, reference=reference)
+        series.append(Series(_key_text(key) if key is not None else y, list(g[x]), ys, los, his, ns, text))
+    return Chart("bar", title, ylabel, alt, series, xlabel=xlabel, reference=reference,
+                 legend_title=hue.replace("_", " ") if hue else "")
+
+
+def _key_text(key: Any) -> str:
+    """A series name from a group key: 4.0 clients reads as '4'."""
+    if isinstance(key, float) and key.is_integer():
+        return str(int(key))
+    return str(key)
 
 
 def _value_text(v: Any, kind: str) -> str:
