@@ -6,14 +6,11 @@ sentence; nothing raises."""
 import html as htmllib
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import llama_server_pids
+from conftest import llama_server_pids, perfkit_run
 from scripted_ollama.harness import ScriptedOllama
 from perfkit.servers.nginx import nginx_binary
 
@@ -24,17 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def _text(page: Path) -> str:
     t = re.sub(r"<(style|script).*?</\1>", "", page.read_text(), flags=re.S)
     return htmllib.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", t)))
-
-
-def _run(params: dict, tmp: Path) -> Path:
-    p = tmp / "minimal.yaml"
-    p.write_text(yaml.safe_dump(params, sort_keys=False))
-    results = tmp / "results"
-    r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(p), "--results", str(results)],
-                       capture_output=True, text=True, timeout=1500, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (run_dir,) = [d for d in results.iterdir() if (d / "run.json").exists()]
-    return run_dir
 
 
 def _every_study_reported(run_dir: Path, studies: list[str]) -> None:
@@ -56,7 +42,7 @@ def test_defaults_on_the_embedded_engine(tmp_path):
                "config_tuning": {"model": "smollm2-135m-q4_1", "settings": [{}]}}
     if nginx_binary():
         studies["fleet"] = {"model": "smollm2-135m-q4_1"}
-    run_dir = _run({"name": "minimal", "studies": studies}, tmp_path)
+    run_dir = perfkit_run({"name": "minimal", "studies": studies}, tmp_path, name="minimal.yaml")
     _every_study_reported(run_dir, list(studies))
     assert not llama_server_pids()
 
@@ -69,7 +55,7 @@ def test_defaults_against_an_ollama_perfkit_cannot_restart(tmp_path, scripted_mo
                    "model_size": {"models": ["qwen2.5:32b-instruct-q4_0", "tiny"]},
                    "quantization": {"models": ["qwen2.5:32b-instruct-q8_0", "qwen2.5:32b-instruct-q4_0"]},
                    "config_tuning": {"model": "tiny", "settings": [{}]}}
-        run_dir = _run({"name": "minimal-ollama", "backend": {"kind": "ollama", "url": so.url},
-                        "studies": studies}, tmp_path)
+        run_dir = perfkit_run({"name": "minimal-ollama", "backend": {"kind": "ollama", "url": so.url},
+                               "studies": studies}, tmp_path, name="minimal.yaml")
     _every_study_reported(run_dir, list(studies))
     assert not so.leftover_processes()

@@ -6,13 +6,12 @@ anywhere under the run directory."""
 import html as htmllib
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import perfkit_run
 from scripted_ollama.harness import ScriptedOllama
 
 pytestmark = pytest.mark.notebooks
@@ -45,14 +44,7 @@ def production_run(tmp_path_factory, scripted_models_dir):
                                   rate_requests=3)
         s["config_tuning"]["settings"] = [{"OLLAMA_NUM_PARALLEL": 1}, {"OLLAMA_NUM_PARALLEL": 2, "OLLAMA_FLASH_ATTENTION": 1}]
         s["config_tuning"]["model"] = "qwen2.5:32b-instruct-q4_0"  # scripted: flash attention not supported
-        params = tmp / "ollama-scripted.yaml"
-        params.write_text(yaml.safe_dump(p, sort_keys=False))
-        results = tmp / "results"
-        r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(params), "--results", str(results)],
-                           capture_output=True, text=True, timeout=900, cwd=ROOT)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        (run_dir,) = [d for d in results.iterdir() if (d / "run.json").exists() or d.name.startswith("2")]
-        yield so, run_dir
+        yield so, perfkit_run(p, tmp, name="ollama-scripted.yaml", timeout_s=900)
     assert not so.leftover_processes()  # the serve and every runner it ever had are gone
 
 
