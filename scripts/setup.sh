@@ -69,4 +69,26 @@ if [ -z "${PERFKIT_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && [ ! -x 
     echo "[setup] chromium not installed (browser tests will be skipped): as root, apt-get install chromium"
   fi
 fi
+# Prometheus and the node exporter, the telemetry parts a user's GPU host runs: the telemetry tests start their own
+# (on free ports, with their own data directory), best effort like nginx. The packages' own services are of no use
+# to perfkit, so they are turned off.
+if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/prometheus-node-exporter ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing prometheus and prometheus-node-exporter (for the telemetry tests)"
+    apt_prom() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus prometheus-node-exporter >/dev/null 2>&1; }
+    apt_prom || { apt-get update -q >/dev/null 2>&1 && apt_prom; } || true
+    for svc in prometheus prometheus-node-exporter; do
+      if [ -d /run/systemd/system ]; then
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+      else
+        invoke-rc.d "$svc" stop >/dev/null 2>&1 || true
+        update-rc.d "$svc" disable >/dev/null 2>&1 || true
+      fi
+    done
+  fi
+  if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/prometheus-node-exporter ]; then
+    echo "[setup] prometheus not installed (telemetry tests against a real Prometheus will be skipped): as root," \
+         "apt-get install prometheus prometheus-node-exporter"
+  fi
+fi
 echo "[setup] ready in $(( $(date +%s) - t0 )) s"

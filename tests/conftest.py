@@ -1,4 +1,5 @@
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,8 @@ def scripted_models_dir(tmp_path_factory):
     return shared_models_dir(tmp_path_factory)
 
 
-def perfkit_run(params: dict, tmp: Path, *, name: str = "params.yaml", timeout_s: float = 1500) -> Path:
+def perfkit_run(params: dict, tmp: Path, *, name: str = "params.yaml", timeout_s: float = 1500,
+                env: dict | None = None) -> Path:
     """``perfkit run`` on ``params`` (written to ``tmp/name``) into ``tmp/results`` as a user runs it; the run
     directory, after asserting it exited 0 (its output tail in the message otherwise)."""
     import yaml
@@ -81,7 +83,8 @@ def perfkit_run(params: dict, tmp: Path, *, name: str = "params.yaml", timeout_s
     p.write_text(yaml.safe_dump(params, sort_keys=False))
     results = tmp / "results"
     r = subprocess.run([sys.executable, "-m", "perfkit", "run", str(p), "--results", str(results)],
-                       capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent)
+                       capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent,
+                       env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (run_dir,) = [d for d in results.iterdir() if (d / "run.json").exists()]
     return run_dir

@@ -44,6 +44,9 @@ def production_run(tmp_path_factory, scripted_models_dir):
                                   rate_requests=3)
         s["config_tuning"]["settings"] = [{"OLLAMA_NUM_PARALLEL": 1}, {"OLLAMA_NUM_PARALLEL": 2, "OLLAMA_FLASH_ATTENTION": 1}]
         s["config_tuning"]["model"] = "qwen2.5:32b-instruct-q4_0"  # scripted: flash attention not supported
+        s["workload"].update(model="qwen2.5:32b-instruct-q4_0", users=[2], requests=4, num_predict=8,
+                             settings=[{"OLLAMA_NUM_PARALLEL": 2}],
+                             workload={"kind": "sessions", "file": "builtin:chat", "max_turns": 2, "think_s": 0.1})
         yield so, perfkit_run(p, tmp, name="ollama-scripted.yaml", timeout_s=900)
     assert not so.leftover_processes()  # the serve and every runner it ever had are gone
 

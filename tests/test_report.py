@@ -3,6 +3,7 @@ reports, `perfkit report` with no server, and failures that name the cell."""
 
 import html as htmllib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The fleet study needs nginx; without it the run skips that study with a line saying how to install it.
 from perfkit.servers.nginx import nginx_binary  # noqa: E402
 
-STUDIES = ["cold_start", "model_size", "quantization", "config_tuning"] + (["fleet"] if nginx_binary() else [])
+STUDIES = ["cold_start", "model_size", "quantization", "config_tuning", "workload"] + (["fleet"] if nginx_binary() else [])
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,20 @@ def test_conclusions_are_built_from_the_recorded_data(smoke_run):
     ms = json.loads((run_dir / "model_size" / "manifest.json").read_text())
     assert ms["models"]["gemma3-270m-q4_k_m"]["quantization"] == "Q4_K_M"
     assert "sampling_unavailable" in ms and ms["host"]["cpu_cores_logical"] >= 1
+
+
+def test_config_tuning_shows_the_engines_own_metrics_under_load(smoke_run):
+    """The engine runs with --metrics; its queue and slots, read during each series, reach the report. With one
+    slot (NUM_PARALLEL=1) it never runs two requests at once, whatever the clients send."""
+    _, run_dir = smoke_run
+    ev = [json.loads(x) for x in (run_dir / "config_tuning" / "events.jsonl").read_text().splitlines()]
+    res = {e["series"]: e for e in ev if e["kind"] == "series_resources"}
+    assert {"cfg0/c1", "cfg0/c2", "cfg1/c1", "cfg1/c2"} <= set(res)
+    assert res["cfg0/c2"]["server_requests_running_max"] <= 1
+    assert all(res[s]["server_requests_running_max"] >= 1 for s in ("cfg0/c1", "cfg1/c2"))
+    page = htmllib.unescape(re.sub(r"<[^>]+>", " ", (run_dir / "config_tuning.html").read_text()))
+    assert "What the server and its host did under load" in page and "requests running" in page
+    assert "the engine's own metrics" in page  # its source, in the provenance
 
 
 def test_report_rerenders_with_no_server(smoke_run, tmp_path):

@@ -172,6 +172,7 @@ class Figure:
 
 
 _WHERE = {"clients": lambda v: f"{v} client{'s' if str(v) != '1' else ''}", "rate_rps": lambda v: f"{v} req/s offered",
+          "users": lambda v: f"{v} user{'s' if str(v) != '1' else ''}", "turn": lambda v: f"turn {v}",
           "gap_s": lambda v: f"after a {fmt.duration(float(v))} idle gap", "delay_s": lambda v: f"+{fmt.duration(float(v))}"}
 
 

@@ -76,6 +76,15 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
            f"median over requests of the GPUs' energy in the request's window / output tokens, {_PCT}", _REQ),
     Metric("gpu_util", "GPU utilization", "share", "higher", "median",
            f"median over requests of the mean GPU utilization in the request's window, {_PCT}", _REQ),
+    Metric("series_gpu_util", "GPU utilization under load", "share", "higher", "reading",
+           "mean GPU utilization (averaged over the server's GPUs) over the whole series' window, from the GPU "
+           "readings' source (NVML here, or the server host's exporter via Prometheus or a direct scrape)", "series"),
+    Metric("series_energy_per_token", "energy per output token under load", "energy", "lower", "reading",
+           "the server's GPUs' energy over the whole series' window (energy counter, else power integrated) ÷ the "
+           "server-counted output tokens of the series' requests", "series"),
+    Metric("prefix_reuse", "prompt served from the server's cache", "share", "higher", "median",
+           "median over requests of the server-counted cached prompt tokens ÷ prompt tokens (llama-server cache_n "
+           f"and prompt_n), {_PCT}", _REQ),
     Metric("throughput", "output throughput", "rate", "higher", "series",
            "server-counted output tokens per second inside the series' steady-state window; CI by batch means "
            "over 5 equal windows", "windows"),

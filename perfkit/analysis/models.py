@@ -123,6 +123,8 @@ def per_model(store: RunStore, df: pd.DataFrame, models: list[str]) -> pd.DataFr
             e = est(warm["res_energy_per_token_j"])
             row["energy_per_token_j"], row["energy_per_token_j_lo"], row["energy_per_token_j_hi"] = e.value, e.lo, e.hi
             row["energy_method"] = "not idle-subtracted (no idle baseline measured)"
+        elif "res_energy_unknown_because" in warm and warm["res_energy_unknown_because"].notna().any():
+            row["energy_unknown_because"] = warm["res_energy_unknown_because"].dropna().iloc[0]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -158,6 +160,7 @@ def display_table(t: pd.DataFrame) -> pd.DataFrame:
                      "decode vs bandwidth limit": lim,
                      "model memory": fmt.mib(r.get("model_memory_bytes")),
                      "J/token": (fmt.number(r["energy_per_token_j"]) if pd.notna(r.get("energy_per_token_j", np.nan))
-                                 else "no GPU sampled"),
+                                 else f"unknown: {r['energy_unknown_because']}"
+                                 if isinstance(r.get("energy_unknown_because"), str) else "no GPU sampled"),
                      "n warm / cold": f"{r['n_warm']} / {r['n_cold']}"})
     return pd.DataFrame(rows).set_index("model")

@@ -68,6 +68,42 @@ def series_checks(events: pd.DataFrame) -> dict[str, dict]:
     return {r["series"]: r.dropna().to_dict() for _, r in done.iterrows()}
 
 
+def series_resources(events: pd.DataFrame) -> dict[str, dict]:
+    """series name → what its whole window saw (the GPUs, the server's host, the server's own metrics: the
+    ``series_resources`` event of its last attempt), NaN-free."""
+    if events.empty or "series" not in events or "kind" not in events:
+        return {}
+    res = events[events["kind"] == "series_resources"].drop_duplicates("series", keep="last")
+    return {r["series"]: r.dropna().to_dict() for _, r in res.iterrows()}
+
+
+def load_row(res: dict, rows: pd.DataFrame) -> dict[str, Any]:
+    """One series' load figures from its window (``res``, see :func:`series_resources`) and its request rows:
+    GPU utilization and power, energy per server-counted output token over the whole window (per-request windows
+    overlap under concurrency), the server's queue, batch and KV cache, its prompt-cache reuse, its host's CPU."""
+    out: dict[str, Any] = {"window_s": res.get("duration_s"), "gpu_source": res.get("gpu_source"),
+                           "unknown_because": res.get("unknown_because")}
+    for k in ("gpu_util_pct_mean", "gpu_util_pct_max", "power_w_mean", "gpu_mem_used_bytes_max",
+              "server_requests_running_mean", "server_requests_running_max", "server_requests_waiting_mean",
+              "server_requests_waiting_max", "server_busy_slots_per_decode_mean", "server_kv_cache_usage_ratio_max",
+              "server_kv_cache_tokens_max", "server_host_cpu_pct_mean", "server_host_mem_used_bytes_max",
+              "server_cpu_pct_mean", "server_rss_bytes_max"):
+        out[k] = res.get(k, np.nan)
+    out["per_gpu_util"] = {int(k[3:].split("_", 1)[0]): v for k, v in res.items()
+                           if k.startswith("gpu") and k.endswith("_gpu_util_pct_mean") and k[3:].split("_", 1)[0].isdigit()}
+    tokens = pd.to_numeric(rows["output_tokens"], errors="coerce").sum() if "output_tokens" in rows else 0
+    energy = res.get("energy_j")
+    out["energy_j"] = energy if energy is not None else np.nan
+    out["output_tokens"] = int(tokens) if tokens == tokens else 0
+    out["energy_per_token_j"] = energy / tokens if energy is not None and tokens else np.nan
+    cached, fresh = res.get("server_prompt_tokens_cached_total_delta"), res.get("server_prompt_tokens_total_delta")
+    if cached is not None and fresh is not None and cached + fresh > 0:
+        out["prompt_cached_share"] = cached / (cached + fresh)
+    else:
+        out["prompt_cached_share"] = np.nan
+    return out
+
+
 def last_attempt(rows: pd.DataFrame) -> pd.DataFrame:
     """Each series' rows of its last attempt only (an interrupted attempt was re-run whole)."""
     if rows.empty or "attempt" not in rows or "series" not in rows:

@@ -374,6 +374,7 @@ class Job:
     target: HttpTarget
     call: StreamCall
     offset_s: float = 0.0
+    tags: dict = field(default_factory=dict)  # stored with its row (a conversation, a shared prefix)
 
 
 async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: float, stall_timeout_s: float | None,
@@ -422,8 +423,12 @@ async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: fl
             tasks.append(asyncio.ensure_future(one(i, t_sched)))
         await asyncio.gather(*tasks)
     probe.stop()
-    wall_s, cpu_s = (_now() - t0) * 1e-9, time.thread_time() - cpu0
     done: list[Capture] = [c for c in caps if c is not None]
+    return done, _self_check(probe, done, think, cpu0, t0)  # all of them: gather() returned, so every job ended
+
+
+def _self_check(probe: "_Probe", done: list[Capture], think: list[float], cpu0: float, t0: int) -> SelfCheck:
+    wall_s, cpu_s = (_now() - t0) * 1e-9, time.thread_time() - cpu0
     chunks = sum(len(c.chunks) for c in done)
     # When perfkit began the request against its schedule: a new connection's set-up is the network's
     # (its own figure, connect_s), not the client being late.
@@ -435,7 +440,7 @@ async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: fl
                       send_lag_p50_s=_pct([x * 1e-9 for x in lags], 0.5),
                       send_lag_p99_s=_pct([x * 1e-9 for x in lags], 0.99),
                       new_connections=sum(1 for c in done if c.conn_reused is False))
-    return done, check.judge()  # all of them: gather() returned, so every job ended
+    return check.judge()
 
 
 def run_series(jobs: Sequence[Job], *, concurrency: int | None = None, timeout_s: float,
@@ -467,6 +472,79 @@ def run_series(jobs: Sequence[Job], *, concurrency: int | None = None, timeout_s
         if was_enabled:
             gc.enable()
     return [decode(j.call, c) for j, c in zip(jobs, caps)], check
+
+
+# ---- chat sessions ------------------------------------------------------------------------------
+@dataclass
+class SessionTurn:
+    """One sent turn of a chat session: which session (and the user who ran it), which turn, the record."""
+
+    session: int
+    turn: int
+    user: int
+    rec: RequestRecord
+
+
+MakeCall = Callable[[int, int, list[RequestRecord]], "StreamCall | None"]
+
+
+async def _sessions(target: HttpTarget, n_sessions: int, users: int, make_call: MakeCall,
+                    think_s: Callable[[int, int], float], timeout_s: float, stall_timeout_s: float | None,
+                    on_done: Callable[[int, Capture], None] | None) -> tuple[list[SessionTurn], SelfCheck]:
+    out: list[SessionTurn] = []
+    caps: list[Capture] = []
+    probe = _Probe()
+    think: list[float] = []
+    cpu0, t0 = time.thread_time(), _now()
+    probe.start()
+    counter = itertools.count()
+
+    async def user(u: int) -> None:
+        last_end: int | None = None
+        while (s := next(counter)) < n_sessions:
+            recs: list[RequestRecord] = []
+            for turn in itertools.count():
+                if recs and not recs[-1].ok:
+                    break  # no answer to carry: the conversation ends here (the failure is its record)
+                call = make_call(s, turn, recs)  # the next question, with the history the server answered
+                if call is None:
+                    break
+                pause = think_s(s, turn) if turn else 0.0
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if last_end is not None:  # the client's own gap, the user's pause not counted
+                    think.append(max(0.0, (_now() - last_end) * 1e-9 - pause))
+                cap = await target.capture(call, timeout_s, stall_timeout_s, None)
+                cap.stream = u
+                last_end = cap.t_eof_ns
+                rec = decode(call, cap)  # the answer's text is the next turn's history: parsed now, on the loop
+                recs.append(rec)
+                out.append(SessionTurn(s, turn, u, rec))
+                caps.append(cap)
+                if on_done is not None:
+                    on_done(len(out) - 1, cap)
+
+    await asyncio.gather(*(user(u) for u in range(users)))
+    probe.stop()
+    return out, _self_check(probe, caps, think, cpu0, t0)
+
+
+def run_sessions(target: HttpTarget, n_sessions: int, users: int, make_call: MakeCall, *, timeout_s: float,
+                 stall_timeout_s: float | None = None, think_s: Callable[[int, int], float] = lambda s, t: 0.0,
+                 on_done: Callable[[int, Capture], None] | None = None) -> tuple[list[SessionTurn], SelfCheck]:
+    """Chat sessions: ``users`` concurrent users each take the next of ``n_sessions`` sessions and send its turns
+    one after another; ``make_call(session, turn, records so far)`` builds a turn from the answers before it (None:
+    the session is over), ``think_s(session, turn)`` is the pause before a turn. A failed turn ends its session.
+    Turns come back in the order they were sent."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        return _loop().run(_sessions(target, n_sessions, users, make_call, think_s, timeout_s, stall_timeout_s,
+                                     on_done))
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ---- worker processes ---------------------------------------------------------------------------

@@ -167,6 +167,81 @@ class SamplingParams(Strict):
     idle_baseline_s: float = Field(0.0, ge=0)
 
 
+def _labels(v: dict[str, str] | None) -> dict[str, str] | None:
+    for k in v or {}:
+        if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k):
+            raise ValueError(f"label name {k!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+    return v
+
+
+class PrometheusParams(Strict):
+    """The user's Prometheus, and the labels that select the server host's series in it."""
+
+    url: str
+    labels: dict[str, str] = Field(default_factory=dict, description="select every group's series (e.g. instance)")
+    gpu_labels: dict[str, str] | None = Field(None, description="DCGM exporter series, e.g. {Hostname: gpu-a}; "
+                                                                "default: labels")
+    host_labels: dict[str, str] | None = Field(None, description="node exporter series, e.g. {instance: "
+                                                                 "'gpu-a:9100'}; default: labels")
+    server_labels: dict[str, str] | None = Field(None, description="the server's own metrics (vLLM, llama-server), "
+                                                                   "e.g. {job: vllm}; default: labels")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent to Prometheus, never recorded")
+    token: str | None = Field(None, description="a bearer token for Prometheus, never recorded")
+    scrape_interval_s: float | None = Field(None, gt=0, le=3600, description="the series' scrape interval; default: "
+                                                                             "measured from their samples")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v):
+        return http_url(v)
+
+    @field_validator("labels", "gpu_labels", "host_labels", "server_labels")
+    @classmethod
+    def _label_names(cls, v):
+        return _labels(v)
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not (self.labels or self.gpu_labels or self.host_labels or self.server_labels):
+            raise ValueError("give labels that select the server host's series (e.g. labels: {instance: gpu-a} or "
+                             "gpu_labels: {Hostname: gpu-a}); without them every host in Prometheus would be read")
+        return self
+
+    def selectors(self) -> dict[str, dict[str, str]]:
+        """group (gpu, host, server) → its label values (the group's own, else the common ones)."""
+        out = {}
+        for group, own in (("gpu", self.gpu_labels), ("host", self.host_labels), ("server", self.server_labels)):
+            lab = own if own is not None else self.labels
+            if lab:
+                out[group] = dict(lab)
+        return out
+
+    def all_headers(self) -> dict[str, str]:
+        return {**self.headers, **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
+
+
+class TelemetryParams(Strict):
+    """Readings of the server's host from where they already are: a Prometheus, or exporter endpoints scraped
+    directly (a DCGM exporter, a node exporter, the server's own /metrics)."""
+
+    prometheus: PrometheusParams | None = None
+    scrape: list[str] = Field(default_factory=list, description="exporter URLs polled directly")
+    scrape_interval_s: float | None = Field(None, gt=0, le=3600, description="default: the sampling interval, at "
+                                                                             "least 0.5 s")
+    scrape_headers: dict[str, str] = Field(default_factory=dict, description="sent to the scraped endpoints, never "
+                                                                             "recorded")
+    engine_metrics: bool = Field(True, description="the embedded engine's own /metrics (queue, slots, prompt cache)")
+    engine_interval_s: float = Field(0.25, gt=0, le=60, description="how often the engine's /metrics is read")
+
+    @field_validator("scrape")
+    @classmethod
+    def _urls(cls, v):
+        return unique([http_url(u, trailing_slash=True) for u in v], "scrape URL")
+
+    def scrape_every_s(self, sampling_interval_s: float) -> float:
+        return self.scrape_interval_s or max(0.5, sampling_interval_s)
+
+
 class Slo(Strict):
     """Service-level objectives a request must meet to count towards goodput."""
 

@@ -160,3 +160,8 @@ def check_applied(settings: Mapping[str, object], child_args: list[str]) -> dict
                 i += 1
         out[key] = ok
     return out
+
+
+def settings_label(setting: Mapping[str, object]) -> str:
+    """A setting as a report names it: 'FLASH_ATTENTION=1, NUM_PARALLEL=4', 'defaults' when empty."""
+    return ", ".join(f"{k.removeprefix('OLLAMA_')}={v}" for k, v in validate_settings(setting).items()) or "defaults"

@@ -10,6 +10,7 @@ from perfkit.client.backends import Sampling
 from perfkit.core.errors import PerfkitError
 from perfkit.core.store import RunStore
 from perfkit.measure.cache_states import ensure_warm
+from perfkit.servers.control.device import telemetry_device
 
 
 def record_device(session, store: RunStore, model: str) -> None:
@@ -23,7 +24,12 @@ def record_device(session, store: RunStore, model: str) -> None:
         ensure_warm(session.backend, model, keep_alive, timeout_s=session.runner.timeout_s)
         session.backend.generate(model, "ok", Sampling(num_predict=2), keep_alive=keep_alive,
                                  timeout_s=session.runner.timeout_s)
-        store.event("device", model=model, **device.as_record(), **session.backend.resident_memory(model))
+        resident = session.backend.resident_memory(model)
+        seen = session.monitor.telemetry_gpus() if device.kind == "unknown" else None
+        if seen is not None:  # another host, whose exporter names its GPUs
+            device = telemetry_device(resident.get("model_memory_bytes"), resident.get("model_vram_bytes"), seen[1],
+                                      seen[0], "the server's /api/ps (size_vram of size)")
+        store.event("device", model=model, **device.as_record(), **resident)
     except PerfkitError as e:  # the model can't be served: its trials already say how it fails
         store.event("device", model=model, device="unknown", unknown_because=f"the server could not serve it: {e}")
 

@@ -16,7 +16,7 @@ import pandas as pd
 from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
 from perfkit.measure.cache_states import confirm, ensure_warm, prepare_state
 from perfkit.core.errors import PerfkitError
-from perfkit.client.loadgen import Job, run_series
+from perfkit.client.loadgen import Job, run_series, run_sessions
 from perfkit.client.stream import Capture, decode
 from perfkit.core.prompts import prompt_for
 from perfkit.core.clock import now_ns
@@ -24,6 +24,8 @@ from perfkit.core.records import CACHE_STATES
 from perfkit.core.store import RunStore
 from perfkit.measure.progress import Progress
 from perfkit.analysis.series import steady_window
+from perfkit.measure.workload import Workload, estimate_prompt_tokens
+from perfkit.workloads.build import answer_tokens
 
 
 @dataclass
@@ -178,40 +180,61 @@ class Runner:
 
     def closed_loop(self, model: str, concurrency: int, n_requests: int, *, series: str,
                     sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None,
-                    on_response: Callable[[int, Capture], None] | None = None) -> pd.DataFrame:
+                    on_response: Callable[[int, Capture], None] | None = None,
+                    workload: Workload | None = None) -> pd.DataFrame:
         """``concurrency`` streams each send their next request the moment the last one ends (no think time).
+        With a ``sessions`` workload, ``concurrency`` users each hold chat sessions (:meth:`sessions`).
 
         A series is the unit of resume: an interrupted one is re-run whole under a new attempt, so
         its concurrency is never mixed; what the interrupted attempt measured is kept, flagged.
         """
         if concurrency < 1 or n_requests < 1:
             raise PerfkitError(f"closed loop needs concurrency ≥ 1 and requests ≥ 1 (got {concurrency}, {n_requests})")
+        if workload is not None and workload.params.multi_turn:
+            return self.sessions(model, concurrency, n_requests, series=series, sampling=sampling, tags=tags,
+                                 workload=workload)
         return self._series(model, series, [0.0] * n_requests, concurrency, sampling, prompt_words, tags,
-                            {"mode": "closed", "concurrency": concurrency}, on_response)
+                            {"mode": "closed", "concurrency": concurrency}, on_response, workload)
 
-    def open_loop(self, model: str, rate_rps: float, n_requests: int, *, series: str, seed: int = 0,
+    def open_loop(self, model: str, rate_rps: float | None, n_requests: int, *, series: str, seed: int = 0,
                   arrivals: str = "poisson", sampling: Sampling | None = None, prompt_words: int = 48,
-                  tags: dict | None = None) -> pd.DataFrame:
+                  tags: dict | None = None, workload: Workload | None = None, burstiness: float = 1.0) -> pd.DataFrame:
         """Requests sent on a fixed schedule at ``rate_rps`` (``poisson``: exponential gaps, seeded;
         ``constant``: even gaps), whether or not earlier ones have finished, with no cap on what is in
         flight. Latency counts from the send and from the schedule (``ttft_sched_s``), so a late
         client can't hide a slow server (coordinated omission)."""
-        if rate_rps <= 0 or n_requests < 1:
+        if n_requests < 1 or (rate_rps is not None and rate_rps <= 0):
             raise PerfkitError(f"open loop needs rate > 0 and requests ≥ 1 (got {rate_rps}, {n_requests})")
-        return self._series(model, series, schedule(arrivals, rate_rps, n_requests, seed), None, sampling,
-                            prompt_words, tags, {"mode": "open", "rate_rps": rate_rps, "arrivals": arrivals,
-                                                 "seed": seed})
+        if workload is not None and workload.params.kind == "trace":
+            # A trace's own arrivals; at an offered rate, its burst shape rescaled to that mean rate.
+            offsets = [r.offset_s or 0.0 for r in workload.requests(n_requests, key=series)]
+            span = offsets[-1] - offsets[0]
+            own = (len(offsets) - 1) / span if span > 0 else None
+            if rate_rps is not None and own:
+                offsets = [o * own / rate_rps for o in offsets]
+            rate_rps, arrivals = rate_rps or own or 1.0, "trace"
+        elif rate_rps is None:
+            raise PerfkitError("open loop needs a rate (rate_rps) unless the workload is a trace")
+        else:
+            offsets = schedule(arrivals, rate_rps, n_requests, seed, burstiness)
+        info = {"mode": "open", "rate_rps": rate_rps, "arrivals": arrivals, "seed": seed}
+        if arrivals == "gamma":
+            info["burstiness"] = burstiness
+        return self._series(model, series, offsets, None, sampling, prompt_words, tags, info, None, workload)
 
     def _series(self, model: str, series: str, offsets: list[float], concurrency: int | None,
                 sampling: Sampling | None, prompt_words: int, tags: dict | None, info: dict,
-                on_response: Callable[[int, Capture], None] | None = None) -> pd.DataFrame:
+                on_response: Callable[[int, Capture], None] | None = None,
+                workload: Workload | None = None) -> pd.DataFrame:
         """``on_response(i, capture)``: runs on the loop as each response ends (a fault injected after
         k responses, say); keep it as cheap as the spool write beside it."""
         done = self._series_done(series)
         if done is not None:
             return done
         attempt = self._attempt(series)
-        make = self._jobs(model, series, offsets, sampling, prompt_words)
+        make = self._jobs(model, series, offsets, sampling, prompt_words, workload)
+        if workload is not None:
+            info = {**info, "workload": workload.params.kind}
         if attempt:
             self._recover(series, attempt - 1, make(attempt - 1), info, tags, model, offsets)
         self.store.event("series_start", series=series, attempt=attempt, **info)
@@ -240,7 +263,7 @@ class Runner:
         finally:
             spool.close()
             bar.close()
-        rows = self._rows(series, attempt, info, tags, model, enumerate(recs), offsets)
+        rows = self._rows(series, attempt, info, tags, model, enumerate(recs), offsets, jobs=jobs)
         self.store.extend_trials(rows)
         for row in rows:
             if self.on_row:
@@ -249,25 +272,138 @@ class Runner:
         self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1,
                          **{f"client_{k}": v for k, v in check.as_dict().items()}, **window)
         spool.path.unlink(missing_ok=True)
+        if self.monitor is not None:
+            # The whole series' window: what the GPUs, the server's host and the server's own metrics did under
+            # this load (per-request windows overlap under concurrency, so energy per token comes from this one).
+            w = self.monitor.measure("series", t0, t1)
+            self.store.event("series_resources", series=series, attempt=attempt,
+                             **{k: v for k, v in w.as_dict().items() if k != "name"})
         return self._resources(list(zip(rows, recs)))
 
+    def sessions(self, model: str, users: int, n_requests: int, *, series: str, workload: Workload,
+                 sampling: Sampling | None = None, tags: dict | None = None) -> pd.DataFrame:
+        """Chat sessions: ``users`` concurrent users each take the next conversation and send its questions one by
+        one, each with the whole history so far — the server's own answers, never the dataset's — after the
+        workload's think time, until about ``n_requests`` turns in all. A turn whose estimated prompt exceeds
+        the context (``workload.context_tokens``) is flagged before it is sent, and sent: what the server then does
+        (truncates, refuses) is the finding. A failed turn ends its conversation. Resumed like any series."""
+        done = self._series_done(series)
+        if done is not None:
+            return done
+        attempt = self._attempt(series)
+        info = {"mode": "closed", "concurrency": users, "users": users, "workload": "sessions"}
+        if attempt:
+            self._recover_sessions(series, attempt - 1, info, tags, model)
+        self.store.event("series_start", series=series, attempt=attempt, **info)
+        try:
+            ensure_warm(self.backend, model, self.keep_alive, timeout_s=self.timeout_s)
+        except PerfkitError as e:
+            self.store.event("prime_failed", series=series, attempt=attempt, error=str(e)[:300])
+        key = f"{series}/a{attempt}"
+        convs = workload.conversations(n_requests, key=key)
+        ctx = workload.context_tokens
+        planned: dict[tuple[int, int], dict] = {}
+
+        def make_call(s: int, turn: int, recs: list) -> Any:
+            c = convs[s]
+            if turn >= len(c.questions):
+                return None
+            msgs = [{"role": "system", "content": c.system}] if c.system else []
+            for k in range(turn):
+                msgs += [{"role": "user", "content": (workload.tag(s) if k == 0 else "") + c.questions[k]},
+                         {"role": "assistant", "content": recs[k].text or ""}]
+            msgs.append({"role": "user", "content": (workload.tag(s) if turn == 0 else "") + c.questions[turn]})
+            prev = recs[-1] if recs else None
+            est_tokens = estimate_prompt_tokens(msgs, prev.prompt_tokens if prev else None,
+                                                prev.output_tokens if prev else None, len(c.questions[turn].split()))
+            answer = c.answers[turn] if turn < len(c.answers) else None
+            cap = answer_tokens(answer) if workload.params.output == "dataset" else None
+            planned[(s, turn)] = {"conversation": c.id, "session": s, "turn": turn, "history_turns": turn,
+                                  "prompt_words": sum(len(m["content"].split()) for m in msgs),
+                                  "est_prompt_tokens": est_tokens, "context_tokens": ctx,
+                                  "over_context": bool(ctx and est_tokens > ctx)}
+            return self.backend.stream_call(model, msgs, _capped(sampling, cap), keep_alive=self.keep_alive)
+
+        spool = _Spool(self._spool_path(series, attempt))
+        bar = self._bar(n_requests, series)
+        turns_out: list = []
+
+        def on_done(i: int, cap) -> None:
+            bar.update(1)
+
+        try:
+            t0 = now_ns()
+            turns_out, check = run_sessions(self.backend.target, len(convs), users, make_call,
+                                            timeout_s=self.timeout_s, stall_timeout_s=self.stall_timeout_s,
+                                            think_s=workload.think_s(key), on_done=on_done)
+            t1 = now_ns()
+            for i, t in enumerate(turns_out):  # a crash from here on keeps what was measured (read back on resume)
+                spool.write_row(i, {**planned[(t.session, t.turn)], "stream": t.user, "rec": t.rec.as_dict()})
+        finally:
+            spool.close()
+            bar.close()
+        rows = [self._session_row(series, attempt, i, info, tags, model, planned[(t.session, t.turn)], t.user,
+                                  t.rec.as_dict()) for i, t in enumerate(turns_out)]
+        self.store.extend_trials(rows)
+        for row in rows:
+            if self.on_row:
+                self.on_row(row)
+        window = steady_window(pd.DataFrame(rows), users)
+        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1,
+                         conversations=len(convs), **{f"client_{k}": v for k, v in check.as_dict().items()}, **window)
+        spool.path.unlink(missing_ok=True)
+        if self.monitor is not None:
+            w = self.monitor.measure("series", t0, t1)
+            self.store.event("series_resources", series=series, attempt=attempt,
+                             **{k: v for k, v in w.as_dict().items() if k != "name"})
+        return self._resources([(row, t.rec) for row, t in zip(rows, turns_out)])
+
+    @staticmethod
+    def _session_row(series: str, attempt: int, i: int, info: dict, tags: dict | None, model: str, plan: dict,
+                     user: int, rec: dict, **extra: Any) -> dict:
+        row = {"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info, "index": i,
+               "cache_state": "warm", "warmup": False, "variant": model, **plan, "stream": user, **extra,
+               **(tags or {}), **rec}
+        pt = rec.get("prompt_tokens")
+        # The server counted fewer prompt tokens than a prompt over the context holds: it dropped some.
+        row["server_truncated"] = bool(plan.get("over_context") and rec.get("ok") and pt is not None
+                                       and pt < 0.9 * plan["est_prompt_tokens"])
+        return row
+
+    def _recover_sessions(self, series: str, attempt: int, info: dict, tags: dict | None, model: str) -> None:
+        path = self._spool_path(series, attempt)
+        rows = [self._session_row(series, attempt, i, info, tags, model,
+                                  {k: v for k, v in d.items() if k not in ("rec", "stream")}, d.get("stream"),
+                                  d["rec"], interrupted=True) for i, d in sorted(_Spool.read_rows(path).items())]
+        if rows:
+            self.store.extend_trials(rows)
+            self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
+        path.unlink(missing_ok=True)
+
     def _jobs(self, model: str, series: str, offsets: list[float], sampling: Sampling | None,
-              prompt_words: int) -> Callable[[int], list[Job]]:
+              prompt_words: int, workload: Workload | None = None) -> Callable[[int], list[Job]]:
         """Every request of an attempt, built (prompts made, bodies serialized) before any timing starts."""
         def make(attempt: int) -> list[Job]:
+            if workload is None:
+                return [Job(self.backend.target,
+                            self.backend.stream_call(model, self.prompt(f"{series}/a{attempt}/{i}", prompt_words),
+                                                     sampling, keep_alive=self.keep_alive), off)
+                        for i, off in enumerate(offsets)]
+            reqs = workload.requests(len(offsets), key=f"{series}/a{attempt}", prompt_words=prompt_words)
             return [Job(self.backend.target,
-                        self.backend.stream_call(model, self.prompt(f"{series}/a{attempt}/{i}", prompt_words),
-                                                 sampling, keep_alive=self.keep_alive), off)
-                    for i, off in enumerate(offsets)]
+                        self.backend.stream_call(model, r.messages, _capped(sampling, r.num_predict),
+                                                 keep_alive=self.keep_alive), off, {**r.tags, "prompt_words": r.words})
+                    for r, off in zip(reqs, offsets)]
         return make
 
     def _rows(self, series: str, attempt: int, info: dict, tags: dict | None, model: str,
-              recs, offsets: list[float], **extra: Any) -> list[dict]:
+              recs, offsets: list[float], jobs: list[Job] | None = None, **extra: Any) -> list[dict]:
         """One row per (index, record) of an attempt."""
         sched = info["mode"] == "open"
         return [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info,
                  "index": i, **({"scheduled_s": offsets[i]} if sched else {}), "cache_state": "warm",
-                 "warmup": False, "variant": model, **extra, **(tags or {}), **rec.as_dict()} for i, rec in recs]
+                 "warmup": False, "variant": model, **extra, **(tags or {}), **(jobs[i].tags if jobs else {}),
+                 **rec.as_dict()} for i, rec in recs]
 
     def _spool_path(self, series: str, attempt: int):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in series)
@@ -281,24 +417,36 @@ class Runner:
         caps = _Spool.read(path)
         if caps:
             recs = [(i, decode(jobs[i].call, cap)) for i, cap in sorted(caps.items()) if i < len(jobs)]
-            rows = self._rows(series, attempt, info, tags, model, recs, offsets, interrupted=True)
+            rows = self._rows(series, attempt, info, tags, model, recs, offsets, jobs=jobs, interrupted=True)
             self.store.extend_trials(rows)
             self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
         path.unlink(missing_ok=True)
 
 
-def schedule(arrivals: str, rate_rps: float, n: int, seed: int = 0) -> list[float]:
-    """Send offsets (s from the start): ``poisson`` (exponential gaps, seeded) or ``constant``."""
+def schedule(arrivals: str, rate_rps: float, n: int, seed: int = 0, burstiness: float = 1.0) -> list[float]:
+    """Send offsets (s from the start): ``poisson`` (exponential gaps, seeded), ``constant``, or ``gamma`` gaps of
+    mean 1/rate whose shape is ``burstiness`` (1: Poisson; below 1: bursts and lulls; above 1: steadier)."""
     if arrivals == "constant":
         return [i / rate_rps for i in range(n)]
-    if arrivals != "poisson":
-        raise PerfkitError(f"unknown arrivals {arrivals!r}; allowed: poisson, constant")
+    if arrivals not in ("poisson", "gamma"):
+        raise PerfkitError(f"unknown arrivals {arrivals!r}; allowed: poisson, constant, gamma")
+    if burstiness <= 0:
+        raise PerfkitError(f"burstiness must be > 0 (got {burstiness})")
     rng = random.Random(seed)
     offsets, t = [], 0.0
     for _ in range(n):
         offsets.append(t)
-        t += rng.expovariate(rate_rps)
+        t += rng.expovariate(rate_rps) if arrivals == "poisson" else rng.gammavariate(burstiness, 1 / (rate_rps * burstiness))
     return offsets
+
+
+def _capped(sampling: Sampling | None, num_predict: int | None) -> Sampling | None:
+    """The series' sampling with a request's own output cap (a dataset answer's or a trace's length)."""
+    if num_predict is None:
+        return sampling
+    from dataclasses import replace
+
+    return replace(sampling or Sampling(), num_predict=num_predict)
 
 
 class _Spool:
@@ -314,8 +462,32 @@ class _Spool:
         blob = marshal.dumps((i, {k: v for k, v in cap.__dict__.items() if not k.startswith("_")}))
         self._f.write(len(blob).to_bytes(4, "little") + blob)
 
+    def write_row(self, i: int, row: dict) -> None:
+        blob = marshal.dumps((i, row))
+        self._f.write(len(blob).to_bytes(4, "little") + blob)
+
     def close(self) -> None:
         self._f.close()
+
+    @staticmethod
+    def read_rows(path) -> dict[int, dict]:
+        out: dict[int, dict] = {}
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return out
+        pos = 0
+        while pos + 4 <= len(data):
+            n = int.from_bytes(data[pos:pos + 4], "little")
+            if pos + 4 + n > len(data):
+                break
+            try:
+                i, row = marshal.loads(data[pos + 4:pos + 4 + n])
+            except (EOFError, ValueError, TypeError):
+                break
+            out[i] = row
+            pos += 4 + n
+        return out
 
     @staticmethod
     def read(path) -> dict[int, Capture]:

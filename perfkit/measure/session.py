@@ -15,8 +15,9 @@ from perfkit.client import backends
 from perfkit.client.backends import Backend
 from perfkit.core import host
 from perfkit.core.clock import utc_now
+from perfkit.core.errors import PerfkitError
 from perfkit.core.clock import now_ns
-from perfkit.core.schema import BackendParams, SamplingParams, Timeouts
+from perfkit.core.schema import BackendParams, SamplingParams, TelemetryParams, Timeouts
 from perfkit.core.settings import validate_settings
 from perfkit.core.store import RunStore
 from perfkit.measure.runner import Runner
@@ -53,6 +54,7 @@ class Target:
     models_dir: Path
     log_dir: Path
     progress: bool = False
+    telemetry: TelemetryParams = field(default_factory=TelemetryParams)
 
 
 @dataclass
@@ -116,7 +118,8 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
         store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
         pids = backend.control.server_pids
         monitor = Monitor(target.sampling.interval_s, pids if backend.control.is_local else None,
-                          gpu=target.sampling.gpu, system=target.sampling.system, store=store)
+                          gpu=target.sampling.gpu, system=target.sampling.system, store=store,
+                          telemetry=telemetry_samplers(target, engine, models))
         monitor.start()
         if target.sampling.idle_baseline_s:
             monitor.measure_idle(target.sampling.idle_baseline_s)
@@ -137,11 +140,47 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
                         store.event("restore", **info.as_dict())
                 except Exception as e:  # noqa: BLE001 - recorded; the measured data is safe already
                     store.event("restore_failed", error=str(e))
-        store.write_manifest(ended_utc=utc_now(), sampling_unavailable=monitor.unavailable if monitor else {})
+        store.write_manifest(ended_utc=utc_now(), sampling_unavailable=monitor.unavailable if monitor else {},
+                             **({"sampling_sources": monitor.sources()} if monitor else {}))
         if backend is not None:
             backend.close()
         if engine is not None:
             engine.stop()
+
+
+def telemetry_samplers(target: Target, engine: Engine | None, models: Sequence[str]) -> list:
+    """The telemetry sources the parameters name (a Prometheus, exporter endpoints) and the embedded engine's own
+    ``/metrics`` (per model in router mode; a model not loaded is skipped, never loaded by the read)."""
+    from perfkit.sampling.prometheus import PrometheusClient, PrometheusError, PrometheusSampler, discover
+    from perfkit.sampling.scrape import ScrapeSampler, ScrapeTarget
+
+    t, out = target.telemetry, []
+    if t.prometheus is not None:
+        pr = t.prometheus
+        resolution = pr.scrape_interval_s
+        if resolution is None:
+            client = PrometheusClient(pr.url, pr.all_headers())
+            try:
+                found = discover(client, pr.selectors())
+            except PrometheusError as e:
+                raise PerfkitError(f"telemetry.prometheus: {e}") from None
+            finally:
+                client.close()
+            resolution = min((f.interval_s for f in found.values() if f.interval_s), default=None)
+            if resolution is None:
+                raise PerfkitError("telemetry.prometheus: the labels select no series with two samples yet, so the "
+                                   "scrape interval is unknown; set telemetry.prometheus.scrape_interval_s")
+        out.append(PrometheusSampler(pr.url, pr.selectors(), headers=pr.all_headers(), resolution_s=resolution))
+    if t.scrape:
+        out.append(ScrapeSampler([ScrapeTarget([u], dict(t.scrape_headers)) for u in t.scrape],
+                                 t.scrape_every_s(target.sampling.interval_s)))
+    if engine is not None and t.engine_metrics and models:
+        from urllib.parse import quote
+
+        urls = [f"{engine.base_url}/metrics?model={quote(m)}&autoload=false" for m in dict.fromkeys(models)]
+        out.append(ScrapeSampler([ScrapeTarget(urls, absent_ok=(400, 404), source="engine")], t.engine_interval_s,
+                                 source="engine"))
+    return out
 
 
 def _keep_server_log(store: RunStore, backend: Backend, mark) -> None:
@@ -181,6 +220,7 @@ def write_manifest(store: RunStore, *, backend: Backend | None = None, engine: E
     if backend is not None:
         fields.update(control=backend.control.describe(), backend=backend.describe(), models=facts)
     if monitor is not None:
-        fields.update(sampling_interval_s=monitor.interval_s, gpus_sampled=monitor.gpu.devices if monitor.gpu else [])
+        fields.update(sampling_interval_s=monitor.interval_s, gpus_sampled=monitor.gpu.devices if monitor.gpu else [],
+                      sampling_sources=monitor.sources())
     fields.update(extra or {})
     return store.write_manifest(**fields)

@@ -111,6 +111,25 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def _telemetry_lines(manifest: dict) -> list[str]:
+    """One line per telemetry source: what it is, where it reads, at what resolution, what it saw."""
+    out = []
+    for s in manifest.get("sampling_sources") or []:
+        if s.get("source") in ("gpu", "system"):
+            continue
+        what = {"prometheus": "Prometheus", "scrape": "scraped exporter", "engine": "the engine's own metrics"}.get(
+            s.get("source"), str(s.get("source")))
+        sel = "; ".join(f"{g} {{{', '.join(f'{k}={v}' for k, v in lab.items())}}}"
+                        for g, lab in (s.get("labels") or {}).items())
+        gpus = ", ".join(f"GPU {i}: {n}" for i, n in (s.get("gpus") or {}).items())
+        out.append(f"- **Telemetry** ({html.escape(what)}): {html.escape(str(s.get('origin', '')))}"
+                   + (f" selecting {html.escape(sel)}" if sel else "")
+                   + f", one reading every {fmt.duration(s.get('resolution_s'))}"
+                   + (f"; hosts: {html.escape(', '.join(s['hosts']))}" if s.get("hosts") else "")
+                   + (f"; {html.escape(gpus)}" if gpus else ""))
+    return out
+
+
 def provenance(manifest: dict, study: str, models: list[str] | None = None) -> str:
     """Markdown: how this study's numbers were made, short (its own parameters, the models it used, numbers
     formatted); the whole manifest is linked, not pasted."""
@@ -131,6 +150,7 @@ def provenance(manifest: dict, study: str, models: list[str] | None = None) -> s
              + (f"; replicate {manifest['replicate']}" if manifest.get("replicate", 1) != 1 else ""),
              f"- **Sampling**: every {_value(manifest.get('sampling_interval_s'))} s"
              + (f"; not sampled: {html.escape('; '.join(f'{k}: {v}' for k, v in sampled.items()))}" if sampled else ""),
+             *_telemetry_lines(manifest),
              "- **This study's parameters**: " + (html.escape("; ".join(f"{k} = {_value(v)}" for k, v in section.items()))
                                                    or "defaults"),
              f"- **Server settings**: {html.escape(_value((params.get('backend') or {}).get('settings') or {}))}",

@@ -1,6 +1,6 @@
 """Before any study starts, everything that can be checked is: does ``backend.url`` answer with the API the
 parameter file names, does the server have every model the studies name, does the restart command exist, a
-server log file that is named, and each study's own needs (a user's fleet answering, settings that need a
+server log file that is named, the telemetry sources (Prometheus, exporter endpoints), and each study's own needs (a user's fleet answering, settings that need a
 restart). One ``PerfkitError`` lists every problem, each naming the file and the key."""
 
 from __future__ import annotations
@@ -62,11 +62,80 @@ def check_local(params, params_path: str | Path) -> list[str]:
     return out
 
 
+def check_telemetry(params, params_path: str | Path, timeout_s: float = 10.0) -> list[str]:
+    """The telemetry sources answer and select something: Prometheus reachable, the labels of each group matching
+    series (a group's own labels that match nothing, or labels that match nothing at all, are errors), the scrape
+    interval known; each scraped URL answers in the exposition format with series perfkit reads."""
+    import httpx
+
+    from perfkit.sampling.exposition import names_of, parse
+    from perfkit.sampling.prometheus import PrometheusClient, PrometheusError, discover
+
+    t, out = params.telemetry, []
+    if t.prometheus is not None:
+        pr = t.prometheus
+        client = PrometheusClient(pr.url, pr.all_headers(), timeout_s)
+        try:
+            found = discover(client, pr.selectors())
+        except PrometheusError as e:
+            found = None
+            out.append(f"telemetry.prometheus.url: {e}")
+        finally:
+            client.close()
+        if found is not None:
+            own = {"gpu": pr.gpu_labels, "host": pr.host_labels, "server": pr.server_labels}
+            for group, f in found.items():
+                if not f.series and own[group] is not None:
+                    out.append(f"telemetry.prometheus.{group}_labels: {f.selector} matches no series in the last 5 "
+                               f"minutes (looked for {', '.join(names_of(group)[:4])} …)")
+            if not any(f.series for f in found.values()):
+                out.append(f"telemetry.prometheus.labels: {pr.selectors()} match no series perfkit reads in the last 5 "
+                           "minutes (DCGM_FI_DEV_*, node_*, llamacpp:*, vllm:*): check the label names and values "
+                           "against Prometheus's targets")
+            elif pr.scrape_interval_s is None and not any(f.interval_s for f in found.values()):
+                out.append("telemetry.prometheus.scrape_interval_s: not given, and the series have too few samples to "
+                           "measure it; give it")
+    with httpx.Client(timeout=timeout_s) as client:
+        for i, url in enumerate(t.scrape):
+            where = f"telemetry.scrape[{i}] {redact_text(url)}"
+            try:
+                r = client.get(url, headers=dict(t.scrape_headers))
+                r.raise_for_status()
+                readings = parse(r.text)
+            except httpx.HTTPError as e:
+                out.append(f"{where}: did not answer: {type(e).__name__}: {e}")
+                continue
+            except ValueError as e:
+                out.append(f"{where}: not in the Prometheus exposition format: {e}")
+                continue
+            if not readings:
+                out.append(f"{where}: answers, but with none of the series perfkit reads (DCGM_FI_DEV_*, node_*, "
+                           "llamacpp:*, vllm:*)")
+    return out
+
+
+def check_workloads(params, params_path: str | Path, studies: list[str]) -> list[str]:
+    """Each study's workload file, read whole: a malformed line is named before anything runs."""
+    from perfkit.workloads import WorkloadError, WorkloadParams, check as check_workload
+
+    out = []
+    for s in studies:
+        w = getattr(getattr(params.studies, s, None), "workload", None)
+        if isinstance(w, WorkloadParams):
+            try:
+                check_workload(w, Path(params_path).resolve().parent, f"studies.{s}.workload")
+            except WorkloadError as e:
+                out.append(str(e))
+    return out
+
+
 def check(params, params_path: str | Path, studies: list[str]) -> str:
     """Every check above and each chosen study's own; returns what was reached, raises one PerfkitError
     listing every problem otherwise."""
     reached = check_backend(params, params_path)
     problems = check_local(params, params_path) + check_models(params, params_path)
+    problems += [f"{params_path}: {p}" for p in check_telemetry(params, params_path)]
+    problems += [f"{params_path}: {p}" for p in check_workloads(params, params_path, studies)]
     for s in studies:
         problems += [f"{params_path}: {p}" for p in registry.get(s).preflight(params)]
     if problems:

@@ -73,11 +73,26 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
     return None if a == b else (prefix or "(top level)", a, b)
 
 
+def absolute_files(raw: Any, base_dir: Path) -> Any:
+    """The parameters with each study's ``workload.file`` made absolute (relative ones are read from the
+    parameter file's directory; a copy in the run directory must still find them)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for section in ((out or {}).get("studies") or {}).values() if isinstance(out, dict) else ():
+        w = section.get("workload") if isinstance(section, dict) else None
+        f = w.get("file") if isinstance(w, dict) else None
+        if isinstance(f, str) and not f.startswith("builtin:") and not Path(f).expanduser().is_absolute():
+            w["file"] = str((base_dir / Path(f).expanduser()).resolve())
+    return out
+
+
 def write_params_copy(params_path: Path, run_dir: Path) -> Path:
     """Write ``run_dir/params.yaml``: the parameters with secret values redacted (comments dropped:
-    they may hold a token too). Returns the file to measure with: the copy, or the user's file when
-    the copy had to lose secrets that measuring needs (headers are sent, never recorded)."""
-    raw = read_yaml(params_path)
+    they may hold a token too) and workload files named by absolute path. Returns the file to measure with:
+    the copy, or the user's file when the copy had to lose secrets that measuring needs (headers are sent,
+    never recorded)."""
+    raw = absolute_files(read_yaml(params_path), params_path.resolve().parent)
     red = redact(raw)
     text = (f"# The parameters of this run, from {params_path.name}, as validated at its start.\n"
             f"# Secret values (headers, keys, tokens) are replaced by {REDACTED}: they are never recorded.\n"
@@ -99,14 +114,14 @@ def resume_params(params_path: Path, run_dir: Path, info: dict[str, Any]) -> Pat
         raise PerfkitError(f"--resume {run_dir}: the run has no params.yaml, so its parameters are unknown; "
                            "start a new run")
     started = info.get("params_file") or "the parameter file the run was started with"
-    kept_raw = read_yaml(kept)
+    kept_raw = absolute_files(read_yaml(kept), kept.resolve().parent)
     if kept.resolve() == params_path.resolve():
         hidden = redacted_keys(kept_raw)
         if hidden:
             raise PerfkitError(f"--resume {run_dir}: {kept} has its secret values redacted ({', '.join(hidden)}), "
                                f"so it cannot be measured with; give {started} instead")
         return kept
-    given_raw = read_yaml(params_path)
+    given_raw = absolute_files(read_yaml(params_path), params_path.resolve().parent)
     diff = _first_difference(redact(kept_raw), redact(given_raw))
     if diff:
         key, theirs, ours = diff

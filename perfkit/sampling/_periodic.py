@@ -19,18 +19,20 @@ class PeriodicSampler:
     """
 
     source = "sampler"
+    remote = False  # True: readings of another host's exporter, as coarse as ``resolution_s``
 
     def __init__(self, interval_s: float = 0.1):
         if interval_s <= 0:
             raise ValueError(f"sampling interval must be > 0 s, got {interval_s}")
         self.interval_s = interval_s
+        self.resolution_s = interval_s
         self.samples: list[dict[str, Any]] = []
         self.unavailable: dict[str, str] = {}
         self.errors = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._drained = 0
+        self._pending: list[dict[str, Any]] = []  # taken, not yet drained into the store
 
     # subclasses
     def _setup(self) -> None: ...
@@ -42,9 +44,18 @@ class PeriodicSampler:
 
     def sample_once(self) -> list[dict[str, Any]]:
         rows = self._safe_sample(now_ns())
-        with self._lock:
-            self.samples.extend(rows)
+        self._add(rows)
         return rows
+
+    def _add(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            late = bool(self.samples) and rows[0]["t_ns"] < self.samples[-1]["t_ns"]
+            self.samples.extend(rows)
+            if late:  # a remote source's reading fetched after a later one: windows bisect on time
+                self.samples.sort(key=lambda r: r["t_ns"])
+            self._pending.extend(rows)
 
     def _safe_sample(self, t_ns: int) -> list[dict[str, Any]]:
         try:
@@ -59,10 +70,7 @@ class PeriodicSampler:
         t0 = now_ns()
         k = 0
         while not self._stop.is_set():
-            rows = self._safe_sample(now_ns())
-            if rows:
-                with self._lock:
-                    self.samples.extend(rows)
+            self._add(self._safe_sample(now_ns()))
             k = max(k + 1, (now_ns() - t0) // interval_ns + 1)
             self._stop.wait(max(0.0, (t0 + k * interval_ns - now_ns()) / 1e9))
 
@@ -83,8 +91,7 @@ class PeriodicSampler:
     def drain(self) -> list[dict[str, Any]]:
         """Samples taken since the last drain (for appending to the store)."""
         with self._lock:
-            new = self.samples[self._drained:]
-            self._drained = len(self.samples)
+            new, self._pending = self._pending, []
         return new
 
     def last_t_ns(self) -> int | None:

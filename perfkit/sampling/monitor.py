@@ -6,19 +6,26 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from perfkit.core.clock import now_ns
 from perfkit.core.records import RequestRecord
+from perfkit.sampling._periodic import PeriodicSampler
 from perfkit.sampling.gpu import GpuSampler
 from perfkit.sampling.system import SystemSampler
 
-_MEAN_MAX = ("gpu_util_pct", "power_w", "gpu_mem_used_bytes", "server_gpu_mem_bytes", "sm_clock_mhz",
-             "temperature_c", "server_cpu_pct", "server_rss_bytes", "host_cpu_pct", "other_cpu_pct", "steal_pct",
-             "client_cpu_pct")
+_MEAN_MAX = ("gpu_util_pct", "gpu_mem_util_pct", "power_w", "gpu_mem_used_bytes", "server_gpu_mem_bytes",
+             "sm_clock_mhz", "temperature_c", "server_cpu_pct", "server_rss_bytes", "host_cpu_pct", "other_cpu_pct",
+             "steal_pct", "client_cpu_pct",
+             # the server's host and the server's own metrics, from telemetry (exporters, Prometheus)
+             "server_host_cpu_pct", "server_host_mem_used_bytes", "server_requests_running", "server_requests_waiting",
+             "server_kv_cache_usage_ratio", "server_kv_cache_tokens", "server_busy_slots_per_decode")
+_PER_GPU = ("gpu_util_pct", "power_w", "gpu_mem_used_bytes", "server_gpu_mem_bytes")  # summed (util: averaged)
+_COUNTERS = ("server_prompt_tokens_total", "server_prompt_tokens_cached_total", "server_tokens_predicted_total",
+             "server_prefix_cache_hits_tokens_total", "server_prefix_cache_queries_tokens_total")
 
 # A window is noisy when the rest of the machine competed with the server and the client: other
 # processes using more than a quarter of a core on average, or the hypervisor stealing > 5%.
@@ -38,8 +45,11 @@ class Window:
     ``energy_j``: GPU energy summed over GPUs (J), from the energy counter's difference where the
     GPU has one, else power integrated over time (``energy_method`` says which); ``None`` without
     GPU. ``energy_idle_subtracted_j`` removes the idle baseline's power × duration when one was
-    measured. ``stats`` holds ``<metric>_mean`` / ``<metric>_max``; ``server_read_bytes`` is
-    what the server read from disk in the window.
+    measured. ``stats`` holds ``<metric>_mean`` / ``<metric>_max`` and ``<counter>_delta`` (a server's token
+    counters); ``server_read_bytes`` is what the server read from disk in the window, ``server_host_read_bytes``
+    what its host's disks read (node exporter). ``gpu_source``: where the GPU readings came from (``gpu``:
+    NVML here; ``prometheus``, ``scrape``); ``per_gpu``: GPU index → its own means; ``unknown``: what could not
+    be measured in this window and why (a window shorter than two scrapes of a source).
     """
 
     name: str
@@ -50,12 +60,21 @@ class Window:
     energy_method: str | None = None
     energy_idle_subtracted_j: float | None = None
     server_read_bytes: int | None = None
+    server_host_read_bytes: int | None = None
     n_samples: int = 0
+    gpu_source: str | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    per_gpu: dict[int, dict[str, float]] = field(default_factory=dict)
+    unknown: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(d.pop("stats"))
+        d.pop("per_gpu")
+        for i, vals in self.per_gpu.items():
+            d.update({f"gpu{i}_{k}": v for k, v in vals.items()})
+        unknown = d.pop("unknown")
+        d["unknown_because"] = "; ".join(f"{k}: {v}" for k, v in unknown.items()) or None
         return d
 
 
@@ -74,12 +93,13 @@ class Monitor:
     """
 
     def __init__(self, interval_s: float = 0.1, server_pids=None, *, gpu: bool = True, system: bool = True,
-                 store=None):
+                 store=None, telemetry: Sequence[PeriodicSampler] = ()):
         self.interval_s = interval_s
         self._server_pids = server_pids
         self.system = SystemSampler(interval_s, server_pids) if system else None
         self.gpu = GpuSampler(interval_s, self._all_pids if server_pids else None) if gpu else None
-        self.samplers = [s for s in (self.gpu, self.system) if s is not None]
+        self.telemetry = list(telemetry)
+        self.samplers = [s for s in (self.gpu, self.system) if s is not None] + self.telemetry
         self.store = store
         self.idle_power_w: dict[int, float] | None = None
         self.windows: list[Window] = []
@@ -97,6 +117,40 @@ class Monitor:
     @property
     def has_gpu(self) -> bool:
         return bool(self.gpu and self.gpu.handles)
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Where the readings come from, for the manifest: NVML and psutil here, and each telemetry source with
+        its origin, labels, resolution and the hosts and GPUs it has seen."""
+        out: list[dict[str, Any]] = []
+        if self.gpu is not None and self.gpu.handles:
+            out.append({"source": "gpu", "origin": "NVML on this host", "resolution_s": self.interval_s,
+                        "gpus": {str(d["gpu"]): d["name"] for d in self.gpu.devices}})
+        if self.system is not None:
+            out.append({"source": "system", "origin": "psutil on this host", "resolution_s": self.interval_s})
+        for s in self.telemetry:
+            out += s.describe()
+        return out
+
+    def telemetry_gpus(self) -> tuple[str, dict[int, str]] | None:
+        """(source, GPU index → name) of the first telemetry source that has named GPUs (the server host's)."""
+        for s in self.telemetry:
+            names = {int(i): n for i, n in (s.describe()[0].get("gpus") or {}).items()} if s.describe() else {}
+            if names:
+                return s.source, names
+        return None
+
+    def _gpu_source(self, df: pd.DataFrame) -> str | None:
+        """The one source whose GPU readings a window uses: NVML when it sees the server's GPUs, else the first
+        telemetry source with GPU readings (two views of one GPU would count its energy twice)."""
+        if "gpu" not in df or "source" not in df:
+            return None
+        have = set(df.loc[df["gpu"].notna(), "source"].unique())
+        if "gpu" in have and self.gpu is not None and (self.gpu.server_gpus or self.gpu.pids is None):
+            return "gpu"
+        for s in self.telemetry:
+            if s.source in have:
+                return s.source
+        return "gpu" if "gpu" in have else None
 
     def start(self) -> "Monitor":
         for s in self.samplers:
@@ -144,22 +198,43 @@ class Monitor:
             holder["window"] = self.measure(name, t0, now_ns())
             self.windows.append(holder["window"])
 
+    def _too_short(self, duration_s: float) -> dict[str, str]:
+        """Telemetry sources too coarse for a window: fewer than two readings fit in it."""
+        from perfkit.core import fmt
+
+        return {s.source: f"too short for the scrape interval ({fmt.duration(s.resolution_s)}) of {s.source}"
+                for s in self.telemetry if duration_s < 2 * s.resolution_s}
+
     def measure(self, name: str, t_start_ns: int, t_end_ns: int, *, wait: bool = True) -> Window:
+        w = Window(name, t_start_ns, t_end_ns, (t_end_ns - t_start_ns) * 1e-9)
+        short = self._too_short(w.duration_s)
         if wait:
             for s in self.samplers:
-                s.wait_past(t_end_ns)
-        w = Window(name, t_start_ns, t_end_ns, (t_end_ns - t_start_ns) * 1e-9)
+                if s.source not in short:
+                    s.wait_past(t_end_ns)
         # A margin of a few ticks either side lets cumulative counters be interpolated at the edges.
-        margin = int(3e9 * max((s.interval_s for s in self.samplers), default=0.1))
+        margin = int(3e9 * max((s.resolution_s for s in self.samplers), default=0.1))
         df = self.frame(t_start_ns - margin, t_end_ns + margin)
         if df.empty:
+            w.unknown.update(short)
             return w
+        if short:
+            seen = set(df["source"].unique())
+            w.unknown.update({k: v for k, v in short.items() if k in seen})
+            df = df[~df["source"].isin(short)]
+        w.gpu_source = self._gpu_source(df)
+        if w.gpu_source is not None:  # the other sources' GPU rows out: one view of each GPU
+            df = df[df["gpu"].isna() | (df["source"] == w.gpu_source)]
         inside = df[(df["t_ns"] >= t_start_ns) & (df["t_ns"] <= t_end_ns)]
         w.n_samples = len(inside)
         for m in _MEAN_MAX:
             if m in inside and inside[m].notna().any():
                 col = inside[m]
-                if m in ("gpu_util_pct", "power_w", "gpu_mem_used_bytes", "server_gpu_mem_bytes") and "gpu" in inside:
+                if m.startswith("server_") and not m.startswith("server_host") and m != "server_gpu_mem_bytes":
+                    # the server's own metrics: one reading per tick and endpoint, several models add up
+                    g = inside[inside[m].notna()].groupby("t_ns")[m]
+                    col = g.max() if m in ("server_kv_cache_usage_ratio", "server_busy_slots_per_decode") else g.sum()
+                if m in _PER_GPU and "gpu" in inside:
                     # Several GPUs: power and memory add up; utilization is averaged per GPU. Only the GPU
                     # sampler's ticks: a plain sum() made every system-sampler tick a 0 W reading, which
                     # halved mean power (measured on an H200: 322 W shown, 686 W from the energy counter).
@@ -169,20 +244,35 @@ class Monitor:
                         continue
                 w.stats[f"{m}_mean"] = float(col.mean())
                 w.stats[f"{m}_max"] = float(col.max())
-        if "source" in df and (df["source"] == "gpu").any():
-            self._energy(w, df[df["source"] == "gpu"])
-        if "server_read_bytes" in df:
-            sys = df[(df["source"] == "system") & df["server_read_bytes"].notna()]
-            if len(sys) >= 2:
-                t, y = sys["t_ns"].to_numpy(float), sys["server_read_bytes"].to_numpy(float)
-                w.server_read_bytes = int(max(0.0, _interp(t, y, t_end_ns) - _interp(t, y, t_start_ns)))
+        if w.gpu_source is not None:
+            gdf = df[df["gpu"].notna()]
+            gin = inside[inside["gpu"].notna()]
+            for i, g in gin.groupby("gpu"):
+                w.per_gpu[int(i)] = {f"{m}_mean": float(g[m].mean()) for m in _PER_GPU if m in g and g[m].notna().any()}
+            self._energy(w, gdf)
+        for col_name, attr in (("server_read_bytes", "server_read_bytes"), ("server_host_read_bytes", "server_host_read_bytes")):
+            if col_name in df:
+                sel = df[df[col_name].notna()]
+                if len(sel) >= 2:
+                    t, y = sel["t_ns"].to_numpy(float), sel[col_name].to_numpy(float)
+                    setattr(w, attr, int(max(0.0, _interp(t, y, t_end_ns) - _interp(t, y, t_start_ns))))
+        for c in _COUNTERS:
+            if c in df and df[c].notna().sum() >= 2:
+                sel = df[df[c].notna()].groupby("t_ns")[c].sum()
+                t, y = sel.index.to_numpy(float), sel.to_numpy(float)
+                w.stats[f"{c}_delta"] = float(max(0.0, _interp(t, y, t_end_ns) - _interp(t, y, t_start_ns)))
         return w
 
     def _energy(self, w: Window, gdf: pd.DataFrame) -> None:
-        # Only the GPUs the server uses: another job's GPU next to it is not this model's energy.
-        if self.gpu is None or self.gpu.pids is None or not self.gpu.server_gpus:
+        if w.gpu_source == "gpu":
+            # Only the GPUs the server uses: another job's GPU next to it is not this model's energy.
+            if self.gpu is None or self.gpu.pids is None or not self.gpu.server_gpus:
+                return
+            gdf = gdf[gdf["gpu"].isin(self.gpu.server_gpus)]
+        # Telemetry: every GPU the labels select (the user's labels name the server's host and GPUs).
+        gdf = gdf.reindex(columns=list(dict.fromkeys([*gdf.columns, "energy_j", "power_w"])))
+        if gdf.empty:
             return
-        gdf = gdf[gdf["gpu"].isin(self.gpu.server_gpus)]
         total, methods = 0.0, set()
         for _, g in gdf.groupby("gpu"):
             g = g.sort_values("t_ns")
@@ -202,7 +292,8 @@ class Monitor:
         w.energy_j = total
         w.energy_method = "+".join(sorted(methods))
         if self.idle_power_w:
-            idle_w = sum(p for g, p in self.idle_power_w.items() if g in self.gpu.server_gpus)
+            used = self.gpu.server_gpus if w.gpu_source == "gpu" and self.gpu is not None else set(gdf["gpu"].astype(int))
+            idle_w = sum(p for g, p in self.idle_power_w.items() if g in used)
             w.energy_idle_subtracted_j = total - idle_w * w.duration_s
 
     def measure_idle(self, seconds: float = 3.0) -> dict[int, float]:
@@ -214,8 +305,9 @@ class Monitor:
             s.wait_past(t1)
         df = self.frame()
         self.idle_power_w = {}
-        if not df.empty and "power_w" in df:
-            idle = df[(df["source"] == "gpu") & (df["t_ns"] >= t0) & (df["t_ns"] <= t1)]
+        src = self._gpu_source(df) if not df.empty else None
+        if src is not None and "power_w" in df:
+            idle = df[(df["source"] == src) & df["gpu"].notna() & (df["t_ns"] >= t0) & (df["t_ns"] <= t1)]
             self.idle_power_w = {int(g): float(x["power_w"].mean()) for g, x in idle.groupby("gpu")}
         if self.store is not None:
             self.store.event("idle_baseline", power_w=self.idle_power_w, seconds=seconds)
@@ -240,6 +332,8 @@ class Monitor:
             out["res_energy_per_token_j"] = out["res_energy_j"] / rec.output_tokens
         if out.get("res_energy_idle_subtracted_j") is not None and rec.output_tokens:
             out["res_energy_per_token_idle_subtracted_j"] = out["res_energy_idle_subtracted_j"] / rec.output_tokens
+        if out.get("res_energy_per_token_j") is None and w.unknown and self.telemetry:
+            out["res_energy_unknown_because"] = w.as_dict()["unknown_because"]
         out["res_noisy"] = noisy(out.get("res_other_cpu_pct_mean"), out.get("res_steal_pct_mean"))
         self.flush()
         return out

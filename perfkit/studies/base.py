@@ -22,6 +22,9 @@ from perfkit.core.errors import PerfkitError
 from perfkit.core.schema import Strict
 from perfkit.core.store import RunStore
 from perfkit.measure.session import Session, Target, session
+from perfkit.measure.workload import Workload
+from perfkit.servers.control.base import Unknown
+from perfkit.workloads import WorkloadParams
 from perfkit.servers.models import models_dir as default_models_dir
 from perfkit.studies import params as params_mod, registry
 
@@ -137,7 +140,7 @@ class StudyContext:
     @property
     def target(self) -> Target:
         p = self.params
-        return Target(p.backend, p.timeouts, p.sampling, self.models_dir, self.run_dir / "logs", p.progress)
+        return Target(p.backend, p.timeouts, p.sampling, self.models_dir, self.run_dir / "logs", p.progress, p.telemetry)
 
     @contextmanager
     def session(self, settings: Mapping[str, Any] | None = None, *,
@@ -150,6 +153,38 @@ class StudyContext:
                                "params": self.params.model_dump(mode="json"),
                                "params_file": str(self.params_path)}) as s:
             yield s
+
+
+    def workload(self, params: WorkloadParams, session: Session | None = None, model: str | None = None) -> Workload:
+        """The section's workload bound to this run (seed, nonce, the parameter file's directory) and, with a
+        session and a model, to the context one request gets on the server (a slot's, where it says)."""
+        ctx_tokens = None
+        if session is not None and model is not None:
+            try:
+                ctx_tokens = session.control.slots(model).get("n_ctx_per_slot")
+            except Unknown:
+                ctx_tokens = None
+        return Workload(params, self.params_path.resolve().parent, self.params.seed, self.store.nonce(),
+                        int(ctx_tokens) if ctx_tokens else None)
+
+
+def settings_preflight(params: Any, key: str, settings: list[dict[str, Any]]) -> list[str]:
+    """Server settings a study must apply (anything but one empty setting) need a server perfkit starts or can
+    restart with a command: the problem, naming ``key``, when the backend can't."""
+    from perfkit.client import backends
+
+    b = params.backend
+    changes = len(settings) > 1 or bool(settings[0])
+    caps = backends.capabilities(b.kind)
+    if not changes or caps.started_by_perfkit:
+        return []
+    if not caps.settings_by_restart_command:
+        return [f"{key}: applying server settings needs a server perfkit can restart; a backend of kind {b.kind!r} "
+                f"can't be (use one setting, {{}}, to measure it as it runs)"]
+    if not b.restart_command:
+        return [f"{key}: applying them needs backend.restart_command (see scripts/restart-ollama.sh); without it "
+                "give one setting, {}"]
+    return []
 
 
 def replicate_dir(study_dir: Path, replicate: int) -> Path:

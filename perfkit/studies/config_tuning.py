@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from perfkit.analysis import figures as F, series as S, stats
 from perfkit.analysis.figures import FigureSet
@@ -18,16 +18,17 @@ from perfkit.analysis.models import offload_warnings
 from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, method_note, negative_overhead_note,
                                        noisy_note, per_request_event_gap, per_request_itl)
 from perfkit.analysis.verdicts import compare_estimates, compare_samples
-from perfkit.client import backends
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.errors import ConfigError, PerfkitError
 from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, unique)
-from perfkit.core.settings import validate_settings
+from perfkit.core.settings import settings_label, validate_settings
 from perfkit.measure.cache_states import ensure_warm
 from perfkit.servers.control.base import Unknown
-from perfkit.studies.base import Study, StudyContext, StudyResult
+from perfkit.report import load
+from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
 from perfkit.studies.registry import register
+from perfkit.workloads import WorkloadParams
 
 # An open-loop rate is sustained when at least this share of its requests met every SLO, and the server kept up
 # with it (capacity ÷ rate from the latency trend, series.kept_up, at least this): below it its queue grew, and
@@ -58,9 +59,22 @@ class ConfigTuningParams(Strict):
         "within 1.5× (the highest doubled while every rate was sustained, the lowest halved while none was, a "
         "wider bracket split at its geometric middle)"))
     rate_requests: int = Field(12, ge=2, le=MAX_REQUESTS, description="requests per open-loop rate")
-    arrivals: Literal["poisson", "constant"] = "poisson"
+    arrivals: Literal["poisson", "constant", "gamma"] = "poisson"
+    burstiness: float = Field(1.0, gt=0, le=100, description="arrivals: gamma: the gaps' shape (1: Poisson; below 1: "
+                                                             "bursts and lulls)")
     num_predict: int = Field(32, ge=2, le=MAX_TOKENS)
     prompt_words: int = Field(48, ge=4, le=MAX_PROMPT_WORDS)
+    workload: WorkloadParams = Field(default_factory=WorkloadParams, description="what the requests say (default: "
+                                     "synthetic prompts no cache can serve)")
+
+    @model_validator(mode="after")
+    def _workload_fits(self):
+        if self.workload.multi_turn and self.rates_rps:
+            raise ValueError("workload kind sessions runs closed-loop users; an open-loop rate sweep (rates_rps) sends "
+                             "one-shot requests: use kind dataset for the sweep, or rates_rps: []")
+        if "burstiness" in self.model_fields_set and self.arrivals != "gamma":
+            raise ValueError("burstiness is used only with arrivals: gamma")
+        return self
 
     @field_validator("rates_rps")
     @classmethod
@@ -104,10 +118,11 @@ class ConfigTuningResult(StudyResult):
     device: dict | None = None
     retries: int = 0
     clients: pd.DataFrame = field(default_factory=pd.DataFrame)
+    load: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def label(setting: dict) -> str:
-    return ", ".join(f"{k.removeprefix('OLLAMA_')}={v}" for k, v in validate_settings(setting).items()) or "defaults"
+    return settings_label(setting)
 
 
 def verify(session, model: str) -> dict[str, Any]:
@@ -139,18 +154,7 @@ class ConfigTuning(Study):
     order = 40
 
     def preflight(self, params: Any) -> list[str]:
-        c, b = params.studies.config_tuning, params.backend
-        changes = len(c.settings) > 1 or bool(c.settings[0])
-        caps = backends.capabilities(b.kind)
-        if not changes or caps.started_by_perfkit:
-            return []
-        if not caps.settings_by_restart_command:
-            return [f"studies.config_tuning.settings: applying server settings needs a server perfkit can restart; "
-                    f"a backend of kind {b.kind!r} can't be (use one setting, {{}}, to measure it as it runs)"]
-        if not b.restart_command:
-            return ["studies.config_tuning.settings: applying them needs backend.restart_command (see "
-                    "scripts/restart-ollama.sh); without it give one setting, {}"]
-        return []
+        return settings_preflight(params, "studies.config_tuning.settings", params.studies.config_tuning.settings)
 
     def measure(self, ctx: StudyContext) -> None:
         c = ctx.cfg
@@ -163,15 +167,22 @@ class ConfigTuning(Study):
                 if i == 0:
                     ctx.store.event("device", model=c.model, **s.control.device(c.model, s.backend).as_record())
                 tags = {"config": label(setting), "config_index": i}
+                wl = ctx.workload(c.workload, s, c.model) if c.workload.kind != "synthetic" else None
                 for conc in c.concurrency:
                     s.runner.closed_loop(c.model, conc, c.requests, series=f"cfg{i}/c{conc}",
-                                         sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags)
+                                         sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags,
+                                         workload=wl)
+                if wl is not None and wl.params.kind == "trace" and not c.rates_rps:
+                    # A trace with no rates to sweep: replayed as it was recorded (time_scale applied).
+                    s.runner.open_loop(c.model, None, c.rate_requests, series=f"cfg{i}/trace", seed=ctx.params.seed,
+                                       sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags,
+                                       workload=wl)
                 rates, steps = _rates(ctx, i), 0
                 while rates:
                     rate = rates.pop(0)
                     s.runner.open_loop(c.model, rate, c.rate_requests, series=f"cfg{i}/r{rate:g}",
                                        seed=ctx.params.seed, arrivals=c.arrivals, sampling=Sampling(c.num_predict),
-                                       prompt_words=c.prompt_words, tags=tags)
+                                       prompt_words=c.prompt_words, tags=tags, workload=wl, burstiness=c.burstiness)
                     if not rates and c.rates_rps == "auto" and steps < c.rate_search_steps:
                         nxt = _next_rate(ctx.store.trials(), i, c.slo)
                         if nxt is not None:
@@ -262,7 +273,11 @@ def slo_text(slo: dict) -> str:
 
 
 def _workload(c: ConfigTuningParams, **extra: Any) -> dict[str, Any]:
-    return {"prompt_words": c.prompt_words, "num_predict": c.num_predict, **extra}
+    w = c.workload
+    out = {"prompt_words": c.prompt_words, "num_predict": c.num_predict, **extra}
+    if w.kind != "synthetic":  # two runs' figures compare only over the same traffic
+        out["workload"] = w.model_dump(mode="json", exclude_defaults=True)
+    return out
 
 
 def analyze(ctx: StudyContext) -> ConfigTuningResult:
@@ -274,6 +289,8 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         if has_kind and (ev["kind"] == "setting_check").any() else pd.DataFrame()
     slo = c.slo
     sc = S.series_checks(ev)
+    sres = S.series_resources(ev)
+    load_rows: list[dict] = []
     closed = S.last_attempt(df[df["mode"] == "closed"]) if len(df) and "mode" in df else df.iloc[0:0]
     rows, figs = [], FigureSet()
     for (i, conc), g_all in closed.groupby(["config_index", "concurrency"]) if len(closed) else ():
@@ -307,6 +324,16 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                                  where=where, workload={**wl, **slo.model_dump()}))
         rss = g["res_server_rss_bytes_max"].max() if "res_server_rss_bytes_max" in g else np.nan
         figs.add(F.reading("config_tuning", "peak_rss", rss, where=where, note="largest sample over the series"))
+        series_name = g_all["series"].iloc[0] if "series" in g_all else None
+        if series_name in sres:
+            lr = S.load_row(sres[series_name], g)
+            load_rows.append({"config": cfg, "load": f"{int(conc)} client{'s' if conc != 1 else ''}", **lr})
+            figs.add(F.reading("config_tuning", "series_gpu_util", lr["gpu_util_pct_mean"] / 100, where=where,
+                               note=f"mean over the series' {fmt.duration(lr['window_s'])} window, from "
+                                    f"{lr['gpu_source']}"))
+            figs.add(F.reading("config_tuning", "series_energy_per_token", lr["energy_per_token_j"], where=where,
+                               note=f"{fmt.number(lr['energy_j'])} J over {lr['output_tokens']} tokens, from "
+                                    f"{lr['gpu_source']}"))
         ck = checks[checks["config_index"] == i].iloc[0] if len(checks) and (checks["config_index"] == i).any() else None
         ttft50 = f_ttft.estimate if f_ttft else est([])
         tp = f_tput.estimate if f_tput else tput
@@ -340,6 +367,10 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         wl = _workload(c, rate_rps=float(r["rate_rps"]), arrivals=c.arrivals)
         figs.add(F.per_request("config_tuning", "ttft_sched_p99", g_all, lambda x: S.censored(x, "ttft_sched_s"),
                                where=where, workload={**wl, **slo.model_dump()}))
+        series_name = g_all["series"].iloc[0] if len(g_all) and "series" in g_all else None
+        if series_name in sres:
+            load_rows.append({"config": r["config"], "load": f"{r['rate_rps']:g} req/s offered",
+                              **S.load_row(sres[series_name], measured(g_all))})
     if len(rates):
         for cfg, g in rates.groupby("config", sort=False):
             okr = g[g["sustained"]]
@@ -356,7 +387,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
     return ConfigTuningResult("config_tuning", figs, df, ctx.store.manifest(), failures(df), table=table,
                               rates=rates, checks=checks, best=best_, slo=slo.model_dump(),
                               device=dev.iloc[-1].dropna().to_dict() if dev is not None else None, retries=retries,
-                              clients=S.client_table(ev, df))
+                              clients=S.client_table(ev, df), load=pd.DataFrame(load_rows))
 
 
 def _mark_headlines(figs: FigureSet, b: dict[str, dict]) -> None:
@@ -427,6 +458,15 @@ def throughput_display(res: ConfigTuningResult) -> pd.DataFrame:
                             "concurrency_achieved": "achieved clients", "server_rss_max_bytes": "peak RSS (MiB)",
                             "setting_applied": "all confirmed", "total_slots": "slots", "failed": "failed"},
                         scale={"server_rss_max_bytes": 1 / 2**20})
+
+
+def load_display(res: ConfigTuningResult) -> pd.DataFrame:
+    """What the server and its host did under each load (see :func:`perfkit.report.load.load_display`)."""
+    return load.load_display(res.load)
+
+
+def load_sources(res: ConfigTuningResult) -> str:
+    return load.load_sources(res.load, res.manifest)
 
 
 def rates_display(res: ConfigTuningResult) -> pd.DataFrame:

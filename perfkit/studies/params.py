@@ -1,6 +1,6 @@
 """Parameter sets (YAML), validated before anything runs.
 
-The file's shape: ``name``, ``description``, ``backend``, ``timeouts``, ``sampling``, ``seed``, ``progress``,
+The file's shape: ``name``, ``description``, ``backend``, ``timeouts``, ``sampling``, ``telemetry``, ``seed``, ``progress``,
 ``repeat`` and ``studies``, whose sections are the registered studies' own parameter models (each defined
 next to its study). An unknown key, a wrong type, an unknown model, cache state or setting: one
 ``ConfigError`` that names the file, the key and what is allowed.
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 from perfkit.client import backends
 from perfkit.core.errors import ConfigError
 from perfkit.core.secrets import SECRET_KEY, redact_text
-from perfkit.core.schema import NAME_RULE, BackendParams, SamplingParams, Strict, Timeouts
+from perfkit.core.schema import NAME_RULE, BackendParams, SamplingParams, Strict, TelemetryParams, Timeouts
 from perfkit.core.yamlfile import read_yaml, source_name
 from perfkit.studies import registry
 
@@ -30,6 +30,7 @@ class _Base(Strict):
     backend: BackendParams = Field(default_factory=BackendParams)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    telemetry: TelemetryParams = Field(default_factory=TelemetryParams)
     seed: int = 0
     progress: bool = False
     repeat: int = Field(1, ge=1, le=MAX_REPEAT, description="replicates of each study in one run (runs are the "

@@ -815,6 +815,9 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 messages = req.get("messages") or []
                 text = " ".join(str(m.get("content") or "") for m in messages)
                 empty = not messages
+                # what a conversation sent (its history), for tests of multi-turn clients
+                truth["messages"] = [{"role": str(m.get("role")), "content": str(m.get("content") or "")}
+                                     for m in messages]
             else:
                 text = str(req.get("prompt") or "")
                 empty = not text
@@ -926,7 +929,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                              prefill_s_planned=prefill_plan, prefill_s=prefill_s, itl_s=spec.itl_s,
                              decode_s=(t_last - t_first_tok) if t_first_tok is not None else None,
                              decode_sleep_s=decode_sleep, eval_count=len(pieces), done_reason=reason,
-                             gaps_s=[round(g, 6) for g in gaps], logprobs=want_lp)
+                             gaps_s=[round(g, 6) for g in gaps], logprobs=want_lp, output="".join(pieces))
                 app.truth.write(truth)
 
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from perfkit.core.records import RequestRecord
 from perfkit.client.stream import StreamCall
@@ -64,6 +64,26 @@ class ModelFacts:
     digest: str | None = None
     path: str | None = None  # local file, when the engine is local (enables cold_disk)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+Prompt = Union[str, list]  # a user message's text, or chat messages [{"role": ..., "content": ...}, ...]
+
+
+def as_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """Chat messages of a prompt: a text becomes one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def as_text(prompt: Prompt, where: str) -> str:
+    """The text of a one-message prompt, for an endpoint that takes text only; PerfkitError for a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1 and prompt[0].get("role") == "user":
+        return prompt[0]["content"]
+    from perfkit.core.errors import PerfkitError
+
+    raise PerfkitError(f"{where} takes one text prompt, not chat messages (a system prompt or a history): use the "
+                       "chat endpoint for this workload")
 
 
 class Backend(abc.ABC):
@@ -125,11 +145,13 @@ class Backend(abc.ABC):
         """Make ``model`` not resident, and verify it."""
 
     @abc.abstractmethod
-    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+    def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                     logprobs: bool = False, keep_alive: object = None) -> StreamCall:
-        """The streamed request for one generation, ready for the engine (``self.target``) to send."""
+        """The streamed request for one generation, ready for the engine (``self.target``) to send. ``prompt``:
+        a user message's text, or whole chat messages (``[{"role", "content"}, …]``: a system prompt, a
+        conversation's history)."""
 
-    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+    def generate(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                  timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
                  logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
         """Stream one generation and time it; failures come back as a record with ``ok=False``."""

@@ -21,7 +21,8 @@ from perfkit.core.records import RequestRecord
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import StreamCall
 from perfkit.client.backends.openai import sse_parser
-from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
+from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
+                                          as_messages)
 
 _MS = 1e-3
 _POLL_S = 0.01
@@ -185,13 +186,13 @@ class LlamaServerBackend(Backend):
         return n
 
     # ---- measured request ----------------------------------------------------------------------
-    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+    def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                     logprobs: bool = False, keep_alive: object = None) -> StreamCall:
         """A streamed chat completion; ``load_s`` is 0 (a series runs on a resident model; ``generate``
         times an autoload instead). keep_alive is a server setting here, not per request."""
         sampling = sampling or Sampling()
         body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": sampling.num_predict,
-                                "messages": [{"role": "user", "content": prompt}],
+                                "messages": as_messages(prompt),
                                 "stream_options": {"include_usage": True}}
         for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
                              ("seed", "seed")):
@@ -219,7 +220,7 @@ class LlamaServerBackend(Backend):
 
         return StreamCall.json("/v1/chat/completions", body, rec, on_line, after)
 
-    def generate(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+    def generate(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                  timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
                  logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
         call = self.stream_call(model, prompt, sampling, logprobs=logprobs)

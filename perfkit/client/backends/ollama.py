@@ -18,7 +18,8 @@ from perfkit.core.records import RequestRecord
 from perfkit.core.settings import parse_keep_alive_s
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import MalformedLine, StreamCall, StreamError, mark_token
-from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
+from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
+                                          as_messages, as_text)
 
 _NS = 1e-9
 
@@ -157,14 +158,14 @@ class OllamaBackend(Backend):
         return False
 
     # ---- measured request ----------------------------------------------------------------------
-    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+    def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                     logprobs: bool = False, keep_alive: object = None) -> StreamCall:
         sampling = sampling or Sampling()
         body: dict[str, Any] = {"model": model, "stream": True, "options": sampling.present()}
         if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
+            body["messages"] = as_messages(prompt)
         else:
-            body["prompt"] = prompt
+            body["prompt"] = as_text(prompt, "ollama's /api/generate")
         if keep_alive is not None:
             body["keep_alive"] = keep_alive_value(keep_alive)
         if logprobs:

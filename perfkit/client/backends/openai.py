@@ -19,7 +19,8 @@ from perfkit.core.errors import PerfkitError
 from perfkit.client.loadgen import HttpTarget
 from perfkit.core.records import RequestRecord
 from perfkit.client.stream import MalformedLine, StreamCall, StreamError, mark_token
-from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Sampling
+from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
+                                          as_messages, as_text)
 
 _NO_LOAD = ("an OpenAI-compatible API does not say which models are resident, nor load or unload them; "
             "cold states need a native backend (kind ollama or llama-server)")
@@ -92,16 +93,16 @@ class OpenAIBackend(Backend):
         raise Unknown(_NO_LOAD)
 
     # ---- measured request ----------------------------------------------------------------------
-    def stream_call(self, model: str, prompt: str, sampling: Sampling | None = None, *,
+    def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                     logprobs: bool = False, keep_alive: object = None) -> StreamCall:
         sampling = sampling or Sampling()
         chat = self.endpoint == "chat"
         body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": sampling.num_predict,
                                 "stream_options": {"include_usage": True}}
         if chat:
-            body["messages"] = [{"role": "user", "content": prompt}]
+            body["messages"] = as_messages(prompt)
         else:
-            body["prompt"] = prompt
+            body["prompt"] = as_text(prompt, "/v1/completions")
         for name in ("temperature", "top_p", "seed", "top_k"):  # top_k: not OpenAI's, but vLLM/SGLang/TGI/llama.cpp take it
             v = getattr(sampling, name)
             if v is not None:

@@ -63,3 +63,31 @@ def local_device(size_bytes: int | None, vram_bytes: int | None, pids: set[int],
     effective = size_bytes / (vram / gpu_bw + cpu_bytes / cpu_bw)
     return Device("gpu+cpu", names, effective, f"{src} for {vram / size_bytes:.0%} of the model, {cpu_src} for the rest",
                   gpus, cpu_bytes / size_bytes, evidence)
+
+
+def telemetry_device(size_bytes: int | None, vram_bytes: int | None, gpu_names: dict[int, str], source: str,
+                     evidence: str) -> Device:
+    """Device of a model on another host, from what the server says is in VRAM (Ollama's ``/api/ps``) and the GPUs
+    its host's exporter names (``source``): the decode limit from the datasheet bandwidth of that GPU model.
+    Which of several GPUs hold the model is not visible remotely, so they must all be one model; a partial
+    offload's CPU part runs at a bandwidth no exporter gives: unknown."""
+    from perfkit.servers.gpu_specs import datasheet_bandwidth
+
+    if not size_bytes or vram_bytes is None:
+        return Device("unknown", unknown_because="the server did not say how much of the model is in VRAM")
+    if vram_bytes <= 0:
+        return Device("cpu", offload_evidence=evidence,
+                      unknown_because="the model runs on the server host's CPU, whose memory bandwidth is not measured")
+    names = sorted(set(gpu_names.values()))
+    share = max(0.0, 1 - vram_bytes / size_bytes)
+    kind = "gpu" if vram_bytes >= size_bytes else "gpu+cpu"
+    if len(names) != 1:
+        why = (f"{source} names GPUs of different models ({', '.join(names)}); which ones hold the model is not "
+               "visible from here" if names else f"{source} names no GPU")
+        return Device(kind, cpu_share=share, offload_evidence=evidence, unknown_because=why)
+    bw, src = datasheet_bandwidth(names[0])
+    if bw is None or kind != "gpu":
+        return Device(kind, names[0], None, None, sorted(gpu_names), share, evidence,
+                      unknown_because=src if bw is None else "a partial offload: the CPU part's bandwidth on the "
+                                                                 "server host is not measured")
+    return Device("gpu", f"{names[0]} ({source})", bw, src, sorted(gpu_names), 0.0, evidence)

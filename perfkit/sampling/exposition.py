@@ -1,0 +1,177 @@
+"""What perfkit reads from the Prometheus exposition format, declared once: which exporter series (NVIDIA's
+DCGM exporter, the node exporter, llama-server's ``--metrics``, vLLM) become which sample column, in which
+unit, and how several label sets of one series combine. The direct scrape and the Prometheus source both turn
+readings into sample rows here, so a figure reads the same column whichever way it came.
+
+Parsing the text format is ``prometheus_client``'s (:func:`parse`), not ours.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+GROUPS = ("gpu", "host", "server")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One exporter series → one sample column.
+
+    ``scale`` converts to the column's unit (MiB → bytes, mJ → J); ``combine``: how label sets other than
+    the GPU's add up within one reading (``sum`` of requests or bytes, ``max`` of a ratio); ``group``: the
+    GPU's (one row per GPU), the host's or the server's."""
+
+    name: str
+    column: str
+    group: str
+    scale: float = 1.0
+    combine: str = "sum"
+
+
+MIB = 2 ** 20
+SERIES: tuple[Series, ...] = (
+    # NVIDIA DCGM exporter (dcgm-exporter's default counters; field names from dcgm_fields.h)
+    Series("DCGM_FI_DEV_GPU_UTIL", "gpu_util_pct", "gpu"),
+    Series("DCGM_FI_DEV_MEM_COPY_UTIL", "gpu_mem_util_pct", "gpu"),
+    Series("DCGM_FI_DEV_FB_USED", "gpu_mem_used_bytes", "gpu", MIB),
+    Series("DCGM_FI_DEV_FB_FREE", "gpu_mem_free_bytes", "gpu", MIB),
+    Series("DCGM_FI_DEV_FB_RESERVED", "gpu_mem_reserved_bytes", "gpu", MIB),
+    Series("DCGM_FI_DEV_POWER_USAGE", "power_w", "gpu"),
+    Series("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "energy_j", "gpu", 1e-3),  # mJ since the driver loaded
+    Series("DCGM_FI_DEV_GPU_TEMP", "temperature_c", "gpu"),
+    Series("DCGM_FI_DEV_SM_CLOCK", "sm_clock_mhz", "gpu"),
+    Series("DCGM_FI_DEV_MEM_CLOCK", "mem_clock_mhz", "gpu"),
+    # node exporter: the server host's memory and disk (CPU busy is derived from node_cpu_seconds_total)
+    Series("node_memory_MemAvailable_bytes", "server_host_mem_available_bytes", "host"),
+    Series("node_memory_MemTotal_bytes", "server_host_mem_total_bytes", "host"),
+    Series("node_disk_read_bytes_total", "server_host_read_bytes", "host"),
+    # llama-server --metrics (router mode: per model, /metrics?model=NAME)
+    Series("llamacpp:requests_processing", "server_requests_running", "server"),
+    Series("llamacpp:requests_deferred", "server_requests_waiting", "server"),
+    Series("llamacpp:n_busy_slots_per_decode", "server_busy_slots_per_decode", "server", combine="max"),
+    Series("llamacpp:kv_cache_usage_ratio", "server_kv_cache_usage_ratio", "server", combine="max"),
+    Series("llamacpp:kv_cache_tokens", "server_kv_cache_tokens", "server"),
+    Series("llamacpp:prompt_tokens_total", "server_prompt_tokens_total", "server"),
+    Series("llamacpp:prompt_tokens_cached_total", "server_prompt_tokens_cached_total", "server"),
+    Series("llamacpp:tokens_predicted_total", "server_tokens_predicted_total", "server"),
+    # vLLM (its "perc" gauges are ratios 0–1)
+    Series("vllm:num_requests_running", "server_requests_running", "server"),
+    Series("vllm:num_requests_waiting", "server_requests_waiting", "server"),
+    Series("vllm:gpu_cache_usage_perc", "server_kv_cache_usage_ratio", "server", combine="max"),
+    Series("vllm:kv_cache_usage_perc", "server_kv_cache_usage_ratio", "server", combine="max"),
+    Series("vllm:prompt_tokens_total", "server_prompt_tokens_total", "server"),
+    Series("vllm:generation_tokens_total", "server_tokens_predicted_total", "server"),
+    Series("vllm:prefix_cache_hits_total", "server_prefix_cache_hits_tokens_total", "server"),
+    Series("vllm:prefix_cache_queries_total", "server_prefix_cache_queries_tokens_total", "server"),
+)
+NODE_CPU = "node_cpu_seconds_total"
+BY_NAME: dict[str, Series] = {s.name: s for s in SERIES}
+NAMES: tuple[str, ...] = tuple(dict.fromkeys([s.name for s in SERIES] + [NODE_CPU]))
+
+
+def names_of(group: str) -> list[str]:
+    """The exporter series of one group (``gpu``, ``host``, ``server``)."""
+    return [s.name for s in SERIES if s.group == group] + ([NODE_CPU] if group == "host" else [])
+
+
+def group_of(name: str) -> str | None:
+    return "host" if name == NODE_CPU else (BY_NAME[name].group if name in BY_NAME else None)
+
+
+Reading = tuple[str, Mapping[str, str], float]  # (series name, labels, value)
+
+
+def parse(text: str) -> list[Reading]:
+    """The readings of an exposition-format page (``prometheus_client``'s parser), only the series perfkit
+    reads; ValueError when the page is not in the format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: list[Reading] = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            name = s.name
+            if name not in BY_NAME and name.endswith("_total") and name[:-6] in BY_NAME:
+                name = name[:-6]  # the parser adds _total to a counter that lacks it (DCGM's energy counter)
+            if name in BY_NAME or name == NODE_CPU:
+                out.append((name, s.labels, float(s.value)))
+    return out
+
+
+def gpu_index(labels: Mapping[str, str]) -> int | None:
+    """The GPU a DCGM series belongs to: its ``gpu`` label, else the digits of ``device`` (nvidia0)."""
+    for key in ("gpu", "GPU_I_ID", "device"):
+        m = re.search(r"\d+", str(labels.get(key, "")))
+        if m:
+            return int(m.group())
+    return None
+
+
+class Converter:
+    """Readings of one source → sample rows; keeps the last CPU counters, so CPU busy is a rate between two
+    readings of the same source.
+
+    Args:
+        source: the ``source`` every row carries (``prometheus``, ``scrape``, ``engine``).
+        resolution_s: seconds between the source's readings (its scrape interval), on every row.
+        origin: where the readings came from (an URL, a Prometheus selector), on every row.
+    """
+
+    def __init__(self, source: str, resolution_s: float, origin: str = ""):
+        self.source, self.resolution_s, self.origin = source, resolution_s, origin
+        self._cpu_last: tuple[float, float] | None = None  # (busy+idle total, idle) seconds
+        self.gpu_names: dict[int, str] = {}
+        self.hosts: set[str] = set()
+
+    def rows(self, t_ns: int, readings: Iterable[Reading], **extra: Any) -> list[dict[str, Any]]:
+        base = {"source": self.source, "t_ns": t_ns, "resolution_s": self.resolution_s, "origin": self.origin, **extra}
+        gpus: dict[int, dict[str, Any]] = {}
+        groups: dict[str, dict[str, float]] = {"host": {}, "server": {}}
+        cpu_total = cpu_idle = 0.0
+        seen_cpu = False
+        for name, labels, value in readings:
+            if name == NODE_CPU:
+                seen_cpu = True
+                cpu_total += value
+                if labels.get("mode") in ("idle", "iowait"):
+                    cpu_idle += value
+                continue
+            s = BY_NAME.get(name)
+            if s is None or value != value:  # NaN: the exporter had no reading
+                continue
+            v = value * s.scale
+            host = labels.get("Hostname") or labels.get("instance")
+            if host:
+                self.hosts.add(str(host))
+            if s.group == "gpu":
+                i = gpu_index(labels)
+                if i is None:
+                    continue
+                if labels.get("modelName"):
+                    self.gpu_names[i] = str(labels["modelName"])
+                gpus.setdefault(i, {})[s.column] = v
+                continue
+            g = groups[s.group]
+            if s.column in g:
+                g[s.column] = max(g[s.column], v) if s.combine == "max" else g[s.column] + v
+            else:
+                g[s.column] = v
+        out = []
+        for i, vals in sorted(gpus.items()):
+            if "gpu_mem_used_bytes" in vals and "gpu_mem_free_bytes" in vals:
+                vals["gpu_mem_total_bytes"] = (vals["gpu_mem_used_bytes"] + vals["gpu_mem_free_bytes"]
+                                               + vals.get("gpu_mem_reserved_bytes", 0.0))
+            out.append({**base, "gpu": i, **vals})
+        host = groups["host"]
+        if seen_cpu:
+            last, self._cpu_last = self._cpu_last, (cpu_total, cpu_idle)
+            if last is not None and cpu_total > last[0]:
+                host["server_host_cpu_pct"] = 100.0 * (1 - (cpu_idle - last[1]) / (cpu_total - last[0]))
+        if "server_host_mem_available_bytes" in host and "server_host_mem_total_bytes" in host:
+            host["server_host_mem_used_bytes"] = host["server_host_mem_total_bytes"] - host["server_host_mem_available_bytes"]
+        if host:
+            out.append({**base, **host})
+        if groups["server"]:
+            out.append({**base, **groups["server"]})
+        return out

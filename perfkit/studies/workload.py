@@ -1,0 +1,325 @@
+"""The workload study: how the assistant behaves with N users chatting. Chat sessions (conversations whose later
+turns carry the history the server answered) at several user counts × server settings: TTFT by turn index (does
+the prompt cache keep later turns fast?), the prompt share the server served from its cache per turn, the
+tokens in flight, the server's memory and queue, conversations that outgrow the context, and any model reload
+the server did during a session."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pydantic import Field, field_validator, model_validator
+
+from perfkit.analysis import figures as F, series as S
+from perfkit.analysis.figures import FigureSet
+from perfkit.analysis.requests import ci_cell, col, est, failures, measured
+from perfkit.analysis.verdicts import compare_samples
+from perfkit.client.backends import Sampling
+from perfkit.core import fmt
+from perfkit.core.errors import ConfigError
+from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list
+from perfkit.core.settings import settings_label, validate_settings
+from perfkit.report import load
+from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
+from perfkit.studies.registry import register
+from perfkit.workloads import WorkloadParams
+from perfkit.workloads.spec import resolve_file
+
+RELOAD_S = 0.5  # a turn whose server-reported load took longer: the model was (re)loaded during the session
+
+
+def _chat() -> WorkloadParams:
+    return WorkloadParams(kind="sessions", file="builtin:chat")
+
+
+class WorkloadStudyParams(Strict):
+    """``studies.workload``: chat sessions (``workload``, kind sessions; default: the conversations shipped with
+    perfkit) at each user count of ``users`` and each server setting of ``settings``, about ``requests`` turns per
+    series (whole conversations)."""
+
+    model: str
+    workload: WorkloadParams = Field(default_factory=_chat)
+    users: list[int] = Field(default_factory=lambda: [1, 4])
+    settings: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1)
+    requests: int = Field(24, ge=1, le=MAX_REQUESTS, description="turns per series, about (whole conversations)")
+    num_predict: int = Field(48, ge=2, le=MAX_TOKENS)
+    slo: Slo = Field(default_factory=Slo)
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v):
+        return concurrency_list(v)
+
+    @field_validator("settings")
+    @classmethod
+    def _grid(cls, v):
+        for i, s in enumerate(v):
+            try:
+                validate_settings(s)
+            except ConfigError as e:
+                raise ValueError(f"entry {i}: {str(e).removeprefix('settings: ')}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _sessions(self):
+        if not self.workload.multi_turn:
+            raise ValueError("the workload study measures chat sessions: workload kind sessions (one-shot traffic "
+                             "of a dataset, a shared prefix or a trace goes through config_tuning's workload)")
+        return self
+
+
+@dataclass
+class WorkloadResult(StudyResult):
+    turns: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sessions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    load: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reuse_visible: bool = False
+    load_visible: bool = False
+    workload: dict[str, Any] = field(default_factory=dict)
+
+
+@register
+class WorkloadStudy(Study):
+    name = "workload"
+    title = "Chat sessions: N users talking to the assistant"
+    question = "How does the assistant behave with N users chatting: do later turns stay fast, and what does it hold?"
+    Params = WorkloadStudyParams
+    order = 45
+
+    def preflight(self, params: Any) -> list[str]:
+        return settings_preflight(params, "studies.workload.settings", params.studies.workload.settings)
+
+    def measure(self, ctx: StudyContext) -> None:
+        c = ctx.cfg
+        with ctx.session(c.settings[0]) as s:
+            for i, setting in enumerate(c.settings):
+                if i:
+                    s.restart(setting)
+                wl = ctx.workload(c.workload, s, c.model)
+                path = resolve_file(c.workload.file, wl.base_dir)
+                ctx.store.event("workload", config_index=i, config=settings_label(setting), file=str(path),
+                                file_sha256=_sha256(path), context_tokens=wl.context_tokens,
+                                load_seen_per_request=s.backend.capabilities.load_seen_per_request,
+                                cached_tokens_counted=s.backend.name != "ollama")
+                tags = {"config": settings_label(setting), "config_index": i}
+                for u in c.users:
+                    s.runner.sessions(c.model, u, c.requests, series=f"set{i}/u{u}", workload=wl,
+                                      sampling=Sampling(c.num_predict), tags=tags)
+
+    def analyze(self, ctx: StudyContext) -> WorkloadResult:
+        return analyze(ctx)
+
+    def conclusions(self, result: WorkloadResult) -> str:
+        return conclusions(result)
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _reuse(rows: pd.DataFrame) -> pd.Series:
+    """Cached ÷ prompt tokens of each request, as the server counted them (NaN where it did not say)."""
+    cached, prompt = col(rows, "cached_tokens"), col(rows, "prompt_tokens")
+    return (pd.to_numeric(cached, errors="coerce") / pd.to_numeric(prompt, errors="coerce")).where(prompt > 0)
+
+
+def in_flight(rows: pd.DataFrame) -> tuple[float, float]:
+    """Tokens held by the requests in flight (prompt + output, the server's counts), time-averaged over the series
+    and at most: what the KV cache must hold."""
+    r = rows.dropna(subset=["t_send_ns", "t_end_ns"]) if {"t_send_ns", "t_end_ns"} <= set(rows) else rows.iloc[0:0]
+    if r.empty:
+        return math.nan, math.nan
+    tok = pd.to_numeric(col(r, "prompt_tokens"), errors="coerce").fillna(0) + \
+        pd.to_numeric(col(r, "output_tokens"), errors="coerce").fillna(0)
+    t0, t1 = float(r["t_send_ns"].min()), float(r["t_end_ns"].max())
+    if t1 <= t0:
+        return math.nan, math.nan
+    dur = (r["t_end_ns"] - r["t_send_ns"]).astype(float)
+    mean = float((tok * dur).sum() / (t1 - t0))
+    events = sorted([(float(a), float(k)) for a, k in zip(r["t_send_ns"], tok)] +
+                    [(float(b), -float(k)) for b, k in zip(r["t_end_ns"], tok)], key=lambda e: (e[0], e[1]))
+    level = peak = 0.0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    return mean, peak
+
+
+def analyze(ctx: StudyContext) -> WorkloadResult:
+    c = ctx.cfg
+    df = S.last_attempt(ctx.store.trials())
+    ev = ctx.store.events()
+    wev = ev[ev["kind"] == "workload"] if len(ev) and "kind" in ev and (ev["kind"] == "workload").any() else None
+    winfo = wev.iloc[-1].dropna().to_dict() if wev is not None else {}
+    reuse_visible = bool(winfo.get("cached_tokens_counted", False))
+    load_visible = bool(winfo.get("load_seen_per_request", False))
+    ok = measured(df) if len(df) else df
+    sres = S.series_resources(ev)
+    figs, turn_rows, sess_rows, load_rows = FigureSet(), [], [], []
+    wl_fig = {"workload": c.workload.model_dump(mode="json", exclude_defaults=True), "num_predict": c.num_predict,
+              "requests": c.requests}
+    for (i, users), g_all in (df.groupby(["config_index", "users"], sort=True) if len(df) else ()):
+        g = ok[(ok["config_index"] == i) & (ok["users"] == users)] if len(ok) else ok
+        cfg = g_all["config"].iloc[0]
+        for turn, t in g.groupby("turn", sort=True):
+            where = {"setting": cfg, "users": int(users), "turn": int(turn) + 1}
+            figs.add(F.per_request("workload", "ttft", t, "ttft_s", where=where, workload={**wl_fig, "users": int(users)}))
+            reuse = _reuse(t)
+            if reuse_visible:
+                figs.add(F.per_request("workload", "prefix_reuse", t, lambda r: _reuse(r), where=where,
+                                       workload={**wl_fig, "users": int(users)}))
+            ta = g_all[g_all["turn"] == turn]
+            e_ttft = est(col(t, "ttft_s"))
+            turn_rows.append({"config": cfg, "users": int(users), "turn": int(turn) + 1, "n": len(t),
+                              "failed": int(len(ta) - len(t)), "ttft_p50_s": e_ttft.value, "ttft_lo": e_ttft.lo,
+                              "ttft_hi": e_ttft.hi, "ttft": ci_cell(e_ttft),
+                              "prompt_tokens": float(pd.to_numeric(col(t, "prompt_tokens"), errors="coerce").median()),
+                              "reuse": float(reuse.median()) if reuse_visible and reuse.notna().any() else math.nan,
+                              "prefill": ci_cell(est(col(t, "prefill_s"))),
+                              "over_context": int(col(ta, "over_context").fillna(False).astype(bool).sum()),
+                              "truncated": int(col(ta, "server_truncated").fillna(False).astype(bool).sum())})
+        mean_tok, max_tok = in_flight(g)
+        loads = pd.to_numeric(col(g, "load_s"), errors="coerce")
+        over = g_all[col(g_all, "over_context").fillna(False).astype(bool)]
+        refused = over[~over["ok"].astype(bool)] if "ok" in over else over.iloc[0:0]
+        sess_rows.append({"config": cfg, "users": int(users), "conversations": int(g_all["session"].nunique())
+                          if "session" in g_all else 0, "turns": len(g_all), "failed": int(len(g_all) - len(g)),
+                          "turns_per_conversation": (float(g_all.groupby("session")["turn"].max().mean() + 1)
+                                                     if "session" in g_all and len(g_all) else math.nan),
+                          "tokens_in_flight_mean": mean_tok, "tokens_in_flight_max": max_tok,
+                          "reloads": int((loads > RELOAD_S).sum()) if load_visible else None,
+                          "over_context": len(over), "refused_over_context": len(refused),
+                          "truncated": int(col(g_all, "server_truncated").fillna(False).astype(bool).sum()),
+                          "context_tokens": winfo.get("context_tokens")})
+        series = g_all["series"].iloc[0]
+        if series in sres:
+            load_rows.append({"config": cfg, "load": f"{int(users)} user{'s' if users != 1 else ''}",
+                              **S.load_row(sres[series], g)})
+    turns, sess = pd.DataFrame(turn_rows), pd.DataFrame(sess_rows)
+    _mark_headlines(figs, turns)
+    return WorkloadResult("workload", figs, df, ctx.store.manifest(), failures(df) if len(df) else "",
+                          turns=turns, sessions=sess, load=pd.DataFrame(load_rows), reuse_visible=reuse_visible,
+                          load_visible=load_visible, workload=winfo)
+
+
+def _mark_headlines(figs: FigureSet, turns: pd.DataFrame) -> None:
+    """The index shows TTFT of the first and the last turn at the most users (of the first setting)."""
+    if turns.empty:
+        return
+    t = turns[turns["config"] == turns["config"].iloc[0]]
+    u = int(t["users"].max())
+    t = t[t["users"] == u]
+    for turn, name in ((int(t["turn"].min()), "first-turn TTFT"), (int(t["turn"].max()), "last-turn TTFT")):
+        f = figs.get(f"workload/ttft/{t['config'].iloc[0]}/{u}/{turn}")
+        if f is not None and not f.headline:
+            f.headline = name
+
+
+def turns_display(res: WorkloadResult) -> pd.DataFrame:
+    """TTFT (p50, 95% CI) by setting, users and turn, with the prompt's size in server tokens, the share the server
+    served from its cache, the prefill time, and turns over the context."""
+    t = res.turns
+    if t.empty:
+        return t
+    out = pd.DataFrame({"setting": t["config"], "users": t["users"], "turn": t["turn"], "n": t["n"],
+                        "TTFT p50": t["ttft"],
+                        "prompt tokens (p50)": [fmt.number(x) for x in t["prompt_tokens"]],
+                        "from the server's cache (p50)": [fmt.pct(x) if pd.notna(x) else "not counted by this server"
+                                                          for x in t["reuse"]],
+                        "prefill p50": t["prefill"], "over the context": t["over_context"],
+                        "failed": t["failed"]})
+    return out.set_index(["setting", "users", "turn"])
+
+
+def sessions_display(res: WorkloadResult) -> pd.DataFrame:
+    t = res.sessions
+    if t.empty:
+        return t
+    rows = []
+    for _, r in t.iterrows():
+        rows.append({"setting": r["config"], "users": r["users"], "conversations": r["conversations"],
+                     "turns sent": r["turns"], "failed": r["failed"],
+                     "turns per conversation": fmt.number(r["turns_per_conversation"]),
+                     "tokens in flight (mean / max)": f"{fmt.number(r['tokens_in_flight_mean'])} / "
+                                                      f"{fmt.number(r['tokens_in_flight_max'])}",
+                     "model reloads": (str(r["reloads"]) if r["reloads"] is not None and pd.notna(r["reloads"])
+                                       else "not visible per request"),
+                     "over the context": (f"{r['over_context']} (refused {r['refused_over_context']}, truncated "
+                                          f"{r['truncated']})" if r["over_context"] else "0"),
+                     "context per request": (fmt.number(r["context_tokens"]) + " tokens"
+                                             if pd.notna(r.get("context_tokens")) else "unknown")})
+    return pd.DataFrame(rows).set_index(["setting", "users"])
+
+
+def load_display(res: WorkloadResult) -> pd.DataFrame:
+    return load.load_display(res.load)
+
+
+def load_sources(res: WorkloadResult) -> str:
+    return load.load_sources(res.load, res.manifest)
+
+
+def _later_vs_first(res: WorkloadResult, cfg: str, users: int) -> str:
+    """TTFT of the last turn against the first at one setting and user count: a verdict only when its CI says so."""
+    df = measured(res.trials)
+    g = df[(df["config"] == cfg) & (df["users"] == users)]
+    if g.empty or g["turn"].nunique() < 2:
+        return ""
+    first, last = int(g["turn"].min()), int(g["turn"].max())
+    a, b = col(g[g["turn"] == first], "ttft_s"), col(g[g["turn"] == last], "ttft_s")
+    row = compare_samples(list(a), list(b), "lower", kind="duration")
+    r = row.ratio
+    base = (f"turn {last + 1}'s TTFT ({F.format_estimate(est(b), 'duration')}) against turn 1's "
+            f"({F.format_estimate(est(a), 'duration')})")
+    if not math.isfinite(r.value) or not r.has_ci:
+        return f"{base}: too few requests per turn for a CI of their ratio"
+    ratio = f"{fmt.ratio(r.value)} [{fmt.ratio(r.lo)}, {fmt.ratio(r.hi)}]"
+    if r.lo > 1:
+        return f"{base}: **later turns are slower**, {ratio} (Hodges–Lehmann, 95% CI)"
+    if r.hi < 1:
+        return f"{base}: later turns are faster, {ratio}"
+    return f"{base}: no difference the data can show, {ratio}"
+
+
+def conclusions(res: WorkloadResult) -> str:
+    """Per setting and user count: later turns against the first (a verdict only where the CI excludes no change),
+    the prompt share served from the cache, tokens in flight, conversations over the context, reloads."""
+    if res.turns.empty:
+        return "No chat turn was measured" + (f": {res.failures}" if res.failures else ".")
+    lines = []
+    for (cfg, users), t in res.turns.groupby(["config", "users"], sort=False):
+        head = f"- **{cfg}, {users} user{'s' if users != 1 else ''}**: "
+        parts = [_later_vs_first(res, cfg, int(users))]
+        later = t[t["turn"] > 1]
+        if res.reuse_visible and later["reuse"].notna().any():
+            parts.append(f"the server served {fmt.pct(float(later['reuse'].median()))} of later turns' prompt tokens "
+                         f"from its cache (median of the turns' medians; turn 1: "
+                         f"{fmt.pct(float(t[t['turn'] == 1]['reuse'].median())) if (t['turn'] == 1).any() else '—'})")
+        elif not res.reuse_visible:
+            parts.append("how much of each prompt came from the server's cache is not counted by this server "
+                         "(Ollama counts cached tokens in prompt_eval_count)")
+        s = res.sessions[(res.sessions["config"] == cfg) & (res.sessions["users"] == users)]
+        if len(s):
+            r = s.iloc[0]
+            parts.append(f"{fmt.number(r['tokens_in_flight_mean'])} tokens in flight on average, "
+                         f"{fmt.number(r['tokens_in_flight_max'])} at most")
+            if r["over_context"]:
+                parts.append(f"**{r['over_context']} turns outgrew the context** of {fmt.number(r['context_tokens'])} "
+                             f"tokens (estimated before sending): the server refused {r['refused_over_context']} and "
+                             f"truncated {r['truncated']}")
+            if r["reloads"]:
+                parts.append(f"**the server reloaded the model {r['reloads']} times during the sessions** (a load of "
+                             f"> {RELOAD_S:g} s reported by a request)")
+        lines.append(head + "; ".join(p for p in parts if p) + ".")
+    n = int(res.turns["n"].sum())
+    lines.append(f"\n{n} turns measured in all; TTFT per turn is the median with its 95% CI (order statistics).")
+    if res.failures:
+        lines.append(f"\n{res.failures}")
+    return "\n".join(lines)
+
+
