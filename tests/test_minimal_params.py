@@ -39,7 +39,8 @@ def test_defaults_on_the_embedded_engine(tmp_path):
     studies = {"cold_start": {"model": "smollm2-135m-q4_1"},
                "model_size": {"models": ["smollm2-135m-q4_1", "smollm2-135m-q4_0"]},
                "quantization": {"models": ["smollm2-135m-q8_0", "smollm2-135m-q4_0"]},
-               "config_tuning": {"model": "smollm2-135m-q4_1", "settings": [{}]}}
+               "config_tuning": {"model": "smollm2-135m-q4_1", "settings": [{}]},
+               "workload": {"model": "smollm2-135m-q4_1"}}
     if nginx_binary():
         studies["fleet"] = {"model": "smollm2-135m-q4_1"}
     run_dir = perfkit_run({"name": "minimal", "studies": studies}, tmp_path, name="minimal.yaml")
@@ -54,7 +55,8 @@ def test_defaults_against_an_ollama_perfkit_cannot_restart(tmp_path, scripted_mo
         studies = {"cold_start": {"model": "tiny"},
                    "model_size": {"models": ["qwen2.5:32b-instruct-q4_0", "tiny"]},
                    "quantization": {"models": ["qwen2.5:32b-instruct-q8_0", "qwen2.5:32b-instruct-q4_0"]},
-                   "config_tuning": {"model": "tiny", "settings": [{}]}}
+                   "config_tuning": {"model": "tiny", "settings": [{}]},
+                   "workload": {"model": "tiny"}}
         run_dir = perfkit_run({"name": "minimal-ollama", "backend": {"kind": "ollama", "url": so.url},
                                "studies": studies}, tmp_path, name="minimal.yaml")
     _every_study_reported(run_dir, list(studies))

@@ -230,8 +230,10 @@ class TelemetryParams(Strict):
                                                                              "least 0.5 s")
     scrape_headers: dict[str, str] = Field(default_factory=dict, description="sent to the scraped endpoints, never "
                                                                              "recorded")
-    engine_metrics: bool = Field(True, description="the embedded engine's own /metrics (queue, slots, prompt cache)")
-    engine_interval_s: float = Field(0.25, gt=0, le=60, description="how often the engine's /metrics is read")
+    engine_metrics: bool = Field(True, description="the embedded engine's own /metrics (queue, slots, prompt cache), "
+                                                   "read during the studies that send load")
+    engine_interval_s: float = Field(0.5, gt=0, le=60, description="how often the engine's /metrics is read (its "
+                                                                   "cost to the server: bench/telemetry.py)")
 
     @field_validator("scrape")
     @classmethod

@@ -144,14 +144,14 @@ class StudyContext:
 
     @contextmanager
     def session(self, settings: Mapping[str, Any] | None = None, *,
-                keep_alive_s: float | None = None) -> Iterator[Session]:
+                keep_alive_s: float | None = None, server_metrics: bool = False) -> Iterator[Session]:
         """The server with ``base settings + settings`` (see :func:`perfkit.measure.session.session`)."""
         name = self.name if self.replicate == 1 else f"{self.name}-r{self.replicate}"
         with session(self.target, self.store, name=name, settings=settings, keep_alive_s=keep_alive_s,
                      models=[m for _, m in self.study.models_used(self.cfg)],
                      manifest={"study": self.name, "replicate": self.replicate,
                                "params": self.params.model_dump(mode="json"),
-                               "params_file": str(self.params_path)}) as s:
+                               "params_file": str(self.params_path)}, server_metrics=server_metrics) as s:
             yield s
 
 

@@ -158,7 +158,7 @@ class ConfigTuning(Study):
 
     def measure(self, ctx: StudyContext) -> None:
         c = ctx.cfg
-        with ctx.session(c.settings[0]) as s:
+        with ctx.session(c.settings[0], server_metrics=True) as s:
             for i, setting in enumerate(c.settings):
                 if i:
                     s.restart(setting)
@@ -356,7 +356,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                      "retries": int(g_all["stale_retry"].astype("boolean").fillna(False).astype(bool).sum()) if "stale_retry" in g_all else 0,
                      "goodput_rps": good,
                      "noisy_requests": int(g.get("res_noisy", pd.Series(dtype=bool)).astype("boolean").fillna(False).astype(bool).sum()),
-                     "server_rss_max_bytes": rss,
+                     "server_rss_max_bytes": rss, "prompt_cached_share": _cached_share(g),
                      "setting_applied": None if ck is None else ck.get("all_applied"),
                      "total_slots": None if ck is None else ck.get("total_slots")})
     table = pd.DataFrame(rows)
@@ -456,8 +456,20 @@ def throughput_display(res: ConfigTuningResult) -> pd.DataFrame:
     return format_table(t, {"config": "setting", "concurrency": "clients", "throughput_text": "output throughput",
                             "requests_s": "requests/s", "goodput_rps": "goodput req/s",
                             "concurrency_achieved": "achieved clients", "server_rss_max_bytes": "peak RSS (MiB)",
+                            "prompt_cached_share": "prompt from the server's cache (%)",
                             "setting_applied": "all confirmed", "total_slots": "slots", "failed": "failed"},
-                        scale={"server_rss_max_bytes": 1 / 2**20})
+                        scale={"server_rss_max_bytes": 1 / 2**20, "prompt_cached_share": 100})
+
+
+def _cached_share(rows: pd.DataFrame) -> float:
+    """Share of the series' prompt tokens the server served from its cache, by its own counts (NaN where it does
+    not count them): synthetic prompts keep it to the chat template's head; a workload's shared prefixes and
+    histories raise it."""
+    if "cached_tokens" not in rows or "prompt_tokens" not in rows:
+        return math.nan
+    r = rows[rows["cached_tokens"].notna() & rows["prompt_tokens"].notna()]
+    total = float(pd.to_numeric(r["prompt_tokens"], errors="coerce").sum())
+    return float(pd.to_numeric(r["cached_tokens"], errors="coerce").sum()) / total if total > 0 else math.nan
 
 
 def load_display(res: ConfigTuningResult) -> pd.DataFrame:

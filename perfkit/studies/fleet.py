@@ -36,6 +36,7 @@ from perfkit.servers.fleet import FLEET_MODEL, Fleet
 from perfkit.servers.nginx import install_hint, nginx_binary, nginx_version, parse_access_log
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
+from perfkit.workloads import WorkloadParams
 
 
 class FleetProxyParams(Strict):
@@ -72,6 +73,8 @@ class FleetParams(Strict):
     cache_reps: int = Field(4, ge=2, le=MAX_REPS)
     stale_model: str | None = Field(None, description="embedded: the model the served name is switched to, "
                                     "to show a cached answer outliving a model change")
+    workload: WorkloadParams = Field(default_factory=WorkloadParams, description="what the scaling series' requests "
+                                     "say (the other phases probe the proxy with perfkit's own prompts)")
 
     @field_validator("concurrency")
     @classmethod
@@ -154,6 +157,7 @@ class _Phase:
         self.direct = [Runner(_client(ctx, s.url), ctx.store, **kw) for s in fleet.servers]
         self.model = _model(ctx, fleet)
         self.sampling = Sampling(self.c.num_predict)
+        self.workload = ctx.workload(self.c.workload) if self.c.workload.kind != "synthetic" else None
 
     def event(self, kind: str, **data: Any) -> None:
         self.ctx.store.event(kind, wall_unix_s=time.time(), t_ns=now_ns(), **data)
@@ -196,9 +200,11 @@ def _scaling(ph: _Phase) -> None:
     for conc in ph.c.concurrency:
         tags = {"phase": "scaling", "clients_per_server": conc}
         ph.direct[0].closed_loop(ph.model, conc, ph.c.requests, series=f"scaling/direct/c{conc}",
-                                 sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "direct"})
+                                 sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "direct"},
+                                 workload=ph.workload)
         ph.proxy.closed_loop(ph.model, n * conc, n * ph.c.requests, series=f"scaling/proxy/c{n * conc}",
-                             sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "proxy"})
+                             sampling=ph.sampling, prompt_words=ph.c.prompt_words, tags={**tags, "target": "proxy"},
+                             workload=ph.workload)
 
 
 def _overhead(ph: _Phase) -> None:

@@ -94,7 +94,7 @@ class WorkloadStudy(Study):
 
     def measure(self, ctx: StudyContext) -> None:
         c = ctx.cfg
-        with ctx.session(c.settings[0]) as s:
+        with ctx.session(c.settings[0], server_metrics=True) as s:
             for i, setting in enumerate(c.settings):
                 if i:
                     s.restart(setting)
@@ -160,6 +160,7 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
     load_visible = bool(winfo.get("load_seen_per_request", False))
     ok = measured(df) if len(df) else df
     sres = S.series_resources(ev)
+    log_counts = _log_counts(ctx, ev, df)
     figs, turn_rows, sess_rows, load_rows = FigureSet(), [], [], []
     wl_fig = {"workload": c.workload.model_dump(mode="json", exclude_defaults=True), "num_predict": c.num_predict,
               "requests": c.requests}
@@ -195,7 +196,8 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
                           "reloads": int((loads > RELOAD_S).sum()) if load_visible else None,
                           "over_context": len(over), "refused_over_context": len(refused),
                           "truncated": int(col(g_all, "server_truncated").fillna(False).astype(bool).sum()),
-                          "context_tokens": winfo.get("context_tokens")})
+                          "context_tokens": winfo.get("context_tokens"),
+                          **log_counts.get(g_all["series"].iloc[0], {"log": log_counts.get("", "")})})
         series = g_all["series"].iloc[0]
         if series in sres:
             load_rows.append({"config": cfg, "load": f"{int(users)} user{'s' if users != 1 else ''}",
@@ -205,6 +207,27 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
     return WorkloadResult("workload", figs, df, ctx.store.manifest(), failures(df) if len(df) else "",
                           turns=turns, sessions=sess, load=pd.DataFrame(load_rows), reuse_visible=reuse_visible,
                           load_visible=load_visible, workload=winfo)
+
+
+def _log_counts(ctx: StudyContext, ev: pd.DataFrame, df: pd.DataFrame) -> dict[str, Any]:
+    """series → model (re)starts (runner_start) and prompt truncations the server's log shows inside the series'
+    window; key "" holds why there is no log to read."""
+    from perfkit.analysis.timeline import load_account
+
+    acc = load_account(ctx.store.dir, ev, df)
+    if not acc.events:
+        return {"": acc.why_empty or "no server log"}
+    done = ev[ev["kind"] == "series_done"].drop_duplicates("series", keep="last") if len(ev) else ev
+    out: dict[str, Any] = {}
+    for _, d in done.iterrows():
+        inside = [e for e in acc.events if (t := acc.t_ns(e.wall_unix_s)) is not None
+                  and d["t_start_ns"] <= t <= d["t_end_ns"]]
+        out[d["series"]] = {
+            "log_reloads": sum(e.kind == "runner_start" for e in inside),
+            "log_truncations": sum(e.kind == "warning" and "truncat" in str(e.fields.get("msg", "")).lower()
+                                   for e in inside),
+            "log": ""}
+    return out
 
 
 def _mark_headlines(figs: FigureSet, turns: pd.DataFrame) -> None:
@@ -247,13 +270,25 @@ def sessions_display(res: WorkloadResult) -> pd.DataFrame:
                      "turns per conversation": fmt.number(r["turns_per_conversation"]),
                      "tokens in flight (mean / max)": f"{fmt.number(r['tokens_in_flight_mean'])} / "
                                                       f"{fmt.number(r['tokens_in_flight_max'])}",
-                     "model reloads": (str(r["reloads"]) if r["reloads"] is not None and pd.notna(r["reloads"])
-                                       else "not visible per request"),
+                     "model reloads": _reload_cell(r),
                      "over the context": (f"{r['over_context']} (refused {r['refused_over_context']}, truncated "
                                           f"{r['truncated']})" if r["over_context"] else "0"),
                      "context per request": (fmt.number(r["context_tokens"]) + " tokens"
                                              if pd.notna(r.get("context_tokens")) else "unknown")})
     return pd.DataFrame(rows).set_index(["setting", "users"])
+
+
+def _reload_cell(r: pd.Series) -> str:
+    """Reloads from the requests' load figures and from the server's log (runner starts in the window)."""
+    parts = []
+    if r.get("reloads") is not None and pd.notna(r.get("reloads")):
+        parts.append(f"{int(r['reloads'])} by load time")
+    if pd.notna(r.get("log_reloads", math.nan)):
+        parts.append(f"{int(r['log_reloads'])} runner starts in the log")
+    if not parts:
+        why = r.get("log") or "no server log"
+        return f"not visible: no load time per request, and {why}"
+    return "; ".join(parts)
 
 
 def load_display(res: WorkloadResult) -> pd.DataFrame:
@@ -289,9 +324,10 @@ def _later_vs_first(res: WorkloadResult, cfg: str, users: int) -> str:
 def conclusions(res: WorkloadResult) -> str:
     """Per setting and user count: later turns against the first (a verdict only where the CI excludes no change),
     the prompt share served from the cache, tokens in flight, conversations over the context, reloads."""
+    head = "### What the measurements say"
     if res.turns.empty:
-        return "No chat turn was measured" + (f": {res.failures}" if res.failures else ".")
-    lines = []
+        return f"{head}\n\nNo chat turn was measured" + (f": {res.failures}" if res.failures else ".")
+    lines = [head, ""]
     for (cfg, users), t in res.turns.groupby(["config", "users"], sort=False):
         head = f"- **{cfg}, {users} user{'s' if users != 1 else ''}**: "
         parts = [_later_vs_first(res, cfg, int(users))]
@@ -315,6 +351,10 @@ def conclusions(res: WorkloadResult) -> str:
             if r["reloads"]:
                 parts.append(f"**the server reloaded the model {r['reloads']} times during the sessions** (a load of "
                              f"> {RELOAD_S:g} s reported by a request)")
+            if pd.notna(r.get("log_reloads", math.nan)) and r["log_reloads"]:
+                parts.append(f"**its log shows {int(r['log_reloads'])} model process starts during the sessions**")
+            if pd.notna(r.get("log_truncations", math.nan)) and r["log_truncations"]:
+                parts.append(f"its log says it truncated {int(r['log_truncations'])} prompts")
         lines.append(head + "; ".join(p for p in parts if p) + ".")
     n = int(res.turns["n"].sum())
     lines.append(f"\n{n} turns measured in all; TTFT per turn is the median with its 95% CI (order statistics).")
