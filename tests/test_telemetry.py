@@ -316,3 +316,21 @@ def test_a_window_too_short_for_the_scrape_interval_says_so_in_the_request_row()
             row = m.request_summary(rec)
     assert "res_energy_j" not in row or row["res_energy_j"] is None
     assert row["res_energy_unknown_because"] == "scrape: too short for the scrape interval (1.00 s) of scrape"
+
+
+def test_an_exporter_that_stops_answering_mid_run_is_said_in_the_windows_after_it():
+    """The samples taken before the exporter went away stay; a later window says it had no reading and why."""
+    d = DcgmStandin().__enter__()
+    sampler = ScrapeSampler([ScrapeTarget([d.url])], interval_s=0.2, timeout_s=0.5)
+    with Monitor(0.1, None, gpu=False, system=False, telemetry=[sampler]) as m:
+        t0 = now_ns()
+        time.sleep(1.0)
+        before = m.measure("before", t0, now_ns())
+        d.__exit__(None, None, None)
+        time.sleep(0.3)
+        t1 = now_ns()
+        time.sleep(1.0)
+        after = m.measure("after", t1, now_ns())
+    assert before.stats["power_w_mean"] == POWER_W and not before.unknown
+    assert "power_w_mean" not in after.stats
+    assert after.unknown["scrape"].startswith("no reading from scrape in this window (")

@@ -3,6 +3,7 @@ request, a phase or anything between two instants on the request clock, idle-sub
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,16 @@ class Window:
 
 
 def _interp(t: np.ndarray, y: np.ndarray, at: float) -> float:
+    """``y`` at ``at``, linear between readings and extended along the nearest two beyond them: a counter read
+    coarsely (a scrape every few seconds) must not stop at its last reading before a window's end."""
+    if len(t) >= 2 and (at > t[-1] or at < t[0]):
+        i = (-2, -1) if at > t[-1] else (0, 1)
+        (t0, t1), (y0, y1) = t[list(i)], y[list(i)]
+        beyond = at - t1 if at > t[-1] else t0 - at
+        if t1 <= t0 or beyond > t1 - t0:
+            return math.nan  # further out than one reading's gap: a guess, not a measurement
+        slope = (y1 - y0) / (t1 - t0)
+        return float(y1 + slope * beyond) if at > t[-1] else float(y0 - slope * beyond)
     return float(np.interp(at, t, y))
 
 
@@ -205,6 +216,17 @@ class Monitor:
         return {s.source: f"too short for the scrape interval ({fmt.duration(s.resolution_s)}) of {s.source}"
                 for s in self.telemetry if duration_s < 2 * s.resolution_s}
 
+    def _silent(self, df: pd.DataFrame, short: dict[str, str], t0: int, t1: int) -> dict[str, str]:
+        """Telemetry sources that failed and gave no reading inside a window long enough for them: the window says
+        so, with the source's error, rather than showing the other sources' figures as if complete."""
+        seen = set(df.loc[(df["t_ns"] >= t0) & (df["t_ns"] <= t1), "source"].unique()) if len(df) else set()
+        out = {}
+        for s in self.telemetry:
+            if s.source not in short and s.source not in seen and s.errors:
+                err = next(iter(s.unavailable.values()), "")
+                out[s.source] = f"no reading from {s.source} in this window ({err})"[:300]
+        return out
+
     def measure(self, name: str, t_start_ns: int, t_end_ns: int, *, wait: bool = True) -> Window:
         w = Window(name, t_start_ns, t_end_ns, (t_end_ns - t_start_ns) * 1e-9)
         short = self._too_short(w.duration_s)
@@ -217,7 +239,9 @@ class Monitor:
         df = self.frame(t_start_ns - margin, t_end_ns + margin)
         if df.empty:
             w.unknown.update(short)
+            w.unknown.update(self._silent(df, short, t_start_ns, t_end_ns))
             return w
+        w.unknown.update(self._silent(df, short, t_start_ns, t_end_ns))
         if short:
             seen = set(df["source"].unique())
             w.unknown.update({k: v for k, v in short.items() if k in seen})
@@ -255,12 +279,16 @@ class Monitor:
                 sel = df[df[col_name].notna()]
                 if len(sel) >= 2:
                     t, y = sel["t_ns"].to_numpy(float), sel[col_name].to_numpy(float)
-                    setattr(w, attr, int(max(0.0, _interp(t, y, t_end_ns) - _interp(t, y, t_start_ns))))
+                    d = _interp(t, y, t_end_ns) - _interp(t, y, t_start_ns)
+                    if math.isfinite(d):
+                        setattr(w, attr, int(max(0.0, d)))
         for c in _COUNTERS:
             if c in df and df[c].notna().sum() >= 2:
                 sel = df[df[c].notna()].groupby("t_ns")[c].sum()
                 t, y = sel.index.to_numpy(float), sel.to_numpy(float)
-                w.stats[f"{c}_delta"] = float(max(0.0, _interp(t, y, t_end_ns) - _interp(t, y, t_start_ns)))
+                d = _interp(t, y, t_end_ns) - _interp(t, y, t_start_ns)
+                if math.isfinite(d):
+                    w.stats[f"{c}_delta"] = float(max(0.0, d))
         return w
 
     def _energy(self, w: Window, gdf: pd.DataFrame) -> None:
@@ -279,7 +307,11 @@ class Monitor:
             if g["energy_j"].notna().sum() >= 2:
                 e = g[g["energy_j"].notna()]
                 te, ye = e["t_ns"].to_numpy(float), e["energy_j"].to_numpy(float)
-                total += _interp(te, ye, w.t_end_ns) - _interp(te, ye, w.t_start_ns)
+                d = _interp(te, ye, w.t_end_ns) - _interp(te, ye, w.t_start_ns)
+                if not math.isfinite(d):  # the counter's readings stop short of the window: no energy figure
+                    w.unknown.setdefault("energy", "the energy counter's readings do not reach both ends of the window")
+                    return
+                total += d
                 methods.add("counter")
             elif g["power_w"].notna().sum() >= 2:
                 p = g[g["power_w"].notna()]

@@ -123,6 +123,12 @@ def discover(client: PrometheusClient, labels: Mapping[str, Mapping[str, str]], 
     return out
 
 
+def _group(row: dict[str, Any]) -> str:
+    if row.get("gpu") is not None:
+        return "gpu"
+    return "host" if any(k.startswith("server_host_") for k in row) else "server"
+
+
 class PrometheusSampler(PeriodicSampler):
     """Polls Prometheus for the raw samples of the server host's series (``selectors``: group → labels) and keeps
     them as sample rows on the run's clock, ``source`` = ``prometheus``.
@@ -145,6 +151,7 @@ class PrometheusSampler(PeriodicSampler):
         self.converter = Converter(self.source, resolution_s, redact_text(url))
         self._client: PrometheusClient | None = None
         self._last_ts: dict[tuple, float] = {}
+        self._last_by_group: dict[str, int] = {}
         self._polled_to: float | None = None
         # One anchor maps Prometheus's unix timestamps to the run clock (perf_counter), so every sample keeps its
         # place however late it was fetched.
@@ -180,6 +187,19 @@ class PrometheusSampler(PeriodicSampler):
         for ts in sorted(by_ts):
             rows += self.converter.rows(self.to_run_clock(ts), by_ts[ts])
         return rows
+
+    def _add(self, rows: list[dict[str, Any]]) -> None:
+        super()._add(rows)
+        for r in rows:
+            g = _group(r)
+            if r["t_ns"] > self._last_by_group.get(g, -1):
+                self._last_by_group[g] = r["t_ns"]
+
+    def last_t_ns(self) -> int | None:
+        # Each exporter is scraped on its own schedule: a window's end is covered only when every group's readings
+        # have passed it (a node exporter's later scrape does not stand for the DCGM reading still to come).
+        with self._lock:
+            return min(self._last_by_group.values()) if self._last_by_group else None
 
     def wait_past(self, t_ns: int, timeout_s: float | None = None) -> None:
         # The first scrape after t comes within one interval, and the next poll fetches it.

@@ -72,7 +72,7 @@ class ConfigTuningParams(Strict):
         if self.workload.multi_turn and self.rates_rps:
             raise ValueError("workload kind sessions runs closed-loop users; an open-loop rate sweep (rates_rps) sends "
                              "one-shot requests: use kind dataset for the sweep, or rates_rps: []")
-        if "burstiness" in self.model_fields_set and self.arrivals != "gamma":
+        if self.burstiness != 1.0 and self.arrivals != "gamma":
             raise ValueError("burstiness is used only with arrivals: gamma")
         return self
 

@@ -60,7 +60,8 @@ class WorkloadParams(Strict):
         only = {"max_turns": "sessions", "think_s": "sessions", "prefix_words": "shared_prefix",
                 "prefixes": "shared_prefix", "time_scale": "trace"}
         for key, kind in only.items():
-            if key in self.model_fields_set and self.kind != kind:
+            # by value, not by "was it given": a dumped and re-read section carries every default
+            if getattr(self, key) != type(self).model_fields[key].default and self.kind != kind:
                 raise ValueError(f"{key} is used only with kind {kind}")
         if self.output == "dataset" and self.kind not in ("dataset", "sessions"):
             raise ValueError("output: dataset needs a dataset's answers (kind dataset or sessions)")
