@@ -459,8 +459,7 @@ class _Spool:
         self._f = open(path, "wb")
 
     def write(self, i: int, cap) -> None:
-        blob = marshal.dumps((i, {k: v for k, v in cap.__dict__.items() if not k.startswith("_")}))
-        self._f.write(len(blob).to_bytes(4, "little") + blob)
+        self.write_row(i, {k: v for k, v in cap.__dict__.items() if not k.startswith("_")})
 
     def write_row(self, i: int, row: dict) -> None:
         blob = marshal.dumps((i, row))
@@ -471,27 +470,8 @@ class _Spool:
 
     @staticmethod
     def read_rows(path) -> dict[int, dict]:
+        """Index → what was written, up to the first record a kill tore."""
         out: dict[int, dict] = {}
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return out
-        pos = 0
-        while pos + 4 <= len(data):
-            n = int.from_bytes(data[pos:pos + 4], "little")
-            if pos + 4 + n > len(data):
-                break
-            try:
-                i, row = marshal.loads(data[pos + 4:pos + 4 + n])
-            except (EOFError, ValueError, TypeError):
-                break
-            out[i] = row
-            pos += 4 + n
-        return out
-
-    @staticmethod
-    def read(path) -> dict[int, Capture]:
-        out: dict[int, Capture] = {}
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -502,9 +482,14 @@ class _Spool:
             if pos + 4 + n > len(data):
                 break  # torn by the kill
             try:
-                i, fields = marshal.loads(data[pos + 4:pos + 4 + n])
-                out[i] = Capture(**{k: v for k, v in fields.items() if k in Capture.__dataclass_fields__})
-            except (ValueError, EOFError, TypeError):
+                i, row = marshal.loads(data[pos + 4:pos + 4 + n])
+            except (EOFError, ValueError, TypeError):
                 break
+            out[i] = row
             pos += 4 + n
         return out
+
+    @staticmethod
+    def read(path) -> dict[int, Capture]:
+        return {i: Capture(**{k: v for k, v in fields.items() if k in Capture.__dataclass_fields__})
+                for i, fields in _Spool.read_rows(path).items()}
