@@ -21,6 +21,7 @@ EPILOG = """examples:
   perfkit lab                                   the study notebooks in JupyterLab (also as root)
   perfkit models prepare && perfkit models      the embedded model store
   perfkit engine start --set OLLAMA_NUM_PARALLEL=2 && perfkit engine status && perfkit engine stop
+  perfkit agent join --address HEAD:6379 --host gpu-a --server http://127.0.0.1:11434   a GPU host joins the cluster
 """
 
 
@@ -199,6 +200,21 @@ def cmd_engine(a) -> int:
     return 0
 
 
+def cmd_agent(a) -> int:
+    from perfkit.cluster import join
+
+    for what, shows in join.check(a.server):
+        print(f"  {what:<12} {shows}")
+    if a.action == "check":
+        return 0
+    if a.action == "stop":
+        return join.run([join.ray_command(), "stop"])
+    args = join.start_args(head=a.action == "head", address=a.address, server_host=a.host, client=a.client,
+                           port=a.port)
+    print("$ " + " ".join(args), flush=True)
+    return join.run(args)
+
+
 def _study_names() -> list[str]:
     from perfkit.studies import registry
 
@@ -278,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--models-dir", help="model store to serve")
     e.add_argument("--force", action="store_true", help="build: rebuild the engine wheel")
     e.set_defaults(fn=cmd_engine)
+
+    ag = sub.add_parser("agent", help="join this host to a Ray cluster as a server host or a client node",
+                        description="Check what perfkit's agent sees on this host (perfkit, Ray, NVML's GPUs, the server "
+                                    "by its port), then `ray start` with the resource that names the host: "
+                                    "perfkit-host:NAME for a server host, perfkit-client:NAME for a client node.")
+    ag.add_argument("action", choices=["check", "head", "join", "stop"])
+    ag.add_argument("--address", metavar="HEAD:PORT", help="join: the head's address")
+    ag.add_argument("--host", metavar="NAME", help="join as the server host NAME (fleet.hosts[].host, backend.host)")
+    ag.add_argument("--client", metavar="NAME", help="join as the client node NAME (cluster.clients)")
+    ag.add_argument("--server", metavar="URL", help="check that the server listens here, e.g. http://127.0.0.1:11434")
+    ag.add_argument("--port", type=_port, default=6379, help="head: the port (default 6379)")
+    ag.set_defaults(fn=cmd_agent)
     return p
 
 

@@ -29,7 +29,7 @@ want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing perfkit and its dependencies"
   quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  quiet .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  quiet .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,cluster]'
   echo "$want" > "$stamp"
 fi
 quiet .venv/bin/perfkit engine build

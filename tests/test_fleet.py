@@ -227,7 +227,8 @@ def test_a_users_fleet_is_measured_and_nothing_is_started(tmp_path, monkeypatch)
 
     # phases that need control: skipped, each with its reason
     why = {s["phase"]: s["why"] for s in res.skipped}
-    assert set(why) == {"cold_upstream", "failover", "timeout"}, why
+    assert set(why) == {"cold_upstream", "cold_disk", "failover", "timeout"}, why
+    assert "no server's host is seen" in why["cold_disk"] and "fleet.hosts" in why["cold_disk"]
     assert all(w.startswith("unknown, because") for w in why.values()), why
     assert "OpenAI API can't unload" in why["cold_upstream"]
     assert "perfkit does not kill servers it did not start" in why["failover"]

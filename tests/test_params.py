@@ -17,7 +17,8 @@ def write(tmp_path, text):
 @pytest.mark.parametrize("name,studies", [
     ("demo.yaml", list(params.study_names())), ("smoke.yaml", list(params.study_names())),
     # a fleet needs the user's proxy and servers: its own file
-    ("ollama-qwen2.5.yaml", [s for s in params.study_names() if s != "fleet"]), ("ollama-fleet.yaml", ["fleet"])])
+    ("ollama-qwen2.5.yaml", [s for s in params.study_names() if s != "fleet"]), ("ollama-fleet.yaml", ["fleet"]),
+    ("cluster-fleet.yaml", ["fleet"])])
 def test_shipped_parameter_sets_validate(name, studies):
     p = params.load(ROOT / "params" / name, check_models=False)
     assert p.enabled() == studies

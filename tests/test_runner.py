@@ -41,7 +41,7 @@ def test_failures_are_rows_not_crashes(fake_ollama, tmp_path):
     df = Runner(b, RunStore(tmp_path), progress=False).run(
         [Trial("a", "http500"), Trial("b", "malformed"), Trial("c", "good"), Trial("d", "good", "cold_disk")])
     assert df.set_index("trial_id")["ok"].to_dict() == {"a": False, "b": False, "c": True, "d": False}
-    assert "cold_disk needs the model's file on this host" in df.set_index("trial_id").loc["d", "error"]
+    assert "cold_disk needs the model's file on the server's host" in df.set_index("trial_id").loc["d", "error"]
 
 
 def test_closed_loop_keeps_n_requests_in_flight(tmp_path):

@@ -36,6 +36,7 @@ class ServerAccount:
     zone: str = ""  # the zone of the log's zone-less stamps, and how it was known
     clock_offset_s: float | None = None  # the server's request ends − the client's (median), after the zone
     clock_n: int = 0  # requests that offset is from
+    host_clock_uncertainty_s: float | None = None  # a log kept from another host: its clock offset's uncertainty
 
     def t_ns(self, wall_unix_s: float | None) -> float | None:
         """A server wall time on the run's perf_counter clock."""
@@ -114,18 +115,26 @@ def _zone_from_requests(lines: list[str], ends: list[float]) -> tuple[tzinfo | N
 
 
 def load_account(study_dir: str | Path, events: pd.DataFrame, trials: pd.DataFrame | None = None,
-                 tz: str | None = None) -> ServerAccount:
+                 tz: str | None = None, wall_offset_s: float = 0.0) -> ServerAccount:
     """The server log a study kept (``server.log``), parsed, with the run's clock anchor.
 
     Log stamps written without a zone (Ollama's GIN and Go log lines) are read in ``tz`` when the parameters
     give one; else in the zone that the log's zoned source prefixes (docker --timestamps, journald
     short-iso) show them to be in; else in the zone under which its request lines land on the requests this
-    run made (``trials``); else, with nothing to tell it, in perfkit's own zone, and the account says so."""
+    run made (``trials``); else, with nothing to tell it, in perfkit's own zone, and the account says so.
+    ``wall_offset_s``: the server host's wall clock − this one's (a server on another host, its offset measured)."""
     study_dir = Path(study_dir)
     acc = ServerAccount()
     if len(events) and "kind" in events and (events["kind"] == "clock").any():
         c = events[events["kind"] == "clock"].iloc[0]
-        acc.anchor = (float(c["wall_unix_s"]), int(c["t_ns"]))
+        if not wall_offset_s and "wall_offset_s" in events and (events["kind"] == "server_log").any():
+            # A log kept from another host (an agent's): its wall clock's measured offset from this one.
+            off = events.loc[events["kind"] == "server_log", "wall_offset_s"].dropna()
+            wall_offset_s = float(off.iloc[-1]) if len(off) else 0.0
+            if len(off) and "clock_uncertainty_s" in events:
+                u = events.loc[events["kind"] == "server_log", "clock_uncertainty_s"].dropna()
+                acc.host_clock_uncertainty_s = float(u.iloc[-1]) if len(u) else None
+        acc.anchor = (float(c["wall_unix_s"]) + wall_offset_s, int(c["t_ns"]))
     path = study_dir / "server.log"
     if not path.exists():
         why = "no server log was recorded"

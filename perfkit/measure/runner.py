@@ -95,6 +95,8 @@ class Runner:
         self.keep_alive = keep_alive  # sent with every request and preload (Ollama), so the server default never applies
         self.nonce = store.nonce()
         self.client_workers = client_workers  # load series: client processes (see perfkit.loadgen.run_series)
+        # Load series sent from client nodes of a cluster instead (perfkit.cluster.ClientShares), or None.
+        self.shares = None
 
     def prompt(self, key: str, words: int) -> str:
         """The prompt for ``key`` in this run (the run's nonce mixed in)."""
@@ -258,12 +260,19 @@ class Runner:
             t0 = now_ns()
             recs, check = run_series(jobs, concurrency=concurrency, timeout_s=self.timeout_s,
                                      stall_timeout_s=self.stall_timeout_s, on_done=on_done,
-                                     workers=self.client_workers)
+                                     workers=self.client_workers, shares=self.shares)
             t1 = now_ns()
         finally:
             spool.close()
             bar.close()
-        rows = self._rows(series, attempt, info, tags, model, enumerate(recs), offsets, jobs=jobs)
+        if check.lost_requests:
+            # Never measured (their client node died): not failures of the server, so not rows; which ones is kept.
+            self.store.event("client_lost", series=series, attempt=attempt, because=check.lost_because,
+                             requests=[i for i, r in enumerate(recs) if r is None])
+        if self.shares is not None:
+            info = {**info, "clients": self.shares.parts}
+        rows = self._rows(series, attempt, info, tags, model, ((i, r) for i, r in enumerate(recs) if r is not None),
+                          offsets, jobs=jobs)
         self.store.extend_trials(rows)
         for row in rows:
             if self.on_row:
@@ -278,7 +287,7 @@ class Runner:
             w = self.monitor.measure("series", t0, t1)
             self.store.event("series_resources", series=series, attempt=attempt,
                              **{k: v for k, v in w.as_dict().items() if k != "name"})
-        return self._resources(list(zip(rows, recs)))
+        return self._resources(list(zip(rows, [r for r in recs if r is not None])))
 
     def sessions(self, model: str, users: int, n_requests: int, *, series: str, workload: Workload,
                  sampling: Sampling | None = None, tags: dict | None = None) -> pd.DataFrame:

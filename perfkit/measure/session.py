@@ -82,7 +82,8 @@ class Session:
 @contextmanager
 def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str, Any] | None = None,
             keep_alive_s: float | None = None, models: Sequence[str] = (),
-            manifest: Mapping[str, Any] | None = None, server_metrics: bool = False) -> Iterator[Session]:
+            manifest: Mapping[str, Any] | None = None, server_metrics: bool = False, shares=None,
+            cluster=None) -> Iterator[Session]:
     """Start (or reach) the server with ``base settings + settings``, the monitor and the runner.
 
     ``server_metrics``: read the embedded engine's own ``/metrics`` (queue, slots, prompt cache) through the
@@ -91,7 +92,10 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
     [0.959, 1.024] at 4 reads/s, decode 0.977 [0.952, 1.005] at 1 read/s, on 2 cores).
     ``keep_alive_s``: how long a model stays loaded after a request; sent with every request where the API
     takes it per request, else applied as the server setting ``OLLAMA_KEEP_ALIVE``. ``models``: described
-    in the manifest; ``manifest``: more fields for it (the study, its parameters).
+    in the manifest; ``manifest``: more fields for it (the study, its parameters). ``shares``: load series
+    sent from client nodes (``perfkit.cluster.ClientShares``) instead of this process. ``cluster``: the run's
+    ``perfkit.cluster.Cluster`` when ``backend.host`` names the server's node: its agent there is the controller,
+    samples the server's host, and is released when the session ends.
     """
     b = target.backend
     settings = dict(settings or {})
@@ -108,27 +112,46 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
         engine = Engine(target.models_dir, merged, log_path=target.log_dir / f"{name}-engine.log",
                         ready_timeout_s=b.ready_timeout_s, extra_args=ENGINE_LOG_ARGS)
         engine.start()
-    backend = monitor = log_mark = None
+    backend = monitor = log_mark = agent = None
     try:
+        if b.host is not None:
+            if cluster is None:
+                raise PerfkitError(f"backend.host {b.host}: no cluster to reach its agent through (cluster:)")
+            # The agent opens the server on its host, restarting it with the settings where they differ.
+            agent = cluster.agent(b.host, {"url": b.url, "restart_command": b.restart_command,
+                                           "server_log": b.server_log.model_dump() if b.server_log else None,
+                                           "ready_timeout_s": b.ready_timeout_s}, merged if settings else {})
         backend = backends.create(b.kind, b.url, engine=engine, headers=b.headers, endpoint=b.endpoint,
-                                  restart_command=b.restart_command, log=log_source(b.server_log),
-                                  ready_timeout_s=b.ready_timeout_s)
-        backend.control.restore_record = store.dir / RESTORE_RECORD
-        if engine is None and settings and backend.control.can_restart():
-            backend.control.restart(merged)
+                                  restart_command=b.restart_command,
+                                  log=log_source(b.server_log) if agent is None else None,
+                                  ready_timeout_s=b.ready_timeout_s, control=agent)
+        if agent is None:
+            backend.control.restore_record = store.dir / RESTORE_RECORD
+            if engine is None and settings and backend.control.can_restart():
+                backend.control.restart(merged)
         log = backend.control.log_source()
         # The engine's log is this session's own file: keep it from its first line (its start marks).
         log_mark = (0 if engine is not None else log.mark()) if log else None
         store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
         pids = backend.control.server_pids
+        host_view = getattr(backend.control, "view", None)  # the server's own host sampled there (an agent)
+        telemetry = telemetry_samplers(target, engine if server_metrics else None, models)
+        if host_view is not None:
+            from perfkit.sampling.view import ViewSampler
+
+            telemetry.append(ViewSampler(host_view(target.sampling.interval_s, target.sampling.gpu),
+                                         max(0.25, target.sampling.interval_s)))
         monitor = Monitor(target.sampling.interval_s, pids if backend.control.is_local else None,
-                          gpu=target.sampling.gpu, system=target.sampling.system, store=store,
-                          telemetry=telemetry_samplers(target, engine if server_metrics else None, models))
+                          gpu=target.sampling.gpu and host_view is None,
+                          system=target.sampling.system and host_view is None, store=store, telemetry=telemetry)
         monitor.start()
         if target.sampling.idle_baseline_s:
             monitor.measure_idle(target.sampling.idle_baseline_s)
         runner = Runner(backend, store, timeout_s=target.timeouts.request_s, stall_timeout_s=target.timeouts.stall_s,
                         monitor=monitor, progress=target.progress, keep_alive=keep_alive)
+        runner.shares = shares
+        if shares is not None:
+            manifest = {**(manifest or {}), "client_nodes": shares.describe()}
         write_manifest(store, backend=backend, engine=engine, monitor=monitor, models=models, extra=manifest)
         yield Session(backend, runner, monitor, engine, store, base, dict(merged))
     finally:
@@ -148,6 +171,8 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
                              **({"sampling_sources": monitor.sources()} if monitor else {}))
         if backend is not None:
             backend.close()
+        if agent is not None:
+            store.event("agent_closed", host=b.host, **cluster.release(b.host))
         if engine is not None:
             engine.stop()
 
@@ -201,7 +226,10 @@ def _keep_server_log(store: RunStore, backend: Backend, mark) -> None:
         return
     with open(store.dir / "server.log", "a") as f:
         f.writelines(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
-    store.event("server_log", available=True, source=log.describe(), lines=len(lines))
+    clock = getattr(backend.control, "clock", None)  # a log written on another host: its wall clock's offset
+    store.event("server_log", available=True, source=log.describe(), lines=len(lines),
+                **({"wall_offset_s": clock.wall_offset_s, "clock_uncertainty_s": clock.uncertainty_ns * 1e-9}
+                   if clock is not None else {}))
 
 
 def write_manifest(store: RunStore, *, backend: Backend | None = None, engine: Engine | None = None,

@@ -1,6 +1,6 @@
 """Before any study starts, everything that can be checked is: does ``backend.url`` answer with the API the
 parameter file names, does the server have every model the studies name, does the restart command exist, a
-server log file that is named, the telemetry sources (Prometheus, exporter endpoints), and each study's own needs (a user's fleet answering, settings that need a
+server log file that is named, the telemetry sources (Prometheus, exporter endpoints), the cluster's nodes, and each study's own needs (a user's fleet answering, settings that need a
 restart). One ``PerfkitError`` lists every problem, each naming the file and the key."""
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def check_models(params, params_path: str | Path) -> list[str]:
 def check_local(params, params_path: str | Path) -> list[str]:
     """The restart command's program and a server log file, where the parameters name them."""
     b, out = params.backend, []
+    if b.host is not None:  # the restart command and the log are the server host's, checked there by its agent
+        return out
     if b.restart_command:
         exe = b.restart_command[0]
         if not (Path(exe).is_file() or shutil.which(exe)):
@@ -129,6 +131,44 @@ def check_workloads(params, params_path: str | Path, studies: list[str]) -> list
     return out
 
 
+def check_cluster(params, params_path: str | Path, studies: list[str]) -> list[str]:
+    """The cluster answers, and every host node and client node the parameters need has joined it."""
+    c = params.cluster
+    if c is None:
+        return []
+    from perfkit.cluster import Cluster, ClusterError
+
+    hosts = [(f"studies.{s}.hosts[{i}].host", h.host) for s in studies
+             for i, h in enumerate(getattr(getattr(params.studies, s, None), "hosts", None) or [])]
+    if not hosts and not c.client_count():
+        return []
+    try:
+        import ray
+    except ImportError:
+        from perfkit.cluster.connect import install_hint
+
+        return [f"cluster: Ray is not installed ({install_hint()})"]
+    was = ray.is_initialized()
+    try:
+        cl = Cluster(c).connect()
+    except ClusterError as e:
+        return [str(e)]
+    try:
+        have_hosts, have_clients = cl.names("perfkit-host:"), cl.names("perfkit-client:")
+    finally:
+        if not was:
+            ray.shutdown()
+    out = [f"{key}: no live node joined the cluster as perfkit-host:{name} (joined: {', '.join(have_hosts) or 'none'})"
+           for key, name in hosts if name not in have_hosts]
+    if isinstance(c.clients, list):
+        out += [f"cluster.clients: no live node joined as perfkit-client:{n} (joined: {', '.join(have_clients) or 'none'})"
+                for n in c.clients if n not in have_clients]
+    elif c.clients > len(have_clients):
+        out.append(f"cluster.clients: {c.clients} client nodes asked for, {len(have_clients)} joined as "
+                   f"perfkit-client:NAME ({', '.join(have_clients) or 'none'})")
+    return out
+
+
 def check(params, params_path: str | Path, studies: list[str]) -> str:
     """Every check above and each chosen study's own; returns what was reached, raises one PerfkitError
     listing every problem otherwise."""
@@ -136,6 +176,7 @@ def check(params, params_path: str | Path, studies: list[str]) -> str:
     problems = check_local(params, params_path) + check_models(params, params_path)
     problems += [f"{params_path}: {p}" for p in check_telemetry(params, params_path)]
     problems += [f"{params_path}: {p}" for p in check_workloads(params, params_path, studies)]
+    problems += [f"{params_path}: {p}" for p in check_cluster(params, params_path, studies)]
     for s in studies:
         problems += [f"{params_path}: {p}" for p in registry.get(s).preflight(params)]
     if problems:

@@ -1,5 +1,6 @@
 """Several servers behind a reverse proxy: the embedded one perfkit starts (N engines, threads split
-fairly, nginx in front) or a user's own proxy and servers, which perfkit only talks to.
+fairly, nginx in front), servers on other hosts driven through perfkit's agents there (nginx in front, run
+here, or the user's proxy), or a user's own proxy and servers, which perfkit only talks to.
 
 The fleet study (``perfkit.studies.fleet``) measures through it; this module only starts, changes,
 breaks and stops the parts, and says what it did when.
@@ -23,11 +24,18 @@ FLEET_MODEL = "fleet-model"  # the name the embedded servers serve; a symlink, s
 
 @dataclass
 class Server:
-    """One upstream: its URL, weight, and (embedded) the engine perfkit runs for it."""
+    """One upstream: its URL, weight, and what perfkit sees of it beyond its API: the engine perfkit runs for it
+    (embedded), or a controller (``ServerControl``: an agent on the server's host), or neither."""
 
     url: str
     weight: int = 1
     engine: Engine | None = None
+    control: Any = None
+    host: str | None = None  # the name of the host it runs on (a cluster node), where known
+
+    @property
+    def name(self) -> str:
+        return self.host or self.addr
 
     @property
     def addr(self) -> str:
@@ -82,17 +90,33 @@ class Fleet:
         return fleet
 
     @classmethod
+    def on_hosts(cls, servers: list[Server], run_dir: Path, *, proxy_url: str | None = None,
+                 proxy: dict[str, Any] | None = None) -> "Fleet":
+        """Servers on other hosts (each with its agent's controller), behind the user's proxy at ``proxy_url`` or,
+        without one, nginx started here with ``proxy`` (``ProxyConfig`` fields) in front of them."""
+        if proxy_url:
+            return cls(servers, proxy_url.rstrip("/"))
+        fleet = cls(servers, "")
+        cfg = ProxyConfig([Upstream(s.url, s.weight) for s in servers], **(proxy or {}))
+        fleet.nginx = Nginx(cfg, run_dir).start()
+        fleet.proxy_url = fleet.nginx.url
+        return fleet
+
+    @classmethod
     def external(cls, proxy_url: str, server_urls: list[str], weights: list[int]) -> "Fleet":
         """A user's proxy and servers: measured, never started, changed or stopped."""
         return cls([Server(u.rstrip("/"), w) for u, w in zip(server_urls, weights)], proxy_url.rstrip("/"))
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"managed": self.managed, "proxy_url": self.proxy_url,
-                             "servers": [{"url": s.url, "weight": s.weight} for s in self.servers]}
+                             "servers": [{"url": s.url, "weight": s.weight,
+                                          **({"host": s.host, "control": s.control.describe()} if s.control else {})}
+                                         for s in self.servers]}
         if self.nginx is not None:
             c = self.nginx.cfg
+            eng = self.servers[0].engine
             d.update(proxy="nginx", proxy_version=self.nginx.version, cores=os.cpu_count(),
-                     threads_per_server=self.servers[0].engine.settings.get("num_thread"), conf=str(self.nginx.conf_path),
+                     threads_per_server=eng.settings.get("num_thread") if eng else None, conf=str(self.nginx.conf_path),
                      proxy_read_timeout_s=c.proxy_read_timeout_s, buffering=c.buffering, keepalive=c.keepalive,
                      max_fails=c.max_fails, fail_timeout_s=c.fail_timeout_s, next_upstream=c.next_upstream)
         return d
@@ -111,25 +135,36 @@ class Fleet:
         self._event("proxy_reload", **{k: v for k, v in changes.items() if k != "upstreams"})
         return cfg
 
+    def can_kill(self, i: int) -> bool:
+        """Whether perfkit may crash server ``i`` (one it started: an engine here, or a server its agent started)."""
+        s = self.servers[i]
+        return s.engine is not None or (s.control is not None and getattr(s.control, "can_kill", lambda: False)())
+
     def kill(self, i: int) -> int:
-        """SIGKILL server ``i`` and its model processes, as a crash would; returns when (ns)."""
-        self._need_managed("killing a server")
-        eng = self.servers[i].engine
-        t = now_ns()
-        try:
-            os.killpg(eng.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._event("server_killed", server=self.servers[i].addr, t_ns=t)
+        """SIGKILL server ``i`` and its model processes, as a crash would; returns when (ns, the run's clock)."""
+        if not self.can_kill(i):
+            raise PerfkitError("perfkit does not kill servers it did not start")
+        s = self.servers[i]
+        if s.engine is None:
+            t = s.control.kill()
+        else:
+            t = now_ns()
+            try:
+                os.killpg(s.engine.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._event("server_killed", server=s.addr, t_ns=t)
         return t
 
     def revive(self, i: int) -> None:
         """Start server ``i`` again on its port (after ``kill``)."""
-        self._need_managed("restarting a server")
-        eng = self.servers[i].engine
-        eng.stop()  # reaps the killed group; start() then reuses the port
-        eng.start()
-        self._event("server_revived", server=self.servers[i].addr)
+        s = self.servers[i]
+        if s.engine is None:
+            s.control.revive()
+        else:
+            s.engine.stop()  # reaps the killed group; start() then reuses the port
+            s.engine.start()
+        self._event("server_revived", server=s.addr)
 
     def swap_model(self, model_file: str, source_dir: Path) -> None:
         """Point ``fleet-model`` at another file, as a new model pulled under the same name would."""

@@ -67,3 +67,10 @@ def read_bandwidth_bytes_s(path: str | Path, block_bytes: int = 8 << 20) -> tupl
     finally:
         os.close(fd)
     return os.path.getsize(path) / dt, dt
+
+
+def warm(path: str | Path) -> None:
+    """Read the whole file, so it is in the page cache (a cold_memory state: unloaded, file cached)."""
+    with open(path, "rb") as f:
+        while f.read(8 << 20):
+            pass

@@ -131,6 +131,29 @@ class StudyContext:
         self.run_dir = Path(run_dir)
         self.replicate = replicate
         self.store = RunStore(replicate_dir(self.run_dir / study, replicate))
+        self._cluster = None
+
+    def cluster(self):
+        """The run's Ray cluster (the ``cluster:`` section), joined on first use (``perfkit.cluster.Cluster``)."""
+        if self._cluster is None:
+            if self.params.cluster is None:
+                raise PerfkitError(f"{self.params_path}: servers on other hosts need a cluster: section (its address)")
+            from perfkit.cluster import Cluster
+
+            self._cluster = Cluster(self.params.cluster).connect()
+        return self._cluster
+
+    def client_shares(self):
+        """Load series sent from the cluster's client nodes (``cluster.clients``), or None: from this process."""
+        c = self.params.cluster
+        if c is None or not c.client_count():
+            return None
+        return self.cluster().clients()
+
+    def close(self) -> None:
+        """Take down what this study placed on the cluster (agents, client engines); Ray does it too if we die."""
+        if self._cluster is not None:
+            self._cluster.close()
 
     @property
     def models_dir(self) -> Path:
@@ -151,7 +174,9 @@ class StudyContext:
                      models=[m for _, m in self.study.models_used(self.cfg)],
                      manifest={"study": self.name, "replicate": self.replicate,
                                "params": self.params.model_dump(mode="json"),
-                               "params_file": str(self.params_path)}, server_metrics=server_metrics) as s:
+                               "params_file": str(self.params_path)}, server_metrics=server_metrics,
+                     shares=self.client_shares(),
+                     cluster=self.cluster() if self.params.backend.host else None) as s:
             yield s
 
 
@@ -283,6 +308,8 @@ def run_or_load(params_path: str | Path, run_dir: str | Path, study: str, measur
         kept = len(ctx.store.done_ids())
         raise Interrupted(f"Interrupted: {kept} trial(s) of {study} are kept in {ctx.store.dir}; run this "
                           "notebook again with the same run_dir to measure only the rest.") from None
+    finally:
+        ctx.close()
     result.notes[:0] = notes
     result.figures.write(ctx.store.dir / REPLICATE_FIGURES)
     reps = replicates(run_dir / study)

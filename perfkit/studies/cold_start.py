@@ -30,7 +30,6 @@ from perfkit.measure.cache_states import WARMUP_STRATEGIES, scheme_a, user_first
 from perfkit.measure.devices import record_device
 from perfkit.measure.progress import Progress
 from perfkit.measure.runner import Trial
-from perfkit.servers import pagecache
 from perfkit.servers.control.base import Unknown
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
@@ -154,14 +153,13 @@ def _facts(ctx: StudyContext, s) -> None:
         record_device(s, ctx.store, c.model)
     if "read_bandwidth" not in kinds:
         try:
-            path = s.control.model_file(c.model)
+            s.control.model_file(c.model)
         except Unknown as e:
             ctx.store.event("read_bandwidth", unknown_because=str(e))
             return
         s.backend.unload(c.model)
         s.control.wait_memory_released(c.model)
-        bw, secs = pagecache.read_bandwidth_bytes_s(path)
-        ctx.store.event("read_bandwidth", path=str(path), bytes_s=bw, seconds=secs, size_bytes=path.stat().st_size)
+        ctx.store.event("read_bandwidth", **s.control.read_bandwidth(c.model))
 
 
 def _strategies(ctx: StudyContext, s) -> None:
@@ -519,6 +517,11 @@ def conclusions(res: ColdStartResult) -> str:
     elif res.account is not None and res.account.why_empty:
         lines.append(f"- The server's own account is unavailable: {res.account.why_empty}.")
     acc = res.account
+    host = (res.manifest.get("control") or {}).get("host")
+    if acc is not None and host and acc.host_clock_uncertainty_s is not None:
+        lines.append(f"- The server runs on host {host}; perfkit's agent there read its processes, files and log. Its "
+                     f"times are on the run's clock within ± {fmt.duration(acc.host_clock_uncertainty_s)} (the measured "
+                     "offset of that host's clock).")
     if acc is not None and acc.clock_n:
         lines.append(f"- The server's log and the run's clock: request ends differ by {fmt.duration(acc.clock_offset_s)} "
                      f"(median of {acc.clock_n} requests; the server stamps whole seconds"

@@ -3,9 +3,12 @@ proxy's own overhead and whether streaming survives it, a cold or dead server, p
 and nginx's response cache, each measured, with n and CI.
 
 Embedded: perfkit starts ``servers`` engines (the machine's cores split between them) and nginx with a
-config generated in the run directory, and changes it between phases (reload). A user's fleet:
-``proxy_url`` and ``server_urls``; perfkit starts and changes nothing, and the phases that need to
-(kill a server, shorten a timeout, turn a cache on) say "unknown, because" in the report.
+config generated in the run directory, and changes it between phases (reload). Servers on other hosts
+(``hosts``, with a ``cluster:``): perfkit's agent on each host starts (or finds) its Ollama and sees it
+as if it were local — its processes sampled there, its log, its model file for a cold-disk first request,
+a kill and a revival for failover — with nginx started here in front of them (or the user's proxy). A
+user's fleet: ``proxy_url`` and ``server_urls``; perfkit starts and changes nothing, and the phases that
+need to (kill a server, shorten a timeout, turn a cache on) say "unknown, because" in the report.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from perfkit.client import backends
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.clock import now_ns, utc_now
-from perfkit.core.schema import (MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_REQUESTS, MAX_TOKENS, Strict,
-                                 concurrency_list, http_url, unique)
+from perfkit.core.schema import (MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_REQUESTS, MAX_TOKENS, HostServer,
+                                 Strict, concurrency_list, http_url, unique)
 from perfkit.measure.runner import Runner
 from perfkit.measure.session import ENGINE_LOG_ARGS, write_manifest
-from perfkit.servers.fleet import FLEET_MODEL, Fleet
+from perfkit.servers.control import Unknown
+from perfkit.servers.fleet import FLEET_MODEL, Fleet, Server
 from perfkit.servers.nginx import install_hint, nginx_binary, nginx_version, parse_access_log
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
@@ -58,6 +62,9 @@ class FleetParams(Strict):
     weights: list[int] | None = Field(None, description="one per server (default: equal)")
     proxy_url: str | None = None
     server_urls: list[str] = Field(default_factory=list)
+    hosts: list[HostServer] = Field(default_factory=list, description="servers on other hosts, each driven by perfkit's "
+                                    "agent there (needs cluster:); nginx is started here in front of them unless "
+                                    "proxy_url names yours")
     api: Literal["openai", "ollama"] = Field("openai", description="the servers' API: OpenAI /v1 or Ollama's own")
     proxy: FleetProxyParams = Field(default_factory=FleetProxyParams)
     concurrency: list[int] = Field(default_factory=lambda: [1, 2, 4])
@@ -93,20 +100,34 @@ class FleetParams(Strict):
 
     @model_validator(mode="after")
     def _shape(self):
-        if bool(self.proxy_url) != bool(self.server_urls):
+        if self.hosts:
+            if self.server_urls:
+                raise ValueError("give hosts (servers seen by perfkit's agents) or server_urls (servers seen only "
+                                 "through their API), not both")
+            if self.api != "ollama":
+                raise ValueError("hosts: the agents drive Ollama servers; set api: ollama")
+            unique([h.host for h in self.hosts], "host")
+            unique([h.url for h in self.hosts], "host url")
+            if self.stale_model:
+                raise ValueError("stale_model is for the embedded fleet (perfkit switches the model behind the served "
+                                 "name); a host's server keeps its own models")
+        elif bool(self.proxy_url) != bool(self.server_urls):
             raise ValueError("give both proxy_url and server_urls (a user's own fleet), or neither (embedded)")
-        n = len(self.server_urls) or self.servers
+        n = self.n_servers()
         if self.weights is not None and (len(self.weights) != n or any(w < 1 for w in self.weights)):
             raise ValueError(f"weights: one integer ≥ 1 per server ({n}), got {self.weights}")
         if self.failover_kill_after >= self.failover_requests:
             raise ValueError("failover_kill_after must be less than failover_requests")
         return self
 
+    def n_servers(self) -> int:
+        return len(self.hosts) or len(self.server_urls) or self.servers
+
     def weight_list(self) -> list[int]:
-        return self.weights or [1] * (len(self.server_urls) or self.servers)
+        return self.weights or [1] * self.n_servers()
 
 
-PHASES = ("scaling", "overhead", "cold_upstream", "failover", "timeout", "cache")
+PHASES = ("scaling", "overhead", "cold_upstream", "cold_disk", "failover", "timeout", "cache")
 
 
 # ---- set-up ----------------------------------------------------------------------------------------
@@ -114,19 +135,35 @@ def _fleet(ctx: StudyContext) -> Fleet:
     c, p = ctx.cfg, ctx.params
     if c.server_urls:
         return Fleet.external(c.proxy_url, c.server_urls, c.weight_list())
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // c.servers)  # fair: every server gets the same share, none more than the machine
-    settings = {k: v for k, v in p.backend.settings.items() if k != "num_thread"}
     pc = c.proxy
     proxy = dict(proxy_read_timeout_s=pc.read_timeout_s, buffering=pc.buffering, keepalive=pc.keepalive,
                  max_fails=pc.max_fails, fail_timeout_s=pc.fail_timeout_s)
-    return Fleet.embedded(ctx.models_dir, c.model, ctx.store.dir, servers=c.servers, weights=c.weight_list(),
-                          threads=threads, settings=settings, proxy=proxy, log_dir=ctx.run_dir / "logs",
-                          extra_args=ENGINE_LOG_ARGS)
+    if c.hosts:
+        cluster = ctx.cluster()
+        servers = []
+        try:
+            for h, w in zip(c.hosts, c.weight_list()):
+                ctl = cluster.agent(h.host, h.model_dump(mode="json"), dict(p.backend.settings))
+                servers.append(Server(h.url, w, control=ctl, host=h.host))
+            return Fleet.on_hosts(servers, ctx.store.dir, proxy_url=c.proxy_url, proxy=proxy)
+        except BaseException:
+            cluster.close()
+            raise
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // c.servers)  # fair: every server gets the same share, none more than the machine
+    settings = {k: v for k, v in p.backend.settings.items() if k != "num_thread"}
+    fleet = Fleet.embedded(ctx.models_dir, c.model, ctx.store.dir, servers=c.servers, weights=c.weight_list(),
+                           threads=threads, settings=settings, proxy=proxy, log_dir=ctx.run_dir / "logs",
+                           extra_args=ENGINE_LOG_ARGS)
+    from perfkit.servers.control import EngineControl
+
+    for s in fleet.servers:  # on this host: perfkit sees its own engines whole
+        s.control = EngineControl(s.engine, backends.LlamaServerBackend.from_engine(s.engine))
+    return fleet
 
 
 def _model(ctx: StudyContext, fleet: Fleet) -> str:
-    return FLEET_MODEL if fleet.managed else ctx.cfg.model
+    return FLEET_MODEL if fleet.servers[0].engine is not None else ctx.cfg.model
 
 
 def _client(ctx: StudyContext, url: str):
@@ -146,6 +183,22 @@ def _native(ctx: StudyContext, fleet: Fleet, i: int):
     return None
 
 
+def _view(s: Server, interval_s: float, gpu: bool):
+    """A server's host seen where it runs: sampled here when it is this host, by its agent when it is another."""
+    if s.control is None:
+        return None
+    if s.control.is_local:
+        from perfkit.sampling.view import LocalView
+
+        return LocalView(s.name, s.control.server_pids, interval_s)
+    view = getattr(s.control, "view", None)
+    return view(interval_s, gpu) if view is not None else None
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
 class _Phase:
     """One phase's runners and tags; its events go to the store with a wall and a client clock."""
 
@@ -155,6 +208,21 @@ class _Phase:
         kw = dict(timeout_s=p.timeouts.request_s, stall_timeout_s=p.timeouts.stall_s, progress=p.progress)
         self.proxy = Runner(_client(ctx, fleet.proxy_url), ctx.store, **kw)
         self.direct = [Runner(_client(ctx, s.url), ctx.store, **kw) for s in fleet.servers]
+        shares = ctx.client_shares()  # load series from the cluster's client nodes, where it names them
+        for r in [self.proxy, *self.direct]:
+            r.shares = shares
+        # Each server's own host: its process tree sampled there (an agent's host, or this one), its log.
+        self.views = [_view(s, p.sampling.interval_s, p.sampling.gpu) for s in fleet.servers]
+        self.log_marks: dict[int, Any] = {}
+        self._last_sample: dict[str, int] = {}
+        self._lost: set[str] = set()
+        for i, s in enumerate(fleet.servers):
+            log = s.control.log_source() if s.control is not None else None
+            if log is not None:
+                try:
+                    self.log_marks[i] = log.mark()
+                except Unknown:
+                    pass
         self.model = _model(ctx, fleet)
         self.sampling = Sampling(self.c.num_predict)
         self.workload = ctx.workload(self.c.workload) if self.c.workload.kind != "synthetic" else None
@@ -179,6 +247,37 @@ class _Phase:
                **tags, **rec.as_dict()}
         self.ctx.store.append_trial(row)
         return row
+
+    def drain(self) -> None:
+        """Every host's samples since the last drain, into the store (on the run's clock, named by host)."""
+        for s, v in zip(self.fleet.servers, self.views):
+            if v is not None:
+                rows = v.drain()
+                if rows:
+                    self.ctx.store.append_samples(rows)
+                    self._last_sample[s.name] = rows[-1]["t_ns"]
+                lost = getattr(v, "lost", None)
+                if lost and s.name not in self._lost:
+                    # Its samples end at the last one drained; what it would have taken since is missing.
+                    self._lost.add(s.name)
+                    self.event("host_lost", server=s.name, why=lost, last_sample_t_ns=self._last_sample.get(s.name))
+
+    def keep_logs(self) -> None:
+        """Each server's log since the study began, kept as ``hosts/<server>/server.log`` with its host's clock."""
+        for i, mark in self.log_marks.items():
+            s = self.fleet.servers[i]
+            clock = getattr(s.control, "clock", None)
+            try:
+                lines = s.control.log_source().read_since(mark)
+            except Unknown as e:
+                self.event("host_log", server=s.name, available=False, why=str(e))
+                continue
+            d = self.ctx.store.dir / "hosts" / _safe(s.name)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "server.log").write_text("".join(ln if ln.endswith("\n") else ln + "\n" for ln in lines))
+            self.event("host_log", server=s.name, available=True, lines=len(lines), dir=d.name,
+                       wall_offset_s=clock.wall_offset_s if clock else 0.0,
+                       clock_uncertainty_s=clock.uncertainty_ns * 1e-9 if clock else 0.0)
 
     def warm_all(self) -> None:
         """Every server loaded and primed, directly (through the proxy a cold one would hide behind the others)."""
@@ -250,12 +349,40 @@ def _cold_upstream(ph: _Phase) -> None:
                                                                "cold_server": ph.fleet.servers[last].addr})
 
 
+def _cold_disk(ph: _Phase) -> None:
+    """Each server's first request from a cold disk: unloaded, its memory released, the model file dropped from
+    its host's page cache (where the host is seen), then one request straight to it."""
+    seen = 0
+    for i, s in enumerate(ph.fleet.servers):
+        nat = _native(ph.ctx, ph.fleet, i) if s.control is not None else None
+        if nat is None:
+            continue
+        try:
+            s.control.file_cache(ph.model)
+        except Unknown as e:
+            ph.event("cold_disk_unknown", server=s.name, why=str(e))
+            nat.close()
+            continue
+        seen += 1
+        nat.unload(ph.model)
+        nat.close()
+        released_s = s.control.wait_memory_released(ph.model)
+        before = s.control.file_cache(ph.model, "evict")
+        ph.one(ph.direct[i], f"cold_disk/{s.name}", phase="cold_disk", target="direct", server=s.name,
+               cache_state="cold_disk", file_resident_before=before, memory_release_wait_s=released_s)
+    if not seen:
+        ph.skip("cold_disk", "unknown, because no server's host is seen (a server seen only through its API: give "
+                             "fleet.hosts with a cluster to have perfkit's agent on each host)")
+
+
 def _failover(ph: _Phase) -> None:
-    if not ph.fleet.managed or len(ph.fleet.servers) < 2:
-        ph.skip("failover", "unknown, because " + ("perfkit does not kill servers it did not start"
-                                                    if not ph.fleet.managed else "there is only one server"))
-        return
     victim = len(ph.fleet.servers) - 1
+    if not ph.fleet.managed or len(ph.fleet.servers) < 2 or not ph.fleet.can_kill(victim):
+        ph.skip("failover", "unknown, because " + (
+            "there is only one server" if len(ph.fleet.servers) < 2 else
+            "perfkit does not kill servers it did not start" if not ph.fleet.can_kill(victim) else
+            "perfkit does not change a proxy it did not start"))
+        return
     state = {"done": 0, "killed": False}
 
     def on_response(i: int, cap) -> None:  # on the loop: a counter and, once, a kill(2)
@@ -385,32 +512,46 @@ def measure(ctx: StudyContext) -> None:
     if not c.server_urls and nginx_version() is None:
         raise RuntimeError(f"the fleet study needs nginx: {install_hint()}")
     fleet = _fleet(ctx)
+    ph = None
     try:
         ph = _Phase(ctx, fleet)
         # The fleet's own changes (reloads, kills, model swaps) go to the store as they happen.
         fleet.on_event = lambda e: ctx.store.event(f"fleet_{e['kind']}", **{k: v for k, v in e.items() if k != "kind"})
         backend = ph.proxy.backend.describe()
-        if fleet.managed:
+        if fleet.servers[0].engine is not None:
             from perfkit.servers.engine import engine_version
 
             backend = {"backend": "llama-server", "version": engine_version(),
                        "served_as": f"×{len(fleet.servers)} behind nginx {fleet.nginx.version}",
                        "url": fleet.proxy_url, "client": backend.get("backend")}
+        if fleet.managed and fleet.servers[0].engine is None:
+            backend = {**backend, "served_as": f"×{len(fleet.servers)} on their hosts behind nginx {fleet.nginx.version}"}
+        unseen = [s.name for s, v in zip(fleet.servers, ph.views) if v is None]
         write_manifest(ctx.store, extra={
             "study": "fleet", "fleet": fleet.describe(), "backend": backend,
             "params": ctx.params.model_dump(mode="json"), "params_file": str(ctx.params_path),
-            "sampling_unavailable": {"resources": "the fleet study does not sample CPU, memory or GPU"},
-            "engine_command": fleet.servers[0].engine.command if fleet.managed else None})
+            "sampling_unavailable": {"resources": "servers seen only through their API: "
+                                                  + ", ".join(unseen)} if unseen else {},
+            "hosts_sampled": {s.name: v.unavailable for s, v in zip(fleet.servers, ph.views) if v is not None},
+            **({"cluster": ctx.cluster().describe()} if c.hosts or ctx.client_shares() else {}),
+            "engine_command": fleet.servers[0].engine.command if fleet.servers[0].engine else None})
         ph.event("clock")
         ph.warm_all()
         for name, fn in (("scaling", _scaling), ("overhead", _overhead), ("cold_upstream", _cold_upstream),
-                         ("failover", _failover), ("timeout", _timeout), ("cache", _cache)):
+                         ("cold_disk", _cold_disk), ("failover", _failover), ("timeout", _timeout), ("cache", _cache)):
             if ph.done(name):
                 continue
             ph.event("phase_start", phase=name)
             fn(ph)
+            ph.drain()
             ph.event("phase_done", phase=name)
     finally:
+        if ph is not None:
+            ph.drain()
+            ph.keep_logs()
+            for v in ph.views:
+                if v is not None:
+                    v.stop()
         if fleet.nginx is not None:
             import shutil
 
@@ -419,6 +560,8 @@ def measure(ctx: StudyContext) -> None:
                 if src.exists():
                     shutil.copy(src, ctx.store.dir / f"nginx-{name}")
         fleet.stop()
+        if c.hosts:
+            ctx.cluster().close()
         ctx.store.write_manifest(ended_utc=utc_now())
 
 
@@ -584,6 +727,11 @@ def failover_summary(df: pd.DataFrame, ev: pd.DataFrame, access: list[dict]) -> 
         return {"requests": len(all_rows), "note": "the kill was not reached"}
     k = kill.iloc[-1]
     victim, t_kill_wall = k["server"], float(k["wall_unix_s"])
+    clock = ev[ev["kind"] == "clock"]
+    if len(clock) and pd.notna(k.get("kill_t_ns")):
+        # The kill's own instant (an agent's stamp, on the run's clock), not when the event was written after it.
+        c = clock.iloc[0]
+        t_kill_wall = float(c["wall_unix_s"]) + (int(k["kill_t_ns"]) - int(c["t_ns"])) * 1e-9
     rev = ev[(ev["kind"] == "server_revived") & (ev["wall_unix_s"] > t_kill_wall)]
     t_end_wall = float(rev["wall_unix_s"].iloc[0]) if len(rev) else math.inf  # the same address serves again
     after = all_rows[all_rows["t_send_ns"] >= int(k["kill_t_ns"]) - int(30e9)]
@@ -678,6 +826,89 @@ def cache_summary(df: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _phase_spans(ev: pd.DataFrame) -> list[tuple[str, int, int]]:
+    """(phase, start ns, end ns) on the run's clock, from the phase events."""
+    if ev.empty or "phase" not in ev:
+        return []
+    out = []
+    starts = ev[ev["kind"] == "phase_start"]
+    for _, r in starts.iterrows():
+        end = ev[(ev["kind"] == "phase_done") & (ev["phase"] == r["phase"]) & (ev["t_ns"] >= r["t_ns"])]
+        out.append((r["phase"], int(r["t_ns"]), int(end["t_ns"].iloc[0]) if len(end) else int(ev["t_ns"].max())))
+    return out
+
+
+def _phase_at(spans: list[tuple[str, int, int]], t_ns: float) -> str:
+    if spans and t_ns < spans[0][1]:
+        return "set-up"
+    return next((p for p, a, b in spans if a <= t_ns <= b), "between phases")
+
+
+def hosts_table(samples: pd.DataFrame, ev: pd.DataFrame) -> pd.DataFrame:
+    """Per server host and phase: the server's process tree as its own host sampled it (CPU in % of one core,
+    resident memory), and the host's GPUs where NVML saw any."""
+    if samples.empty or "host" not in samples:
+        return pd.DataFrame()
+    spans = _phase_spans(ev)
+    rows = []
+    sys_ = samples[(samples["source"] == "system") & samples["host"].notna()]
+    gpu = samples[(samples["source"] == "gpu") & samples["host"].notna()] if "source" in samples else samples.iloc[0:0]
+    for host, h in sys_.groupby("host", sort=False):
+        for phase, a, b in spans:
+            w = h[(h["t_ns"] >= a) & (h["t_ns"] <= b)]
+            if w.empty:
+                continue
+            g = gpu[(gpu["host"] == host) & (gpu["t_ns"] >= a) & (gpu["t_ns"] <= b)]
+            rows.append({"server": host, "phase": phase, "samples": len(w),
+                         "server_cpu_pct_mean": float(w["server_cpu_pct"].clip(lower=0).mean()),
+                         "server_cpu_pct_max": float(w["server_cpu_pct"].max()),
+                         "server_rss_bytes_max": float(w["server_rss_bytes"].max()),
+                         "server_processes_max": int(w["server_processes"].max()),
+                         "gpu_util_pct_mean": float(g["gpu_util_pct"].mean()) if len(g) and "gpu_util_pct" in g
+                         else math.nan})
+    return pd.DataFrame(rows)
+
+
+def cold_disk_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per server: its first request after the model was unloaded and its file evicted from its host's page cache."""
+    g = _phase(df, "cold_disk")
+    if g.empty:
+        return pd.DataFrame()
+    return pd.DataFrame([{"server": r["server"], "ok": bool(r["ok"]),
+                          "file_in_page_cache": r.get("file_resident_before"),
+                          "memory_release_wait_s": r.get("memory_release_wait_s"),
+                          "ttft_s": r.get("ttft_s"), "load_s": r.get("load_s"), "e2e_s": r.get("e2e_s"),
+                          "error": r.get("error")} for _, r in g.iterrows()])
+
+
+def host_timelines(study_dir, ev: pd.DataFrame, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each server's own log (kept per host), put on the run's clock through its host's measured offset: the
+    notable events with the phase they fell in, seconds from the study's start and the clock's uncertainty."""
+    from pathlib import Path
+
+    from perfkit.analysis.timeline import load_account, timeline_frame
+
+    out: dict[str, pd.DataFrame] = {}
+    if ev.empty or "kind" not in ev:
+        return out
+    logs = ev[(ev["kind"] == "host_log")]
+    if logs.empty or "available" not in logs:
+        return out
+    spans = _phase_spans(ev)
+    clock = ev[ev["kind"] == "clock"]
+    t0 = int(clock["t_ns"].iloc[0]) if len(clock) else None
+    for _, r in logs[logs["available"].astype(bool)].iterrows():
+        acc = load_account(Path(study_dir) / "hosts" / r["dir"], ev, df, wall_offset_s=float(r["wall_offset_s"]))
+        t = timeline_frame(acc, t0)
+        if t.empty:
+            continue
+        t = t[t["kind"] != "request"].copy()  # per-request lines are the requests' own rows already
+        t["phase"] = [_phase_at(spans, x) if pd.notna(x) else "?" for x in t["t_ns"]]
+        t["clock_uncertainty_s"] = float(r.get("clock_uncertainty_s") or 0.0)
+        out[r["server"]] = t
+    return out
+
+
 @dataclass
 class FleetResult(StudyResult):
     fleet: dict = field(default_factory=dict)
@@ -691,6 +922,11 @@ class FleetResult(StudyResult):
     cache: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
     clients: pd.DataFrame = field(default_factory=pd.DataFrame)
+    hosts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cold_disk: pd.DataFrame = field(default_factory=pd.DataFrame)
+    timelines: dict = field(default_factory=dict)
+    hosts_lost: list = field(default_factory=list)
+    cluster: dict = field(default_factory=dict)
 
 
 def analyze(ctx: StudyContext) -> FleetResult:
@@ -731,7 +967,11 @@ def analyze(ctx: StudyContext) -> FleetResult:
                        balance_source=bal_source, overhead=overhead, cold_upstream=cold_upstream_table(df, servers),
                        failover=failover_summary(df, ev, access),
                        timeout=timeout_summary(df, ev, fleet.get("proxy_read_timeout_s") or c.proxy.read_timeout_s),
-                       cache=cache, skipped=skipped, clients=S.client_table(ev, df))
+                       cache=cache, skipped=skipped, clients=S.client_table(ev, df),
+                       hosts=hosts_table(ctx.store.samples(), ev), cold_disk=cold_disk_table(df),
+                       timelines=host_timelines(ctx.store.dir, ev, df), cluster=manifest.get("cluster") or {},
+                       hosts_lost=ev[ev["kind"] == "host_lost"][["server", "why"]].to_dict("records")
+                       if len(ev) and "kind" in ev and (ev["kind"] == "host_lost").any() else [])
 
 
 @register
@@ -744,12 +984,17 @@ class FleetStudy(Study):
     order = 50
 
     def models_used(self, cfg: FleetParams) -> list[tuple[str, str]]:
-        if cfg.server_urls:  # a user's fleet serves its own names
+        if cfg.server_urls or cfg.hosts:  # a user's servers serve their own names
             return []
         return [("model", cfg.model)] + ([("stale_model", cfg.stale_model)] if cfg.stale_model else [])
 
     def check_params(self, params: Any) -> None:
         f = params.studies.fleet
+        if f.hosts:
+            if params.cluster is None:
+                raise ValueError("studies.fleet.hosts: servers on other hosts are driven by perfkit's agent on each "
+                                 "host: add a cluster: section (address: auto, HOST:PORT or ray://HOST:PORT)")
+            return
         if not backends.capabilities(params.backend.kind).started_by_perfkit and not f.server_urls:
             raise ValueError("studies.fleet: with a server of your own (backend kind "
                              f"{params.backend.kind!r}) give fleet.proxy_url and fleet.server_urls; perfkit starts "
@@ -772,7 +1017,8 @@ class FleetStudy(Study):
         return out
 
     def unavailable(self, params: Any) -> str | None:
-        if not params.studies.fleet.server_urls and nginx_binary() is None:
+        f = params.studies.fleet
+        if not f.server_urls and not f.proxy_url and nginx_binary() is None:
             return f"nginx is not installed; {install_hint()}"
         return None
 
@@ -834,6 +1080,50 @@ def cold_display(res: FleetResult) -> pd.DataFrame:
     return pd.DataFrame({"server": c["server"], "cold": c["cold"].map({True: "yes", False: "no"}),
                          "requests": c["requests"], "first TTFT": c["first_ttft_s"].map(fmt.duration),
                          "TTFT p50": c["ttft_p50"], "TTFT max": c["ttft_max_s"].map(fmt.duration)}).set_index("server")
+
+
+def hosts_display(res: FleetResult) -> pd.DataFrame:
+    h = res.hosts
+    if h.empty:
+        return h
+    return pd.DataFrame({"server": h["server"], "phase": h["phase"], "samples": h["samples"],
+                         "server CPU mean": h["server_cpu_pct_mean"].map(lambda x: f"{x:.0f}% of a core"),
+                         "server CPU max": h["server_cpu_pct_max"].map(lambda x: f"{x:.0f}%"),
+                         "server memory max": h["server_rss_bytes_max"].map(fmt.size),
+                         "processes": h["server_processes_max"],
+                         "GPU utilization": h["gpu_util_pct_mean"].map(
+                             lambda x: fmt.NA if pd.isna(x) else f"{x:.0f}%")}).set_index(["server", "phase"])
+
+
+def cold_disk_display(res: FleetResult) -> pd.DataFrame:
+    c = res.cold_disk
+    if c.empty:
+        return c
+    return pd.DataFrame({"server": c["server"],
+                         "file in page cache at send": c["file_in_page_cache"].map(
+                             lambda x: fmt.NA if x is None or pd.isna(x) else fmt.pct(x)),
+                         "first TTFT": c["ttft_s"].map(fmt.duration), "load (server)": c["load_s"].map(fmt.duration),
+                         "end to end": c["e2e_s"].map(fmt.duration),
+                         "outcome": [("answered" if ok else f"failed: {e}") for ok, e in zip(c["ok"], c["error"])]}
+                        ).set_index("server")
+
+
+def timeline_display(res: FleetResult, server: str) -> pd.DataFrame:
+    t = res.timelines.get(server)
+    if t is None or t.empty:
+        return pd.DataFrame()
+    u = float(t["clock_uncertainty_s"].iloc[0])
+    return pd.DataFrame({f"time (± {fmt.duration(u)})": t["t_s"].map(lambda x: f"{x:+.3f} s"),
+                         "phase": t["phase"], "event": t["kind"], "what": t["what"]}).reset_index(drop=True)
+
+
+def clocks_display(res: FleetResult) -> pd.DataFrame:
+    nodes = (res.cluster or {}).get("nodes") or {}
+    rows = [{"node": n, "role": d.get("role"), "host name": d.get("hostname"), "perfkit": d.get("perfkit_version"),
+             "clock offset": _signed(d["clock"]["offset_ns"] * 1e-9),
+             "uncertainty": "± " + fmt.duration(d["clock"]["uncertainty_s"]),
+             "round trips": d["clock"]["round_trips"]} for n, d in nodes.items()]
+    return pd.DataFrame(rows).set_index("node") if rows else pd.DataFrame()
 
 
 # ---- text ----------------------------------------------------------------------------------------
@@ -946,6 +1236,25 @@ def conclusions(res: FleetResult) -> str:
             lines.append(f"- **A cold server** behind the proxy: the first request it got waited "
                          f"{_ms(c['first_ttft_s'].iloc[0])} for its first token (the load), against a TTFT p50 of "
                          f"{w['ttft_p50'].iloc[0] if len(w) else 'n/a'} on the warm one{'s' if len(w) > 1 else ''}.")
+    cd = res.cold_disk
+    if len(cd):
+        parts = [f"{r['server']} {_ms(r['ttft_s'])} to the first token ({fmt.pct(r['file_in_page_cache'])} of the file "
+                 "in its host's page cache at the send)" if r["ok"] else f"{r['server']} failed ({r['error']})"
+                 for _, r in cd.iterrows()]
+        lines.append("- **A cold disk on each server's own host** (unloaded, memory released, the model file evicted "
+                     "there; one request each, n=1 per server, so no CI): " + "; ".join(parts) + ".")
+    if len(res.hosts):
+        busiest = res.hosts.sort_values("server_cpu_pct_mean").iloc[-1]
+        lines.append(f"- **Each server's host**, as its own host sampled it ({res.hosts['server'].nunique()} "
+                     f"server(s)): the busiest was {busiest['server']} in {busiest['phase']}, its process tree at "
+                     f"{busiest['server_cpu_pct_mean']:.0f}% of a core on average; per phase in the hosts table.")
+    nodes = (res.cluster or {}).get("nodes") or {}
+    if nodes:
+        worst = max(d["clock"]["uncertainty_s"] for d in nodes.values())
+        lines.append(f"- **One clock**: {len(nodes)} cluster node(s), each clock's offset measured from "
+                     f"{next(iter(nodes.values()))['clock']['round_trips']} round trips; every time a node stamped "
+                     f"(its samples, its log, its requests) is on the run's clock within ± {fmt.duration(worst)} (the "
+                     "widest).")
     fo = res.failover
     if fo.get("victim"):
         lines.append(f"- **A server killed mid-run** ({fo['victim']}): {fo['failed']} of {fo['requests']} requests failed"
@@ -997,6 +1306,9 @@ def conclusions(res: FleetResult) -> str:
                              "text: purge the cache (or key it on the model digest) whenever a model changes.")
     for s in res.skipped:
         lines.append(f"- {s['phase'].replace('_', ' ').capitalize()}: {s['why']}.")
+    for h in res.hosts_lost:
+        lines.append(f"- ⚠ **Host {h['server']} was lost** during the run ({h['why']}): its samples and log end there; "
+                     "the figures after it that needed its agent are missing, not estimated.")
     if res.failures:
         lines.append("- " + res.failures + " (the failover and timeout phases fail requests on purpose).")
     lines += ["", method_note(res.manifest, "Throughput CI: batch means inside each series' steady-state "

@@ -1,6 +1,6 @@
 """Parameter sets (YAML), validated before anything runs.
 
-The file's shape: ``name``, ``description``, ``backend``, ``timeouts``, ``sampling``, ``telemetry``, ``seed``, ``progress``,
+The file's shape: ``name``, ``description``, ``backend``, ``timeouts``, ``sampling``, ``telemetry``, ``cluster``, ``seed``, ``progress``,
 ``repeat`` and ``studies``, whose sections are the registered studies' own parameter models (each defined
 next to its study). An unknown key, a wrong type, an unknown model, cache state or setting: one
 ``ConfigError`` that names the file, the key and what is allowed.
@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 from perfkit.client import backends
 from perfkit.core.errors import ConfigError
 from perfkit.core.secrets import SECRET_KEY, redact_text
-from perfkit.core.schema import NAME_RULE, BackendParams, SamplingParams, Strict, TelemetryParams, Timeouts
+from perfkit.core.schema import (NAME_RULE, BackendParams, ClusterParams, SamplingParams, Strict, TelemetryParams,
+                                 Timeouts)
 from perfkit.core.yamlfile import read_yaml, source_name
 from perfkit.studies import registry
 
@@ -31,6 +32,8 @@ class _Base(Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     telemetry: TelemetryParams = Field(default_factory=TelemetryParams)
+    cluster: ClusterParams | None = Field(None, description="a Ray cluster: agents on server hosts, load from client "
+                                          "nodes (absent: everything from this machine, Ray not started)")
     seed: int = 0
     progress: bool = False
     repeat: int = Field(1, ge=1, le=MAX_REPEAT, description="replicates of each study in one run (runs are the "
@@ -42,6 +45,13 @@ class _Base(Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
             raise ValueError(f"the name becomes part of the run directory's name: use {NAME_RULE}")
         return v
+
+    @model_validator(mode="after")
+    def _cluster_for_host(self):
+        if self.backend.host is not None and self.cluster is None:
+            raise ValueError(f"backend.host: the server on {self.backend.host} is seen through perfkit's agent there: "
+                             "add a cluster: section (address: auto, HOST:PORT or ray://HOST:PORT)")
+        return self
 
     def enabled(self) -> list[str]:
         """The studies this file sets, in the order a run measures them."""

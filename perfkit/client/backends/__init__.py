@@ -36,11 +36,12 @@ def _cls(kind: str) -> type[Backend]:
 
 def create(kind: str, url: str | None = None, *, engine=None, headers: Mapping[str, str] | None = None,
            endpoint: str = "chat", restart_command: list[str] | None = None, log=None,
-           ready_timeout_s: float = 120.0, inspect_host: bool = True, **_: Any) -> Backend:
+           ready_timeout_s: float = 120.0, inspect_host: bool = True, control=None, **_: Any) -> Backend:
     """The backend of ``kind`` for ``url`` (or, for ``embedded``, for the running ``engine``).
 
     ``headers`` are sent and never recorded. ``inspect_host``: look for the server's processes, log and
     files on this host (Ollama); False sees only its HTTP API (a fleet's servers seen as a client does).
+    ``control``: the server's controller when the caller has one (an agent on the server's host).
     """
     if kind in STARTED_BY_PERFKIT:
         if engine is None:
@@ -48,8 +49,9 @@ def create(kind: str, url: str | None = None, *, engine=None, headers: Mapping[s
         return LlamaServerBackend.from_engine(engine)
     if not url:
         raise ConfigError(f"backend kind {kind!r} needs a url")
+    kw = {"control": control} if control is not None else {}
     return _cls(kind).create(url, headers=headers, endpoint=endpoint, restart_command=restart_command, log=log,
-                             ready_timeout_s=ready_timeout_s, inspect_host=inspect_host)
+                             ready_timeout_s=ready_timeout_s, inspect_host=inspect_host, **kw)
 
 
 __all__ = ["Backend", "Capabilities", "ModelFacts", "Sampling", "DEFAULT_TIMEOUT_S", "LlamaServerBackend",

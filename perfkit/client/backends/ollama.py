@@ -63,11 +63,12 @@ class OllamaBackend(Backend):
 
     @classmethod
     def create(cls, url: str, *, headers: Mapping[str, str] | None = None, restart_command=None, log=None,
-               ready_timeout_s: float = 120.0, inspect_host: bool = True, **_: Any) -> "OllamaBackend":
+               ready_timeout_s: float = 120.0, inspect_host: bool = True, control=None, **_: Any) -> "OllamaBackend":
         from perfkit.servers.control import RemoteControl, ollama_control
 
-        control = (ollama_control(url, restart_command=restart_command, log=log, headers=headers,
-                                  ready_timeout_s=ready_timeout_s) if inspect_host else RemoteControl(url))
+        if control is None:  # else the caller's: an agent on the server's host (perfkit.cluster.AgentControl)
+            control = (ollama_control(url, restart_command=restart_command, log=log, headers=headers,
+                                      ready_timeout_s=ready_timeout_s) if inspect_host else RemoteControl(url))
         return cls(url, headers=headers, control=control)
 
     @staticmethod

@@ -125,6 +125,29 @@ class ServerControl(abc.ABC):
         """The model's file on this host (what cold_disk evicts and the load floor reads)."""
         raise Unknown(f"the model file is unknown, because {self.why_not_local()}")
 
+    def file_cache(self, model: str, action: str | None = None) -> float:
+        """The share of the model's file in the server host's page cache (0–1) after ``action``: ``evict`` drops it
+        (a cold disk), ``warm`` reads it in; None only looks. Unknown where the file is not visible."""
+        from perfkit.servers import pagecache
+
+        path = self.model_file(model)
+        if action == "evict":
+            pagecache.evict(path)
+        elif action == "warm":
+            pagecache.warm(path)
+        elif action is not None:
+            raise ValueError(f"file_cache action {action!r}: evict, warm or None")
+        return pagecache.resident_fraction(path)
+
+    def read_bandwidth(self, model: str) -> dict[str, Any]:
+        """How fast the server host's disk reads the model file from a cold page cache (the load floor):
+        ``bytes_s``, ``seconds``, ``path``, ``size_bytes``. Unknown where the file is not visible."""
+        from perfkit.servers import pagecache
+
+        path = self.model_file(model)
+        bw, secs = pagecache.read_bandwidth_bytes_s(path)
+        return {"path": str(path), "bytes_s": bw, "seconds": secs, "size_bytes": path.stat().st_size}
+
     def log_source(self):
         """A ``perfkit.serverlog.LogSource`` for the server's own log, or None."""
         return None

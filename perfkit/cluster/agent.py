@@ -1,0 +1,208 @@
+"""perfkit's agent on a server host: a Ray actor placed on the node that joined as ``perfkit-host:NAME``.
+
+It runs on the server's own host, so it sees what perfkit sees of a local server — processes and their
+sampling, settings in effect and their evidence, the log, the model file and the page cache, the device —
+and does what perfkit does to one: restart it with settings, and (a server it started itself) kill and revive
+it. The driver talks to it through :class:`perfkit.cluster.control.AgentControl`, the same controller
+interface a local server has. Everything it returns is plain data stamped on the host's own clocks; the
+driver puts it on the run's clock.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from perfkit.core import host
+from perfkit.core.clock import now_ns
+from perfkit.core.errors import PerfkitError
+from perfkit.servers.control.base import Unknown
+
+RESOURCE_HOST = "perfkit-host:"  # a server host's node joins with {"perfkit-host:NAME": 1}
+RESOURCE_CLIENT = "perfkit-client:"  # a client node joins with {"perfkit-client:NAME": 1}
+
+
+def node_facts(name: str) -> dict[str, Any]:
+    """Who answers: the node's perfkit (the driver refuses another version), Python, Ray and host."""
+    import ray
+
+    return {"node": name, "perfkit_version": host.versions().get("perfkit"), "python": platform.python_version(),
+            "ray": ray.__version__, "hostname": platform.node(), "pid": os.getpid(), "cores": os.cpu_count()}
+
+
+class HostAgent:
+    """The agent's state on its host: one server (``open_server``), its sampler and its log."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix=f"perfkit-agent-{name}-"))
+        self.control = None
+        self.backend = None
+        self.samplers: list = []
+        self._lock = threading.Lock()
+
+    # ---- who and when --------------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        return node_facts(self.name)
+
+    def clock(self) -> tuple[int, int]:
+        return now_ns(), time.time_ns()
+
+    def host_info(self) -> dict[str, Any]:
+        return host.info()
+
+    # ---- the server ----------------------------------------------------------------------------------
+    def open_server(self, spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+        """Start the server (``command``: the agent owns it) or find a user's by its port (``restart_command`` or
+        none), applying ``settings`` where it can restart it. Returns its description."""
+        from perfkit.client import backends
+        from perfkit.servers.control.ollama_local import LocalOllamaControl
+        from perfkit.servers.control.owned import OwnedOllamaControl
+
+        url = spec["url"]
+        if spec.get("command"):
+            ctl = OwnedOllamaControl(url, spec["command"], env=spec.get("env") or {}, log_path=self.dir / "server.log",
+                                     ready_timeout_s=spec.get("ready_timeout_s") or 120.0)
+            self.control = ctl
+            ctl.restart(settings)
+        else:
+            ctl = LocalOllamaControl(url, restart_command=spec.get("restart_command"),
+                                     log=_log_source(spec.get("server_log")),
+                                     ready_timeout_s=spec.get("ready_timeout_s") or 120.0)
+            if ctl.serve_pid() is None:
+                raise PerfkitError(f"host {self.name}: no process on {platform.node()} listens on port {ctl.port} "
+                                   f"(hosts[].url {url}); give the server's command to have the agent start it")
+            ctl.restore_record = self.dir / "restore.json"
+            self.control = ctl
+            if settings and ctl.can_restart():
+                ctl.restart(settings)
+        self.backend = backends.create("ollama", url, inspect_host=False)
+        return ctl.describe()
+
+    def call(self, method: str, *args: Any) -> tuple[str, Any]:
+        """One controller question: ("ok", the answer as plain data) or ("unknown", why)."""
+        if self.control is None:
+            return "unknown", f"host {self.name}: no server opened"
+        try:
+            return "ok", getattr(self, "_" + method)(*args)
+        except Unknown as e:
+            return "unknown", str(e)
+
+    def _restart(self, settings):
+        return self.control.restart(settings).as_dict()
+
+    def _can_restart(self):
+        return self.control.can_restart()
+
+    def _settings_in_effect(self, wanted, model):
+        return {k: v.as_dict() for k, v in self.control.settings_in_effect(wanted, model).items()}
+
+    def _server_pids(self):
+        return self.control.server_pids()
+
+    def _model_file(self, model):
+        return str(self.control.model_file(model))
+
+    def _device(self, model):
+        return self.control.device(model, self.backend).as_dict()
+
+    def _wait_memory_released(self, model, timeout_s):
+        return self.control.wait_memory_released(model, timeout_s)
+
+    def _slots(self, model):
+        return self.control.slots(model)
+
+    def _file_cache(self, model, action):
+        return self.control.file_cache(model, action)
+
+    def _read_bandwidth(self, model):
+        return self.control.read_bandwidth(model)
+
+    def _describe(self):
+        return self.control.describe()
+
+    def _log_mark(self):
+        log = self.control.log_source()
+        if log is None:
+            raise Unknown(f"no server log on host {self.name} (hosts[].server_log)")
+        return log.mark()
+
+    def _log_read_since(self, mark):
+        return list(self.control.log_source().read_since(mark))
+
+    def _log_describe(self):
+        log = self.control.log_source()
+        return f"{log.describe()} on host {self.name}" if log else None
+
+    def _kill(self):
+        kill = getattr(self.control, "kill", None)
+        if kill is None:
+            raise Unknown(f"perfkit does not kill a server it did not start (host {self.name}: give hosts[].command "
+                          "to have the agent start and own it)")
+        return kill()
+
+    def _revive(self):
+        return self.control.restart(None).as_dict()
+
+    def _can_kill(self):
+        return hasattr(self.control, "kill")
+
+    # ---- sampling ------------------------------------------------------------------------------------
+    def start_sampling(self, interval_s: float, gpu: bool = True) -> dict[str, str]:
+        """The server's process tree (CPU, memory, reads) and, where NVML sees GPUs, the GPUs, sampled on this host.
+        Returns what can't be sampled, and why."""
+        from perfkit.sampling.gpu import GpuSampler
+        from perfkit.sampling.system import SystemSampler
+
+        with self._lock:
+            if self.samplers:
+                return self._unavailable()
+            self.samplers = [SystemSampler(interval_s, root_pids=self.control.server_pids)]
+            if gpu:
+                self.samplers.append(GpuSampler(interval_s, pids=self.control.server_pids))
+            for s in self.samplers:
+                s.start()
+            return self._unavailable()
+
+    def _unavailable(self) -> dict[str, str]:
+        return {k: v for s in self.samplers for k, v in s.unavailable.items()}
+
+    def samples(self, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Samples taken since the ``since``-th (the cursor returned last time), on this host's perf_counter."""
+        rows = sorted((r for s in self.samplers for r in list(s.samples)), key=lambda r: r["t_ns"])
+        return rows[since:], len(rows)
+
+    # ---- the end -------------------------------------------------------------------------------------
+    def shutdown(self) -> dict[str, Any]:
+        """Stop sampling; a server the agent started is stopped, a user's gets its own settings back."""
+        out: dict[str, Any] = {}
+        for s in self.samplers:
+            s.stop()
+        if self.control is not None:
+            restore = getattr(self.control, "restore", None)
+            if restore is not None:
+                try:
+                    info = restore()
+                    out["restored"] = info.as_dict() if info else None
+                except Exception as e:  # noqa: BLE001 - said, and the rest still stops
+                    out["restore_failed"] = str(e)
+            self.control.close()
+        if self.backend is not None:
+            self.backend.close()
+        return out
+
+
+def _log_source(spec: dict | None):
+    if not spec:
+        return None
+    from perfkit.core.clock import parse_tz
+    from perfkit.servers.serverlog import CommandLogSource, FileLogSource
+
+    if spec.get("file"):
+        return FileLogSource(spec["file"])
+    return CommandLogSource(spec["command"], local_tz=parse_tz(spec["tz"]) if spec.get("tz") else None)

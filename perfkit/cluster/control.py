@@ -1,0 +1,201 @@
+"""The driver's side of an agent: the controller interface of a local server, answered on the server's host.
+
+Studies and the fleet ask :class:`AgentControl` what they ask any ``ServerControl``; the answers come from the
+agent on that host with their times put on the run's clock (the node's measured offset), and a question the
+agent can't answer raises ``Unknown`` with its reason, as locally.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from perfkit.cluster.clock import ClockOffset
+from perfkit.core.errors import PerfkitError
+from perfkit.servers.control.base import Device, RestartInfo, ServerControl, SettingCheck, Unknown
+
+CLOCK_MAX_AGE_S = 60.0
+
+
+class AgentLogSource:
+    """The server's log on the agent's host, read through the agent (a ``LogSource``)."""
+
+    def __init__(self, control: "AgentControl"):
+        self.control = control
+
+    def mark(self):
+        return self.control._call("log_mark")
+
+    def read_since(self, mark) -> list[str]:
+        return self.control._call("log_read_since", mark)
+
+    def describe(self) -> str:
+        return self.control._call("log_describe") or f"the server log on host {self.control.host}"
+
+
+class AgentControl(ServerControl):
+    """Args:
+        host: the node's perfkit name.
+        actor: the agent (a Ray actor handle).
+        clock: the node's clock offset.
+        timeout_s: how long one question may take (a restart waits for the server).
+    """
+
+    name = "agent"
+    is_local = False
+
+    def __init__(self, host: str, actor, clock: ClockOffset, *, described: dict[str, Any],
+                 node: dict[str, Any] | None = None, timeout_s: float = 900.0):
+        self.host, self.actor, self.clock = host, actor, clock
+        self._clock_at = time.monotonic()
+        self.described, self.node = described, dict(node or {})
+        self.timeout_s = timeout_s
+        self._log = AgentLogSource(self) if described.get("log") else None  # the agent was given one, or kept it
+        self.lost: str | None = None  # why the agent is gone, once it is
+
+    def fresh_clock(self, max_age_s: float = CLOCK_MAX_AGE_S) -> ClockOffset:
+        """The node's clock offset, measured again when older than ``max_age_s`` (two hosts' clocks drift apart by
+        microseconds a second; a run lasts hours)."""
+        import ray
+
+        if time.monotonic() - self._clock_at > max_age_s and not self.lost:
+            from perfkit.cluster.clock import measure_offset
+
+            try:
+                self.clock = measure_offset(self.host, lambda: ray.get(self.actor.clock.remote(), timeout=30),
+                                            self.clock.round_trips)
+                self._clock_at = time.monotonic()
+            except Exception:  # noqa: BLE001 - the last offset stays; a lost agent is found by the next call
+                pass
+        return self.clock
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        if self.lost:
+            raise Unknown(f"host {self.host} is lost ({self.lost})")
+        try:
+            status, value = ray.get(self.actor.call.remote(method, *args), timeout=self.timeout_s)
+        except RayActorError as e:
+            self.lost = f"its agent died: {str(e).splitlines()[0][:200]}"
+            raise Unknown(f"host {self.host} is lost ({self.lost})") from None
+        except GetTimeoutError:
+            raise PerfkitError(f"host {self.host}: the agent did not answer {method} within {self.timeout_s:g} s") \
+                from None
+        if status == "unknown":
+            raise Unknown(value)
+        return value
+
+    # ---- the controller interface ---------------------------------------------------------------------
+    def can_restart(self) -> bool:
+        try:
+            return bool(self._call("can_restart"))
+        except Unknown:
+            return False
+
+    def restart(self, settings: Mapping[str, Any] | None) -> RestartInfo:
+        return self._restart_info(self._call("restart", dict(settings) if settings is not None else None))
+
+    def _restart_info(self, d: dict) -> RestartInfo:
+        clock = self.fresh_clock()
+        d = {k: v for k, v in d.items() if k != "ready_s"}
+        d["t_restart_ns"], d["t_ready_ns"] = clock.to_run(d["t_restart_ns"]), clock.to_run(d["t_ready_ns"])
+        d["wall_restart_unix_s"] -= clock.wall_offset_s
+        return RestartInfo(**d)
+
+    def settings_in_effect(self, wanted: Mapping[str, Any], model: str | None = None) -> dict[str, SettingCheck]:
+        d = self._call("settings_in_effect", dict(wanted), model)
+        return {k: SettingCheck(**{**v, "evidence": f"{v['evidence']} (on host {self.host})"}) for k, v in d.items()}
+
+    def server_pids(self) -> list[int]:
+        return []  # the pids are the host's: its agent samples them
+
+    def model_file(self, model: str) -> Path:
+        return Path(self._call("model_file", model))
+
+    def file_cache(self, model: str, action: str | None = None) -> float:
+        return self._call("file_cache", model, action)
+
+    def read_bandwidth(self, model: str) -> dict[str, Any]:
+        return {**self._call("read_bandwidth", model), "host": self.host}
+
+    def log_source(self):
+        return self._log
+
+    def device(self, model: str, backend=None) -> Device:
+        try:
+            return Device(**self._call("device", model))
+        except Unknown as e:
+            return Device("unknown", unknown_because=str(e))
+
+    def wait_memory_released(self, model: str, timeout_s: float = 120.0) -> float | None:
+        return self._call("wait_memory_released", model, timeout_s)
+
+    def slots(self, model: str) -> dict[str, Any]:
+        return self._call("slots", model)
+
+    def why_not_local(self) -> str:
+        return f"the server is on host {self.host}, seen through its agent"
+
+    # ---- a server the agent owns: a crash and a revival (failover) ------------------------------------
+    def can_kill(self) -> bool:
+        try:
+            return bool(self._call("can_kill"))
+        except Unknown:
+            return False
+
+    def kill(self) -> int:
+        """SIGKILL the server on its host, as a crash would; when, on the run's clock (ns)."""
+        return self.fresh_clock().to_run(self._call("kill"))
+
+    def revive(self) -> RestartInfo:
+        return self._restart_info(self._call("revive"))
+
+    def view(self, interval_s: float, gpu: bool = True) -> "AgentView":
+        """The host's own samples of its server (process tree, GPUs), taken there."""
+        return AgentView(self, interval_s, gpu)
+
+    def describe(self) -> dict[str, Any]:
+        return {"control": self.name, "local": False, "host": self.host, "clock": self.clock.as_dict(),
+                "node": {k: v for k, v in self.node.items() if k != "clock"}, "server": self.described}
+
+
+class AgentView:
+    """A server host's own samples, on the run's clock (the agent samples the server's process tree and GPUs)."""
+
+    def __init__(self, control: AgentControl, interval_s: float, gpu: bool = True):
+        import ray
+
+        self.control, self.host = control, control.host
+        self._cursor = 0
+        self.unavailable: dict[str, str] = ray.get(control.actor.start_sampling.remote(interval_s, gpu),
+                                                   timeout=control.timeout_s)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Samples taken since the last drain, each stamped on the run's clock and named by its host; [] once the
+        host is lost (``control.lost`` says why)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self.control.lost:
+            return []
+        try:
+            rows, self._cursor = ray.get(self.control.actor.samples.remote(self._cursor), timeout=60)
+        except RayActorError as e:
+            self.control.lost = f"its agent died: {str(e).splitlines()[0][:200]}"
+            return []
+        clock = self.control.fresh_clock()
+        for r in rows:
+            r["t_ns"] = clock.to_run(r["t_ns"])
+            r["host"] = self.host
+        return rows
+
+    @property
+    def lost(self) -> str | None:
+        """Why the host's agent is gone (its samples end there), or None."""
+        return self.control.lost
+
+    def stop(self) -> None:
+        """Nothing here: the agent's sampling ends with the agent (``Cluster.close``)."""
