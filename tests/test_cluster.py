@@ -99,6 +99,47 @@ def test_perfkit_agent_joins_with_the_resource_that_names_the_host(capsys, monke
     assert main(["agent", "join", "--address", "h:1", "--host", "bad name"]) == 2
 
 
+class _FakeView:
+    """A host view as an agent gives it: samples on the run's clock, the host's GPUs 0 (the server's) and 1."""
+
+    host, interval_s, unavailable, server_gpus = "gpu-a", 0.05, {}, [0]
+
+    def __init__(self, t0: int):
+        self.t0, self.k = t0, 0
+
+    def drain(self):
+        rows = []
+        for _ in range(10):
+            t = self.t0 + self.k * 50_000_000
+            rows.append({"source": "system", "t_ns": t, "host": "gpu-a", "server_cpu_pct": 150.0,
+                         "server_rss_bytes": 1 << 30, "host_cpu_pct": 40.0})
+            for gpu, watts in ((0, 300.0), (1, 100.0)):
+                rows.append({"source": "gpu", "t_ns": t, "host": "gpu-a", "gpu": gpu, "gpu_util_pct": 90.0 if gpu == 0
+                             else 5.0, "power_w": watts, "energy_j": watts * self.k * 0.05})
+            self.k += 1
+        return rows
+
+
+def test_an_agents_samples_give_the_windows_the_server_hosts_cpu_and_its_own_gpus_energy():
+    from perfkit.core.clock import now_ns
+    from perfkit.sampling import Monitor
+    from perfkit.sampling.view import ViewSampler
+
+    t0 = now_ns()
+    view = _FakeView(t0)
+    m = Monitor(0.05, None, gpu=False, system=False, telemetry=[ViewSampler(view, 0.02)]).start()
+    try:
+        deadline = time.monotonic() + 5
+        while view.k < 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        w = m.measure("w", t0 + 500_000_000, t0 + 2_500_000_000)
+    finally:
+        m.stop()
+    assert w.gpu_source == "agent" and w.stats["server_cpu_pct_mean"] == pytest.approx(150.0)
+    assert w.stats["gpu_util_pct_mean"] == pytest.approx(90.0)  # GPU 1 is not the server's: not averaged in
+    assert w.energy_j == pytest.approx(300.0 * 2.0, rel=1e-6)  # 300 W × 2 s from GPU 0's counter alone
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "p.yaml"
     p.write_text(text)

@@ -172,10 +172,12 @@ class HostAgent:
     def _unavailable(self) -> dict[str, str]:
         return {k: v for s in self.samplers for k, v in s.unavailable.items()}
 
-    def samples(self, since: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Samples taken since the ``since``-th (the cursor returned last time), on this host's perf_counter."""
+    def samples(self, since: int = 0) -> tuple[list[dict[str, Any]], int, list[int]]:
+        """Samples taken since the ``since``-th (the cursor returned last time), on this host's perf_counter, and the
+        GPUs the server's processes have held memory on (NVML's view: the server's GPUs, not the host's others)."""
         rows = sorted((r for s in self.samplers for r in list(s.samples)), key=lambda r: r["t_ns"])
-        return rows[since:], len(rows)
+        gpus = sorted(set().union(*(getattr(s, "server_gpus", set()) for s in self.samplers)))
+        return rows[since:], len(rows), gpus
 
     # ---- the end -------------------------------------------------------------------------------------
     def shutdown(self) -> dict[str, Any]:

@@ -170,6 +170,8 @@ class AgentView:
 
         self.control, self.host = control, control.host
         self._cursor = 0
+        self.interval_s = interval_s
+        self.server_gpus: list[int] = []  # the host's GPUs that hold the server (its other GPUs are not its energy)
         self.unavailable: dict[str, str] = ray.get(control.actor.start_sampling.remote(interval_s, gpu),
                                                    timeout=control.timeout_s)
 
@@ -182,7 +184,7 @@ class AgentView:
         if self.control.lost:
             return []
         try:
-            rows, self._cursor = ray.get(self.control.actor.samples.remote(self._cursor), timeout=60)
+            rows, self._cursor, self.server_gpus = ray.get(self.control.actor.samples.remote(self._cursor), timeout=60)
         except RayActorError as e:
             self.control.lost = f"its agent died: {str(e).splitlines()[0][:200]}"
             return []

@@ -37,20 +37,29 @@ class LocalView:
 class ViewSampler(PeriodicSampler):
     """A host view (an agent's) as one of the monitor's samplers: every ``interval_s`` it takes the samples the
     host took since the last time, so windows, the store and the plots see the server's own host as they see
-    this one's. Its rows keep their own sources (``system``, ``gpu``): the monitor then runs no local sampler
-    of those kinds."""
+    this one's. Its process and host rows stay ``system`` (the monitor then runs no local system sampler); its
+    GPU rows become this source's, limited to the GPUs that hold the server once the host has seen them, so a
+    window's GPU figures and energy are that host's GPUs as a telemetry source's are."""
 
     source = "agent"
 
     def __init__(self, view, interval_s: float = 0.5):
         super().__init__(interval_s)
         self.view = view
-        self.resolution_s = interval_s
+        self.resolution_s = getattr(view, "interval_s", interval_s)  # the host samples this often
 
     def _sample(self, t_ns: int) -> list[dict[str, Any]]:
         rows = self.view.drain()
         self.unavailable.update(getattr(self.view, "unavailable", {}) or {})
-        return rows
+        server_gpus = set(getattr(self.view, "server_gpus", []) or [])
+        out = []
+        for r in rows:
+            if r.get("gpu") is not None:
+                if server_gpus and int(r["gpu"]) not in server_gpus:
+                    continue
+                r = {**r, "source": self.source}
+            out.append(r)
+        return out
 
     def wait_past(self, t_ns: int, timeout_s: float = 5.0) -> None:
         """The host's samples reach past ``t_ns`` (they arrive a drain later than they were taken)."""
@@ -65,5 +74,6 @@ class ViewSampler(PeriodicSampler):
 
     def describe(self) -> list[dict[str, Any]]:
         host = getattr(self.view, "host", "?")
-        return [{"source": "system", "origin": f"psutil on host {host}, by perfkit's agent there",
-                 "resolution_s": self.interval_s, "host": host}]
+        return [{"source": self.source, "origin": f"psutil and NVML on host {host}, by perfkit's agent there",
+                 "resolution_s": self.resolution_s, "host": host,
+                 "server_gpus": list(getattr(self.view, "server_gpus", []) or [])}]
