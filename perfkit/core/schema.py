@@ -83,6 +83,16 @@ def settings_dict(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
+def settings_list(v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A grid of server settings (one dict per point), each checked; an error names its entry."""
+    for i, s in enumerate(v):
+        try:
+            validate_settings(s)
+        except ConfigError as e:
+            raise ValueError(f"entry {i}: {str(e).removeprefix('settings: ')}") from None
+    return v
+
+
 class ServerLog(Strict):
     """Where the server writes its log: a file, or a command that prints it (journalctl, docker logs)."""
 

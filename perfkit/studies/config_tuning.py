@@ -20,9 +20,10 @@ from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, me
 from perfkit.analysis.verdicts import compare_estimates, compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.core.errors import ConfigError, PerfkitError
-from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, unique)
-from perfkit.core.settings import settings_label, validate_settings
+from perfkit.core.errors import PerfkitError
+from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list,
+                                 settings_list, unique)
+from perfkit.core.settings import settings_label
 from perfkit.measure.cache_states import ensure_warm
 from perfkit.servers.control.base import Unknown
 from perfkit.report import load
@@ -95,12 +96,7 @@ class ConfigTuningParams(Strict):
     @field_validator("settings")
     @classmethod
     def _grid(cls, v):
-        for i, s in enumerate(v):
-            try:
-                validate_settings(s)
-            except ConfigError as e:
-                raise ValueError(f"entry {i}: {str(e).removeprefix('settings: ')}") from None
-        return v
+        return settings_list(v)
 
     @field_validator("concurrency")
     @classmethod

@@ -19,9 +19,8 @@ from perfkit.analysis.requests import ci_cell, col, est, failures, measured
 from perfkit.analysis.verdicts import compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.core.errors import ConfigError
-from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list
-from perfkit.core.settings import settings_label, validate_settings
+from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, settings_list
+from perfkit.core.settings import settings_label
 from perfkit.report import load
 from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
 from perfkit.studies.registry import register
@@ -56,12 +55,7 @@ class WorkloadStudyParams(Strict):
     @field_validator("settings")
     @classmethod
     def _grid(cls, v):
-        for i, s in enumerate(v):
-            try:
-                validate_settings(s)
-            except ConfigError as e:
-                raise ValueError(f"entry {i}: {str(e).removeprefix('settings: ')}") from None
-        return v
+        return settings_list(v)
 
     @model_validator(mode="after")
     def _sessions(self):
