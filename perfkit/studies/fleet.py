@@ -750,7 +750,9 @@ def failover_summary(df: pd.DataFrame, ev: pd.DataFrame, access: list[dict]) -> 
     t_end_wall = float(rev["wall_unix_s"].iloc[0]) if len(rev) else math.inf  # the same address serves again
     after = all_rows[all_rows["t_send_ns"] >= int(k["kill_t_ns"]) - int(30e9)]
     failed = all_rows[~all_rows["ok"].astype(bool)]
-    touched = [a for a in access if t_kill_wall - 0.5 <= a.get("msec", 0) <= t_end_wall
+    # A try on the dead server ends after the kill (nginx logs $msec, in ms, at the request's end); one that ended
+    # before it was served by the live server, not tried on a dead one.
+    touched = [a for a in access if t_kill_wall - 0.001 <= a.get("msec", 0) <= t_end_wall
                and victim in (a.get("upstream_addrs") or [])]
     retried = [a for a in touched if len(a.get("upstream_addrs") or []) > 1 and a.get("status") == 200]
     last = max((a["msec"] for a in touched), default=None)
