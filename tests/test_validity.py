@@ -226,13 +226,14 @@ def test_closed_loop_has_no_think_time_with_a_monitor(tmp_path):
     assert len(stored) == 16 and stored["res_host_cpu_pct_mean"].notna().all()
 
 
-def test_best_setting_without_a_ci_is_not_called_clear_of_the_runner_up():
-    from perfkit.studies.config_tuning import _resolved, _runner_up
+def test_best_setting_without_a_ci_is_not_called_best():
+    from perfkit.analysis import figures as F
+    from perfkit.analysis.decisions import best_of
 
-    ranked = pd.DataFrame([{"config": "a", "lo": float("nan"), "hi": float("nan")},
-                           {"config": "b", "lo": float("nan"), "hi": float("nan")}])
-    text = _resolved(_runner_up(ranked, "lo", "hi"))
-    assert "not distinguishable" in text and "clear" not in text
+    rows = pd.DataFrame({"ttft_s": [0.1, 0.2]})
+    claim = best_of({c: F.per_request("config_tuning", "ttft", rows, "ttft_s", where={"setting": c}) for c in "ab"})
+    assert not claim.called and claim.not_separated == ["b"]
+    assert "No setting is separable as the best" in claim.sentence("TTFT")
 
 
 def test_a_model_process_found_late_is_the_servers_load_not_other_processes(tmp_path):

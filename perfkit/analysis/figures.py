@@ -143,7 +143,9 @@ class Figure:
         counts = self.m.n_counts
         if counts != "requests" and f"n={e.n}" in t and e.n_a is None:
             t = t.replace(f"n={e.n}", f"n={e.n} {counts}", 1)
-        if e.has_ci and math.isfinite(e.value) and math.isfinite(e.hi) and e.value and (e.hi - e.lo) > abs(e.value):
+        # A share of rare events (failures) is measured by its count: a relative precision says nothing of it.
+        if self.m.stat != "share" and e.has_ci and math.isfinite(e.value) and math.isfinite(e.hi) and e.value \
+                and (e.hi - e.lo) > abs(e.value):
             more = ((e.hi - e.lo) / (0.5 * abs(e.value))) ** 2
             what = ("longer series (≈ {:.0f}× the requests per series)" if counts == "windows" else
                     "≈ {:.0f}× the " + counts).format(math.ceil(more))
@@ -321,6 +323,19 @@ def from_estimate(study: str, tag: str, est: stats.Estimate, rows: pd.DataFrame 
     reps = replicate_values(rows, per_replicate) if rows is not None and per_replicate is not None else []
     return Figure(_key(study, tag, where), tag, dict(where or {}), with_replicates(est, reps), [], reps,
                   noisy_share(rows) if rows is not None else math.nan, model, dict(workload or {}), headline)
+
+
+def failed_share(study: str, rows: pd.DataFrame, *, where: Mapping[str, Any] | None = None,
+                 model: str | None = None, workload: Mapping[str, Any] | None = None) -> Figure | None:
+    """The share of a series' requests that failed (``ok`` false), each request a 0/1 sample so that two runs
+    compare by an exact test; None without requests."""
+    if rows is None or rows.empty or "ok" not in rows:
+        return None
+    failed = (~rows["ok"].astype("boolean").fillna(False).astype(bool)).astype(float)
+    est = stats.proportion(int(failed.sum()), len(failed))
+    reps = replicate_values(rows, lambda r: float((~r["ok"].astype("boolean").fillna(False).astype(bool)).mean()))
+    return Figure(_key(study, "failed", where), "failed", dict(where or {}), with_replicates(est, reps),
+                  failed.tolist(), reps, noisy_share(rows), model, dict(workload or {}))
 
 
 def reading(study: str, tag: str, value: Any, *, where: Mapping[str, Any] | None = None, model: str | None = None,

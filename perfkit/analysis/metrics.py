@@ -99,6 +99,9 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
            "client count; CI from the two series' batch-means CIs", "windows"),
     Metric("proxy_overhead", "time the proxy adds to TTFT", "duration", "lower", "shift",
            "Hodges–Lehmann shift proxied − direct over alternating request pairs, Moses CI", "pairs"),
+    Metric("failed", "failed requests", "share", "lower", "share",
+           "share of the series' requests that failed or timed out (an error, an HTTP error status, or no answer "
+           "in time), Clopper–Pearson CI; two runs compared by Boschloo's exact test", _REQ),
     Metric("hit_ratio", "cache hit ratio", "share", "higher", "share",
            "share of identical requests the proxy answered from its cache, Clopper–Pearson CI", _REQ),
     Metric("agreement", "token agreement with the reference", "share", "higher", "mean",

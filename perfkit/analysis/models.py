@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit.analysis import figures as F
-from perfkit.analysis.requests import est, measured, per_request_itl
+from perfkit.analysis.requests import attempted, est, measured, per_request_itl
 from perfkit.core import fmt
 from perfkit.core.store import RunStore
 
@@ -28,6 +28,9 @@ def model_figures(study: str, df: pd.DataFrame, events: pd.DataFrame, models: li
     """Per model: warm decode and prefill speed, warm TTFT, cold load, resident memory, energy per token and
     GPU utilization where a GPU was sampled (warm requests; cold ones for the load)."""
     ok = measured(df)
+    tried = attempted(df)
+    if "drift" in tried:
+        tried = tried[~tried["drift"].astype("boolean").fillna(False).astype(bool)]
     if "drift" in ok:  # drift requests decode greedily with logprobs: not the same request as a speed trial
         ok = ok[~ok["drift"].astype("boolean").fillna(False).astype(bool)]
     dev = device_events(events)
@@ -46,6 +49,8 @@ def model_figures(study: str, df: pd.DataFrame, events: pd.DataFrame, models: li
             F.reading(study, "memory", dev.get(m, {}).get("model_memory_bytes"), where=w, model=m,
                       headline="memory"),
             *resource_figures(study, warm, w, m, workload),
+            F.failed_share(study, tried[tried["variant"] == m] if len(tried) and "variant" in tried else tried.iloc[0:0],
+                           where=w, model=m, workload=workload),
         ]
     return out
 

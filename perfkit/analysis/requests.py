@@ -28,6 +28,17 @@ def _state_failed(df: pd.DataFrame) -> pd.Series:
     return df["state_verified"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v).astype(bool)
 
 
+def attempted(df: pd.DataFrame) -> pd.DataFrame:
+    """Every measured request, failed ones included: no warmup, no row of a killed series that was re-run."""
+    if df.empty:
+        return df
+    out = df
+    for flag in ("interrupted", "warmup"):
+        if flag in out:
+            out = out[~out[flag].astype("boolean").fillna(False).astype(bool)]
+    return out
+
+
 def measured(df: pd.DataFrame, **eq) -> pd.DataFrame:
     """Successful, non-warmup rows whose cache state was not contradicted, optionally filtered by
     column equality. A trial whose state check failed stays in the data; ``state_note`` counts it."""

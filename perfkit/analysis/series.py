@@ -4,6 +4,7 @@ the client's self-check means for each figure. One definition each, used by ever
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -166,24 +167,67 @@ def goodput(rows: pd.DataFrame, *, ttft_s: float | None = None, tpot_s: float | 
     return float(good.sum() / span_s) if span_s > 0 else math.nan
 
 
-def kept_up(rows: pd.DataFrame) -> float:
+# "Fell behind" is a claim: made only when the latency trend's confidence bound puts capacity ÷ rate below the
+# threshold. Queued latencies are autocorrelated, which makes Sen's interval narrower than its nominal level, so the
+# level is high: simulated stable queues from an empty start (tests/test_decisions.py) stay near or under 5 % false
+# calls with it. The slope is computed on at most TREND_MAX_POINTS requests (evenly thinned), so memory is bounded.
+TREND_CONFIDENCE = 0.99
+# "Kept up" is a claim too: the interval's bottom at this (two-sided) level must reach the threshold; a short
+# series whose estimate merely reaches it can't tell, and the sweep measures it longer.
+KEPT_UP_CONFIDENCE = 0.80
+TREND_MAX_POINTS = 400
+KEPT_UP = "kept up"
+FELL_BEHIND = "fell behind"
+CANT_TELL = "can't tell at this n"
+
+
+@dataclass(frozen=True)
+class Trend:
+    """What an open-loop series' latency trend says of the server: ``kept_up`` estimates capacity ÷ rate (1 when
+    the server keeps up, 0.5 at twice its capacity), ``lo``–``hi`` its interval at ``confidence`` from the slope's,
+    ``n`` the requests it read, ``verdict`` :data:`KEPT_UP` (the bottom of the :data:`KEPT_UP_CONFIDENCE` interval
+    reaches the threshold), :data:`FELL_BEHIND` (even the top of the ``confidence`` interval is below it) or
+    :data:`CANT_TELL` (neither)."""
+
+    kept_up: float
+    lo: float
+    hi: float
+    n: int
+    verdict: str
+    confidence: float = TREND_CONFIDENCE
+
+
+def trend(rows: pd.DataFrame, threshold: float = 0.9, confidence: float = TREND_CONFIDENCE) -> Trend:
     """Did the server keep up with an open-loop series? Read from the trend of latency over the schedule: when
     a queue grows, each request waits longer than the one before, and latency rises by (rate ÷ capacity − 1)
-    seconds per second of schedule, so 1 / (1 + slope) estimates capacity ÷ rate: about 1 when the server
-    keeps up, 0.5 at twice its capacity (capped at 1). The slope of ``e2e_sched_s`` against the scheduled
-    send is Theil–Sen's (the median of pairwise slopes: robust to a few slow requests, and to a batching
-    server that finishes requests in groups). Successful requests only; NaN with fewer than 3 or no schedule."""
+    seconds per second of schedule, so 1 / (1 + slope) estimates capacity ÷ rate (capped at 1). The slope of
+    ``e2e_sched_s`` against the scheduled send is Theil–Sen's (the median of pairwise slopes: robust to a few
+    slow requests, and to a batching server that finishes requests in groups), with Sen's interval. Successful
+    requests only; NaN with fewer than 3 or no schedule."""
+    nan = Trend(math.nan, math.nan, math.nan, 0, CANT_TELL, confidence)
     if "t_scheduled_ns" not in rows or "e2e_sched_s" not in rows:
-        return math.nan
+        return nan
     ok = rows[rows["ok"].astype(bool)] if "ok" in rows else rows
-    ok = ok.dropna(subset=["t_scheduled_ns", "e2e_sched_s"])
+    ok = ok.dropna(subset=["t_scheduled_ns", "e2e_sched_s"]).sort_values("t_scheduled_ns")
     if len(ok) < 3:
-        return math.nan
+        return nan
+    if len(ok) > TREND_MAX_POINTS:
+        ok = ok.iloc[np.linspace(0, len(ok) - 1, TREND_MAX_POINTS).round().astype(int)]
     x = (ok["t_scheduled_ns"] - ok["t_scheduled_ns"].min()).to_numpy(dtype=float) * 1e-9
     if not np.ptp(x) > 0:
-        return math.nan
-    slope = float(_st.theilslopes(ok["e2e_sched_s"].to_numpy(dtype=float), x)[0])
-    return 1.0 / (1.0 + max(slope, 0.0))
+        return nan
+    y = ok["e2e_sched_s"].to_numpy(dtype=float)
+    slope, _, lo_slope, hi_slope = _st.theilslopes(y, x, alpha=confidence)
+    k = lambda s: 1.0 / (1.0 + max(float(s), 0.0))  # noqa: E731
+    value, lo, hi = k(slope), k(hi_slope), k(lo_slope)
+    screen_lo = k(_st.theilslopes(y, x, alpha=KEPT_UP_CONFIDENCE)[3])
+    verdict = FELL_BEHIND if hi < threshold else KEPT_UP if screen_lo >= threshold else CANT_TELL
+    return Trend(value, lo, hi, len(ok), verdict, confidence)
+
+
+def kept_up(rows: pd.DataFrame) -> float:
+    """Capacity ÷ rate from the latency trend (:func:`trend`), its point estimate."""
+    return trend(rows).kept_up
 
 
 def request_rate(rows: pd.DataFrame) -> float:

@@ -13,6 +13,12 @@ Three ways to compare, by what the two sides have:
   the minimum practical effect (:data:`MIN_EFFECT`, measured from A/A runs; overridable).
 * **estimates** (a series' throughput, one CI per side, no samples): ratio of the values, CI and p from the
   two CIs on the log scale (normal approximation); the minimum practical effect applies as above.
+* **tail** (a percentile above the median, per-request samples on both sides, failures kept as +inf): the
+  ratio of the two percentiles, its CI from each side's order-statistic interval, and an exact placement test:
+  how many of B's requests lie beyond (1 + minimum effect) × A's percentile, against how many would if nothing
+  had changed (and the same the other way round). A median's ratio never speaks for a tail.
+* **shares** (a per-request yes/no, e.g. failed): the difference of the two shares in percentage points with its
+  exact CI, and Boschloo's exact test.
 * one reading per side (resident memory): no CI, never a verdict.
 
 Across many rows the p-values are adjusted for the false-discovery rate (Benjamini–Hochberg,
@@ -27,9 +33,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats as st
+from scipy.special import gammaln
 
 from perfkit.analysis import stats
-from perfkit.analysis.figures import clean, format_estimate
+from perfkit.analysis.figures import Figure, clean, format_estimate, format_value
 from perfkit.core import fmt
 
 IMPROVED = "improved"
@@ -89,13 +96,24 @@ class Row:
         return 100 * (self.ratio.hi - 1) if math.isfinite(self.ratio.hi) else math.nan
 
     @property
+    def is_difference(self) -> bool:
+        """A share compared by its difference (percentage points), not a ratio."""
+        return self.ratio.stat == "difference"
+
+    @property
     def ratio_text(self) -> str:
-        """'2.01× [1.83, 2.24] (n=8 vs 8)'."""
+        """'2.01× [1.83, 2.24] (n=8 vs 8)'; a share's difference: '+5.0 pp [+1.2, +9.1] (n=80 vs 80)'."""
+        if self.is_difference:
+            return self.change_text + f" ({self.ratio.annotation()})"
         return fmt.estimate(self.ratio, "ratio")
 
     @property
     def change_text(self) -> str:
-        """'+101% [+83%, +124%]', or '+101% (no CI)'."""
+        """'+101% [+83%, +124%]', or '+101% (no CI)'; a share's difference in percentage points."""
+        if self.is_difference:
+            return _pp(self.ratio)
+        if self.ratio.value == math.inf:
+            return "beyond the limit (failures)"
         if not math.isfinite(self.ratio.value):
             return fmt.NA
         text = signed_pct(self.ratio.value - 1)
@@ -116,6 +134,18 @@ class Row:
 
 def signed_pct(fraction: float) -> str:
     return ("+" if fraction > 0 else "") + fmt.pct(fraction)
+
+
+def _signed_pp(d: float) -> str:
+    return ("+" if d > 0 else "") + fmt.number(100 * d, 2) + " pp"
+
+
+def _pp(e: stats.Estimate) -> str:
+    """A difference of shares in percentage points: '+5.0 pp [+1.2, +9.1]'."""
+    if not math.isfinite(e.value):
+        return fmt.NA
+    ci = f" [{_signed_pp(e.lo)}, {_signed_pp(e.hi)}]" if e.has_ci else ""
+    return _signed_pp(e.value) + ci
 
 
 def _direction(up: bool, better: str) -> str:
@@ -208,6 +238,213 @@ def compare_replicates(before: Sequence[float], after: Sequence[float], better: 
                        n_a=len(a), n_b=len(b))
     verdict, reason = _judge(r, better, 0.0, f"{100 * confidence:g}% CI over runs")
     return Row(key, label, kind, better, before_text, after_text, r, verdict, reason, len(b), len(a), p, mode="runs")
+
+
+def _log_comb(n: np.ndarray | int, k: np.ndarray | int) -> np.ndarray:
+    return gammaln(np.asarray(n) + 1) - gammaln(np.asarray(k) + 1) - gammaln(np.asarray(n) - np.asarray(k) + 1)
+
+
+def exceedance_p(k: int, r: int, m: int, n: int) -> float:
+    """P(K ≥ k) when nothing changed, K = how many of n new values exceed the r-th largest of m earlier ones.
+
+    Exchangeable samples (the same distribution before and after) give the exact law of Gumbel and von
+    Schelling: P(K = j) = C(r−1+j, j) · C(m−r+n−j, n−j) / C(m+n, n), whatever the distribution. Ties and a
+    threshold raised by a minimum effect only make K smaller, so the p-value stays valid (conservative)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    j = np.arange(k, n + 1)
+    logp = _log_comb(r - 1 + j, j) + _log_comb(m - r + n - j, n - j) - _log_comb(m + n, n)
+    return float(min(1.0, np.exp(logp).sum()))
+
+
+def _tail_rank(n: int, q: float) -> int:
+    """The rank from the top of a sample's q-quantile: 1 is the largest."""
+    return int(min(n, max(1, round(n * (1 - q)))))
+
+
+def _tail_side(ref: np.ndarray, new: np.ndarray, q: float, min_effect: float) -> tuple[int, int, float, float]:
+    """(count, rank, threshold, p): how many of ``new`` lie beyond (1 + min_effect) × ``ref``'s q-quantile
+    (its r-th largest value), and the exact p-value of at least that many if nothing changed."""
+    r = _tail_rank(len(ref), q)
+    x = float(np.sort(ref)[::-1][r - 1])
+    threshold = x * (1 + min_effect) if math.isfinite(x) else math.inf
+    k = int((new > threshold).sum()) if math.isfinite(threshold) else 0
+    return k, r, threshold, exceedance_p(k, r, len(ref), len(new))
+
+
+def _quantile_ratio(a: float, b: float) -> float:
+    """after / before of two percentiles that may be +inf (beyond the limit)."""
+    if math.isinf(a) and math.isinf(b):
+        return math.nan
+    if math.isinf(a):
+        return math.inf
+    if math.isinf(b):
+        return 0.0
+    return a / b if b > 0 else math.nan
+
+
+def compare_tail(before: Sequence[float], after: Sequence[float], stat: str, better: str, *,
+                 kind: str = "duration", key: str = "", label: str = "", confidence: float = stats.CONFIDENCE,
+                 min_effect: float = 0.0) -> Row:
+    """A percentile above the median before and after, compared as a tail, failures kept (+inf).
+
+    Ratio: after's percentile ÷ before's; CI from the two sides' order-statistic intervals (each at √confidence,
+    so both hold together at ``confidence``), absent where n is too small for one. Test: how many of after's
+    requests lie beyond (1 + ``min_effect``) × before's percentile, and of before's beyond (1 + ``min_effect``) ×
+    after's, each against the exact law of that count when nothing changed (:func:`exceedance_p`); two-sided p
+    = twice the smaller. Improved or worse when p ≤ 1 − confidence (then the FDR correction over rows)."""
+    _check_better(better)
+    q = stats.quantile_of(stat)
+    if q is None or q <= 0.5:
+        raise ValueError(f"compare_tail compares a percentile above the median, got {stat!r}")
+    b = np.asarray(clean(before), dtype=float)
+    a = np.asarray(clean(after), dtype=float)
+    eb, ea = stats.estimate(b, stat, confidence=confidence), stats.estimate(a, stat, confidence=confidence)
+    both = math.sqrt(confidence)
+    jb, ja = stats.estimate(b, stat, confidence=both), stats.estimate(a, stat, confidence=both)
+    lo = hi = math.nan
+    if not any(math.isnan(v) for v in (jb.lo, jb.hi, ja.lo, ja.hi)):
+        lo, hi = _quantile_ratio(ja.lo, jb.hi), _quantile_ratio(ja.hi, jb.lo)
+    name = stat if stat != "median" else "median"
+    method = (f"ratio of the two {name}s (CI from each side's order-statistic interval); exact placement test of "
+              f"the requests beyond the other side's {name}")
+    r = stats.Estimate("ratio", _quantile_ratio(ea.value, eb.value), lo, hi, min(len(a), len(b)), confidence,
+                       method, n_a=len(a), n_b=len(b))
+    row = Row(key, label, kind, better, format_estimate(eb, kind), format_estimate(ea, kind), r, NO_CHANGE, "",
+              len(b), len(a), mode="tail", min_effect=min_effect)
+    if len(a) < 2 or len(b) < 2:
+        row.reason = "fewer than 2 requests a side"
+        return row
+    k_up, r_b, thr_b, p_up = _tail_side(b, a, q, min_effect)
+    k_dn, r_a, thr_a, p_dn = _tail_side(a, b, q, min_effect)
+    row.p_value = min(1.0, 2 * min(p_up, p_dn))
+    alpha = 1 - confidence
+    beyond = f"{1 + min_effect:g} × " if min_effect else ""
+    if math.isinf(eb.value) and math.isinf(ea.value):
+        row.reason = (f"both {name}s lie beyond the limit (failures): the failed share compares them")
+        row.p_value = math.nan
+        return row
+    floor_p = min(1.0, 2 * min(exceedance_p(len(a), r_b, len(b), len(a)), exceedance_p(len(b), r_a, len(a), len(b))))
+    if floor_p > alpha:
+        row.reason = (f"not measurable at this n: with {len(b)} vs {len(a)} requests no change of the {name} can "
+                      f"reach p ≤ {alpha:g} (its tail holds too few requests)")
+        return row
+    up = p_up <= p_dn
+    k, thr, ref_n, new_n, r_ref = (k_up, thr_b, len(b), len(a), r_b) if up else (k_dn, thr_a, len(a), len(b), r_a)
+    who_new, who_ref = ("after", "before") if up else ("before", "after")
+    expected = new_n * r_ref / (ref_n + 1)
+    thr_text = format_value(thr, kind) if math.isfinite(thr) else "the limit"
+    detail = (f"{k} of {who_new}'s {new_n} requests lie beyond {beyond}{who_ref}'s {name} ({thr_text}); about "
+              f"{fmt.number(expected, 2)} would if nothing had changed (exact placement test, two-sided p = "
+              f"{fmt.number(row.p_value)})")
+    if row.p_value > alpha:
+        row.reason = detail + f": not enough to call a change at p ≤ {alpha:g}"
+    elif not better:
+        row.reason = detail + " (a fact with no better direction)"
+    else:
+        row.verdict, row.reason = _direction(up, better), detail
+    return row
+
+
+def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def is_binary(values: Sequence[float]) -> bool:
+    """Per-request yes/no values (0 or 1), e.g. whether each request failed."""
+    x = clean(values)
+    return bool(x) and all(v in (0.0, 1.0) for v in x)
+
+
+def compare_shares(before: Sequence[float], after: Sequence[float], better: str, *, kind: str = "share",
+                   key: str = "", label: str = "", confidence: float = stats.CONFIDENCE) -> Row:
+    """A per-request yes/no share (1 = yes, e.g. the request failed) before and after: the difference after −
+    before in percentage points with Newcombe's CI (from the two Wilson intervals), and Boschloo's exact test.
+    No minimum effect: a reliable change in how many requests fail is a change whatever its size."""
+    _check_better(better)
+    b, a = clean(before), clean(after)
+    kb, nb, ka, na = int(sum(b)), len(b), int(sum(a)), len(a)
+    eb, ea = stats.proportion(kb, nb, confidence=confidence), stats.proportion(ka, na, confidence=confidence)
+    method = "difference of the shares (Newcombe's CI from Wilson intervals), Boschloo's exact test"
+    if not (na and nb):
+        d = stats.Estimate("difference", math.nan, math.nan, math.nan, 0, confidence, method, n_a=na, n_b=nb)
+        return Row(key, label, kind, better, format_estimate(eb, kind), format_estimate(ea, kind), d, NO_CHANGE,
+                   "no requests on one side", nb, na, mode="shares")
+    z = float(st.norm.ppf((1 + confidence) / 2))
+    pa, pb = ka / na, kb / nb
+    la, ua = _wilson(ka, na, z)
+    lb, ub = _wilson(kb, nb, z)
+    diff = pa - pb
+    lo = diff - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
+    hi = diff + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+    d = stats.Estimate("difference", diff, lo, hi, min(na, nb), confidence, method, n_a=na, n_b=nb)
+    if ka == kb == 0 or (ka == na and kb == nb):
+        p = 1.0
+    else:
+        try:
+            p = float(st.boschloo_exact([[ka, na - ka], [kb, nb - kb]], alternative="two-sided").pvalue)
+        except (ValueError, FloatingPointError):
+            p = float(st.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue)
+    row = Row(key, label, kind, better, format_estimate(eb, kind), format_estimate(ea, kind), d, NO_CHANGE, "",
+              nb, na, p, mode="shares")
+    detail = f"{kb} of {nb} before, {ka} of {na} after; Boschloo's exact test p = {fmt.number(p)}"
+    alpha = 1 - confidence
+    if p > alpha or diff == 0:
+        row.reason = detail + f": not enough to call a change at p ≤ {alpha:g}"
+    elif not better:
+        row.reason = detail + " (a fact with no better direction)"
+    else:
+        row.verdict, row.reason = _direction(diff > 0, better), detail
+    return row
+
+
+def compare_figure_pair(fa: Figure, fb: Figure, *, runs_mode: bool, min_effect: float,
+                        confidence: float = stats.CONFIDENCE) -> Row:
+    """One figure of two runs (A before, B after), compared the way its statistic needs: a per-request share by
+    its difference, a tail percentile as a tail (failures kept), runs as the unit where both sides have
+    ≥ :data:`MIN_REPLICATES` runs (a run whose tail is beyond the limit can't be averaged: that row is compared by
+    its requests pooled, and says so), per-request samples by Hodges–Lehmann, else the two estimates."""
+    better, kind = fb.better, fb.kind
+    stat = fb.estimate.stat if fb.estimate.stat.startswith("p") else fb.m.stat
+    q = _quantile_or_none(stat)
+    tail = q is not None and q > 0.5 and bool(fa.samples) and bool(fb.samples)
+    if fb.m.stat == "share" and fa.samples and fb.samples and is_binary(fa.samples) and is_binary(fb.samples):
+        row = compare_shares(fa.samples, fb.samples, better, kind=kind, confidence=confidence)
+        row.before, row.after = fa.text(), fb.text()
+        return row
+    runs = runs_mode and len(fa.replicates) >= MIN_REPLICATES and len(fb.replicates) >= MIN_REPLICATES
+    censored = any(v == math.inf for v in list(fa.replicates) + list(fb.replicates))
+    if runs and not (censored and tail):
+        return compare_replicates(fa.replicates, fb.replicates, better, kind=kind, before_text=fa.text(),
+                                  after_text=fb.text(), confidence=confidence)
+    if tail:
+        row = compare_tail(fa.samples, fb.samples, stat, better, kind=kind, confidence=confidence,
+                           min_effect=min_effect)
+        if runs:
+            row.reason = (f"a run's {stat} lies beyond the limit (failures), so the runs' values can't be averaged: "
+                          f"compared by their requests pooled; {row.reason}")
+    elif fa.samples and fb.samples:
+        row = compare_samples(fa.samples, fb.samples, better, kind=kind, confidence=confidence,
+                              min_effect=min_effect)
+    else:
+        row = compare_estimates(fa.estimate, fb.estimate, better, kind=kind, confidence=confidence,
+                                min_effect=min_effect)
+        row.before, row.after = format_estimate(fa.estimate, kind), format_estimate(fb.estimate, kind)
+        return row
+    row.before, row.after = fa.text(), fb.text()
+    return row
+
+
+def _quantile_or_none(stat: str) -> float | None:
+    try:
+        return stats.quantile_of(stat)
+    except ValueError:
+        return None
 
 
 def _log_se(e: stats.Estimate) -> float:

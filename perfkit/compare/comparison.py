@@ -200,19 +200,8 @@ def _workload_diff(fa: Figure, fb: Figure) -> list[str]:
 
 def compare_figures(fa: Figure, fb: Figure, *, runs_mode: bool, min_effect: float,
                     confidence: float = stats.CONFIDENCE) -> Row:
-    """One figure of two runs, by runs, requests or estimates (see :mod:`perfkit.analysis.verdicts`)."""
-    better, kind = fb.better, fb.kind
-    if runs_mode and len(fa.replicates) >= verdicts.MIN_REPLICATES and len(fb.replicates) >= verdicts.MIN_REPLICATES:
-        row = verdicts.compare_replicates(fa.replicates, fb.replicates, better, kind=kind, before_text=fa.text(),
-                                          after_text=fb.text(), confidence=confidence)
-    elif fa.samples and fb.samples:
-        row = verdicts.compare_samples(fa.samples, fb.samples, better, kind=kind, confidence=confidence,
-                                       min_effect=min_effect)
-        row.before, row.after = fa.text(), fb.text()
-    else:
-        row = verdicts.compare_estimates(fa.estimate, fb.estimate, better, kind=kind, confidence=confidence,
-                                         min_effect=min_effect)
-        row.before, row.after = format_estimate(fa.estimate, kind), format_estimate(fb.estimate, kind)
+    """One figure of two runs, as :func:`perfkit.analysis.verdicts.compare_figure_pair` compares it."""
+    row = verdicts.compare_figure_pair(fa, fb, runs_mode=runs_mode, min_effect=min_effect, confidence=confidence)
     row.key = fb.key
     row.label = fb.label if fa.label == fb.label else f"{fa.label} → {fb.label}"
     row.headline = fb.headline or fa.headline

@@ -84,12 +84,19 @@ def settings_dict(v: dict[str, Any]) -> dict[str, Any]:
 
 
 def settings_list(v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A grid of server settings (one dict per point), each checked; an error names its entry."""
+    """A grid of server settings (one dict per point), each checked; an error names its entry. Two entries that
+    mean the same settings once normalised (``2`` and ``"2"``, ``true`` and ``1``) are refused: their figures
+    would share one label and overwrite each other."""
+    seen: dict[tuple, int] = {}
     for i, s in enumerate(v):
         try:
-            validate_settings(s)
+            norm = tuple(sorted(validate_settings(s).items()))
         except ConfigError as e:
             raise ValueError(f"entry {i}: {str(e).removeprefix('settings: ')}") from None
+        if norm in seen:
+            raise ValueError(f"entries {seen[norm]} and {i} are the same settings "
+                             f"({', '.join(f'{k}={x}' for k, x in norm) or 'the defaults'}); each entry must differ")
+        seen[norm] = i
     return v
 
 

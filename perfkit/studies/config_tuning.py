@@ -5,6 +5,7 @@ sweep finds the request rate each setting sustains within the SLOs."""
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +18,9 @@ from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.models import offload_warnings
 from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, method_note, negative_overhead_note,
                                        noisy_note, per_request_event_gap, per_request_itl)
-from perfkit.analysis.verdicts import compare_estimates, compare_samples
+from perfkit.analysis.series import CANT_TELL
+from perfkit.analysis.decisions import best_of
+from perfkit.analysis.verdicts import MIN_REPLICATES
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.errors import PerfkitError
@@ -60,6 +63,9 @@ class ConfigTuningParams(Strict):
         "within 1.5× (the highest doubled while every rate was sustained, the lowest halved while none was, a "
         "wider bracket split at its geometric middle)"))
     rate_requests: int = Field(12, ge=2, le=MAX_REQUESTS, description="requests per open-loop rate")
+    rate_extend: int = Field(2, ge=0, le=4, description=(
+        "times a rate whose latency trend can't tell (at this n) whether the server kept up is measured again, "
+        "each time with twice the requests, before the sweep moves on"))
     arrivals: Literal["poisson", "constant", "gamma"] = "poisson"
     burstiness: float = Field(1.0, gt=0, le=100, description="arrivals: gamma: the gaps' shape (1: Poisson; below 1: "
                                                              "bursts and lulls)")
@@ -176,9 +182,17 @@ class ConfigTuning(Study):
                 rates, steps = _rates(ctx, i), 0
                 while rates:
                     rate = rates.pop(0)
-                    s.runner.open_loop(c.model, rate, c.rate_requests, series=f"cfg{i}/r{rate:g}",
-                                       seed=ctx.params.seed, arrivals=c.arrivals, sampling=Sampling(c.num_predict),
-                                       prompt_words=c.prompt_words, tags=tags, workload=wl, burstiness=c.burstiness)
+                    n, series = c.rate_requests, f"cfg{i}/r{rate:g}"
+                    for look in range(c.rate_extend + 1):
+                        if look:  # the trend could not tell: a longer series, from an empty queue again
+                            n, series = 2 * n, f"cfg{i}/r{rate:g}/n{2 * n}"
+                            ctx.store.event("rate_extended", config_index=i, rate_rps=rate, requests=n, look=look)
+                        s.runner.open_loop(c.model, rate, n, series=series, seed=series_seed(ctx.params.seed, series),
+                                           arrivals=c.arrivals, sampling=Sampling(c.num_predict),
+                                           prompt_words=c.prompt_words, tags=tags, workload=wl,
+                                           burstiness=c.burstiness)
+                        if rate_verdict(_rate_rows(ctx.store.trials(), i, rate), c.slo)[0] != CANT_TELL:
+                            break
                     if not rates and c.rates_rps == "auto" and steps < c.rate_search_steps:
                         nxt = _next_rate(ctx.store.trials(), i, c.slo)
                         if nxt is not None:
@@ -227,15 +241,19 @@ def _next_rate(df: pd.DataFrame, i: int, slo: Slo) -> float | None:
     tried = sorted(df[(df["mode"] == "open") & (df["config_index"] == i)]["rate_rps"].dropna().unique())
     if not tried:
         return None
-    sustained = [sustains(_rate_rows(df, i, r), slo) for r in tried]
-    if any(sustained) and not all(sustained):
+    verdict = [rate_verdict(_rate_rows(df, i, r), slo)[0] for r in tried]
+    sustained = [v == SUSTAINED for v in verdict]
+    missed = [v == NOT_SUSTAINED for v in verdict]
+    if any(sustained) and any(missed):
         lo = max(r for r, ok in zip(tried, sustained) if ok)
-        above = [r for r, ok in zip(tried, sustained) if not ok and r > lo]
+        above = [r for r, no in zip(tried, missed) if no and r > lo]
         if not above or above[0] / lo <= BRACKET_RATIO:
             return None
         nxt = float(f"{math.sqrt(lo * above[0]):.2g}")  # narrow a wide bracket at its geometric middle
         return nxt if lo < nxt < above[0] and nxt not in tried else None
-    nxt = float(f"{(2 * tried[-1] if all(sustained) else tried[0] / 2):.2g}")
+    if not any(sustained) and not any(missed):
+        return None  # no rate could be told either way: more rates would not bracket anything
+    nxt = float(f"{(2 * tried[-1] if any(sustained) else tried[0] / 2):.2g}")
     return nxt if nxt > 0 and nxt not in tried and nxt <= 10_000 else None
 
 
@@ -251,14 +269,35 @@ def meets_slo(rows: pd.DataFrame, slo: Slo) -> pd.Series:
     return good
 
 
+SUSTAINED, NOT_SUSTAINED = "sustained", "not sustained"
+
+
+def rate_verdict(rows: pd.DataFrame, slo: Slo) -> tuple[str, S.Trend]:
+    """Was this open-loop rate sustained? :data:`NOT_SUSTAINED` when fewer than :data:`SUSTAINED_SHARE` of its
+    requests met the SLOs (the user's definition, applied to what was measured) or when the latency trend proves the
+    server fell behind (:func:`perfkit.analysis.series.trend`); :data:`CANT_TELL` when the trend points that way but
+    its interval does not exclude keeping up; else :data:`SUSTAINED`. The trend too."""
+    tr = S.trend(rows, KEPT_UP)
+    if not len(rows):
+        return CANT_TELL, tr
+    return _verdict(float(meets_slo(rows, slo).mean()), tr), tr
+
+
+def _verdict(share: float, tr: S.Trend) -> str:
+    if share < SUSTAINED_SHARE or tr.verdict == S.FELL_BEHIND:
+        return NOT_SUSTAINED
+    return CANT_TELL if tr.verdict == CANT_TELL else SUSTAINED  # no trend (too few requests): the SLOs decide
+
+
 def sustains(rows: pd.DataFrame, slo: Slo) -> bool:
-    """A rate is sustained when ≥ :data:`SUSTAINED_SHARE` of its requests met the SLOs and the server kept up
-    (:func:`perfkit.analysis.series.kept_up` ≥ :data:`KEPT_UP`)."""
-    return bool(len(rows)) and _sustained(float(meets_slo(rows, slo).mean()), S.kept_up(rows))
+    """True only when the rate was shown sustained (:func:`rate_verdict`)."""
+    return rate_verdict(rows, slo)[0] == SUSTAINED
 
 
-def _sustained(share: float, kept_up: float) -> bool:
-    return share >= SUSTAINED_SHARE and not kept_up < KEPT_UP  # NaN (too few requests to tell): the SLOs decide
+def series_seed(seed: int, series: str) -> int:
+    """Each series its own arrivals: one seed for all would give every rate the same random pattern, so their
+    errors (a realised rate 1.2× the offered one, say) would repeat across the whole sweep."""
+    return zlib.crc32(f"{seed}/{series}".encode())
 
 
 def slo_text(slo: dict) -> str:
@@ -308,6 +347,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         f_ttft = figs.add(F.per_request("config_tuning", "ttft", steady, "ttft_s", where=where, workload=wl))
         figs.add(F.per_request("config_tuning", "ttft_p99", steady_all, lambda r: S.censored(r, "ttft_s"),
                                where=where, workload=wl))
+        figs.add(F.failed_share("config_tuning", g_all, where=where, workload=wl))
         figs.add(F.per_request("config_tuning", "e2e", steady, "e2e_s", where=where, workload=wl))
         figs.add(F.per_request("config_tuning", "itl", steady, lambda r: per_request_itl(r, "median"), where=where,
                                workload=wl))
@@ -363,6 +403,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         wl = _workload(c, rate_rps=float(r["rate_rps"]), arrivals=c.arrivals)
         figs.add(F.per_request("config_tuning", "ttft_sched_p99", g_all, lambda x: S.censored(x, "ttft_sched_s"),
                                where=where, workload={**wl, **slo.model_dump()}))
+        figs.add(F.failed_share("config_tuning", g_all, where=where, workload=wl))
         series_name = g_all["series"].iloc[0] if len(g_all) and "series" in g_all else None
         if series_name in sres:
             load_rows.append({"config": r["config"], "load": f"{r['rate_rps']:g} req/s offered",
@@ -376,7 +417,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                 figs.add(F.reading("config_tuning", "sustained_rate", top, where={"setting": cfg},
                                    note=f"of {len(g)} rates tried" + ("" if bound else
                                                                       "; a lower bound: every rate tried was sustained")))
-    best_ = best(table)
+    best_ = best(table, figs)
     _mark_headlines(figs, best_)
     dev = ev[ev["kind"] == "device"] if has_kind and (ev["kind"] == "device").any() else None
     retries = int(df["stale_retry"].astype("boolean").fillna(False).astype(bool).sum()) if len(df) and "stale_retry" in df else 0
@@ -391,12 +432,16 @@ def _mark_headlines(figs: FigureSet, b: dict[str, dict]) -> None:
     for obj, tag, name in (("throughput", "throughput", "best throughput"), ("latency", "ttft", "best latency")):
         if obj in b:
             f = figs.get(f"config_tuning/{tag}/{b[obj]['config']}/{b[obj]['at_concurrency']}")
-            if f is not None:
-                f.headline = name
+            if f is not None:  # "best" only where the data call it best
+                f.headline = name if b[obj]["claim"].called else name.replace("best", "leading")
 
 
 def _rate_rows(df: pd.DataFrame, i: int, rate: float) -> pd.DataFrame:
+    """The requests of the longest series at this rate (each longer one was run because a shorter one could not
+    tell), its last attempt."""
     g = df[(df["mode"] == "open") & (df["config_index"] == i) & (df["rate_rps"] == rate)]
+    if "series" in g and len(g) and g["series"].nunique() > 1:
+        g = g[g["series"] == g.groupby("series").size().idxmax()]
     return g[g["attempt"] == g["attempt"].max()] if "attempt" in g and len(g) else g
 
 
@@ -412,6 +457,7 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
         chk = sc.get(g_all["series"].iloc[0], {})
         g = measured(g_all)
         good_mask = meets_slo(g_all, slo)
+        verdict, tr = rate_verdict(g_all, slo)
         t50 = est(col(g, "ttft_s"))
         rows.append({"config_index": i, "config": g_all["config"].iloc[0], "rate_rps": rate, "n": len(g_all),
                      "failed": int(len(g_all) - len(g)), "achieved_rate_rps": chk.get("achieved_rate_rps", math.nan),
@@ -423,8 +469,9 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
                      "send_lag_p99_s": g_all["send_lag_s"].quantile(0.99) if "send_lag_s" in g_all else math.nan,
                      "goodput_rps": S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s,
                                               ttft_column="ttft_sched_s", e2e_column="e2e_sched_s"),
-                     "meets_slo_share": float(good_mask.mean()), "kept_up": S.kept_up(g_all),
-                     "sustained": _sustained(float(good_mask.mean()), S.kept_up(g_all)),
+                     "meets_slo_share": float(good_mask.mean()), "kept_up": tr.kept_up,
+                     "kept_up_text": _trend_text(tr), "verdict": verdict, "sustained": verdict == SUSTAINED,
+                     "not_sustained": verdict == NOT_SUSTAINED,
                      "client_check": S.client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
     return pd.DataFrame(rows)
 
@@ -477,6 +524,14 @@ def load_sources(res: ConfigTuningResult) -> str:
     return load.load_sources(res.load, res.manifest)
 
 
+def _trend_text(tr: S.Trend) -> str:
+    """'0.62 [0.41, 0.80]: fell behind'."""
+    if not math.isfinite(tr.kept_up):
+        return "too few requests for a trend"
+    ci = f" [{fmt.number(tr.lo)}, {fmt.number(tr.hi)}]" if math.isfinite(tr.lo) and tr.hi > tr.lo else ""
+    return f"{fmt.number(tr.kept_up)}{ci}: {tr.verdict}"
+
+
 def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
     from perfkit.report.page import format_table
 
@@ -487,7 +542,8 @@ def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
                              "achieved_concurrency": "in flight", "n": "n", "failed": "failed",
                              "ttft_sched_p99": "TTFT p99 from schedule", "e2e_sched_p99": "e2e p99 from schedule",
                              "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO",
-                             "kept_up": "kept up (capacity ÷ rate)", "sustained": "sustained"})
+                             "kept_up_text": f"capacity ÷ rate ({S.TREND_CONFIDENCE:.0%} CI)",
+                             "verdict": "sustained?"})
 
 
 def goodput_chart(res: ConfigTuningResult):
@@ -515,103 +571,98 @@ def settings_table(res: ConfigTuningResult) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["configuration", "setting"]) if rows else pd.DataFrame()
 
 
-def best(table: pd.DataFrame) -> dict[str, dict]:
+def best(table: pd.DataFrame, figs: FigureSet) -> dict[str, dict]:
+    """The best setting per objective as a tested claim (:func:`perfkit.analysis.decisions.best_of`): TTFT p50 at
+    the fewest clients, throughput at the most; memory by its single reading (no claim). Each entry holds the
+    leader's figures and its ``claim``."""
     if table.empty or "ttft_p50_s" not in table or table["ttft_p50_s"].isna().all():
         return {}
     t = table[table["n"] > 0]
     lo_c, hi_c = t["concurrency"].min(), t["concurrency"].max()
-    lat_rank = t[t["concurrency"] == lo_c].sort_values("ttft_p50_s")
-    thr_rank = t[t["concurrency"] == hi_c].sort_values("throughput_tok_s", ascending=False)
-    lat, thr = lat_rank.iloc[0], thr_rank.iloc[0]
-    mem = t.groupby("config")["server_rss_max_bytes"].max().sort_values()
-    return {
-        "latency": {"config": lat["config"], "at_concurrency": int(lo_c), "value": lat["ttft_p50_s"],
-                    "lo": lat["ttft_p50_lo"], "hi": lat["ttft_p50_hi"], "n": int(lat["n"]), "metric": "TTFT p50 (s)",
-                    **_runner_up(lat_rank, "ttft_p50_lo", "ttft_p50_hi")},
-        "throughput": {"config": thr["config"], "at_concurrency": int(hi_c), "value": thr["throughput_tok_s"],
-                       "lo": thr["throughput_lo"], "hi": thr["throughput_hi"], "n": int(thr["n_series"]),
-                       "text": thr["throughput_text"], "metric": "output tok/s",
-                       **_runner_up(thr_rank, "throughput_lo", "throughput_hi")},
-        "memory": {"config": mem.index[0], "value": float(mem.iloc[0]), "metric": "peak server RSS (bytes)",
-                   "lo": math.nan, "hi": math.nan, "n": int(t[t["config"] == mem.index[0]]["n_series"].sum())},
-    }
-
-
-def _runner_up(ranked: pd.DataFrame, lo: str, hi: str) -> dict[str, Any]:
-    """The second best, and whether the best's CI overlaps it (then this n does not separate them)."""
-    if len(ranked) < 2:
+    out: dict[str, dict] = {}
+    for obj, tag, conc, metric_name in (("latency", "ttft", lo_c, "TTFT p50 (s)"),
+                                        ("throughput", "throughput", hi_c, "output tok/s")):
+        cands = {cfg: figs.get(f"config_tuning/{tag}/{cfg}/{int(conc)}") for cfg in t[t["concurrency"] == conc]["config"]}
+        cands = {k: f for k, f in cands.items() if f is not None}
+        claim = best_of(cands, runs_mode=_replicated(cands.values()))
+        if claim is None:
+            continue
+        f = cands[claim.best]
+        lead = t[(t["concurrency"] == conc) & (t["config"] == claim.best)].iloc[0]
+        out[obj] = {"config": claim.best, "at_concurrency": int(conc), "value": f.value, "lo": f.estimate.lo,
+                    "hi": f.estimate.hi, "n": int(lead["n"] if obj == "latency" else lead["n_series"]),
+                    "text": f.text(), "metric": metric_name, "claim": claim}
+    if not out:
         return {}
-    a, b = ranked.iloc[0], ranked.iloc[1]
-    if any(pd.isna(x) for x in (a[lo], a[hi], b[lo], b[hi])):
-        # No interval at this n: nothing says the two differ.
-        return {"runner_up": b["config"], "overlaps_runner_up": True, "no_ci": True}
-    return {"runner_up": b["config"], "overlaps_runner_up": bool(a[lo] <= b[hi] and b[lo] <= a[hi])}
+    mem = t.groupby("config")["server_rss_max_bytes"].max().sort_values()
+    out["memory"] = {"config": mem.index[0], "value": float(mem.iloc[0]), "metric": "peak server RSS (bytes)",
+                     "lo": math.nan, "hi": math.nan, "n": int(t[t["config"] == mem.index[0]]["n_series"].sum())}
+    return out
+
+
+def _replicated(figs) -> bool:
+    """Runs are the unit when every candidate has a value from ≥ 3 replicate runs."""
+    figs = list(figs)
+    return bool(figs) and all(len(f.replicates) >= MIN_REPLICATES for f in figs)
 
 
 def baseline_vs_best(res: ConfigTuningResult) -> pd.DataFrame:
-    """The first setting (the baseline) against the best one per objective, compared as ``perfkit compare``
-    does: TTFT by Hodges–Lehmann ratio of the requests (Moses CI), throughput from the two series' CIs.
-    Empty when the baseline is the best."""
+    """The first setting (the baseline) against the leader per objective: the row of the best-setting claim that
+    compares them (so this verdict and the claim can't disagree). Empty when the baseline leads."""
     t, b = res.table, res.best
     if t.empty or not b:
         return pd.DataFrame()
     base = t.sort_values("config_index")["config"].iloc[0]
     rows = []
-    L, T = b["latency"], b["throughput"]
-    if L["config"] != base:
-        fa = res.figures.get(f"config_tuning/ttft/{base}/{L['at_concurrency']}")
-        fb = res.figures.get(f"config_tuning/ttft/{L['config']}/{L['at_concurrency']}")
-        if fa is not None and fb is not None:
-            rows.append((f"TTFT at concurrency {L['at_concurrency']}", L["config"],
-                         compare_samples(fa.samples, fb.samples, "lower", kind="duration")))
-    if T["config"] != base:
-        fa = res.figures.get(f"config_tuning/throughput/{base}/{T['at_concurrency']}")
-        fb = res.figures.get(f"config_tuning/throughput/{T['config']}/{T['at_concurrency']}")
-        if fa is not None and fb is not None:
-            rows.append((f"output throughput at concurrency {T['at_concurrency']}", T["config"],
-                         compare_estimates(fa.estimate, fb.estimate, "higher", kind="rate")))
+    for obj, name in (("latency", "TTFT at concurrency {}"), ("throughput", "output throughput at concurrency {}")):
+        x = b.get(obj)
+        if x and x["config"] != base and base in x["claim"].rows:
+            rows.append((name.format(x["at_concurrency"]), x["config"], x["claim"].rows[base]))
     return pd.DataFrame([{"objective": o, "baseline": base, "best": cfg, "baseline value": r.before,
                           "best value": r.after, "best / baseline": r.ratio_text, "change": r.change_text,
                           "verdict": r.verdict, "why": r.reason} for o, cfg, r in rows]).set_index("objective") \
         if rows else pd.DataFrame()
 
 
-def _resolved(best: dict) -> str:
-    if best.get("no_ci"):
-        return (f" At this n there is no confidence interval, so it is not distinguishable from the runner-up "
-                f"(**{best['runner_up']}**); add requests to separate them.")
-    if best.get("overlaps_runner_up"):
-        return (f" Its CI overlaps the runner-up's (**{best['runner_up']}**): at this n the two are not "
-                "distinguishable; add requests to separate them.")
-    return f" Its CI is clear of the runner-up's ({best['runner_up']})." if best.get("runner_up") else ""
-
-
 def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
-    """Each setting's limit as the sweep bracketed it: the highest rate sustained (≥ 90% of requests inside the
-    SLOs) and the lowest above it that was not; a lower or upper bound where the rates tried did not bracket it."""
+    """Each setting's limit as the sweep bracketed it: the highest rate shown sustained and the lowest above it
+    shown not sustained; a lower or upper bound where the rates tried did not bracket it; the rates whose trend
+    could not tell either way, inside the bracket, named."""
     parts = []
     order = ["config_index", "rate_rps"] if "config_index" in rt else ["rate_rps"]  # settings as the parameters list them
     for cfg, g in rt.sort_values(order).groupby("config", sort=False):
         ok = g["sustained"].astype(bool)
-        if not ok.any():
-            parts.append(f"{cfg}: below {fmt.number(g['rate_rps'].min())} req/s (none of "
-                         f"{', '.join(fmt.number(r) for r in g['rate_rps'])} req/s was sustained)")
-            continue
-        top = g[ok]["rate_rps"].max()
-        above = g[g["rate_rps"] > top]
-        if len(above):
+        no = g["not_sustained"].astype(bool) if "not_sustained" in g else ~ok
+        unsure = g[~ok & ~no]
+        top = g[ok]["rate_rps"].max() if ok.any() else None
+        above = g[no & (g["rate_rps"] > top)] if top is not None else g[no]
+        cant = (f"; at {', '.join(fmt.number(r) for r in unsure['rate_rps'])} req/s the latency trend could not tell "
+                f"whether the server kept up ({len(unsure)} rate{'s' if len(unsure) != 1 else ''} measured "
+                "up to the longest series allowed)") if len(unsure) else ""
+        if top is None and not len(above):
+            parts.append(f"{cfg}: no rate tried could be told sustained or not{cant}")
+        elif top is None:
+            parts.append(f"{cfg}: below {fmt.number(above['rate_rps'].min())} req/s (none of "
+                         f"{', '.join(fmt.number(r) for r in g['rate_rps'])} req/s was sustained){cant}")
+        elif len(above):
             nxt = above.iloc[0]
             why = (f"{fmt.pct(nxt['meets_slo_share'])} inside the SLOs" if nxt["meets_slo_share"] < SUSTAINED_SHARE
                    else f"the server fell behind: its latency grew through the series, as a queue does when the "
-                        f"server serves about {fmt.number(nxt['kept_up'])}× the rate offered")
-            parts.append(f"{cfg}: {fmt.number(top)} req/s sustained, {fmt.number(nxt['rate_rps'])} req/s not ({why})")
+                        f"server serves about {fmt.number(nxt['kept_up'])}× the rate offered, and even the top of "
+                        "that estimate's interval is below 0.9")
+            parts.append(f"{cfg}: {fmt.number(top)} req/s sustained, {fmt.number(nxt['rate_rps'])} req/s not ({why})"
+                         + cant)
         else:
-            parts.append(f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained; its limit lies "
+            parts.append(f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained or could not be "
+                         f"told; its limit lies above: add higher rates or rate_search_steps){cant}"
+                         if len(unsure) else
+                         f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained; its limit lies "
                          "above: add higher rates or rate_search_steps)")
     return (f"- **Open-loop sweep** (a rate is sustained when ≥ {SUSTAINED_SHARE:.0%} of its requests meet "
             f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses, and its latency "
             f"does not grow through the series faster than a server at {KEPT_UP:.0%} of the rate would make it; "
-            f"{_n_text(rt)}): "
+            f"not sustained when the share is lower or the trend's {S.TREND_CONFIDENCE:.0%} interval shows such "
+            f"growth; {_n_text(rt)}): "
             + "; ".join(parts) + ".")
 
 
@@ -630,17 +681,17 @@ def conclusions(res: ConfigTuningResult) -> str:
         "### What the measurements say"]
     if not b:
         return "\n".join(lines + ["- No successful trials: nothing to conclude.", res.failures])
-    L, T, M = b["latency"], b["throughput"], b["memory"]
-    f_lat = res.figures.get(f"config_tuning/ttft/{L['config']}/{L['at_concurrency']}")
-    f_thr = res.figures.get(f"config_tuning/throughput/{T['config']}/{T['at_concurrency']}")
-    lines.append(f"- **Latency** (TTFT p50 at concurrency {L['at_concurrency']}, steady-state window): best is "
-                 f"**{L['config']}** with {f_lat.text() if f_lat else fmt.NA}." + _resolved(L))
-    thr_text = f_thr.text() if f_thr else fmt.NA
-    lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): best is **{T['config']}** "
-                 f"with {thr_text}." + _resolved(T))
+    L, T, M = b.get("latency"), b.get("throughput"), b["memory"]
+    if L:
+        lines.append(f"- **Latency** (TTFT p50 at concurrency {L['at_concurrency']}, steady-state window): "
+                     + L["claim"].sentence("TTFT") + f" Its TTFT: {L['text']}.")
+    if T:
+        lines.append(f"- **Throughput** (output tok/s at concurrency {T['at_concurrency']}): "
+                     + T["claim"].sentence("throughput") + f" Its throughput: {T['text']}.")
     for obj, r in baseline_vs_best(res).iterrows():
-        lines.append(f"- **Baseline vs best** ({obj}): the first setting **{r['baseline']}** {r['baseline value']} → "
+        lines.append(f"- **Baseline vs the leader** ({obj}): the first setting **{r['baseline']}** {r['baseline value']} → "
                      f"**{r['best']}** {r['best value']}, {r['best / baseline']}: {r['verdict']} ({r['why']}).")
+    T = T or L
     slo = res.slo or {}
     g = t[(t["concurrency"] == T["at_concurrency"]) & (t["n"] > 0)].sort_values("goodput_rps", ascending=False)
     if len(g):

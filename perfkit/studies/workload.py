@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from perfkit.analysis import figures as F, series as S
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.requests import ci_cell, col, est, failures, measured
+from perfkit.analysis.requests import attempted, ci_cell, col, est, failures, measured
 from perfkit.analysis.verdicts import compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
@@ -161,6 +161,8 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
     for (i, users), g_all in (df.groupby(["config_index", "users"], sort=True) if len(df) else ()):
         g = ok[(ok["config_index"] == i) & (ok["users"] == users)] if len(ok) else ok
         cfg = g_all["config"].iloc[0]
+        figs.add(F.failed_share("workload", attempted(g_all), where={"setting": cfg, "users": int(users)},
+                                workload={**wl_fig, "users": int(users)}))
         for turn, t in g.groupby("turn", sort=True):
             where = {"setting": cfg, "users": int(users), "turn": int(turn) + 1}
             figs.add(F.per_request("workload", "ttft", t, "ttft_s", where=where, workload={**wl_fig, "users": int(users)}))
