@@ -140,7 +140,8 @@ class Figure:
         this n, and about how much more data would make it ±25%."""
         e = self.estimate
         t = format_estimate(e, self.kind)
-        counts = self.m.n_counts
+        # A figure combined over replicate runs without per-request samples is a mean over runs: n counts runs.
+        counts = "runs" if self.replicates and not self.samples and e.n == len(self.replicates) else self.m.n_counts
         if counts != "requests" and f"n={e.n}" in t and e.n_a is None:
             t = t.replace(f"n={e.n}", f"n={e.n} {counts}", 1)
         # A share of rare events (failures) is measured by its count: a relative precision says nothing of it.

@@ -27,7 +27,9 @@ def steady_window(rows: pd.DataFrame, concurrency: int | None = None, warmup_fra
     Open loop: from ``warmup_fraction`` of the schedule to its last send. Without such a window (too
     few requests per stream) the whole span is used and ``steady`` is False.
     Returns ns bounds, ``achieved_concurrency`` (mean requests in flight), ``achieved_rate_rps`` (sends
-    per second) and ``n_steady`` (requests sent inside the window).
+    per second), ``scheduled_rate_rps`` (open loop: the pace of this series' own random schedule, which differs
+    from the offered mean rate by chance, so the client's fidelity is achieved ÷ scheduled) and ``n_steady``
+    (requests sent inside the window).
     """
     ok = rows.dropna(subset=["t_send_ns", "t_end_ns"]) if len(rows) else rows
     if ok.empty:
@@ -50,15 +52,22 @@ def steady_window(rows: pd.DataFrame, concurrency: int | None = None, warmup_fra
     overlap = (np.minimum(end, hi) - np.maximum(send, lo)).clip(lower=0).sum() * 1e-9
     if sched is not None and steady:  # open loop: the sends scheduled inside, at the pace they really left
         inside = (sched >= lo) & (sched <= hi)
-        s_in = send[inside]
-        rate = (len(s_in) - 1) / ((s_in.max() - s_in.min()) * 1e-9) if len(s_in) > 1 and s_in.max() > s_in.min() \
-            else math.nan
+        rate = _pace(send[inside])
+        scheduled = _pace(sched[inside])
     else:
         inside = (send >= lo) & (send <= hi)
         rate = int(inside.sum()) / span if span > 0 else math.nan
+        scheduled = math.nan
     return {"steady": steady, "steady_t0_ns": lo, "steady_t1_ns": hi, "steady_s": span,
             "n_steady": int(inside.sum()), "achieved_concurrency": overlap / span if span > 0 else math.nan,
-            "achieved_rate_rps": rate}
+            "achieved_rate_rps": rate, "scheduled_rate_rps": scheduled}
+
+
+def _pace(times_ns: pd.Series) -> float:
+    """Events per second between the first and the last of ``times_ns``."""
+    if len(times_ns) < 2 or not times_ns.max() > times_ns.min():
+        return math.nan
+    return (len(times_ns) - 1) / ((times_ns.max() - times_ns.min()) * 1e-9)
 
 
 def series_checks(events: pd.DataFrame) -> dict[str, dict]:
@@ -79,7 +88,8 @@ def series_resources(events: pd.DataFrame) -> dict[str, dict]:
 
 
 def load_row(res: dict, rows: pd.DataFrame) -> dict[str, Any]:
-    """One series' load figures from its window (``res``, see :func:`series_resources`) and its request rows:
+    """One series' load figures from its window (``res``, see :func:`series_resources`) and its request rows (every
+    request the series sent: a failed or timed-out one's tokens were generated too, on the same energy):
     GPU utilization and power, energy per server-counted output token over the whole window (per-request windows
     overlap under concurrency), the server's queue, batch and KV cache, its prompt-cache reuse, its host's CPU."""
     out: dict[str, Any] = {"window_s": res.get("duration_s"), "gpu_source": res.get("gpu_source"),

@@ -284,7 +284,7 @@ class Runner:
         if self.monitor is not None:
             # The whole series' window: what the GPUs, the server's host and the server's own metrics did under
             # this load (per-request windows overlap under concurrency, so energy per token comes from this one).
-            w = self.monitor.measure("series", t0, t1)
+            w = self.monitor.measure("series", *requests_span(rows, t0, t1))
             self.store.event("series_resources", series=series, attempt=attempt,
                              **{k: v for k, v in w.as_dict().items() if k != "name"})
         return self._resources(list(zip(rows, [r for r in recs if r is not None])))
@@ -362,7 +362,7 @@ class Runner:
                          conversations=len(convs), **{f"client_{k}": v for k, v in check.as_dict().items()}, **window)
         spool.path.unlink(missing_ok=True)
         if self.monitor is not None:
-            w = self.monitor.measure("series", t0, t1)
+            w = self.monitor.measure("series", *requests_span(rows, t0, t1))
             self.store.event("series_resources", series=series, attempt=attempt,
                              **{k: v for k, v in w.as_dict().items() if k != "name"})
         return self._resources([(row, t.rec) for row, t in zip(rows, turns_out)])
@@ -430,6 +430,17 @@ class Runner:
             self.store.extend_trials(rows)
             self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
         path.unlink(missing_ok=True)
+
+
+def requests_span(rows: list[dict], t0_ns: int, t1_ns: int) -> tuple[int, int]:
+    """The series' window for what the GPUs and the host did: its requests' own span, first send to last end (the
+    client's start-up lead, on worker processes or client nodes, is idle time that would dilute every figure);
+    the client's span where no request was sent."""
+    sends = [r["t_send_ns"] for r in rows if isinstance(r.get("t_send_ns"), (int, float)) and r["t_send_ns"] > 0]
+    ends = [r["t_end_ns"] for r in rows if isinstance(r.get("t_end_ns"), (int, float)) and r["t_end_ns"] > 0]
+    if not sends or not ends or max(ends) <= min(sends):
+        return t0_ns, t1_ns
+    return int(min(sends)), int(max(ends))
 
 
 def schedule(arrivals: str, rate_rps: float, n: int, seed: int = 0, burstiness: float = 1.0) -> list[float]:

@@ -191,7 +191,9 @@ class ConfigTuning(Study):
                                            arrivals=c.arrivals, sampling=Sampling(c.num_predict),
                                            prompt_words=c.prompt_words, tags=tags, workload=wl,
                                            burstiness=c.burstiness)
-                        if rate_verdict(_rate_rows(ctx.store.trials(), i, rate), c.slo)[0] != CANT_TELL:
+                        df = ctx.store.trials()
+                        if rate_verdict(_rate_rows(df, i, rate), c.slo)[0] != CANT_TELL \
+                                and not _contradiction(df, i, rate, c.slo):
                             break
                     if not rates and c.rates_rps == "auto" and steps < c.rate_search_steps:
                         nxt = _next_rate(ctx.store.trials(), i, c.slo)
@@ -241,7 +243,8 @@ def _next_rate(df: pd.DataFrame, i: int, slo: Slo) -> float | None:
     tried = sorted(df[(df["mode"] == "open") & (df["config_index"] == i)]["rate_rps"].dropna().unique())
     if not tried:
         return None
-    verdict = [rate_verdict(_rate_rows(df, i, r), slo)[0] for r in tried]
+    verdict = [CANT_TELL if _contradiction(df, i, r, slo) else rate_verdict(_rate_rows(df, i, r), slo)[0]
+               for r in tried]
     sustained = [v == SUSTAINED for v in verdict]
     missed = [v == NOT_SUSTAINED for v in verdict]
     if any(sustained) and any(missed):
@@ -292,6 +295,34 @@ def _verdict(share: float, tr: S.Trend) -> str:
 def sustains(rows: pd.DataFrame, slo: Slo) -> bool:
     """True only when the rate was shown sustained (:func:`rate_verdict`)."""
     return rate_verdict(rows, slo)[0] == SUSTAINED
+
+
+def closed_capacity(df: pd.DataFrame, i: int) -> tuple[float, int]:
+    """The requests/s setting ``i`` served in its closed loop at the most clients, and that client count."""
+    if df.empty or "mode" not in df:
+        return math.nan, 0
+    closed = S.last_attempt(df[(df["mode"] == "closed") & (df["config_index"] == i)])
+    if closed.empty:
+        return math.nan, 0
+    top = int(closed["concurrency"].max())
+    return S.request_rate(closed[closed["concurrency"] == top]), top
+
+
+def _contradiction(df: pd.DataFrame, i: int, rate: float, slo: Slo) -> str:
+    """Why the open loop at ``rate`` and the closed loop can't both be read, or "": the trend says the server fell
+    behind at a rate at most 0.9× what the same setting served in its closed loop (a server that serves R req/s to
+    its clients does not fall behind at 0.9 R), though the requests met the SLOs."""
+    rows = _rate_rows(df, i, rate)
+    verdict, tr = rate_verdict(rows, slo)
+    if verdict != NOT_SUSTAINED or tr.verdict != S.FELL_BEHIND or not len(rows) \
+            or float(meets_slo(rows, slo).mean()) < SUSTAINED_SHARE:
+        return ""
+    served, clients = closed_capacity(df, i)
+    if not (served > 0 and rate <= KEPT_UP * served):
+        return ""
+    return (f"its latency trend says the server fell behind at {fmt.number(rate)} req/s, while its closed loop served "
+            f"{fmt.number(served)} req/s to {clients} clients: both can't hold, so at this n that rate's verdict is "
+            f"not read ({len(rows)} requests; a longer series would settle it)")
 
 
 def series_seed(seed: int, series: str) -> int:
@@ -362,7 +393,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         figs.add(F.reading("config_tuning", "peak_rss", rss, where=where, note="largest sample over the series"))
         series_name = g_all["series"].iloc[0] if "series" in g_all else None
         if series_name in sres:
-            lr = S.load_row(sres[series_name], g)
+            lr = S.load_row(sres[series_name], g_all)
             load_rows.append({"config": cfg, "load": f"{int(conc)} client{'s' if conc != 1 else ''}", **lr})
             figs.add(F.reading("config_tuning", "series_gpu_util", lr["gpu_util_pct_mean"] / 100, where=where,
                                note=f"mean over the series' {fmt.duration(lr['window_s'])} window, from "
@@ -377,7 +408,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         rows.append({"config_index": i, "config": cfg, "concurrency": conc, "n": len(steady), "n_series": len(g),
                      "failed": int(len(g_all) - len(g)),
                      "ttft_p50_s": ttft50.value, "ttft_p50_lo": ttft50.lo, "ttft_p50_hi": ttft50.hi,
-                     "ttft_p90": ci_cell(est(col(steady, "ttft_s"), "p90")), "ttft_p99": ci_cell(est(ttft_cens, "p99")),
+                     "ttft_p90": ci_cell(est(ttft_cens, "p90")), "ttft_p99": ci_cell(est(ttft_cens, "p99")),
                      "burst_ttft_p50": ci_cell(est(col(burst, "ttft_s"))) if len(burst) and chk.get("steady") else "—",
                      "tpot_p50": ci_cell(est(col(steady, "tpot_s"))), "itl_p50": ci_cell(itl),
                      "decode_tok_s": est(col(steady, "decode_tok_s")).value,
@@ -407,7 +438,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
         series_name = g_all["series"].iloc[0] if len(g_all) and "series" in g_all else None
         if series_name in sres:
             load_rows.append({"config": r["config"], "load": f"{r['rate_rps']:g} req/s offered",
-                              **S.load_row(sres[series_name], measured(g_all))})
+                              **S.load_row(sres[series_name], g_all)})
     if len(rates):
         for cfg, g in rates.groupby("config", sort=False):
             okr = g[g["sustained"]]
@@ -458,9 +489,13 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
         g = measured(g_all)
         good_mask = meets_slo(g_all, slo)
         verdict, tr = rate_verdict(g_all, slo)
+        clash = _contradiction(df, i, rate, slo)
+        if clash:
+            verdict = CANT_TELL
         t50 = est(col(g, "ttft_s"))
         rows.append({"config_index": i, "config": g_all["config"].iloc[0], "rate_rps": rate, "n": len(g_all),
                      "failed": int(len(g_all) - len(g)), "achieved_rate_rps": chk.get("achieved_rate_rps", math.nan),
+                     "scheduled_rate_rps": chk.get("scheduled_rate_rps", math.nan),
                      "achieved_concurrency": chk.get("achieved_concurrency", math.nan),
                      "ttft_p50_s": t50.value, "ttft_p50_lo": t50.lo, "ttft_p50_hi": t50.hi,
                      "ttft_p99": ci_cell(est(S.censored(g_all, "ttft_s"), "p99")),
@@ -471,7 +506,7 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
                                               ttft_column="ttft_sched_s", e2e_column="e2e_sched_s"),
                      "meets_slo_share": float(good_mask.mean()), "kept_up": tr.kept_up,
                      "kept_up_text": _trend_text(tr), "verdict": verdict, "sustained": verdict == SUSTAINED,
-                     "not_sustained": verdict == NOT_SUSTAINED,
+                     "not_sustained": verdict == NOT_SUSTAINED, "contradiction": clash,
                      "client_check": S.client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
     return pd.DataFrame(rows)
 
@@ -538,7 +573,8 @@ def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
     rt = res.rates
     if rt.empty:
         return rt
-    return format_table(rt, {"config": "setting", "rate_rps": "offered req/s", "achieved_rate_rps": "achieved req/s",
+    return format_table(rt, {"config": "setting", "rate_rps": "offered req/s",
+                             "scheduled_rate_rps": "this series' schedule req/s", "achieved_rate_rps": "achieved req/s",
                              "achieved_concurrency": "in flight", "n": "n", "failed": "failed",
                              "ttft_sched_p99": "TTFT p99 from schedule", "e2e_sched_p99": "e2e p99 from schedule",
                              "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO",
@@ -636,9 +672,12 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
         unsure = g[~ok & ~no]
         top = g[ok]["rate_rps"].max() if ok.any() else None
         above = g[no & (g["rate_rps"] > top)] if top is not None else g[no]
-        cant = (f"; at {', '.join(fmt.number(r) for r in unsure['rate_rps'])} req/s the latency trend could not tell "
-                f"whether the server kept up ({len(unsure)} rate{'s' if len(unsure) != 1 else ''} measured "
-                "up to the longest series allowed)") if len(unsure) else ""
+        clash = unsure[unsure["contradiction"].astype(bool)] if "contradiction" in unsure else unsure.iloc[0:0]
+        vague = unsure.drop(clash.index)
+        cant = "".join(f"; at {fmt.number(r['rate_rps'])} req/s {r['contradiction']}" for _, r in clash.iterrows())
+        if len(vague):
+            cant += (f"; at {', '.join(fmt.number(r) for r in vague['rate_rps'])} req/s the latency trend could not "
+                     f"tell whether the server kept up (measured up to {int(vague['n'].max())} requests)")
         if top is None and not len(above):
             parts.append(f"{cfg}: no rate tried could be told sustained or not{cant}")
         elif top is None:

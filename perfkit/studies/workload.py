@@ -197,7 +197,7 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
         series = g_all["series"].iloc[0]
         if series in sres:
             load_rows.append({"config": cfg, "load": f"{int(users)} user{'s' if users != 1 else ''}",
-                              **S.load_row(sres[series], g)})
+                              **S.load_row(sres[series], attempted(g_all))})
     turns, sess = pd.DataFrame(turn_rows), pd.DataFrame(sess_rows)
     _mark_headlines(figs, turns)
     return WorkloadResult("workload", figs, df, ctx.store.manifest(), failures(df) if len(df) else "",
