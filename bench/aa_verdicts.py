@@ -44,6 +44,10 @@ PARAMS = {
                        "strategies": ["none"], "strategy_reps": 1, "idle_gaps_s": [0.5], "num_predict": 16},
         "model_size": {"models": ["smollm2-135m-q4_1", "gemma3-270m-q4_k_m"], "reps": 8, "cold_reps": 3,
                        "num_predict": 24},
+        # concurrency series too: their figures (throughput by batch means, a steady window's TTFT and tails)
+        # vary between runs in their own way, and the minimum effect must cover them
+        "config_tuning": {"model": "smollm2-135m-q4_1", "settings": [{"OLLAMA_NUM_PARALLEL": 2}],
+                          "concurrency": [1, 4], "requests": 16, "num_predict": 12, "prompt_words": 24},
     },
 }
 
@@ -71,8 +75,9 @@ def called(c: cmp.Comparison) -> tuple[int, int]:
 
 
 def log_ratios(c: cmp.Comparison) -> list[float]:
+    """|log ratio| of every row a minimum effect applies to: per-request medians and tails, series estimates."""
     return [abs(math.log(r.ratio.value)) for r in c.rows
-            if r.mode == "requests" and math.isfinite(r.ratio.value) and r.ratio.value > 0]
+            if r.mode in ("requests", "tail", "estimates") and math.isfinite(r.ratio.value) and r.ratio.value > 0]
 
 
 def main() -> int:
@@ -81,6 +86,7 @@ def main() -> int:
     ap.add_argument("--repeat-pairs", type=int, default=2, help="A/A pairs of runs with repeat: 3")
     ap.add_argument("--real-repeat", type=int, default=3, help="replicates a side for the real change in repeat mode")
     ap.add_argument("--only-real", action="store_true", help="skip the A/A pairs, measure only the real change")
+    ap.add_argument("--no-real", action="store_true", help="skip the real change")
     ap.add_argument("--keep", help="keep the run directories here")
     a = ap.parse_args()
     load = os.getloadavg()[0]
@@ -105,8 +111,8 @@ def main() -> int:
         if a.repeat_pairs:
             print(f"A/A repeat 3 (runs as the unit): {a.repeat_pairs} pairs, {n_called} of {n_rows} rows called "
                   f"({n_called / max(n_rows, 1):.1%}; goal ≤ 5%)")
-        print("\nA real change, num_thread 2 → 1:")
-        for mode, rep in (("single runs", 1), (f"repeat {a.real_repeat}", a.real_repeat)):
+        print("\nA real change, num_thread 2 → 1:" if not a.no_real else "")
+        for mode, rep in () if a.no_real else (("single runs", 1), (f"repeat {a.real_repeat}", a.real_repeat)):
             c = cmp.compare(measure(root, f"x{rep}a", repeat=rep), measure(root, f"x{rep}b", repeat=rep,
                                                                            num_thread=1))
             x, n = called(c)

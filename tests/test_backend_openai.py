@@ -71,6 +71,7 @@ studies:
     requests: 6
     rates_rps: [4]
     rate_requests: 6
+    rate_extend: 0
     num_predict: 8
     prompt_words: 16
 """

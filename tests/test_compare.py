@@ -34,13 +34,22 @@ def _samples(median: float, n: int, seed: int, spread: float = 0.05) -> list[flo
 def make_run(root: Path, name: str, *, warm_s: float = 0.2, cold_s: float = 0.7, n: int = 8, seed: int = 1,
              states: tuple[str, ...] = ("cold_memory", "warm"), num_thread: int = 2, host: dict | None = None,
              digest: str = "b179c952", noisy: bool = False, memory_bytes: float = 330e6,
-             decode_tok_s: float = 140.0) -> Path:
-    """A cold_start run as `perfkit run` leaves it: run.json, trials, a device event, the manifest."""
+             decode_tok_s: float = 140.0, slow_warm: int = 0, failed_warm: int = 0) -> Path:
+    """A cold_start run as `perfkit run` leaves it: run.json, trials, a device event, the manifest. ``slow_warm``
+    of its warm requests take 5× as long, ``failed_warm`` more fail (a tail, failures: nothing else differs)."""
     run = root / name
     store = RunStore(run / "cold_start")
     medians = {"warm": warm_s, "cold_memory": cold_s, "cold_server": cold_s, "cold_disk": cold_s * 1.1}
     for k, state in enumerate(states):
-        for i, e2e in enumerate(_samples(medians[state], n, seed * 100 + k)):
+        values = _samples(medians[state], n, seed * 100 + k)
+        if state == "warm":
+            values = [v * 5 if i < slow_warm else v for i, v in enumerate(values)] + [None] * failed_warm
+        for i, e2e in enumerate(values):
+            if e2e is None:
+                store.append_trial({"trial_id": f"state/{state}/rep{i}", "model": MODEL, "variant": state,
+                                    "cache_state": state, "ok": False, "warmup": False, "error": "timeout",
+                                    "res_noisy": noisy})
+                continue
             store.append_trial({
                 "trial_id": f"state/{state}/rep{i}", "model": MODEL, "variant": state, "cache_state": state,
                 "ok": True, "warmup": False, "state_verified": True, "e2e_s": e2e, "ttft_s": e2e * 0.8,
@@ -145,9 +154,9 @@ def test_figures_only_one_run_has_are_listed_not_blank(tmp_path):
     b = make_run(tmp_path, "b", states=("cold_server", "warm"))
     c = cmp.compare(a, b)
     assert {f.key for f in c.only_a} == {"cold_start/e2e/cold_disk", "cold_start/load/cold_disk",
-                                         "cold_start/cold_over_warm/cold_disk"}
+                                         "cold_start/cold_over_warm/cold_disk", "cold_start/failed/cold_disk"}
     assert {f.key for f in c.only_b} == {"cold_start/e2e/cold_server", "cold_start/load/cold_server",
-                                         "cold_start/cold_over_warm/cold_server"}
+                                         "cold_start/cold_over_warm/cold_server", "cold_start/failed/cold_server"}
     assert not any(k in {r.key for r in c.rows} for k in ("cold_start/e2e/cold_disk", "cold_start/e2e/cold_server"))
     text = c.only_markdown()
     assert "Only in A" in text and "cold_disk" in text and "Only in B" in text and "cold_server" in text
@@ -324,3 +333,23 @@ def test_perfkit_compare_on_two_real_smoke_runs(tmp_path, store_dir):
     assert d["rows"] and {x["what"] for x in d["differences"]} >= {"backend.settings.num_thread"}
     index = (results / "index.html").read_text()
     assert f"compare-{a.name}-vs-{b.name}/comparison.html" in index and "perfkit compare" in index
+
+
+@pytest.mark.parametrize("change", [{"slow_warm": 6}, {"failed_warm": 6}])
+def test_a_slow_tail_or_failures_alone_are_called_worse_and_no_median_row_is(tmp_path, change):
+    """Two runs that differ only in a slow tail (6 of 60 warm requests 5× slower) or in failures (6 more warm
+    requests fail): compare calls the tail or the failed share worse, and never a median."""
+    a = make_run(tmp_path, "a", n=60, seed=1)
+    b = make_run(tmp_path, "b", n=60, seed=2, **change)
+    c = cmp.compare(a, b)
+    worse = {r.key.split("/")[1] for r in c.rows if r.verdict == "worse"}
+    medians = [r for r in c.rows if r.called and r.mode in ("requests", "runs") and "p99" not in r.key]
+    assert not medians, [(r.label, r.verdict, r.reason) for r in medians]
+    assert ("failed" in worse) if "failed_warm" in change else ("e2e_p99" in worse or "ttft_p99" in worse), \
+        [(r.label, r.verdict, r.reason) for r in c.rows]
+
+
+def test_an_a_a_pair_calls_no_row(tmp_path):
+    a = make_run(tmp_path, "a", n=60, seed=1)
+    b = make_run(tmp_path, "b", n=60, seed=2)
+    assert not [r for r in cmp.compare(a, b).rows if r.called]

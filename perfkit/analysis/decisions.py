@@ -32,6 +32,12 @@ class BestClaim:
     holm_p: dict[str, float] = field(default_factory=dict)
     not_separated: list[str] = field(default_factory=list)
 
+    def more_needed(self) -> float:
+        """How many times the data would separate the leader from each candidate it is not separated from by a
+        20 % difference (:func:`more_needed`); NaN when a comparison has no CI to scale from."""
+        need = [more_needed(self.rows[k]) for k in self.not_separated]
+        return max(need) if need and all(math.isfinite(x) for x in need) else math.nan
+
     def sentence(self, what: str) -> str:
         """One sentence that says what the data support, e.g. 'A is the best for TTFT: it beats B, C beyond ±10 %
         (Holm-adjusted over 2 comparisons)'."""
@@ -44,6 +50,18 @@ class BestClaim:
         ns = ", ".join(f"**{c}**" for c in self.not_separated)
         return (f"No setting is separable as the best for {what} at this n: the leader by point estimate, "
                 f"**{self.best}**, is not separated from {ns}.")
+
+
+def more_needed(row: Row, target: float = 2 * verdicts.MIN_EFFECT, min_effect: float = verdicts.MIN_EFFECT) -> float:
+    """How many times the data behind ``row`` would let a difference of ``target`` (a ratio of 1 + target) be
+    called: its CI's half-width on the log scale shrinks as 1/√n and must fit between the minimum effect and the
+    target. NaN when the row has no CI to scale from."""
+    r = row.ratio
+    if row.is_difference or not (r.has_ci and r.lo > 0 and math.isfinite(r.hi)):
+        return math.nan
+    half = (math.log(r.hi) - math.log(r.lo)) / 2
+    room = math.log((1 + target) / (1 + (min_effect if row.mode != "runs" else 0.0)))
+    return max(1.0, (half / room) ** 2)
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:

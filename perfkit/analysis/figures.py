@@ -12,6 +12,7 @@ value in every replicate (``replicates``) and its CI spans the between-run sprea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -152,6 +153,15 @@ class Figure:
                     "≈ {:.0f}× the " + counts).format(math.ceil(more))
             t += f" — not measurable at this n: the CI is wider than the value; {what} would give about ±25%"
         return t
+
+    @property
+    def anchor(self) -> str:
+        """The id of this figure's row in a report's table of figures."""
+        return "fig-" + hashlib.sha1(self.key.encode()).hexdigest()[:10]
+
+    def link(self, text: str | None = None) -> str:
+        """Markdown: ``text`` (default the value with its unit) linked to this figure's row in the report."""
+        return f"[{text or format_value(self.value, self.kind)}](#{self.anchor})"
 
     def short(self) -> str:
         """Value and n only, for compact places (the index): '412 ms (n=8)'."""

@@ -51,6 +51,8 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("ttft_p90", "TTFT p90", "duration", "lower", "p90", f"90th percentile of ttft_s, {_PCT}", _REQ),
     Metric("ttft_p99", "TTFT p99", "duration", "lower", "p99",
            f"99th percentile of ttft_s; failed requests count as beyond the limit, {_PCT}", _REQ),
+    Metric("e2e_p99", "end-to-end latency p99", "duration", "lower", "p99",
+           f"99th percentile of e2e_s; failed requests count as beyond the limit, {_PCT}", _REQ),
     Metric("ttft_sched_p99", "TTFT p99 from the schedule", "duration", "lower", "p99",
            "99th percentile of scheduled send → first token (no coordinated omission); failed requests count "
            f"as beyond the limit, {_PCT}", _REQ),

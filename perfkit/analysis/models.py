@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit.analysis import figures as F
+from perfkit.analysis.series import censored
 from perfkit.analysis.requests import attempted, est, measured, per_request_itl
 from perfkit.core import fmt
 from perfkit.core.store import RunStore
@@ -49,10 +50,21 @@ def model_figures(study: str, df: pd.DataFrame, events: pd.DataFrame, models: li
             F.reading(study, "memory", dev.get(m, {}).get("model_memory_bytes"), where=w, model=m,
                       headline="memory"),
             *resource_figures(study, warm, w, m, workload),
-            F.failed_share(study, tried[tried["variant"] == m] if len(tried) and "variant" in tried else tried.iloc[0:0],
-                           where=w, model=m, workload=workload),
         ]
+        every = tried[tried["variant"] == m] if len(tried) and "variant" in tried else tried.iloc[0:0]
+        warm_all = every[every["cache_state"] == "warm"] if "cache_state" in every else every
+        out += [F.failed_share(study, every, where=w, model=m, workload=workload),
+                F.per_request(study, "ttft_p99", warm_all, lambda r: censored(r, "ttft_s"), where=w, model=m,
+                              workload=workload)]
     return out
+
+
+def speed_claim(study: str, figures: F.FigureSet, models: list[str]):
+    """The fastest decoding model as a tested claim (:func:`perfkit.analysis.decisions.best_of`), or None."""
+    from perfkit.analysis.decisions import best_of
+
+    return best_of({m: figures.get(f"{study}/decode_rate/{m}") for m in models
+                    if figures.get(f"{study}/decode_rate/{m}") is not None})
 
 
 def warm_latency(trials: pd.DataFrame) -> pd.DataFrame:

@@ -504,6 +504,18 @@ def fdr_adjust(rows: Sequence[Row], q: float = FDR) -> None:
     for r, qv in zip(order, qs):
         r.q_value = qv
         if r.called and qv > q:
-            r.reason = (f"{r.reason}, but with {m} figures tested at once its false-discovery-adjusted q = "
-                        f"{fmt.number(qv)} > {q:g} (Benjamini–Hochberg)")
+            r.reason = (f"{r.reason}, but with {m} figures of its kind tested at once its false-discovery-adjusted "
+                        f"q = {fmt.number(qv)} > {q:g} (Benjamini–Hochberg)")
             r.verdict = NO_CHANGE
+
+
+def fdr_by_family(rows: Sequence[Row], q: float = FDR) -> None:
+    """:func:`fdr_adjust` within each family of rows: one metric of one study over its conditions (TTFT p99 of
+    every setting and client count is one family, the failed share another). Each row's own test already holds
+    its false-call rate; the correction bounds the share of false calls among a family's calls, without letting
+    a hundred unrelated rows drown a change that shows in one metric's tail."""
+    families: dict[str, list[Row]] = {}
+    for r in rows:
+        families.setdefault("/".join(r.key.split("/", 2)[:2]), []).append(r)
+    for fam in families.values():
+        fdr_adjust(fam, q)

@@ -154,12 +154,17 @@ class Comparison:
                 "compare runs instead.")
 
     def method(self) -> str:
-        return ("Ratios are after / before. " + self.how()[0].upper() + self.how()[1:] + " With per-request "
-                "samples: Hodges–Lehmann estimate with the Moses distribution-free 95% CI, Mann–Whitney p-value. "
-                "A series' throughput has one CI per run: the ratio's CI and p-value come from both CIs on the log "
-                "scale. A single reading (resident memory) has no CI and never gets a verdict. Across all rows, "
+        return ("Ratios are after / before. " + self.how()[0].upper() + self.how()[1:] + " A median or "
+                "mean with per-request samples: Hodges–Lehmann estimate (the median of every after ÷ before pair of "
+                "requests, so it need not equal the ratio of the two medians) with the Moses distribution-free 95% CI, "
+                "Mann–Whitney p-value. A tail (p90, p99): the ratio of the two percentiles, failed requests counted as "
+                "beyond the limit, tested by how many requests of one run lie beyond the other's percentile × (1 + the "
+                "minimum effect) against the exact count expected if nothing changed. The failed share: the "
+                "difference in percentage points, Boschloo's exact test. A series' throughput has one CI per run: the "
+                "ratio's CI and p-value come from both CIs on the log scale. A single reading (resident memory) has "
+                "no CI and never gets a verdict. Across the rows of each figure (one metric over its conditions), "
                 "p-values are adjusted for the false-discovery rate (Benjamini–Hochberg, q ≤ 0.05): a row is "
-                "improved or worse only when its CI says so and its q does. Rows whose workload differs (prompt "
+                "improved or worse only when its test says so and its q does. Rows whose workload differs (prompt "
                 "or output size, concurrency, SLOs, the model file) are not comparable. "
                 f"A row is flagged noisy when ≥ {manifests.NOISY_SHARE:.0%} of its requests in either run ran while "
                 "other processes used the machine; a noisy run's rows are not counted in the summary.")
@@ -229,7 +234,7 @@ def compare(run_a: str | Path, run_b: str | Path, *, confidence: float = stats.C
         if why_not:
             row.verdict, row.reason, row.p_value = NOT_COMPARABLE, "not comparable: " + "; ".join(why_not), math.nan
         rows.append(row)
-    verdicts.fdr_adjust(rows)
+    verdicts.fdr_by_family(rows)
     order = {h: i for i, h in enumerate(SEED_ROWS)}
     rows.sort(key=lambda r: (0, order[r.headline]) if r.headline in order else (1, 0) if r.headline else (2, 0))
     warnings = a.warnings + b.warnings + _run_warnings(a, b, rows)

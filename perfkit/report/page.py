@@ -67,6 +67,24 @@ class Page:
         parts.append("</div>")
         display(HTML("".join(parts)))
 
+    def figures(self, figures: Any, name: str = "figures") -> None:
+        """The figures a study stands by, one row each with the anchor its answer links to, and a CSV."""
+        from IPython.display import HTML, Markdown, display
+
+        if not len(figures):
+            display(Markdown(f"*{name}: nothing recorded.*"))
+            return
+        link = self._csv(figures.table(), name)
+        rows = "".join(f'<tr id="{f.anchor}"><th>{html.escape(f.label)}</th><td>{html.escape(f.text())}</td>'
+                       f"<td>{html.escape(f.m.method)}</td></tr>" for f in figures.values())
+        parts = [f'<div class="perfkit-table" data-name="{html.escape(name)}"><table class="dataframe perfkit">'
+                 "<thead><tr><th>figure</th><th>value</th><th>how</th></tr></thead>"
+                 f"<tbody>{rows}</tbody></table>"]
+        if link:
+            parts.append(f'<p class="download"><a href="{html.escape(link)}" download>download this table (CSV)</a></p>')
+        parts.append("</div>")
+        display(HTML("".join(parts)))
+
     def chart(self, chart: charts.Chart) -> None:
         charts.show(chart)
 

@@ -17,10 +17,12 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from perfkit.analysis import figures as F, stats, timeline
+from perfkit.analysis.series import censored
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.models import resource_figures
-from perfkit.analysis.requests import (ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note,
+from perfkit.analysis.requests import (attempted, ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note,
                                        negative_overhead_note, noisy_note, per_request_itl, state_note)
+from perfkit.analysis.decisions import best_of
 from perfkit.analysis.verdicts import compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
@@ -30,6 +32,7 @@ from perfkit.measure.cache_states import WARMUP_STRATEGIES, scheme_a, user_first
 from perfkit.measure.devices import record_device
 from perfkit.measure.progress import Progress
 from perfkit.measure.runner import Trial
+from perfkit.report.answer import answer_block
 from perfkit.servers.control.base import Unknown
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
@@ -264,7 +267,7 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
     sa_ok = measured(schemea)
     split = timeline.splits(acc, pd.concat([cold, sa_ok])) if len(cold) or len(sa_ok) else pd.DataFrame()
     device = _event(ev, "device")
-    figs = FigureSet(_figures(c, ok, sok, sa_ok, ratios, device))
+    figs = FigureSet(_figures(c, ok, sok, sa_ok, ratios, device, attempted(states)))
     return ColdStartResult(
         study="cold_start", figures=figs, trials=df, manifest=ctx.store.manifest(), failures=failures(df),
         model=c.model, states=states, by_state=by_state, ratios=ratios, strategy_trials=strat,
@@ -275,7 +278,8 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
 
 
 def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.DataFrame,
-             ratios: dict[str, stats.Estimate], device: dict | None) -> list[F.Figure | None]:
+             ratios: dict[str, stats.Estimate], device: dict | None,
+             tried: pd.DataFrame | None = None) -> list[F.Figure | None]:
     """The figures this study stands by: first-request e2e per cache state (the seed's cold and warm start),
     load per cold state, warm TTFT, ITL and decode speed, resident memory, energy and GPU use, each warmup
     strategy after each idle gap, scheme A per delay, and cold ÷ warm."""
@@ -293,6 +297,12 @@ def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.Dat
             out.append(F.per_request("cold_start", "load", g, "load_s", where=w, model=m, workload=wl))
         if state != "warm" and state in ratios:
             out.append(F.from_estimate("cold_start", "cold_over_warm", ratios[state], where=w, model=m, workload=wl))
+        if tried is not None and len(tried) and "cache_state" in tried:
+            every = tried[tried["cache_state"] == state]
+            out.append(F.failed_share("cold_start", every, where=w, model=m, workload=wl))
+            if state == "warm":  # the tail a user meets after warm-up, failures beyond the limit
+                out += [F.per_request("cold_start", tag, every, lambda r, c=col: censored(r, c), where=w, model=m,
+                                      workload=wl) for tag, col in (("ttft_p99", "ttft_s"), ("e2e_p99", "e2e_s"))]
     warm = ok[ok["cache_state"] == "warm"] if len(ok) else ok
     w = {"state": "warm"}
     out += [F.per_request("cold_start", "ttft", warm, "ttft_s", where=w, model=m, workload=wl),
@@ -479,7 +489,7 @@ def _versus(r: stats.Estimate, what: str) -> str:
 def conclusions(res: ColdStartResult) -> str:
     f = res.figures
     ok = measured(res.states)
-    lines = [f"### What the measurements say ({res.model})"]
+    lines = [answer_block(answer(res)) + f"### What the measurements say ({res.model})"]
     dev = res.device or {}
     if dev.get("device") == "gpu+cpu":
         lines.insert(0, f"> ⚠ **Partial offload:** {dev.get('cpu_share', 0):.0%} of {res.model} runs on the CPU "
@@ -547,36 +557,84 @@ def conclusions(res: ColdStartResult) -> str:
     return "\n".join(lines)
 
 
-def _strategy_lines(res: ColdStartResult) -> list[str]:
-    """Per idle gap: which warmup the first request is fastest with, claimed only where the CI of the ratio
-    to the others says so."""
+def _strategy_claims(res: ColdStartResult) -> list[tuple[float, dict[str, F.Figure], Any]]:
+    """Per idle gap (shortest first): each warmup strategy's first-request e2e figure and the tested claim of the
+    fastest (:func:`perfkit.analysis.decisions.best_of`)."""
     sok = measured(res.strategy_trials)
     out = []
     for gap, g in sok.groupby("idle_gap_s") if len(sok) else ():
         figs = {s: res.figures.get(f"cold_start/e2e/{s}/{gap:g}") for s in dict.fromkeys(g["strategy"])}
         figs = {s: x for s, x in figs.items() if x is not None}
-        if not figs:
-            continue
-        best = min(figs, key=lambda s: figs[s].value)
+        if figs:
+            out.append((gap, figs, best_of(figs)))
+    return out
+
+
+def _strategy_lines(res: ColdStartResult) -> list[str]:
+    """Per idle gap: which warmup the first request is fastest with, claimed only where it beats every other
+    strategy (the same tested claim as the best setting of config tuning)."""
+    sok = measured(res.strategy_trials)
+    out = []
+    for gap, figs, claim in _strategy_claims(res):
+        g = sok[sok["idle_gap_s"] == gap]
         ka = g["keep_alive_s"].iloc[0]
         resident = {s: g[g["strategy"] == s]["loaded_at_send"].mean() for s in figs}
         head = (f"- After an idle gap of {fmt.duration(gap)} (keep-alive {fmt.duration(ka)}): "
                 + "; ".join(f"**{s}** {x.text()} (model resident at send in {resident[s]:.0%})" for s, x in figs.items()))
-        beaten = [s for s in figs if s != best and compare_samples(figs[s].samples, figs[best].samples,
-                                                                  "lower").verdict == "improved"]
-        if beaten:
-            head += f". **{best}** is faster than {', '.join(beaten)} (ratio CI excludes 1)"
-            rest = [s for s in figs if s not in beaten and s != best]
-            if rest:
-                head += f"; not distinguishable from {', '.join(rest)} at this n"
+        beaten = [s for s, r in claim.rows.items() if s not in claim.not_separated]
+        if claim.called and beaten:
+            head += f". **{claim.best}** is the fastest: it beats {', '.join(beaten)}"
+        elif beaten:
+            head += (f". **{claim.best}** is faster than {', '.join(beaten)}; not separated from "
+                     f"{', '.join(claim.not_separated)} at this n")
         elif len(figs) > 1:
-            head += ". At this n no strategy is distinguishable from another (every ratio's CI includes 1 or n is "
-            head += "too small)"
+            head += ". At this n no strategy is distinguishable from another"
         out.append(head + ".")
         if "keep_warm" in figs and "none" in figs and compare_samples(
                 figs["none"].samples, figs["keep_warm"].samples, "lower").verdict == "worse":
             out.append("  ⚠ Keep-warm measured slower than no warmup at all, which a resident model can't be: "
                        "suspect data (a refresh in flight, or a busy machine).")
+    return out
+
+
+def answer(res: ColdStartResult) -> list[str]:
+    """Why the first request is slow, by how much, and which warmup fixes it (at most three sentences)."""
+    f, out = res.figures, []
+    warm = f.get("cold_start/e2e/warm")
+    cold_state = next((st for st in ("cold_server", "cold_memory", "cold_disk") if f"cold_start/e2e/{st}" in f), None)
+    if cold_state and warm is not None:
+        cold, ratio = f[f"cold_start/e2e/{cold_state}"], f.get(f"cold_start/cold_over_warm/{cold_state}")
+        what = {"cold_server": "after a server restart", "cold_memory": "with the model out of memory",
+                "cold_disk": "with the model file out of the page cache"}[cold_state]
+        out.append(f"The first request {what} took {cold.link()}, "
+                   f"{ratio.link(fmt.ratio(ratio.value)) if ratio is not None else fmt.NA} a warm request "
+                   f"({warm.link()}).")
+        row = res.by_state[res.by_state["cache_state"] == cold_state] if len(res.by_state) else res.by_state
+        if len(row):
+            parts = {c: float(row.iloc[0][c]) for c in COMPONENTS if c in row and pd.notna(row.iloc[0][c])}
+            if parts and cold.value > 0:
+                top = max(parts, key=parts.get)
+                name = {"load_s": "loading the model", "prefill_s": "reading the prompt (prefill)",
+                        "decode_s": "generating the answer", "overhead_s": "time outside the server's own "
+                        "account (connection, queueing, set-up)"}[top]
+                load = f.get(f"cold_start/load/{cold_state}")
+                value = load.link() if top == "load_s" and load is not None else fmt.duration(parts[top])
+                out.append(f"Most of it is {name}: {value}, {parts[top] / cold.value:.0%} of the request.")
+    claims = _strategy_claims(res)
+    if claims:
+        gap, figs, claim = claims[-1]
+        none = figs.get("none")
+        if claim.called and claim.best != "none":
+            out.append(f"After {fmt.duration(gap)} idle, **{claim.best}** fixes it: the first request takes "
+                       f"{figs[claim.best].link()}" + (f" instead of {none.link()} with no warmup." if none is not None
+                                                       else "."))
+        elif claim.called:
+            out.append(f"After {fmt.duration(gap)} idle, no warmup beat doing nothing ({none.link()}): the model was "
+                       "still resident.")
+        else:
+            out.append(f"After {fmt.duration(gap)} idle, no warmup strategy is separable from the others at this n "
+                       f"(the fastest by its median, **{claim.best}**, is not separated from "
+                       f"{', '.join(claim.not_separated)}).")
     return out
 
 

@@ -30,6 +30,7 @@ from perfkit.core.settings import settings_label
 from perfkit.measure.cache_states import ensure_warm
 from perfkit.servers.control.base import Unknown
 from perfkit.report import load
+from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
 from perfkit.studies.registry import register
 from perfkit.workloads import WorkloadParams
@@ -713,11 +714,71 @@ def _n_text(rt: pd.DataFrame) -> str:
     return f"{what} requests per rate: a queue too slow to break the SLOs within them is not seen"
 
 
+def _closed_span_s(trials: pd.DataFrame) -> float:
+    """Seconds the closed-loop series took, all settings together (what "more requests" would cost again)."""
+    if trials.empty or "mode" not in trials:
+        return math.nan
+    closed = S.last_attempt(trials[trials["mode"] == "closed"])
+    if closed.empty:
+        return math.nan
+    spans = closed.groupby("series").apply(lambda g: (g["t_end_ns"].max() - g["t_send_ns"].min()) * 1e-9,
+                                           include_groups=False)
+    return float(spans.sum())
+
+
+def answer(res: ConfigTuningResult) -> list[str]:
+    """Which setting to run and how much load it holds, as the data support it (at most three sentences)."""
+    b, t = res.best, res.table
+    if not b or t.empty:
+        return []
+    base = t.sort_values("config_index")["config"].iloc[0]
+    out = []
+    T, L = b.get("throughput"), b.get("latency")
+    pick = None
+    for x, what in ((T, "throughput"), (L, "TTFT")):
+        if x and x["claim"].called:
+            f = res.figures.get(f"config_tuning/{'throughput' if what == 'throughput' else 'ttft'}/{x['config']}/"
+                                f"{x['at_concurrency']}")
+            vs = x["claim"].rows.get(base)
+            gain = f", {vs.change_text} against the baseline **{base}**" if vs is not None else " (it is the baseline)"
+            out.append(f"Run **{x['config']}** for {what}: {f.link() if f else fmt.NA} at {x['at_concurrency']} "
+                       f"client{'s' if x['at_concurrency'] != 1 else ''}{gain}.")
+            pick = pick or x["config"]
+    if not out:
+        need = [x["claim"].more_needed() for x in (T, L) if x]
+        need = [n for n in need if math.isfinite(n)]
+        span = _closed_span_s(res.trials)
+        more = (f"; about {math.ceil(min(need))}× the requests (≈ {fmt.duration(span * (min(need) - 1))} more "
+                "measuring) would separate a 20 % difference" if need and math.isfinite(span) else
+                "; more requests per series would separate them")
+        out.append(f"At this n no setting is separable from the others for throughput or TTFT{more}.")
+    rt = res.rates
+    who = pick or base
+    if len(rt) and (rt["config"] == who).any():
+        g = rt[rt["config"] == who].sort_values("rate_rps")
+        ok, no = g[g["sustained"].astype(bool)], g[g["not_sustained"].astype(bool)] if "not_sustained" in g else g.iloc[0:0]
+        top = ok["rate_rps"].max() if len(ok) else None
+        f = res.figures.get(f"config_tuning/sustained_rate/{who}")
+        above = no[no["rate_rps"] > top]["rate_rps"].min() if top is not None and len(no) else None
+        slo = slo_text(res.slo or {})
+        if top is not None:
+            out.append(f"**{who}** holds {f.link() if f else fmt.rate(top, 'req/s')} inside {slo}"
+                       + (f" and not {fmt.rate(above, 'req/s')}." if above is not None and math.isfinite(above)
+                          else " (its limit lies above the rates tried)."))
+        elif len(no):
+            out.append(f"**{who}** held none of the rates tried inside {slo} (the lowest: "
+                       f"{fmt.rate(no['rate_rps'].min(), 'req/s')}).")
+    bad = [c for _, c in res.checks.iterrows() if c.get("all_applied") is False] if len(res.checks) else []
+    if bad:
+        out.append(f"⚠ {len(bad)} setting{'s were' if len(bad) != 1 else ' was'} not applied as asked (see below).")
+    return out
+
+
 def conclusions(res: ConfigTuningResult) -> str:
     b, t = res.best, res.table
     ev = res.device
     lines = (offload_warnings(pd.DataFrame([{"model": ev.get("model"), **ev}])) if ev else []) + [
-        "### What the measurements say"]
+        answer_block(answer(res)) + "### What the measurements say"]
     if not b:
         return "\n".join(lines + ["- No successful trials: nothing to conclude.", res.failures])
     L, T, M = b.get("latency"), b.get("throughput"), b["memory"]

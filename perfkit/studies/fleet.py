@@ -38,6 +38,7 @@ from perfkit.measure.session import ENGINE_LOG_ARGS, write_manifest
 from perfkit.servers.control import Unknown
 from perfkit.servers.fleet import FLEET_MODEL, Fleet, Server
 from perfkit.servers.nginx import install_hint, nginx_binary, nginx_version, parse_access_log
+from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
 from perfkit.workloads import WorkloadParams
@@ -1196,10 +1197,32 @@ def _signed(x: float) -> str:
     return ("+" if x >= 0 else "−") + fmt.duration(abs(x))
 
 
+def answer(res: FleetResult) -> list[str]:
+    """How well the servers scale behind the proxy and what the proxy costs (at most three sentences)."""
+    n, out = len(res.fleet.get("servers", [])), []
+    eff = [f for f in res.figures.values() if f.metric == "efficiency"]
+    if eff:
+        top = max(eff, key=lambda f: int(f.where.get("clients_per_server", 0)))
+        cps = int(top.where.get("clients_per_server", 0))
+        thr = next((f for f in res.figures.values() if f.metric == "throughput" and f.where.get("target") == "proxy"
+                    and int(f.where.get("clients", 0)) == n * cps), None)
+        out.append(f"{n} servers behind the proxy serve {thr.link() if thr is not None else fmt.NA} at {n * cps} "
+                   f"clients: {top.link(fmt.pct(top.value))} of {n} × one server's throughput at {cps} "
+                   f"client{'s' if cps != 1 else ''}.")
+    over = [f for f in res.figures.values() if f.metric == "proxy_overhead"]
+    if over:
+        out.append("The proxy adds " + ", ".join(f"{f.link()} ({f.where.get('buffering')})" for f in over)
+                   + " to the time to first token.")
+    fo = res.failover or {}
+    if fo.get("failed") is not None and fo.get("requests"):
+        out.append(f"With one server killed mid-run, {fo['failed']} of {fo['requests']} requests failed.")
+    return out
+
+
 def conclusions(res: FleetResult) -> str:
     f = res.fleet
     n = len(f.get("servers", []))
-    lines = ["### What the measurements say",
+    lines = [answer_block(answer(res)) + "### What the measurements say",
              f"- **Fleet**: {n} servers behind {'nginx ' + str(f.get('proxy_version')) + ' started by perfkit' if f.get('managed') else 'your proxy at ' + str(f.get('proxy_url'))}"
              f" (weights {', '.join(str(s['weight']) for s in f.get('servers', []))})."]
     t = res.scaling

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from perfkit.analysis import stats
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.models import model_figures, offload_warnings, per_model
+from perfkit.analysis.models import model_figures, offload_warnings, per_model, speed_claim
 from perfkit.analysis.requests import (failures, measured, method_note, negative_overhead_note,
                                        noisy_note, state_note)
 from perfkit.client.backends import Sampling
@@ -19,6 +19,7 @@ from perfkit.core import fmt
 from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, unique
 from perfkit.measure.devices import record_devices
 from perfkit.measure.runner import plan as plan_trials
+from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
 
@@ -94,10 +95,42 @@ def _ratio_line(a: stats.Estimate, what: str) -> str | None:
     return f"{fmt.estimate(a, 'ratio')} {what}"
 
 
+def answer(res: ModelSizeResult) -> list[str]:
+    """What the bigger model costs: decode speed (a tested claim), load and memory (at most three sentences)."""
+    t = res.table.set_index("model") if len(res.table) else res.table
+    if t.empty:
+        return []
+    by_size = t.sort_values("file_bytes") if t["file_bytes"].notna().all() else t
+    small, large = by_size.index[0], by_size.index[-1]
+    get = lambda tag, m: res.figures.get(f"model_size/{tag}/{m}")  # noqa: E731
+    out = []
+    claim = speed_claim("model_size", res.figures, list(t.index))
+    fs, fl = get("decode_rate", small), get("decode_rate", large)
+    if claim is not None and fs is not None and fl is not None and small != large:
+        row = claim.rows.get(small if claim.best == large else large)
+        change = f" ({row.change_text})" if row is not None and claim.called else ""
+        if claim.called:
+            out.append(f"**{claim.best}** decodes faster: {get('decode_rate', claim.best).link()} against "
+                       f"{get('decode_rate', small if claim.best == large else large).link()}{change}.")
+        else:
+            out.append(f"At this n the two models' decode speeds are not separable ({fl.link()} for **{large}**, "
+                       f"{fs.link()} for **{small}**).")
+    ls, ll = get("load", small), get("load", large)
+    ms, ml = get("memory", small), get("memory", large)
+    bits = []
+    if ll is not None and ls is not None:
+        bits.append(f"loads in {ll.link()} (against {ls.link()})")
+    if ml is not None and ms is not None:
+        bits.append(f"needs {ml.link()} resident (against {ms.link()})")
+    if bits and small != large:
+        out.append(f"The larger **{large}** " + " and ".join(bits) + ".")
+    return out
+
+
 def conclusions(res: ModelSizeResult) -> str:
     t = res.table.set_index("model")
     ok = measured(res.trials)
-    lines = offload_warnings(res.table) + ["### What the measurements say"]
+    lines = offload_warnings(res.table) + [answer_block(answer(res)) + "### What the measurements say"]
     for w in (noisy_note(res.trials), negative_overhead_note(res.trials)):
         if w:
             lines.append("- " + w)

@@ -3,6 +3,7 @@ greedy output drifts from the highest-precision one on the same prompts."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,14 +12,14 @@ from pydantic import Field, field_validator, model_validator
 
 from perfkit.analysis import figures as F
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.models import model_figures, offload_warnings, per_model
-from perfkit.analysis.verdicts import compare_samples
+from perfkit.analysis.models import model_figures, offload_warnings, per_model, speed_claim
 from perfkit.analysis.requests import est, failures, measured, method_note, negative_overhead_note, noisy_note, state_note
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, unique
 from perfkit.measure.devices import record_devices
 from perfkit.measure.runner import Trial, plan as plan_trials
+from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult
 from perfkit.studies.registry import register
 
@@ -197,6 +198,38 @@ def _ci(lo: float, hi: float) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{fmt.number(lo)}, {fmt.number(hi)}]"
 
 
+def answer(res: QuantizationResult) -> list[str]:
+    """Which quantization to run: speed (a tested claim), size and how far outputs drift (at most three sentences)."""
+    t = res.table.set_index("model") if len(res.table) else res.table
+    models = list(t.index)
+    claim = speed_claim("quantization", res.figures, models)
+    if claim is None:
+        return []
+    ref, out = res.reference, []
+    fast = res.figures[f"quantization/decode_rate/{claim.best}"]
+    if claim.called:
+        vs = claim.rows.get(ref)
+        out.append(f"**{claim.best}** decodes fastest: {fast.link()}"
+                   + (f", {vs.change_text} against the reference **{ref}**." if vs is not None else "."))
+    else:
+        out.append(f"At this n the quantizations' decode speeds are not separable: the fastest by its median, "
+                   f"**{claim.best}** ({fast.link()}), is not separated from {', '.join(claim.not_separated)}.")
+    pick = claim.best if claim.best != ref else None
+    agree = res.figures.get(f"quantization/agreement/{pick}/{ref}") if pick else None
+    mem = res.figures.get(f"quantization/memory/{claim.best}")
+    size = t.loc[claim.best, "file_bytes"] if "file_bytes" in t and claim.best in t.index else math.nan
+    bits = []
+    if pd.notna(size):
+        bits.append(f"its file is {fmt.size(size)}")
+    if mem is not None:
+        bits.append(f"{mem.link()} resident")
+    if agree is not None:
+        bits.append(f"it reproduces {agree.link()} of the reference's greedy tokens")
+    if bits:
+        out.append(f"For **{claim.best}**, " + ", ".join(bits) + ".")
+    return out
+
+
 def conclusions(res: QuantizationResult) -> str:
     t = res.table.set_index("model")
     ref = res.reference
@@ -205,24 +238,21 @@ def conclusions(res: QuantizationResult) -> str:
         q = t.loc[m, "quantization"] if m in t.index else None
         return q if isinstance(q, str) else "quantization unknown"
 
-    lines = [f"### What the measurements say (reference: {ref}, {quant(ref)})"]
+    lines = [answer_block(answer(res)) + f"### What the measurements say (reference: {ref}, {quant(ref)})"]
     lines = offload_warnings(res.table) + lines
     for w in (noisy_note(res.trials), negative_overhead_note(res.trials)):
         if w:
             lines.append("- " + w)
     if t["decode_tok_s"].isna().all() or ref not in t.index:
         return "\n".join(lines + ["- No successful warm trials: nothing to conclude about speed.", res.failures])
-    fastest = t["decode_tok_s"].idxmax()
     smallest = t["file_bytes"].idxmin() if t["file_bytes"].notna().any() else None
-    f_fast = res.figures.get(f"quantization/decode_rate/{fastest}")
-    f_ref = res.figures.get(f"quantization/decode_rate/{ref}")
-    line = (f"- Highest median decode: **{fastest}** ({quant(fastest)}) at "
-            f"{f_fast.text() if f_fast else fmt.NA}, against {f_ref.text() if f_ref else fmt.NA} for the reference")
-    if fastest != ref and f_fast is not None and f_ref is not None:
-        v = compare_samples(f_ref.samples, f_fast.samples, "higher", kind="rate")
-        line += (f": {v.ratio_text}, " + ("faster than the reference" if v.verdict == "improved" else
-                                          "not distinguishable from the reference at this n"))
-    lines.append(line + ".")
+    claim = speed_claim("quantization", res.figures, list(t.index))
+    if claim is not None:
+        f_fast = res.figures.get(f"quantization/decode_rate/{claim.best}")
+        line = f"- Decode speed: {claim.sentence('decode speed')} Its median: {f_fast.text()}"
+        if claim.best != ref and ref in claim.rows:
+            line += f"; against the reference **{ref}**: {claim.rows[ref].ratio_text}, {claim.rows[ref].verdict}"
+        lines.append(line + ".")
     if smallest:
         share = (f", {t.loc[smallest, 'file_bytes'] / t.loc[ref, 'file_bytes']:.0%} of the reference's size"
                  if pd.notna(t.loc[ref, "file_bytes"]) and t.loc[ref, "file_bytes"] else

@@ -22,6 +22,7 @@ from perfkit.core import fmt
 from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, settings_list
 from perfkit.core.settings import settings_label
 from perfkit.report import load
+from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
 from perfkit.studies.registry import register
 from perfkit.workloads import WorkloadParams
@@ -73,6 +74,7 @@ class WorkloadResult(StudyResult):
     reuse_visible: bool = False
     load_visible: bool = False
     workload: dict[str, Any] = field(default_factory=dict)
+    events: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @register
@@ -161,8 +163,11 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
     for (i, users), g_all in (df.groupby(["config_index", "users"], sort=True) if len(df) else ()):
         g = ok[(ok["config_index"] == i) & (ok["users"] == users)] if len(ok) else ok
         cfg = g_all["config"].iloc[0]
-        figs.add(F.failed_share("workload", attempted(g_all), where={"setting": cfg, "users": int(users)},
+        every = attempted(g_all)
+        figs.add(F.failed_share("workload", every, where={"setting": cfg, "users": int(users)},
                                 workload={**wl_fig, "users": int(users)}))
+        figs.add(F.per_request("workload", "ttft_p99", every, lambda r: S.censored(r, "ttft_s"),
+                               where={"setting": cfg, "users": int(users)}, workload={**wl_fig, "users": int(users)}))
         for turn, t in g.groupby("turn", sort=True):
             where = {"setting": cfg, "users": int(users), "turn": int(turn) + 1}
             figs.add(F.per_request("workload", "ttft", t, "ttft_s", where=where, workload={**wl_fig, "users": int(users)}))
@@ -202,7 +207,7 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
     _mark_headlines(figs, turns)
     return WorkloadResult("workload", figs, df, ctx.store.manifest(), failures(df) if len(df) else "",
                           turns=turns, sessions=sess, load=pd.DataFrame(load_rows), reuse_visible=reuse_visible,
-                          load_visible=load_visible, workload=winfo)
+                          load_visible=load_visible, workload=winfo, events=ev)
 
 
 def _log_counts(ctx: StudyContext, ev: pd.DataFrame, df: pd.DataFrame) -> dict[str, Any]:
@@ -233,7 +238,10 @@ def _mark_headlines(figs: FigureSet, turns: pd.DataFrame) -> None:
     t = turns[turns["config"] == turns["config"].iloc[0]]
     u = int(t["users"].max())
     t = t[t["users"] == u]
-    for turn, name in ((int(t["turn"].min()), "first-turn TTFT"), (int(t["turn"].max()), "last-turn TTFT")):
+    enough = t[t["n"] >= MIN_TURN_N]  # a "last turn" of one long conversation says nothing of the others
+    turns_ = [(int(t["turn"].min()), "first-turn TTFT")] + (
+        [(int(enough["turn"].max()), "last-turn TTFT")] if len(enough) and enough["turn"].max() > t["turn"].min() else [])
+    for turn, name in turns_:
         f = figs.get(f"workload/ttft/{t['config'].iloc[0]}/{u}/{turn}")
         if f is not None and not f.headline:
             f.headline = name
@@ -295,18 +303,49 @@ def load_sources(res: WorkloadResult) -> str:
     return load.load_sources(res.load, res.manifest)
 
 
-def _later_vs_first(res: WorkloadResult, cfg: str, users: int) -> str:
-    """TTFT of the last turn against the first at one setting and user count: a verdict only when its CI says so."""
+MIN_TURN_N = 5  # a turn is compared only with at least this many requests
+
+
+def turn_pair(res: WorkloadResult, cfg: str, users: int) -> tuple[int, pd.DataFrame, pd.DataFrame] | None:
+    """The fair comparison of a later turn with the first, at one setting and user count: the latest turn with
+    ≥ :data:`MIN_TURN_N` requests, against turn 1 of the *same* conversations (late turns exist only for long
+    conversations), each user's first request left out when several users start at once (the synchronized start
+    burst queues them), requests sent inside the series' steady window where it has one. (last turn, first rows,
+    last rows), or None when no turn qualifies."""
     df = measured(res.trials)
-    g = df[(df["config"] == cfg) & (df["users"] == users)]
+    g = df[(df["config"] == cfg) & (df["users"] == users)] if len(df) else df
     if g.empty or g["turn"].nunique() < 2:
-        return ""
-    first, last = int(g["turn"].min()), int(g["turn"].max())
-    a, b = col(g[g["turn"] == first], "ttft_s"), col(g[g["turn"] == last], "ttft_s")
-    row = compare_samples(list(a), list(b), "lower", kind="duration")
+        return None
+    chk = S.series_checks(res.events).get(g["series"].iloc[0], {}) if "series" in g and len(res.events) else {}
+    g = S.in_window(g, chk)
+    if users > 1:
+        g = g.drop(S.burst(g).index)
+    n = g.groupby("turn").size()
+    first = int(g["turn"].min()) if len(g) else 0
+    later = [int(t) for t, k in n.items() if t > first and k >= MIN_TURN_N]
+    if not later:
+        return None
+    last = max(later)
+    b = g[g["turn"] == last]
+    a = g[g["turn"] == first]
+    if "session" in g:
+        a = a[a["session"].isin(set(b["session"]))]
+    return last, a, b
+
+
+def _later_vs_first(res: WorkloadResult, cfg: str, users: int) -> str:
+    """TTFT of a later turn against the first of the same conversations (:func:`turn_pair`): a verdict only when
+    its CI says so."""
+    pair = turn_pair(res, cfg, users)
+    if pair is None:
+        return (f"no later turn had {MIN_TURN_N} requests outside the start burst to compare with the first"
+                if users else "")
+    last, a, b = pair
+    row = compare_samples(col(a, "ttft_s").tolist(), col(b, "ttft_s").tolist(), "lower", kind="duration")
     r = row.ratio
-    base = (f"turn {last + 1}'s TTFT ({F.format_estimate(est(b), 'duration')}) against turn 1's "
-            f"({F.format_estimate(est(a), 'duration')})")
+    base = (f"turn {last + 1}'s TTFT ({F.format_estimate(est(col(b, 'ttft_s')), 'duration')}) against turn 1 of the "
+            f"same conversations ({F.format_estimate(est(col(a, 'ttft_s')), 'duration')})"
+            + (", the start burst left out" if users > 1 else ""))
     if not math.isfinite(r.value) or not r.has_ci:
         return f"{base}: too few requests per turn for a CI of their ratio"
     ratio = f"{fmt.ratio(r.value)} [{fmt.ratio(r.lo)}, {fmt.ratio(r.hi)}]"
@@ -317,13 +356,32 @@ def _later_vs_first(res: WorkloadResult, cfg: str, users: int) -> str:
     return f"{base}: no difference the data can show, {ratio}"
 
 
+def answer(res: WorkloadResult) -> list[str]:
+    """How the assistant holds up with the most users: TTFT of a later turn against the first, failures."""
+    if res.turns.empty:
+        return []
+    cfg = res.turns["config"].iloc[0]
+    users = int(res.turns[res.turns["config"] == cfg]["users"].max())
+    out = []
+    line = _later_vs_first(res, cfg, users)
+    if line:
+        out.append(f"With {users} user{'s' if users != 1 else ''} on **{cfg}**, {line}.")
+    fail = res.figures.get(f"workload/failed/{cfg}/{users}")
+    if fail is not None:
+        out.append(f"{fail.link()} of their turns failed.")
+    s = res.sessions[(res.sessions["config"] == cfg) & (res.sessions["users"] == users)] if len(res.sessions) else None
+    if s is not None and len(s) and s.iloc[0]["over_context"]:
+        out.append(f"{s.iloc[0]['over_context']} turns outgrew the context.")
+    return out
+
+
 def conclusions(res: WorkloadResult) -> str:
     """Per setting and user count: later turns against the first (a verdict only where the CI excludes no change),
     the prompt share served from the cache, tokens in flight, conversations over the context, reloads."""
     head = "### What the measurements say"
     if res.turns.empty:
         return f"{head}\n\nNo chat turn was measured" + (f": {res.failures}" if res.failures else ".")
-    lines = [head, ""]
+    lines = [answer_block(answer(res)) + head, ""]
     for (cfg, users), t in res.turns.groupby(["config", "users"], sort=False):
         head = f"- **{cfg}, {users} user{'s' if users != 1 else ''}**: "
         parts = [_later_vs_first(res, cfg, int(users))]
