@@ -80,18 +80,19 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _params_file(arg: str):
-    """The parameter file to run with: ``-`` reads it from standard input (checked like a file, kept in a
-    private temporary file for the run, which may need its secret values, and removed after)."""
-    if arg != "-":
-        yield Path(arg)
-        return
+    """The parameter file to run with: ``-`` reads it from standard input, and a pipe (``<(envsubst < p.yaml)``)
+    is read once, each checked like a file, kept in a private temporary file for the run, which may need its
+    secret values, and removed after."""
     import os
     import tempfile
 
-    from perfkit.core.yamlfile import read_text
+    from perfkit.core.yamlfile import is_pipe, read_text
 
-    text = read_text("-")
-    fd, name = tempfile.mkstemp(prefix="perfkit-stdin-", suffix=".yaml")
+    if arg != "-" and not is_pipe(arg):
+        yield Path(arg)
+        return
+    text = read_text(arg)
+    fd, name = tempfile.mkstemp(prefix="perfkit-stdin-" if arg == "-" else "perfkit-pipe-", suffix=".yaml")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -89,3 +89,10 @@ def test_sigterm_unwinds_like_ctrl_c_and_exits_143(monkeypatch, capsys):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
     assert "stopped by SIGTERM; servers stopped, everything measured is kept" in capsys.readouterr().err
+
+
+def test_a_parameter_file_from_a_pipe_is_read_like_a_file():
+    """`perfkit run <(envsubst < p.yaml)`: the shell hands perfkit a pipe, read once and checked like a file."""
+    r = subprocess.run(["bash", "-c", f"{sys.executable} -m perfkit run <(printf 'bogus_key: 1\\n')"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "unknown key 'bogus_key'" in r.stderr and "not a regular file" not in r.stderr, r.stderr

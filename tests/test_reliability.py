@@ -798,3 +798,21 @@ def test_compare_warns_about_a_run_compared_with_itself(tmp_path):
     a = make_run(tmp_path, "a")
     c = compare.compare(a, a)
     assert any("A and B are the same run" in w for w in c.warnings) and "same run" in c.summary()
+
+
+@pytest.mark.engine
+def test_every_request_failing_ends_in_reports_that_say_so(tmp_path):
+    """timeouts.request_s far below any answer: every request (and the warmups) fail; each study still ends in a
+    report whose answer says the run can't answer its question, and why, by class."""
+    import yaml
+    from conftest import perfkit_run
+    from test_production_run import text
+
+    p = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    p["timeouts"] = {"request_s": 0.001, "stall_s": 60}
+    p["studies"] = {k: p["studies"][k] for k in ("cold_start", "config_tuning")}
+    run_dir = perfkit_run(p, tmp_path, timeout_s=600)
+    for study in ("cold_start", "config_tuning"):
+        page = text(run_dir / f"{study}.html")
+        assert "This run can't answer the question" in page and "failed" in page, study
+        assert "Traceback" not in page and "KeyError" not in page

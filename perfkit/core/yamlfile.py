@@ -102,6 +102,15 @@ def read_text(path: str | Path) -> str:
         if path.is_dir():
             raise ConfigError(f"{path}: is a directory, not a parameter file (give a .yaml file, e.g. "
                               "params/demo.yaml)")
+        if is_pipe(path):  # `perfkit run <(envsubst < p.yaml)`: read once, bounded, like standard input
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(MAX_FILE_BYTES + 1)
+            except OSError as e:
+                raise ConfigError(f"{path}: cannot read the parameter file: {e.strerror}") from None
+            if len(data) > MAX_FILE_BYTES:
+                raise ConfigError(f"{path}: more than {MAX_FILE_BYTES} bytes is too large for a parameter file")
+            return _decode(data, where)
         if not path.is_file():
             raise ConfigError(f"{path}: not a regular file; give a YAML parameter file")
         try:
@@ -111,6 +120,21 @@ def read_text(path: str | Path) -> str:
             data = path.read_bytes()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read the parameter file: {e.strerror}") from None
+    return _decode(data, where)
+
+
+def is_pipe(path: str | Path) -> bool:
+    """A named pipe or a character device (``/dev/fd/63`` from a shell's process substitution)."""
+    import stat
+
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def _decode(data: bytes, where: str) -> str:
     if b"\0" in data:
         raise ConfigError(f"{where}: a binary file, not a YAML parameter file")
     try:

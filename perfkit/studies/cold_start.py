@@ -26,7 +26,8 @@ from perfkit.analysis.decisions import best_of
 from perfkit.analysis.verdicts import compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.core.records import CACHE_STATES
+from perfkit.core.errors import PerfkitError
+from perfkit.core.records import CACHE_STATES, RequestRecord
 from perfkit.core.schema import MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, members, unique
 from perfkit.measure.cache_states import WARMUP_STRATEGIES, scheme_a, user_first_request
 from perfkit.measure.devices import record_device
@@ -186,10 +187,17 @@ def _strategy_trials(ctx: StudyContext, s, rng, interval: float, done: set, bar:
                 bar.update(1, f"{strategy} after {fmt.duration(gap)}")
                 if tid in done:
                     continue
-                fr = user_first_request(s.backend, c.model, strategy, idle_gap_s=gap,
-                                        prompt=s.runner.prompt(tid, c.prompt_words), sampling=Sampling(c.num_predict),
-                                        keep_warm_interval_s=interval, keep_alive=s.runner.keep_alive,
-                                        timeout_s=ctx.params.timeouts.request_s)
+                try:
+                    fr = user_first_request(s.backend, c.model, strategy, idle_gap_s=gap,
+                                            prompt=s.runner.prompt(tid, c.prompt_words),
+                                            sampling=Sampling(c.num_predict), keep_warm_interval_s=interval,
+                                            keep_alive=s.runner.keep_alive, timeout_s=ctx.params.timeouts.request_s)
+                except PerfkitError as e:  # the warmup itself failed (a load past the timeout): a failed trial
+                    rec = RequestRecord(s.backend.name, c.model, ok=False, error=f"warmup failed: {str(e)[:200]}")
+                    s.runner.record(rec, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
+                                    keep_alive_s=c.keep_alive_s, keep_warm_interval_s=interval, variant=strategy,
+                                    cache_state="cold_memory")
+                    continue
                 s.runner.record(fr.record, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
                                 keep_alive_s=c.keep_alive_s, keep_warm_interval_s=interval,
                                 loaded_at_send=fr.loaded_at_send, keep_warm_refreshes=fr.keep_warm_refreshes,
@@ -489,7 +497,7 @@ def _versus(r: stats.Estimate, what: str) -> str:
 def conclusions(res: ColdStartResult) -> str:
     f = res.figures
     ok = measured(res.states)
-    lines = [answer_block(answer(res)) + f"### What the measurements say ({res.model})"]
+    lines = [answer_block(answer(res), res.failures) + f"### What the measurements say ({res.model})"]
     dev = res.device or {}
     if dev.get("device") == "gpu+cpu":
         lines.insert(0, f"> ⚠ **Partial offload:** {dev.get('cpu_share', 0):.0%} of {res.model} runs on the CPU "
@@ -608,7 +616,8 @@ def answer(res: ColdStartResult) -> list[str]:
                 "cold_disk": "with the model file out of the page cache"}[cold_state]
         out.append(f"The first request {what} took {cold.link()}, "
                    f"{ratio.link(fmt.ratio(ratio.value)) if ratio is not None else fmt.NA} a warm request "
-                   f"({warm.link()}).")
+                   f"({warm.link()})" + ("." if ratio is not None and ratio.estimate.has_ci else
+                                         ", too few requests for a CI of that ratio."))
         row = res.by_state[res.by_state["cache_state"] == cold_state] if len(res.by_state) else res.by_state
         if len(row):
             parts = {c: float(row.iloc[0][c]) for c in COMPONENTS if c in row and pd.notna(row.iloc[0][c])}

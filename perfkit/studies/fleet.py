@@ -1222,7 +1222,7 @@ def answer(res: FleetResult) -> list[str]:
 def conclusions(res: FleetResult) -> str:
     f = res.fleet
     n = len(f.get("servers", []))
-    lines = [answer_block(answer(res)) + "### What the measurements say",
+    lines = [answer_block(answer(res), res.failures) + "### What the measurements say",
              f"- **Fleet**: {n} servers behind {'nginx ' + str(f.get('proxy_version')) + ' started by perfkit' if f.get('managed') else 'your proxy at ' + str(f.get('proxy_url'))}"
              f" (weights {', '.join(str(s['weight']) for s in f.get('servers', []))})."]
     t = res.scaling

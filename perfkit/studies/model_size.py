@@ -130,7 +130,7 @@ def answer(res: ModelSizeResult) -> list[str]:
 def conclusions(res: ModelSizeResult) -> str:
     t = res.table.set_index("model")
     ok = measured(res.trials)
-    lines = offload_warnings(res.table) + [answer_block(answer(res)) + "### What the measurements say"]
+    lines = offload_warnings(res.table) + [answer_block(answer(res), res.failures) + "### What the measurements say"]
     for w in (noisy_note(res.trials), negative_overhead_note(res.trials)):
         if w:
             lines.append("- " + w)

@@ -238,7 +238,7 @@ def conclusions(res: QuantizationResult) -> str:
         q = t.loc[m, "quantization"] if m in t.index else None
         return q if isinstance(q, str) else "quantization unknown"
 
-    lines = [answer_block(answer(res)) + f"### What the measurements say (reference: {ref}, {quant(ref)})"]
+    lines = [answer_block(answer(res), res.failures) + f"### What the measurements say (reference: {ref}, {quant(ref)})"]
     lines = offload_warnings(res.table) + lines
     for w in (noisy_note(res.trials), negative_overhead_note(res.trials)):
         if w:

@@ -381,7 +381,7 @@ def conclusions(res: WorkloadResult) -> str:
     head = "### What the measurements say"
     if res.turns.empty:
         return f"{head}\n\nNo chat turn was measured" + (f": {res.failures}" if res.failures else ".")
-    lines = [answer_block(answer(res)) + head, ""]
+    lines = [answer_block(answer(res), res.failures) + head, ""]
     for (cfg, users), t in res.turns.groupby(["config", "users"], sort=False):
         head = f"- **{cfg}, {users} user{'s' if users != 1 else ''}**: "
         parts = [_later_vs_first(res, cfg, int(users))]
