@@ -132,7 +132,9 @@ def cmd_report(a) -> int:
 def cmd_compare(a) -> int:
     from perfkit.run import pipeline
 
-    out = pipeline.compare(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None, min_effect=a.min_effect)
+    out, comparison = pipeline.compare(Path(a.run_a), Path(a.run_b), Path(a.out) if a.out else None,
+                                       min_effect=a.min_effect)
+    print(comparison.terminal_summary())
     print(f"comparison: {out}\ndata:       {out.parent / 'comparison.json'}")
     return 0
 

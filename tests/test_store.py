@@ -97,3 +97,20 @@ def test_done_ids_and_latest_attempt_with_retries(tmp_path, monkeypatch):
     assert len(s.trials(all_attempts=True)) == 4
     latest = s.trials()
     assert list(latest["trial_id"]) == ["a", "b", "c"] and list(latest["ok"]) == [True, False, True]
+
+
+def test_rows_of_the_wrong_type_are_damage_not_data(tmp_path):
+    """A row whose fields have the wrong types (``ok: "no"``, ``ttft_s: "fast"``) is listed as damage, like an
+    unreadable line, instead of failing deep inside an analysis."""
+    import json
+
+    from perfkit.core.store import JsonlLog
+
+    p = tmp_path / "trials.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"trial_id": "a", "ok": True, "ttft_s": 0.1, "itl_s": [0.01, 0.02], "token_times_ns": [1, 2]},
+        {"trial_id": "b", "ok": "no", "ttft_s": 0.1},
+        {"trial_id": "c", "ok": True, "ttft_s": "fast"})))
+    rows, damage = JsonlLog(p).scan()
+    assert [r["trial_id"] for r in rows] == ["a"]
+    assert "line 2: ok is 'no', not true or false" in damage[0] and "line 3: ttft_s is 'fast', not a number" in damage[1]

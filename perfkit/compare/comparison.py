@@ -143,6 +143,23 @@ class Comparison:
                         else "."))
         return "\n".join(lines)
 
+    def terminal_summary(self, max_rows: int = 12) -> str:
+        """Plain text for the terminal: the warnings, the verdict counts and the rows called improved or worse."""
+        strip = lambda t: t.replace("**", "").replace("`", "")  # noqa: E731
+        lines = [f"A (before): {self.name_a}  →  B (after): {self.name_b}"]
+        lines += [f"⚠ {strip(w)}" for w in self.warnings] + [f"⚠ noisy run: {strip(r)}" for r in self.noisy_runs]
+        c = self.counts()
+        lines.append(f"{len(self.rows)} figures compared ({self.mode}): {c[IMPROVED]} improved, {c[WORSE]} worse, "
+                     f"{c[NO_CHANGE]} no detectable change at their n"
+                     + (f", {c[NOT_COMPARABLE]} not comparable" if c[NOT_COMPARABLE] else ""))
+        called = [r for r in self.rows if r.called and not self.noisy_runs]
+        for r in called[:max_rows]:
+            lines.append(f"  {r.verdict:8s} {r.key.split('/', 1)[0]}: {r.label}  {r.before} → {r.after}  "
+                         f"({r.change_text})")
+        if len(called) > max_rows:
+            lines.append(f"  … and {len(called) - max_rows} more (see the page)")
+        return "\n".join(lines)
+
     def how(self) -> str:
         if self.mode == "runs":
             return ("runs are the unit (both sides have ≥ 3 replicate runs): the ratio of the runs' geometric "

@@ -131,7 +131,10 @@ class JsonlLog:
                 row = json.loads(raw)
             except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
                 row = None
-            if isinstance(row, dict):
+            why = _wrong_type(row) if isinstance(row, dict) and self.path.name == "trials.jsonl" else None
+            if why:
+                damage.append(f"{self.path.name} line {n}: {why}: skipped, so its row is missing from every figure")
+            elif isinstance(row, dict):
                 rows.append(row)
             elif n == len(lines):  # no newline after it: a write cut off by a kill
                 damage.append(f"{self.path.name}: the last line (line {n}) is torn, {len(raw)} bytes cut off by a "
@@ -144,6 +147,42 @@ class JsonlLog:
     def read(self) -> list[dict]:
         rows, self.damage = self.scan()
         return rows
+
+
+def _numeric_fields() -> frozenset[str]:
+    """The request record's fields that hold a number (or nothing)."""
+    import dataclasses
+
+    out = set()
+    for f in dataclasses.fields(RequestRecord):
+        t = str(f.type)
+        if ("float" in t or "int" in t) and not any(w in t for w in ("list", "str", "dict", "bool")):
+            out.add(f.name)
+    return frozenset(out)
+
+
+_NUMERIC = _numeric_fields()
+_NUMERIC_SUFFIXES = ("_s", "_ns", "_bytes")  # a time, a clock stamp or a size: a number, or a list of them
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _wrong_type(row: dict) -> str | None:
+    """Why a trial row can't be read as one (a field of the wrong type: ``ok: "no"``, ``ttft_s: "fast"``), or None."""
+    ok = row.get("ok", True)
+    if not isinstance(ok, bool):
+        return f"ok is {str(ok)[:20]!r}, not true or false"
+    for k, v in row.items():
+        if v is None:
+            continue
+        if k in _NUMERIC and not _is_number(v):
+            return f"{k} is {str(v)[:20]!r}, not a number"
+        if k not in _NUMERIC and k.endswith(_NUMERIC_SUFFIXES) and not (
+                _is_number(v) or (isinstance(v, list) and all(_is_number(x) or x is None for x in v))):
+            return f"{k} is {str(v)[:20]!r}, not a number"
+    return None
 
 
 class RunStore:

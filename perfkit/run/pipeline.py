@@ -237,10 +237,10 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_d
 
 
 def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None, *,
-            min_effect: float | None = None) -> Path:
+            min_effect: float | None = None):
     """``perfkit compare``: write ``comparison.json`` and ``comparison.html`` (the compare notebook executed by
     papermill, rendered like the study reports) into ``out``; refresh the results index beside it.
-    Returns the HTML's path."""
+    Returns the HTML's path and the comparison."""
     from perfkit import compare as compare_mod
 
     for r in (run_a, run_b):
@@ -265,6 +265,6 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
                        "what changed", nav=site.compare_nav(Path(run_a), Path(run_b)))
     if site.recent_runs(out.parent):
         site.write_index(out.parent)
-    return html_path
+    return html_path, comparison
 
 
