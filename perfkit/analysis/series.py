@@ -185,6 +185,7 @@ TREND_CONFIDENCE = 0.99
 # "Kept up" is a claim too: the interval's bottom at this (two-sided) level must reach the threshold; a short
 # series whose estimate merely reaches it can't tell, and the sweep measures it longer.
 KEPT_UP_CONFIDENCE = 0.80
+KEPT_UP_CAPACITY_CONFIDENCE = 0.95
 TREND_MAX_POINTS = 400
 KEPT_UP = "kept up"
 FELL_BEHIND = "fell behind"
@@ -207,8 +208,56 @@ class Trend:
     confidence: float = TREND_CONFIDENCE
 
 
-def trend(rows: pd.DataFrame, threshold: float = 0.9, confidence: float = TREND_CONFIDENCE) -> Trend:
-    """Did the server keep up with an open-loop series? Read from the trend of latency over the schedule: when
+def trend(rows: pd.DataFrame, threshold: float = 0.9, confidence: float = TREND_CONFIDENCE,
+          slots: int | None = None) -> Trend:
+    """Did the server keep up with an open-loop series? With its number of slots (requests it serves at once), from
+    the rate it completes requests while every slot is busy (:func:`_capacity_trend`); without, from the trend of
+    latency over the schedule (:func:`_latency_trend`, which a queue's growth from an empty start biases)."""
+    if slots and slots > 0 and {"t_send_ns", "t_end_ns"} <= set(rows.columns):
+        return _capacity_trend(rows, int(slots), confidence)
+    return _latency_trend(rows, threshold, confidence)
+
+
+def saturated(rows: pd.DataFrame, slots: int) -> tuple[int, float]:
+    """(departures, seconds) while at least ``slots`` requests were in flight: the server completes requests at
+    its capacity then, whatever the offered rate. Every request counts, failed ones too: they held a slot."""
+    send = pd.to_numeric(rows["t_send_ns"], errors="coerce")
+    end = pd.to_numeric(rows["t_end_ns"], errors="coerce")
+    keep = send.notna() & end.notna() & (send > 0) & (end >= send)
+    t = np.concatenate([send[keep].to_numpy(float), end[keep].to_numpy(float)]) * 1e-9
+    d = np.concatenate([np.ones(int(keep.sum())), -np.ones(int(keep.sum()))])
+    order = np.lexsort((d, t))  # at one instant an end before a send: a slot freed, then taken
+    t, d = t[order], d[order]
+    inflight = np.concatenate([[0], np.cumsum(d)[:-1]])  # in flight just before each event
+    full = inflight >= slots
+    busy_s = float((np.diff(t) * full[1:]).sum()) if len(t) > 1 else 0.0  # (t_i, t_i+1): as before t_i+1
+    return int(((d < 0) & full).sum()), busy_s
+
+
+def _capacity_trend(rows: pd.DataFrame, slots: int, confidence: float) -> Trend:
+    """Capacity ÷ rate from the departures while every slot was busy: capacity = departures ÷ that time (an exact
+    Poisson interval on the count), rate = the pace the series' requests were really sent at. Fell behind when
+    even the top of the capacity's ``confidence`` interval is below the rate; kept up when the bottom of its
+    :data:`KEPT_UP_CAPACITY_CONFIDENCE` interval reaches it, or when the slots were never all busy (no request
+    ever waited for one). Unlike a latency trend, a stable queue filling from empty does not bias it."""
+    nan = Trend(math.nan, math.nan, math.nan, 0, CANT_TELL, confidence)
+    send = pd.to_numeric(rows["t_send_ns"], errors="coerce").dropna()
+    send = send[send > 0]
+    if len(send) < 3 or not send.max() > send.min():
+        return nan
+    rate = (len(send) - 1) / ((send.max() - send.min()) * 1e-9)
+    k, busy_s = saturated(rows, slots)
+    if k == 0 or busy_s <= 0:
+        return Trend(1.0, math.nan, math.nan, len(send), KEPT_UP, confidence)
+    cap = k / busy_s
+    hi = float(_st.chi2.ppf(1 - (1 - confidence) / 2, 2 * k + 2)) / 2 / busy_s
+    lo = float(_st.chi2.ppf((1 - KEPT_UP_CAPACITY_CONFIDENCE) / 2, 2 * k)) / 2 / busy_s
+    verdict = FELL_BEHIND if hi < rate else KEPT_UP if lo >= rate else CANT_TELL
+    return Trend(min(1.0, cap / rate), lo / rate, hi / rate, len(send), verdict, confidence)
+
+
+def _latency_trend(rows: pd.DataFrame, threshold: float, confidence: float) -> Trend:
+    """Without the server's slot count: read from the trend of latency over the schedule. When
     a queue grows, each request waits longer than the one before, and latency rises by (rate ÷ capacity − 1)
     seconds per second of schedule, so 1 / (1 + slope) estimates capacity ÷ rate (capped at 1). The slope of
     ``e2e_sched_s`` against the scheduled send is Theil–Sen's (the median of pairwise slopes: robust to a few

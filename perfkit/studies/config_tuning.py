@@ -181,6 +181,7 @@ class ConfigTuning(Study):
                                        sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags,
                                        workload=wl)
                 rates, steps = _rates(ctx, i), 0
+                slots = check.get("total_slots") or None
                 while rates:
                     rate = rates.pop(0)
                     n, series = c.rate_requests, f"cfg{i}/r{rate:g}"
@@ -193,11 +194,11 @@ class ConfigTuning(Study):
                                            prompt_words=c.prompt_words, tags=tags, workload=wl,
                                            burstiness=c.burstiness)
                         df = ctx.store.trials()
-                        if rate_verdict(_rate_rows(df, i, rate), c.slo)[0] != CANT_TELL \
-                                and not _contradiction(df, i, rate, c.slo):
+                        if rate_verdict(_rate_rows(df, i, rate), c.slo, slots)[0] != CANT_TELL \
+                                and not _contradiction(df, i, rate, c.slo, slots):
                             break
                     if not rates and c.rates_rps == "auto" and steps < c.rate_search_steps:
-                        nxt = _next_rate(ctx.store.trials(), i, c.slo)
+                        nxt = _next_rate(ctx.store.trials(), i, c.slo, slots)
                         if nxt is not None:
                             ctx.store.event("auto_rate_search", config_index=i, rate_rps=nxt, step=steps + 1)
                             rates.append(nxt)
@@ -234,7 +235,7 @@ def _rates(ctx: StudyContext, i: int) -> list[float]:
     return rates
 
 
-def _next_rate(df: pd.DataFrame, i: int, slo: Slo) -> float | None:
+def _next_rate(df: pd.DataFrame, i: int, slo: Slo, slots: int | None = None) -> float | None:
     """The next open-loop rate for setting ``i``: twice the highest when each rate so far was sustained, half
     the lowest when none was, the geometric middle of the bracket (highest sustained, next not sustained) while it
     spans more than :data:`BRACKET_RATIO`; None when the limit is bracketed that closely. Decided from the stored
@@ -244,7 +245,7 @@ def _next_rate(df: pd.DataFrame, i: int, slo: Slo) -> float | None:
     tried = sorted(df[(df["mode"] == "open") & (df["config_index"] == i)]["rate_rps"].dropna().unique())
     if not tried:
         return None
-    verdict = [CANT_TELL if _contradiction(df, i, r, slo) else rate_verdict(_rate_rows(df, i, r), slo)[0]
+    verdict = [CANT_TELL if _contradiction(df, i, r, slo, slots) else rate_verdict(_rate_rows(df, i, r), slo, slots)[0]
                for r in tried]
     sustained = [v == SUSTAINED for v in verdict]
     missed = [v == NOT_SUSTAINED for v in verdict]
@@ -276,12 +277,13 @@ def meets_slo(rows: pd.DataFrame, slo: Slo) -> pd.Series:
 SUSTAINED, NOT_SUSTAINED = "sustained", "not sustained"
 
 
-def rate_verdict(rows: pd.DataFrame, slo: Slo) -> tuple[str, S.Trend]:
+def rate_verdict(rows: pd.DataFrame, slo: Slo, slots: int | None = None) -> tuple[str, S.Trend]:
     """Was this open-loop rate sustained? :data:`NOT_SUSTAINED` when fewer than :data:`SUSTAINED_SHARE` of its
     requests met the SLOs (the user's definition, applied to what was measured) or when the latency trend proves the
     server fell behind (:func:`perfkit.analysis.series.trend`); :data:`CANT_TELL` when the trend points that way but
-    its interval does not exclude keeping up; else :data:`SUSTAINED`. The trend too."""
-    tr = S.trend(rows, KEPT_UP)
+    its interval does not exclude keeping up; else :data:`SUSTAINED`. The trend too. With the server's ``slots``
+    the trend is read from its capacity while every slot was busy."""
+    tr = S.trend(rows, KEPT_UP, slots=slots)
     if not len(rows):
         return CANT_TELL, tr
     return _verdict(float(meets_slo(rows, slo).mean()), tr), tr
@@ -293,9 +295,17 @@ def _verdict(share: float, tr: S.Trend) -> str:
     return CANT_TELL if tr.verdict == CANT_TELL else SUSTAINED  # no trend (too few requests): the SLOs decide
 
 
-def sustains(rows: pd.DataFrame, slo: Slo) -> bool:
+def sustains(rows: pd.DataFrame, slo: Slo, slots: int | None = None) -> bool:
     """True only when the rate was shown sustained (:func:`rate_verdict`)."""
-    return rate_verdict(rows, slo)[0] == SUSTAINED
+    return rate_verdict(rows, slo, slots)[0] == SUSTAINED
+
+
+def setting_slots(events: pd.DataFrame, i: int) -> int | None:
+    """The parallel slots setting ``i`` ran with, as its check found them (None when unknown)."""
+    if events.empty or "kind" not in events or "config_index" not in events or "total_slots" not in events:
+        return None
+    got = events[(events["kind"] == "setting_check") & (events["config_index"] == i)]["total_slots"].dropna()
+    return int(got.iloc[-1]) if len(got) and got.iloc[-1] > 0 else None
 
 
 def closed_capacity(df: pd.DataFrame, i: int, slo: Slo) -> tuple[float, float, int]:
@@ -311,13 +321,13 @@ def closed_capacity(df: pd.DataFrame, i: int, slo: Slo) -> tuple[float, float, i
     return S.request_rate(g), S.goodput(g, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s), top
 
 
-def _contradiction(df: pd.DataFrame, i: int, rate: float, slo: Slo) -> str:
+def _contradiction(df: pd.DataFrame, i: int, rate: float, slo: Slo, slots: int | None = None) -> str:
     """Why the open loop at ``rate`` and the closed loop can't both be read, or "": the open loop calls the rate
     not sustained though it is at most 0.9× what the same setting served in its closed loop — inside the SLOs when
     the open loop missed them, at all when its latency trend says the server fell behind. A server that serves R
     req/s to its clients, each waiting its turn, does not fail at 0.9 R offered on a schedule."""
     rows = _rate_rows(df, i, rate)
-    verdict, tr = rate_verdict(rows, slo)
+    verdict, tr = rate_verdict(rows, slo, slots)
     if verdict != NOT_SUSTAINED or not len(rows):
         return ""
     served, good, clients = closed_capacity(df, i, slo)
@@ -435,7 +445,8 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                      "setting_applied": None if ck is None else ck.get("all_applied"),
                      "total_slots": None if ck is None else ck.get("total_slots")})
     table = pd.DataFrame(rows)
-    rates = rate_table(df, sc, slo)
+    rates = rate_table(df, sc, slo, {int(i): setting_slots(ev, int(i)) for i in df["config_index"].dropna().unique()}
+                       if len(df) and "config_index" in df else None)
     for _, r in rates.iterrows():
         where = {"setting": r["config"], "rate_rps": f"{r['rate_rps']:g}"}
         g_all = _rate_rows(df, r["config_index"], r["rate_rps"])
@@ -484,7 +495,7 @@ def _rate_rows(df: pd.DataFrame, i: int, rate: float) -> pd.DataFrame:
     return g[g["attempt"] == g["attempt"].max()] if "attempt" in g and len(g) else g
 
 
-def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
+def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo, slots: dict[int, int | None] | None = None) -> pd.DataFrame:
     """Open-loop sweep: per setting and offered rate, what was achieved, latency from the send and from
     the schedule (the one a user waits; failed requests count as beyond the limit), and goodput: requests/s
     meeting the SLOs, timed from the schedule. Empty when the parameters have no sweep."""
@@ -496,8 +507,9 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo) -> pd.DataFrame:
         chk = sc.get(g_all["series"].iloc[0], {})
         g = measured(g_all)
         good_mask = meets_slo(g_all, slo)
-        verdict, tr = rate_verdict(g_all, slo)
-        clash = _contradiction(df, i, rate, slo)
+        n_slots = (slots or {}).get(int(i))
+        verdict, tr = rate_verdict(g_all, slo, n_slots)
+        clash = _contradiction(df, i, rate, slo, n_slots)
         if clash:
             verdict = CANT_TELL
         t50 = est(col(g, "ttft_s"))
