@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from perfkit.analysis import stats, verdicts
-from perfkit.analysis.figures import Figure, format_estimate
+from perfkit.analysis.figures import Figure
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, NOT_COMPARABLE, WORSE, Row
 from perfkit.compare import manifests
 from perfkit.compare.manifests import Difference, show
