@@ -187,6 +187,7 @@ TREND_CONFIDENCE = 0.99
 KEPT_UP_CONFIDENCE = 0.80
 KEPT_UP_CAPACITY_CONFIDENCE = 0.95
 TREND_MAX_POINTS = 400
+SATURATED = "capacity while saturated"
 KEPT_UP = "kept up"
 FELL_BEHIND = "fell behind"
 CANT_TELL = "can't tell at this n"
@@ -206,6 +207,7 @@ class Trend:
     n: int
     verdict: str
     confidence: float = TREND_CONFIDENCE
+    method: str = "latency trend"  # or "capacity while saturated"
 
 
 def trend(rows: pd.DataFrame, threshold: float = 0.9, confidence: float = TREND_CONFIDENCE,
@@ -248,12 +250,12 @@ def _capacity_trend(rows: pd.DataFrame, slots: int, confidence: float) -> Trend:
     rate = (len(send) - 1) / ((send.max() - send.min()) * 1e-9)
     k, busy_s = saturated(rows, slots)
     if k == 0 or busy_s <= 0:
-        return Trend(1.0, math.nan, math.nan, len(send), KEPT_UP, confidence)
+        return Trend(1.0, math.nan, math.nan, len(send), KEPT_UP, confidence, SATURATED)
     cap = k / busy_s
     hi = float(_st.chi2.ppf(1 - (1 - confidence) / 2, 2 * k + 2)) / 2 / busy_s
     lo = float(_st.chi2.ppf((1 - KEPT_UP_CAPACITY_CONFIDENCE) / 2, 2 * k)) / 2 / busy_s
     verdict = FELL_BEHIND if hi < rate else KEPT_UP if lo >= rate else CANT_TELL
-    return Trend(min(1.0, cap / rate), lo / rate, hi / rate, len(send), verdict, confidence)
+    return Trend(min(1.0, cap / rate), lo / rate, hi / rate, len(send), verdict, confidence, SATURATED)
 
 
 def _latency_trend(rows: pd.DataFrame, threshold: float, confidence: float) -> Trend:

@@ -307,7 +307,7 @@ def compare_tail(before: Sequence[float], after: Sequence[float], stat: str, bet
     lo = hi = math.nan
     if not any(math.isnan(v) for v in (jb.lo, jb.hi, ja.lo, ja.hi)):
         lo, hi = _quantile_ratio(ja.lo, jb.hi), _quantile_ratio(ja.hi, jb.lo)
-    name = stat if stat != "median" else "median"
+    name = stat
     method = (f"ratio of the two {name}s (CI from each side's order-statistic interval); exact placement test of "
               f"the requests beyond the other side's {name}")
     r = stats.Estimate("ratio", _quantile_ratio(ea.value, eb.value), lo, hi, min(len(a), len(b)), confidence,

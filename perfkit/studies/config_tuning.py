@@ -525,7 +525,8 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo, slots: dict[int, int 
                      "goodput_rps": S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s,
                                               ttft_column="ttft_sched_s", e2e_column="e2e_sched_s"),
                      "meets_slo_share": float(good_mask.mean()), "kept_up": tr.kept_up,
-                     "kept_up_text": _trend_text(tr), "verdict": verdict, "sustained": verdict == SUSTAINED,
+                     "kept_up_text": _trend_text(tr), "trend_method": tr.method, "verdict": verdict,
+                     "sustained": verdict == SUSTAINED,
                      "not_sustained": verdict == NOT_SUSTAINED, "contradiction": clash,
                      "client_check": S.client_cell(chk), "client_bound": bool(chk.get("client_client_bound", False))})
     return pd.DataFrame(rows)
@@ -583,6 +584,11 @@ def _trend_text(tr: S.Trend) -> str:
     """'0.62 [0.41, 0.80]: fell behind'."""
     if not math.isfinite(tr.kept_up):
         return "too few requests for a trend"
+    if tr.method == S.SATURATED:
+        if not math.isfinite(tr.lo):
+            return "no request waited for a slot: kept up"
+        return (f"{fmt.number(tr.lo)}–{fmt.number(tr.hi)} (capacity while every slot was busy ÷ rate, "
+                f"{S.KEPT_UP_CAPACITY_CONFIDENCE:.0%}–{S.TREND_CONFIDENCE:.0%} bounds): {tr.verdict}")
     ci = f" [{fmt.number(tr.lo)}, {fmt.number(tr.hi)}]" if math.isfinite(tr.lo) and tr.hi > tr.lo else ""
     return f"{fmt.number(tr.kept_up)}{ci}: {tr.verdict}"
 
@@ -598,7 +604,7 @@ def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
                              "achieved_concurrency": "in flight", "n": "n", "failed": "failed",
                              "ttft_sched_p99": "TTFT p99 from schedule", "e2e_sched_p99": "e2e p99 from schedule",
                              "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO",
-                             "kept_up_text": f"capacity ÷ rate ({S.TREND_CONFIDENCE:.0%} CI)",
+                             "kept_up_text": "did the server keep up? (capacity ÷ rate)",
                              "verdict": "sustained?"})
 
 
@@ -696,7 +702,7 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
         vague = unsure.drop(clash.index)
         cant = "".join(f"; at {fmt.number(r['rate_rps'])} req/s {r['contradiction']}" for _, r in clash.iterrows())
         if len(vague):
-            cant += (f"; at {', '.join(fmt.number(r) for r in vague['rate_rps'])} req/s the latency trend could not "
+            cant += (f"; at {', '.join(fmt.number(r) for r in vague['rate_rps'])} req/s the data could not "
                      f"tell whether the server kept up (measured up to {int(vague['n'].max())} requests)")
         if top is None and not len(above):
             parts.append(f"{cfg}: no rate tried could be told sustained or not{cant}")
@@ -706,9 +712,13 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
         elif len(above):
             nxt = above.iloc[0]
             why = (f"{fmt.pct(nxt['meets_slo_share'])} inside the SLOs" if nxt["meets_slo_share"] < SUSTAINED_SHARE
-                   else f"the server fell behind: its latency grew through the series, as a queue does when the "
-                        f"server serves about {fmt.number(nxt['kept_up'])}× the rate offered, and even the top of "
-                        "that estimate's interval is below 0.9")
+                   else f"the server fell behind: while all its slots were busy it completed about "
+                        f"{fmt.number(nxt['kept_up'])}× the rate offered, and even the top of that estimate's "
+                        f"{S.TREND_CONFIDENCE:.0%} interval is below the rate"
+                   if nxt.get("trend_method") == S.SATURATED else
+                   f"the server fell behind: its latency grew through the series, as a queue does when the "
+                   f"server serves about {fmt.number(nxt['kept_up'])}× the rate offered, and even the top of "
+                   "that estimate's interval is below 0.9")
             parts.append(f"{cfg}: {fmt.number(top)} req/s sustained, {fmt.number(nxt['rate_rps'])} req/s not ({why})"
                          + cant)
         else:
@@ -717,11 +727,17 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
                          if len(unsure) else
                          f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained; its limit lies "
                          "above: add higher rates or rate_search_steps)")
+    saturated = "trend_method" in rt and (rt["trend_method"] == S.SATURATED).all()
+    kept = ("the server kept up: its capacity while every slot was busy (completions ÷ that time, an exact interval) "
+            f"reaches the rate at the bottom of its {S.KEPT_UP_CAPACITY_CONFIDENCE:.0%} interval, or no request ever "
+            f"waited for a slot; not sustained when the share is lower or the top of the capacity's "
+            f"{S.TREND_CONFIDENCE:.0%} interval is below the rate" if saturated else
+            f"its latency does not grow through the series faster than a server at {KEPT_UP:.0%} of the rate would "
+            f"make it; not sustained when the share is lower or the trend's {S.TREND_CONFIDENCE:.0%} interval shows "
+            "such growth")
     return (f"- **Open-loop sweep** (a rate is sustained when ≥ {SUSTAINED_SHARE:.0%} of its requests meet "
-            f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses, and its latency "
-            f"does not grow through the series faster than a server at {KEPT_UP:.0%} of the rate would make it; "
-            f"not sustained when the share is lower or the trend's {S.TREND_CONFIDENCE:.0%} interval shows such "
-            f"growth; {_n_text(rt)}): "
+            f"{slo_text(slo)}, latency timed from the schedule, failed requests counted as misses, and {kept}; "
+            f"{_n_text(rt)}): "
             + "; ".join(parts) + ".")
 
 
@@ -767,7 +783,9 @@ def answer(res: ConfigTuningResult) -> list[str]:
         need = [x["claim"].more_needed() for x in (T, L) if x]
         need = [n for n in need if math.isfinite(n)]
         span = _closed_span_s(res.trials)
-        more = (f"; about {math.ceil(min(need))}× the requests (≈ {fmt.duration(span * (min(need) - 1))} more "
+        more = ("; at this n a 20 % difference would have been separated, so the settings differ by less than that"
+                if need and min(need) <= 1.05 else
+                f"; about {math.ceil(min(need))}× the requests (≈ {fmt.duration(span * (min(need) - 1))} more "
                 "measuring) would separate a 20 % difference" if need and math.isfinite(span) else
                 "; more requests per series would separate them")
         out.append(f"At this n no setting is separable from the others for throughput or TTFT{more}.")
