@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_b", help="the run after the change: results/<run-id>")
     c.add_argument("--out", metavar="DIR", help="output directory (default: <results>/compare-<A>-vs-<B>/ beside run A)")
     c.add_argument("--min-effect", type=_share, metavar="SHARE",
-                   help="single runs only: the smallest change that may be called, as a share (default 0.10, from the "
+                   help="single runs only: the smallest change that may be called, as a share (default 0.20, from the "
                         "spread between two runs of the same parameters; 0 calls any CI that excludes 1)")
     c.set_defaults(fn=cmd_compare)
 

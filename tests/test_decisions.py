@@ -137,12 +137,12 @@ def test_the_best_of_identical_settings_is_called_at_most_5_percent_of_the_time(
 def test_a_clearly_better_setting_is_called_best_and_the_baseline_row_agrees():
     rng = np.random.default_rng(6)
     power = {}
-    for n in (16, 32):
+    for n in (16, 32, 64):
         claims = [best_of(_setting_figs(rng, [1, 1, 1 / 1.5, 1], n)) for _ in range(100)]
         power[n] = np.mean([c.called and c.best == "s2" for c in claims])
     print("\na setting 1.5× faster among 4: called best " + ", ".join(f"{p:.0%} at {n} requests each"
                                                                       for n, p in power.items()))
-    assert power[32] >= 0.8
+    assert power[64] >= 0.8
     for c in claims:  # the baseline-vs-best row is the claim's own row: never "improved" when the claim fails
         if c.best != "s0":
             assert (c.rows["s0"].verdict == V.IMPROVED) or not c.called
@@ -165,13 +165,13 @@ def _queue(rng, n, rate, slots, service):
         end = start + service()
         heapq.heappush(free, end)
         ends.append(end)
-    ns = (t * 1e9).astype("int64")
+    ns = (t * 1e9).astype("int64") + 10**9  # a clock's stamps are positive
     e2e = np.array(ends) - t
     return pd.DataFrame({"ok": True, "t_scheduled_ns": ns, "t_send_ns": ns, "t_end_ns": ns + (e2e * 1e9).astype("int64"),
                          "e2e_sched_s": e2e})
 
 
-@pytest.mark.parametrize("known_slots", [True, False], ids=["capacity while saturated", "latency trend"])
+@pytest.mark.parametrize("known_slots", [True, False], ids=["slots known", "slots estimated"])
 @pytest.mark.parametrize("name, n, rate, slots, exp_service, limit", [
     ("4 slots, fixed service, ρ=0.8", 16, 3.2, 4, False, 0.05),
     ("4 slots, fixed service, ρ=0.8", 48, 3.2, 4, False, 0.05),
@@ -182,15 +182,15 @@ def test_fell_behind_is_rarely_called_on_a_stable_server(name, n, rate, slots, e
     rng = np.random.default_rng(n)
     service = (lambda: rng.exponential(1.0)) if exp_service else (lambda: 1.0)
     verdicts = [S.trend(_queue(rng, n, rate, slots, service), slots=slots if known_slots else None).verdict
-                for _ in range(600)]
+                for _ in range(400)]
     rate_ = np.mean([v == S.FELL_BEHIND for v in verdicts])
     cant = np.mean([v == S.CANT_TELL for v in verdicts])
-    print(f"\n{name}, {n} requests from an empty queue, {'slots known' if known_slots else 'latency trend'}: "
+    print(f"\n{name}, {n} requests from an empty queue, {'slots known' if known_slots else 'slots estimated'}: "
           f"fell behind {rate_:.1%}, can't tell {cant:.1%}")
-    assert rate_ <= (0.05 if known_slots else limit)
+    assert rate_ <= 0.05
 
 
-@pytest.mark.parametrize("known_slots", [True, False], ids=["capacity while saturated", "latency trend"])
+@pytest.mark.parametrize("known_slots", [True, False], ids=["slots known", "slots estimated"])
 def test_fell_behind_is_called_on_an_overloaded_server_with_enough_requests(known_slots):
     rng = np.random.default_rng(1)
     out = {}
@@ -198,23 +198,27 @@ def test_fell_behind_is_called_on_an_overloaded_server_with_enough_requests(know
         verdicts = [S.trend(_queue(rng, n, 5.2, 4, lambda: 1.0), slots=4 if known_slots else None).verdict
                     for _ in range(200)]  # 1.3× capacity
         out[n] = np.mean([v == S.FELL_BEHIND for v in verdicts]), np.mean([v == S.KEPT_UP for v in verdicts])
-    print(f"\n4 slots at 1.3× capacity ({'slots known' if known_slots else 'latency trend'}): "
+    print(f"\n4 slots at 1.3× capacity ({'slots known' if known_slots else 'slots estimated'}): "
           + ", ".join(f"n={n}: fell behind {a:.0%}, kept up {b:.0%}" for n, (a, b) in out.items()))
-    if known_slots:  # conservative: it rarely calls, and never the wrong way
-        assert out[96][0] >= 0.5 and max(b for _, b in out.values()) <= 0.05
-    else:
-        assert out[48][0] >= 0.7 and out[48][1] <= 0.15
+    # conservative: it calls only with enough requests, and never the wrong way
+    assert max(b for _, b in out.values()) <= 0.05
+    if known_slots:
+        assert out[96][0] >= 0.5
 
 
 def test_the_trend_reads_a_bounded_number_of_requests():
+    """The latency trend's pairwise slopes read at most TREND_MAX_POINTS requests; the capacity count is linear."""
     rng = np.random.default_rng(2)
-    tr = S.trend(_queue(rng, 5000, 3.2, 4, lambda: 1.0))
-    assert tr.n == S.TREND_MAX_POINTS and math.isfinite(tr.kept_up)
+    q = _queue(rng, 5000, 3.2, 4, lambda: 1.0)
+    tr = S.trend(q.drop(columns=["t_send_ns", "t_end_ns"]))
+    assert tr.n == S.TREND_MAX_POINTS and math.isfinite(tr.kept_up) and tr.method == "latency trend"
+    assert S.trend(q, slots=4).n == 5000
 
 
 # ---- the sustained rate: the sweep's bracket against a server of known capacity ------------------------------
 
-def _sweep(rng, capacity_rps, slots, exp_service, *, requests=16, extend=2, steps=2, fractions=(0.6, 1.4)):
+def _sweep(rng, capacity_rps, slots, exp_service, *, requests=16, extend=2, steps=2, fractions=(0.6, 1.4),
+           known: bool = True):
     """The open-loop sweep as config tuning runs it (rates from fractions of the capacity, extensions of a rate
     its trend can't tell, the bracket search), on a simulated FIFO server of ``slots`` slots; the bracket."""
     from perfkit.core.schema import Slo
@@ -222,6 +226,7 @@ def _sweep(rng, capacity_rps, slots, exp_service, *, requests=16, extend=2, step
 
     slo = Slo(ttft_s=1e6, tpot_s=None)  # the server's capacity is the question, not an SLO
     mean_s = slots / capacity_rps
+    told = slots if known else None
     service = (lambda: rng.exponential(mean_s)) if exp_service else (lambda: mean_s)
     frames = []
 
@@ -241,30 +246,33 @@ def _sweep(rng, capacity_rps, slots, exp_service, *, requests=16, extend=2, step
             if look:
                 n, series = 2 * n, f"r{rate:g}/n{2 * n}"
             df = run(rate, n, series)
-            if ct.rate_verdict(ct._rate_rows(df, 0, rate), slo, slots)[0] != S.CANT_TELL:
+            if ct.rate_verdict(ct._rate_rows(df, 0, rate), slo, told)[0] != S.CANT_TELL:
                 break
         if not rates and done < steps:
-            nxt = ct._next_rate(df, 0, slo, slots)
+            nxt = ct._next_rate(df, 0, slo, told)
             if nxt is not None:
                 rates.append(nxt)
                 done += 1
-    verdicts = {r: ct.rate_verdict(ct._rate_rows(df, 0, r), slo, slots)[0] for r in sorted(df["rate_rps"].unique())}
+    verdicts = {r: ct.rate_verdict(ct._rate_rows(df, 0, r), slo, told)[0] for r in sorted(df["rate_rps"].unique())}
     top = max((r for r, v in verdicts.items() if v == ct.SUSTAINED), default=0.0)
     above = min((r for r, v in verdicts.items() if v == ct.NOT_SUSTAINED and r > top), default=math.inf)
     return top, above
 
 
+@pytest.mark.parametrize("known", [True, False], ids=["slots known", "slots estimated"])
 @pytest.mark.parametrize("name, capacity, slots, exp_service", [
     ("4 slots, fixed service", 4.0, 4, False),
     ("4 slots, exponential service", 4.0, 4, True),
+    ("8 slots, fixed service", 8.0, 8, False),
     ("M/M/1", 1.0, 1, True),
 ])
-def test_the_sustained_bracket_contains_the_servers_capacity(name, capacity, slots, exp_service):
+def test_the_sustained_bracket_contains_the_servers_capacity(name, capacity, slots, exp_service, known):
     rng = np.random.default_rng(21)
-    trials = 150
-    brackets = [_sweep(rng, capacity, slots, exp_service) for _ in range(trials)]
+    trials = 100
+    brackets = [_sweep(rng, capacity, slots, exp_service, known=known) for _ in range(trials)]
     miss = np.mean([not (lo <= capacity * 1.0001 and capacity <= hi * 1.0001) for lo, hi in brackets])
     closed = [hi / lo for lo, hi in brackets if lo > 0 and math.isfinite(hi)]
-    print(f"\n{name}, capacity {capacity:g} req/s: the bracket misses it in {miss:.1%} of {trials} sweeps; "
+    print(f"\n{name}, capacity {capacity:g} req/s, {'slots known' if known else 'slots estimated'}: the bracket "
+          f"misses it in {miss:.1%} of {trials} sweeps; "
           f"{len(closed)} closed brackets, median width {np.median(closed) if closed else math.nan:.2f}×")
-    assert miss <= 0.12
+    assert miss <= 0.10

@@ -113,7 +113,7 @@ def test_compare_applies_the_minimum_effect_only_to_single_runs_and_says_so(tmp_
     c = cmp.compare(a, b)
     assert c.mode == "requests" and c.min_effect == verdicts.MIN_EFFECT
     assert row(c, "cold_start/e2e/warm").verdict == verdicts.NO_CHANGE
-    assert "±10%" in c.how()
+    assert f"±{verdicts.MIN_EFFECT:.0%}" in c.how()
 
 
 def _replicate(run, n: int = 3, spread: float = 0.03, seed: int = 0, like=None):

@@ -34,7 +34,7 @@ class BestClaim:
 
     def more_needed(self) -> float:
         """How many times the data would separate the leader from each candidate it is not separated from by a
-        20 % difference (:func:`more_needed`); NaN when a comparison has no CI to scale from."""
+        difference of :data:`TARGET_EFFECT` (:func:`more_needed`); NaN when a comparison has no CI to scale from."""
         need = [more_needed(self.rows[k]) for k in self.not_separated]
         return max(need) if need and all(math.isfinite(x) for x in need) else math.nan
 
@@ -52,7 +52,10 @@ class BestClaim:
                 f"**{self.best}**, is not separated from {ns}.")
 
 
-def more_needed(row: Row, target: float = 2 * verdicts.MIN_EFFECT, min_effect: float = verdicts.MIN_EFFECT) -> float:
+TARGET_EFFECT = verdicts.MIN_EFFECT + 0.10  # the difference a report says how many more requests would separate
+
+
+def more_needed(row: Row, target: float = TARGET_EFFECT, min_effect: float = verdicts.MIN_EFFECT) -> float:
     """How many times the data behind ``row`` would let a difference of ``target`` (a ratio of 1 + target) be
     called: its CI's half-width on the log scale shrinks as 1/√n and must fit between the minimum effect and the
     target. NaN when the row has no CI to scale from."""

@@ -3,6 +3,7 @@ the client's self-check means for each figure. One definition each, used by ever
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +189,7 @@ KEPT_UP_CONFIDENCE = 0.80
 KEPT_UP_CAPACITY_CONFIDENCE = 0.95
 TREND_MAX_POINTS = 400
 SATURATED = "capacity while saturated"
+SATURATED_ESTIMATED = "capacity while saturated (slots estimated from occupancy)"
 KEPT_UP = "kept up"
 FELL_BEHIND = "fell behind"
 CANT_TELL = "can't tell at this n"
@@ -212,17 +214,19 @@ class Trend:
 
 def trend(rows: pd.DataFrame, threshold: float = 0.9, confidence: float = TREND_CONFIDENCE,
           slots: int | None = None) -> Trend:
-    """Did the server keep up with an open-loop series? With its number of slots (requests it serves at once), from
-    the rate it completes requests while every slot is busy (:func:`_capacity_trend`); without, from the trend of
-    latency over the schedule (:func:`_latency_trend`, which a queue's growth from an empty start biases)."""
-    if slots and slots > 0 and {"t_send_ns", "t_end_ns"} <= set(rows.columns):
-        return _capacity_trend(rows, int(slots), confidence)
+    """Did the server keep up with an open-loop series? From the rate it completes requests while every slot is busy
+    (:func:`_capacity_trend`), its number of slots as given (requests it serves at once) or, unknown, the typical
+    number in flight (:func:`occupancy_slots`); without send and end times, from the trend of latency over the
+    schedule (:func:`_latency_trend`, which a queue's growth from an empty start biases)."""
+    if {"t_send_ns", "t_end_ns"} <= set(rows.columns):
+        known = bool(slots and slots > 0)
+        tr = _capacity_trend(rows, int(slots) if known else occupancy_slots(rows), confidence)
+        return tr if known else dataclasses.replace(tr, method=SATURATED_ESTIMATED)
     return _latency_trend(rows, threshold, confidence)
 
 
-def saturated(rows: pd.DataFrame, slots: int) -> tuple[int, float]:
-    """(departures, seconds) while at least ``slots`` requests were in flight: the server completes requests at
-    its capacity then, whatever the offered rate. Every request counts, failed ones too: they held a slot."""
+def _in_flight(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every send (+1) and end (−1) of a series in time order (s), and the requests in flight just before each."""
     send = pd.to_numeric(rows["t_send_ns"], errors="coerce")
     end = pd.to_numeric(rows["t_end_ns"], errors="coerce")
     keep = send.notna() & end.notna() & (send > 0) & (end >= send)
@@ -230,10 +234,26 @@ def saturated(rows: pd.DataFrame, slots: int) -> tuple[int, float]:
     d = np.concatenate([np.ones(int(keep.sum())), -np.ones(int(keep.sum()))])
     order = np.lexsort((d, t))  # at one instant an end before a send: a slot freed, then taken
     t, d = t[order], d[order]
-    inflight = np.concatenate([[0], np.cumsum(d)[:-1]])  # in flight just before each event
+    return t, d, np.concatenate([[0], np.cumsum(d)[:-1]])
+
+
+def saturated(rows: pd.DataFrame, slots: int) -> tuple[int, float]:
+    """(departures, seconds) while at least ``slots`` requests were in flight: the server completes requests at
+    its capacity then, whatever the offered rate. Every request counts, failed ones too: they held a slot."""
+    t, d, inflight = _in_flight(rows)
     full = inflight >= slots
     busy_s = float((np.diff(t) * full[1:]).sum()) if len(t) > 1 else 0.0  # (t_i, t_i+1): as before t_i+1
     return int(((d < 0) & full).sum()), busy_s
+
+
+def occupancy_slots(rows: pd.DataFrame) -> int:
+    """A stand-in for a server's unknown slot count: the median number of requests in flight when one ended.
+    Counting departures only above more slots than the server has still reads its capacity (it is saturated
+    there too); below, the server was serving every request it held, so departures then run at least at the
+    arrival rate of a stable series and never suggest falling behind."""
+    _, d, inflight = _in_flight(rows)
+    at_end = inflight[d < 0]
+    return max(1, int(math.ceil(float(np.median(at_end))))) if len(at_end) else 1
 
 
 def _capacity_trend(rows: pd.DataFrame, slots: int, confidence: float) -> Trend:

@@ -240,8 +240,9 @@ def compare(run_a: str | Path, run_b: str | Path, *, confidence: float = stats.C
     a, b = load(run_a), load(run_b)
     eff = verdicts.MIN_EFFECT if min_effect is None else float(min_effect)
     fa, fb = a.all_figures(), b.all_figures()
+    # A per-request share (failed) is compared by its pooled counts in either mode: it does not decide the mode.
     runs_mode = all(len(f.replicates) >= verdicts.MIN_REPLICATES for f in list(fa.values()) + list(fb.values())
-                    if f.samples or f.replicates) and bool(fa) and bool(fb)
+                    if (f.samples or f.replicates) and f.m.stat != "share") and bool(fa) and bool(fb)
     host = manifests.run_confounds(a, b)
     rows = []
     for key in [k for k in fb if k in fa]:

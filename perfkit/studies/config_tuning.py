@@ -19,7 +19,7 @@ from perfkit.analysis.models import offload_warnings
 from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, method_note, negative_overhead_note,
                                        noisy_note, per_request_event_gap, per_request_itl)
 from perfkit.analysis.series import CANT_TELL
-from perfkit.analysis.decisions import best_of
+from perfkit.analysis.decisions import TARGET_EFFECT, best_of
 from perfkit.analysis.verdicts import MIN_REPLICATES
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
@@ -584,7 +584,7 @@ def _trend_text(tr: S.Trend) -> str:
     """'0.62 [0.41, 0.80]: fell behind'."""
     if not math.isfinite(tr.kept_up):
         return "too few requests for a trend"
-    if tr.method == S.SATURATED:
+    if tr.method.startswith(S.SATURATED):
         if not math.isfinite(tr.lo):
             return "no request waited for a slot: kept up"
         return (f"{fmt.number(tr.lo)}–{fmt.number(tr.hi)} (capacity while every slot was busy ÷ rate, "
@@ -715,7 +715,7 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
                    else f"the server fell behind: while all its slots were busy it completed about "
                         f"{fmt.number(nxt['kept_up'])}× the rate offered, and even the top of that estimate's "
                         f"{S.TREND_CONFIDENCE:.0%} interval is below the rate"
-                   if nxt.get("trend_method") == S.SATURATED else
+                   if str(nxt.get("trend_method", "")).startswith(S.SATURATED) else
                    f"the server fell behind: its latency grew through the series, as a queue does when the "
                    f"server serves about {fmt.number(nxt['kept_up'])}× the rate offered, and even the top of "
                    "that estimate's interval is below 0.9")
@@ -727,7 +727,7 @@ def _rate_conclusion(rt: pd.DataFrame, slo: dict) -> str:
                          if len(unsure) else
                          f"{cfg}: at least {fmt.number(top)} req/s (every rate tried was sustained; its limit lies "
                          "above: add higher rates or rate_search_steps)")
-    saturated = "trend_method" in rt and (rt["trend_method"] == S.SATURATED).all()
+    saturated = "trend_method" in rt and rt["trend_method"].astype(str).str.startswith(S.SATURATED).all()
     kept = ("the server kept up: its capacity while every slot was busy (completions ÷ that time, an exact interval) "
             f"reaches the rate at the bottom of its {S.KEPT_UP_CAPACITY_CONFIDENCE:.0%} interval, or no request ever "
             f"waited for a slot; not sustained when the share is lower or the top of the capacity's "
@@ -783,10 +783,11 @@ def answer(res: ConfigTuningResult) -> list[str]:
         need = [x["claim"].more_needed() for x in (T, L) if x]
         need = [n for n in need if math.isfinite(n)]
         span = _closed_span_s(res.trials)
-        more = ("; at this n a 20 % difference would have been separated, so the settings differ by less than that"
-                if need and min(need) <= 1.05 else
+        target = f"{TARGET_EFFECT:.0%}"
+        more = (f"; at this n a {target} difference would have been separated, so the settings differ by less than "
+                "that" if need and min(need) <= 1.05 else
                 f"; about {math.ceil(min(need))}× the requests (≈ {fmt.duration(span * (min(need) - 1))} more "
-                "measuring) would separate a 20 % difference" if need and math.isfinite(span) else
+                f"measuring) would separate a {target} difference" if need and math.isfinite(span) else
                 "; more requests per series would separate them")
         out.append(f"At this n no setting is separable from the others for throughput or TTFT{more}.")
     rt = res.rates
