@@ -51,8 +51,9 @@ FDR = 0.05
 # [1/(1+MIN_EFFECT), 1+MIN_EFFECT]. Measured with bench/aa_verdicts.py on the embedded engine (2 shared cores, load
 # 0.1–0.4), A/A pairs of the same parameters, concurrency series included (config tuning at 1 and 4 clients):
 # |after/before − 1| of the per-request and series figures had a median of 2.1–4.0 % and a 95th percentile of
-# 13–20 % (a whole run's latencies at 4 clients moved by 14–25 % between two runs of the same thing). At 10 %, 5.6 and
-# 8.9 % of the rows were called; at 20 %, 2 of 180. Halving the threads (+87 % warm TTFT) is still called worse.
+# 13–20 % (one pair's config-tuning latencies moved by 14–25 % between two runs of the same thing). At 10 %, 5.6 and
+# 8.9 % of the rows of two benches were called; at 20 %, 4 of 90 (4.4 %, all from that pair) in the second. Only runs
+# as the unit (--repeat 3) take such a shift into the interval. Halving the threads (+87 % warm TTFT) is far beyond.
 MIN_EFFECT = 0.20
 
 
