@@ -780,16 +780,21 @@ def answer(res: ConfigTuningResult) -> list[str]:
                        f"client{'s' if x['at_concurrency'] != 1 else ''}{gain}.")
             pick = pick or x["config"]
     if not out:
-        need = [x["claim"].more_needed() for x in (T, L) if x]
-        need = [n for n in need if math.isfinite(n)]
-        span = _closed_span_s(res.trials)
-        target = f"{TARGET_EFFECT:.0%}"
-        more = (f"; at this n a {target} difference would have been separated, so the settings differ by less than "
-                "that" if need and min(need) <= 1.05 else
-                f"; about {math.ceil(min(need))}× the requests (≈ {fmt.duration(span * (min(need) - 1))} more "
-                f"measuring) would separate a {target} difference" if need and math.isfinite(span) else
-                "; more requests per series would separate them")
-        out.append(f"At this n no setting is separable from the others for throughput or TTFT{more}.")
+        span, target, parts = _closed_span_s(res.trials), f"{TARGET_EFFECT:.0%}", []
+        for x, what in ((T, "throughput"), (L, "TTFT")):
+            if not x:
+                continue
+            need = x["claim"].more_needed()
+            if not math.isfinite(need):
+                parts.append(f"for {what}, more requests per series would separate them")
+            elif need <= 1.05:
+                parts.append(f"for {what}, a {target} difference would have been separated, so they differ by less")
+            else:
+                parts.append(f"for {what}, about {math.ceil(need)}× the requests"
+                             + (f" (≈ {fmt.duration(span * (need - 1))} more measuring)" if math.isfinite(span) else "")
+                             + f" would separate a {target} difference")
+        out.append("At this n no setting is separable from the others" + (": " + "; ".join(parts) if parts else "")
+                   + ".")
     rt = res.rates
     who = pick or base
     if len(rt) and (rt["config"] == who).any():
