@@ -1325,7 +1325,7 @@ def conclusions(res: FleetResult) -> str:
                          "$upstream_cache_status always;`).")
         else:
             if ca.get("seed_config_statuses") and "HIT" not in ca["seed_config_statuses"]:
-                lines.append(f"- ⚠ **The seed's cache config cached nothing**: two identical requests were "
+                lines.append(f"- ⚠ **A plain nginx cache configuration cached nothing**: two identical requests were "
                              f"{' then '.join(ca['seed_config_statuses'])}"
                              + (", because the server sends `X-Accel-Buffering: no`, which turns nginx's buffering "
                                 "and with it the cache off per response; `proxy_ignore_headers X-Accel-Buffering;` "
