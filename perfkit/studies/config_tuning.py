@@ -194,8 +194,7 @@ class ConfigTuning(Study):
                                            prompt_words=c.prompt_words, tags=tags, workload=wl,
                                            burstiness=c.burstiness)
                         df = ctx.store.trials()
-                        if rate_verdict(_rate_rows(df, i, rate), c.slo, slots)[0] != CANT_TELL \
-                                and not _contradiction(df, i, rate, c.slo, slots):
+                        if judge_rate(df, i, rate, c.slo, slots)[0] != CANT_TELL:
                             break
                     if not rates and c.rates_rps == "auto" and steps < c.rate_search_steps:
                         nxt = _next_rate(ctx.store.trials(), i, c.slo, slots)
@@ -245,8 +244,7 @@ def _next_rate(df: pd.DataFrame, i: int, slo: Slo, slots: int | None = None) -> 
     tried = sorted(df[(df["mode"] == "open") & (df["config_index"] == i)]["rate_rps"].dropna().unique())
     if not tried:
         return None
-    verdict = [CANT_TELL if _contradiction(df, i, r, slo, slots) else rate_verdict(_rate_rows(df, i, r), slo, slots)[0]
-               for r in tried]
+    verdict = [judge_rate(df, i, r, slo, slots)[0] for r in tried]
     sustained = [v == SUSTAINED for v in verdict]
     missed = [v == NOT_SUSTAINED for v in verdict]
     if any(sustained) and any(missed):
@@ -321,13 +319,21 @@ def closed_capacity(df: pd.DataFrame, i: int, slo: Slo) -> tuple[float, float, i
     return S.request_rate(g), S.goodput(g, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s), top
 
 
-def _contradiction(df: pd.DataFrame, i: int, rate: float, slo: Slo, slots: int | None = None) -> str:
-    """Why the open loop at ``rate`` and the closed loop can't both be read, or "": the open loop calls the rate
-    not sustained though it is at most 0.9× what the same setting served in its closed loop — inside the SLOs when
-    the open loop missed them, at all when its latency trend says the server fell behind. A server that serves R
-    req/s to its clients, each waiting its turn, does not fail at 0.9 R offered on a schedule."""
+def judge_rate(df: pd.DataFrame, i: int, rate: float, slo: Slo,
+               slots: int | None = None) -> tuple[str, S.Trend, str]:
+    """The verdict on setting ``i`` at ``rate`` (its longest series, :func:`rate_verdict`), its trend, and why the
+    open and the closed loop can't both be read ("" when they can; the verdict is then :data:`CANT_TELL`)."""
     rows = _rate_rows(df, i, rate)
     verdict, tr = rate_verdict(rows, slo, slots)
+    clash = _contradiction(df, i, rate, slo, rows, verdict)
+    return (CANT_TELL if clash else verdict), tr, clash
+
+
+def _contradiction(df: pd.DataFrame, i: int, rate: float, slo: Slo, rows: pd.DataFrame, verdict: str) -> str:
+    """Why the open loop at ``rate`` and the closed loop can't both be read, or "": the open loop calls the rate
+    not sustained though it is at most 0.9× what the same setting served in its closed loop — inside the SLOs when
+    the open loop missed them, at all when its trend says the server fell behind. A server that serves R req/s to
+    its clients, each waiting its turn, does not fail at 0.9 R offered on a schedule."""
     if verdict != NOT_SUSTAINED or not len(rows):
         return ""
     served, good, clients = closed_capacity(df, i, slo)
@@ -336,7 +342,7 @@ def _contradiction(df: pd.DataFrame, i: int, rate: float, slo: Slo, slots: int |
     if not (ref > 0 and rate <= KEPT_UP * ref):
         return ""
     said = (f"only {fmt.pct(float(meets_slo(rows, slo).mean()))} of its requests met the SLOs" if missed else
-            "its latency trend says the server fell behind")
+            "the server fell behind by its own completions")
     what = "inside the SLOs" if missed else "in all"
     return (f"{said} at {fmt.number(rate)} req/s, while its closed loop served {fmt.number(ref)} req/s {what} to "
             f"{clients} clients: both can't hold, so at this n that rate's verdict is not read ({len(rows)} requests; "
@@ -507,11 +513,7 @@ def rate_table(df: pd.DataFrame, sc: dict[str, dict], slo, slots: dict[int, int 
         chk = sc.get(g_all["series"].iloc[0], {})
         g = measured(g_all)
         good_mask = meets_slo(g_all, slo)
-        n_slots = (slots or {}).get(int(i))
-        verdict, tr = rate_verdict(g_all, slo, n_slots)
-        clash = _contradiction(df, i, rate, slo, n_slots)
-        if clash:
-            verdict = CANT_TELL
+        verdict, tr, clash = judge_rate(df, i, rate, slo, (slots or {}).get(int(i)))
         t50 = est(col(g, "ttft_s"))
         rows.append({"config_index": i, "config": g_all["config"].iloc[0], "rate_rps": rate, "n": len(g_all),
                      "failed": int(len(g_all) - len(g)), "achieved_rate_rps": chk.get("achieved_rate_rps", math.nan),
