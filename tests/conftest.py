@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# perfkit's state on this host (restore records for users' servers) for this test session only: not the
+# tester's, and seen by every process the tests start (Ray nodes included).
+if "PERFKIT_STATE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PERFKIT_STATE_DIR"] = tempfile.mkdtemp(prefix="perfkit-state-")
 
 from fake_ollama import FakeOllama  # noqa: E402
 

@@ -4,6 +4,10 @@ It serves ``/metrics`` in dcgm-exporter's own format (its default counters, its 
 ``device``, ``modelName``, ``Hostname``). Each GPU's readings are constant except the energy counter, which
 grows at exactly the GPU's power: so the energy of any window is power × duration, and a figure that reaches
 a report can be checked against what was exported.
+
+Like dcgm-exporter, it can refresh its readings only every ``collect_interval_s`` (the exporter's
+``-c``/``DCGM_EXPORTER_INTERVAL``, 30 s by default): a scrape in between gets the cached values of the last
+collection, energy counter included. Several stand-ins with their own ``hostname`` make a fleet of hosts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ class Gpu:
 
 
 DEFAULT_GPUS = (Gpu(62, 250), Gpu(38, 100))
+IDLE = Gpu(0, 61.0, fb_used_mib=4, fb_free_mib=81_000, mem_copy_util_pct=0, temp_c=31, sm_clock_mhz=345)
+
+
+def one_busy(busy: Gpu, n: int = 4, index: int = 0) -> tuple[Gpu, ...]:
+    """``n`` GPUs of one host, GPU ``index`` running the server (``busy``), the others idle."""
+    return tuple(busy if i == index else IDLE for i in range(n))
 _FIELDS = (("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz).", "sm_clock_mhz"),
            ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C).", "temp_c"),
            ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W).", "power_w"),
@@ -39,8 +49,10 @@ _FIELDS = (("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz).", "sm
 class DcgmStandin:
     """``with DcgmStandin(hostname="gpu-a") as d: d.url`` → http://127.0.0.1:PORT/metrics."""
 
-    def __init__(self, gpus: tuple[Gpu, ...] = DEFAULT_GPUS, hostname: str = "gpu-a"):
+    def __init__(self, gpus: tuple[Gpu, ...] = DEFAULT_GPUS, hostname: str = "gpu-a",
+                 collect_interval_s: float | None = None):
         self.gpus, self.hostname = gpus, hostname
+        self.collect_interval_s = collect_interval_s
         self.t0 = time.time()
         self.energy0_mj = 123_456_789.0
         self.scrapes = 0
@@ -54,7 +66,7 @@ class DcgmStandin:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return
-                body = standin.page(time.time()).encode()
+                body = standin.page(standin.collected_at(time.time())).encode()
                 standin.scrapes += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -65,6 +77,12 @@ class DcgmStandin:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def collected_at(self, t: float) -> float:
+        """When the readings a scrape at ``t`` gets were taken: at ``t``, or at the last collection."""
+        if not self.collect_interval_s:
+            return t
+        return self.t0 + ((t - self.t0) // self.collect_interval_s) * self.collect_interval_s
 
     def energy_mj(self, i: int, t: float) -> float:
         return self.energy0_mj + self.gpus[i].power_w * (t - self.t0) * 1000.0

@@ -481,3 +481,86 @@ def test_a_users_ollama_on_another_host_seen_through_its_agent(ray_cluster, tmp_
     assert disk and all(t.get("state_verified") and t.get("state_file_resident_fraction", 1) < 0.05 for t in disk)
     tuning = text(run_dir / "config_tuning.html")
     assert "confirmed" in tuning and "not applied" in tuning and "on host gpu-a" in tuning
+
+
+# ---- a user's server, never harmed ------------------------------------------------------------------------
+def _parallel(so) -> str | None:
+    """OLLAMA_NUM_PARALLEL in the server's latest `server config` log line (what it runs on now)."""
+    m = re.findall(r"OLLAMA_NUM_PARALLEL:(\d+)", so.log_text())
+    return m[-1] if m else None
+
+
+def _settles(check, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return bool(check())
+
+
+@pytest.mark.cluster
+def test_a_users_nohup_server_is_alive_and_on_its_own_settings_after_every_end(ray_cluster, tmp_path,
+                                                                               scripted_models_dir):
+    """A user's Ollama restarted by `nohup … &` (no session of its own) through the agent on gpu-a: after the
+    agent is released, after the agent dies, after a kill -9 of the driver, and after a driver and the watchdog
+    both die followed by the next run, the server is alive and runs on NUM_PARALLEL=1, the user's own setting."""
+    import ray
+    from scripted_ollama.harness import ScriptedOllama
+
+    from perfkit.cluster import Cluster
+    from perfkit.core.schema import ClusterParams
+
+    with ScriptedOllama(tmp_path / "u", models_dir=scripted_models_dir, env={"OLLAMA_NUM_PARALLEL": "1"}) as so:
+        spec = {"url": so.url, "restart_command": so.nohup_restart_command, "ready_timeout_s": 30,
+                "server_log": {"file": str(so.log_path)}}
+        user_is_back = lambda: so.serve_pid() is not None and _parallel(so) == "1"  # noqa: E731
+        with Cluster(ClusterParams(address=ray_cluster.address)) as cl:
+            # 1. The study ends: the agent gives the settings back and is released.
+            cl.agent("gpu-a", spec, {"OLLAMA_NUM_PARALLEL": 3})
+            assert _parallel(so) == "3"
+            out = cl.release("gpu-a")
+            assert out.get("restored") and user_is_back()
+            time.sleep(2.0)  # the actor's process is gone by now: the server must not have gone with it
+            assert user_is_back(), "the user's server died with its agent"
+            # 2. The agent dies mid-study: its watchdog gives the settings back.
+            ctl = cl.agent("gpu-a", spec, {"OLLAMA_NUM_PARALLEL": 3})
+            assert _parallel(so) == "3" and ctl.described["restore_watchdog_pid"]
+            ray.kill(ctl.actor)
+            assert _settles(user_is_back), "no one gave the user's settings back after the agent died"
+            cl.agents.pop("gpu-a")
+
+        # 3. kill -9 of the driver (Ray ends its actors): the watchdog on the host restores.
+        def driver(settings):
+            script = tmp_path / "driver.py"
+            script.write_text(f"""
+import json, sys, time
+from perfkit.cluster import Cluster
+from perfkit.core.schema import ClusterParams
+cl = Cluster(ClusterParams(address={ray_cluster.address!r})).connect()
+ctl = cl.agent("gpu-a", json.loads({json.dumps(json.dumps(spec))}), {settings!r})
+print(json.dumps(ctl.described), flush=True)
+time.sleep(600)
+""")
+            p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True, cwd=ROOT)
+            return p, json.loads(p.stdout.readline())
+
+        p, described = driver({"OLLAMA_NUM_PARALLEL": 3})
+        assert _parallel(so) == "3"
+        p.kill()
+        p.wait()
+        assert _settles(user_is_back), "the user's server stayed on the run's settings after the driver's kill -9"
+        # 4. The driver and its watchdog both die: the server stays on the run's settings until the next run, which
+        #    gives the user's own back before it does anything, and keeps them as the user's.
+        p, described = driver({"OLLAMA_NUM_PARALLEL": 3})
+        os.kill(described["restore_watchdog_pid"], signal.SIGKILL)
+        p.kill()
+        p.wait()
+        time.sleep(3.0)
+        assert so.serve_pid() is not None and _parallel(so) == "3"  # no one left to restore it, but it lives
+        with Cluster(ClusterParams(address=ray_cluster.address)) as cl:
+            ctl = cl.agent("gpu-a", spec, {"OLLAMA_NUM_PARALLEL": 2})
+            assert ctl.described.get("recovered") and _parallel(so) == "2"
+        assert user_is_back(), "the next run took the dead run's settings for the user's"
+        assert "PERFKIT_RUN_DIR" not in Path(f"/proc/{so.serve_pid()}/environ").read_text()

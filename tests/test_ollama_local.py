@@ -133,3 +133,44 @@ def test_drift_without_logprobs_compares_words(tmp_path, scripted_models_dir):
     assert rec.ok and not rec.tokens  # an Ollama older than the logprobs field
     words, method = units(rec.as_dict())
     assert method == "words" and words == rec.text.split()
+
+
+def test_a_kill_9_of_perfkit_gives_the_user_their_settings_back_at_once(so, tmp_path):
+    """perfkit killed with -9 while the user's server runs on the run's settings: the host's watchdog restarts it
+    on the user's own at once, with none of the run's environment; the record is gone afterwards."""
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from perfkit.servers import restore
+
+    script = tmp_path / "perfkit_like.py"
+    script.write_text(f"""
+import json, time
+from perfkit.servers.control import LocalOllamaControl
+c = LocalOllamaControl({so.url!r}, restart_command={so.restart_command!r}, ready_timeout_s=30)
+c.restart({{"OLLAMA_NUM_PARALLEL": 3}})
+print(json.dumps(c.describe()), flush=True)
+time.sleep(600)
+""")
+    env = {**os.environ, "PERFKIT_RUN_DIR": str(tmp_path / "run"), "PERFKIT_OWNER": "1:1"}
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    described = json.loads(p.stdout.readline())
+    parallel = lambda: re.findall(r"OLLAMA_NUM_PARALLEL:(\d+)", so.log_text())[-1]  # noqa: E731
+    assert parallel() == "3" and described["restore_watchdog_pid"]
+    assert restore.host_record_path(so.port).exists()
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and parallel() != "1":
+        time.sleep(0.1)
+    assert parallel() == "1" and so.serve_pid() is not None
+    environ = open(f"/proc/{so.serve_pid()}/environ", "rb").read()
+    assert b"PERFKIT_RUN_DIR" not in environ and b"PERFKIT_OWNER" not in environ
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and restore.host_record_path(so.port).exists():
+        time.sleep(0.1)
+    assert not restore.host_record_path(so.port).exists()

@@ -334,3 +334,82 @@ def test_an_exporter_that_stops_answering_mid_run_is_said_in_the_windows_after_i
     assert before.stats["power_w_mean"] == POWER_W and not before.unknown
     assert "power_w_mean" not in after.stats
     assert after.unknown["scrape"].startswith("no reading from scrape in this window (")
+
+
+# ---- a fleet's exporters as they are: several hosts, several GPUs, a collect interval ---------------------------
+
+@pytest.fixture(scope="module")
+def fleet_stack(tmp_path_factory):
+    """Two hosts × 4 GPUs behind one Prometheus (job ``dcgm``), dcgm-exporter-like: readings refreshed every
+    1 s (its collect interval) and scraped every 0.25 s; GPU 2 of gpu-a busy (73 %, 412.5 W), every other idle."""
+    from dcgm_standin import IDLE, Gpu, one_busy
+
+    why = telemetry_stack.missing()
+    if why:
+        pytest.skip(why)
+    busy = Gpu(73, 412.5, fb_used_mib=61_000, fb_free_mib=20_000)
+    with DcgmStandin(one_busy(busy, 4, 2), hostname="gpu-a", collect_interval_s=1.0) as a, \
+            DcgmStandin((IDLE,) * 4, hostname="gpu-b", collect_interval_s=1.0) as b, \
+            telemetry_stack.TelemetryStack(tmp_path_factory.mktemp("fleetprom"),
+                                           {"dcgm": {"targets": [a.address, b.address]}},
+                                           scrape_interval_s=0.25) as st:
+        time.sleep(4.5)  # a few collections in Prometheus's history: the collect interval can be seen
+        yield st
+
+
+def test_labels_that_select_two_hosts_gpus_are_refused_naming_the_hosts(fleet_stack, tmp_path):
+    from perfkit.run.preflight import check_telemetry
+    from perfkit.studies.params import load
+
+    p = tmp_path / "p.yaml"
+    p.write_text("name: t\nstudies: {cold_start: {model: smollm2-135m-q4_1}}\n"
+                 f"telemetry: {{prometheus: {{url: '{fleet_stack.prometheus_url}', gpu_labels: {{job: dcgm}}}}}}\n")
+    problems = check_telemetry(load(p, check_models=False), p)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("telemetry.prometheus.gpu_labels") and "2 hosts (gpu-a, gpu-b)" in problems[0]
+    assert "Hostname: gpu-a" in problems[0]
+
+
+def test_the_busy_gpu_is_reported_never_an_average_over_idle_ones(fleet_stack):
+    """{Hostname: gpu-a} selects 4 GPUs, the server on GPU 2: the window's figures are that GPU's own (73 %,
+    412.5 W, its energy), found by the memory it holds; the idle GPUs keep their own figures beside it."""
+    c = PrometheusClient(fleet_stack.prometheus_url)
+    try:
+        found = discover(c, {"gpu": {"Hostname": "gpu-a"}})
+    finally:
+        c.close()
+    assert found["gpu"].gpu_hosts == ["gpu-a"]
+    assert found["gpu"].collect_interval_s == pytest.approx(1.0, abs=0.3)
+    s = PrometheusSampler(fleet_stack.prometheus_url, {"gpu": {"Hostname": "gpu-a"}}, resolution_s=0.25,
+                          collect_interval_s=found["gpu"].collect_interval_s)
+    with Monitor(0.1, None, gpu=False, system=False, telemetry=[s]) as m:
+        t0 = now_ns()
+        time.sleep(5.0)
+        t1 = now_ns()
+        w = m.measure("series", t0, t1)
+        short = m.measure("request", t1 - int(1.5e9), t1)
+    assert w.server_gpus == "2" and "memory" in w.server_gpus_how
+    assert w.stats["gpu_util_pct_mean"] == 73 and w.stats["power_w_mean"] == 412.5
+    assert w.energy_j == pytest.approx(412.5 * w.duration_s, rel=0.15)
+    assert w.per_gpu[2]["gpu_util_pct_mean"] == 73 and w.per_gpu[0]["gpu_util_pct_mean"] == 0
+    # 1.5 s is shorter than two collections (2 s): no figure, and the reason names the collect interval.
+    assert short.energy_j is None and "gpu_util_pct_mean" not in short.stats
+    assert "collect interval" in short.unknown["prometheus"], short.unknown
+
+
+def test_gpus_named_in_the_parameters_and_gpus_of_which_none_is_known(fleet_stack):
+    """telemetry.gpus names the server's GPU; where none holds a model's memory and none is named, each GPU keeps
+    its own figures and the window has no sum or mean, with the reason."""
+    s = PrometheusSampler(fleet_stack.prometheus_url, {"gpu": {"Hostname": "gpu-b"}}, resolution_s=0.25,
+                          collect_interval_s=1.0)
+    with Monitor(0.1, None, gpu=False, system=False, telemetry=[s]) as m:
+        t0 = now_ns()
+        time.sleep(3.0)
+        t1 = now_ns()
+        unknown = m.measure("w", t0, t1)
+        m.server_gpus = [1]
+        named = m.measure("w", t0, t1)
+    assert "gpu_util_pct_mean" not in unknown.stats and unknown.energy_j is None
+    assert "telemetry.gpus" in unknown.unknown["gpu"] and len(unknown.per_gpu) == 4
+    assert named.server_gpus == "1" and named.server_gpus_how.startswith("named")
+    assert named.stats["power_w_mean"] == 61.0

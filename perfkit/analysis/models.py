@@ -79,11 +79,21 @@ def resource_figures(study: str, rows: pd.DataFrame, where: dict, model: str | N
                      workload: dict[str, Any]) -> list[F.Figure | None]:
     """Energy per output token (idle-subtracted where a baseline exists) and GPU utilization of the rows'
     requests, where a GPU holding the server was sampled."""
+    import re
+
     idle = F._col(rows, "res_energy_per_token_idle_subtracted_j")
     col = "res_energy_per_token_idle_subtracted_j" if idle.notna().any() else "res_energy_per_token_j"
-    return [F.per_request(study, "energy_per_token", rows, col, where=where, model=model, workload=workload),
-            F.per_request(study, "gpu_util", rows, lambda r: F._col(r, "res_gpu_util_pct_mean") / 100, where=where,
-                          model=model, workload=workload, headline="GPU utilization")]
+    out = [F.per_request(study, "energy_per_token", rows, col, where=where, model=model, workload=workload),
+           F.per_request(study, "gpu_util", rows, lambda r: F._col(r, "res_gpu_util_pct_mean") / 100, where=where,
+                         model=model, workload=workload, headline="GPU utilization")]
+    if out[1] is None:
+        # Which GPU holds the server is unknown: each GPU's own utilization, never their average.
+        for c in sorted(c for c in rows.columns if re.fullmatch(r"res_gpu[\w.:-]+_gpu_util_pct_mean", c)):
+            gpu = c[len("res_gpu"):-len("_gpu_util_pct_mean")]
+            out.append(F.per_request(study, "gpu_util", rows, lambda r, c=c: F._col(r, c) / 100,
+                                     where={**where, "gpu": gpu}, model=model, workload=workload,
+                                     headline=f"GPU {gpu} utilization"))
+    return out
 
 
 def per_model(store: RunStore, df: pd.DataFrame, models: list[str]) -> pd.DataFrame:

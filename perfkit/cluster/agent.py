@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -44,6 +45,7 @@ class HostAgent:
         self.control = None
         self.backend = None
         self.samplers: list = []
+        self.recovered: dict[str, Any] | None = None  # a dead run's settings undone when the server was opened
         self._lock = threading.Lock()
 
     # ---- who and when --------------------------------------------------------------------------------
@@ -77,12 +79,14 @@ class HostAgent:
             if ctl.serve_pid() is None:
                 raise PerfkitError(f"host {self.name}: no process on {platform.node()} listens on port {ctl.port} "
                                    f"(hosts[].url {url}); give the server's command to have the agent start it")
-            ctl.restore_record = self.dir / "restore.json"
             self.control = ctl
+            recovered = ctl.recover()  # a run that died left it on its settings: the user's first
+            if recovered is not None:
+                self.recovered = recovered.as_dict()
             if settings and ctl.can_restart():
                 ctl.restart(settings)
         self.backend = backends.create("ollama", url, inspect_host=False)
-        return ctl.describe()
+        return {**ctl.describe(), **({"recovered": self.recovered} if self.recovered else {})}
 
     def call(self, method: str, *args: Any) -> tuple[str, Any]:
         """One controller question: ("ok", the answer as plain data) or ("unknown", why)."""
@@ -186,14 +190,13 @@ class HostAgent:
         for s in self.samplers:
             s.stop()
         if self.control is not None:
-            restore = getattr(self.control, "restore", None)
-            if restore is not None:
-                try:
-                    info = restore()
-                    out["restored"] = info.as_dict() if info else None
-                except Exception as e:  # noqa: BLE001 - said, and the rest still stops
-                    out["restore_failed"] = str(e)
+            try:
+                info = self.control.restore()
+                out["restored"] = info.as_dict() if info else None
+            except Exception as e:  # noqa: BLE001 - said, and the rest still stops
+                out["restore_failed"] = str(e)
             self.control.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
         if self.backend is not None:
             self.backend.close()
         return out

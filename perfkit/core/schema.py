@@ -343,6 +343,16 @@ class TelemetryParams(Strict):
                                                    "read during the studies that send load")
     engine_interval_s: float = Field(0.5, gt=0, le=60, description="how often the engine's /metrics is read (its "
                                                                    "cost to the server: bench/telemetry.py)")
+    gpus: list[int] | None = Field(None, description="the server's GPUs (indexes on its host) among those the "
+                                                     "telemetry reads; default: the GPUs whose memory holds a model, "
+                                                     "or the only one")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v):
+        if v is not None and (not v or any(i < 0 for i in v)):
+            raise ValueError("gpus: a list of GPU indexes (0, 1, …) on the server's host, at least one")
+        return sorted(set(v)) if v is not None else v
 
     @field_validator("scrape")
     @classmethod

@@ -127,6 +127,9 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
                                   ready_timeout_s=b.ready_timeout_s, control=agent)
         if agent is None:
             backend.control.restore_record = store.dir / RESTORE_RECORD
+            recovered = backend.control.recover()  # a run that died left it on its settings: theirs first
+            if recovered is not None:
+                store.event("server_recovered", **recovered.as_dict())
             if engine is None and settings and backend.control.can_restart():
                 backend.control.restart(merged)
         log = backend.control.log_source()
@@ -143,7 +146,8 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
                                          max(0.25, target.sampling.interval_s)))
         monitor = Monitor(target.sampling.interval_s, pids if backend.control.is_local else None,
                           gpu=target.sampling.gpu and host_view is None,
-                          system=target.sampling.system and host_view is None, store=store, telemetry=telemetry)
+                          system=target.sampling.system and host_view is None, store=store, telemetry=telemetry,
+                          server_gpus=target.telemetry.gpus)
         monitor.start()
         if target.sampling.idle_baseline_s:
             monitor.measure_idle(target.sampling.idle_baseline_s)
@@ -159,14 +163,12 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
             monitor.stop()
         if backend is not None:
             _keep_server_log(store, backend, log_mark)
-            restore = getattr(backend.control, "restore", None)
-            if restore is not None:
-                try:
-                    info = restore()
-                    if info:
-                        store.event("restore", **info.as_dict())
-                except Exception as e:  # noqa: BLE001 - recorded; the measured data is safe already
-                    store.event("restore_failed", error=str(e))
+            try:
+                info = backend.control.restore()
+                if info:
+                    store.event("restore", **info.as_dict())
+            except Exception as e:  # noqa: BLE001 - recorded; the measured data is safe already
+                store.event("restore_failed", error=str(e))
         store.write_manifest(ended_utc=utc_now(), sampling_unavailable=monitor.unavailable if monitor else {},
                              **({"sampling_sources": monitor.sources()} if monitor else {}))
         if backend is not None:
@@ -180,26 +182,29 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
 def telemetry_samplers(target: Target, engine: Engine | None, models: Sequence[str]) -> list:
     """The telemetry sources the parameters name (a Prometheus, exporter endpoints) and the embedded engine's own
     ``/metrics`` (per model in router mode; a model not loaded is skipped, never loaded by the read)."""
-    from perfkit.sampling.prometheus import PrometheusClient, PrometheusError, PrometheusSampler, discover
+    from perfkit.sampling.prometheus import PrometheusClient, PrometheusError, PrometheusSampler, discover, one_host
     from perfkit.sampling.scrape import ScrapeSampler, ScrapeTarget
 
     t, out = target.telemetry, []
     if t.prometheus is not None:
         pr = t.prometheus
-        resolution = pr.scrape_interval_s
+        client = PrometheusClient(pr.url, pr.all_headers())
+        try:
+            found = discover(client, pr.selectors())
+        except PrometheusError as e:
+            raise PerfkitError(f"telemetry.prometheus: {e}") from None
+        finally:
+            client.close()
+        several = one_host(found)
+        if several:
+            raise PerfkitError(several)
+        resolution = pr.scrape_interval_s or min((f.interval_s for f in found.values() if f.interval_s), default=None)
         if resolution is None:
-            client = PrometheusClient(pr.url, pr.all_headers())
-            try:
-                found = discover(client, pr.selectors())
-            except PrometheusError as e:
-                raise PerfkitError(f"telemetry.prometheus: {e}") from None
-            finally:
-                client.close()
-            resolution = min((f.interval_s for f in found.values() if f.interval_s), default=None)
-            if resolution is None:
-                raise PerfkitError("telemetry.prometheus: the labels select no series with two samples yet, so the "
-                                   "scrape interval is unknown; set telemetry.prometheus.scrape_interval_s")
-        out.append(PrometheusSampler(pr.url, pr.selectors(), headers=pr.all_headers(), resolution_s=resolution))
+            raise PerfkitError("telemetry.prometheus: the labels select no series with two samples yet, so the "
+                               "scrape interval is unknown; set telemetry.prometheus.scrape_interval_s")
+        collect = found["gpu"].collect_interval_s if "gpu" in found else None
+        out.append(PrometheusSampler(pr.url, pr.selectors(), headers=pr.all_headers(), resolution_s=resolution,
+                                     collect_interval_s=collect))
     if t.scrape:
         out.append(ScrapeSampler([ScrapeTarget([u], dict(t.scrape_headers)) for u in t.scrape],
                                  t.scrape_every_s(target.sampling.interval_s)))

@@ -71,7 +71,7 @@ def check_telemetry(params, params_path: str | Path, timeout_s: float = 10.0) ->
     import httpx
 
     from perfkit.sampling.exposition import names_of, parse
-    from perfkit.sampling.prometheus import PrometheusClient, PrometheusError, discover
+    from perfkit.sampling.prometheus import PrometheusClient, PrometheusError, discover, one_host
 
     t, out = params.telemetry, []
     if t.prometheus is not None:
@@ -86,6 +86,9 @@ def check_telemetry(params, params_path: str | Path, timeout_s: float = 10.0) ->
             client.close()
         if found is not None:
             own = {"gpu": pr.gpu_labels, "host": pr.host_labels, "server": pr.server_labels}
+            several = one_host(found, "telemetry.prometheus." + ("gpu_labels" if pr.gpu_labels is not None else "labels"))
+            if several:
+                out.append(several)
             for group, f in found.items():
                 if not f.series and own[group] is not None:
                     out.append(f"telemetry.prometheus.{group}_labels: {f.selector} matches no series in the last 5 "

@@ -25,7 +25,7 @@ class PeriodicSampler:
         if interval_s <= 0:
             raise ValueError(f"sampling interval must be > 0 s, got {interval_s}")
         self.interval_s = interval_s
-        self.resolution_s = interval_s
+        self.resolution_s = interval_s  # how far apart readings are asked for (a scrape interval)
         self.samples: list[dict[str, Any]] = []
         self.unavailable: dict[str, str] = {}
         self.errors = 0
@@ -33,6 +33,28 @@ class PeriodicSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: list[dict[str, Any]] = []  # taken, not yet drained into the store
+
+    @property
+    def change_interval_s(self) -> float | None:
+        """How often the source's values really change (an exporter that refreshes slower than it is read), where
+        it is seen; None otherwise."""
+        return None
+
+    @property
+    def true_resolution_s(self) -> float:
+        """Seconds between readings that say something new: the asked-for interval, or the exporter's own refresh
+        (its collect interval) when that is slower."""
+        return max(self.resolution_s, self.change_interval_s or 0.0)
+
+    def resolution_words(self) -> str:
+        """What limits the source's resolution, for a reader: "the scrape interval (500 ms)", or "the exporter's
+        collect interval (5 s)"."""
+        from perfkit.core import fmt
+
+        ch = self.change_interval_s
+        if ch is not None and ch > self.resolution_s * 1.5:
+            return f"the collect interval of its exporter ({fmt.duration(ch)}: its values change no more often)"
+        return f"the scrape interval ({fmt.duration(self.resolution_s)})"
 
     # subclasses
     def _setup(self) -> None: ...

@@ -9,6 +9,7 @@ Parsing the text format is ``prometheus_client``'s (:func:`parse`), not ours.
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -112,21 +113,53 @@ class Converter:
     """Readings of one source → sample rows; keeps the last CPU counters, so CPU busy is a rate between two
     readings of the same source.
 
+    A GPU is one row per reading, keyed by its host (``Hostname``, else ``instance``) *and* its index: two hosts'
+    GPU 0 are two GPUs (``gpu_host`` on the row). The converter also watches when values *change*: an exporter
+    that refreshes its readings every N seconds (dcgm-exporter's collect interval, 30 s by default) answers every
+    faster scrape with the same cached values, so its true resolution is the spacing of changes, not of scrapes
+    (:attr:`change_interval_s`).
+
     Args:
         source: the ``source`` every row carries (``prometheus``, ``scrape``, ``engine``).
         resolution_s: seconds between the source's readings (its scrape interval), on every row.
         origin: where the readings came from (an URL, a Prometheus selector), on every row.
     """
 
+    CHANGES_KEPT = 64  # per value: enough for a median, bounded over a run of hours
+
     def __init__(self, source: str, resolution_s: float, origin: str = ""):
         self.source, self.resolution_s, self.origin = source, resolution_s, origin
         self._cpu_last: tuple[float, float] | None = None  # (busy+idle total, idle) seconds
         self.gpu_names: dict[int, str] = {}
         self.hosts: set[str] = set()
+        self.gpu_hosts: set[str] = set()  # hosts whose GPU series were read
+        self._last: dict[tuple, tuple[float, int]] = {}  # value key → (value, t_ns of its last change)
+        self._gaps: dict[tuple, deque] = {}
+
+    def _watch(self, key: tuple, value: float, t_ns: int) -> None:
+        last = self._last.get(key)
+        if last is None:
+            self._last[key] = (value, t_ns)
+        elif value != last[0] and t_ns > last[1]:
+            self._gaps.setdefault(key, deque(maxlen=self.CHANGES_KEPT)).append((t_ns - last[1]) * 1e-9)
+            self._last[key] = (value, t_ns)
+
+    @property
+    def change_interval_s(self) -> float | None:
+        """How often the source's values really change: per value, the median spacing of its changes; the source's
+        is the shortest of those (a counter changes at every refresh; a steady gauge never does and is ignored).
+        GPU readings only: the exporters that cache between refreshes are GPU exporters, and a server's own counters
+        change only when requests come. None until some value has changed three times."""
+        meds = []
+        for gaps in self._gaps.values():
+            if len(gaps) >= 2:
+                g = sorted(gaps)
+                meds.append(g[len(g) // 2])
+        return min(meds) if meds else None
 
     def rows(self, t_ns: int, readings: Iterable[Reading], **extra: Any) -> list[dict[str, Any]]:
         base = {"source": self.source, "t_ns": t_ns, "resolution_s": self.resolution_s, "origin": self.origin, **extra}
-        gpus: dict[int, dict[str, Any]] = {}
+        gpus: dict[tuple[str, int], dict[str, Any]] = {}
         groups: dict[str, dict[str, float]] = {"host": {}, "server": {}}
         cpu_total = cpu_idle = 0.0
         seen_cpu = False
@@ -150,7 +183,11 @@ class Converter:
                     continue
                 if labels.get("modelName"):
                     self.gpu_names[i] = str(labels["modelName"])
-                gpus.setdefault(i, {})[s.column] = v
+                key = (str(host or ""), i)
+                if host:
+                    self.gpu_hosts.add(str(host))
+                gpus.setdefault(key, {})[s.column] = v
+                self._watch((key, s.column), v, t_ns)
                 continue
             g = groups[s.group]
             if s.column in g:
@@ -158,11 +195,11 @@ class Converter:
             else:
                 g[s.column] = v
         out = []
-        for i, vals in sorted(gpus.items()):
+        for (host, i), vals in sorted(gpus.items()):
             if "gpu_mem_used_bytes" in vals and "gpu_mem_free_bytes" in vals:
                 vals["gpu_mem_total_bytes"] = (vals["gpu_mem_used_bytes"] + vals["gpu_mem_free_bytes"]
                                                + vals.get("gpu_mem_reserved_bytes", 0.0))
-            out.append({**base, "gpu": i, **vals})
+            out.append({**base, "gpu": i, **({"gpu_host": host} if host else {}), **vals})
         host = groups["host"]
         if seen_cpu:
             last, self._cpu_last = self._cpu_last, (cpu_total, cpu_idle)

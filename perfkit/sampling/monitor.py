@@ -31,6 +31,10 @@ _COUNTERS = ("server_prompt_tokens_total", "server_prompt_tokens_cached_total", 
 # A window is noisy when the rest of the machine competed with the server and the client: other
 # processes using more than a quarter of a core on average, or the hypervisor stealing > 5%.
 NOISE_OTHER_CPU_PCT = 25.0
+# A GPU holds the server when its used memory is at least this much (and this share of the GPU): a loaded model
+# takes gigabytes, an idle GPU's driver a few hundred MiB.
+HOLDS_MODEL_BYTES = 2**30
+HOLDS_MODEL_SHARE = 0.05
 NOISE_STEAL_PCT = 5.0
 
 
@@ -49,8 +53,10 @@ class Window:
     measured. ``stats`` holds ``<metric>_mean`` / ``<metric>_max`` and ``<counter>_delta`` (a server's token
     counters); ``server_read_bytes`` is what the server read from disk in the window, ``server_host_read_bytes``
     what its host's disks read (node exporter). ``gpu_source``: where the GPU readings came from (``gpu``:
-    NVML here; ``prometheus``, ``scrape``); ``per_gpu``: GPU index → its own means; ``unknown``: what could not
-    be measured in this window and why (a window shorter than two scrapes of a source).
+    NVML here; ``prometheus``, ``scrape``); ``per_gpu``: GPU index → its own means; ``server_gpus``: the GPUs the
+    sums and means are over (comma-separated indexes) and ``server_gpus_how`` how they were told from the host's
+    others; ``unknown``: what could not be measured in this window and why (a window shorter than two readings of
+    a source, GPUs of which none is known to hold the server).
     """
 
     name: str
@@ -64,6 +70,8 @@ class Window:
     server_host_read_bytes: int | None = None
     n_samples: int = 0
     gpu_source: str | None = None
+    server_gpus: str | None = None
+    server_gpus_how: str | None = None
     stats: dict[str, float] = field(default_factory=dict)
     per_gpu: dict[int, dict[str, float]] = field(default_factory=dict)
     unknown: dict[str, str] = field(default_factory=dict)
@@ -93,6 +101,12 @@ def _interp(t: np.ndarray, y: np.ndarray, at: float) -> float:
     return float(np.interp(at, t, y))
 
 
+def _gpu_keys(df: pd.DataFrame) -> pd.Series:
+    """One key per GPU: its host and index ("gpu-a:0"), so two hosts' GPU 0 never mix."""
+    host = df["gpu_host"].fillna("") if "gpu_host" in df else pd.Series("", index=df.index)
+    return host.astype(str) + ":" + df["gpu"].astype("Int64").astype(str)
+
+
 class Monitor:
     """Runs a GPU and a system sampler together and answers questions about windows of time.
 
@@ -104,8 +118,10 @@ class Monitor:
     """
 
     def __init__(self, interval_s: float = 0.1, server_pids=None, *, gpu: bool = True, system: bool = True,
-                 store=None, telemetry: Sequence[PeriodicSampler] = ()):
+                 store=None, telemetry: Sequence[PeriodicSampler] = (), server_gpus: Sequence[int] | None = None):
         self.interval_s = interval_s
+        # The server's GPUs among those telemetry selects, when the parameters name them (telemetry.gpus).
+        self.server_gpus = sorted(set(server_gpus)) if server_gpus is not None else None
         self._server_pids = server_pids
         self.system = SystemSampler(interval_s, server_pids) if system else None
         self.gpu = GpuSampler(interval_s, self._all_pids if server_pids else None) if gpu else None
@@ -163,6 +179,42 @@ class Monitor:
                 return s.source
         return "gpu" if "gpu" in have else None
 
+    def _telemetry_server_gpus(self, w: Window, gin: pd.DataFrame) -> set[str]:
+        """Which of the GPUs a telemetry source reads hold the server: those the parameters name, the only one,
+        or those whose memory holds a model. Never an average over a host's idle GPUs: where none is known, the
+        sums and means are left out (each GPU keeps its own figures, ``per_gpu``) and the window says why."""
+        if gin.empty:
+            return set()
+        keys = _gpu_keys(gin)
+        every = sorted(set(keys))
+        index = {k: int(k.rsplit(":", 1)[-1]) for k in every}
+        if self.server_gpus is not None:
+            keep = {k for k in every if index[k] in self.server_gpus}
+            how = "named in the parameters (telemetry.gpus)"
+            if not keep:
+                w.unknown["gpu"] = (f"the GPUs named in telemetry.gpus ({', '.join(map(str, self.server_gpus))}) are "
+                                    f"not among those the telemetry reads ({', '.join(str(index[k]) for k in every)})")
+        elif len(every) == 1:
+            keep, how = set(every), "the only GPU the telemetry reads"
+        else:
+            keep = set()
+            if "gpu_mem_used_bytes" in gin:
+                used = gin.groupby(keys)["gpu_mem_used_bytes"].mean()
+                total = gin.groupby(keys)["gpu_mem_total_bytes"].mean() if "gpu_mem_total_bytes" in gin else None
+                for k, u in used.items():
+                    share_ok = total is None or not (total.get(k) or 0) or u >= HOLDS_MODEL_SHARE * total[k]
+                    if u >= HOLDS_MODEL_BYTES and share_ok:
+                        keep.add(k)
+            how = "the GPUs whose memory holds a model (at least 1 GiB used)"
+            if not keep:
+                w.unknown["gpu"] = (f"which of the {len(every)} GPUs the telemetry reads holds the server is unknown "
+                                    "(none holds a model's memory): each GPU's own figures are shown, never their "
+                                    "average; name them with telemetry.gpus")
+        if keep:
+            w.server_gpus = ",".join(str(index[k]) for k in sorted(keep, key=index.get))
+            w.server_gpus_how = how
+        return keep
+
     def start(self) -> "Monitor":
         for s in self.samplers:
             s.start()
@@ -211,10 +263,8 @@ class Monitor:
 
     def _too_short(self, duration_s: float) -> dict[str, str]:
         """Telemetry sources too coarse for a window: fewer than two readings fit in it."""
-        from perfkit.core import fmt
-
-        return {s.source: f"too short for the scrape interval ({fmt.duration(s.resolution_s)}) of {s.source}"
-                for s in self.telemetry if duration_s < 2 * s.resolution_s}
+        return {s.source: f"too short for {s.resolution_words()} of {s.source}"
+                for s in self.telemetry if duration_s < 2 * s.true_resolution_s}
 
     def _silent(self, df: pd.DataFrame, short: dict[str, str], t0: int, t1: int) -> dict[str, str]:
         """Telemetry sources that failed and gave no reading inside a window long enough for them: the window says
@@ -235,7 +285,7 @@ class Monitor:
                 if s.source not in short:
                     s.wait_past(t_end_ns)
         # A margin of a few ticks either side lets cumulative counters be interpolated at the edges.
-        margin = int(3e9 * max((s.resolution_s for s in self.samplers), default=0.1))
+        margin = int(3e9 * max((s.true_resolution_s for s in self.samplers), default=0.1))
         df = self.frame(t_start_ns - margin, t_end_ns + margin)
         if df.empty:
             w.unknown.update(short)
@@ -247,8 +297,14 @@ class Monitor:
             w.unknown.update({k: v for k, v in short.items() if k in seen})
             df = df[~df["source"].isin(short)]
         w.gpu_source = self._gpu_source(df)
+        all_gpus = None
         if w.gpu_source is not None:  # the other sources' GPU rows out: one view of each GPU
             df = df[df["gpu"].isna() | (df["source"] == w.gpu_source)]
+            if w.gpu_source not in ("gpu", "agent"):  # telemetry: the host's GPUs, of which the server's are some
+                all_gpus = df[df["gpu"].notna()]
+                keep = self._telemetry_server_gpus(w, all_gpus[(all_gpus["t_ns"] >= t_start_ns)
+                                                             & (all_gpus["t_ns"] <= t_end_ns)])
+                df = df[df["gpu"].isna() | _gpu_keys(df).isin(keep)]
         inside = df[(df["t_ns"] >= t_start_ns) & (df["t_ns"] <= t_end_ns)]
         w.n_samples = len(inside)
         for m in _MEAN_MAX:
@@ -270,10 +326,14 @@ class Monitor:
                 w.stats[f"{m}_max"] = float(col.max())
         if w.gpu_source is not None:
             gdf = df[df["gpu"].notna()]
-            gin = inside[inside["gpu"].notna()]
-            for i, g in gin.groupby("gpu"):
-                w.per_gpu[int(i)] = {f"{m}_mean": float(g[m].mean()) for m in _PER_GPU if m in g and g[m].notna().any()}
-            self._energy(w, gdf)
+            gin = (all_gpus if all_gpus is not None else inside)
+            gin = gin[gin["gpu"].notna() & (gin["t_ns"] >= t_start_ns) & (gin["t_ns"] <= t_end_ns)]
+            several_hosts = "gpu_host" in gin and gin["gpu_host"].nunique() > 1
+            for key, g in gin.groupby(_gpu_keys(gin)):
+                i = key if several_hosts else int(str(key).rsplit(":", 1)[-1])
+                w.per_gpu[i] = {f"{m}_mean": float(g[m].mean()) for m in _PER_GPU if m in g and g[m].notna().any()}
+            if not gdf.empty:
+                self._energy(w, gdf)
         for col_name, attr in (("server_read_bytes", "server_read_bytes"), ("server_host_read_bytes", "server_host_read_bytes")):
             if col_name in df:
                 sel = df[df[col_name].notna()]
@@ -302,10 +362,16 @@ class Monitor:
         if gdf.empty:
             return
         total, methods = 0.0, set()
-        for _, g in gdf.groupby("gpu"):
+        for _, g in gdf.groupby(_gpu_keys(gdf)):
             g = g.sort_values("t_ns")
             if g["energy_j"].notna().sum() >= 2:
                 e = g[g["energy_j"].notna()]
+                # An exporter that refreshes slower than it is read repeats its last value: only the reading where
+                # the counter moved is a measurement (at that instant, or up to a read later).
+                e = e[e["energy_j"].diff().fillna(1.0) != 0]
+                if len(e) < 2:
+                    w.unknown.setdefault("energy", "the energy counter did not move twice around the window")
+                    return
                 te, ye = e["t_ns"].to_numpy(float), e["energy_j"].to_numpy(float)
                 d = _interp(te, ye, w.t_end_ns) - _interp(te, ye, w.t_start_ns)
                 if not math.isfinite(d):  # the counter's readings stop short of the window: no energy figure
@@ -324,7 +390,8 @@ class Monitor:
         w.energy_j = total
         w.energy_method = "+".join(sorted(methods))
         if self.idle_power_w:
-            used = self.gpu.server_gpus if w.gpu_source == "gpu" and self.gpu is not None else set(gdf["gpu"].astype(int))
+            used = (self.gpu.server_gpus if w.gpu_source == "gpu" and self.gpu is not None
+                    else set(gdf["gpu"].astype(int)))
             idle_w = sum(p for g, p in self.idle_power_w.items() if g in used)
             w.energy_idle_subtracted_j = total - idle_w * w.duration_s
 

@@ -51,6 +51,8 @@ class Found:
     instances: list[str] = field(default_factory=list)
     gpus: dict[str, str] = field(default_factory=dict)
     interval_s: float | None = None
+    collect_interval_s: float | None = None  # how often the values change, where slower than the scrapes
+    gpu_hosts: list[str] = field(default_factory=list)  # hosts whose GPUs the labels select
 
 
 class PrometheusClient:
@@ -105,13 +107,19 @@ def discover(client: PrometheusClient, labels: Mapping[str, Mapping[str, str]], 
         f = Found(group, sel)
         samples = client.raw(sel, lookback_s)
         by_key: dict[tuple, list[float]] = {}
-        for name, lab, ts, _ in samples:
-            by_key.setdefault((name, tuple(sorted(lab.items()))), []).append(ts)
+        values: dict[tuple, list[tuple[float, float]]] = {}
+        for name, lab, ts, v in samples:
+            key = (name, tuple(sorted(lab.items())))
+            by_key.setdefault(key, []).append(ts)
+            values.setdefault(key, []).append((ts, v))
             inst = lab.get("Hostname") or lab.get("instance")
             if inst:
                 f.instances.append(str(inst))
             if group == "gpu" and "gpu" in lab:
                 f.gpus[str(lab["gpu"])] = str(lab.get("modelName", ""))
+                if inst:
+                    f.gpu_hosts.append(str(inst))
+        f.gpu_hosts = sorted(set(f.gpu_hosts))
         present = {k[0] for k in by_key}
         f.series = [n for n in names_of(group) if n in present]
         f.missing = [n for n in names_of(group) if n not in present]
@@ -119,8 +127,31 @@ def discover(client: PrometheusClient, labels: Mapping[str, Mapping[str, str]], 
         gaps = sorted(b - a for ts in by_key.values() for a, b in zip(sorted(ts), sorted(ts)[1:]) if b > a)
         if gaps:
             f.interval_s = round(gaps[len(gaps) // 2], 3)
+        f.collect_interval_s = _change_interval(values.values())
         out[group] = f
     return out
+
+
+def _change_interval(series) -> float | None:
+    """The shortest per-series median spacing of value changes (see ``Converter.change_interval_s``)."""
+    meds = []
+    for pts in series:
+        pts = sorted(pts)
+        changes = [t for (t, v), (_, prev) in zip(pts[1:], pts) if v != prev]
+        gaps = sorted(b - a for a, b in zip(changes, changes[1:]))
+        if len(gaps) >= 2:
+            meds.append(gaps[len(gaps) // 2])
+    return round(min(meds), 3) if meds else None
+
+
+def one_host(found: Mapping[str, Found], where: str = "telemetry.prometheus.gpu_labels") -> str | None:
+    """Why GPU labels that select the GPUs of several hosts are refused (their counters would interleave, and
+    which host's GPU holds the server is anyone's guess), or None."""
+    f = found.get("gpu")
+    if f is None or len(f.gpu_hosts) <= 1:
+        return None
+    return (f"{where}: {f.selector} selects the GPUs of {len(f.gpu_hosts)} hosts ({', '.join(f.gpu_hosts)}); "
+            f"add the label that names the server's host, e.g. Hostname: {f.gpu_hosts[0]}")
 
 
 def _group(row: dict[str, Any]) -> str:
@@ -144,8 +175,9 @@ class PrometheusSampler(PeriodicSampler):
     remote = True
 
     def __init__(self, url: str, labels: Mapping[str, Mapping[str, str]], *, headers: Mapping[str, str] | None = None,
-                 resolution_s: float, poll_s: float | None = None):
+                 resolution_s: float, poll_s: float | None = None, collect_interval_s: float | None = None):
         super().__init__(poll_s or min(resolution_s, 1.0))
+        self.collect_interval_s = collect_interval_s  # from the series' history, until the run's own readings say
         self.url, self.labels, self.headers = url, {g: dict(v) for g, v in labels.items()}, dict(headers or {})
         self.resolution_s = resolution_s
         self.converter = Converter(self.source, resolution_s, redact_text(url))
@@ -201,11 +233,16 @@ class PrometheusSampler(PeriodicSampler):
         with self._lock:
             return min(self._last_by_group.values()) if self._last_by_group else None
 
+    @property
+    def change_interval_s(self) -> float | None:
+        return self.converter.change_interval_s or self.collect_interval_s
+
     def wait_past(self, t_ns: int, timeout_s: float | None = None) -> None:
         # The first scrape after t comes within one interval, and the next poll fetches it.
         super().wait_past(t_ns, timeout_s if timeout_s is not None else self.resolution_s + 2 * self.interval_s + 1.0)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"source": self.source, "origin": redact_text(self.url), "labels": self.labels,
-                 "resolution_s": self.resolution_s, "hosts": sorted(self.converter.hosts),
+                 "resolution_s": self.resolution_s, "change_interval_s": self.change_interval_s,
+                 "hosts": sorted(self.converter.hosts),
                  "gpus": {str(i): n for i, n in self.converter.gpu_names.items()}}]

@@ -81,10 +81,16 @@ class ScrapeSampler(PeriodicSampler):
                 rows += conv.rows(t_ns, readings)
         return rows
 
+    @property
+    def change_interval_s(self) -> float | None:
+        seen = [c.change_interval_s for c in self.converters if c.change_interval_s]
+        return max(seen) if seen else None
+
     def wait_past(self, t_ns: int, timeout_s: float | None = None) -> None:
         super().wait_past(t_ns, timeout_s if timeout_s is not None else 2 * self.interval_s + self.timeout_s)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"source": t.source, "origin": t.origin, "resolution_s": self.resolution_s,
+                 "change_interval_s": c.change_interval_s,
                  "hosts": sorted(c.hosts), "gpus": {str(i): n for i, n in c.gpu_names.items()}}
                 for t, c in zip(self.targets, self.converters)]

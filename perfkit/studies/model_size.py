@@ -165,7 +165,12 @@ def conclusions(res: ModelSizeResult) -> str:
         lines.append("- Energy per output token (GPUs holding the server's processes): "
                      + ", ".join(f"{f.model} {f.text()}" for f in energy) + ".")
     else:
-        lines.append("- No GPU holding the server's processes was sampled, so there is no energy per token in this run.")
+        why = res.trials["res_energy_unknown_because"].dropna() if "res_energy_unknown_because" in res.trials else []
+        if len(why):
+            lines.append(f"- No energy per token in this run: {why.value_counts().index[0]}.")
+        else:
+            lines.append("- No GPU holding the server's processes was sampled, so there is no energy per token in "
+                         "this run.")
     for note in (state_note(res.trials), res.failures):
         if note:
             lines.append("- " + note)

@@ -94,6 +94,12 @@ class ScriptedOllama:
         """argv for perfkit's restart hook; the home is in the argv because perfkit only adds OLLAMA_* to the env."""
         return ["bash", str(RESTART_SH), str(self.home)]
 
+    @property
+    def nohup_restart_command(self) -> list[str]:
+        """Like ``restart_command``, but the server stays in the caller's session and process group, as a
+        ``nohup ollama serve &`` leaves it."""
+        return [*self.restart_command, "--nohup"]
+
     def blob_path(self, model: str) -> Path:
         """The model file on disk (what the runner's --model names)."""
         spec = self.spec(model)

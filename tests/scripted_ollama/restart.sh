@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Restart the scripted `ollama serve` of HOME with the caller's environment (its OLLAMA_* settings),
 # the way a user's restart command restarts a real one. Usage:
-#   bash tests/scripted_ollama/restart.sh HOME      (or SCRIPTED_OLLAMA_HOME=HOME bash restart.sh)
+#   bash tests/scripted_ollama/restart.sh HOME [--nohup]   (or SCRIPTED_OLLAMA_HOME=HOME bash restart.sh)
+# --nohup: start it the way many users do, `nohup ollama serve &`, in the caller's session and process group
+# (without it the server gets a session of its own, as systemd would give it).
 # Stops the running server of HOME (SIGTERM; it kills its runners), starts a new one detached, its log
 # appended to HOME/server.log, and exits 0 at once: the caller waits for readiness.
 set -euo pipefail
@@ -32,5 +34,9 @@ if [ -f "$home/base.env" ]; then
 fi
 export SCRIPTED_OLLAMA_HOME="$home" PYTHONUNBUFFERED=1
 env | grep '^OLLAMA_' | sort | sed 's/^/[restart.sh] /' >&2 || true
-setsid nohup "$py" "$here/serve.py" --home "$home" >>"$home/server.log" 2>&1 </dev/null &
+if [ "${2:-}" = "--nohup" ]; then
+  nohup "$py" "$here/serve.py" --home "$home" >>"$home/server.log" 2>&1 </dev/null &
+else
+  setsid nohup "$py" "$here/serve.py" --home "$home" >>"$home/server.log" 2>&1 </dev/null &
+fi
 exit 0

@@ -110,6 +110,15 @@ class ServerControl(abc.ABC):
     def can_restart(self) -> bool:
         return False
 
+    def restore(self) -> RestartInfo | None:
+        """Give a user's server back the settings it had before perfkit restarted it; None: nothing to give back."""
+        return None
+
+    def recover(self) -> RestartInfo | None:
+        """Before perfkit touches the server: give it back its own settings if a perfkit that is gone left it on
+        others; None when there was nothing to give back."""
+        return None
+
     # ---- what it runs ------------------------------------------------------------------------------
     def settings_in_effect(self, wanted: Mapping[str, Any], model: str | None = None) -> dict[str, SettingCheck]:
         from perfkit.core.settings import validate_settings

@@ -7,6 +7,7 @@ Facts this relies on: ../shared/reference/ollama-server-side.md.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -16,7 +17,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from perfkit.servers import procs
+from perfkit.servers import procs, restore
 from perfkit.core.children import clean_env
 from perfkit.core.errors import PerfkitError
 from perfkit.core.clock import now_ns
@@ -31,19 +32,30 @@ def _base_env() -> dict[str, str]:
 
 
 def restore_pending(record: Path) -> RestartInfo | None:
-    """Restore a user's Ollama from a record left by a run that was killed between its first restart and its
-    restore (see ``LocalOllamaControl.restore_record``); the record is removed once the server is back."""
-    import json
-
-    try:
-        d = json.loads(Path(record).read_text())
-    except (OSError, ValueError):
+    """Give a user's Ollama its own settings back from a restore record left by a perfkit that is gone (a watchdog,
+    or the next perfkit on the host); the record and its copies are removed. None when there was nothing to do:
+    someone restored it meanwhile, or the server on the port is no longer the one that perfkit started (the user
+    restarted or stopped it since, so what runs is theirs)."""
+    rec = restore.read(record)
+    if rec is None:
         return None
-    ctl = LocalOllamaControl(d["url"], restart_command=d.get("restart_command"),
-                             ready_timeout_s=float(d.get("ready_timeout_s") or 120))
-    ctl._user_env = dict(d.get("user_env") or {})
-    ctl.restore_record = Path(record)
-    return ctl.restore()
+    u = urlparse(rec.url)
+    port = u.port or 11434
+    host_record = restore.host_record_path(port)
+    with restore.restoring(host_record):
+        rec = restore.read(record)  # again, under the lock
+        if rec is None:
+            return None
+        listening = procs.listening_pid(port, u.hostname or "127.0.0.1")
+        info = None
+        if listening is not None and rec.server_pid in (None, listening):
+            ctl = LocalOllamaControl(rec.url, restart_command=rec.restart_command, ready_timeout_s=rec.ready_timeout_s)
+            env = _base_env()
+            env.update(rec.user_env)
+            info = ctl._restart_with(env)
+        restore.remove(host_record)
+        restore.remove(record)
+        return info
 
 
 _FA_UNSUPPORTED = re.compile(r"flash attention.*(not supported|disabled)", re.I)
@@ -98,9 +110,10 @@ class LocalOllamaControl(ServerControl):
         self._user_env: dict[str, str] | None = None  # the server's own OLLAMA_* before perfkit restarted it
         self._settings: dict[str, Any] = {}  # what perfkit last applied (None in restart() means these)
         self.restarts: list[RestartInfo] = []
-        # Written before the first restart, removed once the user's settings are back: if perfkit is killed
-        # in between, the next perfkit start restores the server from it (restore_pending).
+        # A copy of the host's restore record (perfkit.servers.restore) in the run's directory, for the next
+        # run there; the host's own record and its watchdog are what give the server back.
         self.restore_record: Path | None = None
+        self.watchdog_pid: int | None = None
 
     # ---- processes -----------------------------------------------------------------------------
     def serve_pid(self) -> int | None:
@@ -136,49 +149,78 @@ class LocalOllamaControl(ServerControl):
         if not self.restart_command:
             raise Unknown("backend.restart_command is not set: perfkit can't apply server settings to this Ollama")
         if self._user_env is None:
-            self._user_env = self._server_env()
-            self._write_record()
+            self._take_server()
         env = _base_env()
         env.update(self._user_env)
         env.update(to_ollama_env(settings))
-        return self._restart_with(env)
+        self._note_server(None)  # in flux: whatever listens once this process is gone runs on the run's settings
+        info = self._restart_with(env)
+        self._note_server(info.pid_after)
+        return info
+
+    def _note_server(self, pid: int | None) -> None:
+        rec = restore.read(self.host_record)
+        if rec is not None:
+            rec.server_pid = pid
+            restore.write(self.host_record, rec)
+
+    @property
+    def host_record(self) -> Path:
+        return restore.host_record_path(self.port)
+
+    def _take_server(self) -> None:
+        """Before the first restart: note the user's own settings where a restore finds them whatever ends this
+        process, and start the watchdog that restores them if it dies first. A server still on the settings of a
+        perfkit that died keeps its user's settings from that record, not from its environment (which is that
+        run's); one that another live perfkit has changed is not taken."""
+        with restore.restoring(self.host_record) as prev:
+            if prev is not None and prev.writer_alive and prev.writer.get("pid") != os.getpid():
+                raise PerfkitError(f"the server at {self.url} is on the settings of another perfkit (pid "
+                                   f"{prev.writer.get('pid')}), which gives them back when it ends; run one at a time")
+            dead_runs = prev is not None and prev.server_pid in (None, self.serve_pid())
+            self._user_env = dict(prev.user_env) if dead_runs else self._server_env()
+            mirrors = [str(self.restore_record)] if self.restore_record is not None else []
+            restore.write(self.host_record, restore.RestoreRecord(
+                self.url, list(self.restart_command or []), self._user_env, self.ready_timeout_s, mirrors=mirrors))
+        self.watchdog_pid = restore.start_watchdog(self.host_record)
+
+    def recover(self) -> RestartInfo | None:
+        """Give the server its own settings back now if a perfkit that is gone left it on others (no watchdog did)."""
+        if not restore.orphaned(self.port):
+            return None
+        return restore_pending(self.host_record)
 
     def restore(self) -> RestartInfo | None:
         """Give the user back the server as it was: restart it with its original OLLAMA_* environment."""
         if self._user_env is None or not self.restart_command:
             return None
-        env = _base_env()
-        env.update(self._user_env)
-        info = self._restart_with(env)
-        self._user_env = None
-        if self.restore_record is not None:
-            self.restore_record.unlink(missing_ok=True)
+        with restore.restoring(self.host_record):
+            env = _base_env()
+            env.update(self._user_env)
+            info = self._restart_with(env)
+            self._user_env = None
+            restore.remove(self.host_record)
+            if self.restore_record is not None:
+                self.restore_record.unlink(missing_ok=True)
         return info
-
-    def _write_record(self) -> None:
-        if self.restore_record is None:
-            return
-        import json
-
-        from perfkit.core.secrets import SECRET_KEY
-
-        # Secret-looking variables are not kept: a restore without them beats a secret on disk.
-        env = {k: v for k, v in (self._user_env or {}).items() if not SECRET_KEY.search(k)}
-        tmp = self.restore_record.with_name(self.restore_record.name + ".tmp")
-        tmp.write_text(json.dumps({"url": self.url, "restart_command": self.restart_command, "user_env": env,
-                                   "ready_timeout_s": self.ready_timeout_s}))
-        tmp.replace(self.restore_record)
 
     def _restart_with(self, env: dict[str, str]) -> RestartInfo:
         pid_before = self.serve_pid()
         if self.log:
             self._log_mark = self.log.mark()
         wall, t0 = time.time(), now_ns()
-        r = subprocess.run(self.restart_command, env=env, capture_output=True, text=True, timeout=600,
-                           stdin=subprocess.DEVNULL)
+        # Its own session: a `nohup ollama serve &` it leaves behind must not die with us (a Ray actor's end kills
+        # its process group), nor get a terminal's signals meant for perfkit. Output to a file on the host, not a
+        # pipe: a server left in the background keeps the command's stdout, and a pipe would wait for it to end.
+        out_path = restore.state_dir() / "restore" / f"restart-{self.port}.out"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "w+") as out:
+            r = subprocess.run(self.restart_command, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+            out.seek(0)
+            said = out.read(4000)[-300:].strip()
         if r.returncode:
-            raise PerfkitError(f"restart command {self.restart_command} failed (exit {r.returncode}): "
-                               f"{(r.stderr or r.stdout)[-300:].strip()}")
+            raise PerfkitError(f"restart command {self.restart_command} failed (exit {r.returncode}): {said}")
         deadline = time.monotonic() + self.ready_timeout_s
         with httpx.Client(headers=self.headers, timeout=2.0) as c:
             while time.monotonic() < deadline:
@@ -341,5 +383,6 @@ class LocalOllamaControl(ServerControl):
     def describe(self) -> dict[str, Any]:
         pid = self.serve_pid()
         return {**super().describe(), "serve_pid": pid, "restart_command": self.restart_command,
+                "restore_watchdog_pid": self.watchdog_pid,
                 "log": self.log.describe() if self.log else None,
                 "runners": [{"pid": r.pid, "argv": r.argv} for r in self.runners()]}
