@@ -276,10 +276,17 @@ def test_a_client_node_lost_mid_series_is_recorded_and_the_series_goes_on(ray_cl
         victim = cl.client_actors[1][1]
         threading.Timer(3.0, lambda: ray.kill(victim)).start()  # after the agreed start: mid-series
         df = r.closed_loop(MODEL, 2, 40, series="s", sampling=Sampling(24), prompt_words=8)
+        after = r.closed_loop(MODEL, 2, 6, series="after", sampling=Sampling(4), prompt_words=8)
     ev = store.events()
-    lost = ev[ev["kind"] == "client_lost"].iloc[0]
-    assert "client node c2 lost" in lost["because"] and len(lost["requests"]) == 20
-    assert len(df) == 20 and df["ok"].all() and set(df["index"]).isdisjoint(lost["requests"])
+    lost = ev[ev["kind"] == "client_lost"]
+    assert len(lost) == 1 and lost.iloc[0]["series"] == "s"
+    assert "client node c2 lost" in lost.iloc[0]["because"] and len(lost.iloc[0]["requests"]) == 20
+    assert len(df) == 20 and df["ok"].all() and set(df["index"]).isdisjoint(lost.iloc[0]["requests"])
+    assert (df["clients"] == 2).all()
+    # The next series is not dealt to the dead node: every request measured, from c1 alone.
+    assert len(after) == 6 and after["ok"].all() and (after["clients"] == 1).all()
+    (was,) = store.manifest()["client_nodes_lost"]
+    assert was["requests_lost"] == 20 and was["series"] == "s"
 
 
 @pytest.mark.cluster
@@ -416,6 +423,18 @@ def test_a_fleet_on_two_hosts_seen_through_their_agents(ray_cluster, tmp_path, s
     # failover: the last host's server killed and revived by its agent
     killed = ev[ev["kind"] == "fleet_server_killed"]
     assert len(killed) == 1 and (ev["kind"] == "fleet_server_revived").any()
+    # Responses from client nodes come back after the series: the kill was set on the run's clock, and landed while
+    # requests were in flight; the tries on the dead server that the report gives are those nginx's log shows.
+    from perfkit.servers.nginx import parse_access_log
+
+    k = ev[ev["kind"] == "server_killed"].iloc[0]
+    assert "after the series was set off" in k["scheduled_by"]
+    t_rev = float(ev[ev["kind"] == "server_revived"]["wall_unix_s"].iloc[0])
+    tries = [a for a in parse_access_log(d / "nginx-access.log")
+             if float(k["wall_unix_s"]) - 1.0 <= a["msec"] <= t_rev and set(k["server_addrs"]) & set(a["upstream_addrs"])]
+    assert tries, "the kill landed after every request"
+    fo_text = re.search(r"the proxy tried the dead server (\d+) time", (run_dir / "fleet.html").read_text())
+    assert fo_text and int(fo_text.group(1)) == len(tries)
     assert not any(s["phase"] in ("failover", "timeout_504", "cold_disk") for s in
                    ev[ev["kind"] == "phase_skipped"].to_dict("records"))
     probes = trials[(trials["phase"] == "timeout") & (trials["target"] == "proxy")]
@@ -564,3 +583,50 @@ time.sleep(600)
             assert ctl.described.get("recovered") and _parallel(so) == "2"
         assert user_is_back(), "the next run took the dead run's settings for the user's"
         assert "PERFKIT_RUN_DIR" not in Path(f"/proc/{so.serve_pid()}/environ").read_text()
+
+
+def test_an_agents_samples_are_sent_once_each_in_time_order_and_resent_until_acknowledged():
+    """Two samplers' rows, one late: each row reaches the driver once, in time order, none lost; an answer that
+    never arrived (the same cursor asked again) is sent again; nothing piles up on the host."""
+    from perfkit.cluster.agent import HostAgent
+
+    class FakeSampler:
+        def __init__(self):
+            self.pending = []
+
+        def drain(self):
+            out, self.pending = self.pending, []
+            return out
+
+        def stop(self):
+            pass
+
+    a = HostAgent("gpu-a")
+    sys_s, gpu_s = FakeSampler(), FakeSampler()
+    a.samplers = [sys_s, gpu_s]
+    sys_s.pending = [{"t_ns": 10, "s": "sys"}, {"t_ns": 30, "s": "sys"}]
+    gpu_s.pending = [{"t_ns": 20, "s": "gpu"}]
+    rows, cur, _ = a.samples(0)
+    assert [r["t_ns"] for r in rows] == [10, 20, 30]
+    gpu_s.pending = [{"t_ns": 25, "s": "gpu", "power_w": 400}]  # late: taken before the last row sent
+    again, cur2, _ = a.samples(0)  # the first answer was lost: everything not acknowledged comes again
+    assert [r["t_ns"] for r in again] == [10, 20, 25, 30]
+    rows, cur3, _ = a.samples(cur2)
+    assert rows == [] and cur3 == cur2 and len(a._outbox) == 0
+    sys_s.pending = [{"t_ns": 40, "s": "sys"}]
+    rows, _, _ = a.samples(cur3)
+    assert [r["t_ns"] for r in rows] == [40]
+    a.shutdown()
+    assert not a.dir.exists()
+
+
+def test_the_method_note_names_a_lost_client_node_and_what_the_driver_sent():
+    from perfkit.analysis.requests import method_note
+
+    clock = {"offset_ns": 0, "uncertainty_ns": 100_000, "uncertainty_s": 1e-4, "round_trips": 20}
+    note = method_note({"client_nodes": [{"node": "c1", "clock": clock}, {"node": "c2", "clock": clock}],
+                        "sent_from_driver": "chat sessions (each answer goes into the next question)",
+                        "client_nodes_lost": [{"series": "u4", "because": "client node c2 lost: actor died",
+                                               "requests_lost": 5, "requests": 10}]})
+    assert "load sent from client nodes c1, c2 except chat sessions" in note and "sent from the driver" in note
+    assert "client node c2 lost: actor died during series u4: 5 of its 10 requests never measured" in note

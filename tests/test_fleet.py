@@ -461,3 +461,26 @@ def test_a_users_nginx_in_front_of_ollama_servers(tmp_path, scripted_models_dir)
     assert skipped["timeout_504"].startswith("unknown, because perfkit does not change the timeout")
     trials = res.trials
     assert (trials["backend"] == "ollama").all()  # Ollama's own /api/chat, direct and proxied
+
+
+def test_tries_on_a_killed_server_named_by_hostname_are_matched_by_its_addresses():
+    """The victim's URL names a host (gpu-b.local:11434), nginx's log the address it connected to: every try
+    after the kill on any address the name resolved to counts, none before it or after the revival."""
+    import pandas as pd
+
+    from perfkit.studies.fleet import failover_summary
+
+    t_kill = 1000.0
+    df = pd.DataFrame([{"phase": "failover", "ok": ok, "error": None if ok else "HTTP 502", "t_send_ns": i * 10**9}
+                       for i, ok in enumerate([True, True, False, True])])
+    ev = pd.DataFrame([{"kind": "server_killed", "server": "gpu-b.local:11434", "wall_unix_s": t_kill,
+                        "server_addrs": ["10.0.0.7:11434", "gpu-b.local:11434"], "kill_t_ns": 2 * 10**9},
+                       {"kind": "server_revived", "wall_unix_s": t_kill + 5}])
+    access = [{"msec": t_kill - 1, "upstream_addrs": ["10.0.0.7:11434"], "status": 200},  # before the kill
+              {"msec": t_kill + 0.5, "upstream_addrs": ["10.0.0.7:11434", "10.0.0.6:11434"], "status": 200},
+              {"msec": t_kill + 1.0, "upstream_addrs": ["10.0.0.7:11434"], "status": 502},
+              {"msec": t_kill + 2.0, "upstream_addrs": ["10.0.0.6:11434"], "status": 200},
+              {"msec": t_kill + 6.0, "upstream_addrs": ["10.0.0.7:11434"], "status": 200}]  # revived
+    fo = failover_summary(df, ev, access)
+    assert fo["proxy_tries_on_dead_server"] == 2 and fo["retried_elsewhere_ok"] == 1
+    assert fo["last_try_on_dead_server_s_after_kill"] == pytest.approx(1.0)

@@ -198,8 +198,14 @@ def _cluster_note(manifest: dict) -> str:
     hosts = [n for n, d in nodes.items() if d.get("role") == "host"]
     clients = [n for n, d in nodes.items() if d.get("role") == "client"]
     worst = max(d["clock"]["uncertainty_s"] for d in nodes.values())
+    driver = manifest.get("sent_from_driver")
+    lost = manifest.get("client_nodes_lost") or []
+    lost_note = "".join(f" ({x['because']} during series {x['series']}: {x['requests_lost']} of its {x['requests']} "
+                        "requests never measured, and later series were split over the nodes left)" for x in lost)
     return ((f" on host{'s' if len(hosts) > 1 else ''} {', '.join(hosts)} (through perfkit's agent{'s' if len(hosts) > 1 else ''})" if hosts else "")
             + (f", load sent from client node{'s' if len(clients) > 1 else ''} {', '.join(clients)}" if clients else "")
+            + (f" except {driver}, sent from the driver" if clients and driver else "")
+            + lost_note
             + f"; their clocks on the run's within ± {worst * 1e3:.2g} ms")
 
 

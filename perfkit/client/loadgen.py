@@ -593,12 +593,15 @@ class Shares(Protocol):
 
     parts: int
     lost: dict[int, str]
+    start_lead_s: float  # how long after run() is called the shares start sending (the agreed instant)
 
     def run(self, specs: list[dict]) -> list[tuple[list[Capture], dict] | None]: ...
 
 
 class ProcessShares:
     """Shares in spawned worker processes on this host (one clock: no translation)."""
+
+    start_lead_s = 3.0
 
     def __init__(self, parts: int):
         self.parts, self.lost = parts, {}
@@ -611,7 +614,7 @@ class ProcessShares:
         # start leaves time for the workers' imports.
         with ProcessPoolExecutor(len(specs), mp_context=mp.get_context("spawn")) as pool:
             pool.submit(int).result()  # the pool's first process is up; the rest start alongside
-            start_ns = _now() + int(3e9)
+            start_ns = _now() + int(self.start_lead_s * 1e9)
             futs = [pool.submit(run_share, {**spec, "start_ns": start_ns}) for spec in specs]
             return [f.result() for f in futs]
 

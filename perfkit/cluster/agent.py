@@ -15,6 +15,7 @@ import platform
 import shutil
 import tempfile
 import threading
+from collections import deque
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from perfkit.servers.control.base import Unknown
 
 RESOURCE_HOST = "perfkit-host:"  # a server host's node joins with {"perfkit-host:NAME": 1}
 RESOURCE_CLIENT = "perfkit-client:"  # a client node joins with {"perfkit-client:NAME": 1}
+OUTBOX_MAX = 200_000  # sample rows an agent holds for the driver: ~3 h at 10 Hz of two samplers
 
 
 def node_facts(name: str) -> dict[str, Any]:
@@ -46,6 +48,9 @@ class HostAgent:
         self.backend = None
         self.samplers: list = []
         self.recovered: dict[str, Any] | None = None  # a dead run's settings undone when the server was opened
+        self._outbox: deque = deque(maxlen=OUTBOX_MAX)  # (number, sample row), until the driver has it
+        self._seq = 0
+        self.dropped = 0  # rows the outbox had to drop (a driver that stopped asking)
         self._lock = threading.Lock()
 
     # ---- who and when --------------------------------------------------------------------------------
@@ -170,6 +175,7 @@ class HostAgent:
             if gpu:
                 self.samplers.append(GpuSampler(interval_s, pids=self.control.server_pids))
             for s in self.samplers:
+                s.keep_samples = False  # the driver keeps them; here they wait in the outbox until acknowledged
                 s.start()
             return self._unavailable()
 
@@ -177,11 +183,24 @@ class HostAgent:
         return {k: v for s in self.samplers for k, v in s.unavailable.items()}
 
     def samples(self, since: int = 0) -> tuple[list[dict[str, Any]], int, list[int]]:
-        """Samples taken since the ``since``-th (the cursor returned last time), on this host's perf_counter, and the
-        GPUs the server's processes have held memory on (NVML's view: the server's GPUs, not the host's others)."""
-        rows = sorted((r for s in self.samplers for r in list(s.samples)), key=lambda r: r["t_ns"])
+        """Samples not yet acknowledged, on this host's perf_counter, and the GPUs the server's processes have held
+        memory on (NVML's view: the server's GPUs, not the host's others).
+
+        Each sampler's new rows are drained into one outbox, numbered in the order taken; ``since`` is the number
+        the driver last received (returned as the cursor), so rows it has are dropped and rows of an answer that
+        never arrived are sent again. The outbox is bounded (``OUTBOX_MAX`` rows, the oldest dropped and counted)."""
+        with self._lock:
+            for s in self.samplers:
+                for r in s.drain():
+                    self._seq += 1
+                    self.dropped += len(self._outbox) == self._outbox.maxlen
+                    self._outbox.append((self._seq, r))
+            while self._outbox and self._outbox[0][0] <= since:
+                self._outbox.popleft()
+            rows = sorted((r for _, r in self._outbox), key=lambda r: r["t_ns"])
+            cursor = self._outbox[-1][0] if self._outbox else max(since, self._seq)
         gpus = sorted(set().union(*(getattr(s, "server_gpus", set()) for s in self.samplers)))
-        return rows[since:], len(rows), gpus
+        return rows, cursor, gpus
 
     # ---- the end -------------------------------------------------------------------------------------
     def shutdown(self) -> dict[str, Any]:
@@ -189,6 +208,8 @@ class HostAgent:
         out: dict[str, Any] = {}
         for s in self.samplers:
             s.stop()
+        if self.dropped:
+            out["samples_dropped"] = self.dropped
         if self.control is not None:
             try:
                 info = self.control.restore()

@@ -16,6 +16,7 @@ from perfkit.client.stream import Capture
 from perfkit.cluster.agent import node_facts
 from perfkit.cluster.clock import ClockOffset, measure_offset
 from perfkit.core.clock import now_ns
+from perfkit.core.errors import PerfkitError
 
 START_LEAD_S = 2.0  # the agreed start is this far ahead: every client has its share (and its imports) by then
 
@@ -50,17 +51,22 @@ def _to_run(cap: Capture, clock: ClockOffset) -> Capture:
 class ClientShares:
     """A ``perfkit.client.loadgen.Shares`` over client nodes: (name, actor, clock) each."""
 
+    start_lead_s = START_LEAD_S
+
     def __init__(self, clients: list[tuple[str, Any, ClockOffset]], timeout_s: float):
         self.clients = clients
         self.parts = len(clients)
         self.timeout_s = timeout_s
         self.lost: dict[int, str] = {}
+        self.dropped: dict[str, str] = {}  # client nodes lost in an earlier series → why; later series skip them
 
     def run(self, specs: list[dict]) -> list[tuple[list[Capture], dict] | None]:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         self.lost = {}
+        if not self.clients:
+            raise PerfkitError("no client node is left to send load: " + "; ".join(self.dropped.values()))
         self.clients = [(name, actor, self._fresh(name, actor, clock)) for name, actor, clock in self.clients]
         start = now_ns() + int(START_LEAD_S * 1e9)
         refs = [actor.run.remote({**spec, "start_ns": clock.to_node(start)})
@@ -74,6 +80,12 @@ class ClientShares:
                 out.append(None)
                 continue
             out.append(([_to_run(c, clock) for c in caps], {**check, "clock_uncertainty_ns": clock.uncertainty_ns}))
+        # A node that died stays dead to this run: the next series is split over the ones left, not dealt to it.
+        for k in sorted(self.lost, reverse=True):
+            name = self.clients[k][0]
+            self.dropped[name] = self.lost[k]
+            del self.clients[k]
+        self.parts = len(self.clients)
         return out
 
     @staticmethod

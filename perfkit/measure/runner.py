@@ -16,7 +16,7 @@ import pandas as pd
 from perfkit.client.backends.base import DEFAULT_TIMEOUT_S, Backend, Sampling
 from perfkit.measure.cache_states import confirm, ensure_warm, prepare_state
 from perfkit.core.errors import PerfkitError
-from perfkit.client.loadgen import Job, run_series, run_sessions
+from perfkit.client.loadgen import Job, ProcessShares, run_series, run_sessions
 from perfkit.client.stream import Capture, decode
 from perfkit.core.prompts import prompt_for
 from perfkit.core.clock import now_ns
@@ -97,6 +97,19 @@ class Runner:
         self.client_workers = client_workers  # load series: client processes (see perfkit.loadgen.run_series)
         # Load series sent from client nodes of a cluster instead (perfkit.cluster.ClientShares), or None.
         self.shares = None
+
+    @property
+    def live_responses(self) -> bool:
+        """Whether a series' ``on_response`` runs as each response ends (here), or only after the series (its
+        shares ran in other processes or on client nodes)."""
+        return self.shares is None and self.client_workers <= 1
+
+    @property
+    def start_lead_s(self) -> float:
+        """How long after a series is set off its requests start (its shares' agreed start; 0 here)."""
+        if self.shares is not None:
+            return self.shares.start_lead_s
+        return ProcessShares.start_lead_s if self.client_workers > 1 else 0.0
 
     def prompt(self, key: str, words: int) -> str:
         """The prompt for ``key`` in this run (the run's nonce mixed in)."""
@@ -249,6 +262,7 @@ class Runner:
         jobs = make(attempt)
         spool = _Spool(self._spool_path(series, attempt))
         bar = self._bar(len(jobs), series)
+        clients = self.shares.parts if self.shares is not None else None  # a node lost in this series still sent
 
         def on_done(i: int, cap) -> None:  # on the loop: a buffered write and a tick, nothing more
             spool.write(i, cap)
@@ -267,10 +281,15 @@ class Runner:
             bar.close()
         if check.lost_requests:
             # Never measured (their client node died): not failures of the server, so not rows; which ones is kept.
+            lost = [i for i, r in enumerate(recs) if r is None]
             self.store.event("client_lost", series=series, attempt=attempt, because=check.lost_because,
-                             requests=[i for i, r in enumerate(recs) if r is None])
-        if self.shares is not None:
-            info = {**info, "clients": self.shares.parts}
+                             requests=lost)
+            was = self.store.manifest().get("client_nodes_lost") or []
+            self.store.write_manifest(client_nodes_lost=was + [{"series": series, "because": check.lost_because,
+                                                                "requests_lost": len(lost),
+                                                                "requests": len(recs)}])
+        if clients is not None:
+            info = {**info, "clients": clients}
         rows = self._rows(series, attempt, info, tags, model, ((i, r) for i, r in enumerate(recs) if r is not None),
                           offsets, jobs=jobs)
         self.store.extend_trials(rows)
@@ -336,6 +355,9 @@ class Runner:
         spool = _Spool(self._spool_path(series, attempt))
         bar = self._bar(n_requests, series)
         turns_out: list = []
+        if self.shares is not None and not self.store.manifest().get("sent_from_driver"):
+            # A conversation carries each answer into its next question: its turns go from here, not client nodes.
+            self.store.write_manifest(sent_from_driver="chat sessions (each answer goes into the next question)")
 
         def on_done(i: int, cap) -> None:
             bar.update(1)

@@ -33,6 +33,8 @@ class PeriodicSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: list[dict[str, Any]] = []  # taken, not yet drained into the store
+        # False where only drain() is read (an agent ships its rows away): nothing piles up over a long run.
+        self.keep_samples = True
 
     @property
     def change_interval_s(self) -> float | None:
@@ -73,10 +75,11 @@ class PeriodicSampler:
         if not rows:
             return
         with self._lock:
-            late = bool(self.samples) and rows[0]["t_ns"] < self.samples[-1]["t_ns"]
-            self.samples.extend(rows)
-            if late:  # a remote source's reading fetched after a later one: windows bisect on time
-                self.samples.sort(key=lambda r: r["t_ns"])
+            if self.keep_samples:
+                late = bool(self.samples) and rows[0]["t_ns"] < self.samples[-1]["t_ns"]
+                self.samples.extend(rows)
+                if late:  # a remote source's reading fetched after a later one: windows bisect on time
+                    self.samples.sort(key=lambda r: r["t_ns"])
             self._pending.extend(rows)
 
     def _safe_sample(self, t_ns: int) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -366,19 +367,38 @@ def _unload_everywhere(ph: _Phase) -> None:
                     pass
 
 
+def _confirm_settings(ph: _Phase, settings: dict) -> None:
+    """Each host's server asked what it runs (its log, its process, its runner), as config tuning asks one server:
+    a setting a host did not apply is said per host, not assumed."""
+    for s in ph.fleet.servers:
+        if s.control is None:
+            continue
+        try:
+            checks = s.control.settings_in_effect(settings, ph.model)
+        except Unknown as e:
+            ph.event("settings_check", server=s.name, unknown_because=str(e))
+            continue
+        for chk in checks.values():
+            ph.event("settings_check", server=s.name, **chk.as_dict())
+
+
 def _cold_disk(ph: _Phase) -> None:
     """Each server's first request from a cold disk: the model unloaded everywhere, its memory released, the file
     dropped from the server host's page cache (where the host is seen), then one request straight to it."""
     seen = 0
+    why_not: list[str] = []
     for i, s in enumerate(ph.fleet.servers):
         nat = _native(ph.ctx, ph.fleet, i) if s.control is not None else None
         if nat is None:
+            why_not.append(f"{s.name}: " + ("only its API is seen" if s.control is None else
+                                            "its API can't unload the model"))
             continue
         nat.close()
         try:
             s.control.file_cache(ph.model)
         except Unknown as e:
             ph.event("cold_disk_unknown", server=s.name, why=str(e))
+            why_not.append(f"{s.name}: {e}")
             continue
         seen += 1
         _unload_everywhere(ph)
@@ -386,31 +406,58 @@ def _cold_disk(ph: _Phase) -> None:
         ph.one(ph.direct[i], f"cold_disk/{s.name}", phase="cold_disk", target="direct", server=s.name,
                cache_state="cold_disk", file_resident_before=before, state_verified=before < 0.05)
     if not seen:
-        ph.skip("cold_disk", "unknown, because no server's host is seen (a server seen only through its API: give "
-                             "fleet.hosts with a cluster to have perfkit's agent on each host)")
+        only_api = all(s.control is None for s in ph.fleet.servers)
+        ph.skip("cold_disk", "unknown, because " + (
+            "no server's host is seen (a server seen only through its API: give fleet.hosts with a cluster to have "
+            "perfkit's agent on each host)" if only_api else "no server's model file could be evicted: "
+            + "; ".join(why_not)))
 
 
 def _failover(ph: _Phase) -> None:
-    victim = len(ph.fleet.servers) - 1
-    if not ph.fleet.managed or len(ph.fleet.servers) < 2 or not ph.fleet.can_kill(victim):
+    n = len(ph.fleet.servers)
+    # The victim: a server perfkit may kill (one it started), the last such; a user's own server never.
+    victim = next((i for i in reversed(range(n)) if ph.fleet.can_kill(i)), None) if n >= 2 else None
+    if not ph.fleet.managed or victim is None:
         ph.skip("failover", "unknown, because " + (
-            "there is only one server" if len(ph.fleet.servers) < 2 else
-            "perfkit does not kill servers it did not start" if not ph.fleet.can_kill(victim) else
-            "perfkit does not change a proxy it did not start"))
+            "there is only one server" if n < 2 else
+            "perfkit does not change a proxy it did not start" if not ph.fleet.managed else
+            f"perfkit kills only servers it started, and none of the {n} was (give a host's `command` to have its "
+            "agent start and own its server)"))
         return
     state = {"done": 0, "killed": False}
+    lock = threading.Lock()
+    addrs = sorted(_addresses(ph.fleet.servers[victim].url))
+
+    def kill_once(why: str) -> None:
+        with lock:
+            if state["killed"]:
+                return
+            state["killed"] = True
+        t = ph.fleet.kill(victim)
+        ph.event("server_killed", server=ph.fleet.servers[victim].addr, server_addrs=addrs, kill_t_ns=t,
+                 scheduled_by=why)
 
     def on_response(i: int, cap) -> None:  # on the loop: a counter and, once, a kill(2)
         state["done"] += 1
-        if state["done"] >= ph.c.failover_kill_after and not state["killed"]:
-            state["killed"] = True
-            t = ph.fleet.kill(victim)
-            ph.event("server_killed", server=ph.fleet.servers[victim].addr, kill_t_ns=t)
+        if state["done"] >= ph.c.failover_kill_after:
+            kill_once(f"after {ph.c.failover_kill_after} responses")
 
     def revive() -> None:
         ph.fleet.revive(victim)
         ph.event("server_revived", server=ph.fleet.servers[victim].addr)
 
+    timer = None
+    if not ph.proxy.live_responses:
+        # Responses from client nodes reach this process only after the series: the kill can't wait for them. It is
+        # set on the run's clock instead, at the time the first responses take (the fleet's warm requests so far),
+        # from the series' agreed start: while requests are in flight, as a crash would come.
+        e2e = _warm_e2e_s(ph)
+        delay = ph.proxy.start_lead_s + ph.c.failover_kill_after * e2e / 2  # two streams
+        timer = threading.Timer(delay, kill_once, args=(f"{delay:.2f} s after the series was set off "
+                                                         f"({ph.c.failover_kill_after} × {e2e:.2f} s per request ÷ "
+                                                         "2 streams)",))
+        timer.daemon = True
+        timer.start()
     try:
         ph.proxy.closed_loop(ph.model, 2, ph.c.failover_requests, series="failover/proxy", sampling=ph.sampling,
                              prompt_words=ph.c.prompt_words, on_response=on_response,
@@ -419,9 +466,19 @@ def _failover(ph: _Phase) -> None:
         if state["killed"]:
             revive()
         raise
+    finally:
+        if timer is not None:
+            timer.cancel()
     if state["killed"]:
         revive()
         ph.warm_all()
+
+
+def _warm_e2e_s(ph: _Phase) -> float:
+    """The median whole-request time of the fleet's warm requests so far (1 s when there are none)."""
+    rows = pd.DataFrame([r for r in ph.ctx.store.trials_log.read() if r.get("ok") and not r.get("cold")])
+    e2e = pd.to_numeric(rows.get("e2e_s", pd.Series(dtype=float)), errors="coerce").dropna() if len(rows) else []
+    return float(e2e.median()) if len(e2e) else 1.0
 
 
 def _timeout(ph: _Phase) -> None:
@@ -552,6 +609,8 @@ def measure(ctx: StudyContext) -> None:
             "engine_command": fleet.servers[0].engine.command if fleet.servers[0].engine else None})
         ph.event("clock")
         ph.warm_all()
+        if c.hosts and ctx.params.backend.settings:
+            _confirm_settings(ph, dict(ctx.params.backend.settings))
         for name, fn in (("scaling", _scaling), ("overhead", _overhead), ("cold_upstream", _cold_upstream),
                          ("cold_disk", _cold_disk), ("failover", _failover), ("timeout", _timeout), ("cache", _cache)):
             if ph.done(name):
@@ -576,7 +635,9 @@ def measure(ctx: StudyContext) -> None:
                     shutil.copy(src, ctx.store.dir / f"nginx-{name}")
         fleet.stop()
         if c.hosts:
-            ctx.cluster().close()
+            # What each agent did at the end: a server stopped, or a user's given its own settings back (or not).
+            for host, out in ctx.cluster().close().items():
+                ctx.store.event("agent_closed", host=host, **out)
         ctx.store.write_manifest(ended_utc=utc_now())
 
 
@@ -743,6 +804,8 @@ def failover_summary(df: pd.DataFrame, ev: pd.DataFrame, access: list[dict]) -> 
         return {"requests": len(all_rows), "note": "the kill was not reached"}
     k = kill.iloc[-1]
     victim, t_kill_wall = k["server"], float(k["wall_unix_s"])
+    # nginx names the address it connected to; the URL may name the host: every address it resolved to counts.
+    victim_addrs = set(k.get("server_addrs") if isinstance(k.get("server_addrs"), list) else []) | {victim}
     clock = ev[ev["kind"] == "clock"]
     if len(clock) and pd.notna(k.get("kill_t_ns")):
         # The kill's own instant (an agent's stamp, on the run's clock), not when the event was written after it.
@@ -755,7 +818,7 @@ def failover_summary(df: pd.DataFrame, ev: pd.DataFrame, access: list[dict]) -> 
     # A try on the dead server ends after the kill (nginx logs $msec, in ms, at the request's end); one that ended
     # before it was served by the live server, not tried on a dead one.
     touched = [a for a in access if t_kill_wall - 0.001 <= a.get("msec", 0) <= t_end_wall
-               and victim in (a.get("upstream_addrs") or [])]
+               and victim_addrs & set(a.get("upstream_addrs") or [])]
     retried = [a for a in touched if len(a.get("upstream_addrs") or []) > 1 and a.get("status") == 200]
     last = max((a["msec"] for a in touched), default=None)
     return {"requests": len(all_rows), "ok": int(all_rows["ok"].astype(bool).sum()), "failed": len(failed),
@@ -945,6 +1008,8 @@ class FleetResult(StudyResult):
     timelines: dict = field(default_factory=dict)
     hosts_lost: list = field(default_factory=list)
     cluster: dict = field(default_factory=dict)
+    settings: pd.DataFrame = field(default_factory=pd.DataFrame)  # per host: each setting confirmed or not
+    agents_closed: list = field(default_factory=list)  # per host: what its agent did at the end
 
 
 def analyze(ctx: StudyContext) -> FleetResult:
@@ -989,7 +1054,16 @@ def analyze(ctx: StudyContext) -> FleetResult:
                        hosts=hosts_table(ctx.store.samples(), ev), cold_disk=cold_disk_table(df),
                        timelines=host_timelines(ctx.store.dir, ev, df), cluster=manifest.get("cluster") or {},
                        hosts_lost=ev[ev["kind"] == "host_lost"][["server", "why"]].to_dict("records")
-                       if len(ev) and "kind" in ev and (ev["kind"] == "host_lost").any() else [])
+                       if len(ev) and "kind" in ev and (ev["kind"] == "host_lost").any() else [],
+                       settings=_events(ev, "settings_check"),
+                       agents_closed=_events(ev, "agent_closed").to_dict("records"))
+
+
+def _events(ev: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The events of one kind, only the columns they have."""
+    if not len(ev) or "kind" not in ev:
+        return pd.DataFrame()
+    return ev[ev["kind"] == kind].dropna(axis=1, how="all")
 
 
 @register
@@ -1301,6 +1375,22 @@ def conclusions(res: FleetResult) -> str:
                      f"{next(iter(nodes.values()))['clock']['round_trips']} round trips; every time a node stamped "
                      f"(its samples, its log, its requests) is on the run's clock within ± {fmt.duration(worst)} (the "
                      "widest).")
+    st = res.settings
+    if len(st) and "status" in st:
+        per = []
+        for server, g in st.groupby("server", sort=False):
+            bad = g[g["status"] == "not applied"]
+            unver = g[g["status"] == "unverifiable"]
+            per.append(f"{server}: " + (", ".join(f"{r['name']} {r['wanted']} **not applied** (runs "
+                                                   f"{r['effective']})" for _, r in bad.iterrows()) or
+                                        f"{(g['status'] == 'confirmed').sum()} of {len(g)} confirmed")
+                       + (f" ({len(unver)} unverifiable: {unver['evidence'].iloc[0]})" if len(unver) else ""))
+        lines.append("- **Settings on each host** (asked of each server, its log or its process): "
+                     + "; ".join(per) + ".")
+    for a in res.agents_closed:
+        if isinstance(a.get("restore_failed"), str):
+            lines.append(f"- ⚠ **{a['host']}: the user's server did not get its own settings back** at the end "
+                         f"({a['restore_failed']}); the host's watchdog and the next perfkit there try again.")
     fo = res.failover
     if fo.get("victim"):
         lines.append(f"- **A server killed mid-run** ({fo['victim']}): {fo['failed']} of {fo['requests']} requests failed"
