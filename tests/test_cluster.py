@@ -446,7 +446,8 @@ def test_a_fleet_on_two_hosts_seen_through_their_agents(ray_cluster, tmp_path, s
     logs = ev[ev["kind"] == "host_log"]
     assert set(logs["server"]) == {"gpu-a", "gpu-b"} and logs["available"].all()
     html = (run_dir / "fleet.html").read_text()
-    for needle in ("Each server", "gpu-a", "gpu-b", "cold disk per host", "cluster clocks", "runner"):
+    for needle in ("Each server", "gpu-a", "gpu-b", "cold disk per host", "cluster clocks", "runner",
+                   "Settings on each host"):
         assert needle in html, needle
     assert "another host" not in html
     # nothing left: no server an agent started, no agent
@@ -601,7 +602,12 @@ def test_an_agents_samples_are_sent_once_each_in_time_order_and_resent_until_ack
         def stop(self):
             pass
 
+    import tempfile
+
+    stale = Path(tempfile.mkdtemp(prefix="perfkit-agent-dead-"))  # an agent killed without its shutdown
+    (stale / "owner.json").write_text(json.dumps({"pid": 2**22 + 7, "start_time": 1, "host": os.uname().nodename}))
     a = HostAgent("gpu-a")
+    assert not stale.exists(), "a dead agent's temp directory was left"
     sys_s, gpu_s = FakeSampler(), FakeSampler()
     a.samplers = [sys_s, gpu_s]
     sys_s.pending = [{"t_ns": 10, "s": "sys"}, {"t_ns": 30, "s": "sys"}]

@@ -10,6 +10,7 @@ driver puts it on the run's clock.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.core import host
+from perfkit.core.children import identity, owner_alive
 from perfkit.core.clock import now_ns
 from perfkit.core.errors import PerfkitError
 from perfkit.servers.control.base import Unknown
@@ -43,7 +45,9 @@ class HostAgent:
 
     def __init__(self, name: str):
         self.name = name
+        _remove_stale_dirs()
         self.dir = Path(tempfile.mkdtemp(prefix=f"perfkit-agent-{name}-"))
+        (self.dir / "owner.json").write_text(json.dumps(identity()))
         self.control = None
         self.backend = None
         self.samplers: list = []
@@ -221,6 +225,19 @@ class HostAgent:
         if self.backend is not None:
             self.backend.close()
         return out
+
+
+def _remove_stale_dirs() -> None:
+    """The temp directories of agents that died without their shutdown (a killed actor, a lost node) on this host."""
+    for d in Path(tempfile.gettempdir()).glob("perfkit-agent-*"):
+        try:
+            owner = json.loads((d / "owner.json").read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner is None and time.time() - d.stat().st_mtime < 60:
+            continue  # being created right now
+        if not owner_alive(owner):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _log_source(spec: dict | None):
