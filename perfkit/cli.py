@@ -18,6 +18,9 @@ EPILOG = """examples:
   perfkit report results/<run-id>               re-render the HTML from recorded data, no server needed
   perfkit compare results/<A> results/<B>       before and after: what changed between two runs, and is it real
   perfkit run params/demo.yaml --repeat 3       three replicates: a comparison then has runs as its unit
+  perfkit gate --baseline main results/<run-id>   CI: exit 0 no regression, 1 a regression, 2 inconclusive
+  perfkit baseline save main results/<run-id>   keep a run as the baseline the gate compares with
+  perfkit history --sql "select run_id, value from figures where tag = 'ttft'"   every run's figures
   perfkit lab                                   the study notebooks in JupyterLab (also as root)
   perfkit models prepare && perfkit models      the embedded model store
   perfkit engine start --set OLLAMA_NUM_PARALLEL=2 && perfkit engine status && perfkit engine stop
@@ -136,6 +139,79 @@ def cmd_compare(a) -> int:
                                        min_effect=a.min_effect)
     print(comparison.terminal_summary())
     print(f"comparison: {out}\ndata:       {out.parent / 'comparison.json'}")
+    return 0
+
+
+def _effects(items: list[str]) -> dict[str, float]:
+    out = {}
+    for it in items or []:
+        pattern, sep, value = it.partition("=")
+        if not sep or not pattern:
+            raise PerfkitError(f"--min-effect-for {it!r}: PATTERN=SHARE, e.g. 'ttft*=0.1'")
+        out[pattern] = _share(value)
+    return out
+
+
+def cmd_gate(a) -> int:
+    import os
+
+    from perfkit.compare import baselines
+    from perfkit.compare.gate import gate
+
+    if bool(a.baseline) == bool(a.baseline_run):
+        raise PerfkitError("gate: give the baseline as a run directory (perfkit gate BASELINE RUN) or by name "
+                           "(perfkit gate --baseline NAME RUN), one of the two")
+    base = baselines.read(a.baseline, a.store).path if a.baseline else a.baseline_run
+    res = gate(base, a.run, figures=a.figures, min_effects=_effects(a.min_effect_for),
+               default_min_effect=a.min_effect, allow_other_fingerprint=a.allow_other_fingerprint)
+    print(res.text())
+    md = res.markdown()
+    for path in filter(None, (a.markdown, os.environ.get("GITHUB_STEP_SUMMARY"))):
+        with open(path, "a") as f:
+            f.write(md)
+    if a.junit:
+        Path(a.junit).write_text(res.junit())
+    if a.json:
+        Path(a.json).write_text(json.dumps(res.as_dict(), indent=2, default=str))
+    return res.code
+
+
+def cmd_baseline(a) -> int:
+    from perfkit.compare import baselines
+
+    if a.action == "save":
+        if not a.name or not a.run:
+            raise PerfkitError("baseline save NAME RUN: both are needed")
+        b = baselines.save(a.name, a.run, a.store, replace=a.replace)
+        print(f"baseline {b.name}: {b.source} ({', '.join(b.studies)}), fingerprint {b.fingerprint_id}, kept in "
+              f"{Path(b.path).parent}")
+    elif a.action == "list":
+        rows = baselines.list_all(a.store)
+        if not rows:
+            print(f"no baselines in {baselines.store_dir(a.store)}")
+        for b in rows:
+            print(f"{b.name:<24} {b.saved_utc:<22} {b.fingerprint_id}  {Path(b.source).name} ({', '.join(b.studies)})")
+    else:
+        if not a.name:
+            raise PerfkitError("baseline show NAME: which one")
+        print(json.dumps(baselines.read(a.name, a.store).as_dict(), indent=2, default=str))
+    return 0
+
+
+def cmd_history(a) -> int:
+    from perfkit.compare import history
+    from perfkit.run.history_page import write_history
+
+    results = Path(a.results)
+    db = Path(a.db) if a.db else results / history.DB_NAME
+    if a.rebuild or not db.exists() or not a.sql:
+        page = write_history(results)
+        print(f"history: {page}\ndatabase: {db}")
+    if a.sql:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.width", 160):
+            print(history.query(a.sql, db).to_string(index=False))
     return 0
 
 
@@ -272,6 +348,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single runs only: the smallest change that may be called, as a share (default 0.20, from the "
                         "spread between two runs of the same parameters; 0 calls any CI that excludes 1)")
     c.set_defaults(fn=cmd_compare)
+
+    g = sub.add_parser("gate", help="CI: did a run regress against its baseline? (exit 0 no, 1 yes, 2 can't tell)",
+                       description="Compare RUN with a baseline (a run directory, or --baseline NAME) as `perfkit "
+                                   "compare` does, on the figures chosen, and exit 0 when none got worse, 1 when one "
+                                   "did (beyond its minimum effect, after the FDR correction), 2 when the runs are not "
+                                   "comparable (another host, server version, model file or workload), too small to "
+                                   "call anything, noisy or still being measured. Writes a Markdown summary (also to "
+                                   "$GITHUB_STEP_SUMMARY when set), JUnit XML and JSON on request.")
+    g.add_argument("baseline_run", nargs="?", help="the baseline run directory (or use --baseline NAME)")
+    g.add_argument("run", help="the run to gate: results/<run-id>")
+    g.add_argument("--baseline", metavar="NAME", help="a baseline saved with `perfkit baseline save`")
+    g.add_argument("--store", metavar="DIR", help="where baselines are kept (default $PERFKIT_BASELINES or ./baselines)")
+    g.add_argument("--figures", nargs="+", metavar="GLOB", help="figures that gate, by tag, key or headline "
+                   "(e.g. 'ttft*' 'cold_start/*' 'warm start'); default: every figure both runs measured")
+    g.add_argument("--min-effect", type=_share, metavar="SHARE", help="the smallest change that counts (default 0.20)")
+    g.add_argument("--min-effect-for", nargs="+", metavar="GLOB=SHARE", help="per figure, e.g. 'ttft*=0.1'")
+    g.add_argument("--allow-other-fingerprint", action="store_true",
+                   help="gate runs of another host, server version, model file or workload anyway")
+    g.add_argument("--markdown", metavar="FILE", help="append the Markdown summary here")
+    g.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per gated figure)")
+    g.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    g.set_defaults(fn=cmd_gate)
+
+    bl = sub.add_parser("baseline", help="save, list or show the baselines the gate compares with",
+                        description="A baseline is a run's figures and manifests kept under a name, with the "
+                                    "fingerprint of what makes runs comparable (host, GPUs, server version, model "
+                                    "digests, workload); small enough to commit.")
+    bl.add_argument("action", choices=["save", "list", "show"])
+    bl.add_argument("name", nargs="?")
+    bl.add_argument("run", nargs="?", help="save: the run directory to keep")
+    bl.add_argument("--store", metavar="DIR", help="default $PERFKIT_BASELINES or ./baselines")
+    bl.add_argument("--replace", action="store_true", help="save: replace a baseline of another fingerprint")
+    bl.set_defaults(fn=cmd_baseline)
+
+    h = sub.add_parser("history", help="every run's figures in one database, and the history page",
+                       description="Rebuild results/history.duckdb (tables runs, figures, facts) and "
+                                   "results/history.html from the run directories; --sql queries the database.")
+    h.add_argument("--results", default="results", help="the results directory (default: results)")
+    h.add_argument("--db", help="the database (default: RESULTS/history.duckdb)")
+    h.add_argument("--sql", help="a query to run, e.g. \"select run_id, value from figures where tag = 'ttft'\"")
+    h.add_argument("--rebuild", action="store_true", help="rebuild even when only querying")
+    h.set_defaults(fn=cmd_history)
 
     lab = sub.add_parser("lab", help="open the study notebooks in JupyterLab (also as root)",
                          description="Start JupyterLab on notebooks/ (with --allow-root when run as root); further "

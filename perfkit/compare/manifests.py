@@ -45,17 +45,17 @@ class _Absent:
 ABSENT = _Absent()
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     """{'backend.settings.num_thread': 2, 'studies.config_tuning.settings[1].OLLAMA_NUM_PARALLEL': 2, ...}"""
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
         for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
         return out if out or not prefix else {prefix: obj}
     if isinstance(obj, list) and obj and any(isinstance(v, (dict, list)) for v in obj):
         out = {}
         for i, v in enumerate(obj):
-            out.update(_flat(v, f"{prefix}[{i}]"))
+            out.update(flat(v, f"{prefix}[{i}]"))
         return out
     return {prefix: obj}
 
@@ -67,7 +67,7 @@ def _host_line(h: dict) -> dict[str, Any]:
             "host.gpus": [g.get("name") for g in h.get("gpus") or [] if isinstance(g, dict)]}
 
 
-def _facts(m: dict) -> dict[str, tuple[str, Any]]:
+def facts(m: dict) -> dict[str, tuple[str, Any]]:
     """(category, value) of everything but the parameters a manifest records, by dotted name."""
     h = m.get("host") or {}
     out: dict[str, tuple[str, Any]] = {k: ("host", v) for k, v in _host_line(h).items()}
@@ -93,7 +93,7 @@ def _facts(m: dict) -> dict[str, tuple[str, Any]]:
     return out
 
 
-def _param_category(path: str) -> str:
+def param_category(path: str) -> str:
     if path.startswith("backend.settings."):
         return "settings"
     if path.startswith("studies."):
@@ -111,16 +111,16 @@ def differences(a: Run, b: Run) -> list[Difference]:
                                             ABSENT, "measured" if s in b.manifests else ABSENT)
             continue
         ma, mb = a.manifests[s], b.manifests[s]
-        fa, fb = _facts(ma), _facts(mb)
+        fa, fb = facts(ma), facts(mb)
         for k in list(fa) + [k for k in fb if k not in fa]:
             va, vb = fa.get(k, (None, ABSENT))[1], fb.get(k, (None, ABSENT))[1]
             if va != vb and k not in seen and not (k.startswith("models.") and (va is ABSENT or vb is ABSENT)):
                 seen[k] = Difference((fa.get(k) or fb.get(k))[0], k, va, vb)
-        pa, pb = _flat(ma.get("params") or {}), _flat(mb.get("params") or {})
+        pa, pb = flat(ma.get("params") or {}), flat(mb.get("params") or {})
         for k in list(pa) + [k for k in pb if k not in pa]:
             va, vb = pa.get(k, ABSENT), pb.get(k, ABSENT)
             if va != vb and k not in seen:
-                seen[k] = Difference(_param_category(k), k, va, vb)
+                seen[k] = Difference(param_category(k), k, va, vb)
     return sorted(seen.values(), key=lambda d: ORDER.index(d.category) if d.category in ORDER else len(ORDER))
 
 

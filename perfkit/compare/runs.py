@@ -51,8 +51,12 @@ class Run:
 
 
 def study_dirs(path: Path) -> list[Path]:
-    """The study directories of a run (those with recorded trials)."""
-    return sorted(p for p in path.iterdir() if p.is_dir() and (p / "trials.jsonl").is_file()) if path.is_dir() else []
+    """The study directories of a run (those with recorded trials), or of a saved baseline (figures and manifest
+    only)."""
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and ((p / "trials.jsonl").is_file() or (
+        (p / FILE_NAME).is_file() and (p / "manifest.json").is_file())))
 
 
 def load(run_dir: str | Path) -> Run:
@@ -81,6 +85,8 @@ def load(run_dir: str | Path) -> Run:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise PerfkitError(f"{fpath} is damaged ({e}); `perfkit report {path}` computes it again") from None
         for name in ("trials.jsonl", "events.jsonl"):
+            if not (d / name).exists():
+                continue
             warnings += [f"Damaged data: {path.name}/{s}/{msg}" for msg in JsonlLog(d / name).scan()[1]]
     return Run(path, figures, manifests, read_info(path), warnings)
 

@@ -190,8 +190,19 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
                       wall_s=round(float(st.get("wall_s") or 0) * (done >= rep) + secs, 1), html=f"{study}.html")
             write_run(run_dir, info)
             log(f"[{study}]{of} done in {secs:.0f} s → {run_dir / (study + '.html')}")
+    _write_history(results_dir, warn)
     site.write_index(results_dir)
     return run_dir
+
+
+def _write_history(results_dir: Path, warn) -> None:
+    """The history page and database, with this run in them (a failure there never fails the run)."""
+    from perfkit.run.history_page import write_history
+
+    try:
+        write_history(results_dir)
+    except Exception as e:  # noqa: BLE001 - the run's own reports are what matter; said, not raised
+        warn(f"the history page could not be updated ({type(e).__name__}: {e}); `perfkit history` tries again")
 
 
 def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_damaged: bool = False,

@@ -99,7 +99,7 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inlin
 _FIGURE_REPR = re.compile(r"^<(Figure|matplotlib)[^>]*>$")
 
 
-def _chart_html(n: int, data: dict) -> dict:
+def chart_html(n: int, data: dict) -> dict:
     alt = str(data.get("alt") or "a chart")
     figure = json.dumps(data.get("figure") or {}, default=str).replace("</", "<\\/")
     return {"text/html": f'<figure class="chart"><div class="plotly-chart" id="chart-{n}" role="img" '
@@ -129,7 +129,7 @@ def _prepare(nb, heading_alt: str = "a plot") -> None:
             data = o.get("data") or {}
             if MIME in data:
                 n += 1
-                o["data"] = _chart_html(n, data[MIME])
+                o["data"] = chart_html(n, data[MIME])
             elif "image/png" in data and "text/html" not in data:
                 alt = str(data.get("text/plain") or "").strip()
                 if not alt or _FIGURE_REPR.match(alt):

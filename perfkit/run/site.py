@@ -233,6 +233,7 @@ def write_index(results_dir: Path) -> Path:
     body = f"""<h1>perfkit results</h1><p>Every figure in these reports was measured in the run that produced it;
 each report ends with its provenance (engine, versions, host, parameters). A headline figure here is the same
 figure, with the same value, as in its study's report and in <code>perfkit compare</code>.</p>
+{'<p><a href="history.html">History</a>: each headline figure over these runs, and where it changed.</p>' if (results_dir / "history.html").exists() else ""}
 <table><thead><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th><th>headline figures (value, n)</th>
 </tr></thead><tbody>{''.join(rows)}</tbody></table>
 {index_section(results_dir)}"""

@@ -420,9 +420,9 @@ def _failover(ph: _Phase) -> None:
     if not ph.fleet.managed or victim is None:
         ph.skip("failover", "unknown, because " + (
             "there is only one server" if n < 2 else
-            "perfkit does not change a proxy it did not start" if not ph.fleet.managed else
-            f"perfkit kills only servers it started, and none of the {n} was (give a host's `command` to have its "
-            "agent start and own its server)"))
+            f"perfkit does not kill servers it did not start, and it started none of these {n} (give a host's "
+            "`command` to have its agent start and own its server)" if victim is None else
+            "perfkit does not change a proxy it did not start"))
         return
     state = {"done": 0, "killed": False}
     lock = threading.Lock()
