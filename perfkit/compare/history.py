@@ -153,6 +153,7 @@ class Course:
     better: str
     points: list[tuple[Run, Figure]]
     changes: list[Change] = field(default_factory=list)
+    not_comparable: list[tuple[str, str, str]] = field(default_factory=list)  # (run before, run after, why)
 
 
 def courses(runs: list[Run], *, headlines_only: bool = True, min_effect: float | None = None) -> list[Course]:
@@ -173,6 +174,10 @@ def courses(runs: list[Run], *, headlines_only: bool = True, min_effect: float |
             row = compare_figures(fa, fb, runs_mode=runs_mode, min_effect=eff)
             if fa.workload != fb.workload:
                 row.verdict, row.p_value = NOT_COMPARABLE, math.nan
+                why = "; ".join(f"{k} {fa.workload.get(k, '(absent)')} → {fb.workload.get(k, '(absent)')}"
+                                for k in sorted(set(fa.workload) | set(fb.workload))
+                                if fa.workload.get(k) != fb.workload.get(k))
+                c.not_comparable.append((ra.name, rb.name, why))
             rows.append((ra, rb, row))
         verdicts.fdr_by_family([r for _, _, r in rows])
         for ra, rb, row in rows:

@@ -38,9 +38,13 @@ def _chart(n: int, c: history.Course) -> str:
 
 
 def _changes_table(c: history.Course) -> str:
+    apart = "".join(f"<li>{html.escape(a)} → {html.escape(b)}: not comparable, the workload differs ({html.escape(why)})"
+                    "</li>" for a, b, why in c.not_comparable)
+    apart = f"<ul>{apart}</ul>" if apart else ""
     if not c.changes:
-        return (f"<p>No change called between consecutive runs ({len(c.points)} runs; the comparison's test with the "
-                "false-discovery rate held along the course).</p>")
+        pairs = len(c.points) - 1 - len(c.not_comparable)
+        return (f"<p>No change called between the {pairs} comparable pair(s) of consecutive runs (the comparison's "
+                "test, the false-discovery rate held along the course).</p>" + apart)
     rows = "".join(
         f"<tr><td>{html.escape(ch.run_before)} → {html.escape(ch.run_after)}</td>"
         f"<td>{html.escape(ch.row.before)} → {html.escape(ch.row.after)}</td>"
@@ -49,7 +53,7 @@ def _changes_table(c: history.Course) -> str:
         f"<td>{html.escape('; '.join(ch.differences) or 'nothing in the manifests (same settings, models, engine, host)')}</td></tr>"
         for ch in c.changes)
     return ('<table class="dataframe perfkit"><thead><tr><th>runs</th><th>figure</th><th>change</th><th>verdict</th>'
-            f"<th>what differed</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<th>what differed</th></tr></thead><tbody>{rows}</tbody></table>" + apart)
 
 
 def write_history(results_dir: str | Path, *, db: bool = True) -> Path:
