@@ -221,7 +221,10 @@ def cmd_lab(a) -> int:
 
     from perfkit.studies.base import NOTEBOOKS
 
-    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={NOTEBOOKS}"]
+    # The project is the root, so results/ (the executed notebooks, the reports) is reachable beside notebooks/,
+    # where the lab opens.
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={NOTEBOOKS.parent}",
+           "--LabApp.default_url=/lab/tree/notebooks"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # jupyter refuses root otherwise; most containers run as root
     os.execv(sys.executable, cmd + list(a.args))
@@ -431,7 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:
+        # Everything after `lab` is Jupyter's (--no-browser, --port 8899): argparse would take them for its own.
+        args = argparse.Namespace(fn=cmd_lab, args=argv[1:])
+        if any(a in ("-h", "--help") for a in argv[1:2]):
+            args = build_parser().parse_args(argv)
+    else:
+        args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGHUP, _sigterm)
     try:

@@ -96,3 +96,25 @@ def test_a_parameter_file_from_a_pipe_is_read_like_a_file():
     r = subprocess.run(["bash", "-c", f"{sys.executable} -m perfkit run <(printf 'bogus_key: 1\\n')"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unknown key 'bogus_key'" in r.stderr and "not a regular file" not in r.stderr, r.stderr
+
+
+def test_lab_passes_jupyters_own_options_through_and_opens_on_the_project(monkeypatch):
+    """`perfkit lab --no-browser --port 8899` (the README's example): every option reaches Jupyter as given, and
+    the lab's root is the project, so results/ is reachable beside notebooks/."""
+    import os
+
+    from perfkit import cli
+    from perfkit.studies.base import NOTEBOOKS
+
+    got = {}
+
+    def execv(exe, cmd):
+        got["cmd"] = cmd
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", execv)
+    with pytest.raises(SystemExit):
+        cli.main(["lab", "--no-browser", "--port", "8899"])
+    cmd = got["cmd"]
+    assert cmd[-3:] == ["--no-browser", "--port", "8899"]
+    assert f"--ServerApp.root_dir={NOTEBOOKS.parent}" in cmd and "--LabApp.default_url=/lab/tree/notebooks" in cmd
