@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,23 @@ def test_a_password_in_the_url_is_never_echoed(tmp_path):
     with pytest.raises(ConfigError) as e:
         params.load(write(tmp_path, text), check_models=False)
     assert "S3CRET" not in str(e.value)
+
+
+def test_every_problem_of_a_file_is_reported_at_once_with_its_line(tmp_path):
+    from perfkit.studies.params import load
+
+    p = tmp_path / "two.yaml"
+    p.write_text("name: t\nstudies:\n  cold_start:\n    model: smollm2-135m-q4_1\n    repz: 3\n"
+                 "  model_size:\n    modelz: [a]\n")
+    with pytest.raises(ConfigError) as e:
+        load(p, check_models=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: 2 problems:")
+    assert re.search(r"unknown key 'studies.cold_start.repz'; allowed here: model, .* \(line 5\)", msg)
+    assert re.search(r"unknown key 'studies.model_size.modelz'; allowed here: models, .* \(line 7\)", msg)
+    assert "Field required" not in msg  # the misspelt key is said once, as the unknown one
+    # A run of one study validates that study's section (and the shared ones), not the others'.
+    with pytest.raises(ConfigError, match=r"unknown key 'studies.cold_start.repz'; allowed here: .* \(line 5\)$"):
+        load(p, check_models=False, only=["cold_start"])
+    p.write_text("name: t\nstudies:\n  cold_start:\n    model: smollm2-135m-q4_1\n  model_size:\n    modelz: [a]\n")
+    assert load(p, check_models=False, only=["cold_start"]).enabled() == ["cold_start"]

@@ -170,6 +170,28 @@ def parse(text: str, where: str) -> Any:
         loader.dispose()
 
 
+def line_of(text: str, loc: tuple) -> int | None:
+    """The line (1-based) of the key or item at ``loc`` (a path of keys and indexes) in a YAML text that
+    :func:`parse` accepted; the deepest line found where the path goes beyond the text, None without one."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+            if hit is None:
+                return line
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
 def read_yaml(path: str | Path) -> Any:
     """The parsed YAML of a parameter file (``-``: standard input); ConfigError for anything else."""
     return parse(read_text(path), source_name(path))

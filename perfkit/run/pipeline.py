@@ -39,7 +39,7 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
     unknown = [s for s in studies if s not in registry.names()]
     if unknown:
         raise PerfkitError(f"unknown study {unknown[0]!r}; allowed: {', '.join(registry.names())}")
-    params = params_mod.load(params_path)
+    params = params_mod.load(params_path, only=list(studies) or None)
     chosen = list(dict.fromkeys(studies)) or params.enabled()
     missing = [s for s in chosen if s not in params.enabled()]
     if missing:

@@ -121,7 +121,7 @@ class StudyContext:
     def __init__(self, params_path: str | Path, run_dir: str | Path, study: str, *, check_models: bool = True,
                  replicate: int = 1):
         self.params_path = Path(params_path)
-        self.params = params_mod.load(self.params_path, check_models=check_models)
+        self.params = params_mod.load(self.params_path, check_models=check_models, only=[study])
         self.study = registry.get(study)
         self.name = study
         self.cfg = getattr(self.params.studies, study, None)

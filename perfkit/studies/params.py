@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
@@ -19,7 +19,7 @@ from perfkit.core.errors import ConfigError
 from perfkit.core.secrets import SECRET_KEY, redact_text
 from perfkit.core.schema import (NAME_RULE, BackendParams, ClusterParams, SamplingParams, Strict, TelemetryParams,
                                  Timeouts)
-from perfkit.core.yamlfile import read_yaml, source_name
+from perfkit.core.yamlfile import line_of, parse, read_text, source_name
 from perfkit.studies import registry
 
 MAX_REPEAT = 100
@@ -116,32 +116,49 @@ def _allowed(model_cls: type[BaseModel], loc: tuple) -> str:
     return ", ".join(cls.model_fields)
 
 
-def validate(raw: Any, where: str = "parameters") -> Any:
-    """Validate already-parsed parameters; ConfigError names ``where``, the key and what is allowed."""
+def validate(raw: Any, where: str = "parameters", *, line: Callable[[tuple], int | None] | None = None,
+             only: list[str] | None = None) -> Any:
+    """Validate already-parsed parameters; ConfigError names ``where`` and, for every problem at once, the key,
+    its line (``line(loc)``, where known) and what is allowed. ``only``: the studies to be run — the other
+    studies' sections are not validated (a typo there does not stop a run that does not use them)."""
     model = params_model()
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level (keys: {', '.join(model.model_fields)})")
+    if only and isinstance(raw.get("studies"), dict) and any(k in only for k in raw["studies"]):
+        raw = {**raw, "studies": {k: v for k, v in raw["studies"].items() if k in only or k not in registry.names()}}
     try:
         params = model.model_validate(raw)
     except ValidationError as e:
-        # An unknown key explains a "missing" one better than the other way round: report it first.
-        err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
-        key = _loc(err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{where}: unknown key {key!r}; allowed here: {_allowed(model, err['loc'])}") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        if not key:  # a check across sections: its message names the keys, the input is the whole file
-            raise ConfigError(f"{where}: {msg}") from None
-        if any(isinstance(part, str) and SECRET_KEY.search(part) for part in err["loc"]):
-            raise ConfigError(f"{where}: {key}: {msg}") from None  # a secret's value is never echoed
-        got = redact_text(_short(err.get("input")))
-        raise ConfigError(f"{where}: {key}: {msg} (got {got})") from None
+        # An unknown key explains a "missing" one better than the other way round: unknown keys first.
+        errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+        # A key missing where an unknown one stands is most likely that key misspelt: said once, as the unknown.
+        typo_in = {tuple(x["loc"][:-1]) for x in errors if x["type"] == "extra_forbidden"}
+        errors = [x for x in errors if not (x["type"] == "missing" and tuple(x["loc"][:-1]) in typo_in)]
+        problems = list(dict.fromkeys(_problem(model, err, line) for err in errors))
+        if len(problems) == 1:
+            raise ConfigError(f"{where}: {problems[0]}") from None
+        raise ConfigError(f"{where}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)) from None
     for name in params.enabled():
         try:
             registry.get(name).check_params(params)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
     return params
+
+
+def _problem(model: type[BaseModel], err: dict, line: Callable[[tuple], int | None] | None) -> str:
+    """One validation error as a user reads it: the key, what is wrong or allowed, the input, then its line."""
+    key = _loc(err["loc"])
+    n = line(tuple(err["loc"])) if line is not None and err["loc"] else None
+    at = f" (line {n})" if n else ""
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {key!r}; allowed here: {_allowed(model, err['loc'])}{at}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not key:  # a check across sections: its message names the keys, the input is the whole file
+        return msg
+    if any(isinstance(part, str) and SECRET_KEY.search(part) for part in err["loc"]):
+        return f"{key}: {msg}{at}"  # a secret's value is never echoed
+    return f"{key}: {msg} (got {redact_text(_short(err.get('input')))}){at}"
 
 
 def _short(v: Any, limit: int = 80) -> str:
@@ -152,11 +169,13 @@ def _short(v: Any, limit: int = 80) -> str:
     return text[:limit] + "…" if len(text) > limit else text
 
 
-def load(path: str | Path, *, check_models: bool = True) -> Any:
-    """Read and validate a parameter file (``-``: standard input); ConfigError names the file, the key and
-    what is allowed."""
+def load(path: str | Path, *, check_models: bool = True, only: list[str] | None = None) -> Any:
+    """Read and validate a parameter file (``-``: standard input); ConfigError names the file and, for every
+    problem, the key, its line and what is allowed. ``only``: the studies to be run (the others' sections are
+    not validated)."""
     where = source_name(path)
-    params = validate(read_yaml(path), where)
+    text = read_text(path)
+    params = validate(parse(text, where), where, line=lambda loc: line_of(text, loc), only=only)
     if check_models and backends.capabilities(params.backend.kind).started_by_perfkit:
         from perfkit.servers.models import models_dir
 
