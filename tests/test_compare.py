@@ -2,6 +2,7 @@
 confounds, errors on runs that are not runs (synthetic run directories written with RunStore), and one
 real comparison of two smoke runs through the notebook (marked `notebooks`)."""
 
+import re
 import html as htmllib
 import json
 import math
@@ -158,8 +159,9 @@ def test_figures_only_one_run_has_are_listed_not_blank(tmp_path):
     assert {f.key for f in c.only_b} == {"cold_start/e2e/cold_server", "cold_start/load/cold_server",
                                          "cold_start/cold_over_warm/cold_server", "cold_start/failed/cold_server"}
     assert not any(k in {r.key for r in c.rows} for k in ("cold_start/e2e/cold_disk", "cold_start/e2e/cold_server"))
-    text = c.only_markdown()
+    text = c.only_html()
     assert "Only in A" in text and "cold_disk" in text and "Only in B" in text and "cold_server" in text
+    assert text.count("<details>") == 2 and "4 figures (4 of cold start)" in text
     assert not c.table().isna().any().any() and "" not in c.table().values
 
 
@@ -353,3 +355,14 @@ def test_an_a_a_pair_calls_no_row(tmp_path):
     a = make_run(tmp_path, "a", n=60, seed=1)
     b = make_run(tmp_path, "b", n=60, seed=2)
     assert not [r for r in cmp.compare(a, b).rows if r.called]
+
+
+def test_the_differences_are_a_table_for_people_every_row_and_long_ones_folded(tmp_path):
+    c = cmp.compare(make_run(tmp_path, "a", num_thread=2), make_run(tmp_path, "b", num_thread=1))
+    page = c.differences_html(collapse_after=1)
+    assert "num_thread" in page and "rows ×" not in page and "…" not in page
+    assert page.count("<tr>") == len(c.differences) + 2 * (len(c.differences) > 1)  # rows + a header per table
+    assert ("<details>" in page) == (len(c.differences) > 1)
+    for r in c.rows:
+        assert "not comparable (not comparable" not in f"{r.verdict} ({r.reason})"
+    assert not re.search(r"\*\*(\w[\w ]*)\*\* \(\1", c.summary(), flags=re.I)  # "Decode speed (decode speed …)"

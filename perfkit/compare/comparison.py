@@ -20,13 +20,13 @@ from perfkit.compare.manifests import Difference, show
 from perfkit.compare.runs import Run, load
 from perfkit.core import fmt
 
-# The seed guide's before/after rows, first when both runs have them (figures carry these headline names).
+# A tuning guide's before/after rows, first when both runs have them (figures carry these headline names).
 SEED_ROWS = ("cold start", "warm start", "memory", "GPU utilization")
 
 
 @dataclass
 class Comparison:
-    """Run A (before) against run B (after): ``rows`` for the figures both have (the seed guide's four first),
+    """Run A (before) against run B (after): ``rows`` for the figures both have (the before/after table's four first),
     ``only_a``/``only_b`` for the rest, ``differences`` from the manifests, run-wide ``confounds`` and
     ``warnings`` (damaged data, a run compared with itself, a run still being measured)."""
 
@@ -71,7 +71,7 @@ class Comparison:
         return pd.DataFrame(rows) if rows else pd.DataFrame()
 
     def table_html(self, table_id: str = "comparison") -> str:
-        """Every row, grouped by study (the seed's four first), escaped; sortable by any column and filterable
+        """Every row, grouped by study (the before/after table's four first), escaped; sortable by any column and filterable
         by text (the site's own script does both; without it the table still reads)."""
         import html as h
 
@@ -95,19 +95,45 @@ class Comparison:
         out.append("</tbody></table></div>")
         return "".join(out)
 
-    def differences_table(self) -> pd.DataFrame:
-        rows = [{"kind": d.category, "what": d.what, "A (before)": show(d.a), "B (after)": show(d.b)}
-                for d in self.differences]
-        return pd.DataFrame(rows).set_index(["kind", "what"]) if rows else pd.DataFrame()
+    def differences_html(self, collapse_after: int = 12) -> str:
+        """What differs between the manifests as a table for people: every row (no truncation), grouped by kind,
+        the rest folded behind a summary when there are many."""
+        import html as h
 
-    def only_markdown(self) -> str:
-        """The figures only one run has, listed (never blank cells in the table)."""
+        if not self.differences:
+            return "<p>Nothing in the manifests differs (same settings, models, engine, host and parameters).</p>"
+
+        def rows(ds: list[Difference]) -> str:
+            return "".join(f"<tr><td>{h.escape(d.category)}</td><td>{h.escape(d.what)}</td><td>{h.escape(show(d.a))}"
+                           f"</td><td>{h.escape(show(d.b))}</td></tr>" for d in ds)
+
+        head = ('<div class="perfkit-table"><table class="dataframe perfkit"><thead><tr><th>kind</th><th>what</th>'
+                "<th>A (before)</th><th>B (after)</th></tr></thead><tbody>")
+        first, rest = self.differences[:collapse_after], self.differences[collapse_after:]
+        out = head + rows(first) + "</tbody></table></div>"
+        if rest:
+            out += (f"<details><summary>{len(rest)} more differences ({', '.join(sorted({d.category for d in rest}))})"
+                    f"</summary>{head}{rows(rest)}</tbody></table></div></details>")
+        return out
+
+    def only_html(self) -> str:
+        """The figures only one run has: a count per study in view, the names folded behind it."""
+        import html as h
+
+        if not self.only_a and not self.only_b:
+            return "<p>Both runs measured the same figures.</p>"
         out = []
-        for who, figs in (("A", self.only_a), ("B", self.only_b)):
-            if figs:
-                out.append(f"**Only in {who}** ({self.name_a if who == 'A' else self.name_b}): "
-                           + "; ".join(f"{f.label} {f.text()}" for f in figs) + ".")
-        return "\n\n".join(out) or "Both runs measured the same figures."
+        for who, name, figs in (("A", self.name_a, self.only_a), ("B", self.name_b, self.only_b)):
+            if not figs:
+                continue
+            by: dict[str, list[Figure]] = {}
+            for f in figs:
+                by.setdefault(f.study, []).append(f)
+            counts = ", ".join(f"{len(v)} of {k.replace('_', ' ')}" for k, v in by.items())
+            items = "".join(f"<li>{h.escape(f.label)}: {h.escape(f.text())}</li>" for f in figs)
+            out.append(f"<details><summary><b>Only in {who}</b> ({h.escape(name)}): {len(figs)} figure"
+                       f"{'s' if len(figs) != 1 else ''} ({h.escape(counts)})</summary><ul>{items}</ul></details>")
+        return "".join(out)
 
     def summary(self) -> str:
         """Markdown: which runs, how they were compared, what differs, the headline verdicts and caveats."""
@@ -132,7 +158,10 @@ class Comparison:
                          "parameters): any change below is run-to-run variation or something perfkit does not record.")
         for r in self.rows:
             if r.headline:
-                lines.append(f"- **{r.headline[:1].upper() + r.headline[1:]}** ({r.label}): {r.before} → {r.after}; "
+                # "Warm start (time to first token (warm))", never "Decode speed (decode speed (warm))".
+                what = (f"**{r.label[:1].upper() + r.label[1:]}**" if r.label.lower().startswith(r.headline.lower())
+                        else f"**{r.headline[:1].upper() + r.headline[1:]}** ({r.label})")
+                lines.append(f"- {what}: {r.before} → {r.after}; "
                              f"{r.ratio_text}: **{r.verdict}** ({r.reason})"
                              + (f"; could also be: {'; '.join(r.confounds)}" if r.confounds else "") + ".")
         c = self.counts()
@@ -250,7 +279,7 @@ def compare(run_a: str | Path, run_b: str | Path, *, confidence: float = stats.C
         row.confounds = (["another host"] if host else []) + manifests.row_confounds(fa[key], fb[key], a, b)
         why_not = _workload_diff(fa[key], fb[key]) + [c for c in row.confounds if c.startswith("another model file")]
         if why_not:
-            row.verdict, row.reason, row.p_value = NOT_COMPARABLE, "not comparable: " + "; ".join(why_not), math.nan
+            row.verdict, row.reason, row.p_value = NOT_COMPARABLE, "; ".join(why_not), math.nan
         rows.append(row)
     verdicts.fdr_by_family(rows)
     order = {h: i for i, h in enumerate(SEED_ROWS)}

@@ -138,7 +138,7 @@ class ProxyConfig:
     worker_connections: int = 1024  # each proxied request takes two
     # Upstream headers nginx must not obey. llama-server sends "X-Accel-Buffering: no", which turns
     # buffering off per response whatever proxy_buffering says, and with it the cache (nginx stores only
-    # buffered responses): the seed's cache then caches nothing. Listing it here makes the config rule.
+    # buffered responses): the configured cache then caches nothing. Listing it here makes the config rule.
     ignore_headers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

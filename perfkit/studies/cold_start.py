@@ -288,7 +288,7 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
 def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.DataFrame,
              ratios: dict[str, stats.Estimate], device: dict | None,
              tried: pd.DataFrame | None = None) -> list[F.Figure | None]:
-    """The figures this study stands by: first-request e2e per cache state (the seed's cold and warm start),
+    """The figures this study stands by: first-request e2e per cache state (the cold and warm start of a before/after table),
     load per cold state, warm TTFT, ITL and decode speed, resident memory, energy and GPU use, each warmup
     strategy after each idle gap, scheme A per delay, and cold ÷ warm."""
     wl, m = _workload(c), c.model
@@ -374,7 +374,7 @@ def state_latency(res: "ColdStartResult") -> pd.DataFrame:
 
 
 def before_after(res: "ColdStartResult") -> pd.DataFrame:
-    """The seed guide's table: the first request with no warmup vs with each strategy, CIs, ratio and verdict
+    """The before/after table of a tuning guide: the first request with no warmup vs with each strategy, CIs, ratio and verdict
     (the same comparison as ``perfkit compare``: Hodges–Lehmann ratio, Moses CI)."""
     sok = measured(res.strategy_trials)
     if sok.empty:

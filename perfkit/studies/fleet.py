@@ -46,7 +46,7 @@ from perfkit.workloads import WorkloadParams
 
 
 class FleetProxyParams(Strict):
-    """The proxy perfkit runs (nginx); the seed guide's values are the defaults."""
+    """The proxy perfkit runs (nginx); a common production setup's values are the defaults."""
 
     read_timeout_s: float = Field(900.0, gt=0, le=MAX_GAP_S, description="proxy_read_timeout")
     buffering: bool = Field(False, description="proxy_buffering (off: streamed tokens pass as they come)")
@@ -531,7 +531,7 @@ def _cache(ph: _Phase) -> None:
     base = ph.proxy.prompt("cache/prompt", ph.c.prompt_words)
     greedy = Sampling(ph.c.num_predict, temperature=0.0, top_k=1, seed=1)
     # First as the seed writes it; a server's X-Accel-Buffering: no makes every response uncacheable.
-    seed_rows = [ph.one(ph.proxy, f"cache/seed/{rep}", phase="cache", target="proxy", variant="seed config", rep=rep,
+    seed_rows = [ph.one(ph.proxy, f"cache/seed/{rep}", phase="cache", target="proxy", variant="as configured", rep=rep,
                         sampling=greedy, prompt=ph.proxy.prompt("cache/seed", ph.c.prompt_words)) for rep in range(2)]
     # nginx consumes X-Accel-* headers: ask the server itself what it sends.
     srv = ph.one(ph.direct[0], "cache/server-headers", phase="cache", target="direct", variant="server headers",
@@ -869,12 +869,12 @@ def cache_summary(df: pd.DataFrame) -> dict[str, Any]:
     ok = g[g["ok"].astype(bool)]
     v = ok["variant"] if "variant" in ok else pd.Series("", index=ok.index)
     out: dict[str, Any] = {}
-    seed = ok[(v == "seed config") & (ok["target"] == "proxy")]
+    seed = ok[(v == "as configured") & (ok["target"] == "proxy")]
     srv = ok[v == "server headers"]
     if len(seed):
         out["seed_config_statuses"] = seed["proxy_cache"].fillna("none").tolist()
         out["server_accel_buffering"] = srv["accel_buffering"].iloc[0] if len(srv) else None
-    proxied = ok[(ok["target"] == "proxy") & (v != "seed config")]
+    proxied = ok[(ok["target"] == "proxy") & (v != "as configured")]
     status = proxied["proxy_cache"].fillna("none") if "proxy_cache" in proxied else pd.Series("none", index=proxied.index)
     out.update({"requests": len(proxied), "status_counts": status.value_counts().to_dict(),
                 "header": bool((status != "none").any())})
@@ -1228,7 +1228,7 @@ _LABELS = {"requests": "requests", "ok": "answered", "failed": "failed", "failur
            "access_log_entries": "access-log entries read", "configured_read_timeout_s": "proxy_read_timeout configured",
            "cold_n": "cold starts measured", "cold_ttft_p50": "cold-start TTFT p50", "cold_ttft_max_s": "longest cold start (TTFT)",
            "recommended_read_timeout_s": "recommended proxy_read_timeout", "basis": "basis of the advice",
-           "seed_config_statuses": "seed config: two identical requests", "server_accel_buffering": "server's X-Accel-Buffering",
+           "seed_config_statuses": "as configured: two identical requests", "server_accel_buffering": "server's X-Accel-Buffering",
            "status_counts": "cache status of the requests", "header": "proxy reports cache status",
            "hit_ratio": "hit ratio", "hit_ttft": "hit TTFT", "hit_e2e": "hit end to end",
            "hit_itl_p50_s": "hit ITL p50", "miss_ttft": "miss TTFT", "miss_e2e": "miss end to end",
