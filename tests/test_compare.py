@@ -267,7 +267,8 @@ def test_config_tuning_throughput_is_the_series_not_per_request(tmp_path):
     c = cmp.compare(*runs)
     assert row(c, "config_tuning/throughput/NUM_PARALLEL=1/1").verdict == cmp.IMPROVED
     assert row(c, "config_tuning/ttft/NUM_PARALLEL=1/1").verdict == cmp.IMPROVED
-    assert dict(site.headlines(runs[1]))["best throughput"].startswith("200 tok/s (NUM_PARALLEL=1, 1, n=5)")
+    assert dict(site.headlines(runs[1]))["best throughput — config tuning"].startswith(
+        "200 tok/s (NUM_PARALLEL=1, 1 client, n=5)")
 
 
 def test_comparison_json_is_strict_json(tmp_path):
@@ -282,7 +283,8 @@ def test_comparison_json_is_strict_json(tmp_path):
 def test_index_pieces_headlines_and_compare_commands(tmp_path):
     a, b = make_run(tmp_path, "20260101-000000-x-aaaaaa"), make_run(tmp_path, "20260102-000000-x-bbbbbb")
     h = dict(site.headlines(b))
-    assert h["warm start"].startswith("2") and "ms" in h["warm start"] and "cold start" in h and "memory" in h
+    warm = h["warm start — cold start"]
+    assert warm.startswith("2") and "ms" in warm and "cold start — cold start" in h and "memory — cold start" in h
     cell = site.index_cell(b)
     assert "cold start" in cell
     (tmp_path / "compare-x").mkdir()

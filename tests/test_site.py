@@ -99,3 +99,24 @@ def test_the_progress_line_reaches_a_log_file(tmp_path):
     line = out.getvalue()
     assert line.endswith("\n") and "[cold_start] cache states 12/30 (warm)" in line and "elapsed" in line
     assert "left in this phase" in line
+
+
+def test_a_pages_navigation_is_refreshed_when_later_studies_are_rendered(tmp_path):
+    """The first study's page is rendered before the second exists; once the second is done, the first page's
+    header links to it (it said "none yet" before)."""
+    from perfkit.run import site
+    from perfkit.run.publish import page
+    from perfkit.run.rundir import write_run
+
+    run = tmp_path / "20261205-000000-x-abcdef"
+    run.mkdir()
+    info = {"run_id": run.name, "studies": {"cold_start": {"status": "done", "html": "cold_start.html"}}}
+    write_run(run, info)
+    (run / "cold_start.html").write_text(page("Cold start", "<p>body</p>", nav=site.report_nav(run, "cold_start")))
+    assert "model_size.html" not in (run / "cold_start.html").read_text()
+    info["studies"]["model_size"] = {"status": "done", "html": "model_size.html"}
+    write_run(run, info)
+    (run / "model_size.html").write_text(page("Model size", "<p>b</p>", nav=site.report_nav(run, "model_size")))
+    assert site.refresh_navs(run)
+    text = (run / "cold_start.html").read_text()
+    assert 'href="model_size.html"' in text and "<p>body</p>" in text and text.count('<header class="site">') == 1

@@ -130,9 +130,14 @@ class Figure:
         return self.estimate.value
 
     @property
+    def conditions(self) -> str:
+        """What it was measured under, in words: 'warm', 'FLASH_ATTENTION=1, 4 clients'."""
+        return ", ".join(_where_text(k, v) for k, v in self.where.items())
+
+    @property
     def label(self) -> str:
         """'time to first token (warm)', 'output throughput (FLASH_ATTENTION=1, 4 clients)'."""
-        cond = ", ".join(_where_text(k, v) for k, v in self.where.items())
+        cond = self.conditions
         return f"{self.m.label} ({cond})" if cond else self.m.label
 
     def text(self) -> str:

@@ -189,6 +189,7 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
                       replicates_done=max(done, rep), ended_utc=utc_now(),
                       wall_s=round(float(st.get("wall_s") or 0) * (done >= rep) + secs, 1), html=f"{study}.html")
             write_run(run_dir, info)
+            site.refresh_navs(run_dir)  # the pages rendered before this one now link to it
             log(f"[{study}]{of} done in {secs:.0f} s → {run_dir / (study + '.html')}")
     _write_history(results_dir, warn)
     site.write_index(results_dir)
@@ -242,6 +243,7 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_d
                 st["damaged"] = health[study][0]
             log(f"[{study}] re-rendered → {out[-1]}")
         write_run(run_dir, info)
+    site.refresh_navs(run_dir)
     site.write_index(results_dir or run_dir.parent)
     return out
 

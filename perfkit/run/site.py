@@ -22,7 +22,8 @@ MAX_HEADLINES = 8
 
 
 def headlines(run_dir: str | Path) -> list[tuple[str, str]]:
-    """(name, 'value (condition, n=…)') of each study's headline figures, in study order."""
+    """('headline — study', 'value (conditions, n=…)') of each study's headline figures, in study order: each
+    named with the study it comes from and its conditions in words ('4 clients', not '4')."""
     out = []
     for d in sorted(Path(run_dir).iterdir()) if Path(run_dir).is_dir() else []:
         f = d / FILE_NAME
@@ -34,8 +35,9 @@ def headlines(run_dir: str | Path) -> list[tuple[str, str]]:
             out.append((d.name, "figures file unreadable"))
             continue
         for fig in figs.headlines():
-            cond = ", ".join(str(v) for v in fig.where.values())
-            out.append((fig.headline, f"{format_value(fig.value, fig.kind)} ({cond + ', ' if cond else ''}n={fig.n})"))
+            cond = fig.conditions
+            out.append((f"{fig.headline} — {d.name.replace('_', ' ')}",
+                        f"{format_value(fig.value, fig.kind)} ({cond + ', ' if cond else ''}n={fig.n})"))
     return out[:MAX_HEADLINES]
 
 
@@ -183,6 +185,32 @@ def report_nav(run_dir: Path, study: str | None) -> str:
         rows.append(f'<div class="row"><span class="label">comparisons</span>'
                     f'{_links([(p.name.removeprefix("compare-"), f"../{p.name}/comparison.html") for p in comps])}</div>')
     return "".join(rows)
+
+
+def refresh_navs(run_dir: Path) -> list[Path]:
+    """Rewrite the navigation of every report page the run has, so a page rendered before its later studies
+    links to them too (a header frozen at render time said "none yet" once the run was done)."""
+    import re
+
+    run_dir = Path(run_dir)
+    try:
+        info = read_run(run_dir, live=False)
+    except PerfkitError:
+        return []
+    out = []
+    for study, st in (info.get("studies") or {}).items():
+        page_path = run_dir / f"{study}.html"
+        if not (isinstance(st, dict) and st.get("html") and page_path.exists()):
+            continue
+        text = page_path.read_text()
+        new = re.sub(r'(<header class="site">).*?(</header>)', lambda m: m.group(1) + report_nav(run_dir, study)
+                     + m.group(2), text, count=1, flags=re.S)
+        if new != text:
+            tmp = page_path.with_name(page_path.name + ".tmp")
+            tmp.write_text(new)
+            tmp.replace(page_path)
+            out.append(page_path)
+    return out
 
 
 def compare_nav(run_a: Path, run_b: Path) -> str:
