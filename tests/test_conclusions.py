@@ -165,3 +165,16 @@ def test_a_short_burst_above_capacity_is_not_called_sustained():
     text = ct._rate_conclusion(rt, slo.model_dump())
     assert "1.00 req/s sustained, 4.00 req/s not (the server fell behind" in text, text
     assert S.kept_up(over) == pytest.approx(0.5, abs=0.02)  # a server at half the offered rate
+
+
+def test_an_html_error_page_is_said_by_its_title_never_shown_as_source():
+    import pandas as pd
+
+    from perfkit.analysis.requests import error_summary, failures
+
+    page = ("HTTP 504: <html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body><center><h1>504 Gateway "
+            "Time-out</h1></center><hr><center>nginx</center></body></html>")
+    assert error_summary(page) == "HTTP 504: an HTML error page: 504 Gateway Time-out"
+    assert error_summary("x" * 200).endswith("…") and len(error_summary("x" * 200)) == 80
+    note = failures(pd.DataFrame({"ok": [False, False, True], "error": [page, page, None]}))
+    assert "504 Gateway Time-out (×2)" in note and "<center>" not in note and "&lt;" not in note

@@ -173,13 +173,29 @@ def fmt_x(e: stats.Estimate, unit: str = "×") -> str:
     return fmt.estimate(e, "ratio")
 
 
+def error_summary(text: str, limit: int = 80) -> str:
+    """An error as a reader takes it in: an HTML error page (a proxy's 504, say) becomes its title, other markup
+    its text, whitespace folded; at most ``limit`` characters."""
+    import re
+
+    t = str(text)
+    title = re.search(r"<title[^>]*>(.*?)</title>", t, re.I | re.S)
+    if title:
+        head = t[:t.lower().find("<")].strip(" :")
+        t = (head + ": " if head else "") + "an HTML error page: " + title.group(1)
+    elif re.search(r"<[a-zA-Z][^>]*>", t):
+        t = re.sub(r"<[^>]+>", " ", t)
+    t = html.unescape(re.sub(r"\s+", " ", t)).strip()
+    return t if len(t) <= limit else t[:limit - 1] + "…"
+
+
 def failures(df: pd.DataFrame) -> str:
     """A sentence on failed trials, or ''."""
     if df.empty or "ok" not in df or df["ok"].astype(bool).all():
         return ""
     bad = df[~df["ok"].astype(bool)]
-    # A server's own words (an HTML error page, say) go into a report: escaped, never markup.
-    reasons = bad["error"].fillna("unknown").str.slice(0, 80).map(html.escape).value_counts().head(3)
+    # A server's own words (an HTML error page, say) go into a report: summarised, escaped, never markup.
+    reasons = bad["error"].fillna("unknown").map(error_summary).map(html.escape).value_counts().head(3)
     return (f"**{len(bad)} of {len(df)} trials failed** and are excluded from the statistics: "
             + "; ".join(f"{r} (×{n})" for r, n in reasons.items()) + ".")
 
