@@ -148,7 +148,8 @@ class Comparison:
         lines.append("- **How**: " + self.how())
         lines.append("- **Reading a ratio**: after / before, with its 95% CI. For a median it is the median of every "
                      "after ÷ before pair of requests (Hodges–Lehmann), so it need not equal the two medians' quotient "
-                     "(285 ms against 290 ms can read 1.2× when the requests spread widely); a tail (p90, p99) is "
+                     "(two medians a few percent apart can give a ratio well away from 1 when the requests spread "
+                     "widely, as a mix of fast and slow ones does); a tail (p90, p99) is "
                      "the two percentiles' quotient. *Improved* or *worse* needs the whole CI beyond the minimum effect.")
         if self.differences:
             shown = [d for d in self.differences if d.category in ("settings", "models", "quantization", "engine",
