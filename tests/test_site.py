@@ -120,3 +120,26 @@ def test_a_pages_navigation_is_refreshed_when_later_studies_are_rendered(tmp_pat
     assert site.refresh_navs(run)
     text = (run / "cold_start.html").read_text()
     assert 'href="model_size.html"' in text and "<p>body</p>" in text and text.count('<header class="site">') == 1
+
+
+def test_a_long_table_folds_its_rest_and_shows_no_row_numbers_or_booleans(tmp_path):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from perfkit.report.page import SHOWN_ROWS, format_table
+
+    InteractiveShell.instance()
+    df = format_table(pd.DataFrame({"server": [f"s{i}" for i in range(45)], "n": range(45),
+                                    "matches": [True, False] * 22 + [True]}),
+                      {"server": "server", "n": "n", "matches": "matches"}).reset_index()
+    shown = []
+    import IPython.display as d
+
+    orig = d.display
+    d.display = lambda *a, **k: shown.extend(a)
+    try:
+        Page(tmp_path, "fleet").table(df, "Balance")
+    finally:
+        d.display = orig
+    html = shown[0].data
+    assert "<details><summary>the other 25 of 45 rows</summary>" in html and SHOWN_ROWS == 20
+    assert "<th>0</th>" not in html and "True" not in html and "<td>yes</td>" in html

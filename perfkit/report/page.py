@@ -16,6 +16,8 @@ import pandas as pd
 from perfkit.core import fmt
 from perfkit.report import charts
 
+LONG_TABLE_ROWS = 30  # a table longer than this shows SHOWN_ROWS rows, the rest folded
+SHOWN_ROWS = 20
 MAX_COLUMNS = 7  # more than this and a table is split into column groups (each repeats the row labels)
 
 
@@ -57,11 +59,20 @@ class Page:
         parts = [f'<div class="perfkit-table" data-name="{html.escape(name)}">']
         if caption:
             parts.append(f'<p class="caption">{html.escape(caption)}</p>')
+        # A plain row number says nothing to a reader; a long table shows its first rows, the rest one click away.
+        index = not isinstance(df.index, pd.RangeIndex)
         for k, g in enumerate(groups):
             if len(groups) > 1:
                 parts.append(f'<p class="colgroup">columns {k * MAX_COLUMNS + 1}–{k * MAX_COLUMNS + len(g)} of '
                              f"{len(cols)}</p>")
-            parts.append(df[g].to_html(escape=True, na_rep="—", classes="dataframe perfkit"))
+            if len(df) > LONG_TABLE_ROWS:
+                head, rest = df[g].iloc[:SHOWN_ROWS], df[g].iloc[SHOWN_ROWS:]
+                parts.append(head.to_html(escape=True, na_rep="—", classes="dataframe perfkit", index=index))
+                parts.append(f"<details><summary>the other {len(rest)} of {len(df)} rows</summary>"
+                             + rest.to_html(escape=True, na_rep="—", classes="dataframe perfkit", index=index)
+                             + "</details>")
+            else:
+                parts.append(df[g].to_html(escape=True, na_rep="—", classes="dataframe perfkit", index=index))
         if link:
             parts.append(f'<p class="download"><a href="{html.escape(link)}" download>download this table (CSV)</a></p>')
         parts.append("</div>")
@@ -198,6 +209,8 @@ def format_table(df: pd.DataFrame, columns: dict[str, str], ci: dict[str, tuple[
         k = scale.get(col, 1.0)
 
         def f(v):
+            if isinstance(v, (bool, np.bool_)):
+                return "yes" if v else "no"  # never "True" in a table a person reads
             if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and k == 1.0:
                 return str(int(v))
             if isinstance(v, float) and v.is_integer() and col in ("n", "concurrency", "total_slots") and k == 1.0:
