@@ -95,3 +95,11 @@ def test_estimate_notes_from_real_estimates():
     need = stats.min_n_for(0.99, 0.95)
     assert fmt.estimate(small) == f"430 ms (n=4; no 95% CI of p99 below n={need})"
     assert fmt.estimate(stats.estimate([])).startswith("n/a (n=0")
+
+
+def test_finite_is_a_number_or_none():
+    from perfkit.core import fmt
+
+    assert fmt.finite(3) == 3.0 and fmt.finite("2.5") == 2.5
+    assert fmt.finite(float("nan")) is None and fmt.finite(float("inf")) is None and fmt.finite(None) is None
+    assert fmt.finite("fast") is None

@@ -15,7 +15,7 @@ import pytest
 from perfkit.analysis import figures as F
 from perfkit.analysis.figures import FigureSet
 from perfkit.cli import main
-from perfkit.compare import baselines, history
+from perfkit.compare import history
 from perfkit.compare.gate import INCONCLUSIVE, PASS, REGRESSION, gate
 
 HOST = {"cpu": "AMD EPYC 9654", "cpu_cores_logical": 2, "memory_total_bytes": 24 * 2**30, "gpus": []}

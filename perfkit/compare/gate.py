@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, NOT_COMPARABLE, WORSE, Row
 from perfkit.compare.comparison import Comparison, compare
 from perfkit.compare.runs import Run, load
+from perfkit.core import fmt
 
 PASS, REGRESSION, INCONCLUSIVE = 0, 1, 2
 STATUS = {PASS: "pass", REGRESSION: "regression", INCONCLUSIVE: "inconclusive"}
@@ -189,18 +190,14 @@ class GateResult:
                 "headline": self.headline(), "patterns": self.patterns, "inconclusive": self.inconclusive,
                 "differences": self.differences,
                 "gated": [{"key": g.row.key, "figure": g.name, "before": g.row.before, "after": g.row.after,
-                           "change": g.row.change_text, "change_pct": _finite(g.row.change_pct),
-                           "change_lo_pct": _finite(g.row.change_lo_pct), "change_hi_pct": _finite(g.row.change_hi_pct),
-                           "verdict": g.row.verdict, "why": g.row.reason, "q_value": _finite(g.row.q_value),
+                           "change": g.row.change_text, "change_pct": fmt.finite(g.row.change_pct),
+                           "change_lo_pct": fmt.finite(g.row.change_lo_pct), "change_hi_pct": fmt.finite(g.row.change_hi_pct),
+                           "verdict": g.row.verdict, "why": g.row.reason, "q_value": fmt.finite(g.row.q_value),
                            "min_effect": g.min_effect} for g in self.gated]}
 
 
 def _md(t: Any) -> str:
     return str(t).replace("|", "\\|").replace("\n", " ")
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def _selected(row: Row, patterns: list[str]) -> bool:

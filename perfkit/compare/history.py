@@ -32,6 +32,7 @@ from perfkit.analysis.verdicts import IMPROVED, NOT_COMPARABLE, WORSE, Row
 from perfkit.compare import manifests
 from perfkit.compare.comparison import compare_figures
 from perfkit.compare.runs import Run, load
+from perfkit.core import fmt
 from perfkit.core.errors import PerfkitError
 
 DB_NAME = "history.duckdb"
@@ -62,7 +63,7 @@ def _tables(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             e = f.estimate
             fig_rows.append({"run_id": r.name, "created_utc": created, "study": f.study, "key": key, "tag": f.metric,
                              "label": f.label, "headline": f.headline or None, "model": f.model,
-                             "value": _num(e.value), "lo": _num(e.lo), "hi": _num(e.hi), "n": int(e.n or 0),
+                             "value": fmt.finite(e.value), "lo": fmt.finite(e.lo), "hi": fmt.finite(e.hi), "n": int(e.n or 0),
                              "better": f.m.better})
         for s, m in r.manifests.items():
             for name, (cat, v) in _facts(m).items():
@@ -77,14 +78,6 @@ def _facts(m: dict) -> dict[str, tuple[str, Any]]:
     for k, v in manifests.flat(m.get("params") or {}).items():
         out.setdefault(k, (manifests.param_category(k), v))
     return out
-
-
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def build(results_dir: str | Path, db_path: str | Path | None = None) -> Path:

@@ -35,6 +35,15 @@ _SIZE_UNITS: Sequence[tuple[float, str]] = (
     (1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
 
 
+def finite(v: object) -> float | None:
+    """``v`` as a float when it is a finite number, else None (JSON, a table, a chart: no NaN or inf)."""
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _missing(x: float | None) -> bool:
     try:
         return x is None or math.isnan(float(x))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +55,7 @@ class Chart:
         for i, s in enumerate(self.series):
             color = PALETTE[i % len(PALETTE)]
             tr: dict[str, Any] = {"type": "bar" if self.kind == "bar" else "scatter", "name": s.name,
-                                  "x": [_wrap(str(v)).replace("\n", "<br>") for v in s.x], "y": [_num(v) for v in s.y],
+                                  "x": [_wrap(str(v)).replace("\n", "<br>") for v in s.x], "y": [fmt.finite(v) for v in s.y],
                                   "marker": {"color": color},
                                   "hovertemplate": "%{text}<extra>%{fullData.name}</extra>",
                                   "text": s.text or [fmt.number(v) for v in s.y]}
@@ -65,8 +64,8 @@ class Chart:
             if self.kind == "bar":
                 tr["textposition"] = "none"
             if s.lo is not None and s.hi is not None:
-                plus = [_num(h - y) if _ok(h, y) else None for y, h in zip(s.y, s.hi)]
-                minus = [_num(y - lo) if _ok(lo, y) else None for y, lo in zip(s.y, s.lo)]
+                plus = [fmt.finite(h - y) if _ok(h, y) else None for y, h in zip(s.y, s.hi)]
+                minus = [fmt.finite(y - lo) if _ok(lo, y) else None for y, lo in zip(s.y, s.lo)]
                 tr["error_y"] = {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
                                  "visible": True}
             data.append(tr)
@@ -102,7 +101,7 @@ class Chart:
         bottom = np.zeros(len(labels))
         for i, s in enumerate(self.series):
             xs = np.array([pos[str(v)] for v in s.x], dtype=float)
-            ys = np.array([_num(v) if _num(v) is not None else np.nan for v in s.y], dtype=float)
+            ys = np.array([fmt.finite(v) if fmt.finite(v) is not None else np.nan for v in s.y], dtype=float)
             err = None
             if s.lo is not None and s.hi is not None:
                 lo = np.array([y - lo if _ok(lo, y) else 0 for y, lo in zip(ys, s.lo)], dtype=float)
@@ -135,16 +134,8 @@ class Chart:
                 "image/png": base64.b64encode(self.png()).decode(), "text/plain": self.alt}
 
 
-def _num(v: Any) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _ok(a: Any, b: Any) -> bool:
-    return _num(a) is not None and _num(b) is not None
+    return fmt.finite(a) is not None and fmt.finite(b) is not None
 
 
 def _wrap(label: str, width: int = 18) -> str:
@@ -171,10 +162,10 @@ def bars(df: pd.DataFrame, x: str, y: str, lo: str | None = None, hi: str | None
     groups = list(df.groupby(hue, sort=False)) if hue else [(None, df)]
     series = []
     for key, g in groups:
-        ys = [v * scale if _num(v) is not None else None for v in g[y]]
-        los = [v * scale if _num(v) is not None else None for v in g[lo]] if lo else None
-        his = [v * scale if _num(v) is not None else None for v in g[hi]] if hi else None
-        ns = [int(v) if _num(v) is not None else None for v in g[n]] if n else None
+        ys = [v * scale if fmt.finite(v) is not None else None for v in g[y]]
+        los = [v * scale if fmt.finite(v) is not None else None for v in g[lo]] if lo else None
+        his = [v * scale if fmt.finite(v) is not None else None for v in g[hi]] if hi else None
+        ns = [int(v) if fmt.finite(v) is not None else None for v in g[n]] if n else None
         text = []
         for j, (_, r) in enumerate(g.iterrows()):
             v = _value_text(r[y], kind)
@@ -194,7 +185,7 @@ def _key_text(key: Any) -> str:
 
 
 def _value_text(v: Any, kind: str) -> str:
-    if _num(v) is None:
+    if fmt.finite(v) is None:
         return fmt.NA
     if kind == "duration":
         return fmt.duration(float(v))
