@@ -203,6 +203,8 @@ def cmd_history(a) -> int:
     from perfkit.run.history_page import write_history
 
     results = Path(a.results)
+    if not results.is_dir():
+        raise PerfkitError(f"{results}: no results directory (give --results DIR, where `perfkit run` wrote its runs)")
     db = Path(a.db) if a.db else results / history.DB_NAME
     if a.rebuild or not db.exists() or not a.sql:
         page = write_history(results)
