@@ -221,15 +221,11 @@ def cmd_lab(a) -> int:
     """JupyterLab on the study notebooks, as root too (containers): the notebooks run as they are there."""
     import os
 
+    from perfkit.run.lab import command
     from perfkit.studies.base import NOTEBOOKS
 
-    # The project is the root, so results/ (the executed notebooks, the reports) is reachable beside notebooks/,
-    # where the lab opens.
-    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={NOTEBOOKS.parent}",
-           "--LabApp.default_url=/lab/tree/notebooks"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")  # jupyter refuses root otherwise; most containers run as root
-    os.execv(sys.executable, cmd + list(a.args))
+    cmd = command(NOTEBOOKS.parent, a.args)
+    os.execv(cmd[0], cmd)
     return 0
 
 

@@ -145,18 +145,37 @@ def test_replicated_runs_are_compared_by_runs(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- comparable or not
 
+def _with_workload(run, **workload):
+    f = run / "cold_start" / FILE_NAME
+    data = json.loads(f.read_text())
+    for d in data["figures"]:
+        d["workload"] = {**(d.get("workload") or {}), **workload}
+    f.write_text(json.dumps(data))
+
+
 def test_rows_whose_workload_differs_are_not_comparable(tmp_path):
     a = make_run(tmp_path, "a", warm_s=0.2, seed=1)
     b = make_run(tmp_path, "b", warm_s=0.4, seed=2)
-    f = b / "cold_start" / FILE_NAME
-    data = json.loads(f.read_text())
-    for d in data["figures"]:
-        d["workload"] = {**(d.get("workload") or {}), "num_predict": 999}
-    f.write_text(json.dumps(data))
+    _with_workload(b, prompt_words=999)
     c = cmp.compare(a, b)
     r = row(c, "cold_start/e2e/warm")
-    assert r.verdict == verdicts.NOT_COMPARABLE and "num_predict" in r.reason and "999" in r.reason
+    assert r.verdict == verdicts.NOT_COMPARABLE and "prompt_words" in r.reason and "999" in r.reason
     assert math.isnan(r.p_value) and c.counts()[verdicts.WORSE] == 0
+
+
+def test_runs_that_differ_only_in_output_length_are_compared_and_say_so(tmp_path):
+    """A different number of output tokens by design: every row is compared; one that depends on it (end to end)
+    names the difference as what else could explain it, one that does not (time to first token) says so."""
+    a = make_run(tmp_path, "a", warm_s=0.2, seed=1)
+    b = make_run(tmp_path, "b", warm_s=0.4, seed=2)
+    _with_workload(b, num_predict=999)
+    c = cmp.compare(a, b)
+    e2e = row(c, "cold_start/e2e/warm")
+    assert e2e.verdict == verdicts.WORSE
+    assert any("output length differs" in x and "999" in x for x in e2e.confounds), e2e.confounds
+    ttft = next(r for r in c.rows if r.key.startswith("cold_start/ttft"))
+    assert ttft.verdict != verdicts.NOT_COMPARABLE and "does not enter this figure" in ttft.reason
+    assert c.counts()[verdicts.NOT_COMPARABLE] == 0
 
 
 def test_another_model_file_is_not_comparable(tmp_path):

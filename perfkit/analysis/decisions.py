@@ -31,6 +31,15 @@ class BestClaim:
     rows: dict[str, Row] = field(default_factory=dict)
     holm_p: dict[str, float] = field(default_factory=dict)
     not_separated: list[str] = field(default_factory=list)
+    equivalent: list[str] = field(default_factory=list)
+    min_effect: float = verdicts.MIN_EFFECT
+
+    @property
+    def settled(self) -> bool:
+        """Whether the data answer the question: the best is called, or every candidate it is not separated from
+        is shown equal to it within ± the minimum effect (the CI of their ratio inside that band)."""
+        return self.called or (bool(self.rows) and set(self.not_separated) <= set(self.equivalent)) \
+            or not self.rows
 
     def more_needed(self) -> float:
         """How many times the data would separate the leader from each candidate it is not separated from by a
@@ -48,6 +57,10 @@ class BestClaim:
             return (f"**{self.best}** is the best for {what}: it beats {others}, each beyond the smallest change "
                     f"single runs can show, with the {len(self.rows)} comparisons adjusted together (Holm).")
         ns = ", ".join(f"**{c}**" for c in self.not_separated)
+        if self.settled:
+            beaten = [k for k in self.rows if k not in self.not_separated]
+            return (f"**{self.best}** and {ns} are equal for {what} within ±{self.min_effect:.0%}: the CI of their "
+                    f"ratio lies inside that band" + (f"; they beat {', '.join(beaten)}" if beaten else "") + ".")
         return (f"No setting is separable as the best for {what} at this n: the leader by point estimate, "
                 f"**{self.best}**, is not separated from {ns}.")
 
@@ -77,18 +90,27 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def _inside_band(row: Row, min_effect: float) -> bool:
+    r = row.ratio
+    return (not row.is_difference and r.has_ci and math.isfinite(r.lo) and math.isfinite(r.hi)
+            and r.lo > 1 / (1 + min_effect) and r.hi < 1 + min_effect)
+
+
 def best_of(candidates: dict[str, Figure], *, runs_mode: bool = False, min_effect: float = verdicts.MIN_EFFECT,
-            alpha: float = 1 - stats.CONFIDENCE) -> BestClaim | None:
+            confidence: float = stats.CONFIDENCE) -> BestClaim | None:
     """The best of ``candidates`` (label → the same figure measured under each) as a tested claim; None when
-    there are none. Direction from the figures' metric (lower or higher is better)."""
+    there are none. Direction from the figures' metric (lower or higher is better). ``confidence``: the level of
+    every comparison (higher than 95% where the data were looked at more than once,
+    :class:`perfkit.analysis.sequential.Looks`)."""
+    alpha = 1 - confidence
     figs = {k: f for k, f in candidates.items() if f is not None and math.isfinite(f.value)}
     if not figs:
         return None
     better = next(iter(figs.values())).better
     order = sorted(figs, key=lambda k: figs[k].value, reverse=better == "higher")
     best = order[0]
-    rows = {k: verdicts.compare_figure_pair(figs[k], figs[best], runs_mode=runs_mode, min_effect=min_effect)
-            for k in order[1:]}
+    rows = {k: verdicts.compare_figure_pair(figs[k], figs[best], runs_mode=runs_mode, min_effect=min_effect,
+                                            confidence=confidence) for k in order[1:]}
     adj = holm({k: r.p_value for k, r in rows.items()})
     not_sep = [k for k, r in rows.items() if not (r.verdict == IMPROVED and adj[k] <= alpha)]
     for k in not_sep:
@@ -97,4 +119,5 @@ def best_of(candidates: dict[str, Figure], *, runs_mode: bool = False, min_effec
             r.verdict = verdicts.NO_CHANGE
             r.reason += (f", but with {len(rows)} candidates compared with the leader its Holm-adjusted p = "
                          f"{adj[k]:.3g} > {alpha:g}")
-    return BestClaim(best, not not_sep, rows, adj, not_sep)
+    equal = [k for k in not_sep if _inside_band(rows[k], min_effect)]
+    return BestClaim(best, not not_sep, rows, adj, not_sep, equal, min_effect)

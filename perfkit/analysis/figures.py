@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -199,13 +199,34 @@ def _where_text(k: str, v: Any) -> str:
     return f(v) if f else str(v)
 
 
-class FigureSet(Mapping[str, Figure]):
-    """A study's figures by key, in the order the study made them."""
+@dataclass
+class Pair:
+    """One row of a before/after table inside a run: the figure ``before`` (the starting point, e.g. no warmup or
+    the first setting) against ``after`` (the fix the study found), both keys of the same study; ``row`` names
+    what is compared, ``before_is`` and ``after_is`` say what each side was."""
 
-    def __init__(self, figures: Iterable[Figure | None] = ()):
+    row: str
+    before: str
+    after: str
+    before_is: str
+    after_is: str
+
+
+class FigureSet(Mapping[str, Figure]):
+    """A study's figures by key, in the order the study made them, and its before/after pairs (``pairs``)."""
+
+    def __init__(self, figures: Iterable[Figure | None] = (), pairs: Iterable[Pair] = ()):
         self._d: dict[str, Figure] = {}
         for f in figures:
             self.add(f)
+        self.pairs: list[Pair] = []
+        for p in pairs:
+            self.pair(p)
+
+    def pair(self, p: Pair) -> None:
+        """Add a before/after row; ignored unless both figures are in the set (nothing to show otherwise)."""
+        if p.before in self._d and p.after in self._d and p.before != p.after:
+            self.pairs.append(p)
 
     def add(self, f: Figure | None) -> Figure | None:
         if f is not None:
@@ -231,7 +252,8 @@ class FigureSet(Mapping[str, Figure]):
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
-        data = {"schema_version": SCHEMA_VERSION, "figures": [f.as_dict() for f in self._d.values()]}
+        data = {"schema_version": SCHEMA_VERSION, "figures": [f.as_dict() for f in self._d.values()],
+                "before_after": [asdict(p) for p in self.pairs]}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(_nan_to_none(data), indent=1, default=_default))
         tmp.replace(path)
@@ -246,7 +268,8 @@ class FigureSet(Mapping[str, Figure]):
         if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
             raise ValueError(f"{path}: schema version {data['schema_version']} is newer than this perfkit reads "
                              f"({SCHEMA_VERSION}); upgrade perfkit")
-        return cls(Figure.from_dict(d) for d in data["figures"])
+        return cls((Figure.from_dict(d) for d in data["figures"]),
+                   (Pair(**p) for p in data.get("before_after") or []))
 
 
 def _default(o: Any) -> Any:
@@ -410,4 +433,6 @@ def combine(sets: list[FigureSet]) -> FigureSet:
         noisy = [f.noisy for f in figs if math.isfinite(f.noisy)]
         out.add(Figure(key, first.metric, dict(first.where), est, samples, values, max(noisy) if noisy else math.nan,
                        first.model, dict(first.workload), first.headline))
+    for p in sets[0].pairs:
+        out.pair(p)
     return out

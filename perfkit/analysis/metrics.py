@@ -23,7 +23,8 @@ class Metric:
     ``share`` a fraction 0–1, ``energy`` joules, ``ratio`` ×, ``count``); ``better``: ``lower``, ``higher``
     or ``""`` for a fact with no good direction; ``stat``: the statistic (``median``, ``p90``, ``p99``,
     ``mean``, ``series``, ``reading``, ``share``, ``shift``, ``max``); ``method``: how the value and its CI
-    are computed; ``n_counts``: what the n printed beside it counts.
+    are computed; ``n_counts``: what the n printed beside it counts; ``per_output``: whether it changes with the
+    number of output tokens asked for (an end-to-end time does, a time to first token does not).
     """
 
     tag: str
@@ -33,6 +34,7 @@ class Metric:
     stat: str
     method: str
     n_counts: str
+    per_output: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -45,14 +47,14 @@ _PCT = "order-statistic CI (exact, distribution-free)"
 _REQ = "requests"
 CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("e2e", "end-to-end latency", "duration", "lower", "median",
-           f"median of each request's send → last byte (e2e_s), {_PCT}", _REQ),
+           f"median of each request's send → last byte (e2e_s), {_PCT}", _REQ, per_output=True),
     Metric("ttft", "time to first token", "duration", "lower", "median",
            f"median of each request's send → first token (ttft_s), {_PCT}", _REQ),
     Metric("ttft_p90", "TTFT p90", "duration", "lower", "p90", f"90th percentile of ttft_s, {_PCT}", _REQ),
     Metric("ttft_p99", "TTFT p99", "duration", "lower", "p99",
            f"99th percentile of ttft_s; failed requests count as beyond the limit, {_PCT}", _REQ),
     Metric("e2e_p99", "end-to-end latency p99", "duration", "lower", "p99",
-           f"99th percentile of e2e_s; failed requests count as beyond the limit, {_PCT}", _REQ),
+           f"99th percentile of e2e_s; failed requests count as beyond the limit, {_PCT}", _REQ, per_output=True),
     Metric("ttft_sched_p99", "TTFT p99 from the schedule", "duration", "lower", "p99",
            "99th percentile of scheduled send → first token (no coordinated omission); failed requests count "
            f"as beyond the limit, {_PCT}", _REQ),
@@ -75,7 +77,7 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("peak_rss", "peak server memory (RSS)", "bytes", "lower", "max",
            "the largest server RSS sampled during the series' requests", "requests"),
     Metric("energy_per_token", "energy per output token", "energy", "lower", "median",
-           f"median over requests of the GPUs' energy in the request's window / output tokens, {_PCT}", _REQ),
+           f"median over requests of the GPUs' energy in the request's window / output tokens, {_PCT}", _REQ, per_output=True),
     Metric("gpu_util", "GPU utilization", "share", "higher", "median",
            f"median over requests of the mean GPU utilization in the request's window, {_PCT}", _REQ),
     Metric("series_gpu_util", "GPU utilization under load", "share", "higher", "reading",
@@ -83,19 +85,19 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
            "readings' source (NVML here, or the server host's exporter via Prometheus or a direct scrape)", "series"),
     Metric("series_energy_per_token", "energy per output token under load", "energy", "lower", "reading",
            "the server's GPUs' energy over the whole series' window (energy counter, else power integrated) ÷ the "
-           "server-counted output tokens of the series' requests", "series"),
+           "server-counted output tokens of the series' requests", "series", per_output=True),
     Metric("prefix_reuse", "prompt served from the server's cache", "share", "higher", "median",
            "median over requests of the server-counted cached prompt tokens ÷ prompt tokens (llama-server cache_n "
            f"and prompt_n), {_PCT}", _REQ),
     Metric("throughput", "output throughput", "rate", "higher", "series",
            "server-counted output tokens per second inside the series' steady-state window; CI by batch means "
-           "over 5 equal windows", "windows"),
+           "over 5 equal windows", "windows", per_output=True),
     Metric("goodput", "goodput", "req_rate", "higher", "series",
            "requests per second of the series' last completed attempt that met every SLO (failed requests "
-           "never do)", _REQ),
+           "never do)", _REQ, per_output=True),
     Metric("sustained_rate", "highest sustained rate", "req_rate", "higher", "reading",
            "the highest offered open-loop rate at which ≥ 90% of requests met the SLOs (latency from the "
-           "schedule) and latency did not grow through the series (capacity ÷ rate ≥ 0.9 from its trend)", "rates tried"),
+           "schedule) and latency did not grow through the series (capacity ÷ rate ≥ 0.9 from its trend)", "rates tried", per_output=True),
     Metric("efficiency", "scaling efficiency", "ratio", "higher", "series",
            "fleet throughput at N·c clients ÷ (N × one server's throughput at c clients): 1 = perfect at every "
            "client count; CI from the two series' batch-means CIs", "windows"),
@@ -113,7 +115,7 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
            "mean over prompts of the share of the reference's greedy output reproduced exactly, t-interval",
            "prompts"),
     Metric("cold_over_warm", "first request ÷ warm request", "ratio", "lower", "ratio",
-           "Hodges–Lehmann ratio of e2e, Moses CI", _REQ),
+           "Hodges–Lehmann ratio of e2e, Moses CI", _REQ, per_output=True),
 )}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perfkit.analysis import figures as F
+from perfkit.analysis import figures as F, stats
 from perfkit.analysis.series import censored
 from perfkit.analysis.requests import attempted, est, measured, per_request_itl
 from perfkit.core import fmt
@@ -59,12 +59,23 @@ def model_figures(study: str, df: pd.DataFrame, events: pd.DataFrame, models: li
     return out
 
 
-def speed_claim(study: str, figures: F.FigureSet, models: list[str]):
-    """The fastest decoding model as a tested claim (:func:`perfkit.analysis.decisions.best_of`), or None."""
+def speed_claim(study: str, figures: F.FigureSet, models: list[str], confidence: float = stats.CONFIDENCE):
+    """The fastest decoding model as a tested claim at ``confidence``
+    (:func:`perfkit.analysis.decisions.best_of`), or None."""
     from perfkit.analysis.decisions import best_of
 
     return best_of({m: figures.get(f"{study}/decode_rate/{m}") for m in models
-                    if figures.get(f"{study}/decode_rate/{m}") is not None})
+                    if figures.get(f"{study}/decode_rate/{m}") is not None}, confidence=confidence)
+
+
+def speed_settled(study: str, df: pd.DataFrame, events: pd.DataFrame, models: list[str], workload: dict[str, Any],
+                  confidence: float) -> bool:
+    """Whether the recorded warm requests answer "which decodes fastest" (the fastest called, or the rest shown
+    equal to it): the stopping rule of a study measured in looks."""
+    if "trial_id" in df and len(df):
+        df = df[df["trial_id"].astype(str).str.startswith("warm/")]
+    claim = speed_claim(study, F.FigureSet(model_figures(study, df, events, models, workload)), models, confidence)
+    return claim is None or claim.settled
 
 
 def warm_latency(trials: pd.DataFrame) -> pd.DataFrame:

@@ -179,6 +179,10 @@ def error_summary(text: str, limit: int = 80) -> str:
     import re
 
     t = str(text)
+    status = re.search(r"(?:Client|Server) error '(\d{3}[^']*)'", t)  # httpx's HTTPStatusError, URL and all
+    if status:
+        t = f"HTTP {status.group(1)}"
+    t = re.sub(r"https?://[^\s'\"<>]+", _url_words, t)  # an address on the server's host is no link for a reader
     title = re.search(r"<title[^>]*>(.*?)</title>", t, re.I | re.S)
     if title:
         head = t[:t.lower().find("<")].strip(" :")
@@ -187,6 +191,13 @@ def error_summary(text: str, limit: int = 80) -> str:
         t = re.sub(r"<[^>]+>", " ", t)
     t = html.unescape(re.sub(r"\s+", " ", t)).strip()
     return t if len(t) <= limit else t[:limit - 1] + "…"
+
+
+def _url_words(m) -> str:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(m.group(0))
+    return f"{u.path or '/'} on port {u.port}" if u.port else (u.path or "/")
 
 
 def failures(df: pd.DataFrame) -> str:

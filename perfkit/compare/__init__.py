@@ -7,9 +7,9 @@ manifests; what else could explain a row. Statistics: :mod:`perfkit.analysis.ver
 
 from perfkit.analysis.verdicts import (IMPROVED, MIN_EFFECT, NO_CHANGE, NOT_COMPARABLE, WORSE, Row,
                                        compare_estimates, compare_replicates, compare_samples)
-from perfkit.compare.comparison import SEED_ROWS, Comparison, compare
+from perfkit.compare.comparison import BEFORE_AFTER_ROWS, Comparison, compare
 from perfkit.compare.manifests import Difference
 from perfkit.compare.runs import Run, load
 
-__all__ = ["compare", "Comparison", "Row", "Difference", "Run", "load", "SEED_ROWS", "IMPROVED", "WORSE",
+__all__ = ["compare", "Comparison", "Row", "Difference", "Run", "load", "BEFORE_AFTER_ROWS", "IMPROVED", "WORSE",
            "NO_CHANGE", "NOT_COMPARABLE", "MIN_EFFECT", "compare_samples", "compare_estimates", "compare_replicates"]

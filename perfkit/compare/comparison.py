@@ -16,12 +16,14 @@ from perfkit.analysis import stats, verdicts
 from perfkit.analysis.figures import Figure
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, NOT_COMPARABLE, WORSE, Row
 from perfkit.compare import manifests
+from perfkit.compare.before_after import BeforeAfter, table_html
 from perfkit.compare.manifests import Difference, show
 from perfkit.compare.runs import Run, load
 from perfkit.core import fmt
 
 # A tuning guide's before/after rows, first when both runs have them (figures carry these headline names).
-SEED_ROWS = ("cold start", "warm start", "memory", "GPU utilization")
+BEFORE_AFTER_ROWS = ("cold start", "warm start", "memory", "GPU utilization")
+OUTPUT_LENGTH = "num_predict"  # the workload key a study may change by design between runs
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Comparison:
                + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"]
         by_study: dict[str, list[Row]] = {}
         for r in self.rows:
-            by_study.setdefault("headline" if r.headline in SEED_ROWS else r.key.split("/", 1)[0], []).append(r)
+            by_study.setdefault("headline" if r.headline in BEFORE_AFTER_ROWS else r.key.split("/", 1)[0], []).append(r)
         for study, rows in by_study.items():
             out.append(f'<tr class="group"><th colspan="{len(head)}">{h.escape(study.replace("_", " "))}</th></tr>')
             for r in rows:
@@ -94,6 +96,21 @@ class Comparison:
                                             for i, c in enumerate(cells)) + "</tr>")
         out.append("</tbody></table></div>")
         return "".join(out)
+
+    def before_after(self) -> list[BeforeAfter]:
+        """The rows of a tuning guide's before/after table both runs measured (cold start, warm start, memory, GPU
+        utilization), A as before and B as after."""
+        return [BeforeAfter(r.key.split("/", 1)[0], f"{r.headline} — {r.key.split('/', 1)[0].replace('_', ' ')}",
+                            "", "", r) for r in self.rows if r.headline in BEFORE_AFTER_ROWS]
+
+    def before_after_html(self) -> str:
+        """The before/after table (:meth:`before_after`) with how to read it, or a sentence when the runs share
+        none of its rows."""
+        rows = self.before_after()
+        if not rows:
+            return ("<p>The two runs share none of the before/after rows (cold start, warm start, memory, GPU "
+                    "utilization): they measured different studies or conditions.</p>")
+        return table_html(rows, self.min_effect)
 
     def differences_html(self, collapse_after: int = 12) -> str:
         """What differs between the manifests as a table for people: every row (no truncation), grouped by kind,
@@ -216,7 +233,9 @@ class Comparison:
                 "no CI and never gets a verdict. Across the rows of each figure (one metric over its conditions), "
                 "p-values are adjusted for the false-discovery rate (Benjamini–Hochberg, q ≤ 0.05): a row is "
                 "improved or worse only when its test says so and its q does. Rows whose workload differs (prompt "
-                "or output size, concurrency, SLOs, the model file) are not comparable. "
+                "size, concurrency, SLOs, the model file) are not comparable; where only the output length differs, "
+                "a figure that does not depend on it (TTFT, load, decode speed, memory) is compared as usual and one "
+                "that does (end-to-end time, throughput) is compared with that difference named beside it. "
                 f"A row is flagged noisy when ≥ {manifests.NOISY_SHARE:.0%} of its requests in either run ran while "
                 "other processes used the machine; a noisy run's rows are not counted in the summary.")
 
@@ -282,12 +301,21 @@ def compare(run_a: str | Path, run_b: str | Path, *, confidence: float = stats.C
     for key in [k for k in fb if k in fa]:
         row = compare_figures(fa[key], fb[key], runs_mode=runs_mode, min_effect=eff, confidence=confidence)
         row.confounds = (["another host"] if host else []) + manifests.row_confounds(fa[key], fb[key], a, b)
-        why_not = _workload_diff(fa[key], fb[key]) + [c for c in row.confounds if c.startswith("another model file")]
+        diff = _workload_diff(fa[key], fb[key])
+        if diff and all(d.startswith(OUTPUT_LENGTH + " ") for d in diff):
+            # Only the output length differs: compared, and said, never refused row by row.
+            said = (f"output length differs ({diff[0].replace(OUTPUT_LENGTH, 'tokens asked for', 1)})")
+            if fb[key].m.per_output:
+                row.confounds.append(f"{said}, which this figure depends on")
+            else:
+                row.reason += f"; the {said} does not enter this figure"
+            diff = []
+        why_not = diff + [c for c in row.confounds if c.startswith("another model file")]
         if why_not:
             row.verdict, row.reason, row.p_value = NOT_COMPARABLE, "; ".join(why_not), math.nan
         rows.append(row)
     verdicts.fdr_by_family(rows)
-    order = {h: i for i, h in enumerate(SEED_ROWS)}
+    order = {h: i for i, h in enumerate(BEFORE_AFTER_ROWS)}
     rows.sort(key=lambda r: (0, order[r.headline]) if r.headline in order else (1, 0) if r.headline else (2, 0))
     warnings = a.warnings + b.warnings + _run_warnings(a, b, rows)
     noisy = [f"{w} ({r.name}): {fmt.pct(share)} of its requests ran while other processes used the machine"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perfkit.analysis.requests import error_summary
 from perfkit.core import fmt
 from perfkit.report import charts
 
@@ -178,7 +179,8 @@ def provenance(manifest: dict, study: str, models: list[str] | None = None) -> s
              f"{manifest.get('perfkit_version', '?')}, git {h.get('git_commit') or '?'}"
              + (f"; replicate {manifest['replicate']}" if manifest.get("replicate", 1) != 1 else ""),
              f"- **Sampling**: every {_value(manifest.get('sampling_interval_s'))} s"
-             + (f"; not sampled: {html.escape('; '.join(f'{k}: {v}' for k, v in sampled.items()))}" if sampled else ""),
+             + (f"; not sampled: {html.escape('; '.join(f'{error_summary(k)}: {error_summary(v)}' for k, v in sampled.items()))}"
+                if sampled else ""),
              *_telemetry_lines(manifest),
              "- **This study's parameters**: " + (html.escape("; ".join(f"{k} = {_value(v)}" for k, v in section.items()))
                                                    or "defaults"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from perfkit.analysis.figures import FILE_NAME, FigureSet, format_value
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, WORSE
+from perfkit.compare import before_after
 from perfkit.core.errors import PerfkitError
 from perfkit.run.publish import page
 from perfkit.run.rundir import read_run
@@ -50,6 +51,21 @@ def index_cell(run_dir: Path) -> str:
     if not h:
         return '<span class="muted">no figures yet</span>'
     return "<br>".join(f"{html.escape(k)}: <b>{html.escape(v)}</b>" for k, v in h)
+
+
+def before_after_section(runs: list[Path]) -> str:
+    """The newest run's before/after table (its studies' starting points against the fixes they found), or ""."""
+    for run_dir in runs:
+        try:
+            rows = before_after.in_run(run_dir)
+        except Exception:  # noqa: BLE001 - an unreadable run has no table; the runs table says why
+            continue
+        if rows:
+            return (f"<h2>Before and after, in the newest run ({html.escape(run_dir.name)})</h2><p>Where a server "
+                    "starts (no warmup, the first setting tried) against the fix the run's studies found (the fastest "
+                    "warmup, the leading setting), measured in the same run.</p>"
+                    + before_after.table_html(rows))
+    return ""
 
 
 def is_run(path: Path) -> bool:
@@ -236,7 +252,8 @@ def write_index(results_dir: Path) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     write_assets(results_dir)
     rows = []
-    for run_dir in sorted((p for p in results_dir.iterdir() if (p / "run.json").exists()), reverse=True):
+    runs = sorted((p for p in results_dir.iterdir() if (p / "run.json").exists()), reverse=True)
+    for run_dir in runs:
         try:
             info = read_run(run_dir)
         except PerfkitError:
@@ -262,6 +279,8 @@ def write_index(results_dir: Path) -> Path:
 each report ends with its provenance (engine, versions, host, parameters). A headline figure here is the same
 figure, with the same value, as in its study's report and in <code>perfkit compare</code>.</p>
 {'<p><a href="history.html">History</a>: each headline figure over these runs, and where it changed.</p>' if (results_dir / "history.html").exists() else ""}
+{before_after_section(runs)}
+<h2>Runs</h2>
 <table><thead><tr><th>run</th><th>parameters</th><th>created (UTC)</th><th>studies</th><th>headline figures (value, n)</th>
 </tr></thead><tbody>{''.join(rows)}</tbody></table>
 {index_section(results_dir)}"""

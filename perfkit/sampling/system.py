@@ -11,6 +11,8 @@ import psutil
 
 from perfkit.sampling._periodic import PeriodicSampler
 
+CREATE_TIME_ERROR_S = 1.5  # how far psutil's process start time may be from the wall clock
+
 
 class SystemSampler(PeriodicSampler):
     """Args:
@@ -93,7 +95,11 @@ class SystemSampler(PeriodicSampler):
         self._cpu_last[pid] = used
         if last is not None:
             return max(0.0, used - last)
-        if self._wall_last is not None and p.create_time() >= self._wall_last - self.tree_refresh_s - self.interval_s:
+        # psutil's create_time is the boot time (whole seconds in /proc/stat) plus the start ticks: up to a second
+        # off, which made a model process spawned during a load look older than the last sample, its CPU then
+        # counted as other processes' and every cold load flagged noisy.
+        slack_s = self.tree_refresh_s + self.interval_s + CREATE_TIME_ERROR_S
+        if self._wall_last is not None and p.create_time() >= self._wall_last - slack_s:
             return used
         return 0.0
 

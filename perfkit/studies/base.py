@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping
 
+from pydantic import Field, model_validator
+
 import pandas as pd
 
 from perfkit.analysis.figures import FILE_NAME as FIGURES_FILE, FigureSet, combine
 from perfkit.core.errors import PerfkitError
-from perfkit.core.schema import Strict
+from perfkit.analysis.sequential import Looks
+from perfkit.core.schema import MAX_REPS, Strict
 from perfkit.core.store import RunStore
 from perfkit.measure.session import Session, Target, session
 from perfkit.measure.workload import Workload
@@ -31,6 +34,29 @@ from perfkit.studies import params as params_mod, registry
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ENV_REPLICATE = "PERFKIT_REPLICATE"  # which replicate of a repeated run a study's kernel measures (1-based)
 REPLICATE_FIGURES = "replicate-figures.json"  # one replicate's own figures, beside its data
+
+
+class UntilAnswered(Strict):
+    """A study section that measures its comparison in planned looks (``reps``, then every ``reps`` more up to
+    ``max_reps``) until it is answered, within ``budget_s`` (:mod:`perfkit.analysis.sequential`)."""
+
+    shared_keys_last: ClassVar[bool] = True  # an error lists the study's own keys before these
+
+    reps: int = Field(5, ge=1, le=MAX_REPS)
+    max_reps: int | None = Field(None, ge=1, le=MAX_REPS, description=(
+        "measure until the comparison is answered, looking after every `reps` more repetitions, up to this many; "
+        "unset: `reps` only"))
+    budget_s: float | None = Field(None, gt=0, description="this study's time budget: no further look starts once "
+                                   "it would be spent")
+
+    @model_validator(mode="after")
+    def _max_reps(self):
+        if self.max_reps is not None and self.max_reps < self.reps:
+            raise ValueError(f"max_reps ({self.max_reps}) must be ≥ reps ({self.reps})")
+        return self
+
+    def looks(self) -> Looks:
+        return Looks(self.reps, self.max_reps)
 
 
 @dataclass

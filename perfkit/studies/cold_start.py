@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from perfkit.analysis import figures as F, stats, timeline
 from perfkit.analysis.series import censored
@@ -23,7 +23,8 @@ from perfkit.analysis.models import resource_figures
 from perfkit.analysis.requests import (attempted, ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note,
                                        negative_overhead_note, noisy_note, per_request_itl, state_note)
 from perfkit.analysis.decisions import best_of
-from perfkit.analysis.verdicts import compare_samples
+from perfkit.analysis.sequential import Looks
+from perfkit.analysis.verdicts import MIN_EFFECT, compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.errors import PerfkitError
@@ -33,6 +34,7 @@ from perfkit.measure.cache_states import WARMUP_STRATEGIES, scheme_a, user_first
 from perfkit.measure.devices import record_device
 from perfkit.measure.progress import Progress
 from perfkit.measure.runner import Trial
+from perfkit.measure.sequential import Budget, looks_taken, measure_in_looks
 from perfkit.report.answer import answer_block
 from perfkit.servers.control.base import Unknown
 from perfkit.studies.base import Study, StudyContext, StudyResult
@@ -52,6 +54,11 @@ class ColdStartParams(Strict):
     prompt_words: int = Field(48, ge=4, le=MAX_PROMPT_WORDS)
     strategies: list[str] = Field(default_factory=lambda: list(WARMUP_STRATEGIES))
     strategy_reps: int = Field(2, ge=1, le=MAX_REPS)
+    strategy_max_reps: int | None = Field(None, ge=1, le=MAX_REPS, description=(
+        "measure the warmup strategies until the fastest is called (or shown equal to the others), looking after "
+        "every strategy_reps more, up to this many; unset: strategy_reps only"))
+    budget_s: float | None = Field(None, gt=0, description="this study's time budget: no further look starts "
+                                   "once it would be spent")
     keep_alive_s: float = Field(300.0, gt=0, description="server keep-alive during the strategy runs")
     idle_gaps_s: list[float] = Field(default_factory=lambda: [1.0])
     keep_warm_interval_s: float | None = Field(None, gt=0)
@@ -59,6 +66,16 @@ class ColdStartParams(Strict):
         "scheme A (restart, preload at start): a user request arrives this long after the restart; "
         "empty: not measured"))
     scheme_a_reps: int = Field(2, ge=1, le=MAX_REPS)
+
+    @model_validator(mode="after")
+    def _max_reps(self):
+        if self.strategy_max_reps is not None and self.strategy_max_reps < self.strategy_reps:
+            raise ValueError(f"strategy_max_reps ({self.strategy_max_reps}) must be ≥ strategy_reps "
+                             f"({self.strategy_reps})")
+        return self
+
+    def strategy_looks(self) -> Looks:
+        return Looks(self.strategy_reps, self.strategy_max_reps)
 
     @field_validator("scheme_a_delays_s")
     @classmethod
@@ -96,6 +113,8 @@ class ColdStartResult(StudyResult):
     strategy_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
     strategies: pd.DataFrame = field(default_factory=pd.DataFrame)
     scheme_a_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    strategy_looks: Looks = field(default_factory=lambda: Looks(1))
+    strategy_looks_taken: tuple[list[int], str] | None = None
     limit: dict | None = None
     device: dict | None = None
     read_bandwidth: dict | None = None
@@ -117,6 +136,7 @@ class ColdStart(Study):
 
     def measure(self, ctx: StudyContext) -> None:
         c = ctx.cfg
+        budget = Budget(c.budget_s)
         with ctx.session(keep_alive_s=c.keep_alive_s) as s:
             trials = plan(ctx)
             if "cold_server" in c.states and not s.control.can_restart():
@@ -126,7 +146,7 @@ class ColdStart(Study):
                 ctx.store.event("state_skipped", state="cold_server", why=f"perfkit can't restart this server: {why}")
                 trials = [t for t in trials if t.cache_state != "cold_server"]
             s.runner.run(trials, desc="cache states")
-            _strategies(ctx, s)
+            _strategies(ctx, s, budget)
             _scheme_a(ctx, s)
             _facts(ctx, s)
 
@@ -166,43 +186,57 @@ def _facts(ctx: StudyContext, s) -> None:
         ctx.store.event("read_bandwidth", **s.control.read_bandwidth(c.model))
 
 
-def _strategies(ctx: StudyContext, s) -> None:
+def _strategies(ctx: StudyContext, s, budget: Budget) -> None:
+    """The warmup strategies, interleaved in shuffled rounds, in planned looks until the fastest is settled."""
     c = ctx.cfg
-    done = ctx.store.done_ids()
+    looks = c.strategy_looks()
     rng = random.Random(ctx.params.seed + 1)
+    orders = {gap: [rng.sample(list(c.strategies), len(c.strategies)) for _ in range(looks.ns[-1])]
+              for gap in c.idle_gaps_s}
     interval = c.keep_warm_interval_s or c.keep_alive_s / 2
-    total = len(c.idle_gaps_s) * c.strategy_reps * len(c.strategies)
-    with Progress(ctx.store.dir, "warmup strategies", total, interactive=ctx.params.progress) as bar:
-        _strategy_trials(ctx, s, rng, interval, done, bar)
+    state = {"reps": 0}
+
+    def measure_to(n: int) -> None:
+        done = ctx.store.done_ids()
+        total = len(c.idle_gaps_s) * (n - state["reps"]) * len(c.strategies)
+        with Progress(ctx.store.dir, f"warmup strategies (look {looks.ns.index(n) + 1} of {looks.k})", total,
+                      interactive=ctx.params.progress) as bar:
+            for gap in c.idle_gaps_s:
+                for rep in range(state["reps"], n):
+                    for strategy in orders[gap][rep]:
+                        bar.update(1, f"{strategy} after {fmt.duration(gap)}")
+                        _strategy_trial(ctx, s, strategy, gap, rep, interval, done)
+        state["reps"] = n
+
+    def settled() -> bool:
+        df = ctx.store.trials()
+        sok = measured(df[df["trial_id"].astype(str).str.startswith("strategy/")]) if len(df) else df
+        return all(claim is None or claim.settled for _, _, claim in strategy_claims(sok, looks.confidence))
+
+    measure_in_looks(ctx.store, "warmup strategies", looks, measure_to, settled, budget)
 
 
-def _strategy_trials(ctx: StudyContext, s, rng, interval: float, done: set, bar: Progress) -> None:
+def _strategy_trial(ctx: StudyContext, s, strategy: str, gap: float, rep: int, interval: float, done: set) -> None:
     c = ctx.cfg
-    for gap in c.idle_gaps_s:
-        for rep in range(c.strategy_reps):
-            order = list(c.strategies)
-            rng.shuffle(order)
-            for strategy in order:
-                tid = f"strategy/{strategy}/gap{gap:g}/rep{rep}"
-                bar.update(1, f"{strategy} after {fmt.duration(gap)}")
-                if tid in done:
-                    continue
-                try:
-                    fr = user_first_request(s.backend, c.model, strategy, idle_gap_s=gap,
-                                            prompt=s.runner.prompt(tid, c.prompt_words),
-                                            sampling=Sampling(c.num_predict), keep_warm_interval_s=interval,
-                                            keep_alive=s.runner.keep_alive, timeout_s=ctx.params.timeouts.request_s)
-                except PerfkitError as e:  # the warmup itself failed (a load past the timeout): a failed trial
-                    rec = RequestRecord(s.backend.name, c.model, ok=False, error=f"warmup failed: {str(e)[:200]}")
-                    s.runner.record(rec, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
-                                    keep_alive_s=c.keep_alive_s, keep_warm_interval_s=interval, variant=strategy,
-                                    cache_state="cold_memory")
-                    continue
-                s.runner.record(fr.record, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
-                                keep_alive_s=c.keep_alive_s, keep_warm_interval_s=interval,
-                                loaded_at_send=fr.loaded_at_send, keep_warm_refreshes=fr.keep_warm_refreshes,
-                                variant=strategy, cache_state="warm" if fr.loaded_at_send else "cold_memory",
-                                **fr.extra)
+    tid = f"strategy/{strategy}/gap{gap:g}/rep{rep}"
+    if tid in done:
+        return
+    try:
+        fr = user_first_request(s.backend, c.model, strategy, idle_gap_s=gap,
+                                prompt=s.runner.prompt(tid, c.prompt_words),
+                                sampling=Sampling(c.num_predict), keep_warm_interval_s=interval,
+                                keep_alive=s.runner.keep_alive, timeout_s=ctx.params.timeouts.request_s)
+    except PerfkitError as e:  # the warmup itself failed (a load past the timeout): a failed trial
+        rec = RequestRecord(s.backend.name, c.model, ok=False, error=f"warmup failed: {str(e)[:200]}")
+        s.runner.record(rec, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
+                        keep_alive_s=c.keep_alive_s, keep_warm_interval_s=interval, variant=strategy,
+                        cache_state="cold_memory")
+        return
+    s.runner.record(fr.record, trial_id=tid, strategy=strategy, idle_gap_s=gap, rep=rep, warmup=False,
+                    keep_alive_s=c.keep_alive_s, keep_warm_interval_s=interval,
+                    loaded_at_send=fr.loaded_at_send, keep_warm_refreshes=fr.keep_warm_refreshes,
+                    variant=strategy, cache_state="warm" if fr.loaded_at_send else "cold_memory",
+                    **fr.extra)
 
 
 def _scheme_a(ctx: StudyContext, s) -> None:
@@ -276,13 +310,29 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
     split = timeline.splits(acc, pd.concat([cold, sa_ok])) if len(cold) or len(sa_ok) else pd.DataFrame()
     device = _event(ev, "device")
     figs = FigureSet(_figures(c, ok, sok, sa_ok, ratios, device, attempted(states)))
+    _pairs(figs, sok, sa_ok, c.strategy_looks().confidence)
     return ColdStartResult(
         study="cold_start", figures=figs, trials=df, manifest=ctx.store.manifest(), failures=failures(df),
         model=c.model, states=states, by_state=by_state, ratios=ratios, strategy_trials=strat,
-        strategies=pd.DataFrame(strategies), scheme_a_trials=schemea, limit=load_limit(ctx, ok, ev), device=device,
+        strategies=pd.DataFrame(strategies), scheme_a_trials=schemea, strategy_looks=c.strategy_looks(),
+        strategy_looks_taken=looks_taken(ev, "warmup strategies"), limit=load_limit(ctx, ok, ev), device=device,
         read_bandwidth=_event(ev, "read_bandwidth"), scheme_a_skipped=_event(ev, "scheme_a_skipped"),
         state_skipped=_event(ev, "state_skipped"), account=acc, timeline=timeline.timeline_frame(acc, t0),
         splits=split, samples=ctx.store.samples())
+
+
+def _pairs(figs: FigureSet, sok: pd.DataFrame, sa: pd.DataFrame, confidence: float) -> None:
+    """The before/after rows: the first request after an idle gap with no warmup against the fastest strategy,
+    and the first request after a restart against one with the model preloaded at start (scheme A)."""
+    for gap, fs, claim in strategy_claims(sok, confidence, figs):
+        if "none" in fs and claim.best != "none":
+            figs.pair(F.Pair(f"first request after {fmt.duration(gap)} idle", fs["none"].key, fs[claim.best].key,
+                             "no warmup", f"warmup: {claim.best}"))
+    if len(sa) and "scheme_a_delay_s" in sa:
+        delay = float(sa["scheme_a_delay_s"].max())
+        figs.pair(F.Pair("first request after a restart", "cold_start/e2e/cold_server",
+                         f"cold_start/e2e/user request/{delay:g}", "restart, no preload",
+                         f"restart with preload at start, request {fmt.duration(delay)} later"))
 
 
 def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.DataFrame,
@@ -383,7 +433,9 @@ def before_after(res: "ColdStartResult") -> pd.DataFrame:
     for gap, g in sok.groupby("idle_gap_s"):
         base = g[g["strategy"] == "none"]["e2e_s"]
         for strategy, h in g.groupby("strategy", sort=False):
-            r = compare_samples(base, h["e2e_s"], "lower") if strategy != "none" and len(base) else None
+            # At the level and with the minimum effect of the fastest-strategy claim, so the two can't disagree.
+            r = (compare_samples(base, h["e2e_s"], "lower", confidence=res.strategy_looks.confidence,
+                                 min_effect=MIN_EFFECT) if strategy != "none" and len(base) else None)
             phase = ""
             if strategy == "keep_warm" and "keep_warm_phase" in h and h["keep_warm_phase"].notna().any():
                 phase = (f"phase {h['keep_warm_phase'].mean():.2f} of the refresh cycle; "
@@ -565,17 +617,27 @@ def conclusions(res: ColdStartResult) -> str:
     return "\n".join(lines)
 
 
-def _strategy_claims(res: ColdStartResult) -> list[tuple[float, dict[str, F.Figure], Any]]:
-    """Per idle gap (shortest first): each warmup strategy's first-request e2e figure and the tested claim of the
-    fastest (:func:`perfkit.analysis.decisions.best_of`)."""
-    sok = measured(res.strategy_trials)
+def strategy_claims(sok: pd.DataFrame, confidence: float, figures: FigureSet | None = None
+                    ) -> list[tuple[float, dict[str, F.Figure], Any]]:
+    """Per idle gap (shortest first): each warmup strategy's first-request e2e figure (from ``figures``, else
+    from the trials ``sok``) and the tested claim of the fastest at ``confidence``
+    (:func:`perfkit.analysis.decisions.best_of`)."""
     out = []
     for gap, g in sok.groupby("idle_gap_s") if len(sok) else ():
-        figs = {s: res.figures.get(f"cold_start/e2e/{s}/{gap:g}") for s in dict.fromkeys(g["strategy"])}
-        figs = {s: x for s, x in figs.items() if x is not None}
+        figs = {}
+        for strategy in dict.fromkeys(g["strategy"]):
+            fig = (figures.get(f"cold_start/e2e/{strategy}/{gap:g}") if figures is not None else
+                   F.per_request("cold_start", "e2e", g[g["strategy"] == strategy], "e2e_s",
+                                 where={"strategy": strategy, "gap_s": f"{gap:g}"}))
+            if fig is not None:
+                figs[strategy] = fig
         if figs:
-            out.append((gap, figs, best_of(figs)))
+            out.append((gap, figs, best_of(figs, confidence=confidence)))
     return out
+
+
+def _strategy_claims(res: ColdStartResult) -> list[tuple[float, dict[str, F.Figure], Any]]:
+    return strategy_claims(measured(res.strategy_trials), res.strategy_looks.confidence, res.figures)
 
 
 def _strategy_lines(res: ColdStartResult) -> list[str]:
@@ -593,8 +655,11 @@ def _strategy_lines(res: ColdStartResult) -> list[str]:
         if claim.called and beaten:
             head += f". **{claim.best}** is the fastest: it beats {', '.join(beaten)}"
         elif beaten:
-            head += (f". **{claim.best}** is faster than {', '.join(beaten)}; not separated from "
-                     f"{', '.join(claim.not_separated)} at this n")
+            head += (f". **{claim.best}** is faster than {', '.join(beaten)}; "
+                     + (f"equal to {', '.join(claim.not_separated)} within ±{claim.min_effect:.0%}" if claim.settled
+                        else f"not separated from {', '.join(claim.not_separated)} at this n"))
+        elif claim.settled and len(figs) > 1:
+            head += f". All are equal within ±{claim.min_effect:.0%}: no warmup strategy changes this first request"
         elif len(figs) > 1:
             head += ". At this n no strategy is distinguishable from another"
         out.append(head + ".")
@@ -602,6 +667,10 @@ def _strategy_lines(res: ColdStartResult) -> list[str]:
                 figs["none"].samples, figs["keep_warm"].samples, "lower").verdict == "worse":
             out.append("  ⚠ Keep-warm measured slower than no warmup at all, which a resident model can't be: "
                        "suspect data (a refresh in flight, or a busy machine).")
+    if out and res.strategy_looks_taken:
+        said = res.strategy_looks.sentence(*res.strategy_looks_taken, what="first requests with each strategy")
+        if said:
+            out.append("  " + said)
     return out
 
 
@@ -633,15 +702,23 @@ def answer(res: ColdStartResult) -> list[str]:
     if claims:
         gap, figs, claim = claims[-1]
         none = figs.get("none")
-        if claim.called and claim.best != "none":
-            out.append(f"After {fmt.duration(gap)} idle, **{claim.best}** fixes it: the first request takes "
+        beaten = [k for k in claim.rows if k not in claim.not_separated]
+        if claim.best != "none" and (claim.called or (claim.settled and "none" in beaten)):
+            ties = f" (or, equally within ±{claim.min_effect:.0%}, **{'**, **'.join(claim.not_separated)}**)" \
+                if claim.not_separated else ""
+            out.append(f"After {fmt.duration(gap)} idle, **{claim.best}**{ties} fixes it: the first request takes "
                        f"{figs[claim.best].link()}" + (f" instead of {none.link()} with no warmup." if none is not None
                                                        else "."))
         elif claim.called:
             out.append(f"After {fmt.duration(gap)} idle, no warmup beat doing nothing ({none.link()}): the model was "
                        "still resident.")
+        elif claim.settled:
+            out.append(f"After {fmt.duration(gap)} idle, the warmup strategies are equal within "
+                       f"±{claim.min_effect:.0%}: none changes the first request.")
         else:
-            out.append(f"After {fmt.duration(gap)} idle, no warmup strategy is separable from the others at this n "
+            stopped = res.strategy_looks_taken[1] if res.strategy_looks_taken else ""
+            why = (" before the time budget was spent" if stopped == "budget" else " at this n")
+            out.append(f"After {fmt.duration(gap)} idle, no warmup strategy is separable from the others{why} "
                        f"(the fastest by its median, **{claim.best}**, is not separated from "
                        f"{', '.join(claim.not_separated)}).")
     return out

@@ -475,6 +475,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                                                                       "; a lower bound: every rate tried was sustained")))
     best_ = best(table, figs)
     _mark_headlines(figs, best_)
+    _pairs(figs, table, best_)
     dev = ev[ev["kind"] == "device"] if has_kind and (ev["kind"] == "device").any() else None
     retries = int(df["stale_retry"].astype("boolean").fillna(False).astype(bool).sum()) if len(df) and "stale_retry" in df else 0
     return ConfigTuningResult("config_tuning", figs, df, ctx.store.manifest(), failures(df), table=table,
@@ -662,6 +663,29 @@ def best(table: pd.DataFrame, figs: FigureSet) -> dict[str, dict]:
     out["memory"] = {"config": mem.index[0], "value": float(mem.iloc[0]), "metric": "peak server RSS (bytes)",
                      "lo": math.nan, "hi": math.nan, "n": int(t[t["config"] == mem.index[0]]["n_series"].sum())}
     return out
+
+
+def _pairs(figs: FigureSet, table: pd.DataFrame, best_: dict[str, dict]) -> None:
+    """The before/after rows: the first setting (where the user starts) against the setting that leads on
+    throughput (else latency), the latency rows at the fewest clients, the rest at the most."""
+    lead = best_.get("throughput") or best_.get("latency")
+    if table.empty or not lead:
+        return
+    t = table[table["n"] > 0].sort_values("config_index")
+    if t.empty:
+        return
+    base, after = t["config"].iloc[0], lead["config"]
+    lo_c, hi_c = int(t["concurrency"].min()), int(t["concurrency"].max())
+    clients = lambda c: f"{c} client{'s' if c != 1 else ''}"  # noqa: E731
+    for row, tag, conc in ((f"warm request, time to first token ({clients(lo_c)})", "ttft", lo_c),
+                           (f"warm request, end to end ({clients(lo_c)})", "e2e", lo_c),
+                           (f"output throughput ({clients(hi_c)})", "throughput", hi_c),
+                           (f"GPU utilization under load ({clients(hi_c)})", "series_gpu_util", hi_c),
+                           (f"peak server memory ({clients(hi_c)})", "peak_rss", hi_c)):
+        figs.pair(F.Pair(row, f"config_tuning/{tag}/{base}/{conc}", f"config_tuning/{tag}/{after}/{conc}",
+                         f"first setting ({base})", f"leading setting ({after})"))
+    figs.pair(F.Pair("highest sustained request rate", f"config_tuning/sustained_rate/{base}",
+                     f"config_tuning/sustained_rate/{after}", f"first setting ({base})", f"leading setting ({after})"))
 
 
 def _replicated(figs) -> bool:

@@ -11,7 +11,8 @@ from pydantic import Field, field_validator
 
 from perfkit.analysis import stats
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.models import model_figures, offload_warnings, per_model, speed_claim
+from perfkit.analysis.sequential import Looks
+from perfkit.analysis.models import model_figures, offload_warnings, per_model, speed_claim, speed_settled
 from perfkit.analysis.requests import (failures, measured, method_note, negative_overhead_note,
                                        noisy_note, state_note)
 from perfkit.client.backends import Sampling
@@ -20,11 +21,12 @@ from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, 
 from perfkit.measure.devices import record_devices
 from perfkit.measure.runner import plan as plan_trials
 from perfkit.report.answer import answer_block
-from perfkit.studies.base import Study, StudyContext, StudyResult
+from perfkit.measure.sequential import Budget, looks_taken, measure_in_looks
+from perfkit.studies.base import Study, StudyContext, StudyResult, UntilAnswered
 from perfkit.studies.registry import register
 
 
-class ModelSizeParams(Strict):
+class ModelSizeParams(UntilAnswered):
     """``studies.model_size``: two or more models, warm and cold repetitions."""
 
     models: list[str] = Field(min_length=2)
@@ -44,14 +46,29 @@ class ModelSizeParams(Strict):
 @dataclass
 class ModelSizeResult(StudyResult):
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    looks: Looks = field(default_factory=lambda: Looks(1))
+    looks_taken: tuple[list[int], str] | None = None
+
+
+SPEED = "decode speed"  # the comparison measured until answered
+
+
+def _workload(c) -> dict:
+    return {"prompt_words": c.prompt_words, "num_predict": c.num_predict}
+
+
+def warm_plan(ctx: StudyContext, reps: int):
+    """Every model's warm requests, ``reps`` interleaved rounds (a later look only adds rounds)."""
+    c = ctx.cfg
+    return plan_trials(c.models, reps, prefix="warm", warmup=1, cache_state="warm", seed=ctx.params.seed,
+                       prompt_words=c.prompt_words, sampling=Sampling(c.num_predict))
 
 
 def plan(ctx: StudyContext):
+    """The cold loads (after the warm requests of :func:`warm_plan`)."""
     c = ctx.cfg
-    kw = dict(prompt_words=c.prompt_words, sampling=Sampling(c.num_predict))
-    return (plan_trials(c.models, c.reps, prefix="warm", warmup=1, cache_state="warm", seed=ctx.params.seed, **kw)
-            + plan_trials(c.models, c.cold_reps, prefix="cold", warmup=0, cache_state="cold_memory",
-                          seed=ctx.params.seed + 1, **kw))
+    return plan_trials(c.models, c.cold_reps, prefix="cold", warmup=0, cache_state="cold_memory",
+                       seed=ctx.params.seed + 1, prompt_words=c.prompt_words, sampling=Sampling(c.num_predict))
 
 
 @register
@@ -63,8 +80,15 @@ class ModelSize(Study):
     order = 20
 
     def measure(self, ctx: StudyContext) -> None:
+        c, budget = ctx.cfg, Budget(ctx.cfg.budget_s)
         with ctx.session() as s:
-            s.runner.run(plan(ctx), desc="model size")
+            looks = c.looks()
+            measure_in_looks(ctx.store, SPEED, looks,
+                             lambda n: s.runner.run(warm_plan(ctx, n), desc=f"model size, look {looks.ns.index(n) + 1} "
+                                                                           f"of {looks.k}"),
+                             lambda: speed_settled("model_size", ctx.store.trials(), ctx.store.events(), c.models,
+                                                   _workload(c), looks.confidence), budget)
+            s.runner.run(plan(ctx), desc="model size: cold loads")
             record_devices(s, ctx.store, ctx.cfg.models)
 
     def analyze(self, ctx: StudyContext) -> ModelSizeResult:
@@ -73,7 +97,8 @@ class ModelSize(Study):
         figs = FigureSet(model_figures("model_size", df, ctx.store.events(), c.models,
                                        {"prompt_words": c.prompt_words, "num_predict": c.num_predict}))
         return ModelSizeResult("model_size", figs, df, ctx.store.manifest(), failures(df),
-                               table=per_model(ctx.store, df, c.models))
+                               table=per_model(ctx.store, df, c.models), looks=c.looks(),
+                               looks_taken=looks_taken(ctx.store.events(), SPEED))
 
     def conclusions(self, result: ModelSizeResult) -> str:
         return conclusions(result)
@@ -104,7 +129,7 @@ def answer(res: ModelSizeResult) -> list[str]:
     small, large = by_size.index[0], by_size.index[-1]
     get = lambda tag, m: res.figures.get(f"model_size/{tag}/{m}")  # noqa: E731
     out = []
-    claim = speed_claim("model_size", res.figures, list(t.index))
+    claim = speed_claim("model_size", res.figures, list(t.index), res.looks.confidence)
     fs, fl = get("decode_rate", small), get("decode_rate", large)
     if claim is not None and fs is not None and fl is not None and small != large:
         row = claim.rows.get(small if claim.best == large else large)
@@ -112,6 +137,9 @@ def answer(res: ModelSizeResult) -> list[str]:
         if claim.called:
             out.append(f"**{claim.best}** decodes faster: {get('decode_rate', claim.best).link()} against "
                        f"{get('decode_rate', small if claim.best == large else large).link()}{change}.")
+        elif claim.settled:
+            out.append(f"The models decode equally fast within ±{claim.min_effect:.0%} ({fl.link()} for **{large}**, "
+                       f"{fs.link()} for **{small}**).")
         else:
             out.append(f"At this n the two models' decode speeds are not separable ({fl.link()} for **{large}**, "
                        f"{fs.link()} for **{small}**).")
@@ -160,6 +188,9 @@ def conclusions(res: ModelSizeResult) -> str:
         parts = ([f"the smaller model decodes {rd}"] if rd else []) + ([f"the larger one takes {rl}"] if rl else [])
         if parts:
             lines.append("- " + "; ".join(parts)[0].upper() + "; ".join(parts)[1:] + ".")
+    said = res.looks.sentence(*res.looks_taken, what="warm requests of each model") if res.looks_taken else ""
+    if said:
+        lines.append("- " + said)
     energy = [f for f in res.figures.values() if f.metric == "energy_per_token"]
     if energy:
         lines.append("- Energy per output token (GPUs holding the server's processes): "

@@ -113,7 +113,10 @@ def _allowed(model_cls: type[BaseModel], loc: tuple) -> str:
         if not inner:
             return ""
         cls = inner[0]
-    return ", ".join(cls.model_fields)
+    # The section's own keys first, then those it inherits (a study's `reps` before the shared `budget_s`).
+    own = [k for k in getattr(cls, "__annotations__", {}) if k in cls.model_fields] \
+        if getattr(cls, "shared_keys_last", False) else []
+    return ", ".join(own + [k for k in cls.model_fields if k not in own])
 
 
 def validate(raw: Any, where: str = "parameters", *, line: Callable[[tuple], int | None] | None = None,

@@ -12,7 +12,8 @@ from pydantic import Field, field_validator, model_validator
 
 from perfkit.analysis import figures as F
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.models import model_figures, offload_warnings, per_model, speed_claim
+from perfkit.analysis.sequential import Looks
+from perfkit.analysis.models import model_figures, offload_warnings, per_model, speed_claim, speed_settled
 from perfkit.analysis.requests import est, failures, measured, method_note, negative_overhead_note, noisy_note, state_note
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
@@ -20,11 +21,12 @@ from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, 
 from perfkit.measure.devices import record_devices
 from perfkit.measure.runner import Trial, plan as plan_trials
 from perfkit.report.answer import answer_block
-from perfkit.studies.base import Study, StudyContext, StudyResult
+from perfkit.measure.sequential import Budget, looks_taken, measure_in_looks
+from perfkit.studies.base import Study, StudyContext, StudyResult, UntilAnswered
 from perfkit.studies.registry import register
 
 
-class QuantizationParams(Strict):
+class QuantizationParams(UntilAnswered):
     """``studies.quantization``: variants of one model, the reference, repetitions and drift prompts."""
 
     models: list[str] = Field(min_length=2)
@@ -54,6 +56,8 @@ class QuantizationResult(StudyResult):
     drift: pd.DataFrame = field(default_factory=pd.DataFrame)
     drift_method: str = "tokens"
     reference: str = ""
+    looks: Looks = field(default_factory=lambda: Looks(1))
+    looks_taken: tuple[list[int], str] | None = None
 
 
 @register
@@ -65,8 +69,15 @@ class Quantization(Study):
     order = 30
 
     def measure(self, ctx: StudyContext) -> None:
+        c, budget = ctx.cfg, Budget(ctx.cfg.budget_s)
         with ctx.session() as s:
-            s.runner.run(plan(ctx), desc="quantization")
+            looks = c.looks()
+            measure_in_looks(ctx.store, SPEED, looks,
+                             lambda n: s.runner.run(warm_plan(ctx, n), desc=f"quantization, look {looks.ns.index(n) + 1} "
+                                                                           f"of {looks.k}"),
+                             lambda: speed_settled("quantization", ctx.store.trials(), ctx.store.events(), c.models,
+                                                   _workload(c), looks.confidence), budget)
+            s.runner.run(plan(ctx), desc="quantization: cold loads and output drift")
             record_devices(s, ctx.store, ctx.cfg.models)
 
     def analyze(self, ctx: StudyContext) -> QuantizationResult:
@@ -80,11 +91,26 @@ def reference(ctx: StudyContext) -> str:
     return ctx.cfg.reference or ctx.cfg.models[0]
 
 
+SPEED = "decode speed"  # the comparison measured until answered
+
+
+def _workload(c) -> dict:
+    return {"prompt_words": c.prompt_words, "num_predict": c.num_predict}
+
+
+def warm_plan(ctx: StudyContext, reps: int) -> list[Trial]:
+    """The warm requests of every variant, ``reps`` interleaved rounds (the first rounds of a longer plan are the
+    same trials, so a later look only adds rounds)."""
+    c = ctx.cfg
+    return plan_trials(c.models, reps, prefix="warm", warmup=1, cache_state="warm", seed=ctx.params.seed,
+                       prompt_words=c.prompt_words, sampling=Sampling(c.num_predict))
+
+
 def plan(ctx: StudyContext) -> list[Trial]:
+    """The cold loads and the drift prompts (after the warm requests of :func:`warm_plan`)."""
     c = ctx.cfg
     kw = dict(prompt_words=c.prompt_words, sampling=Sampling(c.num_predict))
-    trials = plan_trials(c.models, c.reps, prefix="warm", warmup=1, cache_state="warm", seed=ctx.params.seed, **kw)
-    trials += plan_trials(c.models, max(1, c.reps // 2), prefix="cold", warmup=0, cache_state="cold_memory",
+    trials = plan_trials(c.models, max(1, c.reps // 2), prefix="cold", warmup=0, cache_state="cold_memory",
                           seed=ctx.params.seed + 1, **kw)
     trials += [Trial(f"drift/{m}/p{k}", m, "warm", k, False, m, c.prompt_words,
                      Sampling.greedy(c.num_predict, seed=ctx.params.seed), logprobs=True, prompt_key=f"drift/p{k}",
@@ -172,7 +198,8 @@ def analyze(ctx: StudyContext) -> QuantizationResult:
     method = ("tokens" if dr.empty or (dr["method"] == "tokens").all() else
               "words" if (dr["method"] == "words").all() else "mixed")
     return QuantizationResult("quantization", figs, df, ctx.store.manifest(), failures(df), table=table, drift=dr,
-                              drift_method=method, reference=ref)
+                              drift_method=method, reference=ref, looks=c.looks(),
+                              looks_taken=looks_taken(ctx.store.events(), SPEED))
 
 
 def drift_table(res: QuantizationResult) -> pd.DataFrame:
@@ -202,7 +229,7 @@ def answer(res: QuantizationResult) -> list[str]:
     """Which quantization to run: speed (a tested claim), size and how far outputs drift (at most three sentences)."""
     t = res.table.set_index("model") if len(res.table) else res.table
     models = list(t.index)
-    claim = speed_claim("quantization", res.figures, models)
+    claim = speed_claim("quantization", res.figures, models, res.looks.confidence)
     if claim is None:
         return []
     ref, out = res.reference, []
@@ -211,8 +238,15 @@ def answer(res: QuantizationResult) -> list[str]:
         vs = claim.rows.get(ref)
         out.append(f"**{claim.best}** decodes fastest: {fast.link()}"
                    + (f", {vs.change_text} against the reference **{ref}**." if vs is not None else "."))
+    elif claim.settled:
+        out.append(f"**{claim.best}** ({fast.link()}) and **{'**, **'.join(claim.not_separated)}** decode equally fast "
+                   f"within ±{claim.min_effect:.0%}" + (f"; the reference **{ref}** is slower ({claim.rows[ref].change_text})"
+                                                        if ref in claim.rows and ref not in claim.not_separated
+                                                        else "") + ".")
     else:
-        out.append(f"At this n the quantizations' decode speeds are not separable: the fastest by its median, "
+        why = ("before the time budget was spent" if res.looks_taken and res.looks_taken[1] == "budget"
+               else "at this n")
+        out.append(f"The quantizations' decode speeds are not separable {why}: the fastest by its median, "
                    f"**{claim.best}** ({fast.link()}), is not separated from {', '.join(claim.not_separated)}.")
     pick = claim.best if claim.best != ref else None
     agree = res.figures.get(f"quantization/agreement/{pick}/{ref}") if pick else None
@@ -246,13 +280,15 @@ def conclusions(res: QuantizationResult) -> str:
     if t["decode_tok_s"].isna().all() or ref not in t.index:
         return "\n".join(lines + ["- No successful warm trials: nothing to conclude about speed.", res.failures])
     smallest = t["file_bytes"].idxmin() if t["file_bytes"].notna().any() else None
-    claim = speed_claim("quantization", res.figures, list(t.index))
+    claim = speed_claim("quantization", res.figures, list(t.index), res.looks.confidence)
     if claim is not None:
         f_fast = res.figures.get(f"quantization/decode_rate/{claim.best}")
         line = f"- Decode speed: {claim.sentence('decode speed')} Its median: {f_fast.text()}"
         if claim.best != ref and ref in claim.rows:
             line += f"; against the reference **{ref}**: {claim.rows[ref].ratio_text}, {claim.rows[ref].verdict}"
         lines.append(line + ".")
+        if res.looks_taken and res.looks.sentence(*res.looks_taken, what="requests of each variant"):
+            lines.append("  " + res.looks.sentence(*res.looks_taken, what="requests of each variant"))
     if smallest:
         share = (f", {t.loc[smallest, 'file_bytes'] / t.loc[ref, 'file_bytes']:.0%} of the reference's size"
                  if pd.notna(t.loc[ref, "file_bytes"]) and t.loc[ref, "file_bytes"] else
