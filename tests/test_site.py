@@ -101,6 +101,35 @@ def test_the_progress_line_reaches_a_log_file(tmp_path):
     assert "left in this phase" in line
 
 
+def test_progress_shows_the_whole_runs_time_left_from_the_last_run_of_the_same_parameters(tmp_path):
+    import types
+
+    from perfkit.measure.progress import Progress
+    from perfkit.run.estimate import RunClock, expected_s
+    from perfkit.run.progress import Watcher
+    from perfkit.run.rundir import write_run
+
+    results = tmp_path / "results"
+    for name, params, wall in (("20261201-000000-demo-a", "demo", 80.0), ("20261202-000000-other-b", "other", 5.0)):
+        (results / name).mkdir(parents=True)
+        write_run(results / name, {"params_name": params, "studies": {"cold_start": {"status": "done", "wall_s": wall},
+                                                                         "fleet": {"status": "failed", "wall_s": 9}}})
+    assert expected_s(results, "demo", "cold_start", None) == 80.0  # the same parameters', not the newer other's
+    assert expected_s(results, "demo", "fleet", types.SimpleNamespace(budget_s=40)) == 40.0  # failed: the budget
+    assert expected_s(results, "demo", "workload", None) is None
+    clock = RunClock({"cold_start": 80.0, "fleet": 40.0}, ["cold_start", "fleet"])
+    clock.start("cold_start")
+    out = io.StringIO()
+    w = Watcher("cold_start", tmp_path, out, run_left_s=lambda e: clock.left_s("cold_start", 30.0))
+    with Progress(tmp_path, "cache states", 30) as p:
+        p.update(12, "warm")
+        p._write(force=True)
+        w.tick()
+    assert "the whole run: about 1.50 min left" in out.getvalue() or "the whole run: about 90" in out.getvalue(), \
+        out.getvalue()
+    assert RunClock({"a": 1.0, "b": None}, ["a", "b"]).left_s("a", 0) is None  # unknown: not shown
+
+
 def test_a_pages_navigation_is_refreshed_when_later_studies_are_rendered(tmp_path):
     """The first study's page is rendered before the second exists; once the second is done, the first page's
     header links to it (it said "none yet" before)."""

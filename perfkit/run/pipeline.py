@@ -14,6 +14,7 @@ from perfkit.core.errors import PerfkitError
 from perfkit.core.secrets import redact_text
 from perfkit.run import figures as run_figures, site
 from perfkit.run.lock import RunLock
+from perfkit.run.estimate import RunClock, expected_s
 from perfkit.run.progress import Watcher
 from perfkit.run.publish import StudyFailed, execute, first_error, papermill, render
 from perfkit.run.rundir import (DamagedData, check_results_dir, failed_trials, new_run_dir, read_run,
@@ -125,6 +126,9 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
     info["owner"] = lock.owner
     info["repeat"] = repeat = max(repeat, int(info.get("repeat") or 1))
     base_env = {"PERFKIT_RETRY_FAILED": "1"} if retry_failed else {}
+    todo = [s for s in chosen if (info["studies"].get(s) or {}).get("status") not in ("done", "skipped")]
+    clock = RunClock({s: expected_s(results_dir, params.name, s, getattr(params.studies, s, None), exclude=run_dir)
+                      for s in todo}, todo * repeat)
     # Replicates interleave (every study once, then every study again ...), so drift over the run's time (a
     # warming machine, a filling page cache) spreads over the replicates instead of favouring one.
     for rep in range(1, repeat + 1):
@@ -156,7 +160,9 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
             st.setdefault("started_utc", utc_now())
             write_run(run_dir, info)
             t0 = datetime.now(timezone.utc)
-            watcher = Watcher(study, run_dir / study, label=of)
+            clock.start(study)
+            watcher = Watcher(study, run_dir / study, label=of,
+                              run_left_s=lambda elapsed, s=study: clock.left_s(s, elapsed))
             try:
                 executed = execute(study, measure_with, run_dir, measure=True,
                                    env={**base_env, ENV_REPLICATE: str(rep)}, tick=watcher.tick)
@@ -180,6 +186,7 @@ def _run_studies(params, params_path: Path, chosen: list[str], results_dir: Path
                 site.write_index(results_dir)
                 raise
             watcher.finish()
+            clock.done(study)
             damage, notes = study_health(run_dir, study)
             for d in damage:
                 warn(f"damaged data: {d}")

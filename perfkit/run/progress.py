@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from perfkit.core import fmt
 from perfkit.measure import progress as measure_progress
@@ -19,9 +19,11 @@ LOG_EVERY_S = 15.0
 class Watcher:
     """Called every second while the study runs (``tick``); ``finish`` ends an in-place line."""
 
-    def __init__(self, study: str, study_dir: Path, out: TextIO | None = None, label: str = ""):
+    def __init__(self, study: str, study_dir: Path, out: TextIO | None = None, label: str = "",
+                 run_left_s: Callable[[float], float | None] | None = None):
         self.study, self.dir, self.out = study, Path(study_dir), out or sys.stdout
         self.label = label
+        self.run_left_s = run_left_s  # elapsed in this study → the whole run's seconds left, or None
         self.t0 = time.time()
         self.tty = bool(getattr(self.out, "isatty", lambda: False)())
         self._last_line = ""
@@ -42,8 +44,10 @@ class Watcher:
             eta = f" · about {fmt.duration(phase_elapsed / done * (total - done))} left in this phase"
         count = f"{done}/{total}" if total else f"{done}"
         current = f" ({p['current']})" if p.get("current") else ""
+        left = self.run_left_s(elapsed) if self.run_left_s else None
+        whole = f" · the whole run: about {fmt.duration(left)} left" if left is not None else ""
         return (f"[{self.study}]{self.label} {p.get('phase', '')} {count}{current} · {fmt.duration(elapsed)} "
-                f"elapsed{eta}")
+                f"elapsed{eta}{whole}")
 
     def tick(self) -> None:
         line = self._line()
