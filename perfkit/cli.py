@@ -18,6 +18,7 @@ EPILOG = """examples:
   perfkit report results/<run-id>               re-render the HTML from recorded data, no server needed
   perfkit compare results/<A> results/<B>       before and after: what changed between two runs, and is it real
   perfkit run params/demo.yaml --repeat 3       three replicates: a comparison then has runs as its unit
+  perfkit tune params/demo.yaml                 search, prove and write out the settings this server should run
   perfkit gate --baseline main results/<run-id>   CI: exit 0 no regression, 1 a regression, 2 inconclusive
   perfkit baseline save main results/<run-id>   keep a run as the baseline the gate compares with
   perfkit history --sql "select run_id, value from figures where tag = 'ttft'"   every run's figures
@@ -118,6 +119,32 @@ def cmd_run(a) -> int:
     with _params_file(a.params) as params:
         out = pipeline.run(params, a.study or [], results, run_dir, retry_failed=a.retry_failed, repeat=a.repeat)
     print(f"\nreports: {out}/*.html\nindex:   {results / 'index.html'}")
+    return 0
+
+
+def cmd_tune(a) -> int:
+    """The tuning study alone: search, race, prove; then the recommendation and the files to deploy."""
+    from perfkit.analysis.figures import FILE_NAME, FigureSet
+    from perfkit.compare import before_after
+    from perfkit.run import pipeline
+
+    run_dir = Path(a.resume) if a.resume else None
+    if run_dir is not None and not (run_dir / "run.json").exists():
+        raise PerfkitError(f"--resume {run_dir}: not a perfkit run directory (no run.json)")
+    results = Path(a.results) if a.results else (run_dir.parent if run_dir else Path("results"))
+    with _params_file(a.params) as params:
+        out = pipeline.run(params, ["tuning"], results, run_dir)
+    rows = [r for r in before_after.in_run(out) if r.study == "tuning"]
+    figs = FigureSet.read(out / "tuning" / FILE_NAME) if (out / "tuning" / FILE_NAME).is_file() else FigureSet()
+    tuned = next((f for f in figs.headlines() if f.headline.startswith("tuned")), None)
+    if tuned is not None:
+        print(f"\ntuned: {tuned.where.get('setting')}  ({tuned.label}: {tuned.text()})")
+    for r in rows:
+        print(f"  {r.what}: {r.row.before} → {r.row.after}  {r.row.change_text}  {r.row.verdict}")
+    deploy = out / "tuning" / "tuned"
+    if deploy.is_dir():
+        print(f"to deploy: {deploy}/ ({', '.join(sorted(p.name for p in deploy.rglob('*') if p.is_file()))})")
+    print(f"report: {out / 'tuning.html'}")
     return 0
 
 
@@ -328,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "kept; the analysis uses each trial's latest attempt). Load series are re-run only if "
                         "interrupted")
     r.set_defaults(fn=cmd_run)
+
+    tu = sub.add_parser("tune", help="search the server's settings, prove the best against today's, write it out",
+                        description="Run the tuning study of PARAMS (its studies.tuning section): the server kind's "
+                                    "settings searched and raced until the best is separated, proven against the "
+                                    "baseline, and written out to deploy (results/<run-id>/tuning/tuned/).")
+    tu.add_argument("params", help="parameter file with a studies.tuning section; - reads it from standard input")
+    tu.add_argument("--results", metavar="DIR", help="results directory (default: results)")
+    tu.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted tune: nothing measured twice")
+    tu.set_defaults(fn=cmd_tune)
 
     rp = sub.add_parser("report", help="re-render a run's reports from recorded data (no server)",
                         description="Re-execute the notebooks in report mode on recorded data and render HTML again.")

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The fleet study needs nginx; without it the run skips that study with a line saying how to install it.
 from perfkit.servers.nginx import nginx_binary  # noqa: E402
 
-STUDIES = ["cold_start", "model_size", "quantization", "config_tuning", "workload"] + (["fleet"] if nginx_binary() else [])
+STUDIES = ["cold_start", "model_size", "quantization", "config_tuning", "workload", "tuning"] + (
+    ["fleet"] if nginx_binary() else [])
 
 
 @pytest.fixture(scope="module")

@@ -193,3 +193,6 @@ def test_a_noisy_run_is_flagged_at_the_top_and_its_rows_are_not_counted(tmp_path
     assert c.counts()[verdicts.WORSE] == 0
     summary = c.summary()
     assert "Noisy run" in summary and summary.index("Noisy run") < summary.index("How")
+    # The count its own report shows, not a share of some figure's requests.
+    n = len(cmp.load(b).figures["cold_start"].noisy and [1]) and cmp.load(b).figures["cold_start"].noisy["requests"]
+    assert f"cold start: {n} of {n} requests ran while other processes used it" in summary, summary

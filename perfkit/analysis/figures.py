@@ -222,6 +222,8 @@ class FigureSet(Mapping[str, Figure]):
         self.pairs: list[Pair] = []
         for p in pairs:
             self.pair(p)
+        # The study's noisy requests (perfkit.analysis.requests.noisy_counts), counted once for every page.
+        self.noisy: dict[str, float] | None = None
 
     def pair(self, p: Pair) -> None:
         """Add a before/after row; ignored unless both figures are in the set (nothing to show otherwise)."""
@@ -253,7 +255,7 @@ class FigureSet(Mapping[str, Figure]):
     def write(self, path: str | Path) -> Path:
         path = Path(path)
         data = {"schema_version": SCHEMA_VERSION, "figures": [f.as_dict() for f in self._d.values()],
-                "before_after": [asdict(p) for p in self.pairs]}
+                "before_after": [asdict(p) for p in self.pairs], "noisy": self.noisy}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(_nan_to_none(data), indent=1, default=_default))
         tmp.replace(path)
@@ -268,8 +270,10 @@ class FigureSet(Mapping[str, Figure]):
         if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
             raise ValueError(f"{path}: schema version {data['schema_version']} is newer than this perfkit reads "
                              f"({SCHEMA_VERSION}); upgrade perfkit")
-        return cls((Figure.from_dict(d) for d in data["figures"]),
-                   (Pair(**p) for p in data.get("before_after") or []))
+        out = cls((Figure.from_dict(d) for d in data["figures"]),
+                  (Pair(**p) for p in data.get("before_after") or []))
+        out.noisy = data.get("noisy") if isinstance(data.get("noisy"), dict) else None
+        return out
 
 
 def _default(o: Any) -> Any:
@@ -435,4 +439,10 @@ def combine(sets: list[FigureSet]) -> FigureSet:
                        first.model, dict(first.workload), first.headline))
     for p in sets[0].pairs:
         out.pair(p)
+    counted = [s.noisy for s in sets if s.noisy]
+    if counted:
+        n = sum(c["noisy"] for c in counted)
+        out.noisy = {"noisy": n, "requests": sum(c["requests"] for c in counted),
+                     "other_cpu_pct": sum(c["other_cpu_pct"] * c["noisy"] for c in counted) / n if n else 0.0,
+                     "steal_pct": sum(c["steal_pct"] * c["noisy"] for c in counted) / n if n else 0.0}
     return out

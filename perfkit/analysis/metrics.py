@@ -114,6 +114,14 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("prefix_match", "output reproduced before the first difference", "share", "higher", "mean",
            "mean over prompts of the share of the reference's greedy output reproduced exactly, t-interval",
            "prompts"),
+    Metric("request_rate", "request rate the clients sustain", "req_rate", "higher", "median",
+           "median over requests of the clients ÷ the request's e2e (Little's law: the rate that many clients sustain "
+           f"in a closed loop), {_PCT}", _REQ, per_output=True),
+    Metric("stream_throughput", "output throughput the clients sustain", "rate", "higher", "median",
+           f"median over requests of the clients × the request's output tokens ÷ its e2e, {_PCT}", _REQ,
+           per_output=True),
+    Metric("slo_met", "requests inside the SLOs", "share", "higher", "share",
+           "share of the requests that met every SLO (failed requests never do), Clopper–Pearson CI", _REQ),
     Metric("cold_over_warm", "first request ÷ warm request", "ratio", "lower", "ratio",
            "Hodges–Lehmann ratio of e2e, Moses CI", _REQ, per_output=True),
 )}

@@ -4,6 +4,8 @@ unverifiable states, a busy machine, physics contradicted, how the numbers were 
 
 from __future__ import annotations
 
+import math
+
 import html
 from typing import Iterable
 
@@ -78,18 +80,36 @@ def state_note(df: pd.DataFrame) -> str:
     return " ".join(out)
 
 
-def noisy_note(df: pd.DataFrame) -> str:
-    """A warning when requests ran while other processes competed for the machine, or ''."""
-    if df.empty or "res_noisy" not in df:
-        return ""
+def noisy_counts(df: pd.DataFrame) -> dict[str, float] | None:
+    """How many of a study's measured requests ran while other processes used the machine: ``noisy`` of
+    ``requests``, with the outside load on those (``other_cpu_pct``, ``steal_pct``); None when not sampled. The one
+    count the study's page, the results index and ``perfkit compare`` all show."""
+    if df.empty or "res_noisy" not in df or df["res_noisy"].isna().all():
+        return None
     d = df[df.get("ok", True).astype(bool)]
     bad = d[d["res_noisy"].astype("boolean").fillna(False).astype(bool)]
-    if bad.empty:
+    other = bad.get("res_other_cpu_pct_mean", pd.Series(dtype=float)).mean() if len(bad) else 0.0
+    steal = bad.get("res_steal_pct_mean", pd.Series(dtype=float)).mean() if len(bad) else 0.0
+    return {"noisy": int(len(bad)), "requests": int(len(d)), "other_cpu_pct": float(other),
+            "steal_pct": float(steal)}
+
+
+def noisy_text(c: dict[str, float]) -> str:
+    """'16 of 53 requests ran while other processes used it (on average 41% of a core …)'."""
+    other, steal = c.get("other_cpu_pct"), c.get("steal_pct")
+    load = (f" (on average {other:.0f}% of a core outside the server and the client, steal {steal or 0:.1f}%)"
+            if isinstance(other, (int, float)) and math.isfinite(other) else "")
+    return f"{c['noisy']:.0f} of {c['requests']:.0f} requests ran while other processes used it{load}"
+
+
+def noisy_note(df: pd.DataFrame) -> str:
+    """A warning when requests ran while other processes competed for the machine, or ''."""
+    c = noisy_counts(df)
+    if not c or not c["noisy"]:
         return ""
-    other = bad.get("res_other_cpu_pct_mean", pd.Series(dtype=float)).mean()
-    steal = bad.get("res_steal_pct_mean", pd.Series(dtype=float)).mean()
-    return (f"⚠ **Noisy machine: {len(bad)} of {len(d)} requests ran while other processes used it** "
-            f"(on average {other:.0f}% of a core outside the server and the client, steal {steal:.1f}%). "
+    t = noisy_text(c)
+    head, _, rest = t.partition(" (")
+    return (f"⚠ **Noisy machine: {head}**{' (' + rest if rest else ''}. "
             "Their timings are suspect: rerun on a quiet machine before drawing conclusions.")
 
 
@@ -182,6 +202,9 @@ def error_summary(text: str, limit: int = 80) -> str:
     status = re.search(r"(?:Client|Server) error '(\d{3}[^']*)'", t)  # httpx's HTTPStatusError, URL and all
     if status:
         t = f"HTTP {status.group(1)}"
+    message = re.search(r'"message"\s*:\s*"([^"]*)"', t)  # a JSON error body: its message is what it says
+    if message:
+        t = t[:t.index("{")].strip() + " " + message.group(1) if "{" in t else message.group(1)
     t = re.sub(r"https?://[^\s'\"<>]+", _url_words, t)  # an address on the server's host is no link for a reader
     title = re.search(r"<title[^>]*>(.*?)</title>", t, re.I | re.S)
     if title:

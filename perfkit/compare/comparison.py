@@ -14,12 +14,12 @@ import pandas as pd
 
 from perfkit.analysis import stats, verdicts
 from perfkit.analysis.figures import Figure
+from perfkit.analysis.requests import noisy_text
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, NOT_COMPARABLE, WORSE, Row
 from perfkit.compare import manifests
 from perfkit.compare.before_after import BeforeAfter, table_html
 from perfkit.compare.manifests import Difference, show
 from perfkit.compare.runs import Run, load
-from perfkit.core import fmt
 
 # A tuning guide's before/after rows, first when both runs have them (figures carry these headline names).
 BEFORE_AFTER_ROWS = ("cold start", "warm start", "memory", "GPU utilization")
@@ -45,6 +45,7 @@ class Comparison:
     mode: str = "requests"
     min_effect: float = verdicts.MIN_EFFECT
     noisy_runs: list[str] = field(default_factory=list)
+    noisy_studies: list[str] = field(default_factory=list)
 
     @property
     def name_a(self) -> str:
@@ -59,7 +60,7 @@ class Comparison:
         out = {v: 0 for v in verdicts.VERDICTS}
         for r in self.rows:
             v = r.verdict
-            if self.noisy_runs and v in (IMPROVED, WORSE):
+            if r.key.split("/", 1)[0] in self.noisy_studies and v in (IMPROVED, WORSE):
                 v = NO_CHANGE
             out[v] += 1
         return out
@@ -159,7 +160,7 @@ class Comparison:
         for w in self.warnings:
             lines.append(f"- ⚠ {w}")
         for r in self.noisy_runs:
-            lines.append(f"- ⚠ **Noisy run**: {r}. Its rows are not counted as improved or worse below.")
+            lines.append(f"- ⚠ **Noisy run**: {r}. Those studies' rows are not counted as improved or worse below.")
         for c in self.confounds:
             lines.append(f"- ⚠ **Confound**: {c}")
         lines.append("- **How**: " + self.how())
@@ -203,7 +204,7 @@ class Comparison:
         lines.append(f"{len(self.rows)} figures compared ({self.mode}): {c[IMPROVED]} improved, {c[WORSE]} worse, "
                      f"{c[NO_CHANGE]} no detectable change at their n"
                      + (f", {c[NOT_COMPARABLE]} not comparable" if c[NOT_COMPARABLE] else ""))
-        called = [r for r in self.rows if r.called and not self.noisy_runs]
+        called = [r for r in self.rows if r.called and r.key.split("/", 1)[0] not in self.noisy_studies]
         for r in called[:max_rows]:
             lines.append(f"  {r.verdict:8s} {r.key.split('/', 1)[0]}: {r.label}  {r.before} → {r.after}  "
                          f"({r.change_text})")
@@ -318,17 +319,22 @@ def compare(run_a: str | Path, run_b: str | Path, *, confidence: float = stats.C
     order = {h: i for i, h in enumerate(BEFORE_AFTER_ROWS)}
     rows.sort(key=lambda r: (0, order[r.headline]) if r.headline in order else (1, 0) if r.headline else (2, 0))
     warnings = a.warnings + b.warnings + _run_warnings(a, b, rows)
-    noisy = [f"{w} ({r.name}): {fmt.pct(share)} of its requests ran while other processes used the machine"
-             for w, r in (("A", a), ("B", b)) if (share := _noisy(r)) >= manifests.NOISY_SHARE]
+    noisy = [f"{w} ({r.name}): {t}" for w, r in (("A", a), ("B", b)) if (t := _noisy(r)[0])]
+    noisy_studies = sorted(set(_noisy(a)[1]) | set(_noisy(b)[1]))
     return Comparison(str(a.path), str(b.path), rows, [fa[k] for k in fa if k not in fb],
                       [fb[k] for k in fb if k not in fa], manifests.differences(a, b), host, warnings, a.info, b.info,
-                      "runs" if runs_mode else "requests", eff, noisy)
+                      "runs" if runs_mode else "requests", eff, noisy, noisy_studies)
 
 
-def _noisy(run: Run) -> float:
-    """The largest noisy share over the run's figures (0 when none was sampled)."""
-    shares = [f.noisy for f in run.all_figures().values() if math.isfinite(f.noisy)]
-    return max(shares, default=0.0)
+def _noisy(run: Run) -> tuple[str, list[str]]:
+    """The studies of a run whose requests were noisy at least :data:`manifests.NOISY_SHARE` of the time, with
+    the count its report shows ('cold start: 16 of 53 requests ran while …'); '' when none."""
+    out = []
+    for study, figs in run.figures.items():
+        c = figs.noisy
+        if c and c.get("requests") and c["noisy"] / c["requests"] >= manifests.NOISY_SHARE:
+            out.append((study, f"{study.replace('_', ' ')}: {noisy_text(c)}"))
+    return "; ".join(t for _, t in out), [s for s, _ in out]
 
 
 def _run_warnings(a: Run, b: Run, rows: list[Row]) -> list[str]:

@@ -165,3 +165,13 @@ def check_applied(settings: Mapping[str, object], child_args: list[str]) -> dict
 def settings_label(setting: Mapping[str, object]) -> str:
     """A setting as a report names it: 'FLASH_ATTENTION=1, NUM_PARALLEL=4', 'defaults' when empty."""
     return ", ".join(f"{k.removeprefix('OLLAMA_')}={v}" for k, v in validate_settings(setting).items()) or "defaults"
+
+
+def known_conflicts(settings: Mapping[str, object]) -> list[str]:
+    """Settings the engine is known to refuse together, in words (a server that failed to start with them is
+    explained by these); [] when none is known."""
+    s = {k: _norm(v) for k, v in settings.items()}
+    out = []
+    if s.get("OLLAMA_KV_CACHE_TYPE", "f16") != "f16" and s.get("OLLAMA_FLASH_ATTENTION") in ("0", "false", "off"):
+        out.append("a quantized KV cache needs flash attention in llama.cpp (and so in Ollama)")
+    return out

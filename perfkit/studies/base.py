@@ -21,6 +21,7 @@ import pandas as pd
 
 from perfkit.analysis.figures import FILE_NAME as FIGURES_FILE, FigureSet, combine
 from perfkit.core.errors import PerfkitError
+from perfkit.analysis.requests import noisy_counts
 from perfkit.analysis.sequential import Looks
 from perfkit.core.schema import MAX_REPS, Strict
 from perfkit.core.store import RunStore
@@ -262,7 +263,9 @@ def analyze_all(params_path: str | Path, run_dir: str | Path, study: str) -> Fig
         try:
             sets.append(FigureSet.read(path))
         except (OSError, ValueError, KeyError, TypeError):
-            figs = ctx.study.analyze(ctx).figures
+            res = ctx.study.analyze(ctx)
+            figs = res.figures
+            figs.noisy = noisy_counts(res.trials)
             figs.write(path)
             sets.append(figs)
     combined = combine(sets)
@@ -337,6 +340,7 @@ def run_or_load(params_path: str | Path, run_dir: str | Path, study: str, measur
     finally:
         ctx.close()
     result.notes[:0] = notes
+    result.figures.noisy = noisy_counts(result.trials)
     result.figures.write(ctx.store.dir / REPLICATE_FIGURES)
     reps = replicates(run_dir / study)
     combined = analyze_all(params_path, run_dir, study)

@@ -248,18 +248,26 @@ def _scheme_a(ctx: StudyContext, s) -> None:
                         if not s.control.is_local else "backend.restart_command is not set")
         return
     done = ctx.store.done_ids()
-    for rep in range(c.scheme_a_reps):
-        for delay in c.scheme_a_delays_s:
-            tid = f"scheme_a/delay{delay:g}/rep{rep}"
-            if tid in done:
-                continue
-            r = scheme_a(s.backend, c.model, delay_s=delay, prompt=s.runner.prompt(tid, c.prompt_words),
-                         sampling=Sampling(c.num_predict), keep_alive=s.runner.keep_alive,
-                         timeout_s=ctx.params.timeouts.request_s)
-            s.runner.record(r.record, trial_id=tid, strategy="scheme_a", scheme_a_delay_s=delay, rep=rep,
-                            warmup=False, variant=f"scheme A, request at +{delay:g} s", cache_state="cold_server",
-                            restart_ready_s=r.restart_ready_s, warm_after_s=r.warm_after_s,
-                            preload_done_at_send=r.preload_done_at_send, preload_error=r.preload_error)
+    with Progress(ctx.store.dir, "scheme A (restart, preload at start)", c.scheme_a_reps * len(c.scheme_a_delays_s),
+                  interactive=ctx.params.progress) as bar:
+        for rep in range(c.scheme_a_reps):
+            for delay in c.scheme_a_delays_s:
+                bar.update(1, f"request at +{fmt.duration(delay)}")
+                _scheme_a_trial(ctx, s, rep, delay, done)
+
+
+def _scheme_a_trial(ctx: StudyContext, s, rep: int, delay: float, done: set) -> None:
+    c = ctx.cfg
+    tid = f"scheme_a/delay{delay:g}/rep{rep}"
+    if tid in done:
+        return
+    r = scheme_a(s.backend, c.model, delay_s=delay, prompt=s.runner.prompt(tid, c.prompt_words),
+                 sampling=Sampling(c.num_predict), keep_alive=s.runner.keep_alive,
+                 timeout_s=ctx.params.timeouts.request_s)
+    s.runner.record(r.record, trial_id=tid, strategy="scheme_a", scheme_a_delay_s=delay, rep=rep,
+                    warmup=False, variant=f"scheme A, request at +{delay:g} s", cache_state="cold_server",
+                    restart_ready_s=r.restart_ready_s, warm_after_s=r.warm_after_s,
+                    preload_done_at_send=r.preload_done_at_send, preload_error=r.preload_error)
 
 
 def _event(ev: pd.DataFrame, kind: str) -> dict | None:

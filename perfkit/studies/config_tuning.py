@@ -23,12 +23,10 @@ from perfkit.analysis.decisions import TARGET_EFFECT, best_of
 from perfkit.analysis.verdicts import MIN_REPLICATES
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.core.errors import PerfkitError
 from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list,
                                  settings_list, unique)
 from perfkit.core.settings import settings_label
-from perfkit.measure.cache_states import ensure_warm
-from perfkit.servers.control.base import Unknown
+from perfkit.measure.confirm import confirm_settings as verify
 from perfkit.report import load
 from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
@@ -126,26 +124,6 @@ class ConfigTuningResult(StudyResult):
 
 def label(setting: dict) -> str:
     return settings_label(setting)
-
-
-def verify(session, model: str) -> dict[str, Any]:
-    """Did the server really start with these settings? Each one confirmed, not applied (and what the
-    server runs instead) or unverifiable (and why), from the server's own evidence (controller)."""
-    try:
-        ensure_warm(session.backend, model, session.runner.keep_alive, timeout_s=session.runner.timeout_s)
-    except PerfkitError as e:  # the server can't serve the model: the series will say how it fails
-        return {"checks": {}, "all_applied": None, "error": str(e)[:300]}
-    checks = session.control.settings_in_effect(session.settings, model)
-    statuses = {k: c.status for k, c in checks.items()}
-    out: dict[str, Any] = {"checks": {k: c.as_dict() for k, c in checks.items()},
-                           "all_applied": (False if "not applied" in statuses.values() else
-                                           None if "unverifiable" in statuses.values() else True)}
-    try:
-        out.update(session.control.slots(model))
-    except Unknown:
-        if "OLLAMA_NUM_PARALLEL" in checks and checks["OLLAMA_NUM_PARALLEL"].status == "confirmed":
-            out["total_slots"] = int(checks["OLLAMA_NUM_PARALLEL"].effective)
-    return out
 
 
 @register

@@ -17,7 +17,7 @@ from perfkit.analysis.requests import (failures, measured, method_note, negative
                                        noisy_note, state_note)
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
-from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, unique
+from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, unique
 from perfkit.measure.devices import record_devices
 from perfkit.measure.runner import plan as plan_trials
 from perfkit.report.answer import answer_block

@@ -27,6 +27,11 @@ def capabilities(kind: str) -> Capabilities:
     return dataclasses.replace(caps, started_by_perfkit=True) if kind in STARTED_BY_PERFKIT else caps
 
 
+def tuning_space(kind: str) -> dict[str, list]:
+    """The settings the backend of ``kind`` offers to `perfkit tune` by default ({} when none)."""
+    return {k: list(v) for k, v in _cls(kind).tuning_space.items()}
+
+
 def _cls(kind: str) -> type[Backend]:
     try:
         return REGISTRY[kind]
@@ -55,4 +60,4 @@ def create(kind: str, url: str | None = None, *, engine=None, headers: Mapping[s
 
 
 __all__ = ["Backend", "Capabilities", "ModelFacts", "Sampling", "DEFAULT_TIMEOUT_S", "LlamaServerBackend",
-           "OllamaBackend", "OpenAIBackend", "REGISTRY", "capabilities", "create"]
+           "OllamaBackend", "OpenAIBackend", "REGISTRY", "capabilities", "create", "tuning_space"]

@@ -96,6 +96,9 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     capabilities = Capabilities()
+    # The server settings `perfkit tune` searches by default (Ollama names → values, ordered where ordinal);
+    # empty: this kind offers none (a server perfkit can't configure).
+    tuning_space: dict[str, list] = {}
     url: str = ""
     target = None  # perfkit.loadgen.HttpTarget: the engine's connection pool for this server
     _control = None

@@ -36,6 +36,8 @@ class LlamaServerBackend(Backend):
 
     name = "llama-server"
     capabilities = Capabilities(residency=True, load_seen_per_request=True, cached_tokens=True)
+    tuning_space = {"OLLAMA_NUM_PARALLEL": [1, 2, 4], "OLLAMA_FLASH_ATTENTION": [0, 1],
+                    "OLLAMA_KV_CACHE_TYPE": ["f16", "q8_0"], "num_batch": [64, 256, 512]}
 
     def __init__(self, url: str, models_dir: str | Path | None = None, *, control_timeout_s: float = 30.0,
                  server_pid: int | None = None):

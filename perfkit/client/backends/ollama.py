@@ -45,6 +45,8 @@ class OllamaBackend(Backend):
 
     name = "ollama"
     capabilities = Capabilities(residency=True, keep_alive_per_request=True, settings_by_restart_command=True)
+    tuning_space = {"OLLAMA_NUM_PARALLEL": [1, 2, 4, 8], "OLLAMA_FLASH_ATTENTION": [0, 1],
+                    "OLLAMA_KV_CACHE_TYPE": ["f16", "q8_0", "q4_0"]}
 
     def __init__(self, url: str = "http://127.0.0.1:11434", *, headers: Mapping[str, str] | None = None,
                  endpoint: str = "chat", control_timeout_s: float = 30.0, control=None):
