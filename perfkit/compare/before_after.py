@@ -46,9 +46,10 @@ def in_run(run_dir: str | Path, min_effect: float = verdicts.MIN_EFFECT) -> list
 
 HOW_TO_READ = ("after / before is a ratio with its 95% CI: below 1 is less (faster, smaller), above 1 is more. "
                "For a median it is the median of every after ÷ before pair of requests (Hodges–Lehmann), so it need "
-               "not equal the quotient of the two medians. <em>Improved</em> or <em>worse</em> needs the whole CI "
-               "beyond ±{eff:.0%}; otherwise the change is not shown at this n. A single reading (memory) has no "
-               "CI and gets no verdict.")
+               "not equal the quotient of the two medians. Compared by requests, <em>improved</em> or <em>worse</em> "
+               "needs the whole CI beyond ±{eff:.0%}; where each side was restarted at least three times (n counts "
+               "runs), the CI over those runs decides by itself. Otherwise the change is not shown at this n. A "
+               "single reading (memory) has no CI and gets no verdict.")
 
 
 def table_html(rows: list[BeforeAfter], min_effect: float = verdicts.MIN_EFFECT) -> str:
@@ -57,7 +58,11 @@ def table_html(rows: list[BeforeAfter], min_effect: float = verdicts.MIN_EFFECT)
         return ""
     head = ["", "before", "after", "after / before", "verdict"]
     body = []
+    studies = list(dict.fromkeys(r.study for r in rows))
     for r in rows:
+        if len(studies) > 1 and (not body or r.study != prev):
+            body.append(f'<tr class="group"><th colspan="{len(head)}">{html.escape(r.study.replace("_", " "))}</th></tr>')
+        prev = r.study
         x = r.row
         cls = f' class="verdict-{x.verdict.split()[0]}"'
         before, after = (html.escape(v) + (f"<br><small>{html.escape(w)}</small>" if w else "")

@@ -37,7 +37,8 @@ class Series:
 
 @dataclass
 class Chart:
-    """``kind``: ``bar`` (grouped by series) or ``line``; ``alt``: what the chart shows, in a sentence."""
+    """``kind``: ``bar`` (grouped by series), ``line`` (categories along x) or ``scatter`` (numbers along both axes:
+    one point per series value, e.g. a Pareto front); ``alt``: what the chart shows, in a sentence."""
 
     kind: str
     title: str
@@ -61,6 +62,8 @@ class Chart:
                                   "text": s.text or [fmt.number(v) for v in s.y]}
             if self.kind == "line":
                 tr["mode"] = "lines+markers"
+            if self.kind == "scatter":
+                tr.update(mode="markers", x=[fmt.finite(v) for v in s.x], marker={"color": color, "size": 11})
             if self.kind == "bar":
                 tr["textposition"] = "none"
             if s.lo is not None and s.hi is not None:
@@ -72,7 +75,9 @@ class Chart:
         layout: dict[str, Any] = {"title": {"text": self.title, "font": {"size": 15}},
                                   "yaxis": {"title": {"text": self.ylabel}, "rangemode": "tozero"},
                                   "xaxis": {"title": {"text": self.xlabel}, "automargin": True,
-                                            "tickfont": {"size": 12}},
+                                            "tickfont": {"size": 12},
+                                            **({"type": "linear", "rangemode": "tozero"} if self.kind == "scatter"
+                                               else {})},
                                   "barmode": "stack" if self.stacked else "group",
                                   # at the right, clear of category labels wrapped over several lines
                                   "legend": {"orientation": "v", "x": 1.01, "y": 1, "yanchor": "top",
@@ -114,11 +119,16 @@ class Chart:
                        color=color, yerr=err, capsize=3 if err is not None else 0)
                 if self.stacked:
                     bottom[xs.astype(int)] += np.nan_to_num(ys)
+            elif self.kind == "scatter":
+                ax.scatter([fmt.finite(v) for v in s.x], ys, label=s.name, color=color, s=40)
             else:
                 ax.errorbar(xs, ys, yerr=err, marker="o", label=s.name, color=color, capsize=3)
         if self.reference:
             ax.axhline(self.reference[1], ls=":", color="#444", label=self.reference[0])
-        ax.set_xticks(range(len(labels)), [_wrap(v) for v in labels], fontsize=9)
+        if self.kind == "scatter":
+            ax.set_xlim(left=0)
+        else:
+            ax.set_xticks(range(len(labels)), [_wrap(v) for v in labels], fontsize=9)
         ax.set(title=self.title, ylabel=self.ylabel, xlabel=self.xlabel)
         ax.set_ylim(bottom=0)
         if len(self.series) > 1 or self.reference:

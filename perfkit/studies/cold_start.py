@@ -705,7 +705,9 @@ def answer(res: ColdStartResult) -> list[str]:
                         "account (connection, queueing, set-up)"}[top]
                 load = f.get(f"cold_start/load/{cold_state}")
                 value = load.link() if top == "load_s" and load is not None else fmt.duration(parts[top])
-                out.append(f"Most of it is {name}: {value}, {parts[top] / cold.value:.0%} of the request.")
+                # One sentence with the one before it: the answer has room for the warmups' too.
+                out[-1] = out[-1].rstrip(".") + f"; most of it is {name}: {value}, {parts[top] / cold.value:.0%} of it."
+    out += _preload_answer(res)
     claims = _strategy_claims(res)
     if claims:
         gap, figs, claim = claims[-1]
@@ -730,6 +732,23 @@ def answer(res: ColdStartResult) -> list[str]:
                        f"(the fastest by its median, **{claim.best}**, is not separated from "
                        f"{', '.join(claim.not_separated)}).")
     return out
+
+
+def _preload_answer(res: ColdStartResult) -> list[str]:
+    """After a restart: does preloading at start fix the first request (scheme A at its latest delay against a
+    restart with no preload), by the same comparison as the before/after table."""
+    p = next((p for p in res.figures.pairs if p.row == "first request after a restart"), None)
+    if p is None:
+        return []
+    before, after = res.figures[p.before], res.figures[p.after]
+    r = compare_samples(before.samples, after.samples, "lower", min_effect=MIN_EFFECT)
+    delay = after.where.get("delay_s", "")
+    if r.verdict == "improved":
+        return [f"After a restart, preloading the model at start fixes it for a request {fmt.duration(float(delay))} "
+                f"later: {after.link()} instead of {before.link()}."] if delay != "" else []
+    return [f"After a restart, preloading at start did not shorten a request {fmt.duration(float(delay))} later "
+            f"({after.link()} against {before.link()}): the model was still loading, or unloaded again."] \
+        if delay != "" else []
 
 
 def _scheme_a_lines(res: ColdStartResult) -> list[str]:

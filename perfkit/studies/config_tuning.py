@@ -18,6 +18,8 @@ from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.models import offload_warnings
 from perfkit.analysis.requests import (ci_cell, col, est, failures, measured, method_note, negative_overhead_note,
                                        noisy_note, per_request_event_gap, per_request_itl)
+from perfkit.analysis.capacity import (BRACKET_RATIO, KEPT_UP, NOT_SUSTAINED, SUSTAINED, SUSTAINED_SHARE,  # noqa: F401
+                                       meets_slo, rate_verdict)
 from perfkit.analysis.series import CANT_TELL
 from perfkit.analysis.decisions import TARGET_EFFECT, best_of
 from perfkit.analysis.verdicts import MIN_REPLICATES
@@ -32,15 +34,6 @@ from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
 from perfkit.studies.registry import register
 from perfkit.workloads import WorkloadParams
-
-# An open-loop rate is sustained when at least this share of its requests met every SLO, and the server kept up
-# with it (capacity ÷ rate from the latency trend, series.kept_up, at least this): below it its queue grew, and
-# a longer series at that rate would miss the SLOs however few of a short one did.
-SUSTAINED_SHARE = 0.9
-KEPT_UP = 0.9
-# The auto sweep narrows a bracket of a setting's limit until its ends are within this ratio (or its steps run out).
-BRACKET_RATIO = 1.5
-
 
 class ConfigTuningParams(Strict):
     """``studies.config_tuning``: the settings to try, the client concurrencies, and optionally an open-loop
@@ -236,44 +229,6 @@ def _next_rate(df: pd.DataFrame, i: int, slo: Slo, slots: int | None = None) -> 
         return None  # no rate could be told either way: more rates would not bracket anything
     nxt = float(f"{(2 * tried[-1] if any(sustained) else tried[0] / 2):.2g}")
     return nxt if nxt > 0 and nxt not in tried and nxt <= 10_000 else None
-
-
-def meets_slo(rows: pd.DataFrame, slo: Slo) -> pd.Series:
-    """Which open-loop requests met every SLO set, latency timed from the schedule (a failed request never does)."""
-    good = rows["ok"].astype(bool)
-    if slo.ttft_s is not None:
-        good &= rows["ttft_sched_s"].fillna(math.inf) <= slo.ttft_s
-    if slo.tpot_s is not None:
-        good &= rows["tpot_s"].fillna(0) <= slo.tpot_s
-    if slo.e2e_s is not None:
-        good &= rows["e2e_sched_s" if "e2e_sched_s" in rows else "e2e_s"].fillna(math.inf) <= slo.e2e_s
-    return good
-
-
-SUSTAINED, NOT_SUSTAINED = "sustained", "not sustained"
-
-
-def rate_verdict(rows: pd.DataFrame, slo: Slo, slots: int | None = None) -> tuple[str, S.Trend]:
-    """Was this open-loop rate sustained? :data:`NOT_SUSTAINED` when fewer than :data:`SUSTAINED_SHARE` of its
-    requests met the SLOs (the user's definition, applied to what was measured) or when the latency trend proves the
-    server fell behind (:func:`perfkit.analysis.series.trend`); :data:`CANT_TELL` when the trend points that way but
-    its interval does not exclude keeping up; else :data:`SUSTAINED`. The trend too. With the server's ``slots``
-    the trend is read from its capacity while every slot was busy."""
-    tr = S.trend(rows, KEPT_UP, slots=slots)
-    if not len(rows):
-        return CANT_TELL, tr
-    return _verdict(float(meets_slo(rows, slo).mean()), tr), tr
-
-
-def _verdict(share: float, tr: S.Trend) -> str:
-    if share < SUSTAINED_SHARE or tr.verdict == S.FELL_BEHIND:
-        return NOT_SUSTAINED
-    return CANT_TELL if tr.verdict == CANT_TELL else SUSTAINED  # no trend (too few requests): the SLOs decide
-
-
-def sustains(rows: pd.DataFrame, slo: Slo, slots: int | None = None) -> bool:
-    """True only when the rate was shown sustained (:func:`rate_verdict`)."""
-    return rate_verdict(rows, slo, slots)[0] == SUSTAINED
 
 
 def setting_slots(events: pd.DataFrame, i: int) -> int | None:

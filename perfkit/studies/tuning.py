@@ -23,7 +23,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field, field_validator
 
-from perfkit.analysis import figures as F, stats
+from perfkit.analysis import figures as F, series as S, stats
+from perfkit.analysis.capacity import BRACKET_RATIO, NOT_SUSTAINED, SUSTAINED, rate_verdict
 from perfkit.analysis.decisions import BestClaim, best_of
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.requests import error_summary, failures, measured, method_note, noisy_note
@@ -61,8 +62,8 @@ class TuningParams(Strict):
                                              "this is not eligible")
     context_length: int | None = Field(None, ge=1, description="the context the users need: candidates with a "
                                        "smaller OLLAMA_CONTEXT_LENGTH are not tried")
-    space: dict[str, list[Any]] | None = Field(None, description="setting → values to search; unset: the server "
-                                               "kind's own space; a setting given here replaces the kind's values")
+    space: dict[str, list[Any] | None] | None = Field(None, description=(
+        "setting → the values to search (null: the server kind's own values for it); unset: the kind's whole space"))
     baseline: dict[str, Any] = Field(default_factory=dict, description="the settings the server runs today (the "
                                      "'before' of the proof); empty: the server's defaults")
     candidates: int = Field(8, ge=1, le=200, description="how many settings the search measures at most")
@@ -71,6 +72,11 @@ class TuningParams(Strict):
     replicates: int = Field(3, ge=1, le=20, description="the proof: restarts of each side, interleaved")
     proof_requests: int = Field(8, ge=2, le=MAX_REQUESTS)
     cold_reps: int = Field(3, ge=1, le=50, description="cold starts of the winner (keep-alive and proxy advice)")
+    capacity_steps: int = Field(3, ge=0, le=8, description="open-loop rates tried around the winner's closed-loop "
+                                "rate to bracket the highest rate it sustains inside the SLOs; 0: not measured")
+    rate_requests: int = Field(16, ge=4, le=MAX_REQUESTS, description="requests per open-loop rate")
+    gpu_hour_usd: float | None = Field(None, gt=0, description="what an hour of the server's GPUs costs: gives $ "
+                                       "per million output tokens at the winner's throughput")
     budget_s: float | None = Field(None, gt=0, description="no new candidate or look starts once it would be spent")
     num_predict: int = Field(16, ge=1, le=MAX_TOKENS)
     prompt_words: int = Field(24, ge=4, le=MAX_PROMPT_WORDS)
@@ -88,8 +94,11 @@ class TuningParams(Strict):
     @classmethod
     def _space(cls, v):
         for k, values in (v or {}).items():
+            if values is None:
+                validate_settings_name(k)
+                continue
             if not isinstance(values, list) or not values:
-                raise ValueError(f"{k}: a non-empty list of values to try")
+                raise ValueError(f"{k}: a non-empty list of values to try, or null for the server kind's own")
             try:
                 for x in values:
                     validate_settings({k: x})
@@ -101,11 +110,23 @@ class TuningParams(Strict):
         return Looks(1, self.looks)
 
 
+def validate_settings_name(name: str) -> None:
+    try:
+        validate_settings({name: SETTINGS_PROBE.get(name, "1")})
+    except ConfigError as e:
+        if "unknown setting" in str(e):
+            raise ValueError(str(e).removeprefix("settings: ")) from None
+
+
+SETTINGS_PROBE = {"OLLAMA_KV_CACHE_TYPE": "f16", "use_mmap": "true", "OLLAMA_KEEP_ALIVE": "5m"}
+
+
 def search_space(c: TuningParams, kind: str) -> dict[str, list[Any]]:
-    """The space searched: the kind's own, with the user's settings replacing (or adding) theirs; a context length
+    """The space searched: the kind's own when ``space:`` is unset; else exactly the settings ``space:`` names,
+    each with its values, or the kind's values where it gives none (``OLLAMA_NUM_PARALLEL: null``). A context length
     the users need removes the smaller ones."""
-    space = backends.tuning_space(kind)
-    space.update({k: list(v) for k, v in (c.space or {}).items()})
+    kinds = backends.tuning_space(kind)
+    space = kinds if c.space is None else {k: list(v) if v is not None else kinds.get(k, []) for k, v in c.space.items()}
     if c.context_length and "OLLAMA_CONTEXT_LENGTH" in space:
         space["OLLAMA_CONTEXT_LENGTH"] = [x for x in space["OLLAMA_CONTEXT_LENGTH"] if int(x) >= c.context_length]
     elif c.context_length:
@@ -127,6 +148,8 @@ class TuningResult(StudyResult):
     looks: Looks = field(default_factory=lambda: Looks(1))
     files: dict[str, str] = field(default_factory=dict)
     space: dict[str, list] = field(default_factory=dict)
+    capacity: tuple[float, float, int] = (math.nan, math.nan, 0)
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 @register
@@ -155,6 +178,7 @@ class Tuning(Study):
             winner = _race(ctx, s, budget)
             if winner is None:
                 return
+            _capacity(ctx, s, winner)
             _cold(ctx, s, winner)
             _proof(ctx, s, winner)
 
@@ -340,6 +364,82 @@ def _race(ctx: StudyContext, s, budget: Budget) -> str | None:
     return claim.best if claim else None
 
 
+def _capacity(ctx: StudyContext, s, winner: str) -> None:
+    """Open-loop rates (requests on a schedule, latency timed from it) around the winner's closed-loop rate, until
+    the highest rate it sustains inside the SLOs is bracketed (:mod:`perfkit.analysis.capacity`) or the steps run
+    out. Each next rate is decided from the recorded series only, so a resumed run tries the same ones."""
+    c = ctx.cfg
+    if not c.capacity_steps:
+        return
+    settings = _candidates(ctx)[winner]["settings"]
+    s.restart(settings)
+    for step in range(c.capacity_steps):
+        rate = next_rate(c, ctx.store.trials(), winner, _slots(settings))
+        if rate is None:
+            break
+        s.runner.open_loop(c.model, rate, c.rate_requests, series=f"capacity/r{rate:g}",
+                           seed=ctx.params.seed + step, sampling=Sampling(c.num_predict), prompt_words=c.prompt_words,
+                           tags={"candidate": winner, "phase": "capacity", "rate_rps": rate})
+
+
+def _slots(settings: dict) -> int | None:
+    v = settings.get("OLLAMA_NUM_PARALLEL")
+    return int(v) if v is not None else None
+
+
+def rate_verdicts(c: TuningParams, df: pd.DataFrame, winner: str, slots: int | None) -> dict[float, str]:
+    """Each open-loop rate tried on the winner → sustained, not sustained, or can't tell (``slots``: its parallel
+    slots, which the trend reads its capacity by)."""
+    if df.empty or "phase" not in df:
+        return {}
+    rows = df[(df["phase"] == "capacity") & (df["candidate"] == winner)]
+    if rows.empty or "rate_rps" not in rows:
+        return {}
+    return {float(r): rate_verdict(S.last_attempt(g), c.slo, slots)[0]
+            for r, g in rows.groupby("rate_rps", sort=True)}
+
+
+def next_rate(c: TuningParams, df: pd.DataFrame, winner: str, slots: int | None) -> float | None:
+    """0.7× the winner's closed-loop rate first, then 1.4×; then double the highest when all were sustained, halve
+    the lowest when none was, or the geometric middle of a bracket wider than :data:`BRACKET_RATIO`; None once
+    bracketed that closely."""
+    verdicts = rate_verdicts(c, df, winner, slots)
+    if not verdicts:
+        search = df[(df.get("candidate") == winner) & df["series"].astype(str).str.startswith("cand/")] \
+            if len(df) and "candidate" in df else df.iloc[0:0]
+        closed = S.request_rate(S.last_attempt(search)) if len(search) else math.nan
+        return float(f"{0.7 * closed:.2g}") if closed > 0 else None
+    tried = sorted(verdicts)
+    ok = [r for r in tried if verdicts[r] == SUSTAINED]
+    no = [r for r in tried if verdicts[r] == NOT_SUSTAINED and (not ok or r > max(ok))]
+    if len(tried) == 1:
+        nxt = 2 * tried[0]
+    elif ok and no:
+        if no[0] / max(ok) <= BRACKET_RATIO:
+            return None
+        nxt = math.sqrt(max(ok) * no[0])
+    elif ok:
+        nxt = 2 * tried[-1]
+    elif no:
+        nxt = tried[0] / 2
+    else:
+        return None
+    nxt = float(f"{nxt:.2g}")
+    return nxt if nxt > 0 and nxt not in tried else None
+
+
+def capacity_bracket(c: TuningParams, df: pd.DataFrame, winner: str | None, slots: int | None
+                     ) -> tuple[float, float, int]:
+    """(highest rate shown sustained, lowest rate above it shown not sustained, rates tried); NaN where not shown."""
+    if winner is None:
+        return math.nan, math.nan, 0
+    v = rate_verdicts(c, df, winner, slots)
+    ok = [r for r, x in v.items() if x == SUSTAINED]
+    top = max(ok) if ok else math.nan
+    above = [r for r, x in v.items() if x == NOT_SUSTAINED and (not ok or r > top)]
+    return top, (min(above) if above else math.nan), len(v)
+
+
 def _cold(ctx: StudyContext, s, winner: str) -> None:
     """The winner's first request after a restart, ``cold_reps`` times: what keeping the model warm avoids."""
     c = ctx.cfg
@@ -479,6 +579,12 @@ def analyze(ctx: StudyContext) -> TuningResult:
     cold = _cold_facts(c, df, winner)
     if winner and figs.get(f"tuning/{OBJECTIVES[c.objective][0]}/{winner}") is not None:
         figs[f"tuning/{OBJECTIVES[c.objective][0]}/{winner}"].headline = "tuned " + c.objective
+    capacity = capacity_bracket(c, df, winner, _slots(cands[winner]["settings"]) if winner else None)
+    if winner and math.isfinite(capacity[0]):
+        figs.add(F.reading("tuning", "sustained_rate", capacity[0], where={"setting": winner},
+                           note=f"of {capacity[2]} rates tried" + (f"; not sustained at {fmt.number(capacity[1])}"
+                                                                    if math.isfinite(capacity[1]) else "")))
+    cost = _cost(c, figs)
     stopped = next((r["stopped"] for _, r in ev[ev["kind"] == "tuning_done"].iloc[::-1].iterrows()), "") \
         if len(ev) and "kind" in ev else ""
     space = next((r["space"] for _, r in ev[ev["kind"] == "tuning_space"].iloc[::-1].iterrows()), {}) \
@@ -486,7 +592,8 @@ def analyze(ctx: StudyContext) -> TuningResult:
     res = TuningResult("tuning", figs, df, ctx.store.manifest(), failures(df), objective=c.objective,
                        candidates=table, claim=claim, winner=winner,
                        winner_settings=cands[winner]["settings"] if winner else {}, baseline=dict(c.baseline),
-                       proof=proof, cold=cold, stopped=stopped, looks=looks, space=space)
+                       proof=proof, cold=cold, stopped=stopped, looks=looks, space=space, capacity=capacity,
+                       cost=cost)
     if winner:
         from perfkit.studies import tuning_deploy
 
@@ -498,6 +605,18 @@ def analyze(ctx: StudyContext) -> TuningResult:
 def _first_error(rows: pd.DataFrame) -> str:
     errs = rows["error"].dropna() if "error" in rows else []
     return str(errs.iloc[0]) if len(errs) else "no request succeeded"
+
+
+def _cost(c: TuningParams, figs: FigureSet) -> dict[str, float]:
+    """$ per million output tokens at the tuned throughput (and at today's), from the GPU-hour price."""
+    if not c.gpu_hour_usd:
+        return {}
+    out = {}
+    for side in ("before", "after"):
+        f = figs.get(f"tuning/stream_throughput/{side}/{c.concurrency}")
+        if f is not None and f.value > 0:
+            out[side] = c.gpu_hour_usd / (f.value * 3600) * 1e6
+    return out
 
 
 def _dropped(ev: pd.DataFrame) -> dict[str, int]:
@@ -588,8 +707,8 @@ def answer(res: TuningResult) -> list[str]:
         why = "before the time budget was spent" if res.stopped == BUDGET else "within the planned looks"
         out = [f"**{res.winner}** leads for {what} ({fig.link() if fig else ''}) but is not separated {why} from "
                f"{', '.join(f'**{k}**' for k in claim.not_separated)}: any of them is as good as the data can tell."]
-    row = next((r for r in _pair_rows(res) if r.what.startswith("request rate") or r.what.startswith("time to first")),
-               None)
+    wanted = {"rate": "request rate", "throughput": "output throughput", "ttft": "time to first token"}[res.objective]
+    row = next((r for r in _pair_rows(res) if r.what.startswith(wanted)), None)
     if row is not None:
         verdict = row.row.verdict
         out.append(f"Against today's settings: {row.what} {row.row.before} → {row.row.after}, "
@@ -632,26 +751,30 @@ def trace(res: TuningResult) -> pd.DataFrame:
     return t.drop(columns=["value"]).set_index("setting")
 
 
-def pareto_chart(res: TuningResult):
-    """Latency (TTFT at the stated clients) against the request rate, one point per measured candidate."""
+def pareto_charts(res: TuningResult) -> list:
+    """Each measured candidate as a point: its TTFT, and its peak server memory, against the request rate its clients
+    sustained (down and to the right is better): the trade-offs the winner sits among."""
     from perfkit.report.charts import Chart, Series
 
     df = res.trials
     if df.empty or "candidate" not in df:
-        return None
+        return []
     search = measured(df[df["series"].astype(str).str.startswith("cand/")])
     pts = []
     for key, g in search.groupby("candidate", sort=False):
         rate = float((res_concurrency(res) / pd.to_numeric(g["e2e_s"])).median())
-        ttft = float(pd.to_numeric(g["ttft_s"]).median())
-        pts.append((key, rate, ttft, len(g)))
+        pts.append((key, rate, float(pd.to_numeric(g["ttft_s"]).median()), peak_rss(g), len(g)))
     if not pts:
-        return None
-    series = [Series(k, [fmt.number(r)], [t], text=[f"{k}: {fmt.number(r)} req/s, TTFT {fmt.duration(t)} (n={n})"])
-              for k, r, t, n in pts]
-    return Chart("line", "Each candidate: time to first token against the request rate", "TTFT (s)",
-                 "One point per candidate setting: its median TTFT against the request rate its clients sustained; "
-                 "down and to the right is better", series, xlabel="requests/s")
+        return []
+    lat = [Series(k, [r], [t], text=[f"{fmt.number(r)} req/s, TTFT {fmt.duration(t)} (n={n})"]) for k, r, t, _, n in pts]
+    mem = [Series(k, [r], [m / 2**20 if math.isfinite(m) else None],
+                  text=[f"{fmt.number(r)} req/s, peak RSS {fmt.mib(m)}"]) for k, r, _, m, _ in pts]
+    return [Chart("scatter", "Each candidate: time to first token against the request rate", "median TTFT (s)",
+                  "One point per candidate setting: its median TTFT against the request rate its clients sustained; "
+                  "down and to the right is better", lat, xlabel="requests/s (median)", legend_title="setting"),
+            Chart("scatter", "Each candidate: peak server memory against the request rate", "peak RSS (MiB)",
+                  "One point per candidate setting: its server's peak resident memory against the request rate its "
+                  "clients sustained", mem, xlabel="requests/s (median)", legend_title="setting")]
 
 
 def res_concurrency(res: TuningResult) -> int:
@@ -679,6 +802,19 @@ def conclusions(res: TuningResult) -> str:
         said = res.looks.sentence(_looks_taken(res), res.stopped or LAST_LOOK, what="series of each candidate left")
         if said:
             lines.append("  " + said)
+    top, above, tried = res.capacity
+    if res.winner and tried:
+        c = res_concurrency(res)
+        what = (f"sustains {fmt.number(top)} req/s inside the SLOs and not {fmt.number(above)}" if
+                math.isfinite(top) and math.isfinite(above) else
+                f"sustains at least {fmt.number(top)} req/s inside the SLOs (every rate tried was sustained)"
+                if math.isfinite(top) else "sustained none of the rates tried inside the SLOs")
+        lines.append(f"- Capacity: with the tuned settings the server {what} (open loop: requests on a schedule, "
+                     f"latency timed from it; {tried} rates tried around what its {c} clients drove).")
+    if res.cost:
+        lines.append("- Cost at the stated clients' throughput: " + "; ".join(
+            f"{'tuned' if k == 'after' else 'today'} ${v:.2f} per million output tokens" for k, v in res.cost.items())
+                     + " (from the GPU-hour price in the parameters).")
     cold = res.cold
     if cold and cold.get("cold_e2e") is not None:
         f = cold["cold_e2e"]
