@@ -699,10 +699,15 @@ def answer(res: TuningResult) -> list[str]:
     if claim.called:
         out = [f"Run **{res.winner}**: it is the best for {what} ({fig.link() if fig else ''}), beating every "
                f"other candidate beyond ±{claim.min_effect:.0%}."]
+    elif claim.settled and len(claim.not_separated) == len(claim.rows):
+        out = [f"No setting tried changes {what}: all {len(claim.rows) + 1} are equal within "
+               f"±{claim.min_effect:.0%} (the leader by point estimate, **{res.winner}**, included); today's settings "
+               "are as good as any of them."]
     elif claim.settled:
+        beaten = [k for k in claim.rows if k not in claim.not_separated]
         out = [f"Run **{res.winner}** or, equally within ±{claim.min_effect:.0%}, "
-               f"{', '.join(f'**{k}**' for k in claim.not_separated)}: they are the best for {what} and the rest "
-               "are beaten."]
+               f"{', '.join(f'**{k}**' for k in claim.not_separated)}: for {what} they beat "
+               f"{', '.join(f'**{k}**' for k in beaten)}."]
     else:
         why = "before the time budget was spent" if res.stopped == BUDGET else "within the planned looks"
         out = [f"**{res.winner}** leads for {what} ({fig.link() if fig else ''}) but is not separated {why} from "
