@@ -44,6 +44,9 @@ def production_run(tmp_path_factory, scripted_models_dir):
                                   rate_requests=3)
         s["config_tuning"]["settings"] = [{"OLLAMA_NUM_PARALLEL": 1}, {"OLLAMA_NUM_PARALLEL": 2, "OLLAMA_FLASH_ATTENTION": 1}]
         s["config_tuning"]["model"] = "qwen2.5:32b-instruct-q4_0"  # scripted: flash attention not supported
+        s["tuning"].update(concurrency=2, space={"OLLAMA_NUM_PARALLEL": [1, 2]}, context_length=None, candidates=2,
+                           requests=4, looks=1, replicates=1, proof_requests=3, cold_reps=1, capacity_steps=0,
+                           budget_s=None, num_predict=8, prompt_words=24)
         s["workload"].update(model="qwen2.5:32b-instruct-q4_0", users=[2], requests=4, num_predict=8,
                              settings=[{"OLLAMA_NUM_PARALLEL": 2}],
                              workload={"kind": "sessions", "file": "builtin:chat", "max_turns": 2, "think_s": 0.1})

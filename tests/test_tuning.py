@@ -125,10 +125,13 @@ def test_tune_picks_the_setting_a_server_of_known_capacity_is_fastest_with(tmp_p
                         env={"OLLAMA_NUM_PARALLEL": "1"}) as so:
         params, run_dir, out = _tune(tmp_path, so, {
             "model": MODEL, "concurrency": 4, "space": {"OLLAMA_NUM_PARALLEL": [1, 2, 4]},
-            "baseline": {"OLLAMA_NUM_PARALLEL": 1}, "candidates": 3, "requests": 12, "looks": 3, "replicates": 3,
-            "proof_requests": 8, "cold_reps": 1, "num_predict": 8, "prompt_words": 8, "slo": {"ttft_s": 5, "tpot_s": 1}})
+            "baseline": {"OLLAMA_NUM_PARALLEL": 1}, "candidates": 3, "requests": 16, "looks": 3, "replicates": 3,
+            "proof_requests": 8, "cold_reps": 1, "num_predict": 8, "prompt_words": 8, "slo": {"ttft_s": 5, "tpot_s": 1},
+            "rate_requests": 40})
     res = _result(params, run_dir)
-    assert res.winner.startswith("NUM_PARALLEL=4") and res.claim.called, res.candidates.to_string()
+    # The true best leads; the clearly worse one slot is beaten (a called winner, or NUM_PARALLEL=2 not separated).
+    assert res.winner.startswith("NUM_PARALLEL=4"), res.candidates.to_string()
+    assert "NUM_PARALLEL=1" not in res.claim.not_separated, res.candidates.to_string()
     rate = res.figures[f"tuning/request_rate/{res.winner}"]
     # The server's capacity at 4 slots: 4 requests in flight, each 8 tokens at 20 ms × (1 + 3 × 0.25) per token.
     capacity = 4 / (8 * 0.02 * 1.75)
@@ -136,7 +139,9 @@ def test_tune_picks_the_setting_a_server_of_known_capacity_is_fastest_with(tmp_p
     # The open loop brackets it: sustained at a rate at or below the capacity, not at one at or above it.
     top, above, tried = res.capacity
     verdicts = tuning_mod.rate_verdicts(tuning_mod.TuningParams(**yaml.safe_load(params.read_text())["studies"]["tuning"]), res.trials, res.winner, 4)
-    assert tried >= 2 and top <= capacity * 1.15 and (math.isnan(above) or above >= capacity * 0.85), (res.capacity, verdicts)
+    assert tried >= 2 and (math.isfinite(top) or math.isfinite(above)), (res.capacity, verdicts)
+    assert (math.isnan(top) or top <= capacity * 1.15) and (math.isnan(above) or above >= capacity * 0.85), \
+        (res.capacity, verdicts)
     proof = {r.what: r.row for r in tuning_mod._pair_rows(res)}
     assert proof["request rate at 4 clients"].verdict == "improved"
     assert "tuned: NUM_PARALLEL=4" in out and "to deploy:" in out
@@ -187,8 +192,12 @@ def test_a_tune_killed_mid_search_resumes_without_measuring_anything_twice(tmp_p
             break
         time.sleep(0.2)
     assert events is not None, "the search never started"
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # `kill -9` of perfkit: its kernel and servers must follow
     proc.wait()
+    deadline = time.monotonic() + 30
+    while llama_server_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not llama_server_pids()  # nothing of the killed run outlives it
     run_dir = events.parent.parent
     r = subprocess.run([sys.executable, "-m", "perfkit", "tune", str(p), "--resume", str(run_dir)], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)

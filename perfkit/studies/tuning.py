@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 
 from perfkit.analysis import figures as F, series as S, stats
 from perfkit.analysis.capacity import BRACKET_RATIO, NOT_SUSTAINED, SUSTAINED, rate_verdict
+from perfkit.analysis.series import CANT_TELL
 from perfkit.analysis.decisions import BestClaim, best_of
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.requests import error_summary, failures, measured, method_note, noisy_note
@@ -77,7 +78,8 @@ class TuningParams(Strict):
     rate_requests: int = Field(16, ge=4, le=MAX_REQUESTS, description="requests per open-loop rate")
     gpu_hour_usd: float | None = Field(None, gt=0, description="what an hour of the server's GPUs costs: gives $ "
                                        "per million output tokens at the winner's throughput")
-    budget_s: float | None = Field(None, gt=0, description="no new candidate or look starts once it would be spent")
+    budget_s: float | None = Field(None, gt=0, description="the search and the race: no new candidate or look "
+                                   "starts once it would be spent (the capacity, cold start and proof come after)")
     num_predict: int = Field(16, ge=1, le=MAX_TOKENS)
     prompt_words: int = Field(24, ge=4, le=MAX_PROMPT_WORDS)
 
@@ -149,6 +151,7 @@ class TuningResult(StudyResult):
     files: dict[str, str] = field(default_factory=dict)
     space: dict[str, list] = field(default_factory=dict)
     capacity: tuple[float, float, int] = (math.nan, math.nan, 0)
+    rate_verdicts: dict[float, str] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
 
 
@@ -237,6 +240,8 @@ def _measure(ctx: StudyContext, s, key: str, settings: dict, look: int) -> None:
     effective = {k: str(v) for k, v in {**settings, **effective}.items()}
     ctx.store.event("tuning_candidate", key=key, settings=settings, look=look, effective=effective,
                     all_applied=check.get("all_applied"), checks=check.get("checks"), error=check.get("error") or "")
+    if check.get("error"):  # the server can't serve the model with these settings: said, not measured
+        return
     s.runner.closed_loop(c.model, c.concurrency, c.requests, series=f"cand/{key}/look{look}",
                          sampling=Sampling(c.num_predict), prompt_words=c.prompt_words,
                          tags={"candidate": key, "look": look})
@@ -469,16 +474,59 @@ def _proof(ctx: StudyContext, s, winner: str) -> None:
 
 # ---- analysis -------------------------------------------------------------------------------------------------
 
+def steady(rows: pd.DataFrame, concurrency: int) -> pd.DataFrame:
+    """Each closed-loop series' requests inside its steady window: the start, when every client sends at once and
+    the first wait behind the others, and the end, when clients run out, are not the server's sustained rate."""
+    if rows.empty or "series" not in rows:
+        return rows
+    parts = [S.in_window(g, S.steady_window(g, concurrency)) for _, g in rows.groupby("series", sort=False)]
+    return pd.concat(parts) if parts else rows
+
+
+def served(rows: pd.DataFrame, per: str = "requests") -> list[float]:
+    """Per request: what the server completed while it was in flight ÷ its e2e — requests/s, or output tokens/s with
+    ``per="tokens"``. The server's rate as each request saw it, whatever its place in the queue (c ÷ e2e would make
+    the first of a burst look fast and the last slow)."""
+    import numpy as np
+
+    out: list[float] = []
+    for _, g in rows.groupby("series", sort=False) if "series" in rows and len(rows) else ():
+        done = g[g["ok"].astype("boolean").fillna(False).astype(bool)].dropna(subset=["t_send_ns", "t_end_ns"])
+        if done.empty:
+            continue
+        order = np.argsort(done["t_end_ns"].astype("int64").to_numpy())
+        ends = done["t_end_ns"].astype("int64").to_numpy()[order]
+        weight = (pd.to_numeric(done["output_tokens"], errors="coerce").fillna(0).to_numpy()[order]
+                  if per == "tokens" else np.ones(len(ends)))
+        cum = np.concatenate([[0.0], np.cumsum(weight)])
+        for send, end in zip(done["t_send_ns"].astype("int64"), done["t_end_ns"].astype("int64")):
+            span = (end - send) / 1e9
+            if span > 0:
+                k = cum[np.searchsorted(ends, end, "right")] - cum[np.searchsorted(ends, send, "right")]
+                out.append(float(k / span))
+    return out
+
+
 def _objective_values(c: TuningParams, rows: pd.DataFrame) -> list[float]:
-    ok = measured(rows)
-    if ok.empty:
-        return []
+    """The objective per steady request: its TTFT, or the server's rate while it was in flight (:func:`served`)."""
+    inside = steady(rows, c.concurrency)
     if c.objective == "ttft":
-        return list(ok["ttft_s"].dropna())
-    e2e = pd.to_numeric(ok["e2e_s"], errors="coerce")
-    if c.objective == "rate":
-        return list((c.concurrency / e2e).dropna())
-    return list((c.concurrency * pd.to_numeric(ok["output_tokens"], errors="coerce") / e2e).dropna())
+        return list(measured(inside)["ttft_s"].dropna())
+    return _served_in(rows, inside, "tokens" if c.objective == "throughput" else "requests")
+
+
+def _served_in(rows: pd.DataFrame, inside: pd.DataFrame, per: str) -> list[float]:
+    """:func:`served` for the steady requests, counting every completion of their series (steady or not)."""
+    if inside.empty or "trial_id" not in rows:
+        return []
+    keep = set(measured(inside)["trial_id"])
+    out = []
+    for _, g in rows.groupby("series", sort=False):
+        vals = served(g, per)
+        ok = g[g["ok"].astype("boolean").fillna(False).astype(bool)].dropna(subset=["t_send_ns", "t_end_ns"])
+        ok = ok[(ok["t_end_ns"].astype("int64") - ok["t_send_ns"].astype("int64")) > 0]
+        out += [v for v, t in zip(vals, ok["trial_id"]) if t in keep]
+    return out
 
 
 def objective_figure(c: TuningParams, rows: pd.DataFrame, key: str, where: dict | None = None) -> F.Figure | None:
@@ -560,7 +608,8 @@ def analyze(ctx: StudyContext) -> TuningResult:
         served = len(measured(r)) > 0
         status = ("merged: the server ran it as " + d["merged_into"] if d["merged_into"] else
                   "the server could not run it: " + error_summary(d["error"] or _first_error(r), 120)
-                  + "".join(f" ({x})" for x in known_conflicts(d["settings"])) if len(r) and not served else
+                  + "".join(f" ({x})" for x in known_conflicts(d["settings"])) if d["error"] or (len(r) and not served)
+                  else
                   "not eligible: " + why if not ok else
                   "winner" if claim and key == claim.best and claim.called else
                   "leader (not separated)" if claim and key == claim.best else
@@ -593,7 +642,8 @@ def analyze(ctx: StudyContext) -> TuningResult:
                        candidates=table, claim=claim, winner=winner,
                        winner_settings=cands[winner]["settings"] if winner else {}, baseline=dict(c.baseline),
                        proof=proof, cold=cold, stopped=stopped, looks=looks, space=space, capacity=capacity,
-                       cost=cost)
+                       cost=cost, rate_verdicts=rate_verdicts(c, df, winner, _slots(cands[winner]["settings"]))
+                       if winner else {})
     if winner:
         from perfkit.studies import tuning_deploy
 
@@ -644,7 +694,7 @@ def _proof_figures(c: TuningParams, df: pd.DataFrame, figs: FigureSet, winner: s
         figs.add(F.per_request("tuning", "ttft", warm, "ttft_s", where={**where, "clients": c.concurrency}, workload=wl,
                                headline="warm start" if side == "after" else ""))
         figs.add(F.per_request("tuning", "request_rate", warm,
-                               lambda r: list((c.concurrency / pd.to_numeric(measured(r)["e2e_s"])).dropna()),
+                               lambda r: _objective_values(c.model_copy(update={"objective": "rate"}), r),
                                where={**where, "clients": c.concurrency}, workload=wl))
         figs.add(F.per_request("tuning", "stream_throughput", warm,
                                lambda r: _objective_values(c.model_copy(update={"objective": "throughput"}), r),
@@ -767,7 +817,7 @@ def pareto_charts(res: TuningResult) -> list:
     search = measured(df[df["series"].astype(str).str.startswith("cand/")])
     pts = []
     for key, g in search.groupby("candidate", sort=False):
-        rate = float((res_concurrency(res) / pd.to_numeric(g["e2e_s"])).median())
+        rate = float(pd.Series(served(g)).median())
         pts.append((key, rate, float(pd.to_numeric(g["ttft_s"]).median()), peak_rss(g), len(g)))
     if not pts:
         return []
@@ -810,12 +860,18 @@ def conclusions(res: TuningResult) -> str:
     top, above, tried = res.capacity
     if res.winner and tried:
         c = res_concurrency(res)
-        what = (f"sustains {fmt.number(top)} req/s inside the SLOs and not {fmt.number(above)}" if
-                math.isfinite(top) and math.isfinite(above) else
-                f"sustains at least {fmt.number(top)} req/s inside the SLOs (every rate tried was sustained)"
-                if math.isfinite(top) else "sustained none of the rates tried inside the SLOs")
+        v = res.rate_verdicts
+        said = {x: ", ".join(f"{fmt.number(r)}" for r, y in sorted(v.items()) if y == x) for x in set(v.values())}
+        what = (f"sustains {fmt.number(top)} req/s inside the SLOs and not {fmt.number(above)}: its capacity lies "
+                "between" if math.isfinite(top) and math.isfinite(above) else
+                f"sustains at least {fmt.number(top)} req/s inside the SLOs" if math.isfinite(top) else
+                "was not shown to sustain any rate tried")
+        parts = [f"{k} at {r} req/s" for k, r in ((SUSTAINED, said.get(SUSTAINED)),
+                                                  (NOT_SUSTAINED, said.get(NOT_SUSTAINED)),
+                                                  ("can't tell (too few requests for the latency trend)",
+                                                   said.get(CANT_TELL))) if r]
         lines.append(f"- Capacity: with the tuned settings the server {what} (open loop: requests on a schedule, "
-                     f"latency timed from it; {tried} rates tried around what its {c} clients drove).")
+                     f"latency timed from it, around what its {c} clients drove: {'; '.join(parts)}).")
     if res.cost:
         lines.append("- Cost at the stated clients' throughput: " + "; ".join(
             f"{'tuned' if k == 'after' else 'today'} ${v:.2f} per million output tokens" for k, v in res.cost.items())
