@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -898,6 +897,3 @@ def _looks_taken(res: TuningResult) -> list[int]:
     t = res.candidates
     return list(range(1, int(t["looks"].max()) + 1)) if len(t) and t["looks"].max() else []
 
-
-def deploy_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "tuning" / "tuned"
