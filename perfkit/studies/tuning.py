@@ -411,7 +411,9 @@ def next_rate(c: TuningParams, df: pd.DataFrame, winner: str, slots: int | None)
     if not verdicts:
         search = df[(df.get("candidate") == winner) & df["series"].astype(str).str.startswith("cand/")] \
             if len(df) and "candidate" in df else df.iloc[0:0]
-        closed = S.request_rate(S.last_attempt(search)) if len(search) else math.nan
+        # Per series (each look restarted the server): pooled, the gaps between looks would count as idle time.
+        rates = [S.request_rate(S.last_attempt(g)) for _, g in search.groupby("series")] if len(search) else []
+        closed = float(pd.Series(rates).median()) if rates else math.nan
         return float(f"{0.7 * closed:.2g}") if closed > 0 else None
     tried = sorted(verdicts)
     ok = [r for r in tried if verdicts[r] == SUSTAINED]
