@@ -144,7 +144,7 @@ def offered_tok_s(streams: int, a) -> float:
 # ---- perfkit ----------------------------------------------------------------------------------------
 def run_perfkit(server: SSEServer, streams: int, n_req: int, a, workers: int) -> dict:
     from perfkit.client.backends.base import Sampling
-    from perfkit.client.backends.openai import OpenAIBackend
+    from perfkit.kinds.openai import OpenAIBackend
     from perfkit.client.loadgen import Job, run_series
 
     be = OpenAIBackend(server.url)

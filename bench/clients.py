@@ -58,7 +58,7 @@ def main() -> None:
     import ray
     import ray_cluster
 
-    from perfkit.client import backends
+    from perfkit import kinds as backends
     from perfkit.cluster import Cluster
     from perfkit.core.schema import ClusterParams
 

@@ -50,7 +50,7 @@ def main() -> None:
         script = tmp / "study_like.py"
         script.write_text(f"""
 import json, time
-from perfkit.servers.control import LocalOllamaControl
+from perfkit.kinds.ollama import LocalOllamaControl
 c = LocalOllamaControl({so.url!r}, restart_command={so.restart_command!r}, ready_timeout_s=30)
 c.restart({{"OLLAMA_NUM_PARALLEL": 3}})
 print(json.dumps(c.describe()), flush=True)

@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--intervals", type=float, nargs="+", default=[0.1, 0.01])
     a = ap.parse_args()
-    from perfkit.client.backends import LlamaServerBackend
+    from perfkit.kinds.llamacpp import LlamaServerBackend
     from perfkit.servers.engine import Engine
     from perfkit.servers.models import models_dir
     from perfkit.sampling import Monitor

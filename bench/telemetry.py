@@ -77,7 +77,8 @@ def cost(n: int, interval_s: float) -> None:
     import random
 
     from perfkit.analysis import stats
-    from perfkit.client.backends import LlamaServerBackend, Sampling
+    from perfkit.kinds.llamacpp import LlamaServerBackend
+    from perfkit.client.backends import Sampling
     from perfkit.sampling.scrape import ScrapeSampler, ScrapeTarget
     from perfkit.servers.engine import Engine
     from perfkit.servers.models import models_dir

@@ -49,7 +49,8 @@ sys.path.insert(0, os.environ.get("PERFKIT_SRC", str(ROOT)))  # PERFKIT_SRC: mea
 
 from scripted_ollama.harness import ScriptedOllama  # noqa: E402
 
-from perfkit.client.backends import OllamaBackend, Sampling  # noqa: E402
+from perfkit.kinds.ollama import OllamaBackend  # noqa: E402
+from perfkit.client.backends import Sampling  # noqa: E402
 from perfkit.measure.runner import Runner, Trial, plan  # noqa: E402
 from perfkit.core.store import RunStore  # noqa: E402
 

@@ -1,23 +1,25 @@
-"""perfkit: measure, explain and tune the performance of LLM inference servers (Ollama, llama.cpp).
+"""perfkit: measure, explain and tune the performance of LLM inference servers.
 
 Public API::
 
     import perfkit
 
     with perfkit.Engine(perfkit.models_dir(), {"OLLAMA_NUM_PARALLEL": 2}) as engine:
-        backend = perfkit.backends.create("embedded", engine=engine)   # or create("ollama", "http://gpu:11434")
-        record = backend.generate("smollm2-135m-q4_1", "Hello")        # a RequestRecord: ttft_s, e2e_s ...
+        backend = perfkit.kinds.create("embedded", engine=engine)   # or create("ollama", "http://gpu:11434")
+        record = backend.generate("smollm2-135m-q4_1", "Hello")     # a RequestRecord: ttft_s, e2e_s ...
 
+    perfkit.kinds.names()                        # the server kinds (each a plugin, perfkit/kinds/<kind>/)
     perfkit.studies.names()                      # the registered studies
     perfkit.compare.compare("results/A", "results/B").summary()
 """
 
 __version__ = "0.1.0"
 
+# The server kinds first: each registers the settings names it speaks, which every parameter check reads.
+from perfkit import kinds  # noqa: I001
 from perfkit import compare, studies
 from perfkit.analysis.stats import Estimate, estimate, ratio
-from perfkit.client import backends
-from perfkit.client.backends import Backend, LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
+from perfkit.client.backends import Backend, Sampling
 from perfkit.core.errors import ConfigError, EngineError, PerfkitError
 from perfkit.core.records import CACHE_STATES, RequestRecord
 from perfkit.core.store import RunStore
@@ -26,9 +28,10 @@ from perfkit.sampling import GpuSampler, Monitor, SystemSampler
 from perfkit.servers.engine import Engine
 from perfkit.servers.models import list_models, models_dir
 
+kinds.KINDS.discover()
+
 __all__ = [
-    "backends", "compare", "studies", "Backend", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend", "Sampling",
-    "Engine", "ConfigError", "EngineError", "PerfkitError", "list_models", "models_dir", "CACHE_STATES",
-    "RequestRecord", "Runner", "Trial", "plan", "GpuSampler", "Monitor", "SystemSampler", "Estimate", "estimate",
-    "ratio", "RunStore", "__version__",
+    "kinds", "compare", "studies", "Backend", "Sampling", "Engine", "ConfigError", "EngineError", "PerfkitError",
+    "list_models", "models_dir", "CACHE_STATES", "RequestRecord", "Runner", "Trial", "plan", "GpuSampler",
+    "Monitor", "SystemSampler", "Estimate", "estimate", "ratio", "RunStore", "__version__",
 ]

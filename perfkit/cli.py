@@ -298,9 +298,9 @@ def cmd_engine(a) -> int:
     if not state:
         print("no engine running")
         return 3
-    from perfkit.client.backends import LlamaServerBackend
+    from perfkit import kinds
 
-    b = LlamaServerBackend(state["url"])
+    b = kinds.create("llama-server", state["url"])
     print(f"llama-server at {state['url']} (pid {state['pid']}); settings {state['settings'] or 'defaults'}")
     for model, st in sorted(b.status().items()):
         print(f"  {model:<22} {st.get('value')}")

@@ -15,11 +15,18 @@ if "PERFKIT_STATE_DIR" not in os.environ:
     os.environ["PERFKIT_STATE_DIR"] = tempfile.mkdtemp(prefix="perfkit-state-")
 
 from fake_ollama import FakeOllama  # noqa: E402
+from fake_openai import FakeOpenAI  # noqa: E402
 
 
 @pytest.fixture
 def fake_ollama():
     with FakeOllama() as f:
+        yield f
+
+
+@pytest.fixture
+def fake_openai():
+    with FakeOpenAI() as f:
         yield f
 
 
@@ -51,7 +58,7 @@ def engine(store_dir):
 
 @pytest.fixture
 def backend(engine):
-    from perfkit.client.backends import LlamaServerBackend
+    from perfkit.kinds.llamacpp import LlamaServerBackend
 
     b = LlamaServerBackend.from_engine(engine)
     yield b

@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from perfkit.client.backends import OllamaBackend, Sampling
-from perfkit.client.backends.ollama import keep_alive_value
+from perfkit.kinds.ollama import OllamaBackend
+from perfkit.client.backends import Sampling
+from perfkit.kinds.ollama import keep_alive_value
 from perfkit.core.errors import PerfkitError
 from perfkit.core.store import RunStore
 
@@ -124,7 +125,7 @@ def test_a_server_restarting_for_a_few_seconds_is_waited_for_and_html_is_a_clear
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from perfkit.client.backends import OllamaBackend
+    from perfkit.kinds.ollama import OllamaBackend
     from perfkit.core.errors import PerfkitError
 
     with socket.socket() as s:

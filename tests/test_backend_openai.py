@@ -3,7 +3,8 @@
 import pytest
 
 from fake_openai import FakeOpenAI
-from perfkit.client.backends import OpenAIBackend, Sampling
+from perfkit.kinds.openai import OpenAIBackend
+from perfkit.client.backends import Sampling
 from perfkit.measure.cache_states import ensure_warm, prepare_state
 from perfkit.servers.control.base import Unknown
 from perfkit.core.errors import PerfkitError

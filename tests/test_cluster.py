@@ -220,7 +220,7 @@ def test_a_series_from_two_client_nodes_merges_on_one_clock(ray_cluster, tmp_pat
     uncertainty), streams unique, the open loop's sends on the schedule asked for."""
     from scripted_ollama.harness import ScriptedOllama
 
-    from perfkit.client import backends
+    from perfkit import kinds as backends
     from perfkit.client.backends import Sampling
     from perfkit.cluster import Cluster
     from perfkit.core.schema import ClusterParams
@@ -261,7 +261,7 @@ def test_a_client_node_lost_mid_series_is_recorded_and_the_series_goes_on(ray_cl
     import ray
     from scripted_ollama.harness import ScriptedOllama
 
-    from perfkit.client import backends
+    from perfkit import kinds as backends
     from perfkit.client.backends import Sampling
     from perfkit.cluster import Cluster
     from perfkit.core.schema import ClusterParams

@@ -64,7 +64,7 @@ def test_no_models(tmp_path):
 
 def test_a_model_that_fails_to_load_says_so(small_store):
     (small_store / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 4096)
-    from perfkit.client.backends import LlamaServerBackend
+    from perfkit.kinds.llamacpp import LlamaServerBackend
 
     with Engine(small_store, {"num_thread": 2}) as e:
         b = LlamaServerBackend.from_engine(e)

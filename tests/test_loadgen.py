@@ -5,7 +5,9 @@ import threading
 import time
 
 from fake_openai import FakeOpenAI
-from perfkit.client.backends import OllamaBackend, OpenAIBackend, Sampling
+from perfkit.kinds.ollama import OllamaBackend
+from perfkit.kinds.openai import OpenAIBackend
+from perfkit.client.backends import Sampling
 from perfkit.client.loadgen import Job, run_series
 from perfkit.analysis.series import steady_window
 from perfkit.measure.runner import Runner, schedule

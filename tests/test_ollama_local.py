@@ -7,9 +7,11 @@ import pytest
 
 from perfkit.servers import pagecache
 from perfkit.analysis import timeline
-from perfkit.client.backends import OllamaBackend, Sampling
+from perfkit.kinds.ollama import OllamaBackend
+from perfkit.client.backends import Sampling
 from perfkit.measure.cache_states import prepare_state, scheme_a
-from perfkit.servers.control import LocalOllamaControl, RemoteControl, ollama_control
+from perfkit.kinds.ollama import LocalOllamaControl, ollama_control
+from perfkit.servers.control import RemoteControl
 from perfkit.core.clock import now_ns
 from perfkit.servers.serverlog import FileLogSource
 from perfkit.core.store import RunStore
@@ -145,12 +147,12 @@ def test_a_kill_9_of_perfkit_gives_the_user_their_settings_back_at_once(so, tmp_
     import subprocess
     import sys
 
-    from perfkit.servers import restore
+    from perfkit.kinds.ollama import restore
 
     script = tmp_path / "perfkit_like.py"
     script.write_text(f"""
 import json, time
-from perfkit.servers.control import LocalOllamaControl
+from perfkit.kinds.ollama import LocalOllamaControl
 c = LocalOllamaControl({so.url!r}, restart_command={so.restart_command!r}, ready_timeout_s=30)
 c.restart({{"OLLAMA_NUM_PARALLEL": 3}})
 print(json.dumps(c.describe()), flush=True)

@@ -37,7 +37,8 @@ def test_shipped_parameter_sets_validate(name, studies):
     ("name: x\nstudies:\n  model_size:\n    models: [a, b]\n    extra: 1\n",
      r"unknown key 'studies.model_size.extra'; allowed here: models, reps"),
     ("name: x\nbackend: {kind: ollama}\nstudies: {}\n", r"backend: Value error|backend: backend kind 'ollama' needs a url"),
-    ("name: x\nbackend: {kind: vllm, url: u}\nstudies: {}\n", r"backend.kind: Input should be 'embedded', 'ollama'"),
+    ("name: x\nbackend: {kind: sglang, url: 'http://h:1'}\nstudies: {}\n",
+         r"backend.kind: Input should be 'embedded', 'ollama', 'llama-server', 'openai' or 'vllm'"),
     ("- a list\n", r"expected a mapping at the top level"),
     ("name: [unclosed\n", r"not valid YAML"),
 ])
@@ -83,7 +84,7 @@ CS = "name: x\nstudies:\n  cold_start:\n    model: m\n"
     ("name: x\nbackend: {kind: ollama, url: 'ftp://h:1'}\nstudies: {cold_start: {model: m}}\n", r"backend.url: expected an http://"),
     ("name: x\nbackend: {kind: ollama, url: 'http://h:99999'}\nstudies: {cold_start: {model: m}}\n", r"backend.url: expected"),
     ("name: x\nbackend: {url: 'http://h:1'}\nstudies: {cold_start: {model: m}}\n",
-     r"backend: url is used only with kind ollama, llama-server or openai"),
+     r"backend: url is not used with kind 'embedded' \(perfkit picks its port\)"),
     ("name: x\nstudies: {}\n", r"p.yaml: studies: no study enabled; set at least one of: cold_start, model_size"),
     ("name: ../../../x\nstudies: {cold_start: {model: m}}\n",
      r"p.yaml: name: .*use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters"),

@@ -295,7 +295,7 @@ def test_a_whole_row_without_its_newline_is_kept(tmp_path):
 
 
 def test_resume_after_a_torn_line_measures_the_trial_once_and_completely(tmp_path, fake_ollama):
-    from perfkit.client.backends import OllamaBackend
+    from perfkit.kinds.ollama import OllamaBackend
     from perfkit.measure.runner import Runner, plan
 
     store = RunStore(tmp_path)
@@ -609,7 +609,7 @@ def _chunk(data: bytes) -> bytes:
     + _chunk(b'{"model":"m","done":false,"mess') + b"0\r\n\r\n",
 ], ids=["incomplete-chunked-read", "ends-inside-a-line"])
 def test_a_server_dying_mid_stream_is_a_lost_connection_not_a_malformed_line(payload):
-    from perfkit.client.backends import OllamaBackend
+    from perfkit.kinds.ollama import OllamaBackend
 
     url, srv = _one_shot_server(payload)
     try:
@@ -753,7 +753,8 @@ def test_kill_9_leaves_nothing_running_and_an_immediate_resume_keeps_every_line(
 def test_a_model_process_dying_mid_stream_is_a_lost_connection(engine):
     import psutil
 
-    from perfkit.client.backends import LlamaServerBackend, Sampling
+    from perfkit.kinds.llamacpp import LlamaServerBackend
+    from perfkit.client.backends import Sampling
 
     b = LlamaServerBackend.from_engine(engine)
     model = "smollm2-135m-q4_1"

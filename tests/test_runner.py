@@ -2,7 +2,8 @@
 
 import pytest
 
-from perfkit.client.backends import OllamaBackend, Sampling
+from perfkit.kinds.ollama import OllamaBackend
+from perfkit.client.backends import Sampling
 from perfkit.core.errors import PerfkitError
 from perfkit.analysis.series import goodput, request_rate, steady_window
 from perfkit.measure.runner import Runner, Trial, plan

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from perfkit.core import host
-from perfkit.client.backends import OllamaBackend, Sampling
+from perfkit.kinds.ollama import OllamaBackend
+from perfkit.client.backends import Sampling
 from perfkit.measure.cache_states import KeepWarm, StateCheck, confirm, mid_cycle_offset, prepare_state
 from perfkit.servers.control import RemoteControl
 from perfkit.servers.control.device import local_device

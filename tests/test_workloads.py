@@ -214,7 +214,7 @@ def test_sessions_carry_each_conversations_questions_and_the_servers_own_answers
     the server answered before (its truth), never the dataset's answers; a history over the context is flagged."""
     from scripted_ollama.harness import ScriptedOllama
     from perfkit.client.backends import Sampling
-    from perfkit.client.backends.ollama import OllamaBackend
+    from perfkit.kinds.ollama import OllamaBackend
     from perfkit.core.store import RunStore
     from perfkit.measure.runner import Runner
     from perfkit.measure.workload import Workload
@@ -256,7 +256,8 @@ def test_sessions_carry_each_conversations_questions_and_the_servers_own_answers
 def test_a_history_that_outgrows_the_engines_context_is_flagged_and_the_servers_answer_recorded(tmp_path, store_dir):
     """On the real engine with a 256-token context: the conversation grows past it; perfkit flags the turn before
     sending it, sends it anyway, and records what llama-server does (it refuses a prompt over its context)."""
-    from perfkit.client.backends import LlamaServerBackend, Sampling
+    from perfkit.kinds.llamacpp import LlamaServerBackend
+    from perfkit.client.backends import Sampling
     from perfkit.core.store import RunStore
     from perfkit.measure.runner import Runner
     from perfkit.measure.workload import Workload

@@ -113,6 +113,11 @@ def load_row(res: dict, rows: pd.DataFrame) -> dict[str, Any]:
         out["prompt_cached_share"] = cached / (cached + fresh)
     else:
         out["prompt_cached_share"] = np.nan
+    hits, queries = res.get("server_prefix_cache_hits_tokens_total_delta"), res.get("server_prefix_cache_queries_tokens_total_delta")
+    out["prefix_cache_hit_share"] = hits / queries if hits is not None and queries else np.nan
+    accepted, drafted = res.get("server_spec_accepted_tokens_total_delta"), res.get("server_spec_draft_tokens_total_delta")
+    out["spec_acceptance"] = accepted / drafted if accepted is not None and drafted else np.nan
+    out["spec_draft_tokens"] = drafted if drafted is not None else np.nan
     return out
 
 

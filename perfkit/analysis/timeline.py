@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perfkit.core import settings as S
 from perfkit.servers.engine import ENGINE_READY_MARK, ENGINE_START_MARK
 from perfkit.core.clock import parse_tz
 from perfkit.servers.serverlog import LogEvent, naive_times_zone, parse
@@ -169,9 +170,8 @@ def _summary(ev: LogEvent) -> str:
     k = ev.kind
     if k == "server_config":
         env = f.get("env", {})
-        keys = ("OLLAMA_FLASH_ATTENTION", "OLLAMA_NUM_PARALLEL", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_CONTEXT_LENGTH",
-                "OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_LOADED_MODELS")
-        return "server config: " + " ".join(f"{x.removeprefix('OLLAMA_')}={env.get(x, '')}" for x in keys if x in env)
+        keys = [n for n in S.names() if n in env and S.is_server_env(n)]
+        return "server config: " + " ".join(f"{S.short_name(x)}={env.get(x, '')}" for x in keys)
     if k == "runner_start":
         return f"runner spawned: {f.get('cmd') or ' '.join(f.get('argv') or [])}"[:200]
     if k == "runner_ready":

@@ -1,27 +1,40 @@
 """Is a server there, and is it the API we think? One GET with the configured headers (their values are
-never printed or recorded): Ollama ``/api/version`` must return JSON with a ``version``; llama-server
-``/health`` JSON (200, or 503 while a model loads); an OpenAI-compatible server ``/v1/models`` JSON. Anything
-else is a ``PerfkitError`` that says what was reached: nothing listening, a web page, a refused credential ...
+never printed or recorded) of the route a server kind names (:class:`ProbeSpec`), whose JSON the kind reads.
+Anything else is a ``PerfkitError`` that says what was reached: nothing listening, a web page, a refused
+credential ...
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import httpx
 
 from perfkit.core.errors import PerfkitError
 from perfkit.core.secrets import redact_text
 
-_API = {"ollama": ("/api/version", "the Ollama API"), "llama-server": ("/health", "a llama-server"),
-        "openai": ("/v1/models", "an OpenAI-compatible API")}
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """How a server kind is recognised: GET ``path`` (on the URL less ``strip_suffix``) answers a JSON object;
+    ``api``: the API in words ('the Ollama API'); ``program``: what to start when nothing listens;
+    ``identify(body, shown_url, status)``: what was reached, in words, or raises ValueError saying why it is not
+    that API; ``loading_status``: a status that means the server is up but still loading (a JSON body still)."""
+
+    path: str
+    api: str
+    program: str
+    identify: Callable[[dict, str, int], str]
+    strip_suffix: str = ""
+    loading_status: int | None = None
 
 
-def probe(kind: str, base_url: str, headers: dict[str, str] | None, where: str, timeout_s: float = 10.0) -> str:
-    """One GET of the API ``kind`` says the server speaks; returns what was reached ('ollama 0.33.0 at
-    http://…'), raises PerfkitError starting with ``where`` otherwise. Header values are sent, never printed."""
-    if kind not in _API:
-        return ""
-    path, api = _API[kind]
-    url = base_url.rstrip("/").removesuffix("/v1") if kind == "openai" else base_url.rstrip("/")
+def probe(spec: ProbeSpec, base_url: str, headers: dict[str, str] | None, where: str, timeout_s: float = 10.0) -> str:
+    """One GET of the kind's route; returns what was reached ('ollama 0.33.0 at http://…'), raises PerfkitError
+    starting with ``where`` otherwise. Header values are sent, never printed."""
+    path, api = spec.path, spec.api
+    url = base_url.rstrip("/").removesuffix(spec.strip_suffix) if spec.strip_suffix else base_url.rstrip("/")
     shown = redact_text(url)
     hint_headers = "check backend.headers" if headers else "the server wants credentials: set backend.headers"
     probe = path
@@ -39,8 +52,7 @@ def probe(kind: str, base_url: str, headers: dict[str, str] | None, where: str, 
             raise PerfkitError(f"{where}: host not found (DNS): check the host name") from None
         if "SSL" in text or "certificate" in text.lower():
             raise PerfkitError(f"{where}: TLS failed ({text[:160]}): http:// or https://?") from None
-        raise PerfkitError(f"{where}: nothing listening there (connection refused): is "
-                           f"{ {'ollama': 'ollama serve', 'openai': 'the server'}.get(kind, 'llama-server')} running, "
+        raise PerfkitError(f"{where}: nothing listening there (connection refused): is {spec.program} running, "
                            "on that port?") from None
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
         raise PerfkitError(f"{where}: not a usable http(s) URL ({e})") from None
@@ -60,17 +72,13 @@ def probe(kind: str, base_url: str, headers: dict[str, str] | None, where: str, 
         body = r.json()
     except ValueError:
         body = None
-    loading = kind == "llama-server" and r.status_code == 503 and isinstance(body, dict)
+    loading = spec.loading_status is not None and r.status_code == spec.loading_status and isinstance(body, dict)
     if r.status_code >= 400 and not loading:
         raise PerfkitError(f"{where}: GET {probe} answered {code}: not {api} (wrong port or path?)")
     if not isinstance(body, dict):
         raise PerfkitError(f"{where}: GET {probe} answered {ctype or 'something'} that is not a JSON object: "
                            f"not {api}")
-    if kind == "ollama":
-        if "version" not in body:
-            raise PerfkitError(f"{where}: GET {probe} answered JSON without a 'version': not {api}")
-        return f"ollama {body['version']} at {shown}"
-    if kind == "openai":
-        models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
-        return f"an OpenAI-compatible server at {shown} serving {', '.join(models) or 'no model'}"
-    return f"llama-server at {shown} ({'loading' if loading else body.get('status', 'ok')})"
+    try:
+        return spec.identify(body, shown, r.status_code)
+    except ValueError as e:
+        raise PerfkitError(f"{where}: GET {probe} answered JSON {e}: not {api}") from None

@@ -24,7 +24,6 @@ from typing import Any
 from perfkit.core import host
 from perfkit.core.children import identity, owner_alive
 from perfkit.core.clock import now_ns
-from perfkit.core.errors import PerfkitError
 from perfkit.servers.control.base import Unknown
 
 RESOURCE_HOST = "perfkit-host:"  # a server host's node joins with {"perfkit-host:NAME": 1}
@@ -71,30 +70,15 @@ class HostAgent:
     def open_server(self, spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         """Start the server (``command``: the agent owns it) or find a user's by its port (``restart_command`` or
         none), applying ``settings`` where it can restart it. Returns its description."""
-        from perfkit.client import backends
-        from perfkit.servers.control.ollama_local import LocalOllamaControl
-        from perfkit.servers.control.owned import OwnedOllamaControl
+        from perfkit import kinds
 
-        url = spec["url"]
-        if spec.get("command"):
-            ctl = OwnedOllamaControl(url, spec["command"], env=spec.get("env") or {}, log_path=self.dir / "server.log",
-                                     ready_timeout_s=spec.get("ready_timeout_s") or 120.0)
-            self.control = ctl
-            ctl.restart(settings)
-        else:
-            ctl = LocalOllamaControl(url, restart_command=spec.get("restart_command"),
-                                     log=_log_source(spec.get("server_log")),
-                                     ready_timeout_s=spec.get("ready_timeout_s") or 120.0)
-            if ctl.serve_pid() is None:
-                raise PerfkitError(f"host {self.name}: no process on {platform.node()} listens on port {ctl.port} "
-                                   f"(hosts[].url {url}); give the server's command to have the agent start it")
-            self.control = ctl
-            recovered = ctl.recover()  # a run that died left it on its settings: the user's first
-            if recovered is not None:
-                self.recovered = recovered.as_dict()
-            if settings and ctl.can_restart():
-                ctl.restart(settings)
-        self.backend = backends.create("ollama", url, inspect_host=False)
+        kind = kinds.get(spec["kind"])
+        ctl, self.backend, recovered = kind.open_on_host(spec, settings, log_path=self.dir / "server.log",
+                                                         log=_log_source(spec.get("server_log")),
+                                                         where=f"host {self.name} ({platform.node()})")
+        self.control = ctl
+        if recovered is not None:
+            self.recovered = recovered.as_dict()
         return {**ctl.describe(), **({"recovered": self.recovered} if self.recovered else {})}
 
     def call(self, method: str, *args: Any) -> tuple[str, Any]:

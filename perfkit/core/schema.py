@@ -119,22 +119,27 @@ class ServerLog(Strict):
     def _one(self):
         if bool(self.file) == bool(self.command):
             raise ValueError("give exactly one of file (a path) or command (an argument list, e.g. "
-                             "[journalctl, -u, ollama, --no-pager, -o, short-iso])")
+                             "[journalctl, -u, SERVICE, --no-pager, -o, short-iso])")
         return self
 
 
 class BackendParams(Strict):
-    kind: Literal["embedded", "ollama", "llama-server", "openai"] = "embedded"
+    """The backend section as every server kind has it. The kind a file names checks the rest (its own keys, a url
+    it needs): the parameter model perfkit validates with is this one with those rules (``perfkit.studies.params``).
+    """
+
+    kind: str = "embedded"
     url: str | None = None
     endpoint: Literal["chat", "completions"] = Field(
-        "chat", description="openai only: /v1/chat/completions (chat) or /v1/completions")
+        "chat", description="/v1/chat/completions (chat) or /v1/completions, where the kind's API has both")
     headers: dict[str, str] = Field(default_factory=dict, description="sent to the server, never recorded")
-    settings: dict[str, Any] = Field(default_factory=dict, description="base server settings (Ollama names)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="base server settings (by the names of "
+                                                                        "`perfkit settings`)")
     restart_command: list[str] | None = Field(
-        None, description="argument list that restarts an Ollama server; settings are passed in its environment")
+        None, description="argument list that restarts the server; settings are passed in its environment")
     ready_timeout_s: float = Field(120.0, gt=0)
     models_dir: str | None = None
-    server_log: ServerLog | None = Field(None, description="the server's own log (Ollama), read for the span of the run")
+    server_log: ServerLog | None = Field(None, description="the server's own log, read for the span of the run")
     host: str | None = Field(None, description="the server runs on this cluster node (it joined as perfkit-host:NAME): "
                              "perfkit's agent there sees its processes, settings, files and log (needs cluster:); "
                              "restart_command and server_log are then that host's")
@@ -163,20 +168,10 @@ class BackendParams(Strict):
             return v
         return http_url(v, trailing_slash=True)
 
-    @model_validator(mode="after")
-    def _url(self):
-        if self.kind != "embedded" and not self.url:
-            raise ValueError(f"backend kind {self.kind!r} needs a url")
-        if self.kind == "embedded" and self.url:
-            raise ValueError("url is used only with kind ollama, llama-server or openai (the embedded engine picks "
-                             "its own port): remove it or set kind")
-        if self.endpoint != "chat" and self.kind != "openai":
-            raise ValueError("endpoint is used only with kind openai")
-        if self.host is not None:
-            host_name(self.host)
-            if self.kind != "ollama":
-                raise ValueError("host: perfkit's agent drives an Ollama server; set kind: ollama")
-        return self
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v):
+        return host_name(v) if v is not None else v
 
 
 HOST_NAME_RULE = "letters, digits, '-', '_' and '.', at most 64 characters"
@@ -339,7 +334,8 @@ class TelemetryParams(Strict):
                                                                              "least 0.5 s")
     scrape_headers: dict[str, str] = Field(default_factory=dict, description="sent to the scraped endpoints, never "
                                                                              "recorded")
-    engine_metrics: bool = Field(True, description="the embedded engine's own /metrics (queue, slots, prompt cache), "
+    engine_metrics: bool = Field(True, description="the server's own /metrics where its kind knows it (the "
+                                 "embedded engine's, vLLM's: queue, slots, KV and prompt cache), "
                                                    "read during the studies that send load")
     engine_interval_s: float = Field(0.5, gt=0, le=60, description="how often the engine's /metrics is read (its "
                                                                    "cost to the server: bench/telemetry.py)")

@@ -1,24 +1,25 @@
-"""Server settings by their Ollama names, and the one table that turns them into llama-server flags.
-
-A study names settings the way an Ollama user does (``OLLAMA_NUM_PARALLEL=4``); the embedded
-engine receives the equivalent llama-server flags, an Ollama server receives them as its
-environment. Values are validated here, before any server starts.
+"""Server settings by what they mean (a *role*: parallel requests, context length, KV-cache type …) and by the
+names users write. A server kind registers the names it speaks for each role (:func:`register_names`); a study
+asks for a role, never for a kind's spelling, and each kind turns roles into what its server takes (environment
+variables, command-line flags). Values are validated here, before any server starts, with the name the user
+wrote in every message.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from perfkit.core.errors import ConfigError
 
-_KV_TYPES = ("f16", "q8_0", "q4_0")
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 _GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 
 
 def parse_keep_alive_s(value: object) -> float:
-    """Ollama's keep_alive → seconds (negative = forever). Accepts numbers and Go durations ("5m", "1h30m")."""
+    """A keep-alive → seconds (negative = forever). Accepts numbers and Go durations ("5m", "1h30m")."""
     if isinstance(value, bool):
         raise ValueError("a number of seconds or a duration like '5m'")
     if isinstance(value, (int, float)):
@@ -36,12 +37,7 @@ def parse_keep_alive_s(value: object) -> float:
     return sign * total
 
 
-# Ollama's OLLAMA_FLASH_ATTENTION values → llama-server's -fa modes (unset means auto).
-_FLASH = {"1": "on", "true": "on", "0": "off", "false": "off", "": "auto", "auto": "auto"}
-
-
-def _flash(v: str) -> list[str]:
-    return ["-fa", _FLASH[v]]
+FLASH_MODES = {"1": "on", "true": "on", "0": "off", "false": "off", "": "auto", "auto": "auto"}
 
 
 def _positive_int(v: str) -> int:
@@ -59,41 +55,90 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return check
 
 
-def _keep_alive_flags(v: str) -> list[str]:
-    seconds = parse_keep_alive_s(v)
-    # llama-server has no "forever": a negative keep_alive simply means no idle sleep.
-    return [] if seconds < 0 else ["--sleep-idle-seconds", str(max(1, int(round(seconds))))]
-
-
 @dataclass(frozen=True)
-class Setting:
-    """One server setting: its Ollama name, what values it takes, and how llama-server spells it."""
+class Role:
+    """What a setting means, whichever server takes it: the values it allows (``allowed`` in words) and the check
+    of a normalised value. ``lower``: values compare case-insensitively (``Auto`` is ``auto``)."""
 
     name: str
     allowed: str
-    to_flags: Callable[[str], list[str]]
     check: Callable[[str], object]
+    lower: bool = False
 
 
-SETTINGS: dict[str, Setting] = {
-    s.name: s
-    for s in [
-        Setting("OLLAMA_FLASH_ATTENTION", "1, 0 or auto", _flash,
-                _one_of(*_FLASH)),
-        Setting("OLLAMA_NUM_PARALLEL", "an integer ≥ 1", lambda v: ["-np", str(int(v))], _positive_int),
-        Setting("OLLAMA_KV_CACHE_TYPE", " | ".join(_KV_TYPES), lambda v: ["-ctk", v, "-ctv", v],
-                _one_of(*_KV_TYPES)),
-        Setting("OLLAMA_CONTEXT_LENGTH", "an integer ≥ 1 (tokens)", lambda v: ["-c", str(int(v))], _positive_int),
-        Setting("OLLAMA_KEEP_ALIVE", "seconds or a duration like '5m' (negative = forever)",
-                _keep_alive_flags, parse_keep_alive_s),
-        Setting("OLLAMA_MAX_LOADED_MODELS", "an integer ≥ 1", lambda v: ["--models-max", str(int(v))], _positive_int),
-        # Not server env vars in Ollama (they are per-request options there), but runner settings here.
-        Setting("num_thread", "an integer ≥ 1", lambda v: ["-t", str(int(v))], _positive_int),
-        Setting("num_batch", "an integer ≥ 1", lambda v: ["-b", str(int(v)), "-ub", str(int(v))], _positive_int),
-        Setting("use_mmap", "true or false", lambda v: [] if v == "true" else ["--no-mmap"],
-                _one_of("true", "false")),
-    ]
-}
+PARALLEL, CONTEXT_LENGTH, KV_CACHE_TYPE = "parallel", "context_length", "kv_cache_type"
+FLASH_ATTENTION, KEEP_ALIVE, MAX_LOADED_MODELS = "flash_attention", "keep_alive", "max_loaded_models"
+THREADS, BATCH, MMAP = "threads", "batch", "mmap"
+
+ROLES: dict[str, Role] = {r.name: r for r in [
+    Role(FLASH_ATTENTION, "1, 0 or auto", _one_of(*FLASH_MODES), lower=True),
+    Role(PARALLEL, "an integer ≥ 1", _positive_int),
+    Role(KV_CACHE_TYPE, " | ".join(KV_CACHE_TYPES), _one_of(*KV_CACHE_TYPES)),
+    Role(CONTEXT_LENGTH, "an integer ≥ 1 (tokens)", _positive_int),
+    Role(KEEP_ALIVE, "seconds or a duration like '5m' (negative = forever)", parse_keep_alive_s),
+    Role(MAX_LOADED_MODELS, "an integer ≥ 1", _positive_int),
+    Role(THREADS, "an integer ≥ 1", _positive_int),
+    Role(BATCH, "an integer ≥ 1", _positive_int),
+    Role(MMAP, "true or false", _one_of("true", "false")),
+]}
+
+
+@dataclass(frozen=True)
+class Name:
+    """One name a server kind gives a role. ``server_env``: the server reads it from its environment (else it is
+    a per-request option there, or a runner setting); ``canonical``: the spelling reports and stored settings use
+    for the role (one per role, so two spellings of one setting never make two labels)."""
+
+    name: str
+    role: str
+    server_env: bool = True
+    canonical: bool = False
+
+
+_NAMES: dict[str, Name] = {}
+_CANONICAL: dict[str, str] = {}
+_LOCK = threading.Lock()
+
+
+def register_names(names: Iterable[Name]) -> None:
+    """The names a server kind speaks (at its import); a name already given to another role is an error."""
+    with _LOCK:
+        for n in names:
+            if n.role not in ROLES:
+                raise ConfigError(f"setting name {n.name!r}: unknown role {n.role!r}; roles: {', '.join(ROLES)}")
+            old = _NAMES.get(n.name)
+            if old is not None and old.role != n.role:
+                raise ConfigError(f"setting name {n.name!r} is registered for {old.role} and {n.role}")
+            _NAMES[n.name] = n
+            if n.canonical or n.role not in _CANONICAL:
+                _CANONICAL[n.role] = n.name
+
+
+def names() -> list[str]:
+    """Every setting name known, canonical ones first in role order."""
+    canon = [_CANONICAL[r] for r in ROLES if r in _CANONICAL]
+    return canon + sorted(n for n in _NAMES if n not in canon)
+
+
+def role_of(name: str) -> str:
+    """The role of a setting name; ConfigError for a name no kind speaks."""
+    try:
+        return _NAMES[name].role
+    except KeyError:
+        raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(names())}") from None
+
+
+def name_of(role: str) -> str:
+    """The canonical name of ``role`` (what a study writes when it sets one)."""
+    try:
+        return _CANONICAL[role]
+    except KeyError:
+        raise ConfigError(f"no server kind names the setting {role!r}") from None
+
+
+def is_server_env(name: str) -> bool:
+    """Whether the server reads ``name`` from its environment (else a per-request or runner option)."""
+    return _NAMES[name].server_env
 
 
 def _norm(value: object) -> str:
@@ -103,75 +148,51 @@ def _norm(value: object) -> str:
 
 
 def validate_settings(settings: Mapping[str, object], where: str = "settings") -> dict[str, str]:
-    """Check names and values; return them normalised to strings. Raises ConfigError naming the key."""
+    """Check names and values; return them under their canonical names, values normalised to strings. Raises
+    ConfigError naming the key as written."""
     out: dict[str, str] = {}
     for key, value in settings.items():
-        if key not in SETTINGS:
-            raise ConfigError(f"{where}: unknown setting {key!r}; allowed: {', '.join(SETTINGS)}")
+        if key not in _NAMES:
+            raise ConfigError(f"{where}: unknown setting {key!r}; allowed: {', '.join(names())}")
+        role = ROLES[_NAMES[key].role]
         v = _norm(value)
-        if key == "OLLAMA_FLASH_ATTENTION":
+        if role.lower:
             v = v.lower()
         try:
-            SETTINGS[key].check(v)
+            role.check(v)
         except (ValueError, TypeError):
-            raise ConfigError(f"{where}: {key}={value!r} is not allowed; allowed: {SETTINGS[key].allowed}") from None
-        out[key] = v
+            raise ConfigError(f"{where}: {key}={value!r} is not allowed; allowed: {role.allowed}") from None
+        out[name_of(role.name)] = v
     return out
 
 
-def to_llama_server_flags(settings: Mapping[str, object]) -> list[str]:
-    """The one translation table from Ollama-named settings to llama-server arguments."""
-    flags: list[str] = []
-    for key, value in validate_settings(settings).items():
-        flags += SETTINGS[key].to_flags(value)
-    return flags
+def by_role(settings: Mapping[str, object]) -> dict[str, str]:
+    """Validated settings keyed by role."""
+    return {role_of(k): v for k, v in validate_settings(settings).items()}
 
 
-def to_ollama_env(settings: Mapping[str, object]) -> dict[str, str]:
-    """Settings an Ollama server reads from its environment (per-request options are left out)."""
-    return {k: v for k, v in validate_settings(settings).items() if k.startswith("OLLAMA_")}
-
-
-# llama-server's router passes settings to each model process in their long spelling.
-_LONG = {"-fa": "--flash-attn", "-np": "--parallel", "-ctk": "--cache-type-k", "-ctv": "--cache-type-v",
-         "-c": "--ctx-size", "-t": "--threads", "-b": "--batch-size", "-ub": "--ubatch-size"}
-_ROUTER_ONLY = {"--models-max"}
-
-
-def check_applied(settings: Mapping[str, object], child_args: list[str]) -> dict[str, bool]:
-    """For each setting, whether the model process was really started with it (from ``/models`` args)."""
-    pairs = {(a, b) for a, b in zip(child_args, child_args[1:])}
-    flags = set(child_args)
-    out: dict[str, bool] = {}
-    for key, value in validate_settings(settings).items():
-        fl = SETTINGS[key].to_flags(value)
-        ok = True
-        i = 0
-        while i < len(fl):
-            name = _LONG.get(fl[i], fl[i])
-            if name in _ROUTER_ONLY:
-                i += 2
-                continue
-            if i + 1 < len(fl) and not fl[i + 1].startswith("-"):
-                ok &= (name, fl[i + 1]) in pairs
-                i += 2
-            else:
-                ok &= name in flags
-                i += 1
-        out[key] = ok
-    return out
+def value_of(settings: Mapping[str, object], role: str) -> str | None:
+    """The (normalised) value ``settings`` give ``role``, None when they don't set it."""
+    return by_role(settings).get(role)
 
 
 def settings_label(setting: Mapping[str, object]) -> str:
-    """A setting as a report names it: 'FLASH_ATTENTION=1, NUM_PARALLEL=4', 'defaults' when empty."""
-    return ", ".join(f"{k.removeprefix('OLLAMA_')}={v}" for k, v in validate_settings(setting).items()) or "defaults"
+    """A setting as a report names it: 'FLASH_ATTENTION=1, NUM_PARALLEL=4', 'defaults' when empty. A name's
+    leading vendor prefix (up to its first ``_``, when upper case) is left out."""
+    return ", ".join(f"{short_name(k)}={v}" for k, v in validate_settings(setting).items()) or "defaults"
+
+
+def short_name(name: str) -> str:
+    """A setting's name as a report shows it (its upper-case vendor prefix left out of an environment name)."""
+    head, _, rest = name.partition("_")
+    return rest if rest and head.isupper() and _NAMES[name].server_env else name
 
 
 def known_conflicts(settings: Mapping[str, object]) -> list[str]:
     """Settings the engine is known to refuse together, in words (a server that failed to start with them is
     explained by these); [] when none is known."""
-    s = {k: _norm(v) for k, v in settings.items()}
+    s = {role_of(k): _norm(v).lower() for k, v in settings.items() if k in _NAMES}
     out = []
-    if s.get("OLLAMA_KV_CACHE_TYPE", "f16") != "f16" and s.get("OLLAMA_FLASH_ATTENTION") in ("0", "false", "off"):
-        out.append("a quantized KV cache needs flash attention in llama.cpp (and so in Ollama)")
+    if s.get(KV_CACHE_TYPE, "f16") != "f16" and s.get(FLASH_ATTENTION) in ("0", "false", "off"):
+        out.append("a quantized KV cache needs flash attention (the engine refuses it otherwise)")
     return out

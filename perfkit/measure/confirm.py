@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from perfkit.core.errors import PerfkitError
+from perfkit.core.settings import PARALLEL, name_of
 from perfkit.measure.cache_states import ensure_warm
 from perfkit.servers.control.base import Unknown
 
@@ -26,6 +27,7 @@ def confirm_settings(session, model: str) -> dict[str, Any]:
     try:
         out.update(session.control.slots(model))
     except Unknown:
-        if "OLLAMA_NUM_PARALLEL" in checks and checks["OLLAMA_NUM_PARALLEL"].status == "confirmed":
-            out["total_slots"] = int(checks["OLLAMA_NUM_PARALLEL"].effective)
+        parallel = name_of(PARALLEL)
+        if parallel in checks and checks[parallel].status == "confirmed":
+            out["total_slots"] = int(checks[parallel].effective)
     return out

@@ -1,7 +1,7 @@
-"""A measuring session: the server started (the embedded engine) or reached (Ollama, a remote llama-server,
-an OpenAI-compatible server), the resource monitor, the runner and the manifest; on exit everything perfkit
-started is stopped, a restarted Ollama gets its own settings back and the server's log written meanwhile is
-kept beside the data, error or not."""
+"""A measuring session: the server started (a kind perfkit starts itself) or reached (a user's server), the
+resource monitor, the runner and the manifest; on exit everything perfkit started is stopped, a user's server
+perfkit restarted gets its own settings back and the server's log written meanwhile is kept beside the data,
+error or not."""
 
 from __future__ import annotations
 
@@ -11,23 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from perfkit.client import backends
+from perfkit import kinds
 from perfkit.client.backends import Backend
 from perfkit.core import host
 from perfkit.core.clock import utc_now
 from perfkit.core.errors import PerfkitError
 from perfkit.core.clock import now_ns
 from perfkit.core.schema import BackendParams, SamplingParams, TelemetryParams, Timeouts
-from perfkit.core.settings import validate_settings
+from perfkit.core.settings import KEEP_ALIVE, name_of, validate_settings
 from perfkit.core.store import RunStore
 from perfkit.measure.runner import Runner
 from perfkit.sampling import Monitor
+from perfkit.servers.control import HostView, PrefixCacheReset, WallClock
 from perfkit.servers.engine import Engine
-
-# The engine's log lines carry a time (relative to its start: --log-timestamps needs --log-prefix), so its
-# own account can be put on the run's clock; verbosity 4 (what Ollama passes its runner) adds the
-# load_tensors and buffer lines.
-ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix", "-lv", "4")
 RESTORE_RECORD = "restore.json"  # how to give a user's server its own settings back, while perfkit has changed them
 
 
@@ -91,40 +87,38 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
     running during a request did not move it measurably (bench/telemetry.py: TTFT with ÷ without a read 0.988
     [0.959, 1.024] at 4 reads/s, decode 0.977 [0.952, 1.005] at 1 read/s, on 2 cores).
     ``keep_alive_s``: how long a model stays loaded after a request; sent with every request where the API
-    takes it per request, else applied as the server setting ``OLLAMA_KEEP_ALIVE``. ``models``: described
+    takes it per request, else applied as the server's keep-alive setting. ``models``: described
     in the manifest; ``manifest``: more fields for it (the study, its parameters). ``shares``: load series
     sent from client nodes (``perfkit.cluster.ClientShares``) instead of this process. ``cluster``: the run's
     ``perfkit.cluster.Cluster`` when ``backend.host`` names the server's node: its agent there is the controller,
     samples the server's host, and is released when the session ends.
     """
     b = target.backend
+    kind = kinds.get(b.kind)
     settings = dict(settings or {})
     keep_alive = None
     if keep_alive_s is not None:
-        if backends.capabilities(b.kind).keep_alive_per_request:
+        if kind.capabilities.keep_alive_per_request:
             keep_alive = keep_alive_s
         else:
-            settings = {"OLLAMA_KEEP_ALIVE": keep_alive_s, **settings}
+            settings = {name_of(KEEP_ALIVE): keep_alive_s, **settings}
     base = dict(b.settings)
     merged = validate_settings({**base, **settings}, where="settings")
-    engine = None
-    if b.kind == "embedded":
-        engine = Engine(target.models_dir, merged, log_path=target.log_dir / f"{name}-engine.log",
-                        ready_timeout_s=b.ready_timeout_s, extra_args=ENGINE_LOG_ARGS)
-        engine.start()
+    engine = kind.start_server(target.models_dir, merged, log_path=target.log_dir / f"{name}-engine.log",
+                               ready_timeout_s=b.ready_timeout_s)
     backend = monitor = log_mark = agent = None
     try:
         if b.host is not None:
             if cluster is None:
                 raise PerfkitError(f"backend.host {b.host}: no cluster to reach its agent through (cluster:)")
             # The agent opens the server on its host, restarting it with the settings where they differ.
-            agent = cluster.agent(b.host, {"url": b.url, "restart_command": b.restart_command,
+            agent = cluster.agent(b.host, {"kind": b.kind, "url": b.url, "restart_command": b.restart_command,
                                            "server_log": b.server_log.model_dump() if b.server_log else None,
                                            "ready_timeout_s": b.ready_timeout_s}, merged if settings else {})
-        backend = backends.create(b.kind, b.url, engine=engine, headers=b.headers, endpoint=b.endpoint,
-                                  restart_command=b.restart_command,
-                                  log=log_source(b.server_log) if agent is None else None,
-                                  ready_timeout_s=b.ready_timeout_s, control=agent)
+        backend = kind.create_backend(b.url, engine=engine, headers=b.headers, endpoint=b.endpoint,
+                                      restart_command=b.restart_command,
+                                      log=log_source(b.server_log) if agent is None else None,
+                                      ready_timeout_s=b.ready_timeout_s, control=agent)
         if agent is None:
             backend.control.restore_record = store.dir / RESTORE_RECORD
             recovered = backend.control.recover()  # a run that died left it on its settings: theirs first
@@ -132,13 +126,15 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
                 store.event("server_recovered", **recovered.as_dict())
             if engine is None and settings and backend.control.can_restart():
                 backend.control.restart(merged)
+        if isinstance(backend.control, PrefixCacheReset):  # what an earlier run left cached is not this run's
+            store.event("prefix_cache_reset", result=backend.control.reset_prefix_cache())
         log = backend.control.log_source()
         # The engine's log is this session's own file: keep it from its first line (its start marks).
         log_mark = (0 if engine is not None else log.mark()) if log else None
         store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
         pids = backend.control.server_pids
-        host_view = getattr(backend.control, "view", None)  # the server's own host sampled there (an agent)
-        telemetry = telemetry_samplers(target, engine if server_metrics else None, models)
+        host_view = backend.control.view if isinstance(backend.control, HostView) else None
+        telemetry = telemetry_samplers(target, backend if server_metrics else None, models)
         if host_view is not None:
             from perfkit.sampling.view import ViewSampler
 
@@ -179,9 +175,9 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
             engine.stop()
 
 
-def telemetry_samplers(target: Target, engine: Engine | None, models: Sequence[str]) -> list:
-    """The telemetry sources the parameters name (a Prometheus, exporter endpoints) and the embedded engine's own
-    ``/metrics`` (per model in router mode; a model not loaded is skipped, never loaded by the read)."""
+def telemetry_samplers(target: Target, backend: Backend | None, models: Sequence[str]) -> list:
+    """The telemetry sources the parameters name (a Prometheus, exporter endpoints) and the server's own
+    ``/metrics`` where its kind knows them (``backend``: None for a study that sends no load)."""
     from perfkit.sampling.prometheus import PrometheusClient, PrometheusError, PrometheusSampler, discover, one_host
     from perfkit.sampling.scrape import ScrapeSampler, ScrapeTarget
 
@@ -208,10 +204,8 @@ def telemetry_samplers(target: Target, engine: Engine | None, models: Sequence[s
     if t.scrape:
         out.append(ScrapeSampler([ScrapeTarget([u], dict(t.scrape_headers)) for u in t.scrape],
                                  t.scrape_every_s(target.sampling.interval_s)))
-    if engine is not None and t.engine_metrics and models:
-        from urllib.parse import quote
-
-        urls = [f"{engine.base_url}/metrics?model={quote(m)}&autoload=false" for m in dict.fromkeys(models)]
+    urls = backend.metrics_urls(list(dict.fromkeys(models))) if backend is not None and t.engine_metrics else []
+    if urls:
         out.append(ScrapeSampler([ScrapeTarget(urls, absent_ok=(400, 404), source="engine")], t.engine_interval_s,
                                  source="engine"))
     return out
@@ -231,7 +225,7 @@ def _keep_server_log(store: RunStore, backend: Backend, mark) -> None:
         return
     with open(store.dir / "server.log", "a") as f:
         f.writelines(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
-    clock = getattr(backend.control, "clock", None)  # a log written on another host: its wall clock's offset
+    clock = backend.control.clock if isinstance(backend.control, WallClock) else None  # a log from another host
     store.event("server_log", available=True, source=log.describe(), lines=len(lines),
                 **({"wall_offset_s": clock.wall_offset_s, "clock_uncertainty_s": clock.uncertainty_ns * 1e-9}
                    if clock is not None else {}))

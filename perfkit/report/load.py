@@ -40,6 +40,10 @@ def load_display(t: pd.DataFrame) -> pd.DataFrame:
                                              if pd.notna(r.get("server_kv_cache_usage_ratio_max")) else None),
                      "prompt tokens from the server's cache": (fmt.pct(r["prompt_cached_share"])
                                                                if pd.notna(r.get("prompt_cached_share")) else None),
+                     "prefix-cache hits": (fmt.pct(r["prefix_cache_hit_share"])
+                                           if pd.notna(r.get("prefix_cache_hit_share")) else None),
+                     "draft tokens accepted": (f"{fmt.pct(r['spec_acceptance'])} of {int(r['spec_draft_tokens'])}"
+                                               if pd.notna(r.get("spec_acceptance")) else None),
                      "server host CPU": (fmt.pct(r["server_host_cpu_pct_mean"] / 100)
                                          if pd.notna(r.get("server_host_cpu_pct_mean")) else None),
                      "server CPU (cores)": (fmt.number(r["server_cpu_pct_mean"] / 100)
@@ -67,6 +71,5 @@ def load_sources(t: pd.DataFrame, manifest: dict) -> str:
         lines.append(f"- **{s['source']}**: {s.get('origin', '')}, every {fmt.duration(s.get('resolution_s'))}{extra}")
     if len(t) and "server_kv_cache_usage_ratio_max" in t and t["server_kv_cache_usage_ratio_max"].isna().all() \
             and t["server_requests_running_max"].notna().any():
-        lines.append("- KV-cache use: not in the server's metrics (this llama-server build exports no "
-                     "`llamacpp:kv_cache_*` series)")
+        lines.append("- KV-cache use: not in the server's metrics (its `/metrics` has no KV-cache series)")
     return "\n".join(lines)

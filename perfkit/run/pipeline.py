@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from perfkit import kinds
 from perfkit.core.clock import utc_now
 from perfkit.core.errors import PerfkitError
 from perfkit.core.secrets import redact_text
@@ -46,13 +47,7 @@ def run(params_path: Path, studies: list[str], results_dir: Path, run_dir: Path 
     if missing:
         raise PerfkitError(f"{params_path}: studies.{missing[0]} is not set; this file enables: "
                            f"{', '.join(params.enabled())}")
-    if params.backend.kind == "embedded":
-        from perfkit.servers.engine import binary
-        from perfkit.servers.models import models_dir
-
-        binary()  # a clear error now if the engine is not built, not in a notebook cell later
-        if not any(models_dir().glob("*.gguf")) and not params.backend.models_dir:
-            raise PerfkitError("the model store is empty: run `perfkit models prepare`")
+    kinds.get(params.backend.kind).check_ready(params.backend)
     lock = None
     try:
         if run_dir is not None:
@@ -90,11 +85,10 @@ def restore_servers(run_dir: Path, log=print) -> None:
     """Give users' servers their own settings back where a run of this directory changed them and was
     killed before it could (a record per study, written before the first restart)."""
     from perfkit.measure.session import RESTORE_RECORD
-    from perfkit.servers.control.ollama_local import restore_pending
 
     for rec in sorted(Path(run_dir).glob(f"*/{RESTORE_RECORD}")) + sorted(Path(run_dir).glob(f"*/r*/{RESTORE_RECORD}")):
         try:
-            info = restore_pending(rec)
+            info = kinds.restore_pending(rec)
         except Exception as e:  # noqa: BLE001 - said, and the record stays for the next try
             log(f"{rec}: could not give the server its own settings back: {e}")
             continue

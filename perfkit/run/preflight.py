@@ -8,34 +8,28 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from perfkit.client import backends
-from perfkit.client.probe import probe
+from perfkit import kinds
 from perfkit.core.errors import PerfkitError
 from perfkit.core.secrets import redact_text
 from perfkit.studies import registry
 
 
 def check_backend(params, params_path: str | Path, timeout_s: float = 10.0) -> str:
-    """What was reached ('ollama 0.33.0 at http://…'), '' for the embedded engine; PerfkitError otherwise."""
+    """What was reached ('ollama 0.33.0 at http://…'), '' for a server perfkit starts; PerfkitError otherwise."""
     b = params.backend
-    if b.kind == "embedded":
+    if kinds.get(b.kind).started_by_perfkit:
         return ""
-    return probe(b.kind, b.url, dict(b.headers), f"{params_path}: backend.url {redact_text(b.url)}", timeout_s)
-
-
-def _has(kind: str, names: list[str], model: str) -> bool:
-    if kind == "ollama":  # Ollama resolves a bare name to its ":latest" tag, case-insensitively
-        want = {model.lower(), f"{model.lower()}:latest"} if ":" not in model else {model.lower()}
-        return any(n.lower() in want for n in names)
-    return model in names
+    return kinds.probe(b.kind, b.url, dict(b.headers), f"{params_path}: backend.url {redact_text(b.url)}",
+                       timeout_s)
 
 
 def check_models(params, params_path: str | Path) -> list[str]:
     """Models the studies name that the server does not have (a server that can't list its models: none)."""
     b = params.backend
-    if b.kind == "embedded":
+    kind = kinds.get(b.kind)
+    if kind.started_by_perfkit:
         return []
-    be = backends.create(b.kind, b.url, headers=b.headers, endpoint=b.endpoint, inspect_host=False)
+    be = kind.create_backend(b.url, headers=b.headers, endpoint=b.endpoint, inspect_host=False)
     try:
         names = be.models()
     except Exception:  # noqa: BLE001 - a server that can't list its models is checked by its first request
@@ -43,7 +37,7 @@ def check_models(params, params_path: str | Path) -> list[str]:
     finally:
         be.close()
     return [f"{params_path}: {key}: the server has no model {model!r}; it has: {', '.join(sorted(names)[:12]) or 'none'}"
-            for key, model in params.models_used() if not _has(b.kind, names, model)]
+            for key, model in params.models_used() if not kind.has_model(names, model)]
 
 
 def check_local(params, params_path: str | Path) -> list[str]:

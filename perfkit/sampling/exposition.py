@@ -1,6 +1,6 @@
 """What perfkit reads from the Prometheus exposition format, declared once: which exporter series (NVIDIA's
-DCGM exporter, the node exporter, llama-server's ``--metrics``, vLLM) become which sample column, in which
-unit, and how several label sets of one series combine. The direct scrape and the Prometheus source both turn
+DCGM exporter, the node exporter, and each server kind's own ``/metrics``, which the kind registers with
+:func:`register`) become which sample column, in which unit, and how several label sets of one series combine. The direct scrape and the Prometheus source both turn
 readings into sample rows here, so a figure reads the same column whichever way it came.
 
 Parsing the text format is ``prometheus_client``'s (:func:`parse`), not ours.
@@ -48,28 +48,20 @@ SERIES: tuple[Series, ...] = (
     Series("node_memory_MemAvailable_bytes", "server_host_mem_available_bytes", "host"),
     Series("node_memory_MemTotal_bytes", "server_host_mem_total_bytes", "host"),
     Series("node_disk_read_bytes_total", "server_host_read_bytes", "host"),
-    # llama-server --metrics (router mode: per model, /metrics?model=NAME)
-    Series("llamacpp:requests_processing", "server_requests_running", "server"),
-    Series("llamacpp:requests_deferred", "server_requests_waiting", "server"),
-    Series("llamacpp:n_busy_slots_per_decode", "server_busy_slots_per_decode", "server", combine="max"),
-    Series("llamacpp:kv_cache_usage_ratio", "server_kv_cache_usage_ratio", "server", combine="max"),
-    Series("llamacpp:kv_cache_tokens", "server_kv_cache_tokens", "server"),
-    Series("llamacpp:prompt_tokens_total", "server_prompt_tokens_total", "server"),
-    Series("llamacpp:prompt_tokens_cached_total", "server_prompt_tokens_cached_total", "server"),
-    Series("llamacpp:tokens_predicted_total", "server_tokens_predicted_total", "server"),
-    # vLLM (its "perc" gauges are ratios 0–1)
-    Series("vllm:num_requests_running", "server_requests_running", "server"),
-    Series("vllm:num_requests_waiting", "server_requests_waiting", "server"),
-    Series("vllm:gpu_cache_usage_perc", "server_kv_cache_usage_ratio", "server", combine="max"),
-    Series("vllm:kv_cache_usage_perc", "server_kv_cache_usage_ratio", "server", combine="max"),
-    Series("vllm:prompt_tokens_total", "server_prompt_tokens_total", "server"),
-    Series("vllm:generation_tokens_total", "server_tokens_predicted_total", "server"),
-    Series("vllm:prefix_cache_hits_total", "server_prefix_cache_hits_tokens_total", "server"),
-    Series("vllm:prefix_cache_queries_total", "server_prefix_cache_queries_tokens_total", "server"),
 )
 NODE_CPU = "node_cpu_seconds_total"
 BY_NAME: dict[str, Series] = {s.name: s for s in SERIES}
-NAMES: tuple[str, ...] = tuple(dict.fromkeys([s.name for s in SERIES] + [NODE_CPU]))
+
+
+def register(series: Iterable[Series]) -> None:
+    """A server kind's own series (its ``/metrics`` names → perfkit's ``server_*`` columns), at its import."""
+    global SERIES
+    for x in series:
+        if x.group != "server":
+            raise ValueError(f"{x.name}: a server kind registers server series, not {x.group!r} ones")
+        if x.name not in BY_NAME:
+            SERIES = (*SERIES, x)
+        BY_NAME[x.name] = x
 
 
 def names_of(group: str) -> list[str]:

@@ -26,7 +26,8 @@ _MEAN_MAX = ("gpu_util_pct", "gpu_mem_util_pct", "power_w", "gpu_mem_used_bytes"
              "server_kv_cache_usage_ratio", "server_kv_cache_tokens", "server_busy_slots_per_decode")
 _PER_GPU = ("gpu_util_pct", "power_w", "gpu_mem_used_bytes", "server_gpu_mem_bytes")  # summed (util: averaged)
 _COUNTERS = ("server_prompt_tokens_total", "server_prompt_tokens_cached_total", "server_tokens_predicted_total",
-             "server_prefix_cache_hits_tokens_total", "server_prefix_cache_queries_tokens_total")
+             "server_prefix_cache_hits_tokens_total", "server_prefix_cache_queries_tokens_total",
+             "server_spec_draft_tokens_total", "server_spec_accepted_tokens_total")
 
 # A window is noisy when the rest of the machine competed with the server and the client: other
 # processes using more than a quarter of a core on average, or the hypervisor stealing > 5%.

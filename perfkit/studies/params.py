@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from perfkit.client import backends
+from perfkit import kinds
 from perfkit.core.errors import ConfigError
 from perfkit.core.secrets import SECRET_KEY, redact_text
 from perfkit.core.schema import (NAME_RULE, BackendParams, ClusterParams, SamplingParams, Strict, TelemetryParams,
@@ -63,12 +63,27 @@ class _Base(Strict):
                 for key, model in registry.get(s).models_used(getattr(self.studies, s))]
 
 
-_MODELS: dict[int, type[BaseModel]] = {}
+_MODELS: dict[tuple[int, int], type[BaseModel]] = {}
+
+
+def _kind_rules(self):
+    problems = kinds.get(self.kind).check_section(self)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return self
+
+
+def backend_model() -> type[BaseModel]:
+    """The backend section whose ``kind`` is one of the registered server kinds, checked by that kind's rules."""
+    return create_model("BackendParams", __base__=BackendParams,
+                        __validators__={"_kind_rules": model_validator(mode="after")(_kind_rules)},
+                        kind=(Literal[tuple(kinds.names())], "embedded"))
 
 
 def params_model() -> type[BaseModel]:
-    """The parameter model with one optional section per registered study (rebuilt when one registers)."""
-    v = registry.version()
+    """The parameter model with one optional section per registered study, its backend section one of the
+    registered kinds (rebuilt when a study or a kind registers)."""
+    v = (registry.version(), kinds.KINDS.version)
     if v not in _MODELS:
         names = registry.names()
         fields = {n: (Optional[registry.get(n).Params], None) for n in names}
@@ -81,7 +96,9 @@ def params_model() -> type[BaseModel]:
         studies = create_model("Studies", __base__=Strict, __validators__={"_some": model_validator(mode="after")(_some)},
                                **fields)
         _MODELS.clear()
-        _MODELS[v] = create_model("Params", __base__=_Base, studies=(studies, ...))
+        backend = backend_model()
+        _MODELS[v] = create_model("Params", __base__=_Base, studies=(studies, ...),
+                                  backend=(backend, Field(default_factory=backend)))
     return _MODELS[v]
 
 
@@ -179,7 +196,7 @@ def load(path: str | Path, *, check_models: bool = True, only: list[str] | None 
     where = source_name(path)
     text = read_text(path)
     params = validate(parse(text, where), where, line=lambda loc: line_of(text, loc), only=only)
-    if check_models and backends.capabilities(params.backend.kind).started_by_perfkit:
+    if check_models and kinds.get(params.backend.kind).started_by_perfkit:
         from perfkit.servers.models import models_dir
 
         store = Path(params.backend.models_dir).expanduser() if params.backend.models_dir else models_dir()

@@ -9,7 +9,7 @@ with a closed loop of ``concurrency`` clients. Then the candidates race in plann
 leader beats beyond the minimum effect, Holm-adjusted over the candidates, are dropped, until the leader is called
 or shown equal to the rest, or the budget ends. The winner's cold start is measured (keep-alive and proxy advice),
 and the winner is proven against the starting settings, both restarted in turn (runs as the unit). The settings
-to deploy are written out for Ollama, systemd, docker compose, llama-server and nginx.
+to deploy are written out for each server kind (environment files, a systemd drop-in, a command line) and nginx.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from perfkit.analysis.decisions import BestClaim, best_of
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.requests import error_summary, failures, measured, method_note, noisy_note
 from perfkit.analysis.sequential import ANSWERED, BUDGET, LAST_LOOK, Looks
-from perfkit.client import backends
+from perfkit import kinds
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core import settings as SV
 from perfkit.core.errors import ConfigError
 from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict
 from perfkit.core.settings import known_conflicts, settings_label, validate_settings
@@ -61,7 +62,7 @@ class TuningParams(Strict):
     memory_limit_bytes: float | None = Field(None, gt=0, description="a candidate whose server RSS peaks above "
                                              "this is not eligible")
     context_length: int | None = Field(None, ge=1, description="the context the users need: candidates with a "
-                                       "smaller OLLAMA_CONTEXT_LENGTH are not tried")
+                                       "smaller context length are not tried")
     space: dict[str, list[Any] | None] | None = Field(None, description=(
         "setting → the values to search (null: the server kind's own values for it); unset: the kind's whole space"))
     baseline: dict[str, Any] = Field(default_factory=dict, description="the settings the server runs today (the "
@@ -113,25 +114,23 @@ class TuningParams(Strict):
 
 def validate_settings_name(name: str) -> None:
     try:
-        validate_settings({name: SETTINGS_PROBE.get(name, "1")})
+        SV.role_of(name)
     except ConfigError as e:
-        if "unknown setting" in str(e):
-            raise ValueError(str(e).removeprefix("settings: ")) from None
-
-
-SETTINGS_PROBE = {"OLLAMA_KV_CACHE_TYPE": "f16", "use_mmap": "true", "OLLAMA_KEEP_ALIVE": "5m"}
+        raise ValueError(str(e)) from None
 
 
 def search_space(c: TuningParams, kind: str) -> dict[str, list[Any]]:
     """The space searched: the kind's own when ``space:`` is unset; else exactly the settings ``space:`` names,
-    each with its values, or the kind's values where it gives none (``OLLAMA_NUM_PARALLEL: null``). A context length
-    the users need removes the smaller ones."""
-    kinds = backends.tuning_space(kind)
-    space = kinds if c.space is None else {k: list(v) if v is not None else kinds.get(k, []) for k, v in c.space.items()}
-    if c.context_length and "OLLAMA_CONTEXT_LENGTH" in space:
-        space["OLLAMA_CONTEXT_LENGTH"] = [x for x in space["OLLAMA_CONTEXT_LENGTH"] if int(x) >= c.context_length]
+    each with its values, or the kind's values where it gives none (``NAME: null``). A context length the users
+    need removes the smaller ones."""
+    offered = kinds.tuning_space(kind)
+    space = offered if c.space is None else {k: list(v) if v is not None else offered.get(k, [])
+                                             for k, v in c.space.items()}
+    ctx_name = next((k for k in space if SV.role_of(k) == SV.CONTEXT_LENGTH), SV.name_of(SV.CONTEXT_LENGTH))
+    if c.context_length and ctx_name in space:
+        space[ctx_name] = [x for x in space[ctx_name] if int(x) >= c.context_length]
     elif c.context_length:
-        space["OLLAMA_CONTEXT_LENGTH"] = [c.context_length]
+        space[ctx_name] = [c.context_length]
     return {k: v for k, v in space.items() if v}
 
 
@@ -168,7 +167,7 @@ class Tuning(Study):
         out = settings_preflight(params, "studies.tuning.space", [dict(c.baseline), {k: v[0] for k, v in space.items()}])
         if not space:
             out.append(f"studies.tuning.space: the {params.backend.kind} kind offers no settings to tune and none "
-                       "are given; name some, e.g. space: {OLLAMA_NUM_PARALLEL: [1, 2, 4]}")
+                       f"are given; name some, e.g. space: {{{SV.name_of(SV.PARALLEL)}: [1, 2, 4]}}")
         return out
 
     def measure(self, ctx: StudyContext) -> None:
@@ -387,7 +386,7 @@ def _capacity(ctx: StudyContext, s, winner: str) -> None:
 
 
 def _slots(settings: dict) -> int | None:
-    v = settings.get("OLLAMA_NUM_PARALLEL")
+    v = SV.value_of(settings, SV.PARALLEL)
     return int(v) if v is not None else None
 
 
@@ -884,7 +883,7 @@ def conclusions(res: TuningResult) -> str:
                      f"{fmt.duration(cold['warm_e2e_s'])} for a warm one at the stated clients (loading the model: "
                      f"{fmt.duration(cold['load_s'])}); keeping it loaded costs {fmt.mib(cold['rss_bytes'])} of server "
                      "memory. Preload it at start "
-                     "and set OLLAMA_KEEP_ALIVE long enough to span your idle gaps (or -1) if that memory is free. "
+                     f"and set {SV.name_of(SV.KEEP_ALIVE)} long enough to span your idle gaps (or -1) if that memory is free. "
                      f"A proxy in front needs `proxy_read_timeout` ≥ {cold['proxy_read_timeout_s']} s (three times "
                      f"the slowest cold start measured, {fmt.duration(cold['worst_cold_s'])}).")
     if res.files:

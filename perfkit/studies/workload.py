@@ -99,7 +99,7 @@ class WorkloadStudy(Study):
                 ctx.store.event("workload", config_index=i, config=settings_label(setting), file=str(path),
                                 file_sha256=_sha256(path), context_tokens=wl.context_tokens,
                                 load_seen_per_request=s.backend.capabilities.load_seen_per_request,
-                                cached_tokens_counted=s.backend.name != "ollama")
+                                cached_tokens_counted=s.backend.capabilities.cached_tokens)
                 tags = {"config": settings_label(setting), "config_index": i}
                 for u in c.users:
                     s.runner.sessions(c.model, u, c.requests, series=f"set{i}/u{u}", workload=wl,
@@ -392,7 +392,7 @@ def conclusions(res: WorkloadResult) -> str:
                          f"{fmt.pct(float(t[t['turn'] == 1]['reuse'].median())) if (t['turn'] == 1).any() else '—'})")
         elif not res.reuse_visible:
             parts.append("how much of each prompt came from the server's cache is not counted by this server "
-                         "(Ollama counts cached tokens in prompt_eval_count)")
+                         "(it counts cached tokens among the prompt's, without saying how many)")
         s = res.sessions[(res.sessions["config"] == cfg) & (res.sessions["users"] == users)]
         if len(s):
             r = s.iloc[0]

@@ -96,9 +96,6 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     capabilities = Capabilities()
-    # The server settings `perfkit tune` searches by default (Ollama names → values, ordered where ordinal);
-    # empty: this kind offers none (a server perfkit can't configure).
-    tuning_space: dict[str, list] = {}
     url: str = ""
     target = None  # perfkit.loadgen.HttpTarget: the engine's connection pool for this server
     _control = None
@@ -206,6 +203,11 @@ class Backend(abc.ABC):
         """Prompt tokens every chat request shares (the template's head, which a prompt cache may serve
         in any state); None where the server reports no cached-token count to compare it with."""
         return None
+
+    def metrics_urls(self, models: list[str]) -> list[str]:
+        """The server's own ``/metrics`` pages to read during load, in the names its kind registered with
+        ``perfkit.sampling.exposition``; [] where it has none perfkit knows."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         """Metadata for the run manifest (no secrets)."""

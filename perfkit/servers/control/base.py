@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 from perfkit.core.errors import PerfkitError
 
@@ -83,6 +83,40 @@ class Device:
         d = asdict(self)
         d["device"], d["device_name"] = d.pop("kind"), d.pop("name")
         return d
+
+
+@runtime_checkable
+class Killable(Protocol):
+    """A controller that can kill its server outright (a crash, for a fleet's failover) and start it again."""
+
+    def can_kill(self) -> bool: ...
+
+    def kill(self) -> int: ...
+
+    def revive(self) -> "RestartInfo": ...
+
+
+@runtime_checkable
+class HostView(Protocol):
+    """A controller that samples the server's own host where it runs (an agent there): ``view`` starts it."""
+
+    def view(self, interval_s: float, gpu: bool = True) -> Any: ...
+
+
+@runtime_checkable
+class WallClock(Protocol):
+    """A controller on another host whose clock is measured against the run's: ``clock`` has ``wall_offset_s``
+    (its wall clock minus ours, s) and ``uncertainty_ns``."""
+
+    clock: Any
+
+
+@runtime_checkable
+class PrefixCacheReset(Protocol):
+    """A controller that can empty the server's prefix cache (so a run never measures what an earlier one warmed);
+    returns what happened, in words."""
+
+    def reset_prefix_cache(self) -> str: ...
 
 
 class Unknown(PerfkitError):

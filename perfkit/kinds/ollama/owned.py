@@ -17,9 +17,9 @@ import httpx
 from perfkit.core import children
 from perfkit.core.clock import now_ns
 from perfkit.core.errors import PerfkitError
-from perfkit.core.settings import to_ollama_env
+from perfkit.kinds.ollama.settings import to_env
 from perfkit.servers.control.base import RestartInfo
-from perfkit.servers.control.ollama_local import LocalOllamaControl, _base_env
+from perfkit.kinds.ollama.control import LocalOllamaControl, base_env
 
 
 class OwnedOllamaControl(LocalOllamaControl):
@@ -62,9 +62,9 @@ class OwnedOllamaControl(LocalOllamaControl):
             self._log_mark = self.log.mark()
         wall, t0 = time.time(), now_ns()
         self.stop()
-        env = _base_env()
+        env = base_env()
         env.update(self.env)
-        env.update(to_ollama_env(settings))
+        env.update(to_env(settings))
         env.setdefault("OLLAMA_HOST", f"{self.host}:{self.port}")
         with open(self.log_path, "ab") as logf:
             self.proc = self._forker.run(lambda: children.spawn(self.command, stdout=logf, env=env,
@@ -95,6 +95,12 @@ class OwnedOllamaControl(LocalOllamaControl):
         return None
 
     # ---- a crash, and the end ----------------------------------------------------------------------------
+    def can_kill(self) -> bool:
+        return True
+
+    def revive(self) -> RestartInfo:
+        return self.restart(None)
+
     def kill(self) -> int:
         """SIGKILL the server and its model processes, as a crash would; when (perf_counter ns)."""
         t = now_ns()

@@ -1,4 +1,5 @@
-"""Any OpenAI-compatible server: vLLM, SGLang, TGI, a single-model llama-server, Ollama's ``/v1`` routes.
+"""The chat-completions wire protocol that most servers speak on ``/v1`` (the server kinds built on it subclass
+:class:`CompatibleBackend`).
 
 Streams ``/v1/chat/completions`` or ``/v1/completions`` as SSE with ``stream_options.include_usage``
 (token counts from the final ``usage`` chunk; cached prompt tokens from
@@ -22,24 +23,24 @@ from perfkit.client.stream import MalformedLine, StreamCall, StreamError, mark_t
 from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
                                           as_messages, as_text)
 
-_NO_LOAD = ("an OpenAI-compatible API does not say which models are resident, nor load or unload them; "
-            "cold states need a native backend (kind ollama or llama-server)")
+_NO_LOAD = ("the /v1 chat-completions API does not say which models are resident, nor load or unload them; "
+            "cold states need a server kind whose own API does")
 
 
-class OpenAIBackend(Backend):
+class CompatibleBackend(Backend):
     """Args:
         url: the server's base URL without ``/v1`` (e.g. ``http://gpu-box:8000``).
         endpoint: ``chat`` (``/v1/chat/completions``, default) or ``completions`` (``/v1/completions``).
         headers: extra HTTP headers, e.g. ``{"Authorization": "Bearer …"}``; sent, never recorded.
     """
 
-    name = "openai"
+    name = "compatible"
     capabilities = Capabilities(cached_tokens=True)
 
     def __init__(self, url: str, *, endpoint: str = "chat", headers: Mapping[str, str] | None = None,
                  control_timeout_s: float = 30.0):
         if endpoint not in ("chat", "completions"):
-            raise PerfkitError(f"openai endpoint {endpoint!r} is not allowed; allowed: chat, completions")
+            raise PerfkitError(f"{self.name} endpoint {endpoint!r} is not allowed; allowed: chat, completions")
         self.url = url.rstrip("/").removesuffix("/v1")
         self.endpoint = endpoint
         self._client = httpx.Client(base_url=self.url, headers=dict(headers or {}), timeout=control_timeout_s)
@@ -47,7 +48,7 @@ class OpenAIBackend(Backend):
 
     @classmethod
     def create(cls, url: str, *, endpoint: str = "chat", headers: Mapping[str, str] | None = None,
-               **_: Any) -> "OpenAIBackend":
+               **_: Any) -> "CompatibleBackend":
         return cls(url, endpoint=endpoint, headers=headers)
 
     # ---- what the API shows ----------------------------------------------------------------------
@@ -60,8 +61,7 @@ class OpenAIBackend(Backend):
         return [m.get("id") for m in self._models()]
 
     def version(self) -> str:
-        """The server's own version where a well-known route gives it (vLLM /version, TGI /info,
-        llama-server /props, Ollama /api/version); the OpenAI API itself has none."""
+        """The server's own version where a well-known route gives it; the /v1 API itself has none."""
         for path, key in (("/version", "version"), ("/info", "version"), ("/api/version", "version"),
                           ("/props", "build_info")):
             try:
@@ -70,7 +70,7 @@ class OpenAIBackend(Backend):
                     return f"{r.json()[key]} (from {path})"
             except (httpx.HTTPError, ValueError):
                 continue
-        return "unknown (no version route answered; the OpenAI API has none)"
+        return "unknown (no version route answered; the /v1 API has none)"
 
     def model_facts(self, model: str) -> ModelFacts:
         entry = next((m for m in self._models() if m.get("id") == model), None)
@@ -103,7 +103,7 @@ class OpenAIBackend(Backend):
             body["messages"] = as_messages(prompt)
         else:
             body["prompt"] = as_text(prompt, "/v1/completions")
-        for name in ("temperature", "top_p", "seed", "top_k"):  # top_k: not OpenAI's, but vLLM/SGLang/TGI/llama.cpp take it
+        for name in ("temperature", "top_p", "seed", "top_k"):  # top_k: not in the protocol, but most servers take it
             v = getattr(sampling, name)
             if v is not None:
                 body[name] = v

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 from perfkit.core.children import clean_env, identity, owner_alive
 from perfkit.core.secrets import SECRET_KEY
 
-WATCHDOG_MODULE = "perfkit.servers.control.watchdog"
+WATCHDOG_MODULE = "perfkit.kinds.ollama.watchdog"
 
 
 def state_dir() -> Path:
@@ -133,7 +133,7 @@ def orphaned(port: int | None = None) -> list[Path]:
 def start_watchdog(path: Path) -> int | None:
     """Start the record's watchdog (see the module's docstring); its pid, None if it could not start.
 
-    It runs ``python -m perfkit.servers.control.watchdog PATH`` in a session of its own, with none of the run's
+    It runs ``python -m perfkit.kinds.ollama.watchdog PATH`` in a session of its own, with none of the run's
     environment (it is not one of the run's processes, which a next run would end), and detaches from us: the
     process we start forks the watchdog and exits, so no process of ours is its parent."""
     try:

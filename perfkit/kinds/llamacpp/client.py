@@ -20,7 +20,7 @@ from perfkit.core.clock import now_ns
 from perfkit.core.records import RequestRecord
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import StreamCall
-from perfkit.client.backends.openai import sse_parser
+from perfkit.client.compatible import sse_parser
 from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
                                           as_messages)
 
@@ -36,8 +36,6 @@ class LlamaServerBackend(Backend):
 
     name = "llama-server"
     capabilities = Capabilities(residency=True, load_seen_per_request=True, cached_tokens=True)
-    tuning_space = {"OLLAMA_NUM_PARALLEL": [1, 2, 4], "OLLAMA_FLASH_ATTENTION": [0, 1],
-                    "OLLAMA_KV_CACHE_TYPE": ["f16", "q8_0"], "num_batch": [64, 256, 512]}
 
     def __init__(self, url: str, models_dir: str | Path | None = None, *, control_timeout_s: float = 30.0,
                  server_pid: int | None = None):
@@ -51,11 +49,20 @@ class LlamaServerBackend(Backend):
 
     @classmethod
     def from_engine(cls, engine) -> "LlamaServerBackend":
-        from perfkit.servers.control import EngineControl
+        from perfkit.kinds.llamacpp.control import EngineControl
 
         b = cls(engine.base_url, engine.models_dir, server_pid=engine.proc.pid if engine.proc else None)
         b.control = EngineControl(engine, b)
         return b
+
+    def metrics_urls(self, models: list[str]) -> list[str]:
+        """Per model in router mode (a model not loaded is skipped, never loaded by the read); only the engine
+        perfkit started is known to run with --metrics."""
+        from urllib.parse import quote
+
+        if self.server_pid is None:
+            return []
+        return [f"{self.url}/metrics?model={quote(m)}&autoload=false" for m in models]
 
     # ---- control -------------------------------------------------------------------------------
     def status(self) -> dict[str, dict]:

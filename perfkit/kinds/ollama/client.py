@@ -45,8 +45,6 @@ class OllamaBackend(Backend):
 
     name = "ollama"
     capabilities = Capabilities(residency=True, keep_alive_per_request=True, settings_by_restart_command=True)
-    tuning_space = {"OLLAMA_NUM_PARALLEL": [1, 2, 4, 8], "OLLAMA_FLASH_ATTENTION": [0, 1],
-                    "OLLAMA_KV_CACHE_TYPE": ["f16", "q8_0", "q4_0"]}
 
     def __init__(self, url: str = "http://127.0.0.1:11434", *, headers: Mapping[str, str] | None = None,
                  endpoint: str = "chat", control_timeout_s: float = 30.0, control=None):
@@ -58,7 +56,7 @@ class OllamaBackend(Backend):
                                     timeout=control_timeout_s, limits=httpx.Limits(max_connections=256))
         self.target = HttpTarget(self.url, dict(headers or {}))
         if control is None:
-            from perfkit.servers.control import ollama_control
+            from perfkit.kinds.ollama.control import ollama_control
 
             control = ollama_control(self.url, headers=headers)
         self.control = control
@@ -66,7 +64,8 @@ class OllamaBackend(Backend):
     @classmethod
     def create(cls, url: str, *, headers: Mapping[str, str] | None = None, restart_command=None, log=None,
                ready_timeout_s: float = 120.0, inspect_host: bool = True, control=None, **_: Any) -> "OllamaBackend":
-        from perfkit.servers.control import RemoteControl, ollama_control
+        from perfkit.kinds.ollama.control import ollama_control
+        from perfkit.servers.control import RemoteControl
 
         if control is None:  # else the caller's: an agent on the server's host (perfkit.cluster.AgentControl)
             control = (ollama_control(url, restart_command=restart_command, log=log, headers=headers,
@@ -77,8 +76,8 @@ class OllamaBackend(Backend):
     def same_model(entry: Mapping[str, Any], model: str) -> bool:
         """Whether an /api/ps or /api/tags entry is ``model``: Ollama resolves names case-insensitively,
         and a name without a tag means ``:latest``."""
-        want = _canonical(model)
-        return any(_canonical(n) == want for n in (entry.get("name"), entry.get("model")) if n)
+        want = canonical_name(model)
+        return any(canonical_name(n) == want for n in (entry.get("name"), entry.get("model")) if n)
 
     # ---- control -------------------------------------------------------------------------------
     def _get(self, path: str) -> Any:
@@ -235,6 +234,6 @@ def _final_metrics(rec: RequestRecord, obj: dict) -> None:
         rec.output_tokens, rec.output_tokens_source = obj.get("eval_count", 0), "server"
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     name = name.strip().lower()
     return name if ":" in name else f"{name}:latest"

@@ -17,15 +17,17 @@ from urllib.parse import urlparse
 
 import httpx
 
-from perfkit.servers import procs, restore
+from perfkit.kinds.ollama import restore
+from perfkit.kinds.ollama.settings import to_env
+from perfkit.servers import procs
 from perfkit.core.children import clean_env
 from perfkit.core.errors import PerfkitError
 from perfkit.core.clock import now_ns
-from perfkit.core.settings import parse_keep_alive_s, to_ollama_env, validate_settings
+from perfkit.core.settings import parse_keep_alive_s, validate_settings
 from perfkit.servers.control.device import local_device
 from perfkit.servers.control.base import RestartInfo, ServerControl, SettingCheck, Unknown
 
-def _base_env() -> dict[str, str]:
+def base_env() -> dict[str, str]:
     """The environment a restarted ``ollama serve`` starts from: perfkit's, without any OLLAMA_* setting and
     without the variables that mark a process as part of a perfkit run (the user's server outlives the run)."""
     return {k: v for k, v in clean_env().items() if not k.startswith("OLLAMA_")}
@@ -50,7 +52,7 @@ def restore_pending(record: Path) -> RestartInfo | None:
         info = None
         if listening is not None and rec.server_pid in (None, listening):
             ctl = LocalOllamaControl(rec.url, restart_command=rec.restart_command, ready_timeout_s=rec.ready_timeout_s)
-            env = _base_env()
+            env = base_env()
             env.update(rec.user_env)
             info = ctl._restart_with(env)
         restore.remove(host_record)
@@ -150,9 +152,9 @@ class LocalOllamaControl(ServerControl):
             raise Unknown("backend.restart_command is not set: perfkit can't apply server settings to this Ollama")
         if self._user_env is None:
             self._take_server()
-        env = _base_env()
+        env = base_env()
         env.update(self._user_env)
-        env.update(to_ollama_env(settings))
+        env.update(to_env(settings))
         self._note_server(None)  # in flux: whatever listens once this process is gone runs on the run's settings
         info = self._restart_with(env)
         self._note_server(info.pid_after)
@@ -195,7 +197,7 @@ class LocalOllamaControl(ServerControl):
         if self._user_env is None or not self.restart_command:
             return None
         with restore.restoring(self.host_record):
-            env = _base_env()
+            env = base_env()
             env.update(self._user_env)
             info = self._restart_with(env)
             self._user_env = None
@@ -386,3 +388,21 @@ class LocalOllamaControl(ServerControl):
                 "restore_watchdog_pid": self.watchdog_pid,
                 "log": self.log.describe() if self.log else None,
                 "runners": [{"pid": r.pid, "argv": r.argv} for r in self.runners()]}
+
+
+def ollama_control(url: str, *, restart_command=None, log=None, headers=None, ready_timeout_s: float = 120.0
+                   ) -> ServerControl:
+    """A local Ollama's controller when a process on this host listens on the URL's port, else a
+    remote one that says why it can't see more."""
+    from perfkit.servers.control import RemoteControl
+
+    u = urlparse(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 11434
+    if not procs.is_local_host(host):
+        return RemoteControl(url, f"the server at {url} is on another host ({host}); only its HTTP API is visible "
+                                  "(run perfkit on the server itself to see its processes, files and log)")
+    if procs.listening_pid(port, host) is None:
+        return RemoteControl(url, f"no process on this host is seen listening on port {port} (a container's "
+                                  "port forward, or a process perfkit may not inspect)")
+    return LocalOllamaControl(url, restart_command=restart_command, log=log, headers=headers,
+                              ready_timeout_s=ready_timeout_s)

@@ -1,4 +1,4 @@
-"""The restore watchdog's process: ``python -m perfkit.servers.control.watchdog RECORD`` (see perfkit.servers.restore).
+"""The restore watchdog's process: ``python -m perfkit.kinds.ollama.watchdog RECORD`` (see perfkit.kinds.ollama.restore).
 
 It prints the watchdog's pid and detaches (fork, then the first process exits), so that nothing of the process that
 started it, a Ray worker included, is its parent; what it did goes to ``restore/watchdog.log`` in the state
@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from perfkit.servers import restore
-from perfkit.servers.control.ollama_local import restore_pending
+from perfkit.kinds.ollama import restore
+from perfkit.kinds.ollama.control import restore_pending
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,31 @@
+"""Any OpenAI-compatible server (vLLM, SGLang, TGI, a single-model llama-server, Ollama's ``/v1`` routes): the
+``/v1`` chat-completions or completions API streamed as SSE, and nothing beyond it."""
+
+from __future__ import annotations
+
+from perfkit import kinds
+from perfkit.client.compatible import CompatibleBackend
+from perfkit.client.probe import ProbeSpec
+from perfkit.kinds.base import ServerKind
+
+
+class OpenAIBackend(CompatibleBackend):
+    name = "openai"
+
+
+def identify_models(body: dict, shown: str, status: int) -> str:
+    models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
+    return f"an OpenAI-compatible server at {shown} serving {', '.join(models) or 'no model'}"
+
+
+@kinds.register
+class OpenAI(ServerKind):
+    name = "openai"
+    title = "an OpenAI-compatible server"
+    backend = OpenAIBackend
+    probe = ProbeSpec("/v1/models", "an OpenAI-compatible API", "the server", identify_models, strip_suffix="/v1")
+    keys = frozenset({"endpoint"})
+    order = 40
+
+
+__all__ = ["OpenAI", "OpenAIBackend", "identify_models"]

@@ -1,0 +1,65 @@
+"""The one table that turns settings (by role, see ``perfkit.core.settings``) into llama-server flags, and the
+check that a model process really runs with them (its arguments as the router reports them)."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from perfkit.core import settings as S
+
+
+def _keep_alive_flags(v: str) -> list[str]:
+    seconds = S.parse_keep_alive_s(v)
+    # llama-server has no "forever": a negative keep-alive simply means no idle sleep.
+    return [] if seconds < 0 else ["--sleep-idle-seconds", str(max(1, int(round(seconds))))]
+
+
+FLAGS: dict[str, Callable[[str], list[str]]] = {
+    S.FLASH_ATTENTION: lambda v: ["-fa", S.FLASH_MODES[v]],
+    S.PARALLEL: lambda v: ["-np", str(int(v))],
+    S.KV_CACHE_TYPE: lambda v: ["-ctk", v, "-ctv", v],
+    S.CONTEXT_LENGTH: lambda v: ["-c", str(int(v))],
+    S.KEEP_ALIVE: _keep_alive_flags,
+    S.MAX_LOADED_MODELS: lambda v: ["--models-max", str(int(v))],
+    S.THREADS: lambda v: ["-t", str(int(v))],
+    S.BATCH: lambda v: ["-b", str(int(v)), "-ub", str(int(v))],
+    S.MMAP: lambda v: [] if v == "true" else ["--no-mmap"],
+}
+
+
+def to_flags(settings: Mapping[str, object]) -> list[str]:
+    """llama-server's arguments for these settings (any kind's names)."""
+    flags: list[str] = []
+    for key, value in S.validate_settings(settings).items():
+        flags += FLAGS[S.role_of(key)](value)
+    return flags
+
+
+# The router passes settings to each model process in their long spelling.
+_LONG = {"-fa": "--flash-attn", "-np": "--parallel", "-ctk": "--cache-type-k", "-ctv": "--cache-type-v",
+         "-c": "--ctx-size", "-t": "--threads", "-b": "--batch-size", "-ub": "--ubatch-size"}
+_ROUTER_ONLY = {"--models-max"}
+
+
+def check_applied(settings: Mapping[str, object], child_args: list[str]) -> dict[str, bool]:
+    """For each setting (canonical name), whether the model process was really started with it."""
+    pairs = {(a, b) for a, b in zip(child_args, child_args[1:])}
+    flags = set(child_args)
+    out: dict[str, bool] = {}
+    for key, value in S.validate_settings(settings).items():
+        fl = FLAGS[S.role_of(key)](value)
+        ok = True
+        i = 0
+        while i < len(fl):
+            name = _LONG.get(fl[i], fl[i])
+            if name in _ROUTER_ONLY:
+                i += 2
+                continue
+            if i + 1 < len(fl) and not fl[i + 1].startswith("-"):
+                ok &= (name, fl[i + 1]) in pairs
+                i += 2
+            else:
+                ok &= name in flags
+                i += 1
+        out[key] = ok
+    return out
