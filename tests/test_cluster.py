@@ -626,6 +626,143 @@ def test_an_agents_samples_are_sent_once_each_in_time_order_and_resent_until_ack
     assert not a.dir.exists()
 
 
+class _GpuClock:
+    """A controller (built in the test) with a question that is not on the agent's list."""
+
+    @staticmethod
+    def control():
+        from perfkit.servers.control import RestartInfo, ServerControl, Unknown
+
+        class GpuClockControl(ServerControl):
+            name = "gpu-clock"
+
+            def gpu_clock_mhz(self, gpu: int, boost: bool = False) -> float:
+                """The GPU's clock (MHz)."""
+                if gpu > 1:
+                    raise Unknown(f"no GPU {gpu} on this host")
+                return 1980.0 if boost else 1410.0
+
+            def restart(self, settings):
+                return RestartInfo(1_000, 5_000, 1700000000.0, 10, 11)
+
+            def slots(self, model):
+                raise Unknown("the server does not say its slots")
+
+        return GpuClockControl
+
+
+def test_a_method_added_to_the_remote_list_is_asked_through_the_agents_dispatch_and_one_not_on_it_is_refused():
+    """A proxy and an agent built from one list: a method added to it is asked through the agent's dispatch (a
+    fake transport calls it directly), its arguments and answer crossing as plain data and an Unknown as
+    itself; an agent whose list lacks it refuses it by name, and a controller method left off a proxy's list
+    is refused there, not answered by the base class as if the server were local."""
+    from perfkit.cluster.agent import HostAgent
+    from perfkit.cluster.remote import METHODS, NotRemote, RemoteProxy, remote_methods
+    from perfkit.servers.control import RestartInfo, Unknown
+
+    control_cls = _GpuClock.control()
+    extended = METHODS + remote_methods(control_cls, "gpu_clock_mhz")
+    agent = HostAgent("gpu-a")
+    agent.control, agent.methods = control_cls(), extended
+    try:
+        class Proxy(RemoteProxy, methods=extended):
+            def send(self, name, kwargs):
+                return agent.call(name, kwargs)
+
+        p = Proxy()
+        assert p.gpu_clock_mhz(0) == 1410.0 and p.gpu_clock_mhz(1, boost=True) == 1980.0
+        assert "The GPU's clock" in Proxy.gpu_clock_mhz.__doc__
+        with pytest.raises(Unknown, match=r"^no GPU 3 on this host$"):
+            p.gpu_clock_mhz(3)
+        info = p.restart({"OLLAMA_NUM_PARALLEL": 2})
+        assert isinstance(info, RestartInfo) and info.ready_s == pytest.approx(4e-6)
+        with pytest.raises(Unknown, match="does not say its slots") as e:
+            p.slots(MODEL)
+        assert type(e.value) is Unknown
+
+        agent.methods = METHODS  # the agent of today's list: the new question is refused by name
+        with pytest.raises(NotRemote, match=r"not asked gpu_clock_mhz\(\).*perfkit\.cluster\.remote\.METHODS"):
+            p.gpu_clock_mhz(0)
+
+        class WithoutSlots(RemoteProxy, methods=[m for m in METHODS if m.name != "slots"]):
+            def send(self, name, kwargs):
+                raise AssertionError(f"{name} was sent")
+
+        with pytest.raises(NotRemote, match=r"WithoutSlots\.slots\(\): not a remote method"):
+            WithoutSlots().slots(MODEL)
+        with pytest.raises(TypeError, match="GpuClockControl.gpu_clock is not a method"):
+            remote_methods(control_cls, "gpu_clock")
+    finally:
+        agent.shutdown()
+
+
+def test_an_agents_answers_reach_the_driver_as_the_controllers_types_on_the_runs_clock():
+    """``AgentControl`` over a fake transport to a real ``HostAgent``: a restart on the run's clock, settings
+    evidence named by its host, a path, the log in pieces, a device the host can't tell turned into an unknown
+    device, and a kill refused for a server the agent did not start. Every controller method is either asked
+    or answered on the driver."""
+    from perfkit.cluster import AgentControl, ClockOffset
+    from perfkit.cluster.agent import HostAgent
+    from perfkit.cluster.remote import refused_methods
+    from perfkit.servers.control import SettingCheck, Unknown
+
+    class Control(_GpuClock.control()):
+        def settings_in_effect(self, wanted, model=None):
+            return {k: SettingCheck(k, str(v), "confirmed", str(v), "server config line") for k, v in wanted.items()}
+
+        def model_file(self, model):
+            return Path("/models/blobs/sha256-abc")
+
+        def device(self, model, backend=None):
+            raise Unknown(f"no NVML here (asked with {backend.name})")
+
+        def log_source(self):
+            class Log:
+                def mark(self):
+                    return 7
+
+                def read_since(self, mark):
+                    return iter([f"line after {mark}"])
+
+                def describe(self):
+                    return "server.log"
+
+            return Log()
+
+    class HostClient:
+        name = "the host's client"
+
+        def close(self):
+            pass
+
+    class Wired(AgentControl):
+        def send(self, name, kwargs):
+            return agent.call(name, kwargs)
+
+    agent = HostAgent("gpu-b")
+    try:
+        ctl = Wired("gpu-b", None, ClockOffset("gpu-b", 400, 2.5, 10, 20, 20, 15), described={"log": "server.log"})
+        with pytest.raises(Unknown, match="host gpu-b: no server opened"):
+            ctl.model_file(MODEL)
+        agent.control = Control()
+        info = ctl.restart({"OLLAMA_NUM_PARALLEL": 2})
+        assert (info.t_restart_ns, info.t_ready_ns, info.wall_restart_unix_s) == (600, 4_600, 1700000000.0 - 2.5)
+        chk = ctl.settings_in_effect({"OLLAMA_NUM_PARALLEL": 2}, MODEL)["OLLAMA_NUM_PARALLEL"]
+        assert chk.status == "confirmed" and chk.evidence == "server config line (on host gpu-b)"
+        assert ctl.model_file(MODEL) == Path("/models/blobs/sha256-abc")
+        log = ctl.log_source()
+        assert log.read_since(log.mark()) == ["line after 7"] and log.describe() == "server.log on host gpu-b"
+        agent.backend = HostClient()
+        dev = ctl.device(MODEL, backend=object())  # the driver's client stays here; the host's own asks
+        assert dev.kind == "unknown" and dev.unknown_because == "no NVML here (asked with the host's client)"
+        assert ctl.can_restart() is False and ctl.can_kill() is False
+        with pytest.raises(Unknown, match="does not kill a server it did not start"):
+            ctl.kill()
+        assert refused_methods(AgentControl) == [], "a controller method the agent is neither asked nor answers"
+    finally:
+        agent.shutdown()
+
+
 def test_the_method_note_names_a_lost_client_node_and_what_the_driver_sent():
     from perfkit.analysis.requests import method_note
 

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perfkit.cluster.remote import METHODS, AgentExtras, RemoteMethod, serve
 from perfkit.core import host
 from perfkit.core.children import identity, owner_alive
 from perfkit.core.clock import now_ns
-from perfkit.servers.control.base import Unknown
+from perfkit.servers.control.base import Killable, RestartInfo, Unknown
 
 RESOURCE_HOST = "perfkit-host:"  # a server host's node joins with {"perfkit-host:NAME": 1}
 RESOURCE_CLIENT = "perfkit-client:"  # a client node joins with {"perfkit-client:NAME": 1}
@@ -39,8 +40,13 @@ def node_facts(name: str) -> dict[str, Any]:
             "ray": ray.__version__, "hostname": platform.node(), "pid": os.getpid(), "cores": os.cpu_count()}
 
 
-class HostAgent:
-    """The agent's state on its host: one server (``open_server``), its sampler and its log."""
+class HostAgent(AgentExtras):
+    """The agent's state on its host: one server (``open_server``), its sampler and its log.
+
+    ``methods``: the questions ``call`` answers (the driver's proxy is built from the same list).
+    """
+
+    methods: tuple[RemoteMethod, ...] = METHODS
 
     def __init__(self, name: str):
         self.name = name
@@ -81,73 +87,39 @@ class HostAgent:
             self.recovered = recovered.as_dict()
         return {**ctl.describe(), **({"recovered": self.recovered} if self.recovered else {})}
 
-    def call(self, method: str, *args: Any) -> tuple[str, Any]:
-        """One controller question: ("ok", the answer as plain data) or ("unknown", why)."""
+    def call(self, method: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
+        """One remote question (``perfkit.cluster.remote.METHODS``): ("ok", the answer as plain data) or the
+        status and message of the ``Unknown`` that stopped it."""
         if self.control is None:
             return "unknown", f"host {self.name}: no server opened"
-        try:
-            return "ok", getattr(self, "_" + method)(*args)
-        except Unknown as e:
-            return "unknown", str(e)
+        return serve(self.methods, method, kwargs, answerers=(self.control, self),
+                     host_objects={"backend": self.backend})
 
-    def _restart(self, settings):
-        return self.control.restart(settings).as_dict()
-
-    def _can_restart(self):
-        return self.control.can_restart()
-
-    def _settings_in_effect(self, wanted, model):
-        return {k: v.as_dict() for k, v in self.control.settings_in_effect(wanted, model).items()}
-
-    def _server_pids(self):
-        return self.control.server_pids()
-
-    def _model_file(self, model):
-        return str(self.control.model_file(model))
-
-    def _device(self, model):
-        return self.control.device(model, self.backend).as_dict()
-
-    def _wait_memory_released(self, model, timeout_s):
-        return self.control.wait_memory_released(model, timeout_s)
-
-    def _slots(self, model):
-        return self.control.slots(model)
-
-    def _file_cache(self, model, action):
-        return self.control.file_cache(model, action)
-
-    def _read_bandwidth(self, model):
-        return self.control.read_bandwidth(model)
-
-    def _describe(self):
-        return self.control.describe()
-
-    def _log_mark(self):
+    # ---- what the agent answers itself (AgentExtras) --------------------------------------------------
+    def log_mark(self) -> Any:
         log = self.control.log_source()
         if log is None:
             raise Unknown(f"no server log on host {self.name} (hosts[].server_log)")
         return log.mark()
 
-    def _log_read_since(self, mark):
+    def log_read_since(self, mark: Any) -> list[str]:
         return list(self.control.log_source().read_since(mark))
 
-    def _log_describe(self):
+    def log_describe(self) -> str | None:
         log = self.control.log_source()
         return f"{log.describe()} on host {self.name}" if log else None
 
-    def _kill(self):
-        kill = getattr(self.control, "kill", None)
-        if kill is None:
+    def can_kill(self) -> bool:
+        return isinstance(self.control, Killable) and self.control.can_kill()
+
+    def kill(self) -> int:
+        if not self.can_kill():
             raise Unknown(f"perfkit does not kill a server it did not start (host {self.name}: give hosts[].command "
                           "to have the agent start and own it)")
-        return kill()
+        return self.control.kill()
 
-    def _revive(self):
-        return self.control.restart(None).as_dict()
-
-    def _can_kill(self):
-        return hasattr(self.control, "kill")
+    def revive(self) -> RestartInfo:
+        return self.control.revive() if isinstance(self.control, Killable) else self.control.restart(None)
 
     # ---- sampling ------------------------------------------------------------------------------------
     def start_sampling(self, interval_s: float, gpu: bool = True) -> dict[str, str]:

@@ -2,18 +2,21 @@
 
 Studies and the fleet ask :class:`AgentControl` what they ask any ``ServerControl``; the answers come from the
 agent on that host with their times put on the run's clock (the node's measured offset), and a question the
-agent can't answer raises ``Unknown`` with its reason, as locally.
+agent can't answer raises ``Unknown`` with its reason, as locally. Which questions are asked, and how they cross
+the wire, is ``perfkit.cluster.remote``'s list; here is only what the driver adds to an answer (its clock, its
+host) and what it answers without asking.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Mapping
 
 from perfkit.cluster.clock import ClockOffset
+from perfkit.cluster.remote import AgentProxy
 from perfkit.core.errors import PerfkitError
-from perfkit.servers.control.base import Device, RestartInfo, ServerControl, SettingCheck, Unknown
+from perfkit.servers.control.base import Device, RestartInfo, SettingCheck, Unknown
 
 CLOCK_MAX_AGE_S = 60.0
 
@@ -25,16 +28,16 @@ class AgentLogSource:
         self.control = control
 
     def mark(self):
-        return self.control._call("log_mark")
+        return self.control.log_mark()
 
     def read_since(self, mark) -> list[str]:
-        return self.control._call("log_read_since", mark)
+        return self.control.log_read_since(mark)
 
     def describe(self) -> str:
-        return self.control._call("log_describe") or f"the server log on host {self.control.host}"
+        return self.control.log_describe() or f"the server log on host {self.control.host}"
 
 
-class AgentControl(ServerControl):
+class AgentControl(AgentProxy):
     """Args:
         host: the node's perfkit name.
         actor: the agent (a Ray actor handle).
@@ -57,9 +60,9 @@ class AgentControl(ServerControl):
     def fresh_clock(self, max_age_s: float = CLOCK_MAX_AGE_S) -> ClockOffset:
         """The node's clock offset, measured again when older than ``max_age_s`` (two hosts' clocks drift apart by
         microseconds a second; a run lasts hours)."""
-        import ray
-
         if time.monotonic() - self._clock_at > max_age_s and not self.lost:
+            import ray
+
             from perfkit.cluster.clock import measure_offset
 
             try:
@@ -70,88 +73,81 @@ class AgentControl(ServerControl):
                 pass
         return self.clock
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def send(self, name: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
+        """One question to the agent over Ray; a dead agent makes the host lost, and every later question Unknown."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         if self.lost:
             raise Unknown(f"host {self.host} is lost ({self.lost})")
         try:
-            status, value = ray.get(self.actor.call.remote(method, *args), timeout=self.timeout_s)
+            return ray.get(self.actor.call.remote(name, kwargs), timeout=self.timeout_s)
         except RayActorError as e:
             self.lost = f"its agent died: {str(e).splitlines()[0][:200]}"
             raise Unknown(f"host {self.host} is lost ({self.lost})") from None
         except GetTimeoutError:
-            raise PerfkitError(f"host {self.host}: the agent did not answer {method} within {self.timeout_s:g} s") \
+            raise PerfkitError(f"host {self.host}: the agent did not answer {name} within {self.timeout_s:g} s") \
                 from None
-        if status == "unknown":
-            raise Unknown(value)
-        return value
 
-    # ---- the controller interface ---------------------------------------------------------------------
+    # ---- the remote answers, put on the run's clock and named by their host ----------------------------
     def can_restart(self) -> bool:
         try:
-            return bool(self._call("can_restart"))
+            return bool(super().can_restart())
         except Unknown:
             return False
 
     def restart(self, settings: Mapping[str, Any] | None) -> RestartInfo:
-        return self._restart_info(self._call("restart", dict(settings) if settings is not None else None))
-
-    def _restart_info(self, d: dict) -> RestartInfo:
-        clock = self.fresh_clock()
-        d = {k: v for k, v in d.items() if k != "ready_s"}
-        d["t_restart_ns"], d["t_ready_ns"] = clock.to_run(d["t_restart_ns"]), clock.to_run(d["t_ready_ns"])
-        d["wall_restart_unix_s"] -= clock.wall_offset_s
-        return RestartInfo(**d)
+        return self._on_run_clock(super().restart(settings))
 
     def settings_in_effect(self, wanted: Mapping[str, Any], model: str | None = None) -> dict[str, SettingCheck]:
-        d = self._call("settings_in_effect", dict(wanted), model)
-        return {k: SettingCheck(**{**v, "evidence": f"{v['evidence']} (on host {self.host})"}) for k, v in d.items()}
-
-    def server_pids(self) -> list[int]:
-        return []  # the pids are the host's: its agent samples them
-
-    def model_file(self, model: str) -> Path:
-        return Path(self._call("model_file", model))
-
-    def file_cache(self, model: str, action: str | None = None) -> float:
-        return self._call("file_cache", model, action)
+        return {k: replace(v, evidence=f"{v.evidence} (on host {self.host})")
+                for k, v in super().settings_in_effect(wanted, model).items()}
 
     def read_bandwidth(self, model: str) -> dict[str, Any]:
-        return {**self._call("read_bandwidth", model), "host": self.host}
-
-    def log_source(self):
-        return self._log
+        return {**super().read_bandwidth(model), "host": self.host}
 
     def device(self, model: str, backend=None) -> Device:
         try:
-            return Device(**self._call("device", model))
+            return super().device(model, backend)
         except Unknown as e:
             return Device("unknown", unknown_because=str(e))
 
-    def wait_memory_released(self, model: str, timeout_s: float = 120.0) -> float | None:
-        return self._call("wait_memory_released", model, timeout_s)
-
-    def slots(self, model: str) -> dict[str, Any]:
-        return self._call("slots", model)
-
-    def why_not_local(self) -> str:
-        return f"the server is on host {self.host}, seen through its agent"
-
-    # ---- a server the agent owns: a crash and a revival (failover) ------------------------------------
     def can_kill(self) -> bool:
         try:
-            return bool(self._call("can_kill"))
+            return bool(super().can_kill())
         except Unknown:
             return False
 
     def kill(self) -> int:
         """SIGKILL the server on its host, as a crash would; when, on the run's clock (ns)."""
-        return self.fresh_clock().to_run(self._call("kill"))
+        return self.fresh_clock().to_run(super().kill())
 
     def revive(self) -> RestartInfo:
-        return self._restart_info(self._call("revive"))
+        return self._on_run_clock(super().revive())
+
+    def _on_run_clock(self, info: RestartInfo) -> RestartInfo:
+        clock = self.fresh_clock()
+        return replace(info, t_restart_ns=clock.to_run(info.t_restart_ns), t_ready_ns=clock.to_run(info.t_ready_ns),
+                       wall_restart_unix_s=info.wall_restart_unix_s - clock.wall_offset_s)
+
+    # ---- answered here, not asked ----------------------------------------------------------------------
+    def server_pids(self) -> list[int]:
+        return []  # the pids are the host's: its agent samples them
+
+    def log_source(self):
+        return self._log
+
+    def why_not_local(self) -> str:
+        return f"the server is on host {self.host}, seen through its agent"
+
+    def restore(self) -> RestartInfo | None:
+        return None  # the agent gives a user's server its settings back when it shuts down (Cluster.release)
+
+    def recover(self) -> RestartInfo | None:
+        return None  # done by the agent when it opened the server (``described["recovered"]``)
+
+    def close(self) -> None:
+        pass  # the agent and its server end with Cluster.release
 
     def view(self, interval_s: float, gpu: bool = True) -> "AgentView":
         """The host's own samples of its server (process tree, GPUs), taken there."""
