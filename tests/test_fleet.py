@@ -200,8 +200,8 @@ def test_a_users_fleet_is_measured_and_nothing_is_started(tmp_path, monkeypatch)
 
     assert wall < 60, wall
     f = res.fleet
-    assert f["managed"] is False and f["proxy_url"] == ngx.url
-    assert [s["weight"] for s in f["servers"]] == [2, 1] and "conf" not in f
+    assert f.managed is False and f.proxy_url == ngx.url
+    assert [s.weight for s in f.servers] == [2, 1] and "conf" not in f.recorded
 
     # every scaling request answered, through the proxy and directly
     t = res.scaling
@@ -226,19 +226,19 @@ def test_a_users_fleet_is_measured_and_nothing_is_started(tmp_path, monkeypatch)
     assert res.overhead["buffering"].tolist() == ["as configured"] and res.overhead["n"].iloc[0] == 3
 
     # phases that need control: skipped, each with its reason
-    why = {s["phase"]: s["why"] for s in res.skipped}
+    why = {s.phase: s.why for s in res.skipped}
     assert set(why) == {"cold_upstream", "cold_disk", "failover", "timeout"}, why
     assert "no server's host is seen" in why["cold_disk"] and "fleet.hosts" in why["cold_disk"]
     assert all(w.startswith("unknown, because") for w in why.values()), why
     assert "OpenAI API can't unload" in why["cold_upstream"]
     assert "perfkit does not kill servers it did not start" in why["failover"]
     assert "can't unload" in why["timeout"]
-    assert res.failover == {} and res.cold_upstream.empty
-    assert "recommended_read_timeout_s" not in res.timeout and "probes" not in res.timeout
+    assert res.failover is None and res.cold_upstream.empty
+    assert res.timeout.advice is None and not res.timeout.probes
 
     # cache: probed with identical requests; perfkit's nginx config without a cache sends no status
     cache = res.cache
-    assert cache["requests"] == 2 and cache["header"] is False
+    assert cache.requests == 2 and cache.status_header is False
 
     text = fleet.conclusions(res)
     assert "your proxy at " + ngx.url in text
@@ -313,8 +313,8 @@ def test_the_embedded_fleet_end_to_end(tmp_path, store_dir, monkeypatch):
     killed = events[events["kind"] == "server_killed"]
     assert len(killed) == 1, events["kind"].tolist()
     fo = res.failover
-    assert fo.get("victim") and fo["victim"] == killed["server"].iloc[0], fo
-    assert fo["requests"] == 8 and fo["ok"] + fo["failed"] == 8, fo
+    assert fo is not None and fo.kill_reached and fo.victim == killed["server"].iloc[0], fo
+    assert fo.requests == 8 and fo.ok + fo.failed == 8, fo
     rows = res.trials[res.trials["phase"] == "failover"]
     assert len(rows) == 8 and rows["trial_id"].is_unique
     assert (events["kind"] == "server_revived").any() and (events["kind"] == "fleet_server_killed").any()
@@ -323,14 +323,14 @@ def test_the_embedded_fleet_end_to_end(tmp_path, store_dir, monkeypatch):
     to = res.timeout
     errors = res.trials[(res.trials["phase"] == "timeout") & (res.trials["target"] == "proxy")]["error"]
     assert errors.fillna("").str.startswith("proxy timeout: HTTP 504").any(), (errors.tolist(), to)
-    assert to.get("cold_n") == 2 and to["recommended_read_timeout_s"] > 0
+    assert to.advice is not None and to.advice.cold_n == 2 and to.advice.recommended_read_timeout_s > 0
 
     # the cache answered at least once from its store
-    assert res.cache["status_counts"].get("HIT", 0) >= 1, res.cache
+    assert res.cache.status_counts.get("HIT", 0) >= 1, res.cache
 
     # everything ran on the fleet perfkit started, and it is all gone
     f = res.fleet
-    assert f["managed"] is True and len(f["servers"]) == 2 and [s["weight"] for s in f["servers"]] == [3, 2]
+    assert f.managed is True and len(f.servers) == 2 and [s.weight for s in f.servers] == [3, 2]
     assert not res.skipped, res.skipped
     assert (run_dir / "fleet" / "nginx-access.log").exists() and (run_dir / "fleet" / "nginx-nginx.conf").exists()
     text = fleet.conclusions(res)
@@ -455,8 +455,8 @@ def test_a_users_nginx_in_front_of_ollama_servers(tmp_path, scripted_models_dir)
     assert res.balance["server"].str.startswith("localhost:").all() and "matched no configured" not in res.balance_source
     cu = res.cold_upstream  # the last server unloaded through Ollama's API, then served through the proxy
     assert len(cu) and cu["cold"].any()
-    assert res.timeout["cold_n"] == 2 and res.timeout["recommended_read_timeout_s"] >= 1
-    skipped = {s["phase"]: s["why"] for s in res.skipped}
+    assert res.timeout.advice.cold_n == 2 and res.timeout.advice.recommended_read_timeout_s >= 1
+    skipped = {s.phase: s.why for s in res.skipped}
     assert skipped["failover"].startswith("unknown, because perfkit does not kill servers")
     assert skipped["timeout_504"].startswith("unknown, because perfkit does not change the timeout")
     trials = res.trials
@@ -482,5 +482,5 @@ def test_tries_on_a_killed_server_named_by_hostname_are_matched_by_its_addresses
               {"msec": t_kill + 2.0, "upstream_addrs": ["10.0.0.6:11434"], "status": 200},
               {"msec": t_kill + 6.0, "upstream_addrs": ["10.0.0.7:11434"], "status": 200}]  # revived
     fo = failover_summary(df, ev, access)
-    assert fo["proxy_tries_on_dead_server"] == 2 and fo["retried_elsewhere_ok"] == 1
-    assert fo["last_try_on_dead_server_s_after_kill"] == pytest.approx(1.0)
+    assert fo.proxy_tries_on_dead_server == 2 and fo.retried_elsewhere_ok == 1
+    assert fo.last_try_on_dead_server_s_after_kill == pytest.approx(1.0)
