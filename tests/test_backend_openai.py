@@ -106,7 +106,7 @@ def test_a_study_runs_against_llama_server_v1_in_single_model_mode(tmp_path):
     import subprocess
 
     from perfkit import models_dir
-    from perfkit.servers import engine
+    from perfkit.kinds.llamacpp import engine
 
     port = engine.free_port()
     proc = subprocess.Popen([str(engine.binary()), "-m", str(models_dir() / "smollm2-135m-q4_1.gguf"),

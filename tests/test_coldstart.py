@@ -5,7 +5,7 @@ import pytest
 from perfkit.kinds.llamacpp import LlamaServerBackend
 from perfkit.client.backends import Sampling
 from perfkit.measure.cache_states import KeepWarm, user_first_request
-from perfkit.servers.engine import Engine
+from perfkit.kinds.llamacpp.engine import Engine
 from perfkit.core.errors import PerfkitError
 
 pytestmark = pytest.mark.engine
@@ -57,7 +57,7 @@ def test_the_engines_own_log_gives_the_server_side_split(store_dir, tmp_path):
     from perfkit.measure.cache_states import prepare_state
     from perfkit.core.clock import now_ns
     from perfkit.core.store import RunStore
-    from perfkit.servers.engine import ENGINE_LOG_ARGS
+    from perfkit.kinds.llamacpp.engine import ENGINE_LOG_ARGS
 
     store = RunStore(tmp_path / "study")
     with Engine(store_dir, {"num_thread": 2}, log_path=tmp_path / "engine.log", extra_args=ENGINE_LOG_ARGS) as e:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from conftest import llama_server_pids
-from perfkit.servers.engine import Engine
+from perfkit.kinds.llamacpp.engine import Engine
 from perfkit.core.errors import ConfigError, EngineError
 
 pytestmark = pytest.mark.engine
@@ -75,7 +75,7 @@ def test_a_model_that_fails_to_load_says_so(small_store):
 
 RUNNER = textwrap.dedent("""
     import sys, time
-    from perfkit.servers.engine import Engine
+    from perfkit.kinds.llamacpp.engine import Engine
     from perfkit.cli import _sigterm
     import signal
     signal.signal(signal.SIGTERM, _sigterm)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from perfkit.servers import models
+from perfkit.kinds.llamacpp import models
 from perfkit.core.errors import PerfkitError
 
 

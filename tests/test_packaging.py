@@ -29,7 +29,7 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_engine_pin_matches_the_builder():
-    from perfkit.servers.engine import ENGINE_PACKAGE, ENGINE_VERSION
+    from perfkit.kinds.llamacpp.engine import ENGINE_PACKAGE, ENGINE_VERSION
 
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert py["optional-dependencies"]["engine"] == [f"{ENGINE_PACKAGE}=={ENGINE_VERSION}"]

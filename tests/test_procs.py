@@ -223,7 +223,7 @@ def test_resolve_times_out(monkeypatch):
 def test_real_llama_server_router(store_dir, tmp_path):
     import httpx
 
-    from perfkit.servers.engine import Engine
+    from perfkit.kinds.llamacpp.engine import Engine
     from perfkit.servers.serverlog import FileLogSource, parse
 
     log = tmp_path / "engine.log"

@@ -207,7 +207,7 @@ def test_system_sampler_without_server_still_reports_host():
 @pytest.mark.engine
 def test_server_memory_rises_on_load_and_falls_on_unload(store_dir):
     from perfkit.kinds.llamacpp import LlamaServerBackend
-    from perfkit.servers.engine import Engine
+    from perfkit.kinds.llamacpp.engine import Engine
 
     with Engine(store_dir, {"num_thread": 2}) as e:
         b = LlamaServerBackend.from_engine(e)

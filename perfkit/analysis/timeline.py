@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit.core import settings as S
-from perfkit.servers.engine import ENGINE_READY_MARK, ENGINE_START_MARK
+from perfkit.servers import marks
 from perfkit.core.clock import parse_tz
 from perfkit.servers.serverlog import LogEvent, naive_times_zone, parse
 
@@ -52,12 +52,9 @@ def _segments(lines: list[str]) -> list[tuple[float | None, float | None, list[s
     start. Returns (start mark, ready mark, lines without the marks) per segment."""
     out: list[list] = [[None, None, []]]
     for ln in lines:
-        for mark, slot in ((ENGINE_START_MARK, 0), (ENGINE_READY_MARK, 1)):
-            if ln.startswith(mark):
-                try:
-                    t = float(ln[len(mark):].strip())
-                except ValueError:
-                    break
+        for read, slot in ((marks.started_at, 0), (marks.ready_at, 1)):
+            t = read(ln)
+            if t is not None:
                 if slot == 0:
                     out.append([t, None, []])
                 else:

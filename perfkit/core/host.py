@@ -80,6 +80,11 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return None
 
 
+def cache_dir() -> Path:
+    """perfkit's cache root (``$PERFKIT_CACHE`` or ``~/.cache/perfkit``): wheels, models, engine state."""
+    return Path(os.environ.get("PERFKIT_CACHE", Path.home() / ".cache" / "perfkit")).expanduser()
+
+
 # Distributions that are a server's engine (a server kind registers its own): recorded in every manifest's
 # versions and compared as the engine, not as a library.
 ENGINE_DISTS: set[str] = set()

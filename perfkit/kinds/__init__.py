@@ -35,6 +35,11 @@ def get(name: str) -> ServerKind:
     return KINDS.get_class(name)()
 
 
+def generic() -> str:
+    """The kind that speaks the common /v1 chat-completions protocol to any server (a proxy's, a fleet's)."""
+    return next(n for n in names() if get(n).generic)
+
+
 def capabilities(kind: str) -> Capabilities:
     """What the backend of ``kind`` can do (before any server is reached)."""
     return get(kind).capabilities
@@ -75,5 +80,5 @@ def restore_pending(record) -> Any:
     return None
 
 
-__all__ = ["KINDS", "ServerKind", "capabilities", "create", "get", "names", "probe", "register", "restore_pending", "tuning_space",
+__all__ = ["KINDS", "ServerKind", "capabilities", "create", "generic", "get", "names", "probe", "register", "restore_pending", "tuning_space",
            "unregister", "version_keys"]

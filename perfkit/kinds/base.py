@@ -34,6 +34,7 @@ class ServerKind:
     agent_driven: ClassVar[bool] = False
     tuning_space: ClassVar[dict[str, list]] = {}
     order: ClassVar[int] = 50
+    generic: ClassVar[bool] = False  # the kind for any server that speaks the common /v1 protocol
     restart_hint: ClassVar[str] = ""  # where to find a restart command for such a server, said after its key
 
     @property
@@ -76,6 +77,22 @@ class ServerKind:
         """Files that run this kind's server of ``model`` with ``settings`` (relative path → text, starting with
         ``head``); {} when perfkit knows no such file for it."""
         return {}
+
+    def add_commands(self, sub: Any, *, settings_of: Any, port: Any) -> None:
+        """Add this kind's own ``perfkit`` subcommands to ``sub`` (argparse sub-parsers); ``settings_of`` turns
+        ``--set NAME=VALUE`` lists into settings, ``port`` checks a port number."""
+
+    def public(self) -> dict[str, Any]:
+        """Names this kind adds to perfkit's public face (``perfkit.Engine`` …)."""
+        return {}
+
+    def check_models(self, section: Any, models: list[tuple[str, str]], where: str) -> None:
+        """Before anything runs: ConfigError for a model (key path, name) that this kind's own store lacks (a kind
+        perfkit starts; a user's server is asked at preflight)."""
+
+    def models_dir(self, section: Any) -> Path | None:
+        """The model store a server perfkit starts serves (None: the server's own business)."""
+        return None
 
     def check_ready(self, section: Any) -> None:
         """Before a run: PerfkitError when what this kind needs on this machine is missing (an engine not built)."""

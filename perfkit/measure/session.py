@@ -23,7 +23,6 @@ from perfkit.core.store import RunStore
 from perfkit.measure.runner import Runner
 from perfkit.sampling import Monitor
 from perfkit.servers.control import HostView, PrefixCacheReset, WallClock
-from perfkit.servers.engine import Engine
 RESTORE_RECORD = "restore.json"  # how to give a user's server its own settings back, while perfkit has changed them
 
 
@@ -58,7 +57,7 @@ class Session:
     backend: Backend
     runner: Runner
     monitor: Monitor
-    engine: Engine | None
+    engine: Any  # the server perfkit started (a kind's start_server), None for a user's
     store: RunStore
     base_settings: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
@@ -231,7 +230,7 @@ def _keep_server_log(store: RunStore, backend: Backend, mark) -> None:
                    if clock is not None else {}))
 
 
-def write_manifest(store: RunStore, *, backend: Backend | None = None, engine: Engine | None = None,
+def write_manifest(store: RunStore, *, backend: Backend | None = None, engine: Any = None,
                    monitor: Monitor | None = None, models: Sequence[str] = (),
                    extra: Mapping[str, Any] | None = None) -> dict:
     """The provenance of a study's data (pyperf-style metadata): host, versions, the backend and its

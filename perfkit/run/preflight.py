@@ -14,6 +14,14 @@ from perfkit.core.secrets import redact_text
 from perfkit.studies import registry
 
 
+def _families() -> str:
+    """The exporter series perfkit reads, by family: 'DCGM_FI_DEV_*, node_*, <each server kind's prefix>:*'."""
+    from perfkit.sampling import exposition
+
+    heads = [s.name.split(":")[0] + ":*" if ":" in s.name else s.name.split("_")[0] + "_*" for s in exposition.SERIES]
+    return ", ".join(dict.fromkeys(h.replace("DCGM_*", "DCGM_FI_DEV_*") for h in heads))
+
+
 def check_backend(params, params_path: str | Path, timeout_s: float = 10.0) -> str:
     """What was reached ('ollama 0.33.0 at http://…'), '' for a server perfkit starts; PerfkitError otherwise."""
     b = params.backend
@@ -89,7 +97,7 @@ def check_telemetry(params, params_path: str | Path, timeout_s: float = 10.0) ->
                                f"minutes (looked for {', '.join(names_of(group)[:4])} …)")
             if not any(f.series for f in found.values()):
                 out.append(f"telemetry.prometheus.labels: {pr.selectors()} match no series perfkit reads in the last 5 "
-                           "minutes (DCGM_FI_DEV_*, node_*, llamacpp:*, vllm:*): check the label names and values "
+                           f"minutes ({_families()}): check the label names and values "
                            "against Prometheus's targets")
             elif pr.scrape_interval_s is None and not any(f.interval_s for f in found.values()):
                 out.append("telemetry.prometheus.scrape_interval_s: not given, and the series have too few samples to "
@@ -108,8 +116,7 @@ def check_telemetry(params, params_path: str | Path, timeout_s: float = 10.0) ->
                 out.append(f"{where}: not in the Prometheus exposition format: {e}")
                 continue
             if not readings:
-                out.append(f"{where}: answers, but with none of the series perfkit reads (DCGM_FI_DEV_*, node_*, "
-                           "llamacpp:*, vllm:*)")
+                out.append(f"{where}: answers, but with none of the series perfkit reads ({_families()})")
     return out
 
 

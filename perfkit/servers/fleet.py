@@ -12,11 +12,11 @@ import os
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from perfkit.servers.control import Killable
-from perfkit.servers.engine import Engine
 from perfkit.core.errors import PerfkitError
+from perfkit.core.settings import THREADS, name_of
 from perfkit.servers.nginx import Nginx, ProxyConfig, Upstream
 from perfkit.core.clock import now_ns
 
@@ -30,7 +30,7 @@ class Server:
 
     url: str
     weight: int = 1
-    engine: Engine | None = None
+    engine: Any = None  # the server perfkit started for it (the run's kind's)
     control: Any = None
     host: str | None = None  # the name of the host it runs on (a cluster node), where known
 
@@ -67,9 +67,10 @@ class Fleet:
     @classmethod
     def embedded(cls, models_dir: Path, model_file: str, run_dir: Path, *, servers: int, weights: list[int],
                  threads: int, settings: dict[str, Any], proxy: dict[str, Any] | None = None,
-                 log_dir: Path, extra_args=()) -> "Fleet":
+                 log_dir: Path, start: Callable[[Path, dict[str, Any], Path], Any]) -> "Fleet":
         """Start ``servers`` engines (``threads`` each) serving ``model_file`` as ``fleet-model``, and
-        nginx in front with ``weights`` and ``proxy`` (``ProxyConfig`` fields). Stopped by ``stop()``, also
+        nginx in front with ``weights`` and ``proxy`` (``ProxyConfig`` fields). ``start(models_dir, settings,
+        log_path)`` starts one engine (the run's kind's) and returns it running. Stopped by ``stop()``, also
         when starting fails half-way."""
         fdir = run_dir / "fleet-models"
         fdir.mkdir(parents=True, exist_ok=True)
@@ -79,8 +80,7 @@ class Fleet:
         fleet = cls([], "", models_dir=fdir)
         try:
             for i in range(servers):
-                eng = Engine(fdir, {**settings, "num_thread": threads}, log_path=log_dir / f"fleet-engine{i}.log",
-                             extra_args=extra_args).start()
+                eng = start(fdir, {**settings, name_of(THREADS): threads}, log_dir / f"fleet-engine{i}.log")
                 fleet.servers.append(Server(eng.base_url, weights[i], eng))
             cfg = ProxyConfig([Upstream(s.url, s.weight) for s in fleet.servers], **(proxy or {}))
             fleet.nginx = Nginx(cfg, run_dir).start()

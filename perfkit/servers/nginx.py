@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from perfkit.core import children
-from perfkit.servers.engine import free_port
+from perfkit.servers.ports import free_port
 from perfkit.core.errors import ConfigError, PerfkitError
 
 

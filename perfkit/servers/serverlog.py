@@ -40,7 +40,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Iterable
 
-from perfkit.servers.engine import ENGINE_START_MARK
+from perfkit.servers import marks
 from perfkit.core.errors import PerfkitError
 from perfkit.servers.procs import parse_runner_argv
 
@@ -694,7 +694,7 @@ def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | N
 
     llama-server's ``--log-timestamps`` are seconds since its process started (``fields["log_t_s"]``);
     ``t0_wall_unix_s`` (epoch seconds) is that start, which makes them wall times. Without it such
-    lines keep ``wall_unix_s`` None. perfkit's engine start mark (``ENGINE_START_MARK``, written into
+    lines keep ``wall_unix_s`` None. perfkit's start mark (``perfkit.servers.marks``, written into
     the log just before each start) sets ``t0_wall_unix_s`` for the lines after it.
     A router's forwarded child lines (``[PORT] ...``) count from the child's own start, taken as the
     router's time of its "spawning server instance ... on port PORT" line: ``fields["router_t_s"]`` is
@@ -707,13 +707,11 @@ def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | N
     spawn_rel_s: dict[int, float] = {}  # child port → router-relative time of its spawn line
     collecting: LogEvent | None = None  # runner_start waiting for its args block
     for raw in lines:
-        if raw.startswith(ENGINE_START_MARK):
-            try:
-                t0_wall_unix_s = float(raw[len(ENGINE_START_MARK):].strip())
-                spawn_rel_s.clear()
-                continue
-            except ValueError:
-                pass
+        started = marks.started_at(raw)
+        if started is not None:
+            t0_wall_unix_s = started
+            spawn_rel_s.clear()
+            continue
         try:
             p = _parse(raw, local_tz, year)
         except Exception as e:  # noqa: BLE001 - a misread line never stops an analysis; MISREAD says which

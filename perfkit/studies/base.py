@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 import pandas as pd
 
 from perfkit.analysis.figures import FILE_NAME as FIGURES_FILE, FigureSet, combine
+from perfkit import kinds
 from perfkit.core.errors import PerfkitError
 from perfkit.analysis.requests import noisy_counts
 from perfkit.analysis.sequential import Looks
@@ -29,7 +30,6 @@ from perfkit.measure.session import Session, Target, session
 from perfkit.measure.workload import Workload
 from perfkit.servers.control.base import Unknown
 from perfkit.workloads import WorkloadParams
-from perfkit.servers.models import models_dir as default_models_dir
 from perfkit.studies import params as params_mod, registry
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -183,9 +183,9 @@ class StudyContext:
             self._cluster.close()
 
     @property
-    def models_dir(self) -> Path:
-        b = self.params.backend
-        return Path(b.models_dir).expanduser() if b.models_dir else default_models_dir()
+    def models_dir(self) -> Path | None:
+        """The model store of a server perfkit starts (None for a user's server)."""
+        return kinds.get(self.params.backend.kind).models_dir(self.params.backend)
 
     @property
     def target(self) -> Target:
@@ -223,8 +223,6 @@ class StudyContext:
 def settings_preflight(params: Any, key: str, settings: list[dict[str, Any]]) -> list[str]:
     """Server settings a study must apply (anything but one empty setting) need a server perfkit starts or can
     restart with a command: the problem, naming ``key``, when the backend can't."""
-    from perfkit import kinds
-
     b = params.backend
     changes = len(settings) > 1 or bool(settings[0])
     caps = kinds.capabilities(b.kind)

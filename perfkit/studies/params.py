@@ -196,13 +196,6 @@ def load(path: str | Path, *, check_models: bool = True, only: list[str] | None 
     where = source_name(path)
     text = read_text(path)
     params = validate(parse(text, where), where, line=lambda loc: line_of(text, loc), only=only)
-    if check_models and kinds.get(params.backend.kind).started_by_perfkit:
-        from perfkit.servers.models import models_dir
-
-        store = Path(params.backend.models_dir).expanduser() if params.backend.models_dir else models_dir()
-        have = sorted(p.stem for p in store.glob("*.gguf"))
-        for key, model in params.models_used():
-            if model not in have:
-                raise ConfigError(f"{where}: {key}: unknown model {model!r}; allowed: "
-                                  f"{', '.join(have) or 'none yet (run `perfkit models prepare`)'}")
+    if check_models:
+        kinds.get(params.backend.kind).check_models(params.backend, params.models_used(), where)
     return params

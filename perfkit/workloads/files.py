@@ -14,7 +14,7 @@ from perfkit.workloads.spec import WorkloadError
 
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
                    "bing": "assistant", "bard": "assistant", "assistant": "assistant"}
-_OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_MESSAGES_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 @dataclass
@@ -53,13 +53,13 @@ def read_conversations(path: str | Path) -> list[Conversation]:
         except json.JSONDecodeError as e:
             raise WorkloadError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
-            raise WorkloadError(f"{where}: expected an object with 'conversations' (ShareGPT) or 'messages' (OpenAI)")
+            raise WorkloadError(f"{where}: expected an object with 'conversations' (ShareGPT) or 'messages' (chat messages)")
         if "conversations" in obj:
             turns, role_key, text_key, roles = obj["conversations"], "from", "value", _SHAREGPT_ROLES
         elif "messages" in obj:
-            turns, role_key, text_key, roles = obj["messages"], "role", "content", _OPENAI_ROLES
+            turns, role_key, text_key, roles = obj["messages"], "role", "content", _MESSAGES_ROLES
         else:
-            raise WorkloadError(f"{where}: neither 'conversations' (ShareGPT) nor 'messages' (OpenAI) is there; "
+            raise WorkloadError(f"{where}: neither 'conversations' (ShareGPT) nor 'messages' (chat messages) is there; "
                                 f"keys: {', '.join(list(obj)[:8]) or 'none'}")
         if not isinstance(turns, list) or not turns:
             raise WorkloadError(f"{where}: '{'conversations' if role_key == 'from' else 'messages'}' must be a "

@@ -17,8 +17,9 @@ from perfkit.sampling import exposition
 from perfkit.sampling.exposition import Series
 from perfkit.kinds.llamacpp.client import LlamaServerBackend
 from perfkit.kinds.llamacpp.control import EngineControl
-from perfkit.servers.engine import ENGINE_LOG_ARGS, ENGINE_PACKAGE, Engine
-from perfkit.servers.engine_flags import to_flags
+from perfkit.kinds.llamacpp import commands, models
+from perfkit.kinds.llamacpp.engine import ENGINE_LOG_ARGS, ENGINE_PACKAGE, Engine
+from perfkit.kinds.llamacpp.flags import to_flags
 
 host.register_engine_dist(ENGINE_PACKAGE)
 # llama-server --metrics (router mode: per model, /metrics?model=NAME)
@@ -71,12 +72,27 @@ class Embedded(LlamaServer):
 
     def check_ready(self, section: Any) -> None:
         from perfkit.core.errors import PerfkitError
-        from perfkit.servers.engine import binary
-        from perfkit.servers.models import models_dir
+        from perfkit.kinds.llamacpp.engine import binary
 
         binary()  # a clear error now if the engine is not built, not in a notebook cell later
-        if not any(models_dir().glob("*.gguf")) and not section.models_dir:
+        if not any(self.models_dir(section).glob("*.gguf")):
             raise PerfkitError("the model store is empty: run `perfkit models prepare`")
+
+    def models_dir(self, section: Any) -> Path:
+        return Path(section.models_dir).expanduser() if section.models_dir else models.models_dir()
+
+    def check_models(self, section: Any, used: list[tuple[str, str]], where: str) -> None:
+        have = sorted(p.stem for p in self.models_dir(section).glob("*.gguf"))
+        for key, model in used:
+            if model not in have:
+                raise ConfigError(f"{where}: {key}: unknown model {model!r}; allowed: "
+                                  f"{', '.join(have) or 'none yet (run `perfkit models prepare`)'}")
+
+    def add_commands(self, sub: Any, *, settings_of: Any, port: Any) -> None:
+        commands.add_commands(sub, settings_of=settings_of, port=port)
+
+    def public(self) -> dict[str, Any]:
+        return {"Engine": Engine, "models_dir": models.models_dir, "list_models": models.list_models}
 
     def start_server(self, models_dir: Path, settings: Mapping[str, Any], *, log_path: Path,
                      ready_timeout_s: float) -> Engine:

@@ -81,7 +81,7 @@ class LlamaServerBackend(Backend):
 
     def version(self) -> str:
         try:
-            from perfkit.servers.engine import engine_version
+            from perfkit.kinds.llamacpp.engine import engine_version
 
             return engine_version()
         except Exception:  # a remote llama-server: ask it
@@ -99,7 +99,7 @@ class LlamaServerBackend(Backend):
         path = self.model_path(model)
         if path is None:
             return ModelFacts(name=model)
-        from perfkit.servers.models import VARIANT_SOURCE, VARIANTS, read_gguf
+        from perfkit.kinds.llamacpp.models import VARIANT_SOURCE, VARIANTS, read_gguf
 
         info = read_gguf(path)
         derived = {"requantized_from": VARIANT_SOURCE} if model in VARIANTS else {}

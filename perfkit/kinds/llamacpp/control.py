@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from perfkit.core.clock import now_ns
 from perfkit.core.settings import validate_settings
-from perfkit.servers.engine_flags import check_applied
+from perfkit.kinds.llamacpp.flags import check_applied
 from perfkit.servers.control.device import cpu_device
 from perfkit.servers.control.base import RestartInfo, ServerControl, SettingCheck, Unknown
 

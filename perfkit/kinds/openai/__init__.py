@@ -26,6 +26,7 @@ class OpenAI(ServerKind):
     probe = ProbeSpec("/v1/models", "an OpenAI-compatible API", "the server", identify_models, strip_suffix="/v1")
     keys = frozenset({"endpoint"})
     order = 40
+    generic = True
 
 
 __all__ = ["OpenAI", "OpenAIBackend", "identify_models"]

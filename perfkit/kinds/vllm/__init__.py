@@ -79,7 +79,7 @@ class Vllm(ServerKind):
     name = "vllm"
     title = "vLLM"
     backend = VllmBackend
-    probe = ProbeSpec("/v1/models", "a vLLM server's OpenAI-compatible API", "vllm serve", _identify,
+    probe = ProbeSpec("/v1/models", "a vLLM server's /v1 API", "vllm serve", _identify,
                       strip_suffix="/v1")
     keys = frozenset({"endpoint"})
     order = 45

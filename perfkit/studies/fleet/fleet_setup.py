@@ -8,8 +8,8 @@ from typing import Any
 
 from perfkit import kinds
 from perfkit.client.backends import Backend
+from perfkit.core.settings import THREADS, role_of
 from perfkit.servers.control import HostView
-from perfkit.servers.engine import ENGINE_LOG_ARGS
 from perfkit.servers.fleet import FLEET_MODEL, Fleet, Server
 from perfkit.studies.base import StudyContext
 
@@ -25,10 +25,13 @@ def build_fleet(ctx: StudyContext) -> Fleet:
         return _on_hosts(ctx, proxy)
     cores = os.cpu_count() or 1
     threads = max(1, cores // c.servers)  # fair: every server gets the same share, none more than the machine
-    settings = {k: v for k, v in ctx.params.backend.settings.items() if k != "num_thread"}
+    settings = {k: v for k, v in ctx.params.backend.settings.items() if role_of(k) != THREADS}
+    kind = kinds.get(ctx.params.backend.kind)
+    b = ctx.params.backend
     fleet = Fleet.embedded(ctx.models_dir, c.model, ctx.store.dir, servers=c.servers, weights=c.weight_list(),
                            threads=threads, settings=settings, proxy=proxy, log_dir=ctx.run_dir / "logs",
-                           extra_args=ENGINE_LOG_ARGS)
+                           start=lambda d, s, log: kind.start_server(d, s, log_path=log,
+                                                                     ready_timeout_s=b.ready_timeout_s))
     for s in fleet.servers:  # on this host: perfkit sees its own engines whole
         s.control = kinds.create(ctx.params.backend.kind, engine=s.engine).control
     return fleet

@@ -34,8 +34,8 @@ class FleetParams(Strict):
     hosts: list[HostServer] = Field(default_factory=list, description="servers on other hosts, each driven by perfkit's "
                                     "agent there (needs cluster:); nginx is started here in front of them unless "
                                     "proxy_url names yours")
-    api: str = Field("openai", description="the servers' kind (as backend.kind names one): the API the study speaks "
-                     "to each server and the proxy")
+    api: str | None = Field(None, description="the servers' kind (as backend.kind names one): the API the study "
+                            "speaks to each server and the proxy; absent: the /v1 chat-completions protocol")
     proxy: FleetProxyParams = Field(default_factory=FleetProxyParams)
     concurrency: list[int] = Field(default_factory=lambda: [1, 2, 4])
     requests: int = Field(12, ge=2, le=MAX_REQUESTS)
@@ -56,6 +56,8 @@ class FleetParams(Strict):
     @field_validator("api")
     @classmethod
     def _api(cls, v):
+        if v is None:
+            return kinds.generic()
         if v not in kinds.names():
             raise ValueError(f"unknown server kind {v!r}; allowed: {', '.join(kinds.names())}")
         return v

