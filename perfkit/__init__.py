@@ -10,6 +10,7 @@ Public API::
 
     perfkit.studies.names()                      # the registered studies
     perfkit.compare.compare("results/A", "results/B").summary()
+    perfkit.units.SECONDS.estimate(perfkit.estimate(ttfts))   # "412 ms [398, 431] (n=10)"
 """
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ from perfkit import compare, studies
 from perfkit.analysis.stats import Estimate, estimate, ratio
 from perfkit.client import backends
 from perfkit.client.backends import Backend, LlamaServerBackend, OllamaBackend, OpenAIBackend, Sampling
+from perfkit.core import units
 from perfkit.core.errors import ConfigError, EngineError, PerfkitError
 from perfkit.core.records import CACHE_STATES, RequestRecord
 from perfkit.core.store import RunStore
@@ -27,7 +29,8 @@ from perfkit.servers.engine import Engine
 from perfkit.servers.models import list_models, models_dir
 
 __all__ = [
-    "backends", "compare", "studies", "Backend", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend", "Sampling",
+    "backends", "compare", "studies", "units", "Backend", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend",
+    "Sampling",
     "Engine", "ConfigError", "EngineError", "PerfkitError", "list_models", "models_dir", "CACHE_STATES",
     "RequestRecord", "Runner", "Trial", "plan", "GpuSampler", "Monitor", "SystemSampler", "Estimate", "estimate",
     "ratio", "RunStore", "__version__",

@@ -27,10 +27,11 @@ from pydantic import Field, field_validator, model_validator
 
 from perfkit.analysis import figures as F, series as S, stats
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.requests import ci_cell, error_summary, est, failures, fmt_x, measured, method_note
+from perfkit.analysis.requests import ci_cell, error_summary, est, failures, measured, method_note
 from perfkit.client import backends
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core.units import RATIO, TOKENS_PER_S
 from perfkit.core.clock import now_ns, utc_now
 from perfkit.core.schema import (MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_REQUESTS, MAX_TOKENS, HostServer,
                                  Strict, concurrency_list, http_url, unique)
@@ -664,7 +665,7 @@ def scaling_table(df: pd.DataFrame, ev: pd.DataFrame, n_servers: int) -> pd.Data
         tp = S.throughput(g, chk)
         rows.append({"clients_per_server": int(c), "target": target, "clients": int(g_all["concurrency"].iloc[0]),
                      "n": len(steady), "n_series": len(g_all), "failed": int(len(g_all) - len(g)), "tok_s": tp.value, "tok_s_lo": tp.lo,
-                     "tok_s_hi": tp.hi, "tok_s_text": F.format_estimate(tp, "rate"), "estimate": tp,
+                     "tok_s_hi": tp.hi, "tok_s_text": TOKENS_PER_S.estimate(tp), "estimate": tp,
                      "ttft_p50": ci_cell(est(steady["ttft_s"])), "ttft_p90": ci_cell(est(S.censored(steady_all, "ttft_s"), "p90")),
                      "ttft_p99": ci_cell(est(S.censored(steady_all, "ttft_s"), "p99")),
                      "e2e_p50": ci_cell(est(steady["e2e_s"])), "e2e_p99": ci_cell(est(S.censored(steady_all, "e2e_s"), "p99")),
@@ -897,7 +898,7 @@ def cache_summary(df: pd.DataFrame) -> dict[str, Any]:
     if len(misses):
         out["miss_ttft"], out["miss_e2e"] = ci_cell(est(misses["ttft_s"])), ci_cell(est(misses["e2e_s"]))
         if len(hits):
-            out["miss_over_hit_e2e"] = fmt_x(stats.ratio(misses["e2e_s"], hits["e2e_s"]))
+            out["miss_over_hit_e2e"] = RATIO.estimate(stats.ratio(misses["e2e_s"], hits["e2e_s"]))
     opt = proxied[v.reindex(proxied.index) == "options differ"]
     out["options_differ_status"] = opt["proxy_cache"].iloc[0] if len(opt) and "proxy_cache" in opt else None
     sampled_p = ok[(v == "sampled") & (ok["target"] == "proxy")]
