@@ -29,8 +29,8 @@ def main() -> None:
     ap.add_argument("--intervals", type=float, nargs="+", default=[0.1, 0.01])
     a = ap.parse_args()
     from perfkit.kinds.llamacpp import LlamaServerBackend
-    from perfkit.servers.engine import Engine
-    from perfkit.servers.models import models_dir
+    from perfkit.kinds.llamacpp.engine import Engine
+    from perfkit.kinds.llamacpp.models import models_dir
     from perfkit.sampling import Monitor
 
     with Engine(models_dir(), {"num_thread": 2}) as e:

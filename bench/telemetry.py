@@ -80,8 +80,8 @@ def cost(n: int, interval_s: float) -> None:
     from perfkit.kinds.llamacpp import LlamaServerBackend
     from perfkit.client.backends import Sampling
     from perfkit.sampling.scrape import ScrapeSampler, ScrapeTarget
-    from perfkit.servers.engine import Engine
-    from perfkit.servers.models import models_dir
+    from perfkit.kinds.llamacpp.engine import Engine
+    from perfkit.kinds.llamacpp.models import models_dir
 
     model = "smollm2-135m-q4_1"
     rng = random.Random(1)

@@ -11,6 +11,7 @@ Public API::
     perfkit.kinds.names()                        # the server kinds (each a plugin, perfkit/kinds/<kind>/)
     perfkit.studies.names()                      # the registered studies
     perfkit.compare.compare("results/A", "results/B").summary()
+    perfkit.units.SECONDS.estimate(perfkit.estimate(ttfts))   # "412 ms [398, 431] (n=10)"
 """
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ from perfkit import kinds  # noqa: I001
 from perfkit import compare, studies
 from perfkit.analysis.stats import Estimate, estimate, ratio
 from perfkit.client.backends import Backend, Sampling
+from perfkit.core import units
 from perfkit.core.errors import ConfigError, EngineError, PerfkitError
 from perfkit.core.records import CACHE_STATES, RequestRecord
 from perfkit.core.store import RunStore
@@ -39,7 +41,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "kinds", "compare", "studies", "Backend", "Sampling", "Engine", "ConfigError", "EngineError", "PerfkitError",
+    "kinds", "compare", "studies", "units", "Backend", "Sampling", "Engine", "ConfigError", "EngineError", "PerfkitError",
     "list_models", "models_dir", "CACHE_STATES", "RequestRecord", "Runner", "Trial", "plan", "GpuSampler",
     "Monitor", "SystemSampler", "Estimate", "estimate", "ratio", "RunStore", "__version__",
 ]

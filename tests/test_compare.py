@@ -18,6 +18,7 @@ import yaml
 
 from perfkit import compare as cmp
 from perfkit.core.errors import PerfkitError
+from perfkit.core.units import BYTES, TOKENS_PER_S
 from perfkit.core.store import RunStore
 from perfkit.run import figures as run_figures, site
 
@@ -122,7 +123,7 @@ def test_n3_is_too_small_for_any_verdict_and_says_so(tmp_path):
 def test_compare_samples_is_the_one_code_path():
     r = cmp.compare_samples([1.0] * 4 + [1.1] * 4, [2.0] * 4 + [2.2] * 4, "lower")
     assert r.verdict == cmp.WORSE and r.ratio_text.startswith("2.00×")
-    r = cmp.compare_samples([100, 101, 99, 100, 102], [150, 151, 149, 150, 152], "higher", kind="rate")
+    r = cmp.compare_samples([100, 101, 99, 100, 102], [150, 151, 149, 150, 152], "higher", unit=TOKENS_PER_S)
     assert r.verdict == cmp.IMPROVED and "tok/s" in r.before
     with pytest.raises(ValueError):
         cmp.compare_samples([1], [2], "faster")
@@ -135,7 +136,7 @@ def test_estimates_without_samples_use_their_cis():
     assert cmp.compare_estimates(a, b, "higher").verdict == cmp.IMPROVED
     assert cmp.compare_estimates(a, Estimate("throughput", 103, 97, 109, 5), "higher").verdict == cmp.NO_CHANGE
     one = cmp.compare_estimates(Estimate("value", 300e6, math.nan, math.nan, 1),
-                                Estimate("value", 600e6, math.nan, math.nan, 1), "lower", kind="bytes")
+                                Estimate("value", 600e6, math.nan, math.nan, 1), "lower", unit=BYTES)
     assert one.verdict == cmp.NO_CHANGE and "one reading per run" in one.reason and one.ratio.value == 2
     assert "MiB" in one.before
 
@@ -304,9 +305,72 @@ def test_compare_notebook_is_clean_parameterized_and_thin():
     (tagged,) = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     ns: dict = {}
     exec(tagged.source, ns)  # noqa: S102 - our own parameters cell
-    assert set(ns) - {"__builtins__"} == {"run_a", "run_b", "results_dir", "min_effect"}
-    assert "compare.compare(" in code[1].source
+    # Paths only, a missing one None: never a sentinel number standing for "the default".
+    assert {k: v for k, v in ns.items() if k != "__builtins__"} == {"comparison": None, "results_dir": "../results"}
+    assert "load_comparison(comparison" in code[1].source
+    assert not any("compare.compare(" in c.source or "min_effect" in c.source for c in code)  # read, never computed
     assert max(len(c.source.splitlines()) for c in code) <= 25
+
+
+def _rendered(c: cmp.Comparison) -> list[str]:
+    """Everything a comparison shows: the terminal's summary and every piece of its page."""
+    return [c.terminal_summary(), c.summary(), c.before_after_html(), c.table_html(), c.only_html(),
+            c.differences_html(), c.method(), json.dumps(c.counts())]
+
+
+def test_a_stored_comparison_reads_back_as_the_same_comparison(tmp_path):
+    """What `perfkit compare` prints and what its notebook shows from comparison.json are the same: rows with
+    failures beyond the limit (+inf), figures only one run has, manifest differences, a set minimum effect."""
+    a = make_run(tmp_path, "a", n=8, states=("cold_disk", "warm"))
+    b = make_run(tmp_path, "b", n=8, failed_warm=3, slow_warm=2, num_thread=1, states=("cold_server", "warm"))
+    c = cmp.compare(a, b, min_effect=0.3)
+    assert c.only_a and c.only_b and c.differences and any(math.isinf(r.ratio.value) or "limit" in r.before
+                                                           for r in c.rows)
+    path = c.to_json(tmp_path / cmp.FILE_NAME)
+    back = cmp.Comparison.read(path)
+    assert _rendered(back) == _rendered(c) and back.min_effect == 0.3
+    assert back.to_json(tmp_path / "again.json").read_text() == path.read_text()  # nothing lost on the way
+    assert [r.unit for r in back.rows] == [r.unit for r in c.rows]
+
+
+def test_the_notebook_reads_the_stored_comparison_and_never_compares_again(tmp_path, monkeypatch):
+    from perfkit.run import pipeline
+
+    a, b = make_run(tmp_path, "20260101-000000-x-aaaaaa"), make_run(tmp_path, "20260102-000000-x-bbbbbb")
+    path, c = pipeline.store_comparison(a, b)
+    assert path == site.default_out(a, b) / "comparison.json"
+    monkeypatch.setattr(cmp, "compare", lambda *a, **k: pytest.fail("compared again"))
+    assert _rendered(pipeline.load_comparison(str(path))) == _rendered(c)
+
+
+def test_a_comparison_file_that_is_not_one_is_a_clear_error(tmp_path):
+    with pytest.raises(PerfkitError, match="no comparison to read"):
+        cmp.Comparison.read(tmp_path / "missing.json")
+    (tmp_path / "old.json").write_text(json.dumps({"run_a": "a", "run_b": "b", "rows": []}))
+    with pytest.raises(PerfkitError, match="older perfkit"):
+        cmp.Comparison.read(tmp_path / "old.json")
+    (tmp_path / "new.json").write_text(json.dumps({"schema_version": 99, "run_a": "a", "run_b": "b", "rows": []}))
+    with pytest.raises(PerfkitError, match="newer"):
+        cmp.Comparison.read(tmp_path / "new.json")
+
+
+@pytest.mark.notebooks
+def test_perfkit_compare_and_its_page_show_the_same_comparison(tmp_path):
+    """`perfkit compare` on two recorded runs (no server): the page its notebook renders from comparison.json says
+    every row as the terminal summary does."""
+    a = make_run(tmp_path, "20260101-000000-x-aaaaaa", n=8)
+    b = make_run(tmp_path, "20260102-000000-x-bbbbbb", n=8, num_thread=1, failed_warm=2)
+    r = subprocess.run([sys.executable, "-m", "perfkit", "compare", str(a), str(b), "--min-effect", "0.25"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = site.default_out(a, b)
+    c = cmp.Comparison.read(out / "comparison.json")
+    assert c.terminal_summary() in r.stdout and c.min_effect == 0.25
+    page = htmllib.unescape((out / "comparison.html").read_text())
+    assert "Traceback" not in page and "load_comparison(" not in page
+    for row in c.rows:
+        assert row.before in page and row.after in page and row.ratio_text in page and row.verdict in page
+    assert "±25%" in page  # the minimum effect the command was given, read from the stored comparison
 
 
 # ---------------------------------------------------------------------------------------------- real runs

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import llama_server_pids
 from perfkit.run import publish
-from perfkit.analysis.requests import est, fmt_s
+from perfkit.analysis.requests import est
+from perfkit.core.units import SECONDS
 
 pytestmark = pytest.mark.notebooks
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def test_conclusions_are_built_from_the_recorded_data(smoke_run):
     # cache state check did not fail.
     warm = [t["e2e_s"] for t in trials if t["trial_id"].startswith("state/warm/") and t["ok"]
             and t.get("state_verified") is not False]
-    expected = fmt_s(est(warm))
+    expected = SECONDS.estimate(est(warm))
     page = htmllib.unescape((run_dir / "cold_start.html").read_text())
     assert f"takes {expected} end to end" in page
     ms = json.loads((run_dir / "model_size" / "manifest.json").read_text())
@@ -335,7 +336,7 @@ def test_a_replay_with_another_parameter_file_shows_the_runs_own_data(smoke_run,
 def test_a_headline_figure_has_one_value_on_its_page_in_the_index_and_in_compare(smoke_run):
     """The figure the index shows for a study is the one its page states and the one `perfkit compare`
     compares, formatted the same: one definition, one value, wherever it appears."""
-    from perfkit.analysis.figures import FILE_NAME, FigureSet, format_value
+    from perfkit.analysis.figures import FILE_NAME, FigureSet
     from perfkit.compare.comparison import compare
 
     results, run_dir = smoke_run
@@ -345,10 +346,10 @@ def test_a_headline_figure_has_one_value_on_its_page_in_the_index_and_in_compare
     for study in STUDIES:
         page = htmllib.unescape((run_dir / f"{study}.html").read_text())
         for fig in FigureSet.read(run_dir / study / FILE_NAME).headlines():
-            value = format_value(fig.value, fig.kind)
+            value = fig.unit.text(fig.value)
             assert value in page, (study, fig.key, value)
             assert fig.key in rows and rows[fig.key].before.startswith(value), (study, fig.key, value)
             checked += 1
     assert checked >= len(STUDIES)
-    assert any(format_value(f.value, f.kind) in index
+    assert any(f.unit.text(f.value) in index
                for f in FigureSet.read(run_dir / STUDIES[0] / FILE_NAME).headlines())

@@ -26,7 +26,7 @@ def _executed(tmp_path: Path, outputs: list[dict], md: str = "# Title\n## Part o
 
 def test_a_report_page_is_self_contained_and_strict(tmp_path):
     chart = charts.bars(pd.DataFrame({"x": ["a", "b"], "y": [1.0, 2.0], "lo": [0.9, 1.8], "hi": [1.1, 2.3],
-                                      "n": [8, 8]}), "x", "y", "lo", "hi", n="n", title="T", ylabel="s",
+                                      "n": [8, 8]}), "x", "y", "lo", "hi", n="n", title="T",
                         alt="two bars with their CIs")
     server_text = "<html><head><title>504 Gateway Time-out</title></head></html>"
     nb = _executed(tmp_path, [chart.bundle(), {"text/markdown": server_text.replace("<", "&lt;"),

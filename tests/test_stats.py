@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 from scipy import stats as st
 
 from perfkit.analysis import stats
+from perfkit.analysis.figures import dumps
+from perfkit.core.units import SECONDS
 
 
 # ---------------------------------------------------------------------------- minimum n & ranks
@@ -87,7 +90,7 @@ def test_p99_from_12_samples_has_no_ci_and_says_why():
     e = stats.estimate(x, "p99")
     assert e.value == pytest.approx(np.percentile(x, 99))
     assert math.isnan(e.lo) and math.isnan(e.hi) and e.need_n == stats.min_n_for(0.99, 0.95)
-    text = e.fmt(" s")
+    text = SECONDS.estimate(e)
     assert "n=12" in text and "no 95% CI" in text and f"below n={e.need_n}" in text and "p99" in text
     assert "[" not in text
 
@@ -116,20 +119,19 @@ def test_mean_uses_t_interval():
 
 def test_degenerate_samples():
     empty = stats.estimate([])
-    assert math.isnan(empty.value) and empty.n == 0 and "n/a" in empty.fmt()
+    assert math.isnan(empty.value) and empty.n == 0 and "n/a" in SECONDS.estimate(empty)
     one = stats.estimate([2.0])
     assert one.value == 2.0 and one.n == 1 and math.isnan(one.lo) and one.need_n == 6
     assert stats.estimate([None, float("nan"), 1.0, 3.0]).n == 2
-    assert "n=1" in one.fmt(" s") and "below n=6" in one.fmt(" s")
+    assert "n=1" in one.annotation() and "below n=6" in one.annotation()
 
 
 def test_identical_values_are_not_shown_as_certainty():
     e = stats.estimate([0.412] * 8)
     assert e.lo == e.hi == 0.412 and e.note == "all 8 values identical"
-    text = e.fmt(" s")
-    assert text == "0.412 s (all 8 values identical; n=8)"
+    assert SECONDS.estimate(e) == "412 ms (all 8 values identical; n=8)"
     few = stats.estimate([412.0] * 5)  # identical, but 5 < 6 samples: still no interval, and it says both
-    assert math.isnan(few.lo) and "all 5 values identical" in few.fmt() and "below n=6" in few.fmt()
+    assert math.isnan(few.lo) and few.annotation() == "all 5 values identical; n=5; no 95% CI of median below n=6"
     m = stats.estimate([2.0] * 3, "mean")
     assert m.lo == m.hi == 2.0 and m.note == "all 3 values identical"
 
@@ -143,11 +145,11 @@ def test_unknown_stat_and_bad_confidence():
         stats.estimate([1, 2, 3], confidence=95)
 
 
-def test_fmt_plain():
-    e = stats.Estimate("median", 412.0, 398.0, 431.0, 5)
-    assert e.fmt() == "412 [398, 431] (n=5)"
-    assert stats.Estimate("p99", 3380.4, math.nan, math.nan, 4, need_n=299).fmt() == \
-        "3380 (n=4; no 95% CI of p99 below n=299)"
+def test_annotation_and_json_round_trip():
+    assert stats.Estimate("p99", 3380.4, math.nan, math.nan, 4, need_n=299).annotation() == \
+        "n=4; no 95% CI of p99 below n=299"
+    e = stats.Estimate("p99", math.inf, 2.0, math.inf, 9, method="m", note="x", n_a=9, n_b=10)
+    assert stats.Estimate.from_dict(json.loads(dumps(e.as_dict()))) == e
 
 
 # ----------------------------------------------------------------------------------------- ratio
@@ -158,7 +160,7 @@ def test_ratio_recovers_known_scale_factor():
     r = stats.ratio(cold, warm)
     assert r.value == pytest.approx(3.0, rel=0.08) and r.lo < 3.0 < r.hi and r.lo < r.value < r.hi
     assert r.method == "Hodges–Lehmann ratio, Moses distribution-free CI (log scale)"
-    assert (r.n, r.n_a, r.n_b) == (20, 20, 20) and "n=20 vs 20" in r.fmt("×")
+    assert (r.n, r.n_a, r.n_b) == (20, 20, 20) and "n=20 vs 20" in r.annotation()
 
 
 def test_ratio_matches_hodges_lehmann_definition_and_moses_ranks():
@@ -192,7 +194,7 @@ def test_ratio_too_small_and_min_n():
     assert stats.min_n_ratio(0.95) == 4  # 1/C(8,4) = 1/70 ≤ 0.025 < 1/C(6,3) = 1/20
     assert stats.min_n_ratio(0.99) == 5
     r = stats.ratio([3.0, 3.3, 2.9], [1.0, 1.1, 0.9])
-    assert math.isnan(r.lo) and r.need_n == 4 and "below n=4 per sample" in r.fmt("×")
+    assert math.isnan(r.lo) and r.need_n == 4 and "below n=4 per sample" in r.annotation()
     ok = stats.ratio([3.0, 3.3, 2.9, 3.1], [1.0, 1.1, 0.9, 1.05])
     assert ok.lo == pytest.approx(2.9 / 1.1) and ok.hi == pytest.approx(3.3 / 0.9)  # k=1: extreme differences
 
@@ -200,7 +202,7 @@ def test_ratio_too_small_and_min_n():
 def test_ratio_drops_nonpositive_and_validates_stat():
     r = stats.ratio([0.0, -1.0, 3.0, 3.1, 2.9, 3.2], [1.0, 1.1, 0.9, 1.0])
     assert r.n_a == 4 and r.n_b == 4 and r.note == "dropped 2 non-positive values"
-    assert "dropped 2 non-positive values" in r.fmt()
+    assert "dropped 2 non-positive values" in r.annotation()
     with pytest.raises(ValueError, match="median"):
         stats.ratio([1, 2], [1, 2], "mean")
     assert math.isnan(stats.ratio([], [1.0]).value)

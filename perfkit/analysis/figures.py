@@ -25,60 +25,13 @@ import pandas as pd
 from perfkit.analysis import stats
 from perfkit.analysis.metrics import Metric, metric
 from perfkit.core import fmt
+from perfkit.core.units import Unit
 
 SCHEMA_VERSION = 1
 FILE_NAME = "figures.json"
 
 
-# ---- formatting by kind ---------------------------------------------------------------------------------
-
-def format_value(value: float, kind: str) -> str:
-    """A bare value of a figure of ``kind`` with its unit: '412 ms', '35.4 tok/s', '1.2 GiB', '48%'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return fmt.NA
-    if kind == "duration":
-        return fmt.duration(value)
-    if kind == "rate":
-        return fmt.rate(value)
-    if kind == "req_rate":
-        return fmt.rate(value, "req/s")
-    if kind == "bytes":
-        return fmt.mib(value)
-    if kind == "share":
-        return fmt.pct(value)
-    if kind == "energy":
-        return fmt.rate(value, "J")
-    if kind == "ratio":
-        return fmt.ratio(value)
-    if kind == "count":
-        return fmt.number(value)
-    raise ValueError(f"unknown figure kind {kind!r}")
-
-
-_FMT_KIND = {"duration": ("duration", ""), "rate": ("rate", ""), "req_rate": ("rate", "req/s"),
-             "share": ("pct", ""), "energy": ("plain", "J"), "ratio": ("ratio", ""), "count": ("plain", "")}
-
-
-def format_estimate(e: stats.Estimate, kind: str) -> str:
-    """An estimate of ``kind`` as 'value [lo, hi] (n=…)'; a single reading as 'value (one reading)'."""
-    if kind == "bytes":
-        return f"{fmt.mib(e.value)} ({e.annotation()})" if not e.has_ci else \
-            f"{fmt.mib(e.value)} [{fmt.mib(e.lo)}, {fmt.mib(e.hi)}] ({e.annotation()})"
-    f_kind, unit = _FMT_KIND[kind]
-    if f_kind == "rate" and unit:
-        return fmt.estimate(e, "rate", unit)
-    return fmt.estimate(e, f_kind, unit)
-
-
 # ---- the figure -----------------------------------------------------------------------------------------
-
-def _num(v: Any) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return x
-
 
 @dataclass
 class Figure:
@@ -114,8 +67,8 @@ class Figure:
         return self.key.split("/", 1)[0]
 
     @property
-    def kind(self) -> str:
-        return self.m.kind
+    def unit(self) -> Unit:
+        return self.m.unit
 
     @property
     def better(self) -> str:
@@ -145,7 +98,7 @@ class Figure:
         when that is not requests; a CI wider than the value itself says the figure is not measurable at
         this n, and about how much more data would make it ±25%."""
         e = self.estimate
-        t = format_estimate(e, self.kind)
+        t = self.unit.estimate(e)
         # A figure combined over replicate runs without per-request samples is a mean over runs: n counts runs.
         counts = "runs" if self.replicates and not self.samples and e.n == len(self.replicates) else self.m.n_counts
         if counts != "requests" and f"n={e.n}" in t and e.n_a is None:
@@ -166,11 +119,11 @@ class Figure:
 
     def link(self, text: str | None = None) -> str:
         """Markdown: ``text`` (default the value with its unit) linked to this figure's row in the report."""
-        return f"[{text or format_value(self.value, self.kind)}](#{self.anchor})"
+        return f"[{text or self.unit.text(self.value)}](#{self.anchor})"
 
     def short(self) -> str:
         """Value and n only, for compact places (the index): '412 ms (n=8)'."""
-        return f"{format_value(self.value, self.kind)} (n={self.n})"
+        return f"{self.unit.text(self.value)} (n={self.n})"
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "metric": self.metric, "where": self.where, "estimate": self.estimate.as_dict(),
@@ -179,13 +132,11 @@ class Figure:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Figure":
-        e = dict(d["estimate"])
-        for k in ("value", "lo", "hi", "confidence"):
-            e[k] = _num(e.get(k))
-        e = {k: v for k, v in e.items() if k in stats.Estimate.__dataclass_fields__}
-        return cls(key=d["key"], metric=d["metric"], where=dict(d.get("where") or {}), estimate=stats.Estimate(**e),
-                   samples=[_num(x) for x in d.get("samples") or []],
-                   replicates=[_num(x) for x in d.get("replicates") or []], noisy=_num(d.get("noisy")),
+        return cls(key=d["key"], metric=d["metric"], where=dict(d.get("where") or {}),
+                   estimate=stats.Estimate.from_dict(d["estimate"]),
+                   samples=[stats.as_float(x) for x in d.get("samples") or []],
+                   replicates=[stats.as_float(x) for x in d.get("replicates") or []],
+                   noisy=stats.as_float(d.get("noisy")),
                    model=d.get("model"), workload=dict(d.get("workload") or {}), headline=d.get("headline") or "")
 
 
@@ -257,7 +208,7 @@ class FigureSet(Mapping[str, Figure]):
         data = {"schema_version": SCHEMA_VERSION, "figures": [f.as_dict() for f in self._d.values()],
                 "before_after": [asdict(p) for p in self.pairs], "noisy": self.noisy}
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(_nan_to_none(data), indent=1, default=_default))
+        tmp.write_text(dumps(data))
         tmp.replace(path)
         return path
 
@@ -274,6 +225,12 @@ class FigureSet(Mapping[str, Figure]):
                   (Pair(**p) for p in data.get("before_after") or []))
         out.noisy = data.get("noisy") if isinstance(data.get("noisy"), dict) else None
         return out
+
+
+def dumps(data: Any, indent: int = 1) -> str:
+    """Strict JSON for perfkit's files: NaN as null, ±inf as "inf"/"-inf" (a censored value, which
+    :func:`perfkit.analysis.stats.as_float` reads back as one), numpy scalars as numbers, anything else as its text."""
+    return json.dumps(_nan_to_none(data), indent=indent, default=_default)
 
 
 def _default(o: Any) -> Any:
@@ -361,7 +318,7 @@ def from_estimate(study: str, tag: str, est: stats.Estimate, rows: pd.DataFrame 
                   per_replicate: Callable[[pd.DataFrame], float] | None = None) -> Figure | None:
     """A figure whose estimate is computed elsewhere (a series' throughput, a share, a shift); None when it
     has no value. ``per_replicate(rows)`` recomputes it on one replicate's rows."""
-    if not math.isfinite(_num(est.value)):
+    if not math.isfinite(stats.as_float(est.value)):
         return None
     reps = replicate_values(rows, per_replicate) if rows is not None and per_replicate is not None else []
     return Figure(_key(study, tag, where), tag, dict(where or {}), with_replicates(est, reps), [], reps,
@@ -384,7 +341,7 @@ def failed_share(study: str, rows: pd.DataFrame, *, where: Mapping[str, Any] | N
 def reading(study: str, tag: str, value: Any, *, where: Mapping[str, Any] | None = None, model: str | None = None,
             headline: str = "", note: str = "one reading") -> Figure | None:
     """A figure recorded once per run (no samples, no CI)."""
-    v = _num(value)
+    v = stats.as_float(value)
     if not math.isfinite(v):
         return None
     est = stats.Estimate("value", v, math.nan, math.nan, 1, method="one reading", note=note)

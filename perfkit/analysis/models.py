@@ -12,6 +12,7 @@ from perfkit.analysis import figures as F, stats
 from perfkit.analysis.series import censored
 from perfkit.analysis.requests import attempted, est, measured, per_request_itl
 from perfkit.core import fmt
+from perfkit.core.units import BYTES, SECONDS, TOKENS_PER_S
 from perfkit.core.store import RunStore
 
 
@@ -130,7 +131,7 @@ def per_model(store: RunStore, df: pd.DataFrame, models: list[str]) -> pd.DataFr
         if "prefill_tok_s_max" in warm and warm["prefill_tok_s_max"].notna().any():
             # Ollama counts cached prompt tokens but times only uncached ones: only an upper bound exists.
             row["prefill_tok_s_max"] = est(warm["prefill_tok_s_max"]).value
-        row["itl_p50"] = fmt.estimate(est(per_request_itl(warm, "median")), "duration")
+        row["itl_p50"] = SECONDS.estimate(est(per_request_itl(warm, "median")))
         d = dev[dev["model"] == m].iloc[-1].to_dict() if dev is not None and (dev["model"] == m).any() else {}
         row["model_memory_bytes"] = d.get("model_memory_bytes")
         row["model_vram_bytes"] = d.get("model_vram_bytes")
@@ -145,8 +146,9 @@ def per_model(store: RunStore, df: pd.DataFrame, models: list[str]) -> pd.DataFr
             pct = 100 * dec.value / limit
             if pct > 100:
                 # Faster than physics allows: the limit or the measurement is wrong; never print it as a result.
-                row["limit_unknown_because"] = (f"the measured decode ({fmt.rate(dec.value)}) exceeds the computed "
-                                                f"limit ({fmt.rate(limit)}, {d.get('bandwidth_source')}): suspect")
+                row["limit_unknown_because"] = (f"the measured decode ({TOKENS_PER_S.text(dec.value)}) exceeds the "
+                                                f"computed limit ({TOKENS_PER_S.text(limit)}, "
+                                                f"{d.get('bandwidth_source')}): suspect")
             else:
                 row["decode_limit_tok_s"], row["decode_pct_of_limit"] = limit, pct
                 row["bandwidth_source"] = d.get("bandwidth_source")
@@ -181,22 +183,20 @@ def display_table(t: pd.DataFrame) -> pd.DataFrame:
     """The per-model table in readable units (3 significant digits, MB/GB, 32.8B parameters)."""
     rows = []
     for _, r in t.iterrows():
-        lim = (f"{r['decode_pct_of_limit']:.0f}% of {fmt.rate(r['decode_limit_tok_s'])}"
+        lim = (f"{r['decode_pct_of_limit']:.0f}% of {TOKENS_PER_S.text(r['decode_limit_tok_s'])}"
                if pd.notna(r.get("decode_pct_of_limit", np.nan)) else f"unknown: {r.get('limit_unknown_because')}")
-        prefill = (fmt.rate(r["prefill_tok_s"]) if pd.notna(r.get("prefill_tok_s", np.nan)) else
-                   f"≤ {fmt.rate(r['prefill_tok_s_max'])} (upper bound)" if pd.notna(r.get("prefill_tok_s_max", np.nan))
+        prefill = (TOKENS_PER_S.text(r["prefill_tok_s"]) if pd.notna(r.get("prefill_tok_s", np.nan)) else
+                   f"≤ {TOKENS_PER_S.text(r['prefill_tok_s_max'])} (upper bound)" if pd.notna(r.get("prefill_tok_s_max", np.nan))
                    else "n/a")
         rows.append({"model": r["model"], "quant": r["quantization"], "params": fmt.count(r["parameters"]),
                      "file": fmt.size(r["file_bytes"]), "device": r.get("device") or "unknown",
-                     "load (cold)": fmt.duration_ci(r["load_s"], r["load_s_lo"], r["load_s_hi"]),
-                     "warm TTFT": fmt.duration_ci(r["ttft_s"], r["ttft_s_lo"], r["ttft_s_hi"]),
-                     "TPOT": fmt.duration_ci(r["tpot_s"], r["tpot_s_lo"], r["tpot_s_hi"]),
+                     "load (cold)": SECONDS.ci(r["load_s"], r["load_s_lo"], r["load_s_hi"]),
+                     "warm TTFT": SECONDS.ci(r["ttft_s"], r["ttft_s_lo"], r["ttft_s_hi"]),
+                     "TPOT": SECONDS.ci(r["tpot_s"], r["tpot_s_lo"], r["tpot_s_hi"]),
                      "ITL p50": r["itl_p50"], "prefill": prefill,
-                     "decode": f"{fmt.rate(r['decode_tok_s'])}" + (f" [{fmt.number(r['decode_tok_s_lo'])}, "
-                                                                     f"{fmt.number(r['decode_tok_s_hi'])}]"
-                                                                     if pd.notna(r["decode_tok_s_lo"]) else ""),
+                     "decode": TOKENS_PER_S.ci(r["decode_tok_s"], r["decode_tok_s_lo"], r["decode_tok_s_hi"]),
                      "decode vs bandwidth limit": lim,
-                     "model memory": fmt.mib(r.get("model_memory_bytes")),
+                     "model memory": BYTES.text(r.get("model_memory_bytes")),
                      "J/token": (fmt.number(r["energy_per_token_j"]) if pd.notna(r.get("energy_per_token_j", np.nan))
                                  else f"unknown: {r['energy_unknown_because']}"
                                  if isinstance(r.get("energy_unknown_because"), str) else "no GPU sampled"),

@@ -14,6 +14,7 @@ import pandas as pd
 import numpy as np
 
 from perfkit.core import fmt, host
+from perfkit.core.units import SECONDS
 from perfkit.analysis import stats
 
 
@@ -134,7 +135,7 @@ PCTS = ("median", "p90", "p99")
 def ci_cell(e: stats.Estimate) -> str:
     """A compact table cell: '412 ms [398, 431]', or '412 ms (no CI: n < 6)' when n is too small."""
     if e.has_ci:
-        return fmt.duration_ci(e.value, e.lo, e.hi)
+        return SECONDS.ci(e.value, e.lo, e.hi)
     if e.need_n:
         return f"{fmt.duration(e.value)} (no CI: n < {e.need_n})"
     return f"{fmt.duration(e.value)} ({e.note})" if e.note else fmt.duration(e.value)
@@ -181,16 +182,6 @@ def latency_table(df: pd.DataFrame, by: str, metrics: Iterable[str] = ("ttft_s",
 
 def est(values: Iterable[float], stat: str = "median") -> stats.Estimate:
     return stats.estimate(list(values), stat)
-
-
-def fmt_s(e: stats.Estimate) -> str:
-    """A duration estimate in the unit that reads well, with its CI and n: '412 ms [398, 431] (n=5)'."""
-    return fmt.estimate(e, "duration")
-
-
-def fmt_x(e: stats.Estimate, unit: str = "×") -> str:
-    """A ratio estimate: '2.63× [2.36, 2.71] (n=8 vs 8)'."""
-    return fmt.estimate(e, "ratio")
 
 
 def error_summary(text: str, limit: int = 80) -> str:

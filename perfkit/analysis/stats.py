@@ -20,13 +20,11 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
-
-from perfkit.core.fmt import number
 
 CONFIDENCE = 0.95
 
@@ -47,8 +45,9 @@ class Estimate:
 
     ``lo``/``hi`` are NaN when there is no interval; ``need_n`` is then the smallest n (per sample for
     ratios) that would give one at this ``confidence``, when such an n exists. ``note`` carries caveats
-    shown by :meth:`fmt` (identical values, dropped values). ``n_a``/``n_b`` are the two sample sizes of a
-    ratio (``n`` is their minimum).
+    shown by :meth:`annotation` (identical values, dropped values). ``n_a``/``n_b`` are the two sample sizes of a
+    ratio (``n`` is their minimum). Its unit prints it (``perfkit.core.units.SECONDS.estimate(e)``:
+    "412 ms [398, 431] (n=5)").
     """
 
     stat: str
@@ -82,14 +81,24 @@ class Estimate:
             parts.append(f"no {100 * self.confidence:g}% CI of {self.stat} below n={self.need_n}{per}")
         return "; ".join(parts)
 
-    def fmt(self, unit: str = "", digits: int = 3) -> str:
-        """``"412 [398, 431] (n=5)"``: ``digits`` significant digits, ``unit`` appended to the value as is
-        (pass ``" ms"``). A zero-width interval is not printed; the note says why (identical values)."""
-        ci = f" [{number(self.lo, digits)}, {number(self.hi, digits)}]" if self.has_ci else ""
-        return f"{number(self.value, digits)}{unit}{ci} ({self.annotation()})"
-
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Estimate":
+        """An estimate as :meth:`as_dict` wrote it, read back from JSON (NaN as null, ±inf as "inf"/"-inf")."""
+        e = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("value", "lo", "hi", "confidence"):
+            e[k] = as_float(e.get(k))
+        return cls(**e)
+
+
+def as_float(v: Any) -> float:
+    """``v`` as a float: a number, or "inf" as JSON carries one; NaN for None or anything else."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 # --------------------------------------------------------------------------------------------- cleaning

@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as st
 from scipy.special import gammaln
 
 from perfkit.analysis import stats
-from perfkit.analysis.figures import Figure, clean, format_estimate, format_value
-from perfkit.core import fmt
+from perfkit.analysis.figures import Figure, clean
+from perfkit.core import fmt, units
+from perfkit.core.units import Unit
 
 IMPROVED = "improved"
 WORSE = "worse"
@@ -69,7 +70,7 @@ class Row:
 
     key: str
     label: str
-    kind: str
+    unit: Unit
     better: str
     before: str
     after: str
@@ -107,7 +108,7 @@ class Row:
         """'2.01× [1.83, 2.24] (n=8 vs 8)'; a share's difference: '+5.0 pp [+1.2, +9.1] (n=80 vs 80)'."""
         if self.is_difference:
             return self.change_text + f" ({self.ratio.annotation()})"
-        return fmt.estimate(self.ratio, "ratio")
+        return units.RATIO.estimate(self.ratio)
 
     @property
     def change_text(self) -> str:
@@ -129,9 +130,20 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(ratio=self.ratio.as_dict(), ratio_text=self.ratio_text, change_text=self.change_text,
-                 change_pct=self.change_pct, change_lo_pct=self.change_lo_pct, change_hi_pct=self.change_hi_pct)
+        d.update(unit=self.unit.name, ratio=self.ratio.as_dict(), ratio_text=self.ratio_text,
+                 change_text=self.change_text, change_pct=self.change_pct, change_lo_pct=self.change_lo_pct,
+                 change_hi_pct=self.change_hi_pct)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Row":
+        """A row as :meth:`as_dict` wrote it, read back from JSON (what it derives, such as its texts, is derived
+        again)."""
+        own = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        own.update(unit=units.named(d["unit"]), ratio=stats.Estimate.from_dict(d["ratio"]),
+                   p_value=stats.as_float(d.get("p_value")), q_value=stats.as_float(d.get("q_value")),
+                   confounds=list(d.get("confounds") or []))
+        return cls(**own)
 
 
 def signed_pct(fraction: float) -> str:
@@ -184,7 +196,7 @@ def _judge(r: stats.Estimate, better: str, min_effect: float, ci: str) -> tuple[
         f" and ±{min_effect:.0%}" if min_effect else "")
 
 
-def compare_samples(before: Sequence[float], after: Sequence[float], better: str, *, kind: str = "duration",
+def compare_samples(before: Sequence[float], after: Sequence[float], better: str, *, unit: Unit = units.SECONDS,
                     key: str = "", label: str = "", confidence: float = stats.CONFIDENCE,
                     min_effect: float = 0.0) -> Row:
     """Two samples of one figure (e.g. e2e seconds of each request) before and after a change: Hodges–Lehmann
@@ -200,11 +212,11 @@ def compare_samples(before: Sequence[float], after: Sequence[float], better: str
             p = float(st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
         except ValueError:
             p = math.nan
-    return Row(key, label, kind, better, format_estimate(eb, kind), format_estimate(ea, kind), r, verdict, reason,
+    return Row(key, label, unit, better, unit.estimate(eb), unit.estimate(ea), r, verdict, reason,
                len(b), len(a), p, mode="requests", min_effect=min_effect)
 
 
-def compare_replicates(before: Sequence[float], after: Sequence[float], better: str, *, kind: str = "duration",
+def compare_replicates(before: Sequence[float], after: Sequence[float], better: str, *, unit: Unit = units.SECONDS,
                        before_text: str = "", after_text: str = "", key: str = "", label: str = "",
                        confidence: float = stats.CONFIDENCE) -> Row:
     """Runs as the unit: each side's replicate values (one per run). Ratio of geometric means with a t-interval
@@ -218,7 +230,7 @@ def compare_replicates(before: Sequence[float], after: Sequence[float], better: 
     if len(a) < 2 or len(b) < 2:
         r = stats.Estimate("ratio", math.nan, math.nan, math.nan, min(len(a), len(b)), confidence, method,
                            need_n=MIN_REPLICATES, n_a=len(a), n_b=len(b))
-        return Row(key, label, kind, better, before_text, after_text, r, NO_CHANGE, "fewer than 2 runs a side",
+        return Row(key, label, unit, better, before_text, after_text, r, NO_CHANGE, "fewer than 2 runs a side",
                    len(b), len(a), mode="runs")
     la, lb = np.log(a), np.log(b)
     diff = float(la.mean() - lb.mean())
@@ -239,7 +251,7 @@ def compare_replicates(before: Sequence[float], after: Sequence[float], better: 
     r = stats.Estimate("ratio", math.exp(diff), lo, hi, min(len(a), len(b)), confidence, method,
                        n_a=len(a), n_b=len(b))
     verdict, reason = _judge(r, better, 0.0, f"{100 * confidence:g}% CI over runs")
-    return Row(key, label, kind, better, before_text, after_text, r, verdict, reason, len(b), len(a), p, mode="runs")
+    return Row(key, label, unit, better, before_text, after_text, r, verdict, reason, len(b), len(a), p, mode="runs")
 
 
 def _log_comb(n: np.ndarray | int, k: np.ndarray | int) -> np.ndarray:
@@ -288,7 +300,7 @@ def _quantile_ratio(a: float, b: float) -> float:
 
 
 def compare_tail(before: Sequence[float], after: Sequence[float], stat: str, better: str, *,
-                 kind: str = "duration", key: str = "", label: str = "", confidence: float = stats.CONFIDENCE,
+                 unit: Unit = units.SECONDS, key: str = "", label: str = "", confidence: float = stats.CONFIDENCE,
                  min_effect: float = 0.0) -> Row:
     """A percentile above the median before and after, compared as a tail, failures kept (+inf).
 
@@ -314,7 +326,7 @@ def compare_tail(before: Sequence[float], after: Sequence[float], stat: str, bet
               f"the requests beyond the other side's {name}")
     r = stats.Estimate("ratio", _quantile_ratio(ea.value, eb.value), lo, hi, min(len(a), len(b)), confidence,
                        method, n_a=len(a), n_b=len(b))
-    row = Row(key, label, kind, better, format_estimate(eb, kind), format_estimate(ea, kind), r, NO_CHANGE, "",
+    row = Row(key, label, unit, better, unit.estimate(eb), unit.estimate(ea), r, NO_CHANGE, "",
               len(b), len(a), mode="tail", min_effect=min_effect)
     if len(a) < 2 or len(b) < 2:
         row.reason = "fewer than 2 requests a side"
@@ -337,7 +349,7 @@ def compare_tail(before: Sequence[float], after: Sequence[float], stat: str, bet
     k, thr, ref_n, new_n, r_ref = (k_up, thr_b, len(b), len(a), r_b) if up else (k_dn, thr_a, len(a), len(b), r_a)
     who_new, who_ref = ("after", "before") if up else ("before", "after")
     expected = new_n * r_ref / (ref_n + 1)
-    thr_text = format_value(thr, kind) if math.isfinite(thr) else "the limit"
+    thr_text = unit.text(thr) if math.isfinite(thr) else "the limit"
     detail = (f"{k} of {who_new}'s {new_n} requests lie beyond {beyond}{who_ref}'s {name} ({thr_text}); about "
               f"{fmt.number(expected, 2)} would if nothing had changed (exact placement test, two-sided p = "
               f"{fmt.number(row.p_value)})")
@@ -363,7 +375,7 @@ def is_binary(values: Sequence[float]) -> bool:
     return bool(x) and all(v in (0.0, 1.0) for v in x)
 
 
-def compare_shares(before: Sequence[float], after: Sequence[float], better: str, *, kind: str = "share",
+def compare_shares(before: Sequence[float], after: Sequence[float], better: str, *, unit: Unit = units.SHARE,
                    key: str = "", label: str = "", confidence: float = stats.CONFIDENCE) -> Row:
     """A per-request yes/no share (1 = yes, e.g. the request failed) before and after: the difference after −
     before in percentage points with Newcombe's CI (from the two Wilson intervals), and Boschloo's exact test.
@@ -375,7 +387,7 @@ def compare_shares(before: Sequence[float], after: Sequence[float], better: str,
     method = "difference of the shares (Newcombe's CI from Wilson intervals), Boschloo's exact test"
     if not (na and nb):
         d = stats.Estimate("difference", math.nan, math.nan, math.nan, 0, confidence, method, n_a=na, n_b=nb)
-        return Row(key, label, kind, better, format_estimate(eb, kind), format_estimate(ea, kind), d, NO_CHANGE,
+        return Row(key, label, unit, better, unit.estimate(eb), unit.estimate(ea), d, NO_CHANGE,
                    "no requests on one side", nb, na, mode="shares")
     z = float(st.norm.ppf((1 + confidence) / 2))
     pa, pb = ka / na, kb / nb
@@ -392,7 +404,7 @@ def compare_shares(before: Sequence[float], after: Sequence[float], better: str,
             p = float(st.boschloo_exact([[ka, na - ka], [kb, nb - kb]], alternative="two-sided").pvalue)
         except (ValueError, FloatingPointError):
             p = float(st.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue)
-    row = Row(key, label, kind, better, format_estimate(eb, kind), format_estimate(ea, kind), d, NO_CHANGE, "",
+    row = Row(key, label, unit, better, unit.estimate(eb), unit.estimate(ea), d, NO_CHANGE, "",
               nb, na, p, mode="shares")
     detail = f"{kb} of {nb} before, {ka} of {na} after; Boschloo's exact test p = {fmt.number(p)}"
     alpha = 1 - confidence
@@ -411,32 +423,32 @@ def compare_figure_pair(fa: Figure, fb: Figure, *, runs_mode: bool, min_effect: 
     its difference, a tail percentile as a tail (failures kept), runs as the unit where both sides have
     ≥ :data:`MIN_REPLICATES` runs (a run whose tail is beyond the limit can't be averaged: that row is compared by
     its requests pooled, and says so), per-request samples by Hodges–Lehmann, else the two estimates."""
-    better, kind = fb.better, fb.kind
+    better, unit = fb.better, fb.unit
     stat = fb.estimate.stat if fb.estimate.stat.startswith("p") else fb.m.stat
     q = _quantile_or_none(stat)
     tail = q is not None and q > 0.5 and bool(fa.samples) and bool(fb.samples)
     if fb.m.stat == "share" and fa.samples and fb.samples and is_binary(fa.samples) and is_binary(fb.samples):
-        row = compare_shares(fa.samples, fb.samples, better, kind=kind, confidence=confidence)
+        row = compare_shares(fa.samples, fb.samples, better, unit=unit, confidence=confidence)
         row.before, row.after = fa.text(), fb.text()
         return row
     runs = runs_mode and len(fa.replicates) >= MIN_REPLICATES and len(fb.replicates) >= MIN_REPLICATES
     censored = any(v == math.inf for v in list(fa.replicates) + list(fb.replicates))
     if runs and not (censored and tail):
-        return compare_replicates(fa.replicates, fb.replicates, better, kind=kind, before_text=fa.text(),
+        return compare_replicates(fa.replicates, fb.replicates, better, unit=unit, before_text=fa.text(),
                                   after_text=fb.text(), confidence=confidence)
     if tail:
-        row = compare_tail(fa.samples, fb.samples, stat, better, kind=kind, confidence=confidence,
+        row = compare_tail(fa.samples, fb.samples, stat, better, unit=unit, confidence=confidence,
                            min_effect=min_effect)
         if runs:
             row.reason = (f"a run's {stat} lies beyond the limit (failures), so the runs' values can't be averaged: "
                           f"compared by their requests pooled; {row.reason}")
     elif fa.samples and fb.samples:
-        row = compare_samples(fa.samples, fb.samples, better, kind=kind, confidence=confidence,
+        row = compare_samples(fa.samples, fb.samples, better, unit=unit, confidence=confidence,
                               min_effect=min_effect)
     else:
-        row = compare_estimates(fa.estimate, fb.estimate, better, kind=kind, confidence=confidence,
+        row = compare_estimates(fa.estimate, fb.estimate, better, unit=unit, confidence=confidence,
                                 min_effect=min_effect)
-        row.before, row.after = format_estimate(fa.estimate, kind), format_estimate(fb.estimate, kind)
+        row.before, row.after = unit.estimate(fa.estimate), unit.estimate(fb.estimate)
         return row
     row.before, row.after = fa.text(), fb.text()
     return row
@@ -459,9 +471,9 @@ def _log_se(e: stats.Estimate) -> float:
     return (e.hi - e.lo) / (2 * z * e.value)  # a CI cut at 0: the delta method on the linear scale
 
 
-def compare_estimates(before: stats.Estimate, after: stats.Estimate, better: str, *, kind: str = "rate",
-                      key: str = "", label: str = "", confidence: float = stats.CONFIDENCE,
-                      min_effect: float = 0.0) -> Row:
+def compare_estimates(before: stats.Estimate, after: stats.Estimate, better: str, *,
+                      unit: Unit = units.TOKENS_PER_S, key: str = "", label: str = "",
+                      confidence: float = stats.CONFIDENCE, min_effect: float = 0.0) -> Row:
     """Two estimates without samples (a series' throughput, a single memory reading) before and after: the
     ratio of their values, with a CI and p-value from the two CIs on the log scale where both have one."""
     _check_better(better)
@@ -485,7 +497,7 @@ def compare_estimates(before: stats.Estimate, after: stats.Estimate, better: str
         verdict, reason = NO_CHANGE, f"no CI {which} ({why}), so the difference cannot be tested"
     else:
         verdict, reason = _judge(r, better, min_effect, f"{100 * confidence:g}% CI")
-    return Row(key, label, kind, better, format_estimate(before, kind), format_estimate(after, kind), r, verdict,
+    return Row(key, label, unit, better, unit.estimate(before), unit.estimate(after), r, verdict,
                reason, before.n, after.n, p, mode="estimates" if math.isfinite(lo) else "readings",
                min_effect=min_effect)
 

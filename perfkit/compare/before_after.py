@@ -59,6 +59,7 @@ def table_html(rows: list[BeforeAfter], min_effect: float = verdicts.MIN_EFFECT)
     head = ["", "before", "after", "after / before", "verdict"]
     body = []
     studies = list(dict.fromkeys(r.study for r in rows))
+    prev = ""
     for r in rows:
         if len(studies) > 1 and (not body or r.study != prev):
             body.append(f'<tr class="group"><th colspan="{len(head)}">{html.escape(r.study.replace("_", " "))}</th></tr>')

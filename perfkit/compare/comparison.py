@@ -1,6 +1,10 @@
 """Two runs, figure by figure: what changed and whether the change is real (see
 :mod:`perfkit.analysis.verdicts` for the statistics), what differs between their manifests, and what else
-could explain a row."""
+could explain a row.
+
+A pair of runs is compared once: ``perfkit compare`` writes the :class:`Comparison` to ``comparison.json``
+(:meth:`Comparison.to_json`, a versioned model), and its page, the compare notebook, reads that file back
+(:meth:`Comparison.read`) rather than comparing again, so the terminal and the page show the same rows."""
 
 from __future__ import annotations
 
@@ -8,22 +12,25 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
 from perfkit.analysis import stats, verdicts
-from perfkit.analysis.figures import Figure
+from perfkit.analysis.figures import Figure, dumps
 from perfkit.analysis.requests import noisy_text
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, NOT_COMPARABLE, WORSE, Row
 from perfkit.compare import manifests
 from perfkit.compare.before_after import BeforeAfter, table_html
 from perfkit.compare.manifests import Difference, show
 from perfkit.compare.runs import Run, load
+from perfkit.core.errors import PerfkitError
 
 # A tuning guide's before/after rows, first when both runs have them (figures carry these headline names).
 BEFORE_AFTER_ROWS = ("cold start", "warm start", "memory", "GPU utilization")
 OUTPUT_LENGTH = "num_predict"  # the workload key a study may change by design between runs
+FILE_NAME = "comparison.json"
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -241,31 +248,52 @@ class Comparison:
                 "other processes used the machine; a noisy run's rows are not counted in the summary.")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run_a": self.run_a, "run_b": self.run_b, "counts": self.counts(), "mode": self.mode,
-                "min_effect": self.min_effect, "rows": [r.as_dict() for r in self.rows],
+        return {"schema_version": SCHEMA_VERSION, "run_a": self.run_a, "run_b": self.run_b, "counts": self.counts(),
+                "mode": self.mode, "min_effect": self.min_effect, "rows": [r.as_dict() for r in self.rows],
                 "only_a": [f.as_dict() for f in self.only_a], "only_b": [f.as_dict() for f in self.only_b],
                 "differences": [asdict(d) for d in self.differences], "confounds": self.confounds,
-                "warnings": self.warnings, "noisy_runs": self.noisy_runs}
+                "warnings": self.warnings, "noisy_runs": self.noisy_runs, "noisy_studies": self.noisy_studies,
+                "info_a": self.info_a, "info_b": self.info_b}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Comparison":
+        """A comparison as :meth:`as_dict` wrote it (what it derives, such as the counts, is derived again)."""
+        return cls(d["run_a"], d["run_b"], [Row.from_dict(r) for r in d["rows"]],
+                   [Figure.from_dict(f) for f in d.get("only_a") or []],
+                   [Figure.from_dict(f) for f in d.get("only_b") or []],
+                   [Difference(**x) for x in d.get("differences") or []], list(d.get("confounds") or []),
+                   list(d.get("warnings") or []), dict(d.get("info_a") or {}), dict(d.get("info_b") or {}),
+                   d.get("mode") or "requests", float(d["min_effect"]), list(d.get("noisy_runs") or []),
+                   list(d.get("noisy_studies") or []))
 
     def to_json(self, path: str | Path) -> Path:
-        """Write ``comparison.json`` (NaN written as null, so any JSON reader takes it)."""
+        """Write ``comparison.json``: strict JSON (NaN as null, a censored +inf as "inf"), so any reader takes it
+        and :meth:`read` gives this comparison back."""
         path = Path(path)
-        path.write_text(json.dumps(_nan_to_none(self.as_dict()), indent=2, default=str))
+        path.write_text(dumps(self.as_dict(), indent=2))
         return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Comparison":
+        """A ``comparison.json`` that :meth:`to_json` wrote; PerfkitError, naming the file, when it is missing, not
+        a comparison, or of a newer schema than this perfkit reads."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise PerfkitError(f"{path}: no comparison to read ({e}); `perfkit compare A B` writes one") from None
+        if not isinstance(d, dict) or "rows" not in d or "run_a" not in d:
+            raise PerfkitError(f"{path}: not a perfkit comparison file")
+        if "schema_version" not in d:
+            raise PerfkitError(f"{path}: written by an older perfkit; compare the runs again (`perfkit compare A B`)")
+        if int(d.get("schema_version") or 0) > SCHEMA_VERSION:
+            raise PerfkitError(f"{path}: schema version {d['schema_version']} is newer than this perfkit reads "
+                               f"({SCHEMA_VERSION}); upgrade perfkit")
+        return cls.from_dict(d)
 
 
 def _when(info: dict) -> str:
     return ", ".join(x for x in (info.get("params_name"), info.get("created_utc")) if x) or "no run.json"
-
-
-def _nan_to_none(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _nan_to_none(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_nan_to_none(v) for v in o]
-    return o
 
 
 def _workload_diff(fa: Figure, fb: Figure) -> list[str]:

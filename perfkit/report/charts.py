@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from perfkit.core import fmt
+from perfkit.core.units import SECONDS, Unit
 
 MIME = "application/vnd.perfkit.chart+json"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -165,25 +166,26 @@ def _wrap(label: str, width: int = 18) -> str:
 
 
 def bars(df: pd.DataFrame, x: str, y: str, lo: str | None = None, hi: str | None = None, *, hue: str | None = None,
-         n: str | None = None, title: str, ylabel: str, alt: str, scale: float = 1.0, kind: str = "duration",
-         xlabel: str = "", reference: tuple[str, float] | None = None) -> Chart:
-    """Bars of ``y`` per ``x`` (grouped by ``hue``), error bars only where a CI exists, hover text with the
-    value, its CI and n in the unit that reads well (``kind``: duration, rate, share, plain)."""
+         n: str | None = None, title: str, alt: str, unit: Unit = SECONDS, what: str = "", xlabel: str = "",
+         reference: tuple[str, float] | None = None) -> Chart:
+    """Bars of ``y`` per ``x`` (grouped by ``hue``), error bars only where a CI exists. ``unit`` is what ``y``
+    counts: it scales the bars (bytes as MiB, a share as percent), labels the axis (``what`` it measures, in words,
+    and its symbol: "share of tokens (%)"; the unit in words without) and says each bar's value, its CI and n in
+    the hover text."""
     groups = list(df.groupby(hue, sort=False)) if hue else [(None, df)]
     series = []
     for key, g in groups:
-        ys = [v * scale if fmt.finite(v) is not None else None for v in g[y]]
-        los = [v * scale if fmt.finite(v) is not None else None for v in g[lo]] if lo else None
-        his = [v * scale if fmt.finite(v) is not None else None for v in g[hi]] if hi else None
+        ys = [unit.plot(v) for v in g[y]]
+        los = [unit.plot(v) for v in g[lo]] if lo else None
+        his = [unit.plot(v) for v in g[hi]] if hi else None
         ns = [int(v) if fmt.finite(v) is not None else None for v in g[n]] if n else None
         text = []
         for j, (_, r) in enumerate(g.iterrows()):
-            v = _value_text(r[y], kind)
-            ci = f" [{_value_text(r[lo], kind)}, {_value_text(r[hi], kind)}]" if lo and hi and _ok(r[lo], r[hi]) \
-                and r[lo] != r[hi] else " (no CI at this n)"
-            text.append(v + ci + (f" n={ns[j]}" if ns and ns[j] is not None else ""))
+            has_ci = lo and hi and _ok(r[lo], r[hi]) and r[lo] != r[hi]
+            v = unit.ci(r[y], r[lo], r[hi]) if has_ci else unit.text(r[y]) + " (no CI at this n)"
+            text.append(v + (f" n={ns[j]}" if ns and ns[j] is not None else ""))
         series.append(Series(_key_text(key) if key is not None else y, list(g[x]), ys, los, his, ns, text))
-    return Chart("bar", title, ylabel, alt, series, xlabel=xlabel, reference=reference,
+    return Chart("bar", title, unit.axis_label(what), alt, series, xlabel=xlabel, reference=reference,
                  legend_title=hue.replace("_", " ") if hue else "")
 
 
@@ -192,18 +194,6 @@ def _key_text(key: Any) -> str:
     if isinstance(key, float) and key.is_integer():
         return str(int(key))
     return str(key)
-
-
-def _value_text(v: Any, kind: str) -> str:
-    if fmt.finite(v) is None:
-        return fmt.NA
-    if kind == "duration":
-        return fmt.duration(float(v))
-    if kind == "rate":
-        return fmt.rate(float(v))
-    if kind == "share":
-        return fmt.pct(float(v))
-    return fmt.number(float(v))
 
 
 def show(chart: Chart) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from perfkit.core import fmt
+from perfkit.core.units import BYTES, WATTS
 
 
 def load_display(t: pd.DataFrame) -> pd.DataFrame:
@@ -28,10 +29,10 @@ def load_display(t: pd.DataFrame) -> pd.DataFrame:
             util += " (" + ", ".join(f"GPU {i}: {fmt.pct(v / 100)}" for i, v in sorted(per.items())) + ")"
         rows.append({"setting": r["config"], "load": r["load"], "window": fmt.duration(r["window_s"]),
                      "GPU utilization": util,
-                     "GPU power": fmt.rate(r["power_w_mean"], "W") if pd.notna(r.get("power_w_mean")) else None,
+                     "GPU power": WATTS.text(r["power_w_mean"]) if pd.notna(r.get("power_w_mean")) else None,
                      "energy / output token": (f"{fmt.number(r['energy_per_token_j'])} J"
                                                if pd.notna(r.get("energy_per_token_j")) else None),
-                     "GPU memory (max)": fmt.mib(r["gpu_mem_used_bytes_max"]) if pd.notna(r.get("gpu_mem_used_bytes_max")) else None,
+                     "GPU memory (max)": BYTES.text(r["gpu_mem_used_bytes_max"]) if pd.notna(r.get("gpu_mem_used_bytes_max")) else None,
                      "requests running": mean_max(r, "server_requests_running"),
                      "requests queued": mean_max(r, "server_requests_waiting"),
                      "busy slots per decode": (fmt.number(r["server_busy_slots_per_decode_mean"])

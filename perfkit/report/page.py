@@ -15,6 +15,7 @@ import pandas as pd
 
 from perfkit.analysis.requests import error_summary
 from perfkit.core import fmt
+from perfkit.core.units import Unit
 from perfkit.report import charts
 
 LONG_TABLE_ROWS = 30  # a table longer than this shows SHOWN_ROWS rows, the rest folded
@@ -201,24 +202,30 @@ def provenance(manifest: dict, study: str, models: list[str] | None = None) -> s
 
 
 def format_table(df: pd.DataFrame, columns: dict[str, str], ci: dict[str, tuple[str, str]] | None = None,
-              scale: dict[str, float] | None = None, digits: int = 3) -> pd.DataFrame:
-    """A display table: selected columns renamed; ``ci`` folds '<lo>, <hi>' into the value as '[lo, hi]'."""
-    ci, scale = ci or {}, scale or {}
+                 units: dict[str, Unit] | None = None, digits: int = 3) -> pd.DataFrame:
+    """A display table: selected columns renamed; ``ci`` folds '<lo>, <hi>' into the value as '[lo, hi]';
+    a column given a unit in ``units`` reads in it ('412 ms [398, 431]', '473 MiB', '45%'), others as numbers."""
+    ci, units = ci or {}, units or {}
     out = pd.DataFrame()
     for col, name in columns.items():
         if col not in df:
             continue
-        k = scale.get(col, 1.0)
+        unit = units.get(col)
+        if unit is not None:
+            lo, hi = ci.get(col, (None, None))
+            bounds = zip(df[lo], df[hi]) if lo else ((None, None) for _ in range(len(df)))
+            out[name] = [unit.ci(v, a, b, digits) for v, (a, b) in zip(df[col], bounds)]
+            continue
 
         def f(v):
             if isinstance(v, (bool, np.bool_)):
                 return "yes" if v else "no"  # never "True" in a table a person reads
-            if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and k == 1.0:
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
                 return str(int(v))
-            if isinstance(v, float) and v.is_integer() and col in ("n", "concurrency", "total_slots") and k == 1.0:
+            if isinstance(v, float) and v.is_integer() and col in ("n", "concurrency", "total_slots"):
                 return str(int(v))
             return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else (
-                fmt.number(v * k, digits) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
+                fmt.number(v, digits) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
         if col in ci:
             lo, hi = ci[col]
             out[name] = [f"{f(v)} [{f(a)}, {f(b)}]" if not (pd.isna(a) or pd.isna(b) or a == b) else f(v)

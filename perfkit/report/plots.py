@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from perfkit.core.units import BYTES, PERCENT
+
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -32,10 +34,13 @@ def timeline(samples: pd.DataFrame, trials: pd.DataFrame, *,
     fig, axes = plt.subplots(len(have), 1, figsize=(9, 2.2 * len(have)), sharex=True, squeeze=False)
     for ax, m in zip(axes[:, 0], have):
         s = samples[samples[m].notna()]
-        # A share of CPU can't be negative (other processes' CPU is a difference of counters, noisy near 0).
-        y = s[m] / 2**20 if m.endswith("_bytes") else s[m].clip(lower=0) if m.endswith("_pct") else s[m]
+        unit = BYTES if m.endswith("_bytes") else PERCENT if m.endswith("_pct") else None  # units in names
+        y = s[m] if unit is None else s[m].map(unit.plot)
+        if unit is PERCENT:  # a share of CPU can't be negative (others' CPU is a difference of counters, noisy near 0)
+            y = y.clip(lower=0)
         ax.plot((s["t_ns"] - t0) * 1e-9, y, lw=1)
-        ax.set_ylabel(m.replace("_bytes", " (MiB)").replace("_pct", " (%)").replace("_", " "), fontsize=8)
+        what = m.removesuffix("_bytes").removesuffix("_pct").replace("_", " ")
+        ax.set_ylabel(unit.axis_label(what) if unit else what, fontsize=8)
         for _, r in trials.head(max_requests).iterrows():
             spans = []
             if pd.notna(r.get("t_loaded_ns")):

@@ -15,17 +15,17 @@ from perfkit.run.site import ASSETS, write_assets
 
 def _chart(n: int, c: history.Course) -> str:
     xs = [r.name for r, _ in c.points]
-    kind = c.points[-1][1].m.kind
-    ys = [f.estimate.value for _, f in c.points]
+    unit = c.points[-1][1].unit
+    # Plotted in the unit's axis scale (bytes as MiB, a share as percent); the hover text says each in its own.
+    ys = [unit.plot(f.estimate.value) for _, f in c.points]
     text = [f"{r.name}: {f.text()}" for r, f in c.points]
     chart = Chart("line", (c.headline[:1].upper() + c.headline[1:] + ": " if c.headline else "") + c.label,
-                  c.label, f"{c.label} in each of {len(xs)} runs, oldest first, with 95% CIs"
+                  unit.axis_label(c.label), f"{c.label} in each of {len(xs)} runs, oldest first, with 95% CIs"
                   + (f"; changed at {', '.join(ch.run_after for ch in c.changes)}" if c.changes else "; no change called"),
-                  [Series(c.label, xs, ys, [f.estimate.lo for _, f in c.points], [f.estimate.hi for _, f in c.points],
-                          [f.estimate.n for _, f in c.points], text)], xlabel="run")
+                  [Series(c.label, xs, ys, [unit.plot(f.estimate.lo) for _, f in c.points],
+                          [unit.plot(f.estimate.hi) for _, f in c.points], [f.estimate.n for _, f in c.points], text)],
+                  xlabel="run")
     fig = chart.plotly()
-    # The points are the figures' raw values (seconds, bytes, a share); the hover text says each in its own unit.
-    fig["layout"]["yaxis"]["title"]["text"] = c.label + {"duration": " (s)", "bytes": " (bytes)"}.get(kind, "")
     shapes, notes = [], []
     for ch in c.changes:
         i = xs.index(ch.run_after)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from perfkit import kinds
 from perfkit.core.clock import utc_now
@@ -22,6 +22,10 @@ from perfkit.run.rundir import (DamagedData, check_results_dir, failed_trials, n
                                 resume_params, study_health, write_params_copy, write_run)
 from perfkit.studies import registry
 from perfkit.studies.base import ENV_REPLICATE, NOTEBOOKS
+
+if TYPE_CHECKING:
+    from perfkit.compare import Comparison
+
 
 def _warn(msg: str) -> None:
     print(f"perfkit: warning: {msg}", file=sys.stderr)
@@ -249,36 +253,54 @@ def report(run_dir: Path, results_dir: Path | None = None, log=print, *, allow_d
     return out
 
 
-
-def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None, *,
-            min_effect: float | None = None):
-    """``perfkit compare``: write ``comparison.json`` and ``comparison.html`` (the compare notebook executed by
-    papermill, rendered like the study reports) into ``out``; refresh the results index beside it.
-    Returns the HTML's path and the comparison."""
+def store_comparison(run_a: str | Path, run_b: str | Path, out: str | Path | None = None, *,
+                     min_effect: float | None = None) -> tuple[Path, Comparison]:
+    """Compare run A (before) with run B (after) and store it, once for the pair: ``<out>/comparison.json``
+    (default ``<results>/compare-<A>-vs-<B>/``). Returns the file and the comparison. Fails before writing
+    anything when either is not a run."""
     from perfkit import compare as compare_mod
 
     for r in (run_a, run_b):
         if Path(r).is_dir():
             run_figures.ensure(r)  # a run made before figures files, or by an older perfkit
-    comparison = compare_mod.compare(run_a, run_b, min_effect=min_effect)  # fails here, before any file is written
+    comparison = compare_mod.compare(run_a, run_b, min_effect=min_effect)
     out = Path(out) if out else site.default_out(run_a, run_b)
     out.mkdir(parents=True, exist_ok=True)
-    comparison.to_json(out / "comparison.json")
+    return comparison.to_json(out / compare_mod.FILE_NAME), comparison
+
+
+def load_comparison(path: str | Path | None, results_dir: str | Path = "results") -> Comparison:
+    """The compare notebook's comparison: the one stored at ``path`` (what ``perfkit compare`` passes it), read,
+    not computed again; without a path (the notebook opened by hand) the two most recent runs in
+    ``results_dir``, compared in memory."""
+    from perfkit import compare as compare_mod
+
+    if path:
+        return compare_mod.Comparison.read(path)
+    a, b = site.pick(None, None, results_dir)
+    for r in (a, b):
+        run_figures.ensure(r)
+    return compare_mod.compare(a, b)
+
+
+def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None, *,
+            min_effect: float | None = None) -> tuple[Path, Comparison]:
+    """``perfkit compare``: store the comparison (:func:`store_comparison`), then write ``comparison.html`` beside
+    it, the compare notebook executed by papermill on that stored file and rendered like the study reports;
+    refresh the results index. Returns the HTML's path and the comparison."""
+    stored, comparison = store_comparison(run_a, run_b, out, min_effect=min_effect)
+    out = stored.parent
     executed = out / "compare.ipynb"
-    code = papermill(NOTEBOOKS / "compare.ipynb", executed,
-                            {"run_a": str(Path(run_a).resolve()), "run_b": str(Path(run_b).resolve()),
-                             "min_effect": str(-1.0 if min_effect is None else min_effect)},
-                            out / "papermill.log")
+    code = papermill(NOTEBOOKS / "compare.ipynb", executed, {"comparison": str(stored.resolve())},
+                     out / "papermill.log")
     if code:
         cell, error = first_error(executed)
         raise PerfkitError(f"the comparison notebook failed{f' in cell {cell}' if cell is not None else ''}: "
                            f"{error}\n  executed notebook: {executed}\n  papermill log: {out / 'papermill.log'}\n"
-                           f"  the figures are in {out / 'comparison.json'}")
+                           f"  the figures are in {stored}")
     site.write_assets(out.parent)
     html_path = render(executed, out / "comparison.html", None, title=f"{comparison.name_a} → {comparison.name_b}: "
                        "what changed", nav=site.compare_nav(Path(run_a), Path(run_b)))
     if site.recent_runs(out.parent):
         site.write_index(out.parent)
     return html_path, comparison
-
-

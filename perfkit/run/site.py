@@ -12,7 +12,7 @@ import secrets
 import shlex
 from pathlib import Path
 
-from perfkit.analysis.figures import FILE_NAME, FigureSet, format_value
+from perfkit.analysis.figures import FILE_NAME, FigureSet
 from perfkit.analysis.verdicts import IMPROVED, NO_CHANGE, WORSE
 from perfkit.compare import before_after
 from perfkit.core.errors import PerfkitError
@@ -38,7 +38,7 @@ def headlines(run_dir: str | Path) -> list[tuple[str, str]]:
         for fig in figs.headlines():
             cond = fig.conditions
             out.append((f"{fig.headline} — {d.name.replace('_', ' ')}",
-                        f"{format_value(fig.value, fig.kind)} ({cond + ', ' if cond else ''}n={fig.n})"))
+                        f"{fig.unit.text(fig.value)} ({cond + ', ' if cond else ''}n={fig.n})"))
     return out[:MAX_HEADLINES]
 
 

@@ -20,13 +20,14 @@ from perfkit.analysis import figures as F, stats, timeline
 from perfkit.analysis.series import censored
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.models import resource_figures
-from perfkit.analysis.requests import (attempted, ci_cell, est, failures, fmt_s, fmt_x, latency_table, measured, method_note,
+from perfkit.analysis.requests import (attempted, ci_cell, est, failures, latency_table, measured, method_note,
                                        negative_overhead_note, noisy_note, per_request_itl, state_note)
 from perfkit.analysis.decisions import best_of
 from perfkit.analysis.sequential import Looks
 from perfkit.analysis.verdicts import MIN_EFFECT, compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core.units import RATIO, SECONDS
 from perfkit.core.errors import PerfkitError
 from perfkit.core.records import CACHE_STATES, RequestRecord
 from perfkit.core.schema import MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, members, unique
@@ -414,7 +415,7 @@ def state_table(res: "ColdStartResult") -> pd.DataFrame:
         row = {"cache state": r["cache_state"], "n": int(r["n"])}
         for m, name in (("e2e_s", "e2e"), ("ttft_s", "TTFT"), ("load_s", "load"), ("prefill_s", "prefill"),
                         ("decode_s", "decode"), ("overhead_s", "overhead")):
-            row[name] = fmt.duration_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+            row[name] = SECONDS.ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
         g = measured(res.states)
         g = g[g["cache_state"] == r["cache_state"]] if len(g) else g
         frac = g["state_file_resident_fraction"].dropna() if "state_file_resident_fraction" in g else []
@@ -450,7 +451,7 @@ def before_after(res: "ColdStartResult") -> pd.DataFrame:
                          f"{int(h['keep_warm_collision'].astype('boolean').fillna(False).astype(bool).sum())} of {len(h)} "
                          "collided with a refresh")
             rows.append({"idle gap": fmt.duration(gap), "strategy": strategy,
-                         "first-request e2e (median [95% CI])": fmt_s(est(h["e2e_s"])),
+                         "first-request e2e (median [95% CI])": SECONDS.estimate(est(h["e2e_s"])),
                          "model resident at send": f"{h['loaded_at_send'].mean():.0%}",
                          "vs no warmup": r.ratio_text if r else "—",
                          "verdict": r.verdict if r else "—", "keep-warm timing": phase})
@@ -465,10 +466,11 @@ def scheme_a_table(res: "ColdStartResult") -> pd.DataFrame:
     rows = []
     for delay, g in d.groupby("scheme_a_delay_s"):
         rows.append({"user request at": f"+{fmt.duration(delay)} after restart", "n": len(g),
-                     "restart → ready": fmt_s(est(g["restart_ready_s"])),
-                     "restart → warm (preload done)": fmt_s(est(g["warm_after_s"])),
+                     "restart → ready": SECONDS.estimate(est(g["restart_ready_s"])),
+                     "restart → warm (preload done)": SECONDS.estimate(est(g["warm_after_s"])),
                      "preload done before the request": f"{g['preload_done_at_send'].mean():.0%}",
-                     "user request e2e": fmt_s(est(g["e2e_s"])), "user request TTFT": fmt_s(est(g["ttft_s"]))})
+                     "user request e2e": SECONDS.estimate(est(g["e2e_s"])),
+                     "user request TTFT": SECONDS.estimate(est(g["ttft_s"]))})
     return pd.DataFrame(rows).set_index("user request at")
 
 
@@ -496,9 +498,9 @@ def decomposition_chart(res: ColdStartResult):
 
     b = res.by_state
     series = [Series(comp, list(b["cache_state"]), [max(0.0, v) if pd.notna(v) else 0.0 for v in b[f"{comp}_s"]],
-                     text=[f"{comp}: {fmt.duration(v)} (n={int(n)})" for v, n in zip(b[f"{comp}_s"], b["n"])])
+                     text=[f"{comp}: {SECONDS.text(v)} (n={int(n)})" for v, n in zip(b[f"{comp}_s"], b["n"])])
               for comp in ("load", "prefill", "decode", "overhead")]
-    return Chart("bar", "Where the first request's time goes (medians)", "seconds",
+    return Chart("bar", "Where the first request's time goes (medians)", SECONDS.axis_label(),
                  "Median load, prefill, decode and overhead of the first request in each cache state, stacked",
                  series, stacked=True)
 
@@ -522,7 +524,7 @@ def limit_text(res: ColdStartResult) -> str:
     if L:
         return (f"Model file {fmt.size(L['model_bytes'])}; cold sequential read of the file itself "
                 f"{fmt.size(L['read_bandwidth_bytes_s'])}/s → load floor {fmt.duration(L['load_floor_s'])}; measured "
-                f"cold-disk load {fmt.estimate(L['cold_disk_load_s'])} = **{L['pct_of_limit']:.0f}% of the limit**.")
+                f"cold-disk load {SECONDS.estimate(L['cold_disk_load_s'])} = **{L['pct_of_limit']:.0f}% of the limit**.")
     return "No load floor: " + (bw.get("unknown_because") or "no cold_disk trials in this run") + "."
 
 
@@ -546,7 +548,7 @@ def _suspect(res: ColdStartResult) -> list[str]:
 
 def _versus(r: stats.Estimate, what: str) -> str:
     """How a ratio's CI reads: 'x× [lo, hi] the warm median' or that this n can't tell them apart."""
-    text = fmt_x(r)
+    text = RATIO.estimate(r)
     if r.has_ci and r.lo <= 1 <= r.hi:
         return f"{text} {what}: not distinguishable from it at this n"
     if not r.has_ci:
@@ -574,7 +576,7 @@ def conclusions(res: ColdStartResult) -> str:
         g = ok[ok["cache_state"] == st]
         if st == "warm_cached":
             lines.append(f"- Repeating a prompt the server has cached (**warm_cached**) takes {e2e.text()}: "
-                         f"{_versus(r, 'the warm median')}; its prefill is {fmt_s(est(g['prefill_s']))}.")
+                         f"{_versus(r, 'the warm median')}; its prefill is {SECONDS.estimate(est(g['prefill_s']))}.")
             continue
         if st == "first_after_load":
             lines.append(f"- The **first request after a load** (model resident, never used) takes {e2e.text()}: "
@@ -588,8 +590,8 @@ def conclusions(res: ColdStartResult) -> str:
     sp = res.splits
     if len(sp) and "server_runner_start_s" in sp and sp["server_runner_start_s"].notna().any():
         g = sp[sp["server_runner_start_s"].notna()]
-        lines.append(f"- The server's own log: the runner started in {fmt_s(est(g['server_runner_start_s']))}"
-                     + (f" and the first token came {fmt_s(est(g['server_ready_to_first_token_s']))} after it was "
+        lines.append(f"- The server's own log: the runner started in {SECONDS.estimate(est(g['server_runner_start_s']))}"
+                     + (f" and the first token came {SECONDS.estimate(est(g['server_ready_to_first_token_s']))} after it was "
                         "ready" if "server_ready_to_first_token_s" in g and g["server_ready_to_first_token_s"].notna().any()
                         else "") + ".")
     elif res.account is not None and res.account.why_empty:
@@ -608,7 +610,7 @@ def conclusions(res: ColdStartResult) -> str:
         L = res.limit
         lines.append(f"- Load floor: {fmt.size(L['model_bytes'])} at the measured "
                      f"{fmt.size(L['read_bandwidth_bytes_s'])}/s cold read = {fmt.duration(L['load_floor_s'])}; "
-                     f"the cold-disk load ({fmt_s(L['cold_disk_load_s'])}) runs at {L['pct_of_limit']:.0f}% of that "
+                     f"the cold-disk load ({SECONDS.estimate(L['cold_disk_load_s'])}) runs at {L['pct_of_limit']:.0f}% of that "
                      "limit, so " + ("reading the file is most of the load." if L["pct_of_limit"] > 50
                                      else "most of the load is not disk reading (allocation, set-up, warm-up)."))
     elif res.read_bandwidth and res.read_bandwidth.get("unknown_because"):
@@ -692,7 +694,7 @@ def answer(res: ColdStartResult) -> list[str]:
         what = {"cold_server": "after a server restart", "cold_memory": "with the model out of memory",
                 "cold_disk": "with the model file out of the page cache"}[cold_state]
         out.append(f"The first request {what} took {cold.link()}, "
-                   f"{ratio.link(fmt.ratio(ratio.value)) if ratio is not None else fmt.NA} a warm request "
+                   f"{ratio.link(RATIO.text(ratio.value)) if ratio is not None else fmt.NA} a warm request "
                    f"({warm.link()})" + ("." if ratio is not None and ratio.estimate.has_ci else
                                          ", too few requests for a CI of that ratio."))
         row = res.by_state[res.by_state["cache_state"] == cold_state] if len(res.by_state) else res.by_state
@@ -765,7 +767,7 @@ def _scheme_a_lines(res: ColdStartResult) -> list[str]:
         done = g["preload_done_at_send"].mean()
         line = (f"- **Scheme A** (restart, preload at start): a user request {fmt.duration(delay)} after the restart "
                 f"took {fig.text()}; the preload had finished before it in {done:.0%} of trials "
-                f"(restart → preload done {fmt_s(est(g['warm_after_s']))})")
+                f"(restart → preload done {SECONDS.estimate(est(g['warm_after_s']))})")
         if warm is not None:
             r = stats.ratio(fig.samples, warm.samples)
             line += f"; against a warm request ({warm.text()}) that is {_versus(r, 'as long')}"

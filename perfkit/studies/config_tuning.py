@@ -25,6 +25,7 @@ from perfkit.analysis.decisions import TARGET_EFFECT, best_of
 from perfkit.analysis.verdicts import MIN_REPLICATES
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core.units import BYTES, REQUESTS_PER_S, SECONDS, SHARE, TOKENS_PER_S
 from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list,
                                  settings_list, unique)
 from perfkit.core.settings import settings_label
@@ -370,7 +371,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                      "tpot_p50": ci_cell(est(col(steady, "tpot_s"))), "itl_p50": ci_cell(itl),
                      "decode_tok_s": est(col(steady, "decode_tok_s")).value,
                      "throughput_tok_s": tp.value, "throughput_lo": tp.lo, "throughput_hi": tp.hi,
-                     "throughput_text": F.format_estimate(tp, "rate"), "throughput_method": tp.method,
+                     "throughput_text": TOKENS_PER_S.estimate(tp), "throughput_method": tp.method,
                      "requests_s": S.request_rate(g),
                      "concurrency_achieved": chk.get("achieved_concurrency", math.nan),
                      "steady_window": bool(chk.get("steady", False)),
@@ -476,9 +477,9 @@ def latency_display(res: ConfigTuningResult) -> pd.DataFrame:
     if t.empty:
         return t
     return format_table(t, {"config": "setting", "concurrency": "clients", "n": "n (steady)",
-                            "ttft_p50_s": "TTFT p50 (ms)", "ttft_p90": "TTFT p90", "ttft_p99": "TTFT p99",
+                            "ttft_p50_s": "TTFT p50", "ttft_p90": "TTFT p90", "ttft_p99": "TTFT p99",
                             "burst_ttft_p50": "start-up burst TTFT p50", "tpot_p50": "TPOT p50", "itl_p50": "ITL p50"},
-                        ci={"ttft_p50_s": ("ttft_p50_lo", "ttft_p50_hi")}, scale={"ttft_p50_s": 1e3})
+                        ci={"ttft_p50_s": ("ttft_p50_lo", "ttft_p50_hi")}, units={"ttft_p50_s": SECONDS})
 
 
 def throughput_display(res: ConfigTuningResult) -> pd.DataFrame:
@@ -489,11 +490,12 @@ def throughput_display(res: ConfigTuningResult) -> pd.DataFrame:
     if t.empty:
         return t
     return format_table(t, {"config": "setting", "concurrency": "clients", "throughput_text": "output throughput",
-                            "requests_s": "requests/s", "goodput_rps": "goodput req/s",
-                            "concurrency_achieved": "achieved clients", "server_rss_max_bytes": "peak RSS (MiB)",
-                            "prompt_cached_share": "prompt from the server's cache (%)",
+                            "requests_s": "request rate", "goodput_rps": "goodput",
+                            "concurrency_achieved": "achieved clients", "server_rss_max_bytes": "peak RSS",
+                            "prompt_cached_share": "prompt from the server's cache",
                             "setting_applied": "all confirmed", "total_slots": "slots", "failed": "failed"},
-                        scale={"server_rss_max_bytes": 1 / 2**20, "prompt_cached_share": 100})
+                        units={"requests_s": REQUESTS_PER_S, "goodput_rps": REQUESTS_PER_S,
+                               "server_rss_max_bytes": BYTES, "prompt_cached_share": SHARE})
 
 
 def _cached_share(rows: pd.DataFrame) -> float:
@@ -535,13 +537,15 @@ def rates_display(res: ConfigTuningResult) -> pd.DataFrame:
     rt = res.rates
     if rt.empty:
         return rt
-    return format_table(rt, {"config": "setting", "rate_rps": "offered req/s",
-                             "scheduled_rate_rps": "this series' schedule req/s", "achieved_rate_rps": "achieved req/s",
+    rates = ("rate_rps", "scheduled_rate_rps", "achieved_rate_rps", "goodput_rps")
+    return format_table(rt, {"config": "setting", "rate_rps": "offered rate",
+                             "scheduled_rate_rps": "this series' scheduled rate", "achieved_rate_rps": "achieved rate",
                              "achieved_concurrency": "in flight", "n": "n", "failed": "failed",
                              "ttft_sched_p99": "TTFT p99 from schedule", "e2e_sched_p99": "e2e p99 from schedule",
-                             "goodput_rps": "goodput req/s", "meets_slo_share": "share in SLO",
+                             "goodput_rps": "goodput", "meets_slo_share": "share in SLO",
                              "kept_up_text": "did the server keep up? (capacity ÷ rate)",
-                             "verdict": "sustained?"})
+                             "verdict": "sustained?"},
+                        units={**dict.fromkeys(rates, REQUESTS_PER_S), "meets_slo_share": SHARE})
 
 
 def goodput_chart(res: ConfigTuningResult):
@@ -549,13 +553,14 @@ def goodput_chart(res: ConfigTuningResult):
     from perfkit.report.charts import Chart, Series
 
     rt = res.rates.sort_values("rate_rps")
-    series = [Series(cfg, [fmt.number(r) for r in g["rate_rps"]], list(g["goodput_rps"]),
-                     text=[f"goodput {fmt.number(v)} req/s of {fmt.number(r)} offered; {fmt.pct(s)} in SLO"
+    series = [Series(cfg, [fmt.number(r) for r in g["rate_rps"]], [REQUESTS_PER_S.plot(v) for v in g["goodput_rps"]],
+                     text=[f"goodput {REQUESTS_PER_S.text(v)} of {fmt.number(r)} offered; {SHARE.text(s)} in SLO"
                            for v, r, s in zip(g["goodput_rps"], g["rate_rps"], g["meets_slo_share"])])
               for cfg, g in rt.groupby("config", sort=False)]
-    return Chart("line", "Goodput against offered rate (SLOs from the parameters)", "requests/s meeting the SLOs",
+    return Chart("line", "Goodput against offered rate (SLOs from the parameters)",
+                 REQUESTS_PER_S.axis_label("goodput: requests meeting the SLOs"),
                  "Requests per second that met the SLOs at each offered open-loop rate, one line per setting", series,
-                 xlabel="offered requests/s")
+                 xlabel=REQUESTS_PER_S.axis_label("offered rate"))
 
 
 def settings_table(res: ConfigTuningResult) -> pd.DataFrame:
@@ -764,12 +769,12 @@ def answer(res: ConfigTuningResult) -> list[str]:
         above = no[no["rate_rps"] > top]["rate_rps"].min() if top is not None and len(no) else None
         slo = slo_text(res.slo or {})
         if top is not None:
-            out.append(f"**{who}** holds {f.link() if f else fmt.rate(top, 'req/s')} inside {slo}"
-                       + (f" and not {fmt.rate(above, 'req/s')}." if above is not None and math.isfinite(above)
+            out.append(f"**{who}** holds {f.link() if f else REQUESTS_PER_S.text(top)} inside {slo}"
+                       + (f" and not {REQUESTS_PER_S.text(above)}." if above is not None and math.isfinite(above)
                           else " (its limit lies above the rates tried)."))
         elif len(no):
             out.append(f"**{who}** held none of the rates tried inside {slo} (the lowest: "
-                       f"{fmt.rate(no['rate_rps'].min(), 'req/s')}).")
+                       f"{REQUESTS_PER_S.text(no['rate_rps'].min())}).")
     bad = [c for _, c in res.checks.iterrows() if c.get("all_applied") is False] if len(res.checks) else []
     if bad:
         out.append(f"⚠ {len(bad)} setting{'s were' if len(bad) != 1 else ' was'} not applied as asked (see below).")
@@ -802,7 +807,7 @@ def conclusions(res: ConfigTuningResult) -> str:
                      + "; ".join(f"**{r['config']}** {fmt.number(r['goodput_rps'])} of {fmt.number(r['requests_s'])}"
                                  for _, r in g.iterrows()) + ".")
     if not math.isnan(M["value"]):
-        lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {fmt.mib(M['value'])} "
+        lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {BYTES.text(M['value'])} "
                      f"(the largest sample over {M['n']} requests' windows; one reading per setting, no CI).")
     moved = t[t.get("client_moves", pd.Series(False, index=t.index)).astype("boolean").fillna(False).astype(bool)] if len(t) else t
     if len(moved):

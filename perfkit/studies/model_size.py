@@ -17,6 +17,7 @@ from perfkit.analysis.requests import (failures, measured, method_note, negative
                                        noisy_note, state_note)
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core.units import BYTES, RATIO, TOKENS_PER_S
 from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, unique
 from perfkit.measure.devices import record_devices
 from perfkit.measure.runner import plan as plan_trials
@@ -114,10 +115,10 @@ def _ratio_line(a: stats.Estimate, what: str) -> str | None:
     if not np.isfinite(a.value):
         return None
     if not a.has_ci:
-        return f"{fmt.estimate(a, 'ratio')} {what} (no CI at this n, so no claim either way)"
+        return f"{RATIO.estimate(a)} {what} (no CI at this n, so no claim either way)"
     if a.lo <= 1 <= a.hi:
-        return f"{fmt.estimate(a, 'ratio')} {what}, which this n does not distinguish from equal"
-    return f"{fmt.estimate(a, 'ratio')} {what}"
+        return f"{RATIO.estimate(a)} {what}, which this n does not distinguish from equal"
+    return f"{RATIO.estimate(a)} {what}"
 
 
 def answer(res: ModelSizeResult) -> list[str]:
@@ -169,13 +170,13 @@ def conclusions(res: ModelSizeResult) -> str:
     for m in (small, large):
         r = t.loc[m]
         if pd.notna(r.get("decode_pct_of_limit", np.nan)):
-            lim = (f", {r['decode_pct_of_limit']:.0f}% of the {fmt.rate(r['decode_limit_tok_s'])} limit its device's "
+            lim = (f", {r['decode_pct_of_limit']:.0f}% of the {TOKENS_PER_S.text(r['decode_limit_tok_s'])} limit its device's "
                    f"memory bandwidth allows ({r['bandwidth_source']})")
         else:
             lim = f"; its bandwidth limit is unknown, because {r.get('limit_unknown_because')}"
         size = fmt.size(r["file_bytes"]) if pd.notna(r["file_bytes"]) else "size unknown"
         if pd.notna(r.get("model_memory_bytes", np.nan)):
-            size += f", {fmt.mib(r['model_memory_bytes'])} resident"
+            size += f", {BYTES.text(r['model_memory_bytes'])} resident"
         quant = r["quantization"] if isinstance(r["quantization"], str) else "quantization unknown"
         lines.append(f"- **{m}** ({quant}, {fmt.count(r['parameters'])} parameters, {size}): loads in "
                      f"{_fig(res, 'load', m)}, warm TTFT {_fig(res, 'ttft', m)}, decodes at "

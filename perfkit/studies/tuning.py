@@ -33,6 +33,7 @@ from perfkit import kinds
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core import settings as SV
+from perfkit.core.units import BYTES, REQUESTS_PER_S, SECONDS
 from perfkit.core.errors import ConfigError
 from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict
 from perfkit.core.settings import known_conflicts, settings_label, validate_settings
@@ -619,7 +620,7 @@ def analyze(ctx: StudyContext) -> TuningResult:
                   "beaten by the leader")
         rows.append({"setting": key, "looks": d["looks"], "n": len(measured(r)),
                      "objective": fig.text() if fig is not None else "—", "value": fig.value if fig else math.nan,
-                     "inside the SLOs": fmt.pct(slo_share(c, r)), "peak RSS": fmt.mib(peak_rss(r)),
+                     "inside the SLOs": fmt.pct(slo_share(c, r)), "peak RSS": BYTES.text(peak_rss(r)),
                      "settings confirmed": {True: "yes", False: "no", None: "—"}.get(d.get("all_applied"), "—"),
                      "status": status})
     table = pd.DataFrame(rows)
@@ -821,15 +822,19 @@ def pareto_charts(res: TuningResult) -> list:
         pts.append((key, rate, float(pd.to_numeric(g["ttft_s"]).median()), peak_rss(g), len(g)))
     if not pts:
         return []
-    lat = [Series(k, [r], [t], text=[f"{fmt.number(r)} req/s, TTFT {fmt.duration(t)} (n={n})"]) for k, r, t, _, n in pts]
-    mem = [Series(k, [r], [m / 2**20 if math.isfinite(m) else None],
-                  text=[f"{fmt.number(r)} req/s, peak RSS {fmt.mib(m)}"]) for k, r, _, m, _ in pts]
-    return [Chart("scatter", "Each candidate: time to first token against the request rate", "median TTFT (s)",
+    lat = [Series(k, [r], [SECONDS.plot(t)], text=[f"{REQUESTS_PER_S.text(r)}, TTFT {SECONDS.text(t)} (n={n})"])
+           for k, r, t, _, n in pts]
+    mem = [Series(k, [r], [BYTES.plot(m)], text=[f"{REQUESTS_PER_S.text(r)}, peak RSS {BYTES.text(m)}"])
+           for k, r, _, m, _ in pts]
+    rate = REQUESTS_PER_S.axis_label("request rate, median")
+    return [Chart("scatter", "Each candidate: time to first token against the request rate",
+                  SECONDS.axis_label("median TTFT"),
                   "One point per candidate setting: its median TTFT against the request rate its clients sustained; "
-                  "down and to the right is better", lat, xlabel="requests/s (median)", legend_title="setting"),
-            Chart("scatter", "Each candidate: peak server memory against the request rate", "peak RSS (MiB)",
+                  "down and to the right is better", lat, xlabel=rate, legend_title="setting"),
+            Chart("scatter", "Each candidate: peak server memory against the request rate",
+                  BYTES.axis_label("peak RSS"),
                   "One point per candidate setting: its server's peak resident memory against the request rate its "
-                  "clients sustained", mem, xlabel="requests/s (median)", legend_title="setting")]
+                  "clients sustained", mem, xlabel=rate, legend_title="setting")]
 
 
 def res_concurrency(res: TuningResult) -> int:
@@ -881,7 +886,7 @@ def conclusions(res: TuningResult) -> str:
         f = cold["cold_e2e"]
         lines.append(f"- Warmup: with the tuned settings the first request after a restart takes {f.text()} against "
                      f"{fmt.duration(cold['warm_e2e_s'])} for a warm one at the stated clients (loading the model: "
-                     f"{fmt.duration(cold['load_s'])}); keeping it loaded costs {fmt.mib(cold['rss_bytes'])} of server "
+                     f"{fmt.duration(cold['load_s'])}); keeping it loaded costs {BYTES.text(cold['rss_bytes'])} of server "
                      "memory. Preload it at start "
                      f"and set {SV.name_of(SV.KEEP_ALIVE)} long enough to span your idle gaps (or -1) if that memory is free. "
                      f"A proxy in front needs `proxy_read_timeout` ≥ {cold['proxy_read_timeout_s']} s (three times "

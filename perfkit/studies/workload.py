@@ -19,6 +19,7 @@ from perfkit.analysis.requests import attempted, ci_cell, col, est, failures, me
 from perfkit.analysis.verdicts import compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core.units import RATIO, SECONDS
 from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, settings_list
 from perfkit.core.settings import settings_label
 from perfkit.report import load
@@ -341,14 +342,14 @@ def _later_vs_first(res: WorkloadResult, cfg: str, users: int) -> str:
         return (f"no later turn had {MIN_TURN_N} requests outside the start burst to compare with the first"
                 if users else "")
     last, a, b = pair
-    row = compare_samples(col(a, "ttft_s").tolist(), col(b, "ttft_s").tolist(), "lower", kind="duration")
+    row = compare_samples(col(a, "ttft_s").tolist(), col(b, "ttft_s").tolist(), "lower")
     r = row.ratio
-    base = (f"turn {last + 1}'s TTFT ({F.format_estimate(est(col(b, 'ttft_s')), 'duration')}) against turn 1 of the "
-            f"same conversations ({F.format_estimate(est(col(a, 'ttft_s')), 'duration')})"
+    base = (f"turn {last + 1}'s TTFT ({SECONDS.estimate(est(col(b, 'ttft_s')))}) against turn 1 of the "
+            f"same conversations ({SECONDS.estimate(est(col(a, 'ttft_s')))})"
             + (", the start burst left out" if users > 1 else ""))
     if not math.isfinite(r.value) or not r.has_ci:
         return f"{base}: too few requests per turn for a CI of their ratio"
-    ratio = f"{fmt.ratio(r.value)} [{fmt.ratio(r.lo)}, {fmt.ratio(r.hi)}]"
+    ratio = RATIO.ci(r.value, r.lo, r.hi)
     if r.lo > 1:
         return f"{base}: **later turns are slower**, {ratio} (Hodges–Lehmann, 95% CI)"
     if r.hi < 1:

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from perfkit.analysis import stats
-from perfkit.analysis.requests import ci_cell, est, fmt_x
+from perfkit.analysis.requests import ci_cell, est
+from perfkit.core.units import RATIO
 from perfkit.client.backends import Sampling
 
 from ..phase_run import PhaseRun
@@ -144,7 +145,7 @@ def _misses(misses: pd.DataFrame, hits: pd.DataFrame) -> CacheMisses | None:
     if not len(misses):
         return None
     return CacheMisses(ci_cell(est(misses["ttft_s"])), ci_cell(est(misses["e2e_s"])),
-                       fmt_x(stats.ratio(misses["e2e_s"], hits["e2e_s"])) if len(hits) else None)
+                       RATIO.estimate(stats.ratio(misses["e2e_s"], hits["e2e_s"])) if len(hits) else None)
 
 
 def _sampled(ok: pd.DataFrame, v: pd.Series) -> SampledAnswers | None:

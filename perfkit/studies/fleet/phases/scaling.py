@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from perfkit.analysis import figures as F, series as S, stats
+from perfkit.analysis import series as S, stats
 from perfkit.analysis.requests import ci_cell, est, measured
+from perfkit.core.units import TOKENS_PER_S
 
 from ..phase_run import PhaseRun
 from ..records import phase_rows
@@ -54,7 +55,7 @@ def _series_row(c: int, target: str, g_all: pd.DataFrame, chk: dict[str, Any]) -
     tp = S.throughput(g, chk)
     return {"clients_per_server": c, "target": target, "clients": int(g_all["concurrency"].iloc[0]),
             "n": len(steady), "n_series": len(g_all), "failed": int(len(g_all) - len(g)), "tok_s": tp.value,
-            "tok_s_lo": tp.lo, "tok_s_hi": tp.hi, "tok_s_text": F.format_estimate(tp, "rate"), "estimate": tp,
+            "tok_s_lo": tp.lo, "tok_s_hi": tp.hi, "tok_s_text": TOKENS_PER_S.estimate(tp), "estimate": tp,
             "ttft_p50": ci_cell(est(steady["ttft_s"])), "ttft_p90": ci_cell(est(S.censored(steady_all, "ttft_s"), "p90")),
             "ttft_p99": ci_cell(est(S.censored(steady_all, "ttft_s"), "p99")),
             "e2e_p50": ci_cell(est(steady["e2e_s"])), "e2e_p99": ci_cell(est(S.censored(steady_all, "e2e_s"), "p99")),
