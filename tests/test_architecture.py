@@ -30,7 +30,8 @@ def test_the_registry_is_the_only_list_of_studies():
 
 
 # Each server kind's folder and the names that are its own (a kind is named only there; documentation anywhere).
-KIND_FOLDERS = {"ollama": ("ollama",), "llamacpp": ("llama",), "openai": ("openai",), "vllm": ("vllm",)}
+# Ollama's own programs and log lines say "llama" (ollama_llama_server, "llama runner started"): its vocabulary.
+KIND_FOLDERS = {"ollama": ("ollama", "llama"), "llamacpp": ("llama",), "openai": ("openai",), "vllm": ("vllm",)}
 KIND_NAME = re.compile("|".join(n for names in KIND_FOLDERS.values() for n in names), re.I)
 MAX_MODULE_LINES = 700
 

@@ -1,10 +1,9 @@
 """A local inference server seen from its own host: which process listens, its runners, their settings.
 
-Everything here reads the process table (psutil, ``/proc``); nothing talks to the server. Ollama's
-server is ``ollama serve``; each loaded model runs in a child process (the runner) whose command
-line names the model file and, in older versions, the settings. llama.cpp's ``llama-server`` in
-router mode spawns one child ``llama-server`` per loaded model. Processes are found by the port
-they listen on and by parentage, never by name, since names vary by install.
+Everything here reads the process table (psutil, ``/proc``); nothing talks to the server. A server runs each
+loaded model in a child process (the runner) whose command line names the model file and often the settings;
+the command-line shapes a server kind's runners have are registered by the kind (:func:`register_runner`).
+Processes are found by the port they listen on and by parentage, never by name, since names vary by install.
 """
 
 from __future__ import annotations
@@ -18,13 +17,44 @@ from pathlib import Path
 
 import psutil
 
-# Executables whose command lines we understand. Matched by basename so that wrappers in front
-# (numactl, taskset, an interpreter running a script named like the server) don't hide them.
-_OLLAMA_EXES = {"ollama", "ollama.exe"}
-_OLLAMA_LLAMA_SERVER_EXES = {"ollama_llama_server", "ollama_llama_server.exe"}  # Ollama < 0.4
-_LLAMA_SERVER_EXES = {"llama-server", "llama-server.exe", "llama_server"}
 
-# Short and alias spellings of llama.cpp / Ollama runner flags mapped to one long name, so callers
+
+@dataclass(frozen=True)
+class RunnerShape:
+    """A runner's command line as a server kind writes it: one of ``exes`` (basenames, so that wrappers in front —
+    numactl, taskset, an interpreter — don't hide it), followed by the word ``then`` where there is one; the
+    runner is ``kind``, or ``kind_with_flag`` when ``flag`` is among its arguments."""
+
+    exes: frozenset[str]
+    kind: str
+    then: str | None = None
+    flag: str | None = None
+    kind_with_flag: str | None = None
+
+    def match(self, argv: list[str], i: int) -> tuple[str, int] | None:
+        """(the runner's kind, where its flags start) when ``argv[i]`` begins this shape; None otherwise."""
+        if Path(argv[i].replace("\\", "/")).name.lower() not in self.exes:
+            return None
+        start = i + 1
+        if self.then is not None:
+            if i + 1 >= len(argv) or argv[i + 1] != self.then:
+                return None
+            start = i + 2
+        kind = self.kind_with_flag if self.flag is not None and self.flag in argv[start:] else self.kind
+        return kind, start
+
+
+_SHAPES: list[RunnerShape] = []
+
+
+def register_runner(shape: RunnerShape) -> None:
+    """A runner command line a server kind understands (at its import)."""
+    if shape not in _SHAPES:
+        _SHAPES.append(shape)
+
+
+# Short and alias spellings of the llama.cpp runtime's flags (which runners of several kinds take) mapped to one
+# long name, so callers
 # look up one key whatever spelling the command line used.
 _FLAG_ALIASES = {
     "-m": "--model",
@@ -48,9 +78,6 @@ _FLAG_ALIASES = {
     "-lv": "--log-verbosity",
     "--verbosity": "--log-verbosity",
 }
-
-RUNNER_KINDS = ("ollama-runner", "ollama-engine-runner", "llama-server", "unknown")
-
 
 @dataclass
 class RunnerArgv:
@@ -111,31 +138,17 @@ def _parse_flags(args: list[str]) -> dict[str, str]:
 
 
 def parse_runner_argv(argv: list[str]) -> RunnerArgv:
-    """Classify a command line and pull out the model file and flags.
-
-    Shapes understood: ``ollama runner --model BLOB --ctx-size N ... --port P`` (``ollama-runner``),
-    ``ollama runner --ollama-engine --model BLOB --port P`` (``ollama-engine-runner``: settings go over
-    the port, not the command line), Ollama < 0.4's ``ollama_llama_server --model ...`` (``ollama-runner``)
-    and llama.cpp's ``llama-server -m FILE -c N -np N -fa on -ctk q8_0 -ngl 99 -t 8`` (``llama-server``),
-    with ``--flag=value`` forms too. Anything in front of the executable (an interpreter, numactl) is skipped.
-    """
+    """Classify a command line by the registered runner shapes and pull out the model file and flags
+    (``--flag=value`` forms too). Anything in front of the executable (an interpreter, numactl) is skipped; a
+    command line of no known shape is ``unknown``, its flags read from its first argument on."""
     argv = [str(a) for a in argv]
-    kind = "unknown"
-    start = len(argv)
-    for i, a in enumerate(argv):
-        base = Path(a.replace("\\", "/")).name.lower()
-        if base in _OLLAMA_EXES and i + 1 < len(argv) and argv[i + 1] == "runner":
-            rest = argv[i + 2:]
-            kind = "ollama-engine-runner" if "--ollama-engine" in rest else "ollama-runner"
-            start = i + 2
+    kind, start = "unknown", 1
+    for i in range(len(argv)):
+        found = next((m for m in (sh.match(argv, i) for sh in _SHAPES) if m is not None), None)
+        if found is not None:
+            kind, start = found
             break
-        if base in _OLLAMA_LLAMA_SERVER_EXES:
-            kind, start = "ollama-runner", i + 1
-            break
-        if base in _LLAMA_SERVER_EXES:
-            kind, start = "llama-server", i + 1
-            break
-    flags = _parse_flags(argv[start:]) if kind != "unknown" else _parse_flags(argv[1:])
+    flags = _parse_flags(argv[start:])
     model = flags.get("--model") or None
     port = None
     if flags.get("--port", "").isdigit():

@@ -1,35 +1,19 @@
-"""The server's own account of a run: Ollama's and llama-server's log lines, parsed into events.
+"""The server's own account of a run: its log lines, parsed into events.
 
 A client sees a slow first request; the server's log says why (runner spawn, weights load, partial
 GPU offload, a setting that did not apply). This module turns log lines into ``LogEvent``s with
 times in epoch seconds, and reads only the part of a log written during a run (``LogSource``).
 
-Formats understood (all leniently; unknown lines give None, never an exception):
-
-* Ollama's slog text lines: ``time=2026-11-24T10:00:00.123Z level=INFO source=server.go:398 msg="..." k=v``
-  (server/routes.go "server config" and "Listening on", llm/server.go "starting llama server" /
-  "starting runner", llm/llama_server.go "starting llama-server" (v0.30+), "... started in N seconds",
-  "model load progress", sched.go "loaded runners", the scheduler's unload messages).
-  Also the Go ``log`` form Ollama writes before its own handler is set up
-  (``2026/11/24 10:00:00 routes.go:1187: INFO server config env="map[...]"``, local time).
-* GIN request lines: ``[GIN] 2026/02/21 - 12:10:32 | 200 |  2m38s |  127.0.0.1 | POST  "/api/chat"``
-  (local time, no zone, whole seconds; written when the request ends).
-* llama.cpp lines, bare inside Ollama's log (``load_tensors: offloaded 81/81 layers to GPU``,
-  older ``llm_load_tensors:``; Ollama < 0.4's ``INFO [main] model loaded | ... timestamp=EPOCH``) or in
-  llama-server's own log. There ``--log-timestamps`` prints only together with ``--log-prefix``:
-  ``0.00.035.060 I srv  main: ...`` is minutes.seconds.milliseconds.microseconds since that process's
-  logger started (common/log.cpp: ``t_us() - t_start``), a clock relative to process start, not wall
-  time. A router forwards its child's stderr as ``[PORT] <child line>`` with no stamp of its own, so
-  child lines carry the child's own relative clock. ``load_tensors``/buffer lines need ``-lv 4``
-  (default verbosity 3 hides them; Ollama passes ``--log-verbosity 4`` for the same reason).
-* Source prefixes: journald (``short``, ``short-iso``, ``short-precise``), docker compose
-  (``ollama-1  | ``), docker ``--timestamps`` (``2026-11-24T10:00:00.123456789Z ``).
+The line grammars are each server kind's (a :class:`LineFormat` it registers); this module reads what every log
+shares, leniently (unknown lines give None, never an exception): the source prefixes of journald (``short``,
+``short-iso``, ``short-precise``), docker compose (``NAME-1  | ``) and docker ``--timestamps``
+(``2026-11-24T10:00:00.123456789Z ``), the Go forms many servers write (durations, maps, slog attributes),
+perfkit's own start marks, relative stamps put on the wall clock, and a line without a time inheriting the last.
 """
 
 from __future__ import annotations
 
 import abc
-import json
 import os
 import re
 import shlex
@@ -89,43 +73,43 @@ _MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct N
 
 
 @dataclass
-class _Prefix:
+class Prefix:
     rest: str
     time_unix_s: float | None = None
     resolution_s: float | None = None
 
 
-def _local_ts(dt: datetime, local_tz: tzinfo | None) -> float:
+def local_ts(dt: datetime, local_tz: tzinfo | None) -> float:
     """Epoch seconds of a naive local time: in ``local_tz``, or the machine's zone when None."""
     if local_tz is not None:
         return dt.replace(tzinfo=local_tz).timestamp()
     return dt.timestamp()  # naive datetime: Python applies the machine's local zone
 
 
-def _iso_ts(text: str, local_tz: tzinfo | None) -> float | None:
+def iso_ts(text: str, local_tz: tzinfo | None) -> float | None:
     try:
         dt = datetime.fromisoformat(text.replace(",", "."))
     except ValueError:
         return None
-    return dt.timestamp() if dt.tzinfo else _local_ts(dt, local_tz)
+    return dt.timestamp() if dt.tzinfo else local_ts(dt, local_tz)
 
 
-def _split_prefix(line: str, local_tz: tzinfo | None = None, year: int | None = None) -> _Prefix:
+def split_prefix(line: str, local_tz: tzinfo | None = None, year: int | None = None) -> Prefix:
     line = _ANSI.sub("", line.rstrip("\r\n"))
-    p = _Prefix(line)
+    p = Prefix(line)
     m = _JOURNAL_ISO.match(line)
     if m:
-        p = _Prefix(line[m.end():], _iso_ts(m["ts"], local_tz), None if re.search(r"[.,]\d", m["ts"]) else 1.0)
+        p = Prefix(line[m.end():], iso_ts(m["ts"], local_tz), None if re.search(r"[.,]\d", m["ts"]) else 1.0)
     else:
         m = _JOURNAL_SHORT.match(line)
         if m:
-            p = _Prefix(line[m.end():], _journal_short_ts(m, local_tz, year), None if m["frac"] else 1.0)
+            p = Prefix(line[m.end():], _journal_short_ts(m, local_tz, year), None if m["frac"] else 1.0)
     m = _COMPOSE.match(p.rest)
     if m:
         p.rest = p.rest[m.end():]
     m = _DOCKER_TS.match(p.rest)
     if m:
-        t = _iso_ts(m["ts"], local_tz)
+        t = iso_ts(m["ts"], local_tz)
         p.rest = p.rest[m.end():]
         if p.time_unix_s is None and t is not None:
             p.time_unix_s, p.resolution_s = t, None
@@ -141,10 +125,10 @@ def _journal_short_ts(m: re.Match, local_tz: tzinfo | None, year: int | None) ->
         dt = datetime(y, _MONTHS[m["mon"]], int(m["day"]), hh, mm, ss)
     except ValueError:
         return None
-    t = _local_ts(dt, local_tz) + frac
+    t = local_ts(dt, local_tz) + frac
     # journald's short format has no year: a December line read in January belongs to last year.
     if not explicit and t > time.time() + 86400:
-        t = _local_ts(dt.replace(year=y - 1), local_tz) + frac
+        t = local_ts(dt.replace(year=y - 1), local_tz) + frac
     return t
 
 
@@ -165,15 +149,11 @@ def naive_times_zone(lines: Iterable[str]) -> tuple[tzinfo | None, int]:
     for ln in lines:
         if not _zoned_prefix(ln):
             continue
-        pre = _split_prefix(ln, timezone.utc)
-        mg, mo = _GIN.match(pre.rest), _GOLOG.match(pre.rest)
-        if pre.time_unix_s is None or not (mg or mo):
+        pre = split_prefix(ln, timezone.utc)
+        stamp = next((t for t in (f.naive_time(pre.rest) for f in _FORMATS) if t is not None), None)
+        if pre.time_unix_s is None or stamp is None:
             continue
-        fmt_ = "%Y/%m/%d - %H:%M:%S" if mg else "%Y/%m/%d %H:%M:%S"
-        try:
-            naive = datetime.strptime((mg or mo)["ts"], fmt_).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            continue
+        naive = stamp.replace(tzinfo=timezone.utc).timestamp()
         offsets.append(round((naive - pre.time_unix_s) / 900) * 900)
     if not offsets:
         return None, 0
@@ -187,7 +167,7 @@ def naive_times_zone(lines: Iterable[str]) -> tuple[tzinfo | None, int]:
 def strip_prefix(line: str) -> str:
     """The line as the server wrote it: without a journald, docker compose or docker --timestamps prefix
     (and without terminal colour codes)."""
-    return _split_prefix(line).rest
+    return split_prefix(line).rest
 
 
 # --- Go value formats -----------------------------------------------------------------------------
@@ -259,7 +239,7 @@ _GO_ESCAPES = {"a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": 
                "\\": b"\\", '"': b'"', "'": b"'"}
 
 
-def _go_unquote(q: str) -> str:
+def go_unquote(q: str) -> str:
     """The string a Go ``strconv.Quote`` literal stands for (slog quotes values that need it)."""
     body = q[1:-1] if len(q) >= 2 and q[0] == q[-1] == '"' else q
     out = bytearray()
@@ -297,7 +277,7 @@ def _go_unquote(q: str) -> str:
 _SLOG_PAIR = re.compile(r'\s*(?P<key>"(?:[^"\\]|\\.)*"|[^\s="]+)=(?P<val>"(?:[^"\\]|\\.)*"|\S*)')
 
 
-def _slog_attrs(text: str) -> dict[str, str]:
+def slog_attrs(text: str) -> dict[str, str]:
     attrs: dict[str, str] = {}
     pos = 0
     while pos < len(text):
@@ -309,9 +289,9 @@ def _slog_attrs(text: str) -> dict[str, str]:
             pos = nxt
             continue
         key = m["key"]
-        key = _go_unquote(key) if key.startswith('"') else key
+        key = go_unquote(key) if key.startswith('"') else key
         val = m["val"]
-        attrs[key] = _go_unquote(val) if val.startswith('"') else val
+        attrs[key] = go_unquote(val) if val.startswith('"') else val
         pos = m.end()
     return attrs
 
@@ -321,7 +301,7 @@ _BYTES_PER = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 <
               "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
 
 
-def _mib(text: str) -> float | None:
+def mib(text: str) -> float | None:
     """Ollama's format.HumanBytes2 ("16.3 GiB", "512 MiB", "0 B") in MiB."""
     m = _HUMAN_BYTES.match(text or "")
     if not m:
@@ -329,7 +309,7 @@ def _mib(text: str) -> float | None:
     return float(m[1]) * _BYTES_PER[m[2]] / (1 << 20)
 
 
-def _split_cmd(cmd: str) -> list[str]:
+def split_cmd(cmd: str) -> list[str]:
     try:
         # Windows paths (C:\Users\...) lose their backslashes in POSIX mode.
         if re.search(r"(^|\s)[A-Za-z]:\\", cmd):
@@ -354,295 +334,90 @@ class LogEvent:
 
 
 @dataclass
-class _Parsed:
+class Parsed:
     event: LogEvent | None
     time_unix_s: float | None = None  # wall time the line itself (or its source prefix) carries
-    rel_s: float | None = None        # llama.cpp --log-timestamps: seconds since its process started
+    rel_s: float | None = None        # a relative log stamp: seconds since the writing process started
     instance_port: int | None = None  # router-forwarded child line: the child's port
     extra: dict[str, Any] = field(default_factory=dict)
+    fmt: Any = None  # the LineFormat that read the line
 
 
-_GIN = re.compile(
-    r"^\[GIN\] (?P<ts>\d{4}/\d{2}/\d{2} - \d{2}:\d{2}:\d{2}) \|\s*(?P<status>\d{3})\s*\|\s*(?P<lat>[^|]*?)\s*\|"
-    r"\s*(?P<client>[^|]*?)\s*\|\s*(?P<method>[A-Za-z]+)\s+(?P<path>\".*\"|\S+)\s*$"
-)
-_GOLOG = re.compile(
-    r"^(?P<ts>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})(?P<frac>\.\d+)? (?:(?P<src>[\w.-]+\.go:\d+): )?(?P<msg>.*)$"
-)
-# llama.cpp's --log-prefix/--log-timestamps ("M.SS.mmm.uuu L "), after a router's "[PORT] " for child lines.
-_LLAMA_PREFIX = re.compile(
-    r"^(?:\[\s*(?P<port>\d+)\] )?(?:(?P<ts>\d+\.\d{2}\.\d{3}\.\d{3}) )?(?:(?P<lvl>[IWED]) (?=\S))?"
-)
-_EXT_SERVER = re.compile(r"^(?P<lvl>INFO|WARN|ERROR|DEBUG|VERB) \[(?P<fn>[^\]]*)\] (?P<msg>.*?)(?: \| (?P<kv>.*))?$")
-
-_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_BUFFER = re.compile(
-    r"^(?P<fn>[A-Za-z_][A-Za-z0-9_]*):\s+(?P<dev>\S+)\s+(?:(?P<what>model|KV|compute|output|RS)\s+)?"
-    r"buffer size\s*=\s*(?P<mib>[\d.]+)\s*MiB"
-)
-_GPU_INIT = re.compile(r"ggml_(?P<be>cuda|vulkan|sycl|metal|hip|musa|cann)\w*: found (?P<n>\d+) (?P<name>\S+) devices?")
-_GPU_DEVICE = re.compile(
-    r"^\s*Device (?P<i>\d+): (?P<name>.+?)(?:, compute capability (?P<cc>[\d.]+))?(?:, VMM: (?P<vmm>\w+))?"
-    r"(?:, ID: (?P<id>\S+))?\s*$"
-)
-_USING_DEVICE = re.compile(
-    r"using device (?P<dev>\S+) \((?P<name>.*?)\)(?: \((?P<pci>[^)]*)\))? - (?P<free>\d+) MiB free"
-)
-_LOAD_BACKEND = re.compile(r"load_backend: loaded (?P<be>\S+) backend from (?P<path>.+)$")
-_TIMING = re.compile(
-    r"(?P<phase>prompt eval|eval|total) time =\s*(?P<ms>[\d.]+) ms /\s*(?P<n>\d+) (?:tokens|runs)"
-    r"(?:\s*\(\s*(?P<mspt>[\d.]+) ms per token,\s*(?P<tps>[\d.]+|inf|nan) tokens per second\))?"
-)
-_SLOT = re.compile(r"id\s+(?P<slot>-?\d+) \| task (?P<task>-?\d+) \|")
-_SRV = re.compile(r"^(?P<who>srv|slot|que|cmn|spec|mtd|res)\s+(?P<fn>\S+): (?P<msg>.*)$")
-_STARTED_IN = re.compile(r"(?:llama runner|llama-server|runner) started in (?P<s>[\d.]+) seconds")
-_LOAD_PROGRESS = re.compile(r"model load progress (?P<p>[\d.]+)")
-_LISTENING = re.compile(r"Listening on (?P<addr>\S+)(?: \(version (?P<ver>[^)]*)\))?")
-_TIMED_OUT = re.compile(r"timed out waiting for (?:llama runner|llama-server|runner) to start")
-_PROGRESS_IN = re.compile(r"progress (?P<p>[\d.]+)")
-_SPAWN = re.compile(r"spawning server instance with name=(?P<name>\S+) on port (?P<port>\d+)")
-_UNLOAD_MSGS = (
+# Phrases servers log when a model is being unloaded (a kind adds its own spellings in its format).
+UNLOAD_MESSAGES = (
     "timer expired, expiring to unload", "gone idle, expiring to unload", "runner expired event received",
-    "shutting down runner", "stopping llama-server", "llama-server stopped", "sending an unloaded event",
-    "unload completed", "evicting", "stopping model instance", "removing LRU", "server is entering sleeping state",
-    "expiring loaded models",
+    "shutting down runner", "sending an unloaded event", "unload completed", "evicting", "stopping model instance",
+    "removing LRU", "server is entering sleeping state", "expiring loaded models",
 )
+# What a log line says a runner was started with, from its command line (any kind's shape, see procs).
+OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
-def _fields_runner_start(cmd: str, argv: list[str] | None = None) -> dict[str, Any]:
-    argv = argv if argv is not None else _split_cmd(cmd)
+def fields_runner_start(cmd: str, argv: list[str] | None = None) -> dict[str, Any]:
+    argv = argv if argv is not None else split_cmd(cmd)
     r = parse_runner_argv(argv)
     return {"cmd": cmd, "argv": argv, "model_path": r.model_path, "flags": r.flags, "runner_kind": r.kind,
             "port": r.port}
 
 
-def _from_msg(msg: str, attrs: dict[str, str], level: str | None) -> tuple[str, dict[str, Any]] | None:
-    """Kind and fields of an Ollama message (slog ``msg`` or an old Go log line's text)."""
-    lvl = (level or "").upper()
-    if msg == "server config":
-        return "server_config", {"env": parse_go_map(attrs.get("env", ""))}
-    m = _LISTENING.search(msg)
-    if m and msg.startswith("Listening on"):
-        return "server_listening", {"address": m["addr"], "version": m["ver"]}
-    if msg in ("starting llama server", "starting runner", "starting llama-server") and "cmd" in attrs:
-        return "runner_start", _fields_runner_start(attrs["cmd"])
-    if msg.startswith("waiting for llama runner to start responding") or msg.startswith(
-            "waiting for llama-server to start responding"):
-        return "runner_waiting", {}
-    m = _LOAD_PROGRESS.search(msg)
-    if m:
-        return "load_progress", {"progress": float(m["p"])}
-    m = _STARTED_IN.search(msg)
-    if m:
-        return "runner_ready", {"seconds": float(m["s"])}
-    everything = " ".join([msg, *attrs.values()])
-    if _TIMED_OUT.search(everything):
-        p = _PROGRESS_IN.search(everything)
-        return "load_timeout", {"level": lvl or "ERROR", "msg": msg, "error": attrs.get("error"),
-                                "progress": float(p["p"]) if p else None}
-    if msg == "offload" or msg.startswith("offload to "):
-        if "layers.offload" in attrs and "layers.model" in attrs:
-            try:
-                return "offload", {"layers_gpu": int(attrs["layers.offload"]),
-                                   "layers_total": int(attrs["layers.model"]), "stage": "planned",
-                                   "library": attrs.get("library") or msg.removeprefix("offload to ").strip() or None}
-            except ValueError:
-                pass
-    m = _OFFLOADED.search(msg)
-    if m:
-        return "offload", {"layers_gpu": int(m[1]), "layers_total": int(m[2]), "stage": "actual"}
-    if msg in ("model weights", "kv cache", "compute graph") and "device" in attrs:
-        kind = {"model weights": "model_buffer", "kv cache": "kv_cache", "compute graph": "compute_buffer"}[msg]
-        return kind, {"device": attrs["device"], "mib": _mib(attrs.get("size", ""))}
-    if msg == "inference compute":
-        idx = attrs.get("id", "")
-        return "gpu_device", {"index": int(idx) if idx.isdigit() else None, "id": idx or None,
-                              "name": attrs.get("name") or attrs.get("description"),
-                              "library": attrs.get("library"), "compute": attrs.get("compute"),
-                              "total_mib": _mib(attrs.get("total", "")),
-                              "available_mib": _mib(attrs.get("available", ""))}
-    if msg == "loaded runners" and attrs.get("count", "").isdigit():
-        return "runners_loaded", {"count": int(attrs["count"])}
-    if any(s in msg for s in _UNLOAD_MSGS):
-        name = next((attrs[k] for k in ("runner.name", "model", "modelPath", "runner.model") if attrs.get(k)), None)
-        return "unload", {"reason": msg, "name": name}
-    if lvl.startswith("WARN"):
-        return "warning", {"level": "WARN", "msg": msg}
-    if lvl.startswith("ERR"):
-        return "error", {"level": "ERROR", "msg": msg, "error": attrs.get("error")}
-    return None
+NOT_MINE = object()  # a format's answer for a line that is not in its format
 
 
-def _from_llama(text: str, level: str | None) -> tuple[str, dict[str, Any]] | None:
-    """Kind and fields of a llama.cpp line (after any timestamp / level prefix)."""
-    m = _OFFLOADED.search(text)
-    if m:
-        return "offload", {"layers_gpu": int(m[1]), "layers_total": int(m[2]), "stage": "actual"}
-    m = _BUFFER.match(text)
-    if m:
-        what = m["what"] or "model"  # llm_load_tensors' old "CUDA0 buffer size" lines are weights
-        kind = {"model": "model_buffer", "KV": "kv_cache"}.get(what, "compute_buffer")
-        return kind, {"device": m["dev"], "mib": float(m["mib"]), "buffer": what, "source": m["fn"]}
-    m = _GPU_INIT.search(text)
-    if m:
-        return "gpu_init", {"backend": m["name"], "count": int(m["n"])}
-    m = _GPU_DEVICE.match(text)
-    if m:
-        return "gpu_device", {"index": int(m["i"]), "name": m["name"], "compute_capability": m["cc"],
-                              "vmm": m["vmm"], "id": m["id"]}
-    m = _USING_DEVICE.search(text)
-    if m:
-        d = re.search(r"(\d+)$", m["dev"])
-        return "gpu_device", {"index": int(d[1]) if d else None, "device": m["dev"], "name": m["name"],
-                              "pci": m["pci"], "free_mib": float(m["free"])}
-    m = _LOAD_BACKEND.search(text)
-    if m:
-        return "backend_loaded", {"backend": m["be"], "path": m["path"].strip()}
-    m = _TIMING.search(text)
-    if m:
-        s = _SLOT.search(text)
-        tps = m["tps"]
-        return "timing", {"phase": m["phase"].replace(" ", "_"), "ms": float(m["ms"]), "tokens": int(m["n"]),
-                          "ms_per_token": float(m["mspt"]) if m["mspt"] else None,
-                          "tokens_per_s": float(tps) if tps else None,
-                          "slot": int(s["slot"]) if s else None, "task": int(s["task"]) if s else None}
-    srv = _SRV.match(text)
-    msg = srv["msg"].strip() if srv else text.strip()
-    if srv:
-        if msg == "model loaded":
-            return "model_loaded", {}
-        m = re.match(r"loading model '(?P<p>.*)'$", msg)
-        if m:
-            return "model_loading", {"model_path": m["p"]}
-        m = re.match(r"listening on (?P<addr>\S+)", msg)
-        if m:
-            return "server_listening", {"address": m["addr"], "version": None}
-        m = _SPAWN.search(msg)
-        if m:
-            # The argv follows on the next lines ("spawning server instance with args:"); parse() adds it.
-            return "runner_start", {"name": m["name"], "port": int(m["port"]), "cmd": None, "argv": [],
-                                    "model_path": None, "flags": {}, "runner_kind": "llama-server"}
-        m = re.search(r"instance name=(?P<name>\S+) exited with status (?P<st>-?\d+)", msg)
-        if m:
-            return "runner_exit", {"name": m["name"], "exit_status": int(m["st"])}
-        m = re.search(r"proxying request to model (?P<name>\S+) on port (?P<port>\d+)", msg)
-        if m:
-            return "request_proxied", {"name": m["name"], "port": int(m["port"])}
-        if any(s in msg for s in _UNLOAD_MSGS):
-            m = re.search(r"name=(?P<name>\S+)", msg)
-            return "unload", {"reason": msg, "name": m["name"] if m else None}
-    if level == "W":
-        return "warning", {"level": "WARN", "msg": msg}
-    if level == "E":
-        return "error", {"level": "ERROR", "msg": msg}
-    return None
+class LineFormat(abc.ABC):
+    """One log-line grammar a server kind writes (registered by the kind, :func:`register_format`).
+
+    ``parse`` reads the line's text (its source prefix gone: ``pre``), may set ``res``'s times
+    (``time_unix_s``, ``rel_s``, ``instance_port``) and ``extra`` fields (``time_resolution_s``), and returns
+    ``(kind, fields)`` for an event, None for a line of its format that says nothing tracked, or ``NOT_MINE``.
+    ``catch_all``: a grammar that accepts any line (tried after every other)."""
+
+    catch_all = False
+
+    @abc.abstractmethod
+    def parse(self, text: str, pre: Prefix, res: Parsed, extra: dict[str, Any], local_tz: tzinfo | None) -> Any:
+        ...
+
+    def naive_time(self, text: str) -> datetime | None:
+        """The zone-less local time a line of this format carries (None: it carries none, or one with a zone)."""
+        return None
+
+    def collects(self, ev: LogEvent) -> bool:
+        """Whether ``ev`` takes the lines that follow it (a runner's argv printed one argument a line)."""
+        return False
+
+    def continues(self, ev: LogEvent, raw: str, parsed: Parsed) -> bool:
+        """Whether ``raw`` belongs to the collecting ``ev`` (then it is added and consumed)."""
+        return False
+
+    def finish(self, ev: LogEvent) -> None:
+        """Complete ``ev`` once its lines are collected."""
 
 
-def _parse(line: str, local_tz: tzinfo | None, year: int | None) -> _Parsed:
-    pre = _split_prefix(line, local_tz, year)
+_FORMATS: list[LineFormat] = []
+
+
+def register_format(fmt: LineFormat) -> None:
+    """A log-line grammar (at a kind's import); catch-all grammars are tried last."""
+    if not any(type(f) is type(fmt) for f in _FORMATS):
+        _FORMATS.append(fmt)
+        _FORMATS.sort(key=lambda f: f.catch_all)
+
+
+def _parse(line: str, local_tz: tzinfo | None, year: int | None) -> Parsed:
+    pre = split_prefix(line, local_tz, year)
     text = pre.rest
-    res = _Parsed(None, pre.time_unix_s)
+    res = Parsed(None, pre.time_unix_s)
     fields_extra: dict[str, Any] = {}
     if pre.resolution_s:
         fields_extra["time_resolution_s"] = pre.resolution_s
-    kf: tuple[str, dict[str, Any]] | None = None
-
-    if text.startswith("time="):
-        attrs = _slog_attrs(text)
-        t = _iso_ts(attrs.get("time", ""), local_tz)
-        if t is not None:
-            res.time_unix_s = t
-            fields_extra.pop("time_resolution_s", None)
-        level = attrs.get("level")
-        msg = attrs.get("msg", "")
-        kf = _from_msg(msg, attrs, level)
-        if kf:
-            kf[1].setdefault("level", level)
-            kf[1]["source"] = attrs.get("source")
-            kf[1]["attrs"] = attrs
-    elif text.startswith("[GIN]"):
-        m = _GIN.match(text)
-        try:
-            dt = datetime.strptime(m["ts"], "%Y/%m/%d - %H:%M:%S") if m else None
-        except ValueError:  # an impossible date: not a line GIN wrote
-            m = dt = None
-        if m:
-            # GIN writes local time without a zone, whole seconds, when the request *ends*. A source
-            # prefix (journald, docker --timestamps) stamped the same moment with a zone and often
-            # finer: keep that one.
-            if pre.time_unix_s is None:
-                res.time_unix_s = _local_ts(dt, local_tz)
-                fields_extra["time_resolution_s"] = 1.0
-            try:
-                lat = parse_go_duration(m["lat"])
-            except ValueError:
-                lat = None
-            path = m["path"]
-            kf = ("request", {"status": int(m["status"]), "latency_s": lat, "client": m["client"],
-                              "method": m["method"].upper(),
-                              "path": _go_unquote(path) if path.startswith('"') else path})
+    kf = None
+    for fmt in _FORMATS:
+        kf = fmt.parse(text, pre, res, fields_extra, local_tz)
+        if kf is not NOT_MINE:
+            res.fmt = fmt
+            break
     else:
-        mg = _GOLOG.match(text)
-        try:
-            gdt = datetime.strptime(mg["ts"], "%Y/%m/%d %H:%M:%S") if mg else None
-        except ValueError:  # an impossible date: not a line Go's log package wrote
-            mg = gdt = None
-        if mg:
-            # Ollama before slog (2023): Go's log package, local time.
-            if pre.time_unix_s is None:  # as for GIN: a source prefix's time has a zone
-                res.time_unix_s = _local_ts(gdt, local_tz) + (float(mg["frac"]) if mg["frac"] else 0.0)
-                if not mg["frac"]:
-                    fields_extra["time_resolution_s"] = 1.0
-            # slog's default handler before Ollama installs its own: "INFO server config env=..." with
-            # the message unquoted up to the first key=value.
-            ml = re.match(r"^(?P<lvl>DEBUG|INFO|WARN|ERROR)(?:[+-]\d+)? (?P<rest>.*)$", mg["msg"])
-            level, rest = (ml["lvl"], ml["rest"]) if ml else (None, mg["msg"])
-            kv = re.search(r" [A-Za-z_][\w.]*=", rest) if ml else None
-            msg, attrs = (rest[:kv.start()], _slog_attrs(rest[kv.start():])) if kv else (rest, {})
-            kf = _from_msg(msg.strip(), attrs, level)
-            if kf:
-                kf[1].setdefault("level", level)
-                kf[1]["source"] = mg["src"]
-                kf[1]["attrs"] = attrs
-        elif text.startswith("{") and '"timestamp"' in text:
-            # Ollama's old embedded llama.cpp server logged JSON with epoch seconds.
-            try:
-                obj = json.loads(text)
-            except ValueError:
-                obj = None
-            if isinstance(obj, dict):
-                if isinstance(obj.get("timestamp"), (int, float)):
-                    res.time_unix_s = float(obj["timestamp"])
-                    fields_extra["time_resolution_s"] = 1.0
-                if obj.get("msg") == "model loaded":
-                    kf = ("model_loaded", {})
-        else:
-            lp = _LLAMA_PREFIX.match(text)
-            body = text[lp.end():] if lp else text
-            if lp and lp["port"]:
-                res.instance_port = int(lp["port"])
-                # A forwarded child line carries the child's own prefix, if any.
-                lp2 = _LLAMA_PREFIX.match(body)
-                if lp2 and (lp2["ts"] or lp2["lvl"]):
-                    lp, body = lp2, body[lp2.end():]
-            if lp and lp["ts"]:
-                mins, secs, ms, us = (int(x) for x in lp["ts"].split("."))
-                res.rel_s = round(mins * 60 + secs + ms / 1e3 + us / 1e6, 6)
-            level = lp["lvl"] if lp else None
-            me = _EXT_SERVER.match(body)
-            if me:
-                # Old Ollama ext_server: 'INFO [main] model loaded | tid="..." timestamp=1718100000'
-                kv = _slog_attrs(me["kv"] or "")
-                if kv.get("timestamp", "").isdigit():
-                    res.time_unix_s = float(kv["timestamp"])
-                    fields_extra["time_resolution_s"] = 1.0
-                if me["msg"].strip() == "model loaded":
-                    kf = ("model_loaded", {})
-            else:
-                kf = _from_llama(body, level)
-                if kf and level:
-                    kf[1].setdefault("level", {"I": "INFO", "W": "WARN", "E": "ERROR", "D": "DEBUG"}[level])
-
+        kf = None
     if kf:
         kind, fields = kf
         fields.update(fields_extra)
@@ -670,21 +445,6 @@ def parse_line(line: str, *, local_tz: tzinfo | None = None, year: int | None = 
         return None
 
 
-_ARG_LINE = re.compile(r"^srv\s+\S+:   (?P<arg>.*)$")
-
-
-def _finish_spawn(ev: LogEvent) -> None:
-    """Fill a router's runner_start from the argv lines collected after it."""
-    argv = ev.fields["argv"]
-    if not argv:
-        return
-    f = _fields_runner_start(shlex.join(argv), argv)
-    if f["runner_kind"] == "unknown":
-        f["runner_kind"] = "llama-server"
-    f["port"] = ev.fields.get("port") or f["port"]
-    ev.fields.update(f)
-
-
 def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | None = None,
           t0_wall_unix_s: float | None = None) -> list[LogEvent]:
     """Events of a whole log, in order.
@@ -705,7 +465,8 @@ def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | N
     events: list[LogEvent] = []
     last_t: float | None = None
     spawn_rel_s: dict[int, float] = {}  # child port → router-relative time of its spawn line
-    collecting: LogEvent | None = None  # runner_start waiting for its args block
+    collecting: LogEvent | None = None  # an event waiting for the lines that complete it
+    collecting_fmt: LineFormat | None = None
     for raw in lines:
         started = marks.started_at(raw)
         if started is not None:
@@ -719,16 +480,11 @@ def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | N
             continue
         ev = p.event
 
-        # The router prints its child's argv one argument a line after the spawn line.
+        # An event whose format prints more of it on the lines that follow (a router's child argv).
         if collecting is not None:
-            body = _LLAMA_PREFIX.sub("", strip_prefix(raw), count=1)
-            if body.rstrip().endswith("spawning server instance with args:"):
+            if collecting_fmt.continues(collecting, raw, p):
                 continue
-            ma = _ARG_LINE.match(body)
-            if ma and p.instance_port is None:
-                collecting.fields["argv"].append(ma["arg"].strip())
-                continue
-            _finish_spawn(collecting)
+            collecting_fmt.finish(collecting)
             collecting = None
 
         wall = p.time_unix_s
@@ -744,8 +500,8 @@ def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | N
                     wall = t0_wall_unix_s + router_t_s
                     if ev is not None:
                         ev.fields["t0_estimated"] = True
-        if ev is not None and ev.kind == "runner_start" and ev.fields.get("cmd") is None and "port" in ev.fields:
-            collecting = ev
+        if ev is not None and p.fmt is not None and p.fmt.collects(ev):
+            collecting, collecting_fmt = ev, p.fmt
             if p.rel_s is not None and p.instance_port is None:
                 spawn_rel_s[ev.fields["port"]] = p.rel_s
         if wall is not None:
@@ -763,7 +519,7 @@ def parse(lines: Iterable[str], *, local_tz: tzinfo | None = None, year: int | N
         if ev is not None:
             events.append(ev)
     if collecting is not None:
-        _finish_spawn(collecting)
+        collecting_fmt.finish(collecting)
     return events
 
 

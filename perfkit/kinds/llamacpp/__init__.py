@@ -14,14 +14,19 @@ from perfkit.core import host, settings as S
 from perfkit.core.errors import ConfigError
 from perfkit.kinds.base import ServerKind
 from perfkit.sampling import exposition
+from perfkit.servers import procs
 from perfkit.sampling.exposition import Series
 from perfkit.kinds.llamacpp.client import LlamaServerBackend
 from perfkit.kinds.llamacpp.control import EngineControl
 from perfkit.kinds.llamacpp import commands, models
+from perfkit.kinds.llamacpp import logformat  # noqa: F401  (registers its log lines)
 from perfkit.kinds.llamacpp.engine import ENGINE_LOG_ARGS, ENGINE_PACKAGE, Engine
 from perfkit.kinds.llamacpp.flags import to_flags
 
 host.register_engine_dist(ENGINE_PACKAGE)
+# llama-server -m FILE -c N -np N -fa on -ctk q8_0 -ngl 99 -t 8 (the router's child per model, or a user's own)
+procs.register_runner(procs.RunnerShape(frozenset({"llama-server", "llama-server.exe", "llama_server"}),
+                                        "llama-server"))
 # llama-server --metrics (router mode: per model, /metrics?model=NAME)
 exposition.register([
     Series("llamacpp:requests_processing", "server_requests_running", "server"),
@@ -107,4 +112,4 @@ class Embedded(LlamaServer):
         return LlamaServerBackend.from_engine(engine)
 
 
-__all__ = ["Embedded", "EngineControl", "LlamaServer", "LlamaServerBackend", "ENGINE_LOG_ARGS"]
+__all__ = ["Embedded", "logformat", "EngineControl", "LlamaServer", "LlamaServerBackend", "ENGINE_LOG_ARGS"]

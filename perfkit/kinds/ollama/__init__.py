@@ -11,9 +11,18 @@ from perfkit import kinds
 from perfkit.client.probe import ProbeSpec
 from perfkit.core import settings as S
 from perfkit.kinds.base import ServerKind
+from perfkit.servers import procs
+from perfkit.kinds.ollama import logformat  # noqa: F401  (registers its log lines)
 from perfkit.kinds.ollama import settings as ollama_settings
 from perfkit.kinds.ollama.client import OllamaBackend, canonical_name, keep_alive_value
 from perfkit.kinds.ollama.control import LocalOllamaControl, ollama_control, restore_pending
+
+# ``ollama runner --model BLOB --ctx-size N … --port P``; with ``--ollama-engine`` the settings go over the port,
+# not the command line; Ollama < 0.4 ran ``ollama_llama_server --model …``.
+procs.register_runner(procs.RunnerShape(frozenset({"ollama", "ollama.exe"}), "ollama-runner", then="runner",
+                                        flag="--ollama-engine", kind_with_flag="ollama-engine-runner"))
+procs.register_runner(procs.RunnerShape(frozenset({"ollama_llama_server", "ollama_llama_server.exe"}),
+                                        "ollama-runner"))
 
 
 def _identify(body: dict, shown: str, status: int) -> str:
@@ -76,4 +85,4 @@ class Ollama(ServerKind):
         return super().create_backend(url, **opts)  # type: ignore[return-value]
 
 
-__all__ = ["Ollama", "OllamaBackend", "LocalOllamaControl", "keep_alive_value", "ollama_control", "restore_pending"]
+__all__ = ["Ollama", "logformat", "OllamaBackend", "LocalOllamaControl", "keep_alive_value", "ollama_control", "restore_pending"]
