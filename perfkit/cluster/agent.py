@@ -25,6 +25,7 @@ from perfkit.cluster.remote import METHODS, AgentExtras, RemoteMethod, serve
 from perfkit.core import host
 from perfkit.core.children import identity, owner_alive
 from perfkit.core.clock import now_ns
+from perfkit.servers.serverlog import source_of
 from perfkit.servers.control.base import Killable, RestartInfo, Unknown
 
 RESOURCE_HOST = "perfkit-host:"  # a server host's node joins with {"perfkit-host:NAME": 1}
@@ -80,7 +81,7 @@ class HostAgent(AgentExtras):
 
         kind = kinds.get(spec["kind"])
         ctl, self.backend, recovered = kind.open_on_host(spec, settings, log_path=self.dir / "server.log",
-                                                         log=_log_source(spec.get("server_log")),
+                                                         log=source_of(spec.get("server_log")),
                                                          where=f"host {self.name} ({platform.node()})")
         self.control = ctl
         if recovered is not None:
@@ -194,14 +195,3 @@ def _remove_stale_dirs() -> None:
             continue  # being created right now
         if not owner_alive(owner):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _log_source(spec: dict | None):
-    if not spec:
-        return None
-    from perfkit.core.clock import parse_tz
-    from perfkit.servers.serverlog import CommandLogSource, FileLogSource
-
-    if spec.get("file"):
-        return FileLogSource(spec["file"])
-    return CommandLogSource(spec["command"], local_tz=parse_tz(spec["tz"]) if spec.get("tz") else None)

@@ -23,19 +23,8 @@ from perfkit.core.store import RunStore
 from perfkit.measure.runner import Runner
 from perfkit.sampling import Monitor
 from perfkit.servers.control import HostView, PrefixCacheReset, WallClock
+from perfkit.servers.serverlog import source_of
 RESTORE_RECORD = "restore.json"  # how to give a user's server its own settings back, while perfkit has changed them
-
-
-def log_source(spec):
-    """The server log named in the parameters (a file, or a command such as journalctl), or None."""
-    if spec is None:
-        return None
-    from perfkit.core.clock import parse_tz
-    from perfkit.servers.serverlog import CommandLogSource, FileLogSource
-
-    if spec.file:
-        return FileLogSource(spec.file)
-    return CommandLogSource(spec.command, local_tz=parse_tz(spec.tz) if spec.tz else None)
 
 
 @dataclass
@@ -116,7 +105,7 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
                                            "ready_timeout_s": b.ready_timeout_s}, merged if settings else {})
         backend = kind.create_backend(b.url, engine=engine, headers=b.headers, endpoint=b.endpoint,
                                       restart_command=b.restart_command,
-                                      log=log_source(b.server_log) if agent is None else None,
+                                      log=source_of(b.server_log) if agent is None else None,
                                       ready_timeout_s=b.ready_timeout_s, control=agent)
         if agent is None:
             backend.control.restore_record = store.dir / RESTORE_RECORD

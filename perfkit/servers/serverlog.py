@@ -535,6 +535,19 @@ def line_time(line: str, *, local_tz: tzinfo | None = None, year: int | None = N
 # --- where the log is -----------------------------------------------------------------------------
 
 
+def source_of(spec: Any) -> "LogSource | None":
+    """The server log a parameter file names (``backend.server_log``: a file, or a command such as journalctl;
+    the model or its plain-data form as it travels to an agent), or None."""
+    if not spec:
+        return None
+    from perfkit.core.clock import parse_tz
+
+    get = spec.get if isinstance(spec, dict) else lambda k: getattr(spec, k)
+    if get("file"):
+        return FileLogSource(get("file"))
+    return CommandLogSource(get("command"), local_tz=parse_tz(get("tz")) if get("tz") else None)
+
+
 class LogSource(abc.ABC):
     """A server log perfkit can read the new part of: ``m = src.mark()`` before a run,
     ``src.read_since(m)`` after it gives only the lines written in between (prefixes stripped)."""
