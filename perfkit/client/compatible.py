@@ -135,6 +135,14 @@ class CompatibleBackend(Backend):
         self.target.close()
 
 
+def serving(what: str) -> Callable[[dict, str, int], str]:
+    """A probe's reading of ``GET /v1/models``: '<what> at URL serving m1, m2' (see ``perfkit.client.probe``)."""
+    def identify(body: dict, shown: str, status: int) -> str:
+        models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
+        return f"{what} at {shown} serving {', '.join(models) or 'no model'}"
+    return identify
+
+
 def sse_parser(rec: RequestRecord, parts: list[str], *, chat: bool = True,
                on_obj: Callable[[dict], None] | None = None) -> Callable[[str, int], bool]:
     """A line parser for OpenAI-style SSE (``data: {...}``, ``data: [DONE]``), llama-server's included:

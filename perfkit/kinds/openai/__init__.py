@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from perfkit import kinds
-from perfkit.client.compatible import CompatibleBackend
+from perfkit.client.compatible import CompatibleBackend, serving
 from perfkit.client.probe import ProbeSpec
 from perfkit.kinds.base import ServerKind
 
@@ -13,20 +13,16 @@ class OpenAIBackend(CompatibleBackend):
     name = "openai"
 
 
-def identify_models(body: dict, shown: str, status: int) -> str:
-    models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
-    return f"an OpenAI-compatible server at {shown} serving {', '.join(models) or 'no model'}"
-
-
 @kinds.register
 class OpenAI(ServerKind):
     name = "openai"
     title = "an OpenAI-compatible server"
     backend = OpenAIBackend
-    probe = ProbeSpec("/v1/models", "an OpenAI-compatible API", "the server", identify_models, strip_suffix="/v1")
+    probe = ProbeSpec("/v1/models", "an OpenAI-compatible API", "the server", serving("an OpenAI-compatible server"),
+                      strip_suffix="/v1")
     keys = frozenset({"endpoint"})
     order = 40
     generic = True
 
 
-__all__ = ["OpenAI", "OpenAIBackend", "identify_models"]
+__all__ = ["OpenAI", "OpenAIBackend"]

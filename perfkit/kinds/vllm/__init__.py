@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from perfkit import kinds
-from perfkit.client.compatible import CompatibleBackend
+from perfkit.client.compatible import CompatibleBackend, serving
 from perfkit.client.probe import ProbeSpec
 from perfkit.kinds.base import ServerKind
 from perfkit.sampling import exposition
@@ -69,17 +69,12 @@ class VllmBackend(CompatibleBackend):
         return [f"{self.url}/metrics"]
 
 
-def _identify(body: dict, shown: str, status: int) -> str:
-    models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
-    return f"a vLLM server at {shown} serving {', '.join(models) or 'no model'}"
-
-
 @kinds.register
 class Vllm(ServerKind):
     name = "vllm"
     title = "vLLM"
     backend = VllmBackend
-    probe = ProbeSpec("/v1/models", "a vLLM server's /v1 API", "vllm serve", _identify,
+    probe = ProbeSpec("/v1/models", "a vLLM server's /v1 API", "vllm serve", serving("a vLLM server"),
                       strip_suffix="/v1")
     keys = frozenset({"endpoint"})
     order = 45
