@@ -17,6 +17,8 @@ from perfkit.core import host
 from perfkit.core.clock import utc_now
 from perfkit.core.errors import PerfkitError
 from perfkit.core.clock import now_ns
+from perfkit.core.events import (AgentClosed, ClockAnchor, RestoreFailed, ServerLogKept, ServerRecovered,
+                                  ServerRestarted, ServerRestored)
 from perfkit.core.schema import BackendParams, SamplingParams, TelemetryParams, Timeouts
 from perfkit.core.settings import validate_settings
 from perfkit.core.store import RunStore
@@ -76,7 +78,7 @@ class Session:
         merged = {**self.base_settings, **settings}
         info = self.control.restart(merged)
         self.settings = merged
-        self.store.event("restart", settings=merged, **info.as_dict())
+        self.store.emit(ServerRestarted(settings=merged, **info.as_dict()))
 
 
 @contextmanager
@@ -129,13 +131,13 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
             backend.control.restore_record = store.dir / RESTORE_RECORD
             recovered = backend.control.recover()  # a run that died left it on its settings: theirs first
             if recovered is not None:
-                store.event("server_recovered", **recovered.as_dict())
+                store.emit(ServerRecovered(**recovered.as_dict()))
             if engine is None and settings and backend.control.can_restart():
                 backend.control.restart(merged)
         log = backend.control.log_source()
         # The engine's log is this session's own file: keep it from its first line (its start marks).
         log_mark = (0 if engine is not None else log.mark()) if log else None
-        store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
+        store.emit(ClockAnchor(wall_unix_s=time.time(), t_ns=now_ns()))
         pids = backend.control.server_pids
         host_view = getattr(backend.control, "view", None)  # the server's own host sampled there (an agent)
         telemetry = telemetry_samplers(target, engine if server_metrics else None, models)
@@ -166,15 +168,15 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
             try:
                 info = backend.control.restore()
                 if info:
-                    store.event("restore", **info.as_dict())
+                    store.emit(ServerRestored(**info.as_dict()))
             except Exception as e:  # noqa: BLE001 - recorded; the measured data is safe already
-                store.event("restore_failed", error=str(e))
+                store.emit(RestoreFailed(error=str(e)))
         store.write_manifest(ended_utc=utc_now(), sampling_unavailable=monitor.unavailable if monitor else {},
                              **({"sampling_sources": monitor.sources()} if monitor else {}))
         if backend is not None:
             backend.close()
         if agent is not None:
-            store.event("agent_closed", host=b.host, **cluster.release(b.host))
+            store.emit(AgentClosed(host=b.host, **cluster.release(b.host)))
         if engine is not None:
             engine.stop()
 
@@ -221,20 +223,20 @@ def _keep_server_log(store: RunStore, backend: Backend, mark) -> None:
     """Append the server log written during the session to ``server.log`` in the store (read at analysis)."""
     log = backend.control.log_source()
     if log is None:
-        store.event("server_log", available=False, why=backend.control.why_not_local()
-                    if not backend.control.is_local else "no server log was given (backend.server_log)")
+        store.emit(ServerLogKept(available=False, why=backend.control.why_not_local()
+                                 if not backend.control.is_local else "no server log was given (backend.server_log)"))
         return
     try:
         lines = log.read_since(mark)
     except Exception as e:  # noqa: BLE001 - a missing log never costs the measured data
-        store.event("server_log", available=False, why=f"reading {log.describe()} failed: {e}")
+        store.emit(ServerLogKept(available=False, why=f"reading {log.describe()} failed: {e}"))
         return
     with open(store.dir / "server.log", "a") as f:
         f.writelines(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
     clock = getattr(backend.control, "clock", None)  # a log written on another host: its wall clock's offset
-    store.event("server_log", available=True, source=log.describe(), lines=len(lines),
-                **({"wall_offset_s": clock.wall_offset_s, "clock_uncertainty_s": clock.uncertainty_ns * 1e-9}
-                   if clock is not None else {}))
+    store.emit(ServerLogKept(available=True, source=log.describe(), lines=len(lines),
+                             wall_offset_s=clock.wall_offset_s if clock is not None else None,
+                             clock_uncertainty_s=clock.uncertainty_ns * 1e-9 if clock is not None else None))
 
 
 def write_manifest(store: RunStore, *, backend: Backend | None = None, engine: Engine | None = None,
