@@ -161,7 +161,7 @@ name: hostsfleet
 @pytest.mark.parametrize("cluster,api,match", [
     ("", "ollama", r"studies\.fleet\.hosts: servers on other hosts are driven by perfkit's agent on each host: add a "
                    r"cluster: section"),
-    ("cluster: {address: auto}\n", "openai", r"hosts: the agents drive Ollama servers; set api: ollama"),
+    ("cluster: {address: auto}\n", "openai", r"hosts: perfkit.s agents drive ollama servers; set api to one of them"),
     ("cluster: {address: 'nowhere'}\n", "ollama", r"cluster\.address.*use auto, HOST:PORT"),
     ("cluster: {address: auto, clients: [c1, c1]}\n", "ollama", r"cluster\.clients.*c1"),
 ])

@@ -73,7 +73,8 @@ def _series(store: RunStore, series: str, conc: int, ttft: float, gap: float, bu
                      "itl_s": [gap] * 9, "output_tokens": 10, "output_tokens_source": "server", "decode_tok_s": 1 / gap})
         t = times[-1] if i % conc == conc - 1 else t
     store.extend_trials(rows)
-    store.event("series_done", series=series, attempt=0, steady=False, client_client_bound=True,
+    store.event("series_done", series=series, attempt=0, t_start_ns=rows[0]["t_send_ns"],
+                t_end_ns=max(r["t_end_ns"] for r in rows), steady=False, client_client_bound=True,
                 client_loop_busy=busy, client_loop_lag_p99_s=lag, client_loop_lag_max_s=lag,
                 client_reason="client-bound: figures unreliable (loop thread 90% busy)")
 

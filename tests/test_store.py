@@ -55,7 +55,7 @@ def test_manifest_merge_dataframes_and_parquet(tmp_path):
     s = RunStore(tmp_path)
     s.write_manifest(a=1)
     s.write_manifest(b=2)
-    assert s.manifest() == {"a": 1, "b": 2}
+    assert s.manifest() == {"a": 1, "b": 2, "store_format": 2}  # the manifest says its format
     s.append_trial({"trial_id": "x", "itl_s": [0.1, 0.2], "ok": True})
     s.append_samples([{"t_ns": 1, "source": "system", "host_cpu_pct": 5.0}])
     s.event("resume", skipped=1)

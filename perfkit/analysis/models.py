@@ -12,17 +12,14 @@ from perfkit.analysis import figures as F, stats
 from perfkit.analysis.series import censored
 from perfkit.analysis.requests import attempted, est, measured, per_request_itl
 from perfkit.core import fmt
+from perfkit.core.events import DeviceFound, records_of
 from perfkit.core.units import BYTES, SECONDS, TOKENS_PER_S
 from perfkit.core.store import RunStore
 
 
 def device_events(events: pd.DataFrame) -> dict[str, dict]:
     """model → its last ``device`` event (where it runs, its bandwidth, its resident memory)."""
-    if events.empty or "kind" not in events or not (events["kind"] == "device").any():
-        return {}
-    dev = events[events["kind"] == "device"]
-    return {m: {k: v for k, v in g.iloc[-1].to_dict().items() if not (isinstance(v, float) and pd.isna(v))}
-            for m, g in dev.groupby("model", sort=False)}
+    return {r["model"]: r for r in records_of(events, DeviceFound)}  # in order: a model's last one wins
 
 
 def model_figures(study: str, df: pd.DataFrame, events: pd.DataFrame, models: list[str],
@@ -114,8 +111,7 @@ def per_model(store: RunStore, df: pd.DataFrame, models: list[str]) -> pd.DataFr
     and energy per token."""
     ok = measured(df)
     facts = store.manifest().get("models", {})
-    ev = store.events()
-    dev = ev[ev["kind"] == "device"] if len(ev) and (ev["kind"] == "device").any() else None
+    dev = device_events(store.events())
     rows = []
     for m in models:
         warm, cold = ok[(ok["variant"] == m) & (ok["cache_state"] == "warm")], ok[(ok["variant"] == m) & (ok["cache_state"] != "warm")]
@@ -132,7 +128,7 @@ def per_model(store: RunStore, df: pd.DataFrame, models: list[str]) -> pd.DataFr
             # Ollama counts cached prompt tokens but times only uncached ones: only an upper bound exists.
             row["prefill_tok_s_max"] = est(warm["prefill_tok_s_max"]).value
         row["itl_p50"] = SECONDS.estimate(est(per_request_itl(warm, "median")))
-        d = dev[dev["model"] == m].iloc[-1].to_dict() if dev is not None and (dev["model"] == m).any() else {}
+        d = dev.get(m, {})
         row["model_memory_bytes"] = d.get("model_memory_bytes")
         row["model_vram_bytes"] = d.get("model_vram_bytes")
         row["device"] = d.get("device")

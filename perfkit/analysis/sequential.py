@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from perfkit.analysis import stats
 
 ANSWERED, BUDGET, LAST_LOOK = "answered", "budget", "last look"  # why measuring stopped
-EVENT = "sequential"  # the store event that records the looks taken, one per measured question
 
 
 @dataclass(frozen=True)

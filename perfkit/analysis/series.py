@@ -14,6 +14,7 @@ from scipy import stats as _st
 
 from perfkit.analysis import stats
 from perfkit.core import fmt
+from perfkit.core.events import SeriesDone, SeriesResources, events_of
 
 # A figure moves by at most the client's error (its event-loop lag, p99); below this share of the figure
 # that error can't change what the figure says.
@@ -73,18 +74,14 @@ def _pace(times_ns: pd.Series) -> float:
 
 def series_checks(events: pd.DataFrame) -> dict[str, dict]:
     """series name → its last completed attempt's steady window and client self-check (series_done event)."""
-    if events.empty or "series" not in events or "kind" not in events:
-        return {}
-    done = events[events["kind"] == "series_done"].drop_duplicates("series", keep="last")
+    done = events_of(events, SeriesDone).drop_duplicates("series", keep="last")
     return {r["series"]: r.dropna().to_dict() for _, r in done.iterrows()}
 
 
 def series_resources(events: pd.DataFrame) -> dict[str, dict]:
     """series name → what its whole window saw (the GPUs, the server's host, the server's own metrics: the
     ``series_resources`` event of its last attempt), NaN-free."""
-    if events.empty or "series" not in events or "kind" not in events:
-        return {}
-    res = events[events["kind"] == "series_resources"].drop_duplicates("series", keep="last")
+    res = events_of(events, SeriesResources).drop_duplicates("series", keep="last")
     return {r["series"]: r.dropna().to_dict() for _, r in res.iterrows()}
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from perfkit.core import settings as S
 from perfkit.servers import marks
 from perfkit.core.clock import parse_tz
+from perfkit.core.events import ClockAnchor, ServerLogKept, events_of, last_of
 from perfkit.servers.serverlog import LogEvent, naive_times_zone, parse
 
 # Kinds worth a row in the report's timeline (progress lines and per-buffer details are summarised).
@@ -123,23 +124,20 @@ def load_account(study_dir: str | Path, events: pd.DataFrame, trials: pd.DataFra
     ``wall_offset_s``: the server host's wall clock − this one's (a server on another host, its offset measured)."""
     study_dir = Path(study_dir)
     acc = ServerAccount()
-    if len(events) and "kind" in events and (events["kind"] == "clock").any():
-        c = events[events["kind"] == "clock"].iloc[0]
-        if not wall_offset_s and "wall_offset_s" in events and (events["kind"] == "server_log").any():
+    clocks, logs = events_of(events, ClockAnchor), events_of(events, ServerLogKept)
+    if len(clocks):
+        c = clocks.iloc[0]
+        if not wall_offset_s:
             # A log kept from another host (an agent's): its wall clock's measured offset from this one.
-            off = events.loc[events["kind"] == "server_log", "wall_offset_s"].dropna()
+            off = logs["wall_offset_s"].dropna()
             wall_offset_s = float(off.iloc[-1]) if len(off) else 0.0
-            if len(off) and "clock_uncertainty_s" in events:
-                u = events.loc[events["kind"] == "server_log", "clock_uncertainty_s"].dropna()
+            if len(off):
+                u = logs["clock_uncertainty_s"].dropna()
                 acc.host_clock_uncertainty_s = float(u.iloc[-1]) if len(u) else None
         acc.anchor = (float(c["wall_unix_s"]) + wall_offset_s, int(c["t_ns"]))
     path = study_dir / "server.log"
     if not path.exists():
-        why = "no server log was recorded"
-        if len(events) and "kind" in events and (events["kind"] == "server_log").any():
-            e = events[events["kind"] == "server_log"].iloc[-1]
-            why = e.get("why") or why
-        acc.why_empty = why
+        acc.why_empty = (last_of(events, ServerLogKept) or {}).get("why") or "no server log was recorded"
         return acc
     lines = path.read_text(errors="replace").splitlines()
     local_tz: tzinfo | None = None

@@ -1,5 +1,6 @@
 """A run as a comparison sees it: each study's figures (``figures.json``, the versioned data model), its
-manifest (provenance) and ``run.json``; never its trials."""
+manifest (provenance, read in the current shape whatever store format wrote it) and ``run.json``; never its
+trials, whose damage it only reports."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from perfkit.analysis.figures import FILE_NAME, Figure, FigureSet
 from perfkit.core.children import owner_alive
 from perfkit.core.errors import PerfkitError
-from perfkit.core.store import JsonlLog
+from perfkit.core import runload
 
 
 @dataclass
@@ -75,7 +76,8 @@ def load(run_dir: str | Path) -> Run:
     figures, manifests, warnings = {}, {}, []
     for d in dirs:
         s = d.name
-        manifests[s] = read_manifest(d / "manifest.json", s)
+        data = runload.load(d, ("trials", "events", "manifest"))
+        manifests[s] = checked_manifest(d / runload.MANIFEST, s, data)
         fpath = d / FILE_NAME
         if not fpath.is_file():
             raise PerfkitError(f"{fpath} is missing: the {s} figures were never computed; `perfkit report {path}` "
@@ -84,25 +86,19 @@ def load(run_dir: str | Path) -> Run:
             figures[s] = FigureSet.read(fpath)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise PerfkitError(f"{fpath} is damaged ({e}); `perfkit report {path}` computes it again") from None
-        for name in ("trials.jsonl", "events.jsonl"):
-            if not (d / name).exists():
-                continue
-            warnings += [f"Damaged data: {path.name}/{s}/{msg}" for msg in JsonlLog(d / name).scan()[1]]
+        warnings += [f"Damaged data: {path.name}/{s}/{msg}" for msg in data.damage]
     return Run(path, figures, manifests, read_info(path), warnings)
 
 
-def read_manifest(mpath: Path, study: str) -> dict:
-    if not mpath.is_file():
+def checked_manifest(mpath: Path, study: str, data: runload.StudyData) -> dict:
+    """The study's manifest as read, or PerfkitError naming the path: a comparison without provenance would
+    compare numbers whose engine, host and models are unknown."""
+    if data.manifest_missing:
         raise PerfkitError(f"{mpath} is missing: the provenance of the {study} data (engine, versions, host, "
                            "models) is unknown, so the run cannot be compared")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise PerfkitError(f"{mpath}: unreadable ({e})") from None
-    except ValueError as e:
-        raise PerfkitError(f"{mpath} is damaged: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise PerfkitError(f"{mpath} is damaged: expected a JSON object, found {type(manifest).__name__}")
+    if data.manifest_problem:
+        raise PerfkitError(f"{mpath} is damaged: {data.manifest_problem}")
+    manifest = data.manifest
     bad = [k for k in ("host", "backend", "models", "params") if k in manifest and not isinstance(manifest[k], dict)]
     if bad:
         raise PerfkitError(f"{mpath} is damaged: {', '.join(bad)} should be JSON objects")

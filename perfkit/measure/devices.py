@@ -8,6 +8,7 @@ from typing import Iterable
 
 from perfkit.client.backends import Sampling
 from perfkit.core.errors import PerfkitError
+from perfkit.core.events import DeviceFound, events_of
 from perfkit.core.store import RunStore
 from perfkit.measure.cache_states import ensure_warm
 from perfkit.servers.control.device import telemetry_device
@@ -29,16 +30,14 @@ def record_device(session, store: RunStore, model: str) -> None:
         if seen is not None:  # another host, whose exporter names its GPUs
             device = telemetry_device(resident.get("model_memory_bytes"), resident.get("model_vram_bytes"), seen[1],
                                       seen[0], "the server's /api/ps (size_vram of size)")
-        store.event("device", model=model, **device.as_record(), **resident)
+        store.emit(DeviceFound(model=model, **device.as_record(), **resident))
     except PerfkitError as e:  # the model can't be served: its trials already say how it fails
-        store.event("device", model=model, device="unknown", unknown_because=f"the server could not serve it: {e}")
+        store.emit(DeviceFound(model=model, device="unknown", unknown_because=f"the server could not serve it: {e}"))
 
 
 def record_devices(session, store: RunStore, models: Iterable[str]) -> None:
     """A ``device`` event for each model that has none yet (a resumed run records the rest)."""
-    ev = store.events()
-    done = set(ev[ev["kind"] == "device"]["model"]) if len(ev) and "kind" in ev and (ev["kind"] == "device").any() \
-        else set()
+    done = set(events_of(store.events(), DeviceFound)["model"])
     for m in models:
         if m not in done:
             record_device(session, store, m)

@@ -20,6 +20,8 @@ from perfkit.client.loadgen import Job, ProcessShares, run_series, run_sessions
 from perfkit.client.stream import Capture, decode
 from perfkit.core.prompts import prompt_for
 from perfkit.core.clock import now_ns
+from perfkit.core.events import (ClientLost, PrimeFailed, Resumed, SeriesDone, SeriesRecovered, SeriesResources,
+                                  SeriesStarted, events_of)
 from perfkit.core.records import CACHE_STATES
 from perfkit.core.store import RunStore
 from perfkit.measure.progress import Progress
@@ -132,7 +134,7 @@ class Runner:
         done = self.store.done_ids()
         todo = [t for t in trials if t.trial_id not in done]
         if len(todo) < len(trials):
-            self.store.event("resume", skipped=len(trials) - len(todo), desc=desc)
+            self.store.emit(Resumed(skipped=len(trials) - len(todo), desc=desc))
         with self._bar(len(todo), desc) as bar:
             for t in todo:
                 self.run_one(t)
@@ -180,18 +182,17 @@ class Runner:
 
     # ---- load series: closed loop and open loop ------------------------------------------------
     def _series_done(self, series: str) -> pd.DataFrame | None:
-        ev = self.store.events()
-        if len(ev) and "series" in ev and ((ev["kind"] == "series_done") & (ev["series"] == series)).any():
-            attempt = int(ev[(ev["kind"] == "series_done") & (ev["series"] == series)]["attempt"].iloc[-1])
+        done = events_of(self.store.events(), SeriesDone)
+        done = done[done["series"] == series]
+        if len(done):
+            attempt = int(done["attempt"].iloc[-1])
             df = self.store.trials()
             return df[(df.get("series") == series) & (df.get("attempt") == attempt)].reset_index(drop=True)
         return None
 
     def _attempt(self, series: str) -> int:
-        ev = self.store.events()
-        if len(ev) and "series" in ev:
-            return int(((ev["kind"] == "series_start") & (ev["series"] == series)).sum())
-        return 0
+        started = events_of(self.store.events(), SeriesStarted)
+        return int((started["series"] == series).sum())
 
     def closed_loop(self, model: str, concurrency: int, n_requests: int, *, series: str,
                     sampling: Sampling | None = None, prompt_words: int = 48, tags: dict | None = None,
@@ -252,13 +253,13 @@ class Runner:
             info = {**info, "workload": workload.params.kind}
         if attempt:
             self._recover(series, attempt - 1, make(attempt - 1), info, tags, model, offsets)
-        self.store.event("series_start", series=series, attempt=attempt, **info)
+        self.store.emit(SeriesStarted(series=series, attempt=attempt, **info))
         try:
             ensure_warm(self.backend, model, self.keep_alive, timeout_s=self.timeout_s)
         except PerfkitError as e:
             # The server fails even the priming request: the series still runs, and every failure it
             # records (by class) is the finding; nothing is gained by stopping here.
-            self.store.event("prime_failed", series=series, attempt=attempt, error=str(e)[:300])
+            self.store.emit(PrimeFailed(series=series, attempt=attempt, error=str(e)[:300]))
         jobs = make(attempt)
         spool = _Spool(self._spool_path(series, attempt))
         bar = self._bar(len(jobs), series)
@@ -282,8 +283,7 @@ class Runner:
         if check.lost_requests:
             # Never measured (their client node died): not failures of the server, so not rows; which ones is kept.
             lost = [i for i, r in enumerate(recs) if r is None]
-            self.store.event("client_lost", series=series, attempt=attempt, because=check.lost_because,
-                             requests=lost)
+            self.store.emit(ClientLost(series=series, attempt=attempt, because=check.lost_because, requests=lost))
             was = self.store.manifest().get("client_nodes_lost") or []
             self.store.write_manifest(client_nodes_lost=was + [{"series": series, "because": check.lost_because,
                                                                 "requests_lost": len(lost),
@@ -297,15 +297,14 @@ class Runner:
             if self.on_row:
                 self.on_row(row)
         window = steady_window(pd.DataFrame(rows), concurrency)
-        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1,
-                         **{f"client_{k}": v for k, v in check.as_dict().items()}, **window)
+        self.store.emit(SeriesDone(series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1, client=check.as_dict(),
+                                   **window))
         spool.path.unlink(missing_ok=True)
         if self.monitor is not None:
             # The whole series' window: what the GPUs, the server's host and the server's own metrics did under
             # this load (per-request windows overlap under concurrency, so energy per token comes from this one).
             w = self.monitor.measure("series", *requests_span(rows, t0, t1))
-            self.store.event("series_resources", series=series, attempt=attempt,
-                             **{k: v for k, v in w.as_dict().items() if k != "name"})
+            self.store.emit(_resources_event(series, attempt, w))
         return self._resources(list(zip(rows, [r for r in recs if r is not None])))
 
     def sessions(self, model: str, users: int, n_requests: int, *, series: str, workload: Workload,
@@ -322,11 +321,11 @@ class Runner:
         info = {"mode": "closed", "concurrency": users, "users": users, "workload": "sessions"}
         if attempt:
             self._recover_sessions(series, attempt - 1, info, tags, model)
-        self.store.event("series_start", series=series, attempt=attempt, **info)
+        self.store.emit(SeriesStarted(series=series, attempt=attempt, **info))
         try:
             ensure_warm(self.backend, model, self.keep_alive, timeout_s=self.timeout_s)
         except PerfkitError as e:
-            self.store.event("prime_failed", series=series, attempt=attempt, error=str(e)[:300])
+            self.store.emit(PrimeFailed(series=series, attempt=attempt, error=str(e)[:300]))
         key = f"{series}/a{attempt}"
         convs = workload.conversations(n_requests, key=key)
         ctx = workload.context_tokens
@@ -380,13 +379,12 @@ class Runner:
             if self.on_row:
                 self.on_row(row)
         window = steady_window(pd.DataFrame(rows), users)
-        self.store.event("series_done", series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1,
-                         conversations=len(convs), **{f"client_{k}": v for k, v in check.as_dict().items()}, **window)
+        self.store.emit(SeriesDone(series=series, attempt=attempt, t_start_ns=t0, t_end_ns=t1,
+                                   conversations=len(convs), client=check.as_dict(), **window))
         spool.path.unlink(missing_ok=True)
         if self.monitor is not None:
             w = self.monitor.measure("series", *requests_span(rows, t0, t1))
-            self.store.event("series_resources", series=series, attempt=attempt,
-                             **{k: v for k, v in w.as_dict().items() if k != "name"})
+            self.store.emit(_resources_event(series, attempt, w))
         return self._resources([(row, t.rec) for row, t in zip(rows, turns_out)])
 
     @staticmethod
@@ -408,7 +406,7 @@ class Runner:
                                   d["rec"], interrupted=True) for i, d in sorted(_Spool.read_rows(path).items())]
         if rows:
             self.store.extend_trials(rows)
-            self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
+            self.store.emit(SeriesRecovered(series=series, attempt=attempt, n=len(rows)))
         path.unlink(missing_ok=True)
 
     def _jobs(self, model: str, series: str, offsets: list[float], sampling: Sampling | None,
@@ -450,8 +448,15 @@ class Runner:
             recs = [(i, decode(jobs[i].call, cap)) for i, cap in sorted(caps.items()) if i < len(jobs)]
             rows = self._rows(series, attempt, info, tags, model, recs, offsets, jobs=jobs, interrupted=True)
             self.store.extend_trials(rows)
-            self.store.event("series_recovered", series=series, attempt=attempt, n=len(rows))
+            self.store.emit(SeriesRecovered(series=series, attempt=attempt, n=len(rows)))
         path.unlink(missing_ok=True)
+
+
+def _resources_event(series: str, attempt: int, window) -> SeriesResources:
+    """A series' whole window (``perfkit.sampling.monitor.Window``) as its event: the window's own fields by name,
+    its per-source statistics (named by what was sampled) as the rest of the row."""
+    return SeriesResources.from_fields({"series": series, "attempt": attempt,
+                                        **{k: v for k, v in window.as_dict().items() if k != "name"}})
 
 
 def requests_span(rows: list[dict], t0_ns: int, t1_ns: int) -> tuple[int, int]:

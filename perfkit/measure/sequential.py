@@ -13,7 +13,8 @@ from typing import Callable
 
 import pandas as pd
 
-from perfkit.analysis.sequential import ANSWERED, BUDGET, EVENT, LAST_LOOK, Looks
+from perfkit.analysis.sequential import ANSWERED, BUDGET, LAST_LOOK, Looks
+from perfkit.core.events import LooksTaken, events_of
 from perfkit.core.store import RunStore
 
 
@@ -47,17 +48,15 @@ def measure_in_looks(store: RunStore, name: str, looks: Looks, measure_to: Calla
         if settled():
             stopped = ANSWERED
             break
-    store.event(EVENT, name=name, looks=taken, planned=looks.ns, stopped=stopped, confidence=looks.confidence,
-                budget_s=budget.budget_s)
+    store.emit(LooksTaken(name=name, looks=taken, planned=looks.ns, stopped=stopped, confidence=looks.confidence,
+                          budget_s=budget.budget_s))
     return stopped
 
 
 def looks_taken(events: pd.DataFrame, name: str) -> tuple[list[int], str] | None:
     """The looks a question was measured in and why it stopped, from the store's events; None if not recorded."""
-    if not len(events) or "kind" not in events:
-        return None
-    ev = events[events["kind"] == EVENT]
-    ev = ev[ev["name"] == name] if "name" in ev else ev.iloc[0:0]
+    ev = events_of(events, LooksTaken)
+    ev = ev[ev["name"] == name]
     if ev.empty:
         return None
     last = ev.iloc[-1]

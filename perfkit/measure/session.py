@@ -17,6 +17,8 @@ from perfkit.core import host
 from perfkit.core.clock import utc_now
 from perfkit.core.errors import PerfkitError
 from perfkit.core.clock import now_ns
+from perfkit.core.events import (AgentClosed, ClockAnchor, PrefixCacheEmptied, RestoreFailed, ServerLogKept,
+                                  ServerRecovered, ServerRestarted, ServerRestored)
 from perfkit.core.schema import BackendParams, SamplingParams, TelemetryParams, Timeouts
 from perfkit.core.settings import KEEP_ALIVE, name_of, validate_settings
 from perfkit.core.store import RunStore
@@ -60,7 +62,7 @@ class Session:
         merged = {**self.base_settings, **settings}
         info = self.control.restart(merged)
         self.settings = merged
-        self.store.event("restart", settings=merged, **info.as_dict())
+        self.store.emit(ServerRestarted(settings=merged, **info.as_dict()))
 
 
 @contextmanager
@@ -111,15 +113,15 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
             backend.control.restore_record = store.dir / RESTORE_RECORD
             recovered = backend.control.recover()  # a run that died left it on its settings: theirs first
             if recovered is not None:
-                store.event("server_recovered", **recovered.as_dict())
+                store.emit(ServerRecovered(**recovered.as_dict()))
             if engine is None and settings and backend.control.can_restart():
                 backend.control.restart(merged)
         if isinstance(backend.control, PrefixCacheReset):  # what an earlier run left cached is not this run's
-            store.event("prefix_cache_reset", result=backend.control.reset_prefix_cache())
+            store.emit(PrefixCacheEmptied(result=backend.control.reset_prefix_cache()))
         log = backend.control.log_source()
         # The engine's log is this session's own file: keep it from its first line (its start marks).
         log_mark = (0 if engine is not None else log.mark()) if log else None
-        store.event("clock", wall_unix_s=time.time(), t_ns=now_ns())
+        store.emit(ClockAnchor(wall_unix_s=time.time(), t_ns=now_ns()))
         pids = backend.control.server_pids
         host_view = backend.control.view if isinstance(backend.control, HostView) else None
         telemetry = telemetry_samplers(target, backend if server_metrics else None, models)
@@ -150,15 +152,15 @@ def session(target: Target, store: RunStore, *, name: str, settings: Mapping[str
             try:
                 info = backend.control.restore()
                 if info:
-                    store.event("restore", **info.as_dict())
+                    store.emit(ServerRestored(**info.as_dict()))
             except Exception as e:  # noqa: BLE001 - recorded; the measured data is safe already
-                store.event("restore_failed", error=str(e))
+                store.emit(RestoreFailed(error=str(e)))
         store.write_manifest(ended_utc=utc_now(), sampling_unavailable=monitor.unavailable if monitor else {},
                              **({"sampling_sources": monitor.sources()} if monitor else {}))
         if backend is not None:
             backend.close()
         if agent is not None:
-            store.event("agent_closed", host=b.host, **cluster.release(b.host))
+            store.emit(AgentClosed(host=b.host, **cluster.release(b.host)))
         if engine is not None:
             engine.stop()
 
@@ -203,20 +205,20 @@ def _keep_server_log(store: RunStore, backend: Backend, mark) -> None:
     """Append the server log written during the session to ``server.log`` in the store (read at analysis)."""
     log = backend.control.log_source()
     if log is None:
-        store.event("server_log", available=False, why=backend.control.why_not_local()
-                    if not backend.control.is_local else "no server log was given (backend.server_log)")
+        store.emit(ServerLogKept(available=False, why=backend.control.why_not_local()
+                                 if not backend.control.is_local else "no server log was given (backend.server_log)"))
         return
     try:
         lines = log.read_since(mark)
     except Exception as e:  # noqa: BLE001 - a missing log never costs the measured data
-        store.event("server_log", available=False, why=f"reading {log.describe()} failed: {e}")
+        store.emit(ServerLogKept(available=False, why=f"reading {log.describe()} failed: {e}"))
         return
     with open(store.dir / "server.log", "a") as f:
         f.writelines(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
     clock = backend.control.clock if isinstance(backend.control, WallClock) else None  # a log from another host
-    store.event("server_log", available=True, source=log.describe(), lines=len(lines),
-                **({"wall_offset_s": clock.wall_offset_s, "clock_uncertainty_s": clock.uncertainty_ns * 1e-9}
-                   if clock is not None else {}))
+    store.emit(ServerLogKept(available=True, source=log.describe(), lines=len(lines),
+                             wall_offset_s=clock.wall_offset_s if clock is not None else None,
+                             clock_uncertainty_s=clock.uncertainty_ns * 1e-9 if clock is not None else None))
 
 
 def write_manifest(store: RunStore, *, backend: Backend | None = None, engine: Any = None,

@@ -21,7 +21,9 @@ from typing import Any
 from perfkit.core.children import owner_alive
 from perfkit.core.errors import PerfkitError
 from perfkit.core.secrets import REDACTED, redact, redacted_keys
-from perfkit.core.store import JsonlLog, RunStore
+from perfkit.core import runload
+from perfkit.core.jsonl import JsonlLog
+from perfkit.core.store import RunStore
 from perfkit.core.yamlfile import read_yaml
 
 OWNER_DIED = "interrupted (owner died)"
@@ -170,26 +172,21 @@ def study_health(run_dir: Path, study: str) -> tuple[list[str], list[str]]:
     """(damage, notes) of a study's recorded data: unreadable lines, a missing or unreadable manifest;
     torn lines that a resume moved aside (its trial measured again) are notes, not damage."""
     d = run_dir / study
-    damage, notes = [], []
-    for name in ("trials.jsonl", "samples.jsonl", "events.jsonl"):
-        log = JsonlLog(d / name)
-        damage += [f"{study}/{msg}" for msg in log.scan()[1]]
-        if log.torn_path.exists():
-            n = sum(1 for line in log.torn_path.read_text(errors="replace").splitlines() if line.strip())
-            notes.append(f"{study}/{name}: {n} torn line(s) left by a kill mid-write were moved to "
-                         f"{log.torn_path.name} when the run was resumed; their trials were measured again")
+    data = runload.load(d, ("trials", "samples", "events", "manifest"))
+    damage, notes = [f"{study}/{msg}" for msg in data.damage], []
+    for name in ("trials", "samples", "events"):
+        torn = JsonlLog(runload.log_path(d, name)).torn_path
+        if torn.exists():
+            n = sum(1 for line in torn.read_text(errors="replace").splitlines() if line.strip())
+            notes.append(f"{study}/{name}.jsonl: {n} torn line(s) left by a kill mid-write were moved to "
+                         f"{torn.name} when the run was resumed; their trials were measured again")
     if (d / "trials.jsonl").exists():
-        m = d / "manifest.json"
-        if not m.exists():
+        if data.manifest_missing:
             damage.append(f"{study}/manifest.json is missing: the provenance (engine, versions, host, models) "
                           "of these numbers is unknown")
-        else:
-            try:
-                ok = isinstance(json.loads(m.read_text()), dict)
-            except (OSError, ValueError):
-                ok = False
-            if not ok:
-                damage.append(f"{study}/manifest.json is not a valid JSON object: provenance unknown")
+        elif data.manifest_problem:
+            damage.append(f"{study}/manifest.json is not a valid JSON object ({data.manifest_problem}): "
+                          "provenance unknown")
     return damage, notes
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit.core.clock import now_ns
+from perfkit.core.events import IdleBaseline
 from perfkit.core.records import RequestRecord
 from perfkit.sampling._periodic import PeriodicSampler
 from perfkit.sampling.gpu import GpuSampler
@@ -410,7 +411,7 @@ class Monitor:
             idle = df[(df["source"] == src) & df["gpu"].notna() & (df["t_ns"] >= t0) & (df["t_ns"] <= t1)]
             self.idle_power_w = {int(g): float(x["power_w"].mean()) for g, x in idle.groupby("gpu")}
         if self.store is not None:
-            self.store.event("idle_baseline", power_w=self.idle_power_w, seconds=seconds)
+            self.store.emit(IdleBaseline(power_w=self.idle_power_w, duration_s=seconds))
         return self.idle_power_w
 
     # ---- requests ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from perfkit.client.backends import Sampling
 from perfkit.core import fmt
 from perfkit.core.units import RATIO, SECONDS
 from perfkit.core.errors import PerfkitError
+from perfkit.core.events import DeviceFound, ReadBandwidth, SchemeASkipped, StateSkipped, any_of, last_of
 from perfkit.core.records import CACHE_STATES, RequestRecord
 from perfkit.core.schema import MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, Strict, members, unique
 from perfkit.measure.cache_states import WARMUP_STRATEGIES, scheme_a, user_first_request
@@ -144,7 +145,7 @@ class ColdStart(Study):
                 # Not a failed trial per rep: a state this server can't be put in, said once.
                 why = (s.control.why_not_local() if not s.control.is_local
                        else "backend.restart_command is not set")
-                ctx.store.event("state_skipped", state="cold_server", why=f"perfkit can't restart this server: {why}")
+                ctx.store.emit(StateSkipped(state="cold_server", why=f"perfkit can't restart this server: {why}"))
                 trials = [t for t in trials if t.cache_state != "cold_server"]
             s.runner.run(trials, desc="cache states")
             _strategies(ctx, s, budget)
@@ -173,18 +174,20 @@ def plan(ctx: StudyContext) -> list[Trial]:
 def _facts(ctx: StudyContext, s) -> None:
     """The device that runs the model and the disk's read bandwidth for its file (the load floor)."""
     c = ctx.cfg
-    kinds = set(ctx.store.events().get("kind", pd.Series(dtype=str)))
-    if "device" not in kinds:
+    ev = ctx.store.events()
+    if not any_of(ev, DeviceFound):
         record_device(s, ctx.store, c.model)
-    if "read_bandwidth" not in kinds:
+    if not any_of(ev, ReadBandwidth):
         try:
             s.control.model_file(c.model)
         except Unknown as e:
-            ctx.store.event("read_bandwidth", unknown_because=str(e))
+            ctx.store.emit(ReadBandwidth(unknown_because=str(e)))
             return
         s.backend.unload(c.model)
         s.control.wait_memory_released(c.model)
-        ctx.store.event("read_bandwidth", **s.control.read_bandwidth(c.model))
+        bw = s.control.read_bandwidth(c.model)  # path, bytes_s, seconds, size_bytes (and host, on a cluster node)
+        ctx.store.emit(ReadBandwidth(path=bw.get("path"), bytes_s=bw.get("bytes_s"), read_s=bw.get("seconds"),
+                                     size_bytes=bw.get("size_bytes"), host=bw.get("host")))
 
 
 def _strategies(ctx: StudyContext, s, budget: Budget) -> None:
@@ -245,8 +248,8 @@ def _scheme_a(ctx: StudyContext, s) -> None:
     if not c.scheme_a_delays_s:
         return
     if not s.control.can_restart():
-        ctx.store.event("scheme_a_skipped", why=f"perfkit can't restart this server: {s.control.why_not_local()}"
-                        if not s.control.is_local else "backend.restart_command is not set")
+        ctx.store.emit(SchemeASkipped(why=f"perfkit can't restart this server: {s.control.why_not_local()}"
+                                      if not s.control.is_local else "backend.restart_command is not set"))
         return
     done = ctx.store.done_ids()
     with Progress(ctx.store.dir, "scheme A (restart, preload at start)", c.scheme_a_reps * len(c.scheme_a_delays_s),
@@ -269,13 +272,6 @@ def _scheme_a_trial(ctx: StudyContext, s, rep: int, delay: float, done: set) -> 
                     warmup=False, variant=f"scheme A, request at +{delay:g} s", cache_state="cold_server",
                     restart_ready_s=r.restart_ready_s, warm_after_s=r.warm_after_s,
                     preload_done_at_send=r.preload_done_at_send, preload_error=r.preload_error)
-
-
-def _event(ev: pd.DataFrame, kind: str) -> dict | None:
-    if len(ev) and "kind" in ev and (ev["kind"] == kind).any():
-        return {k: v for k, v in ev[ev["kind"] == kind].iloc[-1].to_dict().items()
-                if not (isinstance(v, float) and pd.isna(v))}
-    return None
 
 
 def _workload(c: ColdStartParams) -> dict[str, Any]:
@@ -317,7 +313,7 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
     cold = ok[ok["cache_state"].isin(COLD_STATES)] if len(ok) else ok
     sa_ok = measured(schemea)
     split = timeline.splits(acc, pd.concat([cold, sa_ok])) if len(cold) or len(sa_ok) else pd.DataFrame()
-    device = _event(ev, "device")
+    device = last_of(ev, DeviceFound)
     figs = FigureSet(_figures(c, ok, sok, sa_ok, ratios, device, attempted(states)))
     _pairs(figs, sok, sa_ok, c.strategy_looks().confidence)
     return ColdStartResult(
@@ -325,8 +321,8 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
         model=c.model, states=states, by_state=by_state, ratios=ratios, strategy_trials=strat,
         strategies=pd.DataFrame(strategies), scheme_a_trials=schemea, strategy_looks=c.strategy_looks(),
         strategy_looks_taken=looks_taken(ev, "warmup strategies"), limit=load_limit(ctx, ok, ev), device=device,
-        read_bandwidth=_event(ev, "read_bandwidth"), scheme_a_skipped=_event(ev, "scheme_a_skipped"),
-        state_skipped=_event(ev, "state_skipped"), account=acc, timeline=timeline.timeline_frame(acc, t0),
+        read_bandwidth=last_of(ev, ReadBandwidth), scheme_a_skipped=last_of(ev, SchemeASkipped),
+        state_skipped=last_of(ev, StateSkipped), account=acc, timeline=timeline.timeline_frame(acc, t0),
         splits=split, samples=ctx.store.samples())
 
 
@@ -394,7 +390,7 @@ def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.Dat
 
 def load_limit(ctx: StudyContext, ok: pd.DataFrame, ev: pd.DataFrame) -> dict | None:
     """The cold-disk load against its floor: file bytes / the disk's measured cold read bandwidth."""
-    bw = _event(ev, "read_bandwidth")
+    bw = last_of(ev, ReadBandwidth)
     if not bw or "bytes_s" not in bw or ok.empty:
         return None
     size = bw.get("size_bytes") or ctx.store.manifest().get("models", {}).get(ctx.cfg.model, {}).get("size_bytes")

@@ -25,6 +25,8 @@ from perfkit.analysis.decisions import TARGET_EFFECT, best_of
 from perfkit.analysis.verdicts import MIN_REPLICATES
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core.events import (AutoRates, AutoRateStep, DeviceFound, RateExtended, SettingsConfirmed, events_of,
+                                  last_of)
 from perfkit.core.units import BYTES, REQUESTS_PER_S, SECONDS, SHARE, TOKENS_PER_S
 from perfkit.core.schema import (MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list,
                                  settings_list, unique)
@@ -138,9 +140,9 @@ class ConfigTuning(Study):
                 if i:
                     s.restart(setting)
                 check = verify(s, c.model)
-                ctx.store.event("setting_check", config_index=i, config=label(setting), **check)
+                ctx.store.emit(SettingsConfirmed(config_index=i, config=label(setting), **check))
                 if i == 0:
-                    ctx.store.event("device", model=c.model, **s.control.device(c.model, s.backend).as_record())
+                    ctx.store.emit(DeviceFound(model=c.model, **s.control.device(c.model, s.backend).as_record()))
                 tags = {"config": label(setting), "config_index": i}
                 wl = ctx.workload(c.workload, s, c.model) if c.workload.kind != "synthetic" else None
                 for conc in c.concurrency:
@@ -160,7 +162,7 @@ class ConfigTuning(Study):
                     for look in range(c.rate_extend + 1):
                         if look:  # the trend could not tell: a longer series, from an empty queue again
                             n, series = 2 * n, f"cfg{i}/r{rate:g}/n{2 * n}"
-                            ctx.store.event("rate_extended", config_index=i, rate_rps=rate, requests=n, look=look)
+                            ctx.store.emit(RateExtended(config_index=i, rate_rps=rate, requests=n, look=look))
                         s.runner.open_loop(c.model, rate, n, series=series, seed=series_seed(ctx.params.seed, series),
                                            arrivals=c.arrivals, sampling=Sampling(c.num_predict),
                                            prompt_words=c.prompt_words, tags=tags, workload=wl,
@@ -171,7 +173,7 @@ class ConfigTuning(Study):
                     if not rates and c.rates_rps == "auto" and steps < c.rate_search_steps:
                         nxt = _next_rate(ctx.store.trials(), i, c.slo, slots)
                         if nxt is not None:
-                            ctx.store.event("auto_rate_search", config_index=i, rate_rps=nxt, step=steps + 1)
+                            ctx.store.emit(AutoRateStep(config_index=i, rate_rps=nxt, step=steps + 1))
                             rates.append(nxt)
                             steps += 1
 
@@ -188,21 +190,19 @@ def _rates(ctx: StudyContext, i: int) -> list[float]:
     c = ctx.cfg
     if c.rates_rps != "auto":
         return list(c.rates_rps)
-    ev = ctx.store.events()
-    if len(ev) and "kind" in ev and "config_index" in ev:
-        got = ev[(ev["kind"] == "auto_rates") & (ev["config_index"] == i)]
-        if len(got):
-            return list(got.iloc[-1]["rates_rps"])
+    got = events_of(ctx.store.events(), AutoRates)
+    got = got[got["config_index"] == i]
+    if len(got):
+        return list(got.iloc[-1]["rates_rps"])
     df = ctx.store.trials()
     top = max(c.concurrency)
     g = S.last_attempt(df[(df["series"] == f"cfg{i}/c{top}")]) if len(df) and "series" in df else df.iloc[0:0]
     capacity = S.request_rate(g) if len(g) else math.nan
     if not (capacity > 0):
-        ctx.store.event("auto_rates", config_index=i, rates_rps=[], capacity_rps=None,
-                        why="the closed loop measured no capacity to take shares of")
+        ctx.store.emit(AutoRates(config_index=i, rates_rps=[], why="the closed loop measured no capacity to take shares of"))
         return []
     rates = sorted({float(f"{capacity * f:.2g}") for f in c.rate_fractions})
-    ctx.store.event("auto_rates", config_index=i, rates_rps=rates, capacity_rps=capacity, clients=top)
+    ctx.store.emit(AutoRates(config_index=i, rates_rps=rates, capacity_rps=capacity, clients=top))
     return rates
 
 
@@ -234,9 +234,8 @@ def _next_rate(df: pd.DataFrame, i: int, slo: Slo, slots: int | None = None) -> 
 
 def setting_slots(events: pd.DataFrame, i: int) -> int | None:
     """The parallel slots setting ``i`` ran with, as its check found them (None when unknown)."""
-    if events.empty or "kind" not in events or "config_index" not in events or "total_slots" not in events:
-        return None
-    got = events[(events["kind"] == "setting_check") & (events["config_index"] == i)]["total_slots"].dropna()
+    got = events_of(events, SettingsConfirmed)
+    got = got[got["config_index"] == i]["total_slots"].dropna()
     return int(got.iloc[-1]) if len(got) and got.iloc[-1] > 0 else None
 
 
@@ -308,9 +307,7 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
     c = ctx.cfg
     df = ctx.store.trials()
     ev = ctx.store.events()
-    has_kind = len(ev) and "kind" in ev
-    checks = ev[ev["kind"] == "setting_check"].drop_duplicates("config_index", keep="last") \
-        if has_kind and (ev["kind"] == "setting_check").any() else pd.DataFrame()
+    checks = events_of(ev, SettingsConfirmed).drop_duplicates("config_index", keep="last")
     slo = c.slo
     sc = S.series_checks(ev)
     sres = S.series_resources(ev)
@@ -410,11 +407,10 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
     best_ = best(table, figs)
     _mark_headlines(figs, best_)
     _pairs(figs, table, best_)
-    dev = ev[ev["kind"] == "device"] if has_kind and (ev["kind"] == "device").any() else None
     retries = int(df["stale_retry"].astype("boolean").fillna(False).astype(bool).sum()) if len(df) and "stale_retry" in df else 0
     return ConfigTuningResult("config_tuning", figs, df, ctx.store.manifest(), failures(df), table=table,
                               rates=rates, checks=checks, best=best_, slo=slo.model_dump(),
-                              device=dev.iloc[-1].dropna().to_dict() if dev is not None else None, retries=retries,
+                              device=last_of(ev, DeviceFound), retries=retries,
                               clients=S.client_table(ev, df), load=pd.DataFrame(load_rows))
 
 

@@ -35,6 +35,8 @@ from perfkit.core import fmt
 from perfkit.core import settings as SV
 from perfkit.core.units import BYTES, REQUESTS_PER_S, SECONDS
 from perfkit.core.errors import ConfigError
+from perfkit.core.events import (TuningCandidate, TuningDone, TuningLook, TuningSearchStopped, TuningSpace, last_of,
+                                  records_of)
 from perfkit.core.schema import MAX_PROMPT_WORDS, MAX_REQUESTS, MAX_TOKENS, Slo, Strict
 from perfkit.core.settings import known_conflicts, settings_label, validate_settings
 from perfkit.measure.confirm import confirm_settings
@@ -175,7 +177,7 @@ class Tuning(Study):
         c, budget = ctx.cfg, Budget(ctx.cfg.budget_s)
         with ctx.session(c.baseline, server_metrics=True) as s:
             space = search_space(c, ctx.params.backend.kind)
-            ctx.store.event("tuning_space", space=space)
+            ctx.store.emit(TuningSpace(space=space))
             _search(ctx, s, space, budget)
             winner = _race(ctx, s, budget)
             if winner is None:
@@ -195,20 +197,18 @@ class Tuning(Study):
 
 def _candidates(ctx: StudyContext) -> dict[str, dict]:
     """key → the candidate as recorded (its settings, what the server ran, the looks measured, merged into)."""
-    ev = ctx.store.events()
     out: dict[str, dict] = {}
-    if len(ev) and "kind" in ev:
-        for _, r in ev[ev["kind"] == "tuning_candidate"].iterrows():
-            d = out.setdefault(r["key"], {"key": r["key"], "settings": r["settings"], "looks": 0, "merged_into": None,
-                                          "effective": r.get("effective"), "all_applied": None, "error": ""})
-            if isinstance(r.get("merged_into"), str):
-                d["merged_into"] = r["merged_into"]
-            if isinstance(r.get("all_applied"), bool):
-                d["all_applied"] = r["all_applied"]
-            if isinstance(r.get("error"), str) and r["error"]:
-                d["error"] = r["error"]
-            if pd.notna(r.get("look")):
-                d["looks"] = max(d["looks"], int(r["look"]))
+    for r in records_of(ctx.store.events(), TuningCandidate):
+        d = out.setdefault(r["key"], {"key": r["key"], "settings": r["settings"], "looks": 0, "merged_into": None,
+                                      "effective": r.get("effective"), "all_applied": None, "error": ""})
+        if isinstance(r.get("merged_into"), str):
+            d["merged_into"] = r["merged_into"]
+        if isinstance(r.get("all_applied"), bool):
+            d["all_applied"] = r["all_applied"]
+        if isinstance(r.get("error"), str) and r["error"]:
+            d["error"] = r["error"]
+        if r.get("look") is not None:
+            d["looks"] = max(d["looks"], int(r["look"]))
     return out
 
 
@@ -237,8 +237,9 @@ def _measure(ctx: StudyContext, s, key: str, settings: dict, look: int) -> None:
     effective = {k: (v.get("effective") if v.get("status") == "not applied" else settings.get(k))
                  for k, v in (check.get("checks") or {}).items()}
     effective = {k: str(v) for k, v in {**settings, **effective}.items()}
-    ctx.store.event("tuning_candidate", key=key, settings=settings, look=look, effective=effective,
-                    all_applied=check.get("all_applied"), checks=check.get("checks"), error=check.get("error") or "")
+    ctx.store.emit(TuningCandidate(key=key, settings=settings, look=look, effective=effective,
+                                   all_applied=check.get("all_applied"), checks=check.get("checks"),
+                                   error=check.get("error") or ""))
     if check.get("error"):  # the server can't serve the model with these settings: said, not measured
         return
     s.runner.closed_loop(c.model, c.concurrency, c.requests, series=f"cand/{key}/look{look}",
@@ -300,7 +301,7 @@ def _search(ctx: StudyContext, s, space: dict[str, list], budget: Budget) -> Non
         bar.update(len(tried), "resumed" if tried else "")
         while len(tried) < min(c.candidates, size) and asked < 20 * c.candidates:
             if tried and budget.left_s() < per_candidate_s * 2:  # keep time to race and to prove the winner
-                ctx.store.event("tuning_search_stopped", why=BUDGET, candidates=len(tried))
+                ctx.store.emit(TuningSearchStopped(why=BUDGET, candidates=len(tried)))
                 break
             trial, asked = study.ask(dists), asked + 1
             settings = {**c.baseline, **_decode(space, trial.params)}
@@ -314,7 +315,7 @@ def _search(ctx: StudyContext, s, space: dict[str, list], budget: Budget) -> Non
             tried.add(key)
             same = _same_as(ctx, key)
             if same:
-                ctx.store.event("tuning_candidate", key=key, settings=settings, merged_into=same)
+                ctx.store.emit(TuningCandidate(key=key, settings=settings, merged_into=same))
             study.tell(trial, _finite(_value(ctx, same or key), higher))
             per_candidate_s = max(per_candidate_s, time.monotonic() - t0)
 
@@ -349,8 +350,8 @@ def _race(ctx: StudyContext, s, budget: Budget) -> str | None:
             stopped = ANSWERED
             break
         survivors = [claim.best] + claim.not_separated
-        ctx.store.event("tuning_look", look=look, survivors=survivors,
-                        dropped=[k for k in claim.rows if k not in claim.not_separated])
+        ctx.store.emit(TuningLook(look=look, survivors=survivors,
+                                  dropped=[k for k in claim.rows if k not in claim.not_separated]))
         if budget.left_s() < look_s * len(survivors) * 1.5:
             stopped = BUDGET
             break
@@ -364,7 +365,7 @@ def _race(ctx: StudyContext, s, budget: Budget) -> str | None:
         claim = race_claim(ctx.cfg, ctx.store.trials(), _candidates(ctx), looks.confidence)
         stopped = ANSWERED if claim is not None and claim.settled else LAST_LOOK
     claim = race_claim(ctx.cfg, ctx.store.trials(), _candidates(ctx), looks.confidence)
-    ctx.store.event("tuning_done", stopped=stopped, winner=claim.best if claim else None)
+    ctx.store.emit(TuningDone(stopped=stopped, winner=claim.best if claim else None))
     return claim.best if claim else None
 
 
@@ -635,10 +636,8 @@ def analyze(ctx: StudyContext) -> TuningResult:
                            note=f"of {capacity[2]} rates tried" + (f"; not sustained at {fmt.number(capacity[1])}"
                                                                     if math.isfinite(capacity[1]) else "")))
     cost = _cost(c, figs)
-    stopped = next((r["stopped"] for _, r in ev[ev["kind"] == "tuning_done"].iloc[::-1].iterrows()), "") \
-        if len(ev) and "kind" in ev else ""
-    space = next((r["space"] for _, r in ev[ev["kind"] == "tuning_space"].iloc[::-1].iterrows()), {}) \
-        if len(ev) and "kind" in ev else {}
+    stopped = (last_of(ev, TuningDone) or {}).get("stopped", "")
+    space = (last_of(ev, TuningSpace) or {}).get("space", {})
     res = TuningResult("tuning", figs, df, ctx.store.manifest(), failures(df), objective=c.objective,
                        candidates=table, claim=claim, winner=winner,
                        winner_settings=cands[winner]["settings"] if winner else {}, baseline=dict(c.baseline),
@@ -672,10 +671,9 @@ def _cost(c: TuningParams, figs: FigureSet) -> dict[str, float]:
 
 def _dropped(ev: pd.DataFrame) -> dict[str, int]:
     out: dict[str, int] = {}
-    if len(ev) and "kind" in ev:
-        for _, r in ev[ev["kind"] == "tuning_look"].iterrows():
-            for k in r.get("dropped") or []:
-                out.setdefault(k, int(r["look"]) - 1)
+    for r in records_of(ev, TuningLook):
+        for k in r.get("dropped") or []:
+            out.setdefault(k, int(r["look"]) - 1)
     return out
 
 

@@ -19,6 +19,7 @@ from perfkit.analysis.requests import attempted, ci_cell, col, est, failures, me
 from perfkit.analysis.verdicts import compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
+from perfkit.core.events import SeriesDone, WorkloadUsed, events_of, last_of
 from perfkit.core.units import RATIO, SECONDS
 from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, settings_list
 from perfkit.core.settings import settings_label
@@ -97,10 +98,10 @@ class WorkloadStudy(Study):
                     s.restart(setting)
                 wl = ctx.workload(c.workload, s, c.model)
                 path = resolve_file(c.workload.file, wl.base_dir)
-                ctx.store.event("workload", config_index=i, config=settings_label(setting), file=str(path),
-                                file_sha256=_sha256(path), context_tokens=wl.context_tokens,
-                                load_seen_per_request=s.backend.capabilities.load_seen_per_request,
-                                cached_tokens_counted=s.backend.capabilities.cached_tokens)
+                ctx.store.emit(WorkloadUsed(config_index=i, config=settings_label(setting), file=str(path),
+                                            file_sha256=_sha256(path), context_tokens=wl.context_tokens,
+                                            load_seen_per_request=s.backend.capabilities.load_seen_per_request,
+                                            cached_tokens_counted=s.backend.capabilities.cached_tokens))
                 tags = {"config": settings_label(setting), "config_index": i}
                 for u in c.users:
                     s.runner.sessions(c.model, u, c.requests, series=f"set{i}/u{u}", workload=wl,
@@ -151,8 +152,7 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
     c = ctx.cfg
     df = S.last_attempt(ctx.store.trials())
     ev = ctx.store.events()
-    wev = ev[ev["kind"] == "workload"] if len(ev) and "kind" in ev and (ev["kind"] == "workload").any() else None
-    winfo = wev.iloc[-1].dropna().to_dict() if wev is not None else {}
+    winfo = last_of(ev, WorkloadUsed) or {}
     reuse_visible = bool(winfo.get("cached_tokens_counted", False))
     load_visible = bool(winfo.get("load_seen_per_request", False))
     ok = measured(df) if len(df) else df
@@ -219,7 +219,7 @@ def _log_counts(ctx: StudyContext, ev: pd.DataFrame, df: pd.DataFrame) -> dict[s
     acc = load_account(ctx.store.dir, ev, df)
     if not acc.events:
         return {"": acc.why_empty or "no server log"}
-    done = ev[ev["kind"] == "series_done"].drop_duplicates("series", keep="last") if len(ev) else ev
+    done = events_of(ev, SeriesDone).drop_duplicates("series", keep="last")
     out: dict[str, Any] = {}
     for _, d in done.iterrows():
         inside = [e for e in acc.events if (t := acc.t_ns(e.wall_unix_s)) is not None
