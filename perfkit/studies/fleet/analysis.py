@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from perfkit.core import events as E
 from perfkit.analysis import figures as F, series as S
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.requests import failures
@@ -21,7 +22,6 @@ from .phases.failover import failover_summary
 from .phases.overhead import overhead_table
 from .phases.scaling import scaling_table
 from .phases.timeout import timeout_summary
-from .records import events_of
 from .results import AgentClosed, CacheSummary, ClusterNode, FleetResult, FleetSetup, HostLost, SkippedPhase
 from .upstreams import balance_table
 
@@ -47,7 +47,7 @@ def analyze(ctx: StudyContext) -> FleetResult:
                        timelines=host_timelines(ctx.store.dir, ev, df),
                        cluster_nodes=[ClusterNode.from_manifest(k, d) for k, d in
                                       ((manifest.get("cluster") or {}).get("nodes") or {}).items()],
-                       hosts_lost=_hosts_lost(ev), settings=events_of(ev, "settings_check"),
+                       hosts_lost=_hosts_lost(ev), settings=E.events_of(ev, E.FleetSettingCheck).dropna(axis=1, how="all"),
                        agents_closed=_agents_closed(ev))
 
 
@@ -77,18 +77,18 @@ def _figures(scaling: pd.DataFrame, overhead: pd.DataFrame, cache: CacheSummary 
 def _skipped(ev: pd.DataFrame) -> list[SkippedPhase]:
     if not (len(ev) and "why" in ev and "kind" in ev):
         return []
-    return [SkippedPhase(r["phase"], r["why"]) for r in ev[ev["kind"] == "phase_skipped"][["phase", "why"]]
+    return [SkippedPhase(r["phase"], r["why"]) for r in E.events_of(ev, E.PhaseSkipped)[["phase", "why"]]
             .to_dict("records")]
 
 
 def _hosts_lost(ev: pd.DataFrame) -> list[HostLost]:
-    if not (len(ev) and "kind" in ev and (ev["kind"] == "host_lost").any()):
+    if not E.any_of(ev, E.HostLost):
         return []
-    return [HostLost(r["server"], r["why"]) for r in ev[ev["kind"] == "host_lost"][["server", "why"]]
+    return [HostLost(r["server"], r["why"]) for r in E.events_of(ev, E.HostLost)[["server", "why"]]
             .to_dict("records")]
 
 
 def _agents_closed(ev: pd.DataFrame) -> list[AgentClosed]:
     # restore_failed is a string only when the user's settings did not come back; absent or null otherwise.
     return [AgentClosed(a["host"], a["restore_failed"] if isinstance(a.get("restore_failed"), str) else None)
-            for a in events_of(ev, "agent_closed").to_dict("records")]
+            for a in E.events_of(ev, E.AgentClosed).to_dict("records")]

@@ -3,6 +3,7 @@ clock through the host's measured offset."""
 
 from __future__ import annotations
 
+from perfkit.core import events as E
 import math
 from pathlib import Path
 
@@ -16,9 +17,10 @@ def phase_spans(ev: pd.DataFrame) -> list[Span]:
     if ev.empty or "phase" not in ev:
         return []
     out = []
-    starts = ev[ev["kind"] == "phase_start"]
+    starts = E.events_of(ev, E.PhaseStarted)
     for _, r in starts.iterrows():
-        end = ev[(ev["kind"] == "phase_done") & (ev["phase"] == r["phase"]) & (ev["t_ns"] >= r["t_ns"])]
+        done = E.events_of(ev, E.PhaseDone)
+        end = done[(done["phase"] == r["phase"]) & (done["t_ns"] >= r["t_ns"])]
         out.append((r["phase"], int(r["t_ns"]), int(end["t_ns"].iloc[0]) if len(end) else int(ev["t_ns"].max())))
     return out
 
@@ -62,11 +64,11 @@ def host_timelines(study_dir: str | Path, ev: pd.DataFrame, df: pd.DataFrame) ->
     out: dict[str, pd.DataFrame] = {}
     if ev.empty or "kind" not in ev:
         return out
-    logs = ev[(ev["kind"] == "host_log")]
+    logs = E.events_of(ev, E.HostLogKept)
     if logs.empty or "available" not in logs:
         return out
     spans = phase_spans(ev)
-    clock = ev[ev["kind"] == "clock"]
+    clock = E.events_of(ev, E.ClockAnchor)
     t0 = int(clock["t_ns"].iloc[0]) if len(clock) else None
     for _, r in logs[logs["available"].astype(bool)].iterrows():
         acc = load_account(Path(study_dir) / "hosts" / r["dir"], ev, df, wall_offset_s=float(r["wall_offset_s"]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from typing import Any, Callable
 
+from perfkit.core import events as E
 from perfkit.core.clock import utc_now
 from perfkit.measure.session import write_manifest
 from perfkit.servers.control import Unknown
@@ -35,17 +36,17 @@ def measure(ctx: StudyContext) -> None:
         # The fleet's own changes (reloads, kills, model swaps) go to the store as they happen.
         fleet.on_event = lambda e: ctx.store.event(f"fleet_{e['kind']}", **{k: v for k, v in e.items() if k != "kind"})
         _record_setup(ctx, fleet, run)
-        run.event("clock")
+        run.emit(E.ClockAnchor)
         run.warm_all()
         if c.hosts and ctx.params.backend.settings:
             confirm_settings(run, dict(ctx.params.backend.settings))
         for name, fn in STEPS:
             if run.done(name):
                 continue
-            run.event("phase_start", phase=name)
+            run.emit(E.PhaseStarted, phase=name)
             fn(run)
             run.drain()
-            run.event("phase_done", phase=name)
+            run.emit(E.PhaseDone, phase=name)
     finally:
         _finish(ctx, fleet, run)
 
@@ -84,10 +85,10 @@ def confirm_settings(run: PhaseRun, settings: dict[str, Any]) -> None:
         try:
             checks = s.control.settings_in_effect(settings, run.model)
         except Unknown as e:
-            run.event("settings_check", server=s.name, unknown_because=str(e))
+            run.emit(E.FleetSettingCheck, server=s.name, unknown_because=str(e))
             continue
         for chk in checks.values():
-            run.event("settings_check", server=s.name, **chk.as_dict())
+            run.emit(E.FleetSettingCheck, server=s.name, **chk.as_dict())
 
 
 def _finish(ctx: StudyContext, fleet: Fleet, run: PhaseRun | None) -> None:
@@ -107,5 +108,5 @@ def _finish(ctx: StudyContext, fleet: Fleet, run: PhaseRun | None) -> None:
     if ctx.cfg.hosts:
         # What each agent did at the end: a server stopped, or a user's given its own settings back (or not).
         for host, out in ctx.cluster().close().items():
-            ctx.store.event("agent_closed", host=host, **out)
+            ctx.store.emit(E.AgentClosed(host=host, **out))
     ctx.store.write_manifest(ended_utc=utc_now())

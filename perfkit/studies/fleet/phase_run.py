@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from perfkit.core import events as E
 from perfkit.client.backends import Backend, Sampling
 from perfkit.core.clock import now_ns
 from perfkit.measure.runner import Runner
@@ -50,15 +51,17 @@ class PhaseRun:
                     pass
         return marks
 
-    def event(self, kind: str, **data: Any) -> None:
-        self.ctx.store.event(kind, wall_unix_s=time.time(), t_ns=now_ns(), **data)
+    def emit(self, cls: type[E.Event], **data: Any) -> None:
+        """Record an event of the study, stamped with the wall and the run's clocks."""
+        self.ctx.store.emit(cls(wall_unix_s=time.time(), t_ns=now_ns(), **data))
 
     def done(self, phase: str) -> bool:
         ev = self.ctx.store.events()
-        return bool(len(ev)) and "phase" in ev and ((ev["kind"] == "phase_done") & (ev["phase"] == phase)).any()
+        done = E.events_of(ev, E.PhaseDone)
+        return bool(len(done)) and (done["phase"] == phase).any()
 
     def skip(self, phase: str, why: str) -> None:
-        self.event("phase_skipped", phase=phase, why=why)
+        self.emit(E.PhaseSkipped, phase=phase, why=why)
 
     def one(self, runner: Runner, key: str, *, phase: str, target: str, sampling: Sampling | None = None,
             prompt: str | None = None, **tags: Any) -> dict[str, Any]:
@@ -87,7 +90,7 @@ class PhaseRun:
                 if lost and s.name not in self._lost:
                     # Its samples end at the last one drained; what it would have taken since is missing.
                     self._lost.add(s.name)
-                    self.event("host_lost", server=s.name, why=lost, last_sample_t_ns=self._last_sample.get(s.name))
+                    self.emit(E.HostLost, server=s.name, why=lost, last_sample_t_ns=self._last_sample.get(s.name))
 
     def keep_logs(self) -> None:
         """Each server's log since the study began, kept as ``hosts/<server>/server.log`` with its host's clock."""
@@ -97,12 +100,12 @@ class PhaseRun:
             try:
                 lines = s.control.log_source().read_since(mark)
             except Unknown as e:
-                self.event("host_log", server=s.name, available=False, why=str(e))
+                self.emit(E.HostLogKept, server=s.name, available=False, why=str(e))
                 continue
             d = self.ctx.store.dir / "hosts" / safe_name(s.name)
             d.mkdir(parents=True, exist_ok=True)
             (d / "server.log").write_text("".join(ln if ln.endswith("\n") else ln + "\n" for ln in lines))
-            self.event("host_log", server=s.name, available=True, lines=len(lines), dir=d.name,
+            self.emit(E.HostLogKept, server=s.name, available=True, lines=len(lines), dir=d.name,
                        wall_offset_s=clock.wall_offset_s if clock else 0.0,
                        clock_uncertainty_s=clock.uncertainty_ns * 1e-9 if clock else 0.0)
 

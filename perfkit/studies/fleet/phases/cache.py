@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from perfkit.core import events as E
 from perfkit.analysis import stats
 from perfkit.analysis.requests import ci_cell, est
 from perfkit.core.units import RATIO
@@ -30,7 +31,7 @@ def measure(run: PhaseRun) -> None:
         return
     # nginx stores only buffered responses: the cache brings buffering with it (see the overhead phase).
     run.fleet.reconfigure(cache=True, buffering=True)
-    run.event("cache_on", key=run.fleet.nginx.cfg.cache_key, valid_s=run.fleet.nginx.cfg.cache_valid_s, ignore=[])
+    run.emit(E.ProxyCacheOn, key=run.fleet.nginx.cfg.cache_key, valid_s=run.fleet.nginx.cfg.cache_valid_s, ignore=[])
     base = run.proxy.prompt("cache/prompt", run.cfg.prompt_words)
     greedy = _greedy(run)
     _seed_check(run, base, greedy)
@@ -51,7 +52,7 @@ def _seed_check(run: PhaseRun, base: str, greedy: Sampling) -> None:
                   sampling=greedy, prompt=base)
     if seed_rows[-1].get("proxy_cache") != "HIT" and srv.get("accel_buffering") == "no":
         run.fleet.reconfigure(ignore_headers=["X-Accel-Buffering"])
-        run.event("cache_on", key=run.fleet.nginx.cfg.cache_key, ignore=["X-Accel-Buffering"])
+        run.emit(E.ProxyCacheOn, key=run.fleet.nginx.cfg.cache_key, ignore=["X-Accel-Buffering"])
 
 
 def _hits_and_samples(run: PhaseRun, base: str, greedy: Sampling) -> None:
@@ -74,7 +75,7 @@ def _stale_check(run: PhaseRun, base: str, greedy: Sampling) -> None:
     """The model behind the served name switched: the server answers with the new one, the cache with the old."""
     run.fleet.swap_model(run.cfg.stale_model, run.ctx.models_dir)
     _unload_all(run)
-    run.event("model_changed", to=run.cfg.stale_model)
+    run.emit(E.ModelChanged, to=run.cfg.stale_model)
     run.one(run.proxy, "cache/stale/proxy", phase="cache", target="proxy", variant="after model change",
             sampling=greedy, prompt=base)
     run.one(run.direct[0], "cache/stale/direct", phase="cache", target="direct", variant="after model change",

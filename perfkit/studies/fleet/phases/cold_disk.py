@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from perfkit.core import events as E
 from perfkit.servers.control import Unknown
 
 from ..phase_run import PhaseRun
@@ -27,7 +28,7 @@ def measure(run: PhaseRun) -> None:
         try:
             s.control.file_cache(run.model)
         except Unknown as e:
-            run.event("cold_disk_unknown", server=s.name, why=str(e))
+            run.emit(E.ColdDiskUnknown, server=s.name, why=str(e))
             why_not.append(f"{s.name}: {e}")
             continue
         seen += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from perfkit.core import events as E
 from perfkit.analysis.requests import ci_cell, est, measured
 
 from ..phase_run import PhaseRun
@@ -23,7 +24,7 @@ def measure(run: PhaseRun) -> None:
         return
     nat.unload(run.model)
     nat.close()
-    run.event("server_unloaded", server=servers[last].addr)
+    run.emit(E.ServerUnloaded, server=servers[last].addr)
     n = max(2 * len(servers), 6)
     run.proxy.closed_loop(run.model, len(servers), n, series="cold_upstream/proxy", sampling=run.sampling,
                           prompt_words=run.cfg.prompt_words, tags={"phase": "cold_upstream", "target": "proxy",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from perfkit.core import events as E
 from perfkit.analysis.requests import error_summary
 
 from ..phase_run import PhaseRun
@@ -70,7 +71,7 @@ class _Kill:
                 return
             self.killed = True
         t = self.run.fleet.kill(self.victim)
-        self.run.event("server_killed", server=self.run.fleet.servers[self.victim].addr, server_addrs=self.addrs,
+        self.run.emit(E.ServerKilled, server=self.run.fleet.servers[self.victim].addr, server_addrs=self.addrs,
                        kill_t_ns=t, scheduled_by=why)
 
     def on_response(self, i: int, cap: Any) -> None:  # on the loop: a counter and, once, a kill(2)
@@ -80,7 +81,7 @@ class _Kill:
 
     def revive(self) -> None:
         self.run.fleet.revive(self.victim)
-        self.run.event("server_revived", server=self.run.fleet.servers[self.victim].addr)
+        self.run.emit(E.ServerRevived, server=self.run.fleet.servers[self.victim].addr)
 
 
 def _kill_timer(run: PhaseRun, kill: _Kill) -> threading.Timer:
@@ -110,14 +111,15 @@ def failover_summary(df: pd.DataFrame, ev: pd.DataFrame, access: list[dict[str, 
     all_rows = phase_rows(df, "failover")
     if all_rows.empty:
         return None
-    kill = ev[ev["kind"] == "server_killed"]
+    kill = E.events_of(ev, E.ServerKilled)
     if kill.empty:
         return Failover(requests=len(all_rows), kill_reached=False)
     k = kill.iloc[-1]
     t_kill_wall = _kill_wall_s(k, ev)
     # nginx names the address it connected to; the URL may name the host: every address it resolved to counts.
     victim_addrs = set(k.get("server_addrs") if isinstance(k.get("server_addrs"), list) else []) | {k["server"]}
-    rev = ev[(ev["kind"] == "server_revived") & (ev["wall_unix_s"] > t_kill_wall)]
+    rev = E.events_of(ev, E.ServerRevived)
+    rev = rev[rev["wall_unix_s"] > t_kill_wall]
     t_end_wall = float(rev["wall_unix_s"].iloc[0]) if len(rev) else math.inf  # the same address serves again
     after = all_rows[all_rows["t_send_ns"] >= int(k["kill_t_ns"]) - int(30e9)]
     failed = all_rows[~all_rows["ok"].astype(bool)]
@@ -139,7 +141,7 @@ def failover_summary(df: pd.DataFrame, ev: pd.DataFrame, access: list[dict[str, 
 def _kill_wall_s(k: pd.Series, ev: pd.DataFrame) -> float:
     """When the kill happened, in wall seconds: its own instant (an agent's stamp, on the run's clock) where the
     run's clock can be mapped to the wall, else when the event was written, after it."""
-    clock = ev[ev["kind"] == "clock"]
+    clock = E.events_of(ev, E.ClockAnchor)
     if len(clock) and pd.notna(k.get("kill_t_ns")):
         c = clock.iloc[0]
         return float(c["wall_unix_s"]) + (int(k["kill_t_ns"]) - int(c["t_ns"])) * 1e-9

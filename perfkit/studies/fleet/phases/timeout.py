@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from perfkit.core import events as E
 from perfkit.analysis.requests import ci_cell, error_summary, est, measured
 from perfkit.client.backends import Backend
 from perfkit.servers.nginx import Upstream
@@ -54,7 +55,7 @@ def _probe_short_timeouts(run: PhaseRun, nat: Backend) -> None:
         # upstream nothing is retried elsewhere: what comes back is the proxy's own answer.
         run.fleet.reconfigure(proxy_read_timeout_s=short, max_fails=0,
                               upstreams=[Upstream(run.fleet.servers[0].url, 1)])
-        run.event("short_timeout", proxy_read_timeout_s=short, probe=label, cold_ttfb_s=ttfb, cold_ttft_s=ttft)
+        run.emit(E.ShortTimeout, proxy_read_timeout_s=short, probe=label, cold_ttfb_s=ttfb, cold_ttft_s=ttft)
         nat.unload(run.model)
         run.one(run.proxy, f"timeout/proxy/{label}", phase="timeout", target="proxy", cold=True, probe=label,
                 proxy_read_timeout_s=short)
