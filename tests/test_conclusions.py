@@ -137,11 +137,11 @@ def test_the_sweep_searches_until_it_brackets_the_limit_and_says_what_it_found(t
 
     slo = Slo(ttft_s=1.0, tpot_s=0.1)
     df = pd.DataFrame([r for rate, t in ttfts.items() for r in _open_rows(rate, t)])
-    assert ct._next_rate(df, 0, slo) == expect_next
+    assert ct.next_rate(df, 0, slo) == expect_next
     rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": rate, "kept_up": 1.0, "n": 10,
-                        "meets_slo_share": float(ct.meets_slo(df[df["rate_rps"] == rate], slo).mean()),
+                        "meets_slo_share": float(capacity.meets_slo(df[df["rate_rps"] == rate], slo).mean()),
                         "sustained": capacity.sustains(df[df["rate_rps"] == rate], slo)} for rate in ttfts])
-    text = ct._rate_conclusion(rt, slo.model_dump())
+    text = ct.rate_conclusion(rt, slo.model_dump())
     assert says in text and "TTFT ≤ 1.00 s and TPOT ≤ 100 ms" in text and "10 requests per rate" in text, text
     if expect_next == 4.0:
         assert "every rate tried was sustained" in text
@@ -159,12 +159,12 @@ def test_a_short_burst_above_capacity_is_not_called_sustained():
     slo = Slo(ttft_s=2.5, tpot_s=0.1)
     over = pd.DataFrame(_open_rows(4.0, 0, n=8, service_s=0.5))
     under = pd.DataFrame(_open_rows(1.0, 0, n=8, service_s=0.5))
-    assert ct.meets_slo(over, slo).all()
+    assert capacity.meets_slo(over, slo).all()
     assert S.kept_up(over) < 0.7 and not capacity.sustains(over, slo)
     assert S.kept_up(under) == pytest.approx(1.0) and capacity.sustains(under, slo)
     rt = pd.DataFrame([{"config": "NUM_PARALLEL=1", "rate_rps": r, "meets_slo_share": 1.0, "kept_up": S.kept_up(g),
                         "sustained": capacity.sustains(g, slo)} for r, g in ((1.0, under), (4.0, over))])
-    text = ct._rate_conclusion(rt, slo.model_dump())
+    text = ct.rate_conclusion(rt, slo.model_dump())
     assert "1.00 req/s sustained, 4.00 req/s not (the server fell behind" in text, text
     assert S.kept_up(over) == pytest.approx(0.5, abs=0.02)  # a server at half the offered rate
 

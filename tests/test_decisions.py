@@ -19,6 +19,7 @@ import pytest
 from perfkit.analysis import figures as F
 from perfkit.analysis import series as S
 from perfkit.analysis import verdicts as V
+from perfkit.analysis.capacity import NOT_SUSTAINED, SUSTAINED, rate_verdict
 from perfkit.analysis.decisions import best_of, holm
 
 SHIFT_SD = 0.04  # the per-restart shift of a whole run's latencies (log scale), as measured between A/A runs
@@ -246,16 +247,16 @@ def _sweep(rng, capacity_rps, slots, exp_service, *, requests=16, extend=2, step
             if look:
                 n, series = 2 * n, f"r{rate:g}/n{2 * n}"
             df = run(rate, n, series)
-            if ct.rate_verdict(ct._rate_rows(df, 0, rate), slo, told)[0] != S.CANT_TELL:
+            if rate_verdict(ct.rate_rows(df, 0, rate), slo, told)[0] != S.CANT_TELL:
                 break
         if not rates and done < steps:
-            nxt = ct._next_rate(df, 0, slo, told)
+            nxt = ct.next_rate(df, 0, slo, told)
             if nxt is not None:
                 rates.append(nxt)
                 done += 1
-    verdicts = {r: ct.rate_verdict(ct._rate_rows(df, 0, r), slo, told)[0] for r in sorted(df["rate_rps"].unique())}
-    top = max((r for r, v in verdicts.items() if v == ct.SUSTAINED), default=0.0)
-    above = min((r for r, v in verdicts.items() if v == ct.NOT_SUSTAINED and r > top), default=math.inf)
+    verdicts = {r: rate_verdict(ct.rate_rows(df, 0, r), slo, told)[0] for r in sorted(df["rate_rps"].unique())}
+    top = max((r for r, v in verdicts.items() if v == SUSTAINED), default=0.0)
+    above = min((r for r, v in verdicts.items() if v == NOT_SUSTAINED and r > top), default=math.inf)
     return top, above
 
 

@@ -70,7 +70,7 @@ def test_a_toy_server_kind_is_added_through_the_interface_alone(tmp_path, fake_o
     """No edit in perfkit: the kind is recognised, its section checked, its settings named its own way, its
     space offered to tuning and its deploy file written; the toy study runs and reports on it."""
     from perfkit.core import settings
-    from perfkit.studies import tuning_deploy
+    from perfkit.studies.tuning import deploy as tuning_deploy
 
     assert "toy-server" in kinds.names()
     assert kinds.probe("toy-server", fake_openai.url, {}, "backend.url") == f"a toy server at {fake_openai.url}"

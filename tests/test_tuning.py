@@ -68,7 +68,7 @@ def test_the_space_is_the_kinds_own_narrowed_by_the_user_and_the_context_users_n
 
 
 def test_the_deploy_files_carry_the_settings_and_the_timeout_the_cold_start_needs(tmp_path):
-    from perfkit.studies import tuning_deploy
+    from perfkit.studies.tuning import deploy as tuning_deploy
     from perfkit.studies.tuning import TuningResult
     from perfkit.analysis.figures import FigureSet
 
@@ -142,7 +142,7 @@ def test_tune_picks_the_setting_a_server_of_known_capacity_is_fastest_with(tmp_p
     assert tried >= 2 and (math.isfinite(top) or math.isfinite(above)), (res.capacity, verdicts)
     assert (math.isnan(top) or top <= capacity * 1.15) and (math.isnan(above) or above >= capacity * 0.85), \
         (res.capacity, verdicts)
-    proof = {r.what: r.row for r in tuning_mod._pair_rows(res)}
+    proof = {r.what: r.row for r in tuning_mod.pair_rows(res)}
     assert proof["request rate at 4 clients"].verdict == "improved"
     assert "tuned: NUM_PARALLEL=4" in out and "to deploy:" in out
     assert (run_dir / "tuning" / "tuned" / "ollama.env").read_text().count("OLLAMA_NUM_PARALLEL=4") == 1
@@ -165,7 +165,7 @@ def test_tune_says_so_when_no_setting_matters(tmp_path, scripted_models_dir):
     assert not res.claim.called
     text = tuning.conclusions(res)
     assert "is the best" not in text and "Run **" not in text
-    rows = {r.what: r.row for r in tuning._pair_rows(res)}
+    rows = {r.what: r.row for r in tuning.pair_rows(res)}
     if rows["request rate at 1 client"].verdict != "improved":
         assert "no setting is shown better" in text
 

@@ -37,7 +37,33 @@ ENV_REPLICATE = "PERFKIT_REPLICATE"  # which replicate of a repeated run a study
 REPLICATE_FIGURES = "replicate-figures.json"  # one replicate's own figures, beside its data
 
 
-class UntilAnswered(Strict):
+def budget_field() -> Any:
+    """The ``budget_s`` key of a section that measures in looks: the same key, bounds and words in every study."""
+    return Field(None, gt=0, description="this study's time budget: no further look starts once it would be spent")
+
+
+class MeasuredInLooks(Strict):
+    """A study section that measures a comparison in planned looks until it is answered, within ``budget_s``
+    (:mod:`perfkit.analysis.sequential`). ``looks_keys`` name the section's two keys of the plan: the repetitions
+    of the first look (and of each look after it) and the most it measures (None: the first look only). The
+    section declares those keys and ``budget_s`` (:func:`budget_field`) itself, where it wants them listed."""
+
+    looks_keys: ClassVar[tuple[str, str]] = ("reps", "max_reps")
+
+    @model_validator(mode="after")
+    def _max_reps(self):
+        reps_key, most_key = self.looks_keys
+        reps, most = getattr(self, reps_key), getattr(self, most_key)
+        if most is not None and most < reps:
+            raise ValueError(f"{most_key} ({most}) must be ≥ {reps_key} ({reps})")
+        return self
+
+    def looks(self) -> Looks:
+        reps_key, most_key = self.looks_keys
+        return Looks(getattr(self, reps_key), getattr(self, most_key))
+
+
+class UntilAnswered(MeasuredInLooks):
     """A study section that measures its comparison in planned looks (``reps``, then every ``reps`` more up to
     ``max_reps``) until it is answered, within ``budget_s`` (:mod:`perfkit.analysis.sequential`)."""
 
@@ -47,17 +73,7 @@ class UntilAnswered(Strict):
     max_reps: int | None = Field(None, ge=1, le=MAX_REPS, description=(
         "measure until the comparison is answered, looking after every `reps` more repetitions, up to this many; "
         "unset: `reps` only"))
-    budget_s: float | None = Field(None, gt=0, description="this study's time budget: no further look starts once "
-                                   "it would be spent")
-
-    @model_validator(mode="after")
-    def _max_reps(self):
-        if self.max_reps is not None and self.max_reps < self.reps:
-            raise ValueError(f"max_reps ({self.max_reps}) must be ≥ reps ({self.reps})")
-        return self
-
-    def looks(self) -> Looks:
-        return Looks(self.reps, self.max_reps)
+    budget_s: float | None = budget_field()
 
 
 @dataclass
