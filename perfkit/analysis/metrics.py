@@ -101,6 +101,9 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("prefix_reuse", "prompt served from the server's cache", SHARE, "higher", "median",
            "median over requests of the server-counted cached prompt tokens ÷ prompt tokens (the counts the server "
            f"reports with each request), {_PCT}", _REQ),
+    Metric("draft_acceptance", "draft tokens accepted", SHARE, "higher", "median",
+           "median over requests of the tokens the model accepted ÷ the tokens its draft proposed (speculative "
+           f"decoding; the server's per-request counts), {_PCT}", _REQ),
     Metric("throughput", "output throughput", TOKENS_PER_S, "higher", "series",
            "server-counted output tokens per second inside the series' steady-state window; CI by batch means "
            "over 5 equal windows", "windows", per_output=True),

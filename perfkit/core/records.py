@@ -78,6 +78,11 @@ class RequestRecord:
     prompt_tokens: int | None = None  # every prompt token the server saw, cached or not
     cached_tokens: int | None = None  # served from the prompt cache (llama-server cache_n)
     prefill_tokens: int | None = None  # uncached prompt tokens actually evaluated
+    # Speculative decoding: tokens the draft proposed and those the model accepted (llama-server draft_n,
+    # draft_n_accepted); their ratio is the acceptance rate. None where no draft ran or the server doesn't say.
+    draft_tokens: int | None = None
+    draft_accepted_tokens: int | None = None
+    draft_acceptance: float | None = None
     prefill_s: float | None = None
     decode_s: float | None = None
     output_tokens: int | None = None
@@ -98,6 +103,8 @@ class RequestRecord:
             self.ttfb_s = (self.t_headers_ns - self.t_send_ns) * s
         if self.t_first_token_ns is not None:
             self.ttft_s = (self.t_first_token_ns - self.t_send_ns) * s
+        if self.draft_tokens and self.draft_accepted_tokens is not None:
+            self.draft_acceptance = self.draft_accepted_tokens / self.draft_tokens
         if self.t_end_ns is not None:
             self.e2e_s = (self.t_end_ns - self.t_send_ns) * s
         if self.t_scheduled_ns is not None:

@@ -274,6 +274,8 @@ def _timings(rec: RequestRecord, t: dict) -> None:
     rec.decode_s = t["predicted_ms"] * _MS if "predicted_ms" in t else None
     if "predicted_n" in t:
         rec.output_tokens, rec.output_tokens_source = t["predicted_n"], "server"
+    if t.get("draft_n"):  # present only where a draft model ran for this request
+        rec.draft_tokens, rec.draft_accepted_tokens = t["draft_n"], t.get("draft_n_accepted")
 
 
 class _LoadWatcher:
