@@ -16,13 +16,19 @@ NS = 1_000_000_000
 class FakeOllama:
     """Models: 'good' (5 tokens, 20 ms apart), 'slow-load' (200 ms before the first byte, load_duration),
     'http500', 'stall' (2 tokens then silence), 'malformed', 'stream-error', 'no-done' (ends without done),
-    'omitted' (final object without the zero metrics)."""
+    'omitted' (final object without the zero metrics), 'thinker' (``thinking_tokens`` thinking chunks, then
+    ``tokens`` answer chunks, ``token_gap_s`` apart; ``think: false`` skips the thinking; eval_count counts
+    both, as Ollama's does), 'ignores-think' (never thinks, whatever ``think`` says).
 
-    def __init__(self, token_gap_s: float = 0.02, tokens: int = 5):
-        self.token_gap_s, self.tokens = token_gap_s, tokens
+    ``sent``: per streamed request, each chunk's phase ("thinking", "answer", "final") with ``perf_counter_ns``
+    just before its write and just after its flush, for tests to hold perfkit's stamps against."""
+
+    def __init__(self, token_gap_s: float = 0.02, tokens: int = 5, thinking_tokens: int = 3):
+        self.token_gap_s, self.tokens, self.thinking_tokens = token_gap_s, tokens, thinking_tokens
         self.loaded: set[str] = set()
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
+        self.sent: list[list[dict]] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,10 +71,23 @@ class FakeOllama:
                     return self._generate(req)
                 self._json(404, {"error": "not found"})
 
-            def _line(self, obj) -> None:
+            def _line(self, obj, phase: str | None = None) -> None:
                 data = (obj if isinstance(obj, str) else json.dumps(obj)) + "\n"
+                t_write_ns = time.perf_counter_ns()
                 self.wfile.write(f"{len(data.encode()):x}\r\n".encode() + data.encode() + b"\r\n")
                 self.wfile.flush()
+                if phase is not None:
+                    self._sent.append({"phase": phase, "t_write_ns": t_write_ns,
+                                           "t_sent_ns": time.perf_counter_ns()})
+
+            def _piece(self, model: str, chat: bool, i: int, thinking: bool) -> dict:
+                text = f"{'h' if thinking else 't'}{i} "
+                if chat:
+                    msg = {"role": "assistant", "content": "", "thinking": text} if thinking else \
+                        {"role": "assistant", "content": text}
+                    return {"model": model, "done": False, "message": msg}
+                return {"model": model, "done": False, **({"thinking": text, "response": ""} if thinking
+                                                           else {"response": text})}
 
             def _generate(self, req):
                 model = req["model"]
@@ -89,6 +108,13 @@ class FakeOllama:
                 self.send_header("Content-Type", "application/x-ndjson")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                self._sent: list[dict] = []  # this request's own: concurrent requests never mix
+                owner.sent.append(self._sent)
+                # A thinking model thinks unless told not to (Ollama since v0.12.4).
+                thinks = model == "thinker" and req.get("think", True) is not False
+                for i in range(owner.thinking_tokens if thinks else 0):
+                    self._line(self._piece(model, chat, i, thinking=True), "thinking")
+                    time.sleep(owner.token_gap_s)
                 for i in range(owner.tokens):
                     if model == "stall" and i == 2:
                         time.sleep(3)
@@ -99,23 +125,22 @@ class FakeOllama:
                     if model == "stream-error" and i == 2:
                         self._line({"error": "an error was encountered while running the model"})
                         break
-                    piece = {"content": f"t{i} "} if chat else None
-                    obj = {"model": model, "done": False, **({"message": {"role": "assistant", **piece}} if chat
-                                                            else {"response": f"t{i} "})}
+                    obj = self._piece(model, chat, i, thinking=False)
                     if req.get("logprobs"):
                         obj["logprobs"] = [{"token": f"t{i}", "logprob": -0.1 * i}]
-                    self._line(obj)
+                    self._line(obj, "answer")
                     time.sleep(owner.token_gap_s)
                 if model != "no-done":
                     final = {"model": model, "done": True, "done_reason": "stop",
                              "total_duration": int(0.5 * NS), "load_duration": int(0.2 * NS) if model == "slow-load" else 0,
                              "prompt_eval_count": 12, "prompt_eval_duration": int(0.012 * NS),
-                             "eval_count": owner.tokens, "eval_duration": int(0.1 * NS)}
+                             "eval_count": owner.tokens + (owner.thinking_tokens if thinks else 0),
+                             "eval_duration": int(0.1 * NS)}
                     if model == "omitted":
                         final = {k: v for k, v in final.items() if k not in ("load_duration", "prompt_eval_count",
                                                                            "prompt_eval_duration")}
                     final.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
-                    self._line(final)
+                    self._line(final, "final")
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 

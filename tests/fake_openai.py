@@ -18,11 +18,21 @@ class FakeOpenAI:
     request on the same connection finds it closed, as when a server's idle timeout races the send),
     'die-later' (like 'good', but a second request on the same connection is read and then, 150 ms later,
     dropped unanswered: a server dying during a load or prefill), 'packed' (like 'good' at the same token
-    rate, but ``pack`` tokens per streamed event, as vLLM sends when its API server falls behind)."""
+    rate, but ``pack`` tokens per streamed event, as vLLM sends when its API server falls behind),
+    'thinker' (first a bookkeeping chunk, role and ``content: ""``, as vLLM sends; then ``thinking_tokens``
+    chunks of ``delta.reasoning_content``, as llama-server sends, then ``tokens`` answer chunks, ``token_gap_s``
+    apart; ``chat_template_kwargs: {"enable_thinking": false}`` skips the thinking; usage counts both),
+    'thinker-reasoning' (the same in ``delta.reasoning``, as current vLLM sends), 'ignores-think' (never thinks).
 
-    def __init__(self, token_gap_s: float = 0.01, tokens: int = 5, fixed_latency_s: float = 0.1, pack: int = 4):
+    ``sent``: per streamed request, each chunk's phase ("thinking", "answer") with ``perf_counter_ns`` just
+    before its write and just after its flush, for tests to hold perfkit's stamps against."""
+
+    def __init__(self, token_gap_s: float = 0.01, tokens: int = 5, fixed_latency_s: float = 0.1, pack: int = 4,
+                 thinking_tokens: int = 3):
         self.token_gap_s, self.tokens, self.fixed_latency_s, self.pack = token_gap_s, tokens, fixed_latency_s, pack
+        self.thinking_tokens = thinking_tokens
         self.requests: list[dict] = []
+        self.sent: list[list[dict]] = []
         self.connections = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -53,15 +63,19 @@ class FakeOpenAI:
                 if self.path == "/v1/models":
                     return self._json(200, {"object": "list", "data": [
                         {"id": m, "object": "model", "owned_by": "fake", "max_model_len": 4096}
-                        for m in ("good", "fixed", "http500", "stall", "no-done", "cached")]})
+                        for m in ("good", "fixed", "http500", "stall", "no-done", "cached", "thinker",
+                                  "thinker-reasoning", "ignores-think")]})
                 if self.path == "/version":
                     return self._json(200, {"version": "0.0-fake"})
                 self._json(404, {"error": "not found"})
 
-            def _chunk(self, obj) -> None:
+            def _chunk(self, obj, phase: str | None = None) -> None:
                 data = (obj if isinstance(obj, bytes) else f"data: {json.dumps(obj)}\n\n".encode())
+                t_write_ns = time.perf_counter_ns()
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
+                if phase is not None:
+                    self._sent.append({"phase": phase, "t_write_ns": t_write_ns, "t_sent_ns": time.perf_counter_ns()})
 
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", 0))
@@ -96,7 +110,20 @@ class FakeOpenAI:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                self._sent: list[dict] = []  # this request's own: concurrent requests never mix
+                with owner._lock:
+                    owner.sent.append(self._sent)
                 count = 1 if model == "fixed" else owner.tokens
+                thinking = 0
+                if chat and model in ("thinker", "thinker-reasoning", "ignores-think"):
+                    self._chunk({"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+                    enabled = (req.get("chat_template_kwargs") or {}).get("enable_thinking", True)
+                    thinking = owner.thinking_tokens if model != "ignores-think" and enabled is not False else 0
+                    field = "reasoning" if model == "thinker-reasoning" else "reasoning_content"
+                    for i in range(thinking):
+                        time.sleep(owner.token_gap_s)
+                        self._chunk({"id": "x", "object": "chat.completion.chunk",
+                                     "choices": [{"index": 0, "delta": {field: f"h{i} "}}]}, "thinking")
                 if model == "fixed":
                     time.sleep(owner.fixed_latency_s)
                 if model == "packed":
@@ -124,11 +151,12 @@ class FakeOpenAI:
                         time.sleep(owner.token_gap_s)
                     piece = f"t{i} "
                     choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
-                    self._chunk({"id": "x", "object": "chat.completion.chunk", "choices": [choice]})
+                    self._chunk({"id": "x", "object": "chat.completion.chunk", "choices": [choice]}, "answer")
                 last = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else \
                     {"index": 0, "text": "", "finish_reason": "length"}
                 self._chunk({"id": "x", "choices": [last]})
-                usage = {"prompt_tokens": 20, "completion_tokens": count, "total_tokens": 20 + count}
+                usage = {"prompt_tokens": 20, "completion_tokens": thinking + count,
+                         "total_tokens": 20 + thinking + count}
                 if model == "cached":
                     usage["prompt_tokens_details"] = {"cached_tokens": 8}
                 self._chunk({"id": "x", "choices": [], "usage": usage})

@@ -80,3 +80,23 @@ def test_each_model_has_its_own_resident_memory(backend):
     assert large > small + 100e6  # 253 MB vs 98 MB of weights, measured per process, not the sum
     backend.unload("gemma3-270m-q4_k_m")
     assert backend.resident_memory("gemma3-270m-q4_k_m") == {}
+
+
+def test_speculative_decoding_with_a_draft_model_is_counted_per_request(store_dir, tmp_path):
+    """A smaller quantization of the same model drafts: the server's drafted and accepted counts reach the record,
+    and the model process is confirmed to run with the draft."""
+    from perfkit import kinds
+    from perfkit.kinds.llamacpp.engine import Engine
+
+    with Engine(store_dir, {"num_thread": 2, "draft_model": "smollm2-135m-q4_0", "draft_max": 4},
+                log_path=tmp_path / "engine.log") as e:
+        b = kinds.create("embedded", engine=e)
+        rec = b.generate("smollm2-135m-q8_0", "Count from 1 to 30, separated by commas.", Sampling.greedy(40))
+        assert rec.ok, rec.error
+        assert rec.draft_tokens and rec.draft_tokens > 0 and 0 <= rec.draft_accepted_tokens <= rec.draft_tokens
+        assert rec.draft_acceptance == rec.draft_accepted_tokens / rec.draft_tokens
+        checks = b.control.settings_in_effect({"draft_model": "smollm2-135m-q4_0", "draft_max": 4},
+                                              "smollm2-135m-q8_0")
+        assert checks["draft_model"].status == "confirmed" and checks["draft_max"].status == "confirmed"
+        plain = Engine(store_dir, {"num_thread": 2}, log_path=tmp_path / "plain.log")
+        assert "--spec-draft-model" not in plain.flags

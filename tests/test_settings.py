@@ -45,3 +45,19 @@ def test_check_applied_reads_the_model_process_arguments():
         "OLLAMA_CONTEXT_LENGTH": True, "OLLAMA_FLASH_ATTENTION": True, "OLLAMA_NUM_PARALLEL": True}
     assert check_applied({"OLLAMA_NUM_PARALLEL": 2, "OLLAMA_KV_CACHE_TYPE": "q8_0"}, args) == {
         "OLLAMA_NUM_PARALLEL": False, "OLLAMA_KV_CACHE_TYPE": False}
+
+
+def test_speculative_decoding_settings_become_the_draft_flags():
+    from pathlib import Path
+
+    flags = to_llama_server_flags({"draft_model": "smollm2-135m-q4_0", "draft_max": 6, "draft_min": 1},
+                                  models_dir=Path("/store"))
+    assert flags == ["--spec-type", "draft-simple", "--spec-draft-model", "/store/smollm2-135m-q4_0.gguf",
+                     "--spec-draft-n-max", "6", "--spec-draft-n-min", "1"]
+    child = ["llama-server", "--spec-type", "draft-simple", "--model-draft", "/store/smollm2-135m-q4_0.gguf",
+             "--spec-draft-n-max", "6"]
+    assert check_applied({"draft_model": "smollm2-135m-q4_0", "draft_max": 6, "draft_min": 1}, child,
+                         Path("/store")) == {"draft_model": True, "draft_max": True, "draft_min": False}
+    assert to_ollama_env({"draft_model": "x", "OLLAMA_NUM_PARALLEL": 2}) == {"OLLAMA_NUM_PARALLEL": "2"}
+    with pytest.raises(ConfigError, match="draft_max=0 is not allowed; allowed: an integer ≥ 1"):
+        to_llama_server_flags({"draft_max": 0})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perfkit.core.units import BYTES, JOULES, RATIO, REQUESTS_PER_S, SECONDS, SHARE, TOKENS_PER_S, Unit
+from perfkit.core.units import BYTES, JOULES, RATIO, REQUESTS_PER_S, SECONDS, SHARE, TOKENS, TOKENS_PER_S, Unit
 
 BETTER = ("lower", "higher", "")  # "": neither (a fact, compared for information only)
 
@@ -56,6 +56,20 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("ttft_sched_p99", "TTFT p99 from the schedule", SECONDS, "lower", "p99",
            "99th percentile of scheduled send → first token (no coordinated omission); failed requests count "
            f"as beyond the limit, {_PCT}", _REQ),
+    # A thinking model's first token is a thought: what the user waits for is its first answer token.
+    Metric("ttfa", "time to first answer token", SECONDS, "lower", "median",
+           f"median of each request's send → first answer token, thinking excluded (ttfa_s; the TTFT of a request "
+           f"that did not think), {_PCT}", _REQ),
+    Metric("thinking_time", "thinking time", SECONDS, "lower", "median",
+           "median over the requests that thought and answered of first thinking token → first answer token "
+           f"(thinking_s), {_PCT}", _REQ),
+    # Facts, not aims: fewer thinking tokens answer sooner, but may answer worse.
+    Metric("thinking_tokens", "thinking tokens", TOKENS, "", "median",
+           "median of each request's streamed thinking tokens (events; exact where the server counts each "
+           f"event's tokens), {_PCT}", _REQ, per_output=True),
+    Metric("answer_tokens", "answer tokens", TOKENS, "", "median",
+           "median of each request's answer tokens: the server-counted output tokens − thinking tokens (streamed "
+           f"answer events where the server counts none), {_PCT}", _REQ, per_output=True),
     Metric("tpot", "time per output token", SECONDS, "lower", "median",
            f"median over requests of (e2e − TTFT) / (server-counted output tokens − 1), {_PCT}", _REQ),
     Metric("itl", "inter-token latency", SECONDS, "lower", "median",
@@ -87,6 +101,9 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("prefix_reuse", "prompt served from the server's cache", SHARE, "higher", "median",
            "median over requests of the server-counted cached prompt tokens ÷ prompt tokens (the counts the server "
            f"reports with each request), {_PCT}", _REQ),
+    Metric("draft_acceptance", "draft tokens accepted", SHARE, "higher", "median",
+           "median over requests of the tokens the model accepted ÷ the tokens its draft proposed (speculative "
+           f"decoding; the server's per-request counts), {_PCT}", _REQ),
     Metric("throughput", "output throughput", TOKENS_PER_S, "higher", "series",
            "server-counted output tokens per second inside the series' steady-state window; CI by batch means "
            "over 5 equal windows", "windows", per_output=True),

@@ -107,12 +107,17 @@ class CompatibleBackend(Backend):
             v = getattr(sampling, name)
             if v is not None:
                 body[name] = v
+        if sampling.think is not None:
+            if not chat:
+                raise PerfkitError("think needs the chat endpoint: /v1/completions applies no chat template and "
+                                   "streams no thinking apart from the answer")
+            body.update(think_fields(sampling.think))
         if logprobs:
             body["logprobs"] = True if chat else 1
             if chat:
                 body["top_logprobs"] = 1
         rec = RequestRecord(backend=self.name, model=model, tokens=[] if logprobs else None,
-                            logprobs=[] if logprobs else None)
+                            logprobs=[] if logprobs else None, think_requested=sampling.think_requested())
         parts: list[str] = []
 
         def usage(obj: dict) -> None:
@@ -143,11 +148,24 @@ def serving(what: str) -> Callable[[dict, str, int], str]:
     return identify
 
 
+def think_fields(think: bool | str) -> dict[str, Any]:
+    """Ollama's ``think`` in a /v1 chat request: a level as ``reasoning_effort`` (gpt-oss on vLLM, Ollama's /v1);
+    true or false as the chat template's ``enable_thinking`` (Qwen3-style templates on vLLM, SGLang and
+    llama-server). A server or template that knows neither ignores it: the record's thinking tokens tell."""
+    if isinstance(think, bool):
+        return {"chat_template_kwargs": {"enable_thinking": think}}
+    return {"reasoning_effort": think}
+
+
 def sse_parser(rec: RequestRecord, parts: list[str], *, chat: bool = True,
                on_obj: Callable[[dict], None] | None = None) -> Callable[[str, int], bool]:
     """A line parser for OpenAI-style SSE (``data: {...}``, ``data: [DONE]``), llama-server's included:
     text (and reasoning) into ``parts`` with token stamps, logprobs and the finish reason into ``rec``;
-    ``on_obj(chunk)`` sees every chunk for what a server adds (usage, llama.cpp's timings)."""
+    ``on_obj(chunk)`` sees every chunk for what a server adds (usage, llama.cpp's timings).
+
+    Thinking is ``delta.reasoning`` (vLLM since late 2025, Ollama's /v1) or ``delta.reasoning_content``
+    (llama-server with --reasoning-format, DeepSeek, older vLLM); a server sending both sends the same text
+    twice, so one is read. Thoughts a server leaves inside ``content`` (no reasoning parser) read as answer."""
 
     def on_line(line: str, t_ns: int) -> bool:
         if not line.startswith("data:"):
@@ -167,11 +185,11 @@ def sse_parser(rec: RequestRecord, parts: list[str], *, chat: bool = True,
             raise StreamError(json.dumps(obj["error"])[:300])
         for choice in obj.get("choices") or []:
             delta = choice.get("delta") or {}
-            text = (delta.get("content") or "") + (delta.get("reasoning_content") or "") if chat \
-                else choice.get("text") or ""
-            if text:
-                mark_token(rec, t_ns)
-                parts.append(text)
+            thought = (delta.get("reasoning") or delta.get("reasoning_content") or "") if chat else ""
+            answer = (delta.get("content") or "") if chat else choice.get("text") or ""
+            if thought or answer:
+                mark_token(rec, t_ns, thinking=not answer)
+                parts.append(thought + answer)
             _logprobs(rec, choice.get("logprobs"))
             if choice.get("finish_reason"):
                 rec.done_reason = choice["finish_reason"]

@@ -144,7 +144,18 @@ def _feed(call: StreamCall, cap: Capture) -> tuple[bool, MalformedLine | None, i
     return False, cut, None
 
 
-def mark_token(rec: RequestRecord, t_ns: int) -> None:
+def mark_token(rec: RequestRecord, t_ns: int, *, thinking: bool = False) -> None:
+    """Stamp one streamed event that carried generated text. ``thinking``: it carried thinking and no answer
+    text; it still counts for TTFT and the token times (the server generated it), but not as the answer."""
     if rec.t_first_token_ns is None:
         rec.t_first_token_ns = t_ns
+    if thinking:
+        if rec.event_thinking is None:
+            rec.event_thinking = [False] * len(rec.token_times_ns)
+        rec.event_thinking.append(True)
+    else:
+        if rec.t_first_answer_ns is None:
+            rec.t_first_answer_ns = t_ns
+        if rec.event_thinking is not None:
+            rec.event_thinking.append(False)
     rec.token_times_ns.append(t_ns)

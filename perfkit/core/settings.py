@@ -47,6 +47,19 @@ def _positive_int(v: str) -> int:
     return n
 
 
+def _non_negative_int(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise ValueError
+    return n
+
+
+def _model_name(v: str) -> str:
+    if not v.strip():
+        raise ValueError
+    return v
+
+
 def _one_of(*choices: str) -> Callable[[str], str]:
     def check(v: str) -> str:
         if v not in choices:
@@ -69,6 +82,7 @@ class Role:
 PARALLEL, CONTEXT_LENGTH, KV_CACHE_TYPE = "parallel", "context_length", "kv_cache_type"
 FLASH_ATTENTION, KEEP_ALIVE, MAX_LOADED_MODELS = "flash_attention", "keep_alive", "max_loaded_models"
 THREADS, BATCH, MMAP = "threads", "batch", "mmap"
+DRAFT_MODEL, DRAFT_MAX, DRAFT_MIN = "draft_model", "draft_max", "draft_min"
 
 ROLES: dict[str, Role] = {r.name: r for r in [
     Role(FLASH_ATTENTION, "1, 0 or auto", _one_of(*FLASH_MODES), lower=True),
@@ -80,6 +94,10 @@ ROLES: dict[str, Role] = {r.name: r for r in [
     Role(THREADS, "an integer ≥ 1", _positive_int),
     Role(BATCH, "an integer ≥ 1", _positive_int),
     Role(MMAP, "true or false", _one_of("true", "false")),
+    Role(DRAFT_MODEL, "a model of the server's store (or a file) to draft tokens for speculative decoding",
+         _model_name),
+    Role(DRAFT_MAX, "an integer ≥ 1 (tokens drafted per step)", _positive_int),
+    Role(DRAFT_MIN, "an integer ≥ 0 (tokens drafted at least)", _non_negative_int),
 ]}
 
 

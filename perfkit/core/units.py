@@ -142,6 +142,7 @@ class _Percent(Unit):
 SECONDS = _Seconds("seconds", "s", "seconds")
 TOKENS_PER_S = Unit("tokens_per_s", "tok/s", "tokens/s")
 REQUESTS_PER_S = Unit("requests_per_s", "req/s", "requests/s")
+TOKENS = Unit("tokens", "tok", "tokens")  # a count of tokens (a request's thinking or answer tokens)
 # Memory always in MiB, however large: rows of a memory table compare at a glance ("473 MiB" beside "49200 MiB").
 BYTES = Unit("bytes", "MiB", "MiB", per=2**20)
 SHARE = _Percent("share", "%", "percent", spaced=False, fraction=True)
@@ -150,7 +151,8 @@ JOULES = Unit("joules", "J", "joules")
 WATTS = Unit("watts", "W", "watts")
 RATIO = Unit("ratio", "×", "ratio", spaced=False)
 
-_BY_NAME = {u.name: u for u in (SECONDS, TOKENS_PER_S, REQUESTS_PER_S, BYTES, SHARE, PERCENT, JOULES, WATTS, RATIO)}
+_BY_NAME = {u.name: u for u in (SECONDS, TOKENS_PER_S, REQUESTS_PER_S, TOKENS, BYTES, SHARE, PERCENT, JOULES, WATTS,
+                                RATIO)}
 
 
 def named(name: str) -> Unit:

@@ -7,28 +7,51 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from perfkit.core.errors import PerfkitError
 from perfkit.core.records import RequestRecord
 from perfkit.client.stream import StreamCall
 
 DEFAULT_TIMEOUT_S = 1800.0  # a 72B cold start can take many minutes: never cut off a 15-minute load
+THINK_LEVELS = ("low", "medium", "high")  # Ollama's think levels (gpt-oss), and the /v1 reasoning_effort values
 
 
 @dataclass
 class Sampling:
-    """Generation options by their Ollama names; each backend maps them to its own API."""
+    """Generation options by their Ollama names; each backend maps them to its own API.
+
+    ``think``: whether a thinking model thinks, or how hard (Ollama's ``think``: true, false or a level in
+    :data:`THINK_LEVELS`); None sends nothing, and the model does what it does by default (Ollama since v0.12.4:
+    a thinking model thinks).
+    """
 
     num_predict: int = 64
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    think: bool | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.think is not None and not isinstance(self.think, bool) and self.think not in THINK_LEVELS:
+            raise PerfkitError(f"think {self.think!r} is not allowed; allowed: true, false, {', '.join(THINK_LEVELS)}")
 
     @classmethod
     def greedy(cls, num_predict: int = 64, seed: int = 0) -> "Sampling":
         return cls(num_predict=num_predict, temperature=0.0, top_k=1, seed=seed)
 
     def present(self) -> dict[str, Any]:
+        """Every option set, ``think`` included (what a record of the request says was asked)."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def options(self) -> dict[str, Any]:
+        """The generation options set (Ollama's ``options``): ``think`` is not one, it goes beside them."""
+        return {k: v for k, v in self.present().items() if k != "think"}
+
+    def think_requested(self) -> str | None:
+        """``think`` as a record keeps it: "true", "false" or the level; None when it is not sent."""
+        if self.think is None:
+            return None
+        return str(self.think).lower() if isinstance(self.think, bool) else self.think
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,6 @@ def as_text(prompt: Prompt, where: str) -> str:
         return prompt
     if len(prompt) == 1 and prompt[0].get("role") == "user":
         return prompt[0]["content"]
-    from perfkit.core.errors import PerfkitError
-
     raise PerfkitError(f"{where} takes one text prompt, not chat messages (a system prompt or a history): use the "
                        "chat endpoint for this workload")
 
@@ -169,8 +190,6 @@ class Backend(abc.ABC):
         import time as _time
 
         import httpx
-
-        from perfkit.core.errors import PerfkitError
 
         client = self._client  # type: ignore[attr-defined]
         url = f"{self.url}{path}"

@@ -20,7 +20,7 @@ from perfkit.core.clock import now_ns
 from perfkit.core.records import RequestRecord
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import StreamCall
-from perfkit.client.compatible import sse_parser
+from perfkit.client.compatible import sse_parser, think_fields
 from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
                                           as_messages)
 
@@ -208,11 +208,13 @@ class LlamaServerBackend(Backend):
             v = getattr(sampling, ours)
             if v is not None:
                 body[theirs] = v
+        if sampling.think is not None:
+            body.update(think_fields(sampling.think))
         if logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = 1
         rec = RequestRecord(backend=self.name, model=model, tokens=[] if logprobs else None,
-                            logprobs=[] if logprobs else None)
+                            logprobs=[] if logprobs else None, think_requested=sampling.think_requested())
         parts: list[str] = []
 
         def timings(obj: dict) -> None:
@@ -272,6 +274,8 @@ def _timings(rec: RequestRecord, t: dict) -> None:
     rec.decode_s = t["predicted_ms"] * _MS if "predicted_ms" in t else None
     if "predicted_n" in t:
         rec.output_tokens, rec.output_tokens_source = t["predicted_n"], "server"
+    if t.get("draft_n"):  # present only where a draft model ran for this request
+        rec.draft_tokens, rec.draft_accepted_tokens = t["draft_n"], t.get("draft_n_accepted")
 
 
 class _LoadWatcher:

@@ -44,7 +44,7 @@ class EngineControl(ServerControl):
         self.backend.load(model)
         status = self.backend.status().get(model, {})
         args = [str(a) for a in status.get("args", [])]
-        applied = check_applied(wanted, args)
+        applied = check_applied(wanted, args, self.engine.models_dir)
         out = {}
         for key, value in validate_settings(wanted).items():
             if applied.get(key):

@@ -116,7 +116,7 @@ class Engine:
                  extra_args: Sequence[str] = (), ready_timeout_s: float = 60.0, die_with_parent: bool = True):
         self.models_dir = Path(models_dir).expanduser()
         self.settings = dict(settings or {})
-        self.flags = to_flags(self.settings)  # validates before anything starts
+        self.flags = to_flags(self.settings, self.models_dir)  # validates before anything starts
         self.host = host
         self.port = port
         self.log_path = Path(log_path) if log_path else None
@@ -215,7 +215,7 @@ class Engine:
         self.stop()
         if settings is not None:
             self.settings = dict(settings)
-            self.flags = to_flags(self.settings)
+            self.flags = to_flags(self.settings, self.models_dir)
         return self.start()
 
     def __enter__(self) -> "Engine":

@@ -3,6 +3,7 @@ check that a model process really runs with them (its arguments as the router re
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Mapping
 
 from perfkit.core import settings as S
@@ -24,30 +25,41 @@ FLAGS: dict[str, Callable[[str], list[str]]] = {
     S.THREADS: lambda v: ["-t", str(int(v))],
     S.BATCH: lambda v: ["-b", str(int(v)), "-ub", str(int(v))],
     S.MMAP: lambda v: [] if v == "true" else ["--no-mmap"],
+    # speculative decoding with a draft model of the same vocabulary (a smaller quantization of the same model)
+    S.DRAFT_MODEL: lambda v: ["--spec-type", "draft-simple", "--spec-draft-model", v],
+    S.DRAFT_MAX: lambda v: ["--spec-draft-n-max", str(int(v))],
+    S.DRAFT_MIN: lambda v: ["--spec-draft-n-min", str(int(v))],
 }
 
 
-def to_flags(settings: Mapping[str, object]) -> list[str]:
-    """llama-server's arguments for these settings (any kind's names)."""
-    flags: list[str] = []
-    for key, value in S.validate_settings(settings).items():
-        flags += FLAGS[S.role_of(key)](value)
-    return flags
+def to_flags(settings: Mapping[str, object], models_dir: Path | None = None) -> list[str]:
+    """llama-server's arguments for these settings (any kind's names); a draft model named by its store name is
+    that file of ``models_dir``."""
+    return [f for key, value in S.validate_settings(settings).items() for f in _flags_of(key, value, models_dir)]
+
+
+def _flags_of(key: str, value: str, models_dir: Path | None) -> list[str]:
+    role = S.role_of(key)
+    if role == S.DRAFT_MODEL and models_dir is not None and "/" not in value and not value.endswith(".gguf"):
+        value = str(Path(models_dir) / f"{value}.gguf")
+    return FLAGS[role](value)
 
 
 # The router passes settings to each model process in their long spelling.
 _LONG = {"-fa": "--flash-attn", "-np": "--parallel", "-ctk": "--cache-type-k", "-ctv": "--cache-type-v",
-         "-c": "--ctx-size", "-t": "--threads", "-b": "--batch-size", "-ub": "--ubatch-size"}
+         "-c": "--ctx-size", "-t": "--threads", "-b": "--batch-size", "-ub": "--ubatch-size",
+         "--spec-draft-model": "--model-draft"}
 _ROUTER_ONLY = {"--models-max"}
 
 
-def check_applied(settings: Mapping[str, object], child_args: list[str]) -> dict[str, bool]:
+def check_applied(settings: Mapping[str, object], child_args: list[str],
+                  models_dir: Path | None = None) -> dict[str, bool]:
     """For each setting (canonical name), whether the model process was really started with it."""
     pairs = {(a, b) for a, b in zip(child_args, child_args[1:])}
     flags = set(child_args)
     out: dict[str, bool] = {}
     for key, value in S.validate_settings(settings).items():
-        fl = FLAGS[S.role_of(key)](value)
+        fl = _flags_of(key, value, models_dir)
         ok = True
         i = 0
         while i < len(fl):

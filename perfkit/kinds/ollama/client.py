@@ -163,7 +163,9 @@ class OllamaBackend(Backend):
     def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                     logprobs: bool = False, keep_alive: object = None) -> StreamCall:
         sampling = sampling or Sampling()
-        body: dict[str, Any] = {"model": model, "stream": True, "options": sampling.present()}
+        body: dict[str, Any] = {"model": model, "stream": True, "options": sampling.options()}
+        if sampling.think is not None:  # beside the options, not among them
+            body["think"] = sampling.think
         if self.endpoint == "chat":
             body["messages"] = as_messages(prompt)
         else:
@@ -174,7 +176,7 @@ class OllamaBackend(Backend):
             body["logprobs"] = True
             body["top_logprobs"] = 0
         rec = RequestRecord(backend=self.name, model=model, tokens=[] if logprobs else None,
-                            logprobs=[] if logprobs else None)
+                            logprobs=[] if logprobs else None, think_requested=sampling.think_requested())
         parts: list[str] = []
         chat = self.endpoint == "chat"
 
@@ -187,12 +189,13 @@ class OllamaBackend(Backend):
                 raise MalformedLine(line[:120])
             if "error" in obj:
                 raise StreamError(str(obj["error"]))
-            msg = obj.get("message") or {}
-            text = (msg.get("content") or "") + (msg.get("thinking") or "") if chat \
-                else (obj.get("response") or "") + (obj.get("thinking") or "")
-            if text:
-                mark_token(rec, t_ns)
-                parts.append(text)
+            # Thinking arrives in its own chunks (/api/chat: message.thinking with content ""; /api/generate:
+            # thinking with response ""), before the answer.
+            src = (obj.get("message") or {}) if chat else obj
+            thought, answer = src.get("thinking") or "", src.get("content" if chat else "response") or ""
+            if thought or answer:
+                mark_token(rec, t_ns, thinking=not answer)
+                parts.append(thought + answer)
             for lp in obj.get("logprobs") or []:
                 if rec.tokens is not None:
                     rec.tokens.append(lp.get("token", ""))
