@@ -197,7 +197,7 @@ def _scripted(home: Path, models_dir: Path) -> tuple[str, dict]:
 
     so = ScriptedOllama(home, models_dir=models_dir)
     so.write_config()
-    return so.url, {"url": so.url, "command": [sys.executable, str(SERVE_PY), "--home", str(so.home)],
+    return so.url, {"kind": "ollama", "url": so.url, "command": [sys.executable, str(SERVE_PY), "--home", str(so.home)],
                     "env": {"OLLAMA_MODELS": str(so.models_dir), "SCRIPTED_OLLAMA_HOME": str(so.home)}}
 
 
@@ -532,7 +532,7 @@ def test_a_users_nohup_server_is_alive_and_on_its_own_settings_after_every_end(r
     from perfkit.core.schema import ClusterParams
 
     with ScriptedOllama(tmp_path / "u", models_dir=scripted_models_dir, env={"OLLAMA_NUM_PARALLEL": "1"}) as so:
-        spec = {"url": so.url, "restart_command": so.nohup_restart_command, "ready_timeout_s": 30,
+        spec = {"kind": "ollama", "url": so.url, "restart_command": so.nohup_restart_command, "ready_timeout_s": 30,
                 "server_log": {"file": str(so.log_path)}}
         user_is_back = lambda: so.serve_pid() is not None and _parallel(so) == "1"  # noqa: E731
         with Cluster(ClusterParams(address=ray_cluster.address)) as cl:

@@ -25,6 +25,7 @@ from perfkit.cluster.remote import METHODS, AgentExtras, RemoteMethod, serve
 from perfkit.core import host
 from perfkit.core.children import identity, owner_alive
 from perfkit.core.clock import now_ns
+from perfkit.core.errors import PerfkitError
 from perfkit.servers.serverlog import source_of
 from perfkit.servers.control.base import Killable, RestartInfo, Unknown
 
@@ -79,6 +80,9 @@ class HostAgent(AgentExtras):
         none), applying ``settings`` where it can restart it. Returns its description."""
         from perfkit import kinds
 
+        if not spec.get("kind"):
+            raise PerfkitError(f"host {self.name}: the server's spec names no kind (its 'kind', as backend.kind "
+                               f"names one: {', '.join(k for k in kinds.names() if kinds.get(k).agent_driven)})")
         kind = kinds.get(spec["kind"])
         ctl, self.backend, recovered = kind.open_on_host(spec, settings, log_path=self.dir / "server.log",
                                                          log=source_of(spec.get("server_log")),
