@@ -52,7 +52,8 @@ class FakeOllama:
                     return self._json(200, {"models": [{"name": m, "model": m, "size": 1000, "size_vram": 1000,
                                                         "context_length": 4096} for m in sorted(owner.loaded)]})
                 if self.path == "/api/tags":
-                    return self._json(200, {"models": [{"name": "good:latest", "size": 123456, "digest": "sha256:abc"}]})
+                    return self._json(200, {"models": [{"name": f"{m}:latest", "size": 123456, "digest": "sha256:abc"}
+                                                       for m in ("good", "thinker", "ignores-think")]})
                 self._json(404, {"error": "not found"})
 
             def do_POST(self):

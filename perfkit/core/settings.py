@@ -77,12 +77,14 @@ class Role:
     allowed: str
     check: Callable[[str], object]
     lower: bool = False
+    per_request: bool = False  # sent with every request (a thinking model's ``think``), not to the server
 
 
 PARALLEL, CONTEXT_LENGTH, KV_CACHE_TYPE = "parallel", "context_length", "kv_cache_type"
 FLASH_ATTENTION, KEEP_ALIVE, MAX_LOADED_MODELS = "flash_attention", "keep_alive", "max_loaded_models"
 THREADS, BATCH, MMAP = "threads", "batch", "mmap"
 DRAFT_MODEL, DRAFT_MAX, DRAFT_MIN = "draft_model", "draft_max", "draft_min"
+THINK = "think"
 
 ROLES: dict[str, Role] = {r.name: r for r in [
     Role(FLASH_ATTENTION, "1, 0 or auto", _one_of(*FLASH_MODES), lower=True),
@@ -98,6 +100,8 @@ ROLES: dict[str, Role] = {r.name: r for r in [
          _model_name),
     Role(DRAFT_MAX, "an integer ≥ 1 (tokens drafted per step)", _positive_int),
     Role(DRAFT_MIN, "an integer ≥ 0 (tokens drafted at least)", _non_negative_int),
+    Role(THINK, "true, false, low, medium or high (whether a thinking model thinks, or how hard)",
+         _one_of("true", "false", "low", "medium", "high"), lower=True, per_request=True),
 ]}
 
 
@@ -130,6 +134,22 @@ def register_names(names: Iterable[Name]) -> None:
             _NAMES[n.name] = n
             if n.canonical or n.role not in _CANONICAL:
                 _CANONICAL[n.role] = n.name
+
+
+def server_settings(settings: Mapping[str, object]) -> dict[str, str]:
+    """The validated settings a server takes (what a restart applies), per-request options left out."""
+    return {k: v for k, v in validate_settings(settings).items() if not ROLES[role_of(k)].per_request}
+
+
+def request_options(settings: Mapping[str, object]) -> dict[str, str]:
+    """The per-request options among ``settings``, by role (``{"think": "true"}``)."""
+    return {role_of(k): v for k, v in validate_settings(settings).items() if ROLES[role_of(k)].per_request}
+
+
+def think_of(settings: Mapping[str, object]) -> bool | str | None:
+    """What ``settings`` ask a thinking model (``True``/``False``, a level), None when they don't say."""
+    v = request_options(settings).get(THINK)
+    return None if v is None else {"true": True, "false": False}.get(v, v)
 
 
 def names() -> list[str]:
@@ -214,3 +234,7 @@ def known_conflicts(settings: Mapping[str, object]) -> list[str]:
     if s.get(KV_CACHE_TYPE, "f16") != "f16" and s.get(FLASH_ATTENTION) in ("0", "false", "off"):
         out.append("a quantized KV cache needs flash attention (the engine refuses it otherwise)")
     return out
+
+
+# A request option, not any server's setting: named here, where every kind understands it.
+register_names([Name("think", THINK, server_env=False, canonical=True)])

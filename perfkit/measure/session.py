@@ -20,7 +20,7 @@ from perfkit.core.clock import now_ns
 from perfkit.core.events import (AgentClosed, ClockAnchor, PrefixCacheEmptied, RestoreFailed, ServerLogKept,
                                   ServerRecovered, ServerRestarted, ServerRestored)
 from perfkit.core.schema import BackendParams, SamplingParams, TelemetryParams, Timeouts
-from perfkit.core.settings import KEEP_ALIVE, name_of, validate_settings
+from perfkit.core.settings import KEEP_ALIVE, name_of, server_settings, validate_settings
 from perfkit.core.store import RunStore
 from perfkit.measure.runner import Runner
 from perfkit.sampling import Monitor
@@ -58,8 +58,12 @@ class Session:
         return self.backend.control
 
     def restart(self, settings: Mapping[str, Any]) -> None:
-        """Restart the server with ``base settings + settings`` (a server setting needs a restart)."""
+        """Restart the server with ``base settings + settings`` (a server setting needs a restart); settings that
+        differ only in request options (``think``) are used without one."""
         merged = {**self.base_settings, **settings}
+        if server_settings(merged) == server_settings(self.settings):
+            self.settings = merged
+            return
         info = self.control.restart(merged)
         self.settings = merged
         self.store.emit(ServerRestarted(settings=merged, **info.as_dict()))

@@ -21,6 +21,7 @@ import pandas as pd
 
 from perfkit.analysis.figures import FILE_NAME as FIGURES_FILE, FigureSet, combine
 from perfkit import kinds
+from perfkit.core.settings import server_settings
 from perfkit.core.errors import PerfkitError
 from perfkit.analysis.requests import noisy_counts
 from perfkit.analysis.sequential import Looks
@@ -240,7 +241,8 @@ def settings_preflight(params: Any, key: str, settings: list[dict[str, Any]]) ->
     """Server settings a study must apply (anything but one empty setting) need a server perfkit starts or can
     restart with a command: the problem, naming ``key``, when the backend can't."""
     b = params.backend
-    changes = len(settings) > 1 or bool(settings[0])
+    servers = {tuple(sorted(server_settings(s).items())) for s in settings}  # request options need no restart
+    changes = len(servers) > 1 or bool(next(iter(servers)))
     caps = kinds.capabilities(b.kind)
     if not changes or caps.started_by_perfkit:
         return []

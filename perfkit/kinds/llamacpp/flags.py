@@ -40,6 +40,8 @@ def to_flags(settings: Mapping[str, object], models_dir: Path | None = None) -> 
 
 def _flags_of(key: str, value: str, models_dir: Path | None) -> list[str]:
     role = S.role_of(key)
+    if S.ROLES[role].per_request:  # sent with each request, not a server flag
+        return []
     if role == S.DRAFT_MODEL and models_dir is not None and "/" not in value and not value.endswith(".gguf"):
         value = str(Path(models_dir) / f"{value}.gguf")
     return FLAGS[role](value)

@@ -45,8 +45,9 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
     load_rows: list[dict] = []
     closed = S.last_attempt(df[df["mode"] == "closed"]) if len(df) and "mode" in df else df.iloc[0:0]
     rows, figs = [], FigureSet()
+    kinds_of_traffic = traits(closed)
     for (i, conc), g_all in closed.groupby(["config_index", "concurrency"]) if len(closed) else ():
-        rows.append(_closed_row(c, figs, i, conc, g_all, sc, sres, checks, load_rows))
+        rows.append(_closed_row(c, figs, i, conc, g_all, sc, sres, checks, load_rows, kinds_of_traffic))
     table = pd.DataFrame(rows)
     rates = rate_table(df, sc, slo, {int(i): setting_slots(ev, int(i)) for i in df["config_index"].dropna().unique()}
                        if len(df) and "config_index" in df else None)
@@ -62,9 +63,32 @@ def analyze(ctx: StudyContext) -> ConfigTuningResult:
                               clients=S.client_table(ev, df), load=pd.DataFrame(load_rows))
 
 
+def traits(rows: pd.DataFrame) -> set[str]:
+    """What the study's requests were beyond plain generation: ``draft`` (a draft model proposed tokens),
+    ``thinking`` (a model thought before it answered). Their figures exist only then, for every setting, so a
+    setting without them is compared with one with."""
+    out = set()
+    for trait, column in (("draft", "draft_tokens"), ("thinking", "thinking_tokens")):
+        if column in rows and pd.to_numeric(rows[column], errors="coerce").fillna(0).gt(0).any():
+            out.add(trait)
+    return out
+
+
+def _traffic_figures(figs: FigureSet, steady: pd.DataFrame, where: dict[str, Any], wl: dict[str, Any],
+                     kinds_of_traffic: set[str]) -> None:
+    if "draft" in kinds_of_traffic:
+        figs.add(F.per_request("config_tuning", "decode_rate", steady, "decode_tok_s", where=where, workload=wl))
+        figs.add(F.per_request("config_tuning", "draft_acceptance", steady, "draft_acceptance", where=where,
+                               workload=wl))
+    if "thinking" in kinds_of_traffic:
+        for tag, column in (("ttfa", "ttfa_s"), ("thinking_time", "thinking_s"), ("thinking_tokens", "thinking_tokens"),
+                            ("answer_tokens", "answer_tokens")):
+            figs.add(F.per_request("config_tuning", tag, steady, column, where=where, workload=wl))
+
+
 def _closed_row(c: ConfigTuningParams, figs: FigureSet, i: int, conc: int, g_all: pd.DataFrame,
                 sc: dict[str, dict], sres: dict[str, Any], checks: pd.DataFrame,
-                load_rows: list[dict]) -> dict[str, Any]:
+                load_rows: list[dict], kinds_of_traffic: set[str] = frozenset()) -> dict[str, Any]:
     """Setting ``i`` at ``conc`` clients (the last attempt of its closed loop): its figures added to ``figs``, its
     load to ``load_rows``; returns its row of the table."""
     chk = sc.get(g_all["series"].iloc[0], {}) if "series" in g_all else {}
@@ -83,6 +107,7 @@ def _closed_row(c: ConfigTuningParams, figs: FigureSet, i: int, conc: int, g_all
     good = S.goodput(g_all, ttft_s=slo.ttft_s, tpot_s=slo.tpot_s, e2e_s=slo.e2e_s)
     rss = g["res_server_rss_bytes_max"].max() if "res_server_rss_bytes_max" in g else np.nan
     f_ttft, f_tput = _closed_figures(c, figs, g, g_all, steady, steady_all, chk, where, tput, good, rss)
+    _traffic_figures(figs, steady, where, figure_workload(c, clients=int(conc)), kinds_of_traffic)
     series_name = g_all["series"].iloc[0] if "series" in g_all else None
     if series_name in sres:
         lr = S.load_row(sres[series_name], g_all)
@@ -243,6 +268,11 @@ def _pairs(figs: FigureSet, table: pd.DataFrame, best_: dict[str, dict]) -> None
                            (f"peak server memory ({clients(hi_c)})", "peak_rss", hi_c)):
         figs.pair(F.Pair(row, f"config_tuning/{tag}/{base}/{conc}", f"config_tuning/{tag}/{after}/{conc}",
                          f"first setting ({base})", f"leading setting ({after})"))
+    for row, tag in ((f"decode speed ({clients(lo_c)})", "decode_rate"),
+                     (f"time to first answer token ({clients(lo_c)})", "ttfa")):
+        if figs.get(f"config_tuning/{tag}/{base}/{lo_c}") and figs.get(f"config_tuning/{tag}/{after}/{lo_c}"):
+            figs.pair(F.Pair(row, f"config_tuning/{tag}/{base}/{lo_c}", f"config_tuning/{tag}/{after}/{lo_c}",
+                             f"first setting ({base})", f"leading setting ({after})"))
     figs.pair(F.Pair("highest sustained request rate", f"config_tuning/sustained_rate/{base}",
                      f"config_tuning/sustained_rate/{after}", f"first setting ({base})", f"leading setting ({after})"))
 

@@ -1,0 +1,84 @@
+"""What config tuning says of the traffic beyond plain generation: speculative decoding (how many drafted tokens
+were accepted, and what the draft did to decode speed against the first setting) and thinking models (the first
+answer token against the first thought, the thinking's time and tokens, a server that ignored ``think``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from perfkit.analysis import stats
+from perfkit.analysis.figures import Figure, FigureSet
+from perfkit.core.units import RATIO
+
+from .results import ConfigTuningResult
+
+
+def _by_setting(figs: FigureSet, tag: str, clients: int, configs: list[str]) -> dict[str, Figure]:
+    return {cfg: f for cfg in configs if (f := figs.get(f"config_tuning/{tag}/{cfg}/{clients}")) is not None}
+
+
+def _fewest_clients(figs: FigureSet, tag: str) -> int | None:
+    found = [int(f.where["clients"]) for f in figs.values() if f.metric == tag and "clients" in f.where]
+    return min(found) if found else None
+
+
+def _configs(res: ConfigTuningResult) -> list[str]:
+    t = res.table
+    return list(t.sort_values("config_index")["config"].drop_duplicates()) if len(t) and "config" in t else []
+
+
+def speculative_lines(res: ConfigTuningResult) -> list[str]:
+    """Each setting's acceptance rate and its decode speed against the first setting's, with a CI and a verdict."""
+    figs, configs = res.figures, _configs(res)
+    lo = _fewest_clients(figs, "draft_acceptance")
+    if lo is None or not configs:
+        return []
+    accepted, speed = _by_setting(figs, "draft_acceptance", lo, configs), _by_setting(figs, "decode_rate", lo, configs)
+    base = configs[0]
+    parts = []
+    for cfg in configs:
+        a, d = accepted.get(cfg), speed.get(cfg)
+        part = f"**{cfg}**: " + (f"{a.text()} of the drafted tokens accepted" if a else "no draft")
+        if d is not None:
+            part += f", decode speed {d.text()}"
+            b = speed.get(base)
+            if cfg != base and b is not None and d.samples and b.samples:
+                r = stats.ratio(d.samples, b.samples)
+                verdict = ("faster" if r.lo > 1 else "slower" if r.hi < 1 else "no change detectable at this n") \
+                    if r.lo == r.lo else f"too few requests for a CI (n≥{r.need_n} each)"
+                part += f", {RATIO.estimate(r)} the first setting's ({verdict})"
+        parts.append(part)
+    return [f"- **Speculative decoding** (at {lo} client{'s' if lo != 1 else ''}; the server's own count of "
+            "drafted and accepted tokens per request; decode speed is the server's, per request): "
+            + "; ".join(parts) + "."]
+
+
+def thinking_lines(res: ConfigTuningResult) -> list[str]:
+    """When the model thought: what a user waits for (the first answer token) beside TTFT (the first thought),
+    the thinking's time and tokens per setting, and requests that asked to think and did not."""
+    figs, configs = res.figures, _configs(res)
+    lo = _fewest_clients(figs, "ttfa")
+    out = []
+    if lo is not None and configs:
+        ttfa, ttft = _by_setting(figs, "ttfa", lo, configs), _by_setting(figs, "ttft", lo, configs)
+        thought, tokens = _by_setting(figs, "thinking_time", lo, configs), _by_setting(figs, "thinking_tokens", lo, configs)
+        parts = [f"**{cfg}**: first answer token {ttfa[cfg].text()} (TTFT {ttft[cfg].text() if cfg in ttft else '—'})"
+                 + (f", thinking {thought[cfg].text()} and {tokens[cfg].text()}" if cfg in thought and cfg in tokens
+                    else ", no thinking") for cfg in configs if cfg in ttfa]
+        out.append(f"- **Thinking** (at {lo} client{'s' if lo != 1 else ''}): this model thinks before it answers, so "
+                   "TTFT is its first *thought*; a user waits for the first answer token: " + "; ".join(parts) + ".")
+    ignored = ignored_think(res.trials)
+    if ignored:
+        out.append(f"- **`think` was ignored**: {ignored} request(s) asked the model to think and streamed no "
+                   "thought (the server, or the model's template, does not support it).")
+    return out
+
+
+def ignored_think(trials: pd.DataFrame) -> int:
+    """Requests that asked to think (``think: true`` or a level) and streamed no thought."""
+    if trials.empty or "think_requested" not in trials or "thinking_tokens" not in trials:
+        return 0
+    ok = trials[trials["ok"].astype("boolean").fillna(False).astype(bool)] if "ok" in trials else trials
+    asked = ok["think_requested"].isin(["true", "low", "medium", "high"])
+    none = pd.to_numeric(ok["thinking_tokens"], errors="coerce").fillna(0).eq(0)
+    return int((asked & none).sum())
