@@ -18,7 +18,11 @@ class FakeOllama:
     'http500', 'stall' (2 tokens then silence), 'malformed', 'stream-error', 'no-done' (ends without done),
     'omitted' (final object without the zero metrics), 'thinker' (``thinking_tokens`` thinking chunks, then
     ``tokens`` answer chunks, ``token_gap_s`` apart; ``think: false`` skips the thinking; eval_count counts
-    both, as Ollama's does), 'ignores-think' (never thinks, whatever ``think`` says).
+    both, as Ollama's does), 'ignores-think' (never thinks, whatever ``think`` says), 'tool-caller' (offered
+    tools and not answering a tool result: one chunk calling the first tool, every required argument "x", as
+    Ollama sends a call whole; answering a tool result: ``tokens`` answer chunks), 'tool-caller-bad' (the same,
+    but the call names a tool no one offered), 'tool-text' (writes the call as answer text: a call the server
+    failed to parse).
 
     ``sent``: per streamed request, each chunk's phase ("thinking", "answer", "final") with ``perf_counter_ns``
     just before its write and just after its flush, for tests to hold perfkit's stamps against."""
@@ -53,7 +57,8 @@ class FakeOllama:
                                                         "context_length": 4096} for m in sorted(owner.loaded)]})
                 if self.path == "/api/tags":
                     return self._json(200, {"models": [{"name": f"{m}:latest", "size": 123456, "digest": "sha256:abc"}
-                                                       for m in ("good", "thinker", "ignores-think")]})
+                                                       for m in ("good", "thinker", "ignores-think", "tool-caller",
+                                                                 "tool-caller-bad", "tool-text")]})
                 self._json(404, {"error": "not found"})
 
             def do_POST(self):
@@ -90,6 +95,25 @@ class FakeOllama:
                 return {"model": model, "done": False, **({"thinking": text, "response": ""} if thinking
                                                            else {"response": text})}
 
+            def _call(self, model, req):
+                fn = req["tools"][0]["function"]
+                args = {k: "x" for k in fn.get("parameters", {}).get("required", [])}
+                name = "no_such_tool" if model == "tool-caller-bad" else fn["name"]
+                time.sleep(owner.token_gap_s)
+                if model == "tool-text":
+                    self._line({"model": model, "done": False, "message": {
+                        "role": "assistant", "content": json.dumps({"name": name, "arguments": args})}}, "answer")
+                else:
+                    self._line({"model": model, "done": False, "message": {
+                        "role": "assistant", "content": "",
+                        "tool_calls": [{"id": "call_1", "function": {"index": 0, "name": name, "arguments": args}}]}},
+                        "call")
+                self._line({"model": model, "done": True, "done_reason": "stop", "prompt_eval_count": 30,
+                            "prompt_eval_duration": 1000000, "eval_count": 9, "eval_duration": 9000000,
+                            "message": {"role": "assistant", "content": ""}}, "final")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
             def _generate(self, req):
                 model = req["model"]
                 chat = self.path == "/api/chat"
@@ -111,6 +135,9 @@ class FakeOllama:
                 self.end_headers()
                 self._sent: list[dict] = []  # this request's own: concurrent requests never mix
                 owner.sent.append(self._sent)
+                msgs = req.get("messages") or []
+                if model.startswith("tool") and req.get("tools") and not (msgs and msgs[-1].get("role") == "tool"):
+                    return self._call(model, req)
                 # A thinking model thinks unless told not to (Ollama since v0.12.4).
                 thinks = model == "thinker" and req.get("think", True) is not False
                 for i in range(owner.thinking_tokens if thinks else 0):

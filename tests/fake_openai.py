@@ -22,7 +22,11 @@ class FakeOpenAI:
     'thinker' (first a bookkeeping chunk, role and ``content: ""``, as vLLM sends; then ``thinking_tokens``
     chunks of ``delta.reasoning_content``, as llama-server sends, then ``tokens`` answer chunks, ``token_gap_s``
     apart; ``chat_template_kwargs: {"enable_thinking": false}`` skips the thinking; usage counts both),
-    'thinker-reasoning' (the same in ``delta.reasoning``, as current vLLM sends), 'ignores-think' (never thinks).
+    'thinker-reasoning' (the same in ``delta.reasoning``, as current vLLM sends), 'ignores-think' (never thinks),
+    'tool-caller' (offered tools and not answering a tool result: a call of the first tool in three fragments,
+    ``token_gap_s`` apart, as llama-server streams one: id and name, then two pieces of the arguments, every
+    required argument "x"; finish_reason "tool_calls"; answering a tool result: ``tokens`` answer chunks),
+    'tool-caller-bad' (the same, but the arguments are not JSON), 'tool-text' (the call written as answer text).
 
     ``sent``: per streamed request, each chunk's phase ("thinking", "answer") with ``perf_counter_ns`` just
     before its write and just after its flush, for tests to hold perfkit's stamps against."""
@@ -64,7 +68,8 @@ class FakeOpenAI:
                     return self._json(200, {"object": "list", "data": [
                         {"id": m, "object": "model", "owned_by": "fake", "max_model_len": 4096}
                         for m in ("good", "fixed", "http500", "stall", "no-done", "cached", "thinker",
-                                  "thinker-reasoning", "ignores-think")]})
+                                  "thinker-reasoning", "ignores-think", "tool-caller", "tool-caller-bad",
+                                  "tool-text")]})
                 if self.path == "/version":
                     return self._json(200, {"version": "0.0-fake"})
                 self._json(404, {"error": "not found"})
@@ -76,6 +81,33 @@ class FakeOpenAI:
                 self.wfile.flush()
                 if phase is not None:
                     self._sent.append({"phase": phase, "t_write_ns": t_write_ns, "t_sent_ns": time.perf_counter_ns()})
+
+            def _call(self, model, req):
+                fn = req["tools"][0]["function"]
+                args = json.dumps({k: "x" for k in fn.get("parameters", {}).get("required", [])})
+                if model == "tool-caller-bad":
+                    args = args[:-1]  # cut short: not JSON
+                self._chunk({"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]})
+                if model == "tool-text":
+                    time.sleep(owner.token_gap_s)
+                    self._chunk({"id": "x", "choices": [{"index": 0, "delta": {"content": json.dumps(
+                        {"name": fn["name"], "arguments": json.loads(args)})}}]}, "answer")
+                    finish = "stop"
+                else:
+                    half = len(args) // 2
+                    for k, frag in enumerate(({"index": 0, "id": "call_9", "type": "function",
+                                               "function": {"name": fn["name"], "arguments": ""}},
+                                              {"index": 0, "function": {"arguments": args[:half]}},
+                                              {"index": 0, "function": {"arguments": args[half:]}})):
+                        time.sleep(owner.token_gap_s)
+                        self._chunk({"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": [frag]}}]}, "call")
+                    finish = "tool_calls"
+                self._chunk({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+                self._chunk({"id": "x", "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 9,
+                                                                 "total_tokens": 39}})
+                self._chunk(b"data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
 
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", 0))
@@ -113,6 +145,9 @@ class FakeOpenAI:
                 self._sent: list[dict] = []  # this request's own: concurrent requests never mix
                 with owner._lock:
                     owner.sent.append(self._sent)
+                msgs = req.get("messages") or []
+                if model.startswith("tool") and req.get("tools") and not (msgs and msgs[-1].get("role") == "tool"):
+                    return self._call(model, req)
                 count = 1 if model == "fixed" else owner.tokens
                 thinking = 0
                 if chat and model in ("thinker", "thinker-reasoning", "ignores-think"):

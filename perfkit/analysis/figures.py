@@ -338,6 +338,18 @@ def failed_share(study: str, rows: pd.DataFrame, *, where: Mapping[str, Any] | N
                   failed.tolist(), reps, noisy_share(rows), model, dict(workload or {}))
 
 
+def share(study: str, tag: str, flags: pd.Series, rows: pd.DataFrame, *, where: Mapping[str, Any] | None = None,
+          model: str | None = None, workload: Mapping[str, Any] | None = None) -> Figure | None:
+    """The share of ``rows`` whose ``flags`` are true (NaN flags left out), each row a 0/1 sample so that two runs
+    compare by an exact test; None without a flag."""
+    f = flags.dropna().astype(bool).astype(float)
+    if f.empty:
+        return None
+    est = stats.proportion(int(f.sum()), len(f))
+    return Figure(_key(study, tag, where), tag, dict(where or {}), est, f.tolist(), [], noisy_share(rows), model,
+                  dict(workload or {}))
+
+
 def reading(study: str, tag: str, value: Any, *, where: Mapping[str, Any] | None = None, model: str | None = None,
             headline: str = "", note: str = "one reading") -> Figure | None:
     """A figure recorded once per run (no samples, no CI)."""

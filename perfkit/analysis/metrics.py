@@ -121,6 +121,19 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("failed", "failed requests", SHARE, "lower", "share",
            "share of the series' requests that failed or timed out (an error, an HTTP error status, or no answer "
            "in time), Clopper–Pearson CI; two runs compared by Boschloo's exact test", _REQ),
+    # Tool calls: shares of a session's turns, each turn a 0/1 sample.
+    Metric("tool_called", "questions answered with a tool call", SHARE, "", "share",
+           "share of question turns (the tools offered) that the server answered with at least one tool call, "
+           "Clopper–Pearson CI", "turns"),
+    Metric("tool_valid", "tool calls with valid arguments", SHARE, "higher", "share",
+           "share of turns with tool calls whose every call named an offered tool with arguments valid under its "
+           "JSON schema, Clopper–Pearson CI", "turns"),
+    Metric("tool_as_expected", "tool calls as the dataset's answer", SHARE, "higher", "share",
+           "share of question turns whose tool calls (or none) named the same tools the dataset's own answer "
+           "called, Clopper–Pearson CI", "turns"),
+    Metric("tool_unparsed", "tool calls left in the answer text", SHARE, "lower", "share",
+           "share of turns with no tool call whose answer text looks like one (a call the server did not parse), "
+           "Clopper–Pearson CI", "turns"),
     Metric("hit_ratio", "cache hit ratio", SHARE, "higher", "share",
            "share of identical requests the proxy answered from its cache, Clopper–Pearson CI", _REQ),
     Metric("agreement", "token agreement with the reference", SHARE, "higher", "mean",

@@ -20,6 +20,8 @@ from perfkit.core.errors import PerfkitError
 from perfkit.client.loadgen import HttpTarget
 from perfkit.core.records import RequestRecord
 from perfkit.client.stream import MalformedLine, StreamCall, StreamError, mark_token
+from perfkit.client.toolcalls import CallFragments, v1_fields, v1_messages
+from perfkit.core.tools import Tools
 from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
                                           as_messages, as_text)
 
@@ -94,14 +96,17 @@ class CompatibleBackend(Backend):
 
     # ---- measured request ----------------------------------------------------------------------
     def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
-                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
+                    logprobs: bool = False, keep_alive: object = None, tools: Tools | None = None) -> StreamCall:
         sampling = sampling or Sampling()
         chat = self.endpoint == "chat"
         body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": sampling.num_predict,
                                 "stream_options": {"include_usage": True}}
         if chat:
-            body["messages"] = as_messages(prompt)
+            body["messages"] = v1_messages(as_messages(prompt))
+            body.update(v1_fields(tools))
         else:
+            if tools is not None:
+                raise PerfkitError("tools need the chat endpoint: /v1/completions takes text, no tools")
             body["prompt"] = as_text(prompt, "/v1/completions")
         for name in ("temperature", "top_p", "seed", "top_k"):  # top_k: not in the protocol, but most servers take it
             v = getattr(sampling, name)
@@ -165,7 +170,9 @@ def sse_parser(rec: RequestRecord, parts: list[str], *, chat: bool = True,
 
     Thinking is ``delta.reasoning`` (vLLM since late 2025, Ollama's /v1) or ``delta.reasoning_content``
     (llama-server with --reasoning-format, DeepSeek, older vLLM); a server sending both sends the same text
-    twice, so one is read. Thoughts a server leaves inside ``content`` (no reasoning parser) read as answer."""
+    twice, so one is read. Thoughts a server leaves inside ``content`` (no reasoning parser) read as answer.
+    Tool calls are ``delta.tool_calls`` fragments, joined by index into ``rec.tool_calls``."""
+    calls = CallFragments()
 
     def on_line(line: str, t_ns: int) -> bool:
         if not line.startswith("data:"):
@@ -187,9 +194,15 @@ def sse_parser(rec: RequestRecord, parts: list[str], *, chat: bool = True,
             delta = choice.get("delta") or {}
             thought = (delta.get("reasoning") or delta.get("reasoning_content") or "") if chat else ""
             answer = (delta.get("content") or "") if chat else choice.get("text") or ""
-            if thought or answer:
-                mark_token(rec, t_ns, thinking=not answer)
+            fragments = delta.get("tool_calls") or [] if chat else []
+            if thought or answer or fragments:
+                mark_token(rec, t_ns, thinking=not (answer or fragments))
                 parts.append(thought + answer)
+            if fragments:
+                for f in fragments:
+                    if isinstance(f, dict):
+                        calls.add(f)
+                rec.tool_calls = [c.as_dict() for c in calls.calls()]
             _logprobs(rec, choice.get("logprobs"))
             if choice.get("finish_reason"):
                 rec.done_reason = choice["finish_reason"]

@@ -27,6 +27,7 @@ from typing import Callable, Protocol, Sequence
 
 import aiohttp
 
+from perfkit.core.tools import Tools
 from perfkit.client.stream import Capture, StreamCall, decode
 from perfkit.core.records import RequestRecord
 
@@ -377,6 +378,8 @@ class Job:
     call: StreamCall
     offset_s: float = 0.0
     tags: dict = field(default_factory=dict)  # stored with its row (a conversation, a shared prefix)
+    tools: Tools | None = None  # the tools it offers: its row gets the verdict on the calls it got
+    expected_tools: list[str] | None = None  # the tools the dataset's own answer called
 
 
 async def _series(jobs: Sequence[Job], *, concurrency: int | None, timeout_s: float, stall_timeout_s: float | None,

@@ -53,6 +53,9 @@ class RequestRecord:
     event_thinking: list[bool] | None = None
     t_first_answer_ns: int | None = None  # the first event carrying answer text (not thinking)
     think_requested: str | None = None  # the request's think option as sent ("true", "false", "low" ...); None: not sent
+    # The tools the server called ({"name", "arguments" (JSON text), "id"}, perfkit.client.toolcalls.ToolCall);
+    # None when it called none. A call's fragments are answer output: they stop time to first answer token.
+    tool_calls: list[dict] | None = None
     # Derived from the client timestamps (finalize()).
     ttfb_s: float | None = None
     ttft_s: float | None = None

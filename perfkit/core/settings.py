@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from perfkit.core.errors import ConfigError
@@ -60,6 +61,15 @@ def _model_name(v: str) -> str:
     return v
 
 
+def _template_file(v: str) -> str:
+    """``builtin:NAME`` (a template shipped with the server kind) or a file that exists on this host."""
+    if re.fullmatch(r"builtin:[a-z0-9_-]+", v):
+        return v
+    if not Path(v).expanduser().is_file():
+        raise ValueError
+    return str(Path(v).expanduser().resolve())
+
+
 def _one_of(*choices: str) -> Callable[[str], str]:
     def check(v: str) -> str:
         if v not in choices:
@@ -85,6 +95,7 @@ FLASH_ATTENTION, KEEP_ALIVE, MAX_LOADED_MODELS = "flash_attention", "keep_alive"
 THREADS, BATCH, MMAP = "threads", "batch", "mmap"
 DRAFT_MODEL, DRAFT_MAX, DRAFT_MIN = "draft_model", "draft_max", "draft_min"
 THINK = "think"
+CHAT_TEMPLATE = "chat_template"
 
 ROLES: dict[str, Role] = {r.name: r for r in [
     Role(FLASH_ATTENTION, "1, 0 or auto", _one_of(*FLASH_MODES), lower=True),
@@ -100,6 +111,8 @@ ROLES: dict[str, Role] = {r.name: r for r in [
          _model_name),
     Role(DRAFT_MAX, "an integer ≥ 1 (tokens drafted per step)", _positive_int),
     Role(DRAFT_MIN, "an integer ≥ 0 (tokens drafted at least)", _non_negative_int),
+    Role(CHAT_TEMPLATE, "builtin:agent (perfkit's, for the tiny demo models: tool calls and thinking) or a Jinja "
+         "chat template file on this host", _template_file),
     Role(THINK, "true, false, low, medium or high (whether a thinking model thinks, or how hard)",
          _one_of("true", "false", "low", "medium", "high"), lower=True, per_request=True),
 ]}

@@ -27,6 +27,9 @@ from perfkit.core.store import RunStore
 from perfkit.measure.progress import Progress
 from perfkit.analysis.series import steady_window
 from perfkit.measure.workload import Workload, estimate_prompt_tokens
+from perfkit.measure.conversation import ChatSession
+from perfkit.core.tools import Tools
+from perfkit.workloads.tools import judge
 from perfkit.workloads.build import answer_tokens
 
 
@@ -330,26 +333,34 @@ class Runner:
         convs = workload.conversations(n_requests, key=key)
         ctx = workload.context_tokens
         planned: dict[tuple[int, int], dict] = {}
+        tools: dict[tuple[int, int], Tools | None] = {}
+
+        chats: dict[int, ChatSession] = {}
 
         def make_call(s: int, turn: int, recs: list) -> Any:
             c = convs[s]
-            if turn >= len(c.questions):
+            chat = chats.setdefault(s, ChatSession(c, workload.tag(s), workload.params.tool_choice,
+                                                   workload.params.max_tool_rounds))
+            nxt = chat.next(recs)
+            if chat.cut and turn:
+                planned[(s, turn - 1)]["tool_rounds_cut"] = True
+            if nxt is None:
                 return None
-            msgs = [{"role": "system", "content": c.system}] if c.system else []
-            for k in range(turn):
-                msgs += [{"role": "user", "content": (workload.tag(s) if k == 0 else "") + c.questions[k]},
-                         {"role": "assistant", "content": recs[k].text or ""}]
-            msgs.append({"role": "user", "content": (workload.tag(s) if turn == 0 else "") + c.questions[turn]})
+            msgs = nxt.messages
             prev = recs[-1] if recs else None
             est_tokens = estimate_prompt_tokens(msgs, prev.prompt_tokens if prev else None,
-                                                prev.output_tokens if prev else None, len(c.questions[turn].split()))
-            answer = c.answers[turn] if turn < len(c.answers) else None
+                                                prev.output_tokens if prev else None, nxt.new_words)
+            q = nxt.plan["question"]
+            answer = c.answers[q] if q < len(c.answers) else None
             cap = answer_tokens(answer) if workload.params.output == "dataset" else None
             planned[(s, turn)] = {"conversation": c.id, "session": s, "turn": turn, "history_turns": turn,
-                                  "prompt_words": sum(len(m["content"].split()) for m in msgs),
+                                  **nxt.plan,
+                                  "prompt_words": sum(len((m.get("content") or "").split()) for m in msgs),
                                   "est_prompt_tokens": est_tokens, "context_tokens": ctx,
                                   "over_context": bool(ctx and est_tokens > ctx)}
-            return self.backend.stream_call(model, msgs, _capped(sampling, cap), keep_alive=self.keep_alive)
+            tools[(s, turn)] = nxt.tools
+            return self.backend.stream_call(model, msgs, _capped(sampling, cap), keep_alive=self.keep_alive,
+                                            tools=nxt.tools)
 
         spool = _Spool(self._spool_path(series, attempt))
         bar = self._bar(n_requests, series)
@@ -368,7 +379,10 @@ class Runner:
                                             think_s=workload.think_s(key), on_done=on_done)
             t1 = now_ns()
             for i, t in enumerate(turns_out):  # a crash from here on keeps what was measured (read back on resume)
-                spool.write_row(i, {**planned[(t.session, t.turn)], "stream": t.user, "rec": t.rec.as_dict()})
+                plan = planned[(t.session, t.turn)]
+                rec = t.rec.as_dict()
+                plan.update(judge(rec, tools[(t.session, t.turn)], plan.pop("tool_expected_list", None)))
+                spool.write_row(i, {**plan, "stream": t.user, "rec": rec})
         finally:
             spool.close()
             bar.close()
@@ -421,7 +435,8 @@ class Runner:
             reqs = workload.requests(len(offsets), key=f"{series}/a{attempt}", prompt_words=prompt_words)
             return [Job(self.backend.target,
                         self.backend.stream_call(model, r.messages, _capped(sampling, r.num_predict),
-                                                 keep_alive=self.keep_alive), off, {**r.tags, "prompt_words": r.words})
+                                                 keep_alive=self.keep_alive, tools=r.tools),
+                        off, {**r.tags, "prompt_words": r.words}, r.tools, r.expected_tools)
                     for r, off in zip(reqs, offsets)]
         return make
 
@@ -432,7 +447,8 @@ class Runner:
         return [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info,
                  "index": i, **({"scheduled_s": offsets[i]} if sched else {}), "cache_state": "warm",
                  "warmup": False, "variant": model, **extra, **(tags or {}), **(jobs[i].tags if jobs else {}),
-                 **rec.as_dict()} for i, rec in recs]
+                 **rec.as_dict(), **(judge(rec.as_dict(), jobs[i].tools, jobs[i].expected_tools)
+                                     if jobs and jobs[i].tools else {})} for i, rec in recs]
 
     def _spool_path(self, series: str, attempt: int):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in series)

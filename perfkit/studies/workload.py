@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from perfkit.analysis import figures as F, series as S
+from perfkit.analysis import figures as F, series as S, toolturns
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.requests import attempted, ci_cell, col, est, failures, measured
 from perfkit.analysis.verdicts import compare_samples
@@ -22,7 +22,7 @@ from perfkit.core import fmt
 from perfkit.core.events import SeriesDone, WorkloadUsed, events_of, last_of
 from perfkit.core.units import RATIO, SECONDS
 from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, settings_list
-from perfkit.core.settings import settings_label
+from perfkit.core.settings import settings_label, think_of
 from perfkit.report import load
 from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
@@ -40,7 +40,8 @@ def _chat() -> WorkloadParams:
 class WorkloadStudyParams(Strict):
     """``studies.workload``: chat sessions (``workload``, kind sessions; default: the conversations shipped with
     perfkit) at each user count of ``users`` and each server setting of ``settings``, about ``requests`` turns per
-    series (whole conversations)."""
+    series (whole conversations). A setting may be a request option (``think: true``): it is sent with each
+    request, and the server is not restarted for it."""
 
     model: str
     workload: WorkloadParams = Field(default_factory=_chat)
@@ -48,6 +49,8 @@ class WorkloadStudyParams(Strict):
     settings: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1)
     requests: int = Field(24, ge=1, le=MAX_REQUESTS, description="turns per series, about (whole conversations)")
     num_predict: int = Field(48, ge=2, le=MAX_TOKENS)
+    temperature: float | None = Field(None, ge=0, le=2, description="sent with each request (0: greedy, as agents "
+                                                                    "calling tools often run); default: the server's")
     slo: Slo = Field(default_factory=Slo)
 
     @field_validator("users")
@@ -77,6 +80,7 @@ class WorkloadResult(StudyResult):
     load_visible: bool = False
     workload: dict[str, Any] = field(default_factory=dict)
     events: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tools: pd.DataFrame = field(default_factory=pd.DataFrame)  # per setting, users and turn kind (question, tool)
 
 
 @register
@@ -105,7 +109,8 @@ class WorkloadStudy(Study):
                 tags = {"config": settings_label(setting), "config_index": i}
                 for u in c.users:
                     s.runner.sessions(c.model, u, c.requests, series=f"set{i}/u{u}", workload=wl,
-                                      sampling=Sampling(c.num_predict), tags=tags)
+                                      sampling=Sampling(c.num_predict, temperature=c.temperature,
+                                                        think=think_of(setting)), tags=tags)
 
     def analyze(self, ctx: StudyContext) -> WorkloadResult:
         return analyze(ctx)
@@ -169,6 +174,14 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
                                 workload={**wl_fig, "users": int(users)}))
         figs.add(F.per_request("workload", "ttft_p99", every, lambda r: S.censored(r, "ttft_s"),
                                where={"setting": cfg, "users": int(users)}, workload={**wl_fig, "users": int(users)}))
+        if toolturns.has_tools(g_all):
+            toolturns.add_figures(figs, "workload", g, {"setting": cfg, "users": int(users)},
+                                  {**wl_fig, "users": int(users)})
+        if pd.to_numeric(col(g, "thinking_tokens"), errors="coerce").fillna(0).gt(0).any():
+            for tag, column in (("ttfa", "ttfa_s"), ("thinking_time", "thinking_s"),
+                                ("thinking_tokens", "thinking_tokens")):
+                figs.add(F.per_request("workload", tag, g, column, where={"setting": cfg, "users": int(users)},
+                                       workload={**wl_fig, "users": int(users)}))
         for turn, t in g.groupby("turn", sort=True):
             where = {"setting": cfg, "users": int(users), "turn": int(turn) + 1}
             figs.add(F.per_request("workload", "ttft", t, "ttft_s", where=where, workload={**wl_fig, "users": int(users)}))
@@ -206,9 +219,10 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
                               **S.load_row(sres[series], attempted(g_all))})
     turns, sess = pd.DataFrame(turn_rows), pd.DataFrame(sess_rows)
     _mark_headlines(figs, turns)
+    tools = toolturns.table(ok, df, ["config", "users"]) if len(df) else pd.DataFrame()
     return WorkloadResult("workload", figs, df, ctx.store.manifest(), failures(df) if len(df) else "",
                           turns=turns, sessions=sess, load=pd.DataFrame(load_rows), reuse_visible=reuse_visible,
-                          load_visible=load_visible, workload=winfo, events=ev)
+                          load_visible=load_visible, workload=winfo, events=ev, tools=tools)
 
 
 def _log_counts(ctx: StudyContext, ev: pd.DataFrame, df: pd.DataFrame) -> dict[str, Any]:
@@ -296,6 +310,36 @@ def _reload_cell(r: pd.Series) -> str:
     return "; ".join(parts)
 
 
+def tools_display(res: WorkloadResult) -> pd.DataFrame:
+    """Question turns and the turns answering a tool's result, by setting and user count: TTFT, and how the server
+    used the tools (empty when no conversation offered tools)."""
+    return toolturns.display(res.tools, {"config": "setting", "users": "users"})
+
+
+def _users_label(key: tuple) -> str:
+    return f"{key[0]}, {key[1]} user{'s' if key[1] != 1 else ''}"
+
+
+def thinking_lines(res: WorkloadResult) -> list[str]:
+    """Per setting and user count where the model thought: the first answer token beside TTFT (the first thought),
+    the thinking time and tokens."""
+    out = []
+    for f in res.figures.values():
+        if f.metric != "ttfa":
+            continue
+        w = f.where
+        get = lambda tag: res.figures.get(f"workload/{tag}/{w['setting']}/{w['users']}")  # noqa: E731
+        parts = [f"first answer token {f.text()}"]
+        for tag, what in (("thinking_time", "thinking"), ("thinking_tokens", "thinking tokens")):
+            g = get(tag)
+            if g is not None:
+                parts.append(f"{what} {g.text()}")
+        out.append(f"- **{_users_label((w['setting'], int(w['users'])))}**: the model thought before answering: "
+                   + ", ".join(parts) + " (TTFT counts the first thought; what a user waits for is the first answer "
+                   "token).")
+    return out
+
+
 def load_display(res: WorkloadResult) -> pd.DataFrame:
     return load.load_display(res.load)
 
@@ -370,6 +414,11 @@ def answer(res: WorkloadResult) -> list[str]:
     fail = res.figures.get(f"workload/failed/{cfg}/{users}")
     if fail is not None:
         out.append(f"{fail.link()} of their turns failed.")
+    for tag, what in (("tool_called", "of the questions were answered with a tool call"),
+                      ("tool_valid", "of the turns with tool calls had valid arguments")):
+        f = res.figures.get(f"workload/{tag}/{cfg}/{users}")
+        if f is not None:
+            out.append(f"{f.link()} {what}.")
     s = res.sessions[(res.sessions["config"] == cfg) & (res.sessions["users"] == users)] if len(res.sessions) else None
     if s is not None and len(s) and s.iloc[0]["over_context"]:
         out.append(f"{s.iloc[0]['over_context']} turns outgrew the context.")
@@ -411,6 +460,14 @@ def conclusions(res: WorkloadResult) -> str:
             if pd.notna(r.get("log_truncations", math.nan)) and r["log_truncations"]:
                 parts.append(f"its log says it truncated {int(r['log_truncations'])} prompts")
         lines.append(head + "; ".join(p for p in parts if p) + ".")
+    tool_lines = toolturns.lines(res.tools, measured(res.trials), ["config", "users"], _users_label)
+    if tool_lines:
+        lines += ["", "**Tools.** Each question offered its conversation's tools; when the server called one, perfkit "
+                      "answered with the file's result for it (a stand-in where the file has none) and the "
+                      "conversation went on.", *tool_lines]
+    think = thinking_lines(res)
+    if think:
+        lines += ["", "**Thinking.**", *think]
     n = int(res.turns["n"].sum())
     lines.append(f"\n{n} turns measured in all; TTFT per turn is the median with its 95% CI (order statistics).")
     if res.failures:

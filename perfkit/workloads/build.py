@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from perfkit.core.tools import Tools
 from perfkit.core.prompts import prompt_for
 from perfkit.core.schema import MAX_TOKENS
 from perfkit.workloads.files import Conversation, read_conversations, read_trace
@@ -26,6 +27,8 @@ class Request:
     num_predict: int | None = None
     offset_s: float | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    tools: Tools | None = None  # the tools a dataset's conversation offers
+    expected_tools: list[str] | None = None  # the tools the dataset's own answer called
 
     @property
     def words(self) -> int:
@@ -119,7 +122,9 @@ def single_turn(w: WorkloadParams, n: int, *, key: str, seed: int, nonce: str, p
         msgs = ([{"role": "system", "content": c.system}] if c.system else []) + \
                [{"role": "user", "content": c.questions[0]}]
         out.append(Request(msgs, answer_tokens(c.answers[0]) if w.output == "dataset" else None,
-                           tags={"conversation": c.id}))
+                           tags={"conversation": c.id},
+                           tools=Tools(c.tools, w.tool_choice) if c.tools else None,
+                           expected_tools=c.expected_tools[0] if c.tools and c.expected_tools else None))
     return out
 
 
@@ -136,7 +141,8 @@ def conversations(w: WorkloadParams, n_requests: int, *, key: str, seed: int,
         if total >= n_requests and out:
             break
         turns = c.questions[:w.max_turns] if w.max_turns else c.questions
-        out.append(Conversation(c.id, list(turns), list(c.answers[:len(turns)]), c.system, c.line))
+        out.append(replace(c, questions=list(turns), answers=list(c.answers[:len(turns)]),
+                           expected_tools=list(c.expected_tools[:len(turns)])))
         total += len(turns)
     return out
 

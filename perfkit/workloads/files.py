@@ -11,22 +11,32 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.workloads.spec import WorkloadError
+from perfkit.workloads.tools import call_from_file, read_definitions
 
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
-                   "bing": "assistant", "bard": "assistant", "assistant": "assistant"}
-_MESSAGES_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+                   "bing": "assistant", "bard": "assistant", "assistant": "assistant", "function_call": "call",
+                   "observation": "tool", "tool": "tool"}
+_MESSAGES_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+                   "tool": "tool"}
 
 
 @dataclass
 class Conversation:
     """One conversation of a dataset: its system prompt, the user's questions in order and the dataset's own
-    answers (their lengths cap a request's output when ``output: dataset``; their text is never sent)."""
+    answers (their lengths cap a request's output when ``output: dataset``; their text is never sent).
+
+    With tools: ``tools`` the definitions its requests offer; ``expected_tools[k]`` the tools the dataset's own
+    answer to question k called (None where the dataset has no answer to it); ``tool_results`` each tool's
+    results in the dataset, in order (what perfkit answers when the server calls that tool)."""
 
     id: str
     questions: list[str]
     answers: list[str | None] = field(default_factory=list)
     system: str | None = None
     line: int = 0
+    tools: tuple[dict, ...] | None = None
+    expected_tools: list[list[str] | None] = field(default_factory=list)
+    tool_results: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _read_lines(path: Path):
@@ -38,6 +48,12 @@ def _read_lines(path: Path):
         raise WorkloadError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise WorkloadError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, list):  # OpenAI content parts: the text ones
+        return "".join(p.get("text", "") for p in value if isinstance(p, dict))
+    return value
 
 
 def read_conversations(path: str | Path) -> list[Conversation]:
@@ -54,51 +70,95 @@ def read_conversations(path: str | Path) -> list[Conversation]:
             raise WorkloadError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise WorkloadError(f"{where}: expected an object with 'conversations' (ShareGPT) or 'messages' (chat messages)")
-        if "conversations" in obj:
-            turns, role_key, text_key, roles = obj["conversations"], "from", "value", _SHAREGPT_ROLES
-        elif "messages" in obj:
-            turns, role_key, text_key, roles = obj["messages"], "role", "content", _MESSAGES_ROLES
+        out.append(_conversation(obj, where, lineno))
+    if not out:
+        raise WorkloadError(f"{path}: no conversation in it")
+    return out
+
+
+def _conversation(obj: dict, where: str, lineno: int) -> Conversation:
+    if "conversations" in obj:
+        turns, role_key, text_key, roles = obj["conversations"], "from", "value", _SHAREGPT_ROLES
+    elif "messages" in obj:
+        turns, role_key, text_key, roles = obj["messages"], "role", "content", _MESSAGES_ROLES
+    else:
+        raise WorkloadError(f"{where}: neither 'conversations' (ShareGPT) nor 'messages' (chat messages) is there; "
+                            f"keys: {', '.join(list(obj)[:8]) or 'none'}")
+    if not isinstance(turns, list) or not turns:
+        raise WorkloadError(f"{where}: '{'conversations' if role_key == 'from' else 'messages'}' must be a "
+                            "non-empty list of turns")
+    conv = Conversation(str(obj.get("id") or f"line{lineno}"), [], [], None, lineno)
+    if obj.get("tools") not in (None, [], ""):
+        conv.tools = read_definitions(obj["tools"], where)
+    if isinstance(obj.get("system"), str) and obj["system"]:  # LLaMA-Factory's ShareGPT keeps it beside the turns
+        conv.system = obj["system"]
+    names_by_id: dict[str, str] = {}
+    pending: list[str] = []  # the last answer's calls not yet given a result: an unnamed result is the next's
+    for k, t in enumerate(turns):
+        if not isinstance(t, dict) or role_key not in t:
+            raise WorkloadError(f"{where}: turn {k} needs '{role_key}' and '{text_key}'")
+        role = roles.get(str(t[role_key]).lower())
+        if role is None:
+            raise WorkloadError(f"{where}: turn {k} has {role_key} {t[role_key]!r}; allowed: "
+                                f"{', '.join(sorted(set(roles)))}")
+        calls = [call_from_file(c, f"{where}: turn {k}") for c in (t.get("tool_calls") or [])] \
+            if role == "assistant" else []
+        if role == "call":
+            calls, role = [call_from_file(t.get(text_key), f"{where}: turn {k}")], "assistant"
+        text = _text(t.get(text_key))
+        if text is None and (calls or role == "tool"):
+            text = ""
+        if not isinstance(text, str):
+            raise WorkloadError(f"{where}: turn {k} needs '{role_key}' and '{text_key}' (text)")
+        if role == "system":
+            if conv.questions:
+                raise WorkloadError(f"{where}: turn {k} is a system prompt after the conversation began")
+            conv.system = (conv.system + "\n" if conv.system else "") + text
+        elif role == "user":
+            if len(conv.answers) < len(conv.questions):  # two questions in a row: the first had no answer
+                conv.answers.append(None)
+            conv.questions.append(text)
+            conv.expected_tools.append(None)
+        elif role == "tool":
+            name = t.get("name") or t.get("tool_name") or names_by_id.get(str(t.get("tool_call_id"))) \
+                or (pending[0] if pending else None)
+            if name in pending:
+                pending.remove(name)
+            if not name:
+                raise WorkloadError(f"{where}: turn {k} is a tool result for no call: give it 'name' (or "
+                                    "'tool_call_id' of a call above)")
+            conv.tool_results.setdefault(str(name), []).append(text)
         else:
-            raise WorkloadError(f"{where}: neither 'conversations' (ShareGPT) nor 'messages' (chat messages) is there; "
-                                f"keys: {', '.join(list(obj)[:8]) or 'none'}")
-        if not isinstance(turns, list) or not turns:
-            raise WorkloadError(f"{where}: '{'conversations' if role_key == 'from' else 'messages'}' must be a "
-                                "non-empty list of turns")
-        conv = Conversation(str(obj.get("id") or f"line{lineno}"), [], [], None, lineno)
-        for k, t in enumerate(turns):
-            if not isinstance(t, dict) or role_key not in t or text_key not in t:
-                raise WorkloadError(f"{where}: turn {k} needs '{role_key}' and '{text_key}'")
-            role = roles.get(str(t[role_key]).lower())
-            if role is None:
-                raise WorkloadError(f"{where}: turn {k} has {role_key} {t[role_key]!r}; allowed: "
-                                    f"{', '.join(sorted(set(roles)))}")
-            text = t[text_key]
-            if isinstance(text, list):  # OpenAI content parts: the text ones
-                text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-            if not isinstance(text, str):
-                raise WorkloadError(f"{where}: turn {k}'s {text_key} is not text")
-            if role == "system":
-                if conv.questions:
-                    raise WorkloadError(f"{where}: turn {k} is a system prompt after the conversation began")
-                conv.system = (conv.system + "\n" if conv.system else "") + text
-            elif role == "user":
-                if len(conv.answers) < len(conv.questions):  # two questions in a row: the first had no answer
-                    conv.answers.append(None)
-                conv.questions.append(text)
-            else:
-                if not conv.questions:
-                    raise WorkloadError(f"{where}: turn {k} is an answer before any question")
+            if not conv.questions:
+                raise WorkloadError(f"{where}: turn {k} is an answer before any question")
+            if calls:
+                for c in calls:
+                    if c.id:
+                        names_by_id[c.id] = c.name
+                conv.expected_tools[-1] = (conv.expected_tools[-1] or []) + [c.name for c in calls]
+                pending = [c.name for c in calls]
+            elif conv.expected_tools[-1] is None:
+                conv.expected_tools[-1] = []  # answered without a tool
+            if text:
                 if len(conv.answers) == len(conv.questions):
                     conv.answers[-1] = (conv.answers[-1] or "") + text
                 else:
                     conv.answers.append(text)
-        if not conv.questions:
-            raise WorkloadError(f"{where}: no user ({'human' if role_key == 'from' else 'user'}) turn")
-        conv.answers += [None] * (len(conv.questions) - len(conv.answers))
-        out.append(conv)
-    if not out:
-        raise WorkloadError(f"{path}: no conversation in it")
-    return out
+    if not conv.questions:
+        raise WorkloadError(f"{where}: no user ({'human' if role_key == 'from' else 'user'}) turn")
+    conv.answers += [None] * (len(conv.questions) - len(conv.answers))
+    if conv.tools is None:
+        if conv.tool_results or any(conv.expected_tools):
+            raise WorkloadError(f"{where}: tool calls or results but no 'tools' to offer: add the tool definitions "
+                                "as 'tools' beside the turns")
+        conv.expected_tools = []
+    else:
+        offered = {d["function"]["name"] for d in conv.tools}
+        for name in [n for e in conv.expected_tools if e for n in e] + list(conv.tool_results):
+            if name not in offered:
+                raise WorkloadError(f"{where}: a call or result of tool {name!r}, which 'tools' does not define; "
+                                    f"defined: {', '.join(sorted(offered))}")
+    return conv
 
 
 @dataclass

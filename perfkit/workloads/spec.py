@@ -30,7 +30,13 @@ class WorkloadParams(Strict):
     ``file``: a JSONL of conversations (ShareGPT ``{"conversations": [{"from", "value"}]}`` or OpenAI
     ``{"messages": [{"role", "content"}]}``) or a trace (CSV or JSONL: timestamp, input tokens, output tokens);
     a relative path is read from the parameter file's directory; ``builtin:NAME`` is a file shipped with perfkit
-    (``builtin:chat`` conversations, ``builtin:trace`` a bursty trace)."""
+    (``builtin:chat`` conversations, ``builtin:tools`` conversations with tools, ``builtin:trace`` a bursty trace).
+
+    Tools: a conversation may offer ``tools`` (beside its turns, OpenAI's function form, also as JSON text);
+    its assistant turns' ``tool_calls`` (ShareGPT: ``function_call`` turns) say which tools the dataset's own
+    answer called, and its ``role: tool`` turns (ShareGPT: ``observation``) give each tool's results. When the
+    server calls a tool, perfkit answers with the file's next result for it (a deterministic stand-in where the
+    file has none) and the conversation goes on."""
 
     kind: Literal["synthetic", "dataset", "sessions", "shared_prefix", "trace"] = "synthetic"
     file: str | None = None
@@ -48,6 +54,11 @@ class WorkloadParams(Strict):
     prefix_words: int = Field(200, ge=1, le=MAX_PROMPT_WORDS, description="shared_prefix: the system prompt's length")
     prefixes: int = Field(1, ge=1, le=10_000, description="shared_prefix: how many distinct system prompts")
     time_scale: float = Field(1.0, gt=0, le=1e6, description="trace: its times divided by this (2 = twice as fast)")
+    tool_choice: Literal["auto", "required", "none"] | None = Field(
+        None, description="dataset, sessions: the tool choice sent with each question of a conversation that offers "
+                          "tools (a turn answering a tool leaves it to the model); default: none sent")
+    max_tool_rounds: int = Field(3, ge=0, le=50, description="sessions: turns answering the server's tool calls per "
+                                                             "question at most, then the next question follows")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -58,11 +69,14 @@ class WorkloadParams(Strict):
         if self.min_words and self.max_words and self.min_words > self.max_words:
             raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words})")
         only = {"max_turns": "sessions", "think_s": "sessions", "prefix_words": "shared_prefix",
-                "prefixes": "shared_prefix", "time_scale": "trace"}
+                "prefixes": "shared_prefix", "time_scale": "trace", "max_tool_rounds": "sessions"}
         for key, kind in only.items():
             # by value, not by "was it given": a dumped and re-read section carries every default
             if getattr(self, key) != type(self).model_fields[key].default and self.kind != kind:
                 raise ValueError(f"{key} is used only with kind {kind}")
+        if self.tool_choice is not None and self.kind not in ("dataset", "sessions"):
+            raise ValueError("tool_choice is used only with kind dataset or sessions (a file whose conversations "
+                             "offer tools)")
         if self.output == "dataset" and self.kind not in ("dataset", "sessions"):
             raise ValueError("output: dataset needs a dataset's answers (kind dataset or sessions)")
         return self

@@ -10,6 +10,7 @@ from typing import Any, Union
 from perfkit.core.errors import PerfkitError
 from perfkit.core.records import RequestRecord
 from perfkit.client.stream import StreamCall
+from perfkit.core.tools import Tools
 
 DEFAULT_TIMEOUT_S = 1800.0  # a 72B cold start can take many minutes: never cut off a 15-minute load
 THINK_LEVELS = ("low", "medium", "high")  # Ollama's think levels (gpt-oss), and the /v1 reasoning_effort values
@@ -167,16 +168,17 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
-                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
+                    logprobs: bool = False, keep_alive: object = None, tools: Tools | None = None) -> StreamCall:
         """The streamed request for one generation, ready for the engine (``self.target``) to send. ``prompt``:
         a user message's text, or whole chat messages (``[{"role", "content"}, …]``: a system prompt, a
-        conversation's history)."""
+        conversation's history, tool calls and their results in the neutral form of
+        ``perfkit.client.toolcalls``); ``tools``: the tools the request offers."""
 
     def generate(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                  timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
-                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
+                 logprobs: bool = False, keep_alive: object = None, tools: Tools | None = None) -> RequestRecord:
         """Stream one generation and time it; failures come back as a record with ``ok=False``."""
-        call = self.stream_call(model, prompt, sampling, logprobs=logprobs, keep_alive=keep_alive)
+        call = self.stream_call(model, prompt, sampling, logprobs=logprobs, keep_alive=keep_alive, tools=tools)
         return self.target.fetch(call, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
 
     # A control request (which models are resident, a model's facts) that finds the server gone retries for

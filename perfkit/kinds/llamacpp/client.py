@@ -20,6 +20,8 @@ from perfkit.core.clock import now_ns
 from perfkit.core.records import RequestRecord
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import StreamCall
+from perfkit.client.toolcalls import v1_fields, v1_messages
+from perfkit.core.tools import Tools
 from perfkit.client.compatible import sse_parser, think_fields
 from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
                                           as_messages)
@@ -196,13 +198,13 @@ class LlamaServerBackend(Backend):
 
     # ---- measured request ----------------------------------------------------------------------
     def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
-                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
+                    logprobs: bool = False, keep_alive: object = None, tools: Tools | None = None) -> StreamCall:
         """A streamed chat completion; ``load_s`` is 0 (a series runs on a resident model; ``generate``
         times an autoload instead). keep_alive is a server setting here, not per request."""
         sampling = sampling or Sampling()
         body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": sampling.num_predict,
-                                "messages": as_messages(prompt),
-                                "stream_options": {"include_usage": True}}
+                                "messages": v1_messages(as_messages(prompt)),
+                                "stream_options": {"include_usage": True}, **v1_fields(tools)}
         for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
                              ("seed", "seed")):
             v = getattr(sampling, ours)
@@ -233,8 +235,8 @@ class LlamaServerBackend(Backend):
 
     def generate(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
                  timeout_s: float = DEFAULT_TIMEOUT_S, stall_timeout_s: float | None = None,
-                 logprobs: bool = False, keep_alive: object = None) -> RequestRecord:
-        call = self.stream_call(model, prompt, sampling, logprobs=logprobs)
+                 logprobs: bool = False, keep_alive: object = None, tools: Tools | None = None) -> RequestRecord:
+        call = self.stream_call(model, prompt, sampling, logprobs=logprobs, tools=tools)
         watcher = _LoadWatcher(self, model)
         try:
             watcher.start_if_needed()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from perfkit.core import settings as S
+from perfkit.core.errors import ConfigError
 
 
 def _keep_alive_flags(v: str) -> list[str]:
@@ -29,7 +30,21 @@ FLAGS: dict[str, Callable[[str], list[str]]] = {
     S.DRAFT_MODEL: lambda v: ["--spec-type", "draft-simple", "--spec-draft-model", v],
     S.DRAFT_MAX: lambda v: ["--spec-draft-n-max", str(int(v))],
     S.DRAFT_MIN: lambda v: ["--spec-draft-n-min", str(int(v))],
+    S.CHAT_TEMPLATE: lambda v: ["--chat-template-file", str(template_file(v))],
 }
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def template_file(value: str) -> Path:
+    """The chat template a setting names: ``builtin:NAME`` is one shipped here, else the file itself."""
+    if value.startswith("builtin:"):
+        path = TEMPLATES / f"{value.split(':', 1)[1]}.jinja"
+        if not path.is_file():
+            have = ", ".join(f"builtin:{p.stem}" for p in sorted(TEMPLATES.glob("*.jinja")))
+            raise ConfigError(f"chat_template {value!r}: no such template shipped with perfkit; shipped: {have}")
+        return path
+    return Path(value)
 
 
 def to_flags(settings: Mapping[str, object], models_dir: Path | None = None) -> list[str]:

@@ -18,6 +18,8 @@ from perfkit.core.records import RequestRecord
 from perfkit.core.settings import parse_keep_alive_s
 from perfkit.client.loadgen import HttpTarget
 from perfkit.client.stream import MalformedLine, StreamCall, StreamError, mark_token
+from perfkit.client.toolcalls import whole_call
+from perfkit.core.tools import Tools
 from perfkit.client.backends.base import (DEFAULT_TIMEOUT_S, Backend, Capabilities, ModelFacts, Prompt, Sampling,
                                           as_messages, as_text)
 
@@ -161,14 +163,18 @@ class OllamaBackend(Backend):
 
     # ---- measured request ----------------------------------------------------------------------
     def stream_call(self, model: str, prompt: Prompt, sampling: Sampling | None = None, *,
-                    logprobs: bool = False, keep_alive: object = None) -> StreamCall:
+                    logprobs: bool = False, keep_alive: object = None, tools: Tools | None = None) -> StreamCall:
         sampling = sampling or Sampling()
         body: dict[str, Any] = {"model": model, "stream": True, "options": sampling.options()}
         if sampling.think is not None:  # beside the options, not among them
             body["think"] = sampling.think
         if self.endpoint == "chat":
-            body["messages"] = as_messages(prompt)
+            body["messages"] = wire_messages(as_messages(prompt))
+            if tools is not None:  # Ollama has no tool choice: the model decides
+                body["tools"] = list(tools.definitions)
         else:
+            if tools is not None:
+                raise PerfkitError("tools need ollama's /api/chat: /api/generate takes a prompt, no tools")
             body["prompt"] = as_text(prompt, "ollama's /api/generate")
         if keep_alive is not None:
             body["keep_alive"] = keep_alive_value(keep_alive)
@@ -193,9 +199,13 @@ class OllamaBackend(Backend):
             # thinking with response ""), before the answer.
             src = (obj.get("message") or {}) if chat else obj
             thought, answer = src.get("thinking") or "", src.get("content" if chat else "response") or ""
-            if thought or answer:
-                mark_token(rec, t_ns, thinking=not answer)
+            calls = src.get("tool_calls") or [] if chat else []  # a call arrives whole, in one chunk
+            if thought or answer or calls:
+                mark_token(rec, t_ns, thinking=not (answer or calls))
                 parts.append(thought + answer)
+            if calls:
+                rec.tool_calls = (rec.tool_calls or []) + [whole_call(c).as_dict() for c in calls
+                                                           if isinstance(c, dict)]
             for lp in obj.get("logprobs") or []:
                 if rec.tokens is not None:
                     rec.tokens.append(lp.get("token", ""))
@@ -235,6 +245,30 @@ def _final_metrics(rec: RequestRecord, obj: dict) -> None:
     rec.decode_s = obj.get("eval_duration", 0) * _NS
     if "eval_count" in obj or rec.token_times_ns:
         rec.output_tokens, rec.output_tokens_source = obj.get("eval_count", 0), "server"
+
+
+def wire_messages(messages: list[dict]) -> list[dict]:
+    """perfkit's neutral messages (``perfkit.client.toolcalls``) as Ollama's chat takes them: a call's arguments
+    as an object, a result named by ``tool_name`` (and its call's id, which Ollama takes since v0.12.10)."""
+    out = []
+    for m in messages:
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                try:
+                    args = json.loads(c.get("arguments") or "{}")
+                except json.JSONDecodeError:
+                    args = {}
+                calls.append({**({"id": c["id"]} if c.get("id") else {}),
+                              "function": {"name": c["name"], "arguments": args if isinstance(args, dict) else {}}})
+            out.append({"role": "assistant", "content": m.get("content") or "", "tool_calls": calls})
+        elif m.get("role") == "tool":
+            out.append({"role": "tool", "content": m.get("content", ""),
+                        **({"tool_name": m["name"]} if m.get("name") else {}),
+                        **({"tool_call_id": m["tool_call_id"]} if m.get("tool_call_id") else {})})
+        else:
+            out.append({k: v for k, v in m.items() if k in ("role", "content")})
+    return out
 
 
 def canonical_name(name: str) -> str:
