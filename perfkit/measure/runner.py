@@ -447,7 +447,8 @@ class Runner:
         return [{"trial_id": f"{series}/a{attempt}/{i}", "series": series, "attempt": attempt, **info,
                  "index": i, **({"scheduled_s": offsets[i]} if sched else {}), "cache_state": "warm",
                  "warmup": False, "variant": model, **extra, **(tags or {}), **(jobs[i].tags if jobs else {}),
-                 **rec.as_dict(), **(judge(rec.as_dict(), jobs[i].tools, jobs[i].expected_tools)
+                 **rec.as_dict(), **({"turn_kind": "question", **judge(rec.as_dict(), jobs[i].tools,
+                                                                        jobs[i].expected_tools)}
                                      if jobs and jobs[i].tools else {})} for i, rec in recs]
 
     def _spool_path(self, series: str, attempt: int):
