@@ -68,3 +68,28 @@ def test_speculative_decoding_in_config_tuning_on_the_engine(tmp_path):
     checks = [json.loads(x) for x in (run / "config_tuning" / "events.jsonl").read_text().splitlines()
               if '"setting_check"' in x]
     assert checks[-1]["checks"]["draft_model"]["status"] == "confirmed"
+
+
+def test_speculative_acceptance_from_a_vllm_servers_counters_when_requests_carry_no_draft_counts(tmp_path):
+    """vLLM streams no per-request draft counts; its /metrics count drafted and accepted tokens (this scripted one
+    accepts 3 of every 4): config tuning's speculative line reads the rate from those counters over each series."""
+    import yaml
+    from scripted_vllm import ScriptedVllm
+
+    with ScriptedVllm(max_num_seqs=2, token_gap_s=0.01, tokens=8) as v:
+        run = _run(tmp_path, yaml.safe_dump({
+            "name": "vllm-spec", "backend": {"kind": "vllm", "url": v.url},
+            "sampling": {"interval_s": 0.05}, "telemetry": {"engine_interval_s": 0.05},
+            "studies": {"config_tuning": {"model": v.model, "settings": [{}], "concurrency": [1, 2], "requests": 6,
+                                          "rates_rps": [], "num_predict": 8, "prompt_words": 8}}}))
+        assert v.metrics_reads > 0
+    figs = {f["key"]: f for f in json.loads((run / "config_tuning" / "figures.json").read_text())["figures"]}
+    assert not any("/draft_acceptance/" in k for k in figs)  # no request said what it drafted
+    for clients in (1, 2):
+        acc = figs[f"config_tuning/series_draft_acceptance/defaults/{clients}"]
+        assert acc["estimate"]["value"] == pytest.approx(0.75, abs=0.01)
+        assert re.search(r"\d+ of \d+ drafted tokens over the series'", acc["estimate"]["note"])
+    page = _text(run / "config_tuning.html")
+    line = page[page.index("Speculative decoding ("):][:600]
+    assert "at 1 client" in line and "counters" in line and "defaults : 75%" in line.replace("**", "")
+    assert "of the drafted tokens accepted" in line and "decode speed" not in line

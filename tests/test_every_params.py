@@ -36,7 +36,8 @@ COLD_START = _optional(
     reps=st.integers(1, 2), num_predict=st.integers(1, 3), prompt_words=st.integers(4, 8),
     strategies=st.lists(st.sampled_from(["none", "preload", "keep_warm"]), max_size=2, unique=True),
     strategy_reps=st.just(1), idle_gaps_s=st.sampled_from([[0.0], [0.0, 0.05]]), keep_alive_s=st.just(5.0),
-    scheme_a_delays_s=st.sampled_from([[], [0.0]]), scheme_a_reps=st.just(1))
+    scheme_a_delays_s=st.sampled_from([[], [0.0]]), scheme_a_reps=st.just(1),
+    model=st.sampled_from(["good", "thinker"]), think=st.sampled_from([True, False, "high"]))
 MODEL_SIZE = _optional(
     {"models": ["good", "slow-load"]},
     models=st.lists(st.sampled_from(MODELS), min_size=2, max_size=3, unique=True),

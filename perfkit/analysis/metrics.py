@@ -104,6 +104,10 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
     Metric("draft_acceptance", "draft tokens accepted", SHARE, "higher", "median",
            "median over requests of the tokens the model accepted ÷ the tokens its draft proposed (speculative "
            f"decoding; the server's per-request counts), {_PCT}", _REQ),
+    Metric("series_draft_acceptance", "draft tokens accepted (server counters)", SHARE, "higher", "reading",
+           "the server's accepted ÷ drafted token counters over the whole series' window (speculative decoding, "
+           "from its /metrics where it gives no per-request counts; server-wide, so other clients' traffic counts)",
+           "series"),
     Metric("throughput", "output throughput", TOKENS_PER_S, "higher", "series",
            "server-counted output tokens per second inside the series' steady-state window; CI by batch means "
            "over 5 equal windows", "windows", per_output=True),

@@ -265,3 +265,19 @@ def method_note(manifest: dict, n_note: str = "") -> str:
             f"client clock perf_counter_ns; percentiles with exact distribution-free 95% CIs (order statistics), "
             f"ratios as Hodges–Lehmann estimates with Moses 95% CIs; warmup and priming requests and trials "
             f"whose cache state check failed excluded. {n_note}")
+
+
+def thought(rows: pd.DataFrame) -> bool:
+    """Whether any of ``rows`` thought before it answered (streamed thinking tokens)."""
+    return bool(len(rows)) and "thinking_tokens" in rows and \
+        bool(pd.to_numeric(rows["thinking_tokens"], errors="coerce").fillna(0).gt(0).any())
+
+
+def ignored_think(trials: pd.DataFrame) -> int:
+    """Requests that asked to think (``think: true`` or a level) and streamed no thought."""
+    if trials.empty or "think_requested" not in trials or "thinking_tokens" not in trials:
+        return 0
+    ok = trials[trials["ok"].astype("boolean").fillna(False).astype(bool)] if "ok" in trials else trials
+    asked = ok["think_requested"].isin(["true", "low", "medium", "high"])
+    none = pd.to_numeric(ok["thinking_tokens"], errors="coerce").fillna(0).eq(0)
+    return int((asked & none).sum())

@@ -276,7 +276,9 @@ def splits(acc: ServerAccount, trials: pd.DataFrame) -> pd.DataFrame:
         s = request_split(acc, {**r.to_dict(), "_claimed": claimed})
         rows.append({"trial_id": r.get("trial_id"), "cache_state": r.get("cache_state"), "e2e_s": r.get("e2e_s"),
                      "ttft_s": r.get("ttft_s"), "load_s": r.get("load_s"), "prefill_s": r.get("prefill_s"),
-                     "decode_s": r.get("decode_s"), "overhead_s": r.get("overhead_s"), **s})
+                     "decode_s": r.get("decode_s"), "overhead_s": r.get("overhead_s"),
+                     **{k: r.get(k) for k in ("ttfa_s", "thinking_s", "answer_decode_s", "thinking_tokens") if k in r},
+                     **s})
     df = pd.DataFrame(rows)
     if "server_end_minus_client_s" in df and df["server_end_minus_client_s"].notna().any():
         d = df["server_end_minus_client_s"].dropna()

@@ -165,6 +165,17 @@ def think_of(settings: Mapping[str, object]) -> bool | str | None:
     return None if v is None else {"true": True, "false": False}.get(v, v)
 
 
+def think_value(value: object) -> bool | str | None:
+    """``value`` as a request's ``think`` (``True``/``False`` or a level), None for None; ValueError saying what is
+    allowed (for a parameter section's validator, which names the key)."""
+    if value is None:
+        return None
+    try:
+        return think_of({THINK: value})
+    except ConfigError:
+        raise ValueError(f"{value!r} is not allowed; allowed: {ROLES[THINK].allowed}") from None
+
+
 def names() -> list[str]:
     """Every setting name known, canonical ones first in role order."""
     canon = [_CANONICAL[r] for r in ROLES if r in _CANONICAL]

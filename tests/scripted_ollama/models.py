@@ -61,6 +61,10 @@ class ModelSpec:
     weights: str = ""  # models sharing weights (quantization variants) generate the same words...
     drift_per_mille: int = 0  # ...except that at each token, this chance (‰) picks another word
     default_tokens: int = 16  # answer length when the request sets no num_predict
+    # A thinking model: its first this-many tokens are thoughts (message.thinking / thinking), within num_predict as
+    # Ollama counts them; it thinks unless the request says "think": false. 0: no thinking capability ("think":
+    # true is refused with HTTP 400, as Ollama refuses it).
+    thinking_tokens: int = 0
     fail_load: bool = False  # the runner exits during load ("llama runner process has terminated")
     template: str = QWEN_TEMPLATE
     parameters: str = QWEN_PARAMETERS

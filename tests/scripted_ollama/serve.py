@@ -769,7 +769,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             self._json(200, {"license": "Apache License 2.0", "modelfile": modelfile, "parameters": spec.parameters,
                              "template": spec.template, "details": spec.details(), "model_info": spec.model_info(),
                              **({"tensors": []} if req.get("verbose") else {}),
-                             "capabilities": ["completion", "tools"], "modified_at": rfc3339(m.modified_at)})
+                             "capabilities": ["completion", "tools"] + (["thinking"] if spec.thinking_tokens else []),
+                             "modified_at": rfc3339(m.modified_at)})
 
         # -- generation --
         def _write_chunk(self, obj: Any) -> None:
@@ -811,6 +812,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 return self._fail(truth, 400, str(e))
             truth["keep_alive_s"] = session_ns / 1e9 if session_ns < GO_MAX_DURATION_NS else -1
             options = req.get("options") or {}
+            if req.get("think") not in (None, False) and not spec.thinking_tokens:
+                return self._fail(truth, 400, f'"{name}" does not support thinking')
             if chat:
                 messages = req.get("messages") or []
                 text = " ".join(str(m.get("content") or "") for m in messages)
@@ -895,6 +898,9 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             if seed is None and temp not in (None, 0, 0.0):
                 seed = random.random()  # sampling without a seed: a different answer each time
             words = generate_words(spec, tokens, n_out, seed if seed is not None else "greedy")
+            # A thinking model thinks unless told not to (Ollama since v0.12.4); thoughts count in num_predict.
+            n_think = min(spec.thinking_tokens, n_out) if req.get("think") is not False else 0
+            truth["thinking_tokens"] = n_think
             want_lp = bool(req.get("logprobs")) and supports_logprobs(cfg.version)
             top_k = int(req.get("top_logprobs") or 0) if want_lp else 0
             stream = req.get("stream", True) is not False
@@ -957,7 +963,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                     piece = word + " "
                     pieces.append(piece)
                     if stream:
-                        obj = self._piece(model, chat, created(), piece)
+                        obj = self._piece(model, chat, created(), piece, thinking=i < n_think)
                         if want_lp:
                             obj["logprobs"] = [self._lp(piece, lp, alts, top_k)]
                         self._write_chunk(obj)
@@ -972,10 +978,12 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 final: dict[str, Any] = self._final_base(model, chat, created(), reason)
                 if not chat:
                     final["context"] = [(_h(t) % 150000) for t in tokens + [p.strip() for p in pieces]]
-                    if not stream:
-                        final["response"] = "".join(pieces)
+                    if not stream:  # thoughts are not the answer (eval_count counts both)
+                        final["response"] = "".join(pieces[n_think:])
+                        final.update({"thinking": "".join(pieces[:n_think])} if n_think else {})
                 elif not stream:
-                    final["message"]["content"] = "".join(pieces)
+                    final["message"]["content"] = "".join(pieces[n_think:])
+                    final["message"].update({"thinking": "".join(pieces[:n_think])} if n_think else {})
                 if want_lp and not stream:
                     final["logprobs"] = [self._lp(p, lp, alts, top_k) for p, (_, lp, alts) in zip(pieces, words)]
                 metrics = {"total_duration": total_ns, "load_duration": load_ns, "prompt_eval_count": len(tokens),
@@ -1004,11 +1012,13 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             if client_gone:
                 raise ClientGone()
 
-        def _piece(self, model: str, chat: bool, created: str, piece: str) -> dict[str, Any]:
+        def _piece(self, model: str, chat: bool, created: str, piece: str, thinking: bool = False) -> dict[str, Any]:
             if chat:
-                return {"model": model, "created_at": created, "message": {"role": "assistant", "content": piece},
-                        "done": False}
-            return {"model": model, "created_at": created, "response": piece, "done": False}
+                msg = {"role": "assistant", "content": "", "thinking": piece} if thinking else \
+                    {"role": "assistant", "content": piece}
+                return {"model": model, "created_at": created, "message": msg, "done": False}
+            return {"model": model, "created_at": created, "done": False,
+                    **({"thinking": piece, "response": ""} if thinking else {"response": piece})}
 
         def _lp(self, piece: str, lp: float, alts: list, top_k: int) -> dict[str, Any]:
             out: dict[str, Any] = {"token": piece, "logprob": lp, "bytes": list(piece.encode())}

@@ -12,7 +12,7 @@ from perfkit.analysis import figures as F, stats, timeline
 from perfkit.analysis.decisions import best_of
 from perfkit.analysis.figures import FigureSet
 from perfkit.analysis.models import resource_figures
-from perfkit.analysis.requests import attempted, est, failures, measured, per_request_itl
+from perfkit.analysis.requests import attempted, est, failures, measured, per_request_itl, thought
 from perfkit.analysis.series import censored
 from perfkit.core import fmt
 from perfkit.core.records import CACHE_STATES
@@ -20,11 +20,23 @@ from perfkit.measure.sequential import looks_taken
 from perfkit.studies.base import StudyContext
 
 from .params import ColdStartParams
-from .results import COLD_STATES, COMPONENTS, ColdStartResult
+from .results import COLD_STATES, COMPONENTS, THINKING_COLUMNS, ColdStartResult
 
 
 def _workload(c: ColdStartParams) -> dict[str, Any]:
-    return {"prompt_words": c.prompt_words, "num_predict": c.num_predict}
+    think = {} if c.think is None else {"think": str(c.think).lower()}  # thinking on and off don't compare
+    return {"prompt_words": c.prompt_words, "num_predict": c.num_predict, **think}
+
+
+def with_answer_decode(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``answer_decode_s``: the decode left once the thinking is taken out of it (decode − thinking,
+    never below 0), the whole decode for a request that did not think. Thinking and answer then split the decode.
+    Rows none of which thought are returned as they are."""
+    if rows.empty or "decode_s" not in rows or not thought(rows):
+        return rows
+    decode = pd.to_numeric(rows["decode_s"], errors="coerce")
+    think = pd.to_numeric(rows["thinking_s"], errors="coerce") if "thinking_s" in rows else decode * 0
+    return rows.assign(answer_decode_s=(decode - think.fillna(0)).clip(lower=0))
 
 
 def analyze(ctx: StudyContext) -> ColdStartResult:
@@ -34,12 +46,13 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
     states = df[ids.str.startswith("state/")] if len(df) else df
     strat = df[ids.str.startswith("strategy/")] if len(df) else df
     schemea = df[ids.str.startswith("scheme_a/")] if len(df) else df
-    ok = measured(states)
+    ok = with_answer_decode(measured(states))
+    thinking = thought(ok)
     by_state = []
     for state in c.states:
         g = ok[ok["cache_state"] == state]
         row = {"cache_state": state, "n": len(g)}
-        for m in ("e2e_s", "ttft_s", *COMPONENTS):
+        for m in ("e2e_s", "ttft_s", *COMPONENTS, *(THINKING_COLUMNS if thinking else ())):
             e = est(g[m]) if m in g else est([])
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = e.value, e.lo, e.hi
         by_state.append(row)
@@ -60,10 +73,11 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
     acc = timeline.load_account(ctx.store.dir, ev, trials=df, tz=log.tz if log else None)
     t0 = int(df["t_send_ns"].min()) if len(df) and "t_send_ns" in df and df["t_send_ns"].notna().any() else None
     cold = ok[ok["cache_state"].isin(COLD_STATES)] if len(ok) else ok
-    sa_ok = measured(schemea)
+    sa_ok = with_answer_decode(measured(schemea))
     split = timeline.splits(acc, pd.concat([cold, sa_ok])) if len(cold) or len(sa_ok) else pd.DataFrame()
     device = last_of(ev, DeviceFound)
-    figs = FigureSet(_figures(c, ok, sok, sa_ok, ratios, device, attempted(states)))
+    figs = FigureSet(_figures(c, ok, sok, sa_ok, ratios, device, attempted(states)) +
+                     (_thinking_figures(c, ok) if thinking else []))
     _pairs(figs, sok, sa_ok, c.looks().confidence)
     return ColdStartResult(
         study="cold_start", figures=figs, trials=df, manifest=ctx.store.manifest(), failures=failures(df),
@@ -72,7 +86,7 @@ def analyze(ctx: StudyContext) -> ColdStartResult:
         strategy_looks_taken=looks_taken(ev, "warmup strategies"), limit=load_limit(ctx, ok, ev), device=device,
         read_bandwidth=last_of(ev, ReadBandwidth), scheme_a_skipped=last_of(ev, SchemeASkipped),
         state_skipped=last_of(ev, StateSkipped), account=acc, timeline=timeline.timeline_frame(acc, t0),
-        splits=split, samples=ctx.store.samples())
+        splits=split, samples=ctx.store.samples(), thinking=thinking, think=c.think)
 
 
 def _pairs(figs: FigureSet, sok: pd.DataFrame, sa: pd.DataFrame, confidence: float) -> None:
@@ -135,6 +149,17 @@ def _figures(c: ColdStartParams, ok: pd.DataFrame, sok: pd.DataFrame, sa: pd.Dat
                                                                               "delay_s": f"{delay:g}"},
                                      model=m, workload=wl))
     return out
+
+
+def _thinking_figures(c: ColdStartParams, ok: pd.DataFrame) -> list[F.Figure | None]:
+    """Per cache state, where the model thought: the first answer token (what a user waits for; TTFT is the first
+    thought), the thinking time and the thinking tokens."""
+    wl, m = _workload(c), c.model
+    return [F.per_request("cold_start", tag, ok[ok["cache_state"] == state], column, where={"state": state}, model=m,
+                          workload=wl)
+            for state in [s for s in CACHE_STATES if s in set(ok["cache_state"])]
+            for tag, column in (("ttfa", "ttfa_s"), ("thinking_time", "thinking_s"),
+                                ("thinking_tokens", "thinking_tokens"))]
 
 
 def load_limit(ctx: StudyContext, ok: pd.DataFrame, ev: pd.DataFrame) -> dict | None:

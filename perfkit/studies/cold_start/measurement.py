@@ -45,13 +45,18 @@ def measure(ctx: StudyContext) -> None:
 def plan(ctx: StudyContext) -> list[Trial]:
     c = ctx.cfg
     rng = random.Random(ctx.params.seed)
-    trials = [Trial("state/warmup0", c.model, "warm", 0, True, "warm", c.prompt_words, Sampling(c.num_predict))]
+    trials = [Trial("state/warmup0", c.model, "warm", 0, True, "warm", c.prompt_words, sampling(c))]
     for rep in range(c.reps):
         order = list(c.states)
         rng.shuffle(order)
-        trials += [Trial(f"state/{s}/rep{rep}", c.model, s, rep, False, s, c.prompt_words, Sampling(c.num_predict),
+        trials += [Trial(f"state/{s}/rep{rep}", c.model, s, rep, False, s, c.prompt_words, sampling(c),
                          tags={"order_seed": ctx.params.seed}) for s in order]
     return trials
+
+
+def sampling(c) -> Sampling:
+    """Every measured request's options: its output length and, where the parameters say, ``think``."""
+    return Sampling(c.num_predict, think=c.think)
 
 
 def _facts(ctx: StudyContext, s: Session) -> None:
@@ -112,7 +117,7 @@ def _strategy_trial(ctx: StudyContext, s: Session, strategy: str, gap: float, re
     try:
         fr = user_first_request(s.backend, c.model, strategy, idle_gap_s=gap,
                                 prompt=s.runner.prompt(tid, c.prompt_words),
-                                sampling=Sampling(c.num_predict), keep_warm_interval_s=interval,
+                                sampling=sampling(c), keep_warm_interval_s=interval,
                                 keep_alive=s.runner.keep_alive, timeout_s=ctx.params.timeouts.request_s)
     except PerfkitError as e:  # the warmup itself failed (a load past the timeout): a failed trial
         rec = RequestRecord(s.backend.name, c.model, ok=False, error=f"warmup failed: {str(e)[:200]}")
@@ -150,7 +155,7 @@ def _scheme_a_trial(ctx: StudyContext, s: Session, rep: int, delay: float, done:
     if tid in done:
         return
     r = scheme_a(s.backend, c.model, delay_s=delay, prompt=s.runner.prompt(tid, c.prompt_words),
-                 sampling=Sampling(c.num_predict), keep_alive=s.runner.keep_alive,
+                 sampling=sampling(c), keep_alive=s.runner.keep_alive,
                  timeout_s=ctx.params.timeouts.request_s)
     s.runner.record(r.record, trial_id=tid, strategy="scheme_a", scheme_a_delay_s=delay, rep=rep,
                     warmup=False, variant=f"scheme A, request at +{delay:g} s", cache_state="cold_server",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from perfkit.core.records import CACHE_STATES
+from perfkit.core.settings import think_value
 from perfkit.core.schema import MAX_GAP_S, MAX_PROMPT_WORDS, MAX_REPS, MAX_TOKENS, members, unique
 from perfkit.measure.cache_states import WARMUP_STRATEGIES
 from perfkit.studies.base import MeasuredInLooks, budget_field
@@ -37,6 +38,14 @@ class ColdStartParams(MeasuredInLooks):
         "scheme A (restart, preload at start): a user request arrives this long after the restart; "
         "empty: not measured"))
     scheme_a_reps: int = Field(2, ge=1, le=MAX_REPS)
+    think: bool | Literal["low", "medium", "high"] | None = Field(None, description=(
+        "sent with every request: whether a thinking model thinks (true, false) or how hard (low, medium, high); "
+        "unset: not sent, and the model does what it does by default"))
+
+    @field_validator("think", mode="before")
+    @classmethod
+    def _think(cls, v):
+        return think_value(v)
 
     @field_validator("scheme_a_delays_s")
     @classmethod

@@ -9,13 +9,14 @@ import pandas as pd
 
 from perfkit.core.units import RATIO, SECONDS
 from perfkit.analysis import figures as F, stats
-from perfkit.analysis.requests import est, measured, method_note, negative_overhead_note, noisy_note, state_note
+from perfkit.analysis.requests import (est, ignored_think, measured, method_note, negative_overhead_note, noisy_note,
+                                       state_note)
 from perfkit.analysis.verdicts import MIN_EFFECT, compare_samples
 from perfkit.core import fmt
 from perfkit.report.answer import answer_block
 
 from .analysis import strategy_claims
-from .results import COLD_STATES, COMPONENTS, ColdStartResult
+from .results import COLD_STATES, ColdStartResult
 
 
 def _suspect(res: ColdStartResult) -> list[str]:
@@ -77,6 +78,7 @@ def conclusions(res: ColdStartResult) -> str:
         what = "After a **server restart**" if st == "cold_server" else f"From **{st}**"
         lines.append(f"- {what}, the first request takes {e2e.text()}: {_versus(r, 'the warm median')}"
                      + (f"; loading the model is {load.text()}, {share:.0%} of it." if load is not None else "."))
+    lines += _thinking_lines(res)
     sp = res.splits
     if len(sp) and "server_runner_start_s" in sp and sp["server_runner_start_s"].notna().any():
         g = sp[sp["server_runner_start_s"].notna()]
@@ -115,6 +117,32 @@ def conclusions(res: ColdStartResult) -> str:
     lines.append("")
     lines.append(method_note(res.manifest))
     return "\n".join(lines)
+
+
+def _thinking_lines(res: ColdStartResult) -> list[str]:
+    """Where the model thought: per cache state, its first answer token beside TTFT (its first thought), the thinking
+    time and tokens; where ``think`` was asked and nothing was thought, that it was ignored."""
+    out = []
+    f, b = res.figures, res.by_state
+    if res.thinking and len(b):
+        parts = []
+        for _, r in b.iterrows():
+            st = r["cache_state"]
+            ttfa, took, tokens = (f.get(f"cold_start/{tag}/{st}") for tag in ("ttfa", "thinking_time", "thinking_tokens"))
+            if ttfa is None:
+                continue
+            parts.append(f"**{st}** first answer token {ttfa.text()} (TTFT {SECONDS.ci(r['ttft_s'], r['ttft_s_lo'], r['ttft_s_hi'])})"
+                         + (f" after {took.text()} of thinking, {tokens.text()}" if took is not None and tokens is not None
+                            else ", no thinking"))
+        asked = "" if res.think is None else f" (asked with think: {str(res.think).lower()})"
+        out.append(f"- **Thinking**{asked}: this model thinks before it answers, so its TTFT is the first *thought* "
+                   "and the split's decode is its thinking, then its answer; a user waits for the first answer token: "
+                   + "; ".join(parts) + ".")
+    ignored = ignored_think(measured(res.states))
+    if ignored:
+        out.append(f"- **`think` was ignored**: {ignored} request(s) asked the model to think and streamed no thought (the "
+                   "server, or the model's template, does not support it); their split has no thinking.")
+    return out
 
 
 def _strategy_claims(res: ColdStartResult) -> list[tuple[float, dict[str, F.Figure], Any]]:
@@ -170,12 +198,13 @@ def answer(res: ColdStartResult) -> list[str]:
                                          ", too few requests for a CI of that ratio."))
         row = res.by_state[res.by_state["cache_state"] == cold_state] if len(res.by_state) else res.by_state
         if len(row):
-            parts = {c: float(row.iloc[0][c]) for c in COMPONENTS if c in row and pd.notna(row.iloc[0][c])}
+            parts = {c: float(row.iloc[0][c]) for c in res.components() if c in row and pd.notna(row.iloc[0][c])}
             if parts and cold.value > 0:
                 top = max(parts, key=parts.get)
                 name = {"load_s": "loading the model", "prefill_s": "reading the prompt (prefill)",
-                        "decode_s": "generating the answer", "overhead_s": "time outside the server's own "
-                        "account (connection, queueing, set-up)"}[top]
+                        "decode_s": "generating the answer", "thinking_s": "the model's thinking before it answers",
+                        "answer_decode_s": "generating the answer after the thinking",
+                        "overhead_s": "time outside the server's own account (connection, queueing, set-up)"}[top]
                 load = f.get(f"cold_start/load/{cold_state}")
                 value = load.link() if top == "load_s" and load is not None else fmt.duration(parts[top])
                 # One sentence with the one before it: the answer has room for the warmups' too.

@@ -14,6 +14,9 @@ from perfkit.studies.base import StudyResult
 
 COMPONENTS = ("load_s", "prefill_s", "decode_s", "overhead_s")  # the client's split of a request's time
 COLD_STATES = ("cold_server", "cold_disk", "cold_memory")
+# A thinking model's decode split in two (the same time as decode_s), its first answer token and its thoughts.
+THINKING_COMPONENTS = ("load_s", "prefill_s", "thinking_s", "answer_decode_s", "overhead_s")
+THINKING_COLUMNS = ("ttfa_s", "thinking_s", "answer_decode_s", "thinking_tokens")
 
 
 @dataclass
@@ -36,3 +39,10 @@ class ColdStartResult(StudyResult):
     timeline: pd.DataFrame = field(default_factory=pd.DataFrame)
     splits: pd.DataFrame = field(default_factory=pd.DataFrame)
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    thinking: bool = False  # the model thought before answering in the cache-state trials
+    think: Any = None  # what the parameters asked (True/False, a level), None when not sent
+
+    def components(self) -> tuple[str, ...]:
+        """The split of the first request's time: load, prefill, decode, overhead, the decode split into thinking
+        and answer when the model thought."""
+        return THINKING_COMPONENTS if self.thinking else COMPONENTS

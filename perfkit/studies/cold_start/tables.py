@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from perfkit.core.units import SECONDS
+from perfkit.core.units import SECONDS, TOKENS
 from perfkit.analysis.requests import ci_cell, est, latency_table, measured
 from perfkit.analysis.verdicts import MIN_EFFECT, compare_samples
 from perfkit.core import fmt
@@ -18,9 +18,8 @@ def state_table(res: "ColdStartResult") -> pd.DataFrame:
     rows = []
     for _, r in b.iterrows():
         row = {"cache state": r["cache_state"], "n": int(r["n"])}
-        for m, name in (("e2e_s", "e2e"), ("ttft_s", "TTFT"), ("load_s", "load"), ("prefill_s", "prefill"),
-                        ("decode_s", "decode"), ("overhead_s", "overhead")):
-            row[name] = SECONDS.ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+        for m, name in _state_columns(res):
+            row[name] = (TOKENS if m == "thinking_tokens" else SECONDS).ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
         g = measured(res.states)
         g = g[g["cache_state"] == r["cache_state"]] if len(g) else g
         frac = g["state_file_resident_fraction"].dropna() if "state_file_resident_fraction" in g else []
@@ -30,6 +29,17 @@ def state_table(res: "ColdStartResult") -> pd.DataFrame:
         row["memory release wait"] = fmt.duration(float(wait.median())) if len(wait) else "—"
         rows.append(row)
     return pd.DataFrame(rows).set_index("cache state") if rows else pd.DataFrame()
+
+
+def _state_columns(res: "ColdStartResult") -> tuple[tuple[str, str], ...]:
+    """The state table's measured columns: e2e, TTFT and the split; where the model thought, the first answer token
+    beside TTFT and the decode split into thinking and answer, with the thinking tokens."""
+    if not res.thinking:
+        return (("e2e_s", "e2e"), ("ttft_s", "TTFT"), ("load_s", "load"), ("prefill_s", "prefill"),
+                ("decode_s", "decode"), ("overhead_s", "overhead"))
+    return (("e2e_s", "e2e"), ("ttft_s", "TTFT (first thought)"), ("ttfa_s", "first answer token"),
+            ("load_s", "load"), ("prefill_s", "prefill"), ("thinking_s", "decode: thinking"),
+            ("answer_decode_s", "decode: answer"), ("overhead_s", "overhead"), ("thinking_tokens", "thinking tokens"))
 
 
 def state_latency(res: "ColdStartResult") -> pd.DataFrame:
@@ -88,6 +98,12 @@ def split_table(res: "ColdStartResult") -> pd.DataFrame:
             "decode_s": "client decode", "overhead_s": "client overhead", "server_spawn_s": "server: send → spawn",
             "server_init_s": "server: spawn → GPU/backend init", "server_runner_start_s": "server: runner started in",
             "server_ready_to_first_token_s": "server: ready → first token", "server_latency_s": "server latency (log)"}
+    if res.thinking:  # the client's first answer token and thinking beside the server's first token
+        cols = {**dict(list(cols.items())[:1]), "ttft_s": "client TTFT (first thought)",
+                "ttfa_s": "client first answer token", **dict(list(cols.items())[1:4]),
+                "thinking_s": "client decode: thinking", "answer_decode_s": "client decode: answer",
+                **dict(list(cols.items())[4:])}
+        cols.pop("decode_s")
     rows = []
     for state, g in sp.groupby("cache_state", sort=False):
         row = {"cache state": state, "n": len(g)}
@@ -102,12 +118,14 @@ def decomposition_chart(res: ColdStartResult):
     from perfkit.report.charts import Chart, Series
 
     b = res.by_state
-    series = [Series(comp, list(b["cache_state"]), [max(0.0, v) if pd.notna(v) else 0.0 for v in b[f"{comp}_s"]],
-                     text=[f"{comp}: {SECONDS.text(v)} (n={int(n)})" for v, n in zip(b[f"{comp}_s"], b["n"])])
-              for comp in ("load", "prefill", "decode", "overhead")]
+    names = {"load_s": "load", "prefill_s": "prefill", "decode_s": "decode", "thinking_s": "decode: thinking",
+             "answer_decode_s": "decode: answer", "overhead_s": "overhead"}
+    series = [Series(names[comp], list(b["cache_state"]), [max(0.0, v) if pd.notna(v) else 0.0 for v in b[comp]],
+                     text=[f"{names[comp]}: {SECONDS.text(v)} (n={int(n)})" for v, n in zip(b[comp], b["n"])])
+              for comp in res.components()]
+    parts = ", ".join(names[c] for c in res.components()[:-1]) + " and overhead"
     return Chart("bar", "Where the first request's time goes (medians)", SECONDS.axis_label(),
-                 "Median load, prefill, decode and overhead of the first request in each cache state, stacked",
-                 series, stacked=True)
+                 f"Median {parts} of the first request in each cache state, stacked", series, stacked=True)
 
 
 def timeline_table(res: ColdStartResult, rows: int = 25) -> pd.DataFrame:

@@ -118,6 +118,9 @@ def _closed_row(c: ConfigTuningParams, figs: FigureSet, i: int, conc: int, g_all
         figs.add(F.reading("config_tuning", "series_energy_per_token", lr["energy_per_token_j"], where=where,
                            note=f"{fmt.number(lr['energy_j'])} J over {lr['output_tokens']} tokens, from "
                                 f"{lr['gpu_source']}"))
+        if "draft" not in kinds_of_traffic:  # no per-request draft counts: the server's counters over the window
+            figs.add(F.reading("config_tuning", "series_draft_acceptance", lr["spec_acceptance"], where=where,
+                               note=_drafted_note(lr)))
     ck = checks[checks["config_index"] == i].iloc[0] if len(checks) and (checks["config_index"] == i).any() else None
     ttft50 = f_ttft.estimate if f_ttft else est([])
     tp = f_tput.estimate if f_tput else tput
@@ -143,6 +146,15 @@ def _closed_row(c: ConfigTuningParams, figs: FigureSet, i: int, conc: int, g_all
             "server_rss_max_bytes": rss, "prompt_cached_share": _cached_share(g),
             "setting_applied": None if ck is None else ck.get("all_applied"),
             "total_slots": None if ck is None else ck.get("total_slots")}
+
+
+def _drafted_note(lr: dict[str, Any]) -> str:
+    """How many drafted tokens the server's counters saw accepted over a series' window (whole tokens: the counters
+    are read at each sample and the window's ends fall between two samples)."""
+    drafted, share = lr.get("spec_draft_tokens"), lr.get("spec_acceptance")
+    if drafted is None or share is None or not (drafted == drafted and share == share):
+        return "one reading"
+    return f"{round(drafted * share)} of {round(drafted)} drafted tokens over the series' {fmt.duration(lr['window_s'])} window"
 
 
 def _closed_figures(c: ConfigTuningParams, figs: FigureSet, g: pd.DataFrame, g_all: pd.DataFrame,

@@ -4,10 +4,9 @@ answer token against the first thought, the thinking's time and tokens, a server
 
 from __future__ import annotations
 
-import pandas as pd
-
 from perfkit.analysis import stats
 from perfkit.analysis.figures import Figure, FigureSet
+from perfkit.analysis.requests import ignored_think
 from perfkit.core.units import RATIO
 
 from .results import ConfigTuningResult
@@ -28,12 +27,17 @@ def _configs(res: ConfigTuningResult) -> list[str]:
 
 
 def speculative_lines(res: ConfigTuningResult) -> list[str]:
-    """Each setting's acceptance rate and its decode speed against the first setting's, with a CI and a verdict."""
+    """Each setting's acceptance rate and its decode speed against the first setting's, with a CI and a verdict. The
+    rate is the server's per-request counts where it gives them, else its ``/metrics`` counters over the series."""
     figs, configs = res.figures, _configs(res)
     lo = _fewest_clients(figs, "draft_acceptance")
+    counters = lo is None
+    if counters:
+        lo = _fewest_clients(figs, "series_draft_acceptance")
     if lo is None or not configs:
         return []
-    accepted, speed = _by_setting(figs, "draft_acceptance", lo, configs), _by_setting(figs, "decode_rate", lo, configs)
+    accepted = _by_setting(figs, "series_draft_acceptance" if counters else "draft_acceptance", lo, configs)
+    speed = _by_setting(figs, "decode_rate", lo, configs)
     base = configs[0]
     parts = []
     for cfg in configs:
@@ -48,8 +52,11 @@ def speculative_lines(res: ConfigTuningResult) -> list[str]:
                     if r.lo == r.lo else f"too few requests for a CI (n≥{r.need_n} each)"
                 part += f", {RATIO.estimate(r)} the first setting's ({verdict})"
         parts.append(part)
-    return [f"- **Speculative decoding** (at {lo} client{'s' if lo != 1 else ''}; the server's own count of "
-            "drafted and accepted tokens per request; decode speed is the server's, per request): "
+    source = ("the server's own counters of drafted and accepted tokens (its /metrics) over each series' window, "
+              "one reading per setting with no CI, server-wide so other clients' requests count too"
+              if counters else "the server's own count of drafted and accepted tokens per request")
+    speed_source = "; decode speed is the server's, per request" if speed else ""
+    return [f"- **Speculative decoding** (at {lo} client{'s' if lo != 1 else ''}; {source}{speed_source}): "
             + "; ".join(parts) + "."]
 
 
@@ -73,12 +80,3 @@ def thinking_lines(res: ConfigTuningResult) -> list[str]:
                    "thought (the server, or the model's template, does not support it).")
     return out
 
-
-def ignored_think(trials: pd.DataFrame) -> int:
-    """Requests that asked to think (``think: true`` or a level) and streamed no thought."""
-    if trials.empty or "think_requested" not in trials or "thinking_tokens" not in trials:
-        return 0
-    ok = trials[trials["ok"].astype("boolean").fillna(False).astype(bool)] if "ok" in trials else trials
-    asked = ok["think_requested"].isin(["true", "low", "medium", "high"])
-    none = pd.to_numeric(ok["thinking_tokens"], errors="coerce").fillna(0).eq(0)
-    return int((asked & none).sum())

@@ -10,11 +10,15 @@ leader beats beyond the minimum effect, Holm-adjusted over the candidates, are d
 or shown equal to the rest, or the budget ends. The winner's cold start is measured (keep-alive and proxy advice),
 and the winner is proven against the starting settings, both restarted in turn (runs as the unit). The settings
 to deploy are written out for each server kind (environment files, a systemd drop-in, a command line) and nginx.
+A request option (``think``) may be searched beside the server's settings: it is sent with every request, so
+candidates that differ only in it are not restarted into, a TTFT objective is then judged by the first answer token,
+and the files to deploy say that the client must send it.
 
 Where things are: ``params`` (the parameter section, the objectives, the space), ``study`` (the phases in order),
 ``records`` (the candidates as recorded), ``objective`` (how a candidate is judged), one module per phase —
 ``search``, ``race``, ``capacity``, ``cold``, ``proof`` — with what it measures and how it is read, ``analysis``
-and ``results`` (the result), ``tables`` and ``report`` (the report), ``deploy`` (the files to deploy).
+and ``results`` (the result), ``tables`` and ``report`` (the report), ``thinking`` (what thinking costs, and a
+request option in the files to deploy), ``deploy`` (the files to deploy).
 """
 
 # Importing the study registers it (perfkit.studies.registry.discover imports this package). The names below are

@@ -8,19 +8,19 @@ import math
 import pandas as pd
 
 from perfkit.core.events import TuningDone, TuningSpace, last_of
-from perfkit.core.units import BYTES
+from perfkit.core.units import BYTES, SECONDS, TOKENS
 from perfkit.analysis import figures as F
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.requests import error_summary, failures, measured
+from perfkit.analysis.requests import error_summary, est, failures, ignored_think, measured, thought
 from perfkit.core import fmt
-from perfkit.core.settings import known_conflicts
+from perfkit.core.settings import THINK, known_conflicts, value_of
 from perfkit.studies.base import StudyContext
 
 from . import deploy
 from .capacity import capacity_bracket, parallel_slots, rate_verdicts
 from .cold import cold_facts
 from .objective import eligible, objective_figure, peak_rss, race_claim, slo_share
-from .params import OBJECTIVES, TuningParams
+from .params import TuningParams, objective_metric, thinking_searched
 from .proof import proof_figures
 from .race import dropped_at
 from .records import candidate_rows, recorded_candidates
@@ -36,6 +36,7 @@ def analyze(ctx: StudyContext) -> TuningResult:
     figs = FigureSet()
     rows = []
     dropped = dropped_at(ev)
+    thinking = thinking_searched(c) or thought(df)
     for key, d in cands.items():
         r = candidate_rows(ctx, key)
         fig = objective_figure(c, r, key)
@@ -56,15 +57,17 @@ def analyze(ctx: StudyContext) -> TuningResult:
                   "beaten by the leader")
         rows.append({"setting": key, "looks": d["looks"], "n": len(measured(r)),
                      "objective": fig.text() if fig is not None else "—", "value": fig.value if fig else math.nan,
+                     **(thinking_cells(r) if thinking else {}),
                      "inside the SLOs": fmt.pct(slo_share(c, r)), "peak RSS": BYTES.text(peak_rss(r)),
                      "settings confirmed": {True: "yes", False: "no", None: "—"}.get(d.get("all_applied"), "—"),
-                     "status": status})
+                     "status": status, "think": value_of(d["settings"], THINK)})
     table = pd.DataFrame(rows)
     winner = claim.best if claim else None
     proof = proof_figures(c, df, figs, winner)
     cold = cold_facts(c, df, winner)
-    if winner and figs.get(f"tuning/{OBJECTIVES[c.objective][0]}/{winner}") is not None:
-        figs[f"tuning/{OBJECTIVES[c.objective][0]}/{winner}"].headline = "tuned " + c.objective
+    tag, what = objective_metric(c)
+    if winner and figs.get(f"tuning/{tag}/{winner}") is not None:
+        figs[f"tuning/{tag}/{winner}"].headline = "tuned " + c.objective
     capacity = capacity_bracket(c, df, winner, parallel_slots(cands[winner]["settings"]) if winner else None)
     if winner and math.isfinite(capacity[0]):
         figs.add(F.reading("tuning", "sustained_rate", capacity[0], where={"setting": winner},
@@ -78,10 +81,24 @@ def analyze(ctx: StudyContext) -> TuningResult:
                        winner_settings=cands[winner]["settings"] if winner else {}, baseline=dict(c.baseline),
                        proof=proof, cold=cold, stopped=stopped, looks=looks, space=space, capacity=capacity,
                        cost=cost, rate_verdicts=rate_verdicts(c, df, winner, parallel_slots(cands[winner]["settings"]))
-                       if winner else {})
+                       if winner else {}, objective_tag=tag, objective_what=what, thinking=thinking,
+                       ignored_think=ignored_think(measured(df)))
     if winner:
         res.files = deploy.write(ctx.store.dir / "tuned", res, ctx.params.backend.kind, ctx.run_dir.name, c.model)
     return res
+
+
+def thinking_cells(rows: pd.DataFrame) -> dict[str, str]:
+    """A candidate's first answer token beside its TTFT (a thinking request's first token is a thought) and its
+    thinking tokens: medians over its requests, with CIs."""
+    ok = measured(rows)
+
+    def median(column: str):
+        return est(pd.to_numeric(ok[column], errors="coerce").dropna()) if column in ok else est([])
+
+    tokens = median("thinking_tokens")
+    return {"TTFT": SECONDS.estimate(median("ttft_s")), "first answer token": SECONDS.estimate(median("ttfa_s")),
+            "thinking tokens": TOKENS.estimate(tokens), "thinking_median": tokens.value}
 
 
 def _first_error(rows: pd.DataFrame) -> str:

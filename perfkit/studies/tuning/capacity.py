@@ -32,7 +32,8 @@ def measure_capacity(ctx: StudyContext, s: Session, winner: str) -> None:
         if rate is None:
             break
         s.runner.open_loop(c.model, rate, c.rate_requests, series=f"capacity/r{rate:g}",
-                           seed=ctx.params.seed + step, sampling=Sampling(c.num_predict), prompt_words=c.prompt_words,
+                           seed=ctx.params.seed + step, sampling=Sampling(c.num_predict, think=SV.think_of(settings)),
+                           prompt_words=c.prompt_words,
                            tags={"candidate": winner, "phase": "capacity", "rate_rps": rate})
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 from perfkit.analysis import figures as F
 from perfkit.analysis.requests import measured
 from perfkit.client.backends import Sampling
+from perfkit.core.settings import think_of
 from perfkit.measure.runner import Trial
 from perfkit.measure.session import Session
 from perfkit.studies.base import StudyContext
@@ -22,9 +23,10 @@ from .records import recorded_candidates
 def measure_cold(ctx: StudyContext, s: Session, winner: str) -> None:
     """The winner's first request after a restart, ``cold_reps`` times: what keeping the model warm avoids."""
     c = ctx.cfg
-    s.restart(recorded_candidates(ctx)[winner]["settings"])
+    settings = recorded_candidates(ctx)[winner]["settings"]
+    s.restart(settings)
     s.runner.run([Trial(f"cold/{winner}/rep{i}", c.model, "cold_server", i, False, winner, c.prompt_words,
-                        Sampling(c.num_predict), tags={"candidate": winner, "phase": "cold"})
+                        Sampling(c.num_predict, think=think_of(settings)), tags={"candidate": winner, "phase": "cold"})
                   for i in range(c.cold_reps)], desc="tuning: the winner's cold start")
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from perfkit import kinds
 from perfkit.core.settings import KEEP_ALIVE, name_of
 
+from .thinking import deploy_comment
+
 
 def write(out: Path, res: Any, kind: str, run_id: str, model: str) -> dict[str, str]:
     """Write the files under ``out``; returns name → path relative to the run directory (for the report). The
@@ -19,7 +21,8 @@ def write(out: Path, res: Any, kind: str, run_id: str, model: str) -> dict[str, 
     if res.cold.get("cold_e2e") is not None:
         settings.setdefault(name_of(KEEP_ALIVE), "-1")  # the cold start measured is what a warm model avoids
     head = (f"# perfkit tune, run {run_id}: {res.winner} was the best for {res.objective} of the candidates "
-            "measured\n# (see tuning.html in that run for the evidence and the before/after proof).\n")
+            "measured\n# (see tuning.html in that run for the evidence and the before/after proof).\n"
+            + deploy_comment(settings))
     files: dict[str, str] = {}
     for name in [kind] + [k for k in kinds.names() if k != kind]:
         for path, text in kinds.get(name).deploy_files(settings, head, model).items():

@@ -13,7 +13,7 @@ from perfkit.analysis.decisions import BestClaim, best_of
 from perfkit.analysis.requests import measured
 from perfkit.core import fmt
 
-from .params import OBJECTIVES, SLO_SHARE, TuningParams
+from .params import SLO_SHARE, TuningParams, objective_metric
 
 
 def steady(rows: pd.DataFrame, concurrency: int) -> pd.DataFrame:
@@ -50,10 +50,12 @@ def served(rows: pd.DataFrame, per: str = "requests") -> list[float]:
 
 
 def objective_values(c: TuningParams, rows: pd.DataFrame) -> list[float]:
-    """The objective per steady request: its TTFT, or the server's rate while it was in flight (:func:`served`)."""
+    """The objective per steady request: its TTFT (its first answer token where ``think`` is searched), or the
+    server's rate while it was in flight (:func:`served`)."""
     inside = steady(rows, c.concurrency)
     if c.objective == "ttft":
-        return list(measured(inside)["ttft_s"].dropna())
+        column = "ttfa_s" if objective_metric(c)[0] == "ttfa" and "ttfa_s" in inside else "ttft_s"
+        return list(pd.to_numeric(measured(inside)[column], errors="coerce").dropna())
     return _served_in(rows, inside, "tokens" if c.objective == "throughput" else "requests")
 
 
@@ -72,7 +74,7 @@ def _served_in(rows: pd.DataFrame, inside: pd.DataFrame, per: str) -> list[float
 
 
 def objective_figure(c: TuningParams, rows: pd.DataFrame, key: str, where: dict | None = None) -> F.Figure | None:
-    tag = OBJECTIVES[c.objective][0]
+    tag = objective_metric(c)[0]
     return F.per_request("tuning", tag, rows, lambda r: objective_values(c, r), where=where or {"setting": key},
                          workload=figure_workload(c))
 

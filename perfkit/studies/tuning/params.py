@@ -20,6 +20,10 @@ OBJECTIVES = {  # objective → (metric tag, what it is in words)
     "ttft": ("ttft", "the time to first token at that many clients"),
 }
 SLO_SHARE = 0.9  # a candidate is feasible when at least this share of its requests meets every SLO
+# A request option searched with no values given (``think: null``): the values every thinking model takes. No
+# server kind offers it (it is no server's setting); the client sends it with every request.
+REQUEST_OPTION_VALUES: dict[str, list[Any]] = {SV.THINK: [False, True]}
+TTFA_OBJECTIVE = ("ttfa", "the time to first answer token at that many clients")
 
 
 class TuningParams(Strict):
@@ -94,7 +98,8 @@ def search_space(c: TuningParams, kind: str) -> dict[str, list[Any]]:
     each with its values, or the kind's values where it gives none (``NAME: null``). A context length the users
     need removes the smaller ones."""
     offered = kinds.tuning_space(kind)
-    space = offered if c.space is None else {k: list(v) if v is not None else offered.get(k, [])
+    space = offered if c.space is None else {k: list(v) if v is not None else
+                                             offered.get(k) or REQUEST_OPTION_VALUES.get(SV.role_of(k), [])
                                              for k, v in c.space.items()}
     ctx_name = next((k for k in space if SV.role_of(k) == SV.CONTEXT_LENGTH), SV.name_of(SV.CONTEXT_LENGTH))
     if c.context_length and ctx_name in space:
@@ -102,3 +107,15 @@ def search_space(c: TuningParams, kind: str) -> dict[str, list[Any]]:
     elif c.context_length:
         space[ctx_name] = [c.context_length]
     return {k: v for k, v in space.items() if v}
+
+
+def thinking_searched(c: TuningParams) -> bool:
+    """Whether ``think`` is among the settings tried (the space searched or today's settings)."""
+    return any(SV.role_of(k) == SV.THINK for k in [*(c.space or {}), *c.baseline])
+
+
+def objective_metric(c: TuningParams) -> tuple[str, str]:
+    """The objective's metric tag and what it is in words. Where ``think`` is searched, a TTFT objective is judged by
+    the first answer token: a thinking request's first token is a thought, so TTFT would not see what thinking
+    costs the user (for a request that does not think the two are the same)."""
+    return TTFA_OBJECTIVE if c.objective == "ttft" and thinking_searched(c) else OBJECTIVES[c.objective]

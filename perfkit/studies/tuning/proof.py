@@ -10,14 +10,14 @@ import pandas as pd
 from perfkit.analysis import figures as F, stats
 from perfkit.analysis.figures import FigureSet
 from perfkit.client.backends import Sampling
-from perfkit.core.settings import settings_label
+from perfkit.core.settings import settings_label, think_of
 from perfkit.measure.progress import Progress
 from perfkit.measure.runner import Trial
 from perfkit.measure.session import Session
 from perfkit.studies.base import StudyContext
 
 from .objective import figure_workload, objective_values, peak_rss
-from .params import TuningParams
+from .params import TuningParams, thinking_searched
 from .records import recorded_candidates
 
 
@@ -33,10 +33,11 @@ def measure_proof(ctx: StudyContext, s: Session, winner: str) -> None:
                 bar.update(1, f"{side}, restart {r + 1}")
                 s.restart(sides[side])
                 tags = {"proof": side, "replicate": r + 1, "candidate": winner if side == "after" else "baseline"}
+                sampling = Sampling(c.num_predict, think=think_of(sides[side]))  # a request option: sent, not set
                 s.runner.run([Trial(f"proof/{side}/r{r}/cold", c.model, "cold_server", r, False, side,
-                                    c.prompt_words, Sampling(c.num_predict), tags=tags)], desc="proof: cold start")
+                                    c.prompt_words, sampling, tags=tags)], desc="proof: cold start")
                 s.runner.closed_loop(c.model, c.concurrency, c.proof_requests, series=f"proof/{side}/r{r}",
-                                     sampling=Sampling(c.num_predict), prompt_words=c.prompt_words, tags=tags)
+                                     sampling=sampling, prompt_words=c.prompt_words, tags=tags)
 
 
 def proof_figures(c: TuningParams, df: pd.DataFrame, figs: FigureSet, winner: str | None) -> list[tuple[str, str, str]]:
@@ -46,6 +47,7 @@ def proof_figures(c: TuningParams, df: pd.DataFrame, figs: FigureSet, winner: st
         return []
     pairs = []
     wl = figure_workload(c)
+    thinking = thinking_searched(c)
     for side in ("before", "after"):
         rows = df[df["proof"] == side]
         warm, cold = rows[~rows["trial_id"].astype(str).str.endswith("/cold")], rows[rows["trial_id"].astype(str).str.endswith("/cold")]
@@ -54,6 +56,9 @@ def proof_figures(c: TuningParams, df: pd.DataFrame, figs: FigureSet, winner: st
                                headline="cold start" if side == "after" else ""))
         figs.add(F.per_request("tuning", "ttft", warm, "ttft_s", where={**where, "clients": c.concurrency}, workload=wl,
                                headline="warm start" if side == "after" else ""))
+        if thinking:  # what a user waits for when the model thinks (its TTFT is its first thought)
+            figs.add(F.per_request("tuning", "ttfa", warm, "ttfa_s", where={**where, "clients": c.concurrency},
+                                   workload=wl))
         figs.add(F.per_request("tuning", "request_rate", warm,
                                lambda r: objective_values(c.model_copy(update={"objective": "rate"}), r),
                                where={**where, "clients": c.concurrency}, workload=wl))
@@ -71,6 +76,8 @@ def proof_figures(c: TuningParams, df: pd.DataFrame, figs: FigureSet, winner: st
     clients = f"{c.concurrency} client{'s' if c.concurrency != 1 else ''}"
     for row, tag, extra in (("first request after a restart", "e2e", "/cold_server"),
                             (f"time to first token ({clients})", "ttft", f"/{c.concurrency}"),
+                            *([(f"time to first answer token ({clients})", "ttfa", f"/{c.concurrency}")] if thinking
+                              else []),
                             (f"request rate at {clients}", "request_rate", f"/{c.concurrency}"),
                             (f"output throughput at {clients}", "stream_throughput", f"/{c.concurrency}"),
                             ("peak server memory", "peak_rss", "")):

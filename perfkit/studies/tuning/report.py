@@ -14,6 +14,7 @@ from perfkit.core import settings as SV
 from perfkit.report.answer import answer_block
 
 from .params import OBJECTIVES
+from .thinking import deploy_note, thinking_lines
 from .results import TuningResult
 from .tables import pair_rows
 
@@ -23,9 +24,9 @@ def answer(res: TuningResult) -> list[str]:
     if res.winner is None:
         return ["No candidate met the SLOs" + (" and the memory limit" if res.candidates is not None else "") +
                 ": nothing to recommend; relax the SLOs or widen the space."]
-    what = OBJECTIVES[res.objective][1]
+    tag, what = objective_of(res)
     claim = res.claim
-    fig = res.figures.get(f"tuning/{OBJECTIVES[res.objective][0]}/{res.winner}")
+    fig = res.figures.get(f"tuning/{tag}/{res.winner}")
     if claim.called:
         out = [f"Run **{res.winner}**: it is the best for {what} ({fig.link() if fig else ''}), beating every "
                f"other candidate beyond ±{claim.min_effect:.0%}."]
@@ -42,7 +43,8 @@ def answer(res: TuningResult) -> list[str]:
         why = "before the time budget was spent" if res.stopped == BUDGET else "within the planned looks"
         out = [f"**{res.winner}** leads for {what} ({fig.link() if fig else ''}) but is not separated {why} from "
                f"{', '.join(f'**{k}**' for k in claim.not_separated)}: any of them is as good as the data can tell."]
-    wanted = {"rate": "request rate", "throughput": "output throughput", "ttft": "time to first token"}[res.objective]
+    wanted = {"rate": "request rate", "throughput": "output throughput", "ttft": "time to first token",
+              "ttfa": "time to first answer token"}[res.objective if tag != "ttfa" else tag]
     row = next((r for r in pair_rows(res) if r.what.startswith(wanted)), None)
     if row is not None:
         verdict = row.row.verdict
@@ -51,6 +53,11 @@ def answer(res: TuningResult) -> list[str]:
                    f"Against today's settings no setting is shown better: {row.what} {row.row.before} → "
                    f"{row.row.after}, {row.row.change_text}, not beyond the smallest change a run can show.")
     return out
+
+
+def objective_of(res: TuningResult) -> tuple[str, str]:
+    """The objective's metric tag and its words, as the analysis judged it."""
+    return (res.objective_tag, res.objective_what) if res.objective_tag else OBJECTIVES[res.objective]
 
 
 def res_concurrency(res: TuningResult) -> int:
@@ -69,12 +76,13 @@ def conclusions(res: TuningResult) -> str:
         n_dropped = int(t["status"].str.startswith("dropped").sum() + t["status"].str.startswith("beaten").sum())
         n_out = int(t["status"].str.startswith(("not eligible", "the server could not")).sum())
         space_size = math.prod(len(v) for v in res.space.values()) if res.space else 0
-        dims = "; ".join(k + " ∈ {" + ", ".join(map(str, v)) + "}" for k, v in res.space.items())
+        dims = "; ".join(k + " ∈ {" + ", ".join(str(x).lower() if isinstance(x, bool) else str(x) for x in v) + "}"
+                         for k, v in res.space.items())
         lines.append(f"- Searched {len(t)} of the {space_size} combinations of {dims}: "
                      f"{n_dropped} beaten or dropped, {n_merged} merged (the server ran them as another), "
                      f"{n_out} not eligible (the SLOs, the memory limit, or a server that could not run them).")
     if res.claim is not None:
-        lines.append(f"- {res.claim.sentence(OBJECTIVES[res.objective][1])}")
+        lines.append(f"- {res.claim.sentence(objective_of(res)[1])}")
         said = res.looks.sentence(_looks_taken(res), res.stopped or LAST_LOOK, what="series of each candidate left")
         if said:
             lines.append("  " + said)
@@ -107,9 +115,10 @@ def conclusions(res: TuningResult) -> str:
                      f"and set {SV.name_of(SV.KEEP_ALIVE)} long enough to span your idle gaps (or -1) if that memory is free. "
                      f"A proxy in front needs `proxy_read_timeout` ≥ {cold['proxy_read_timeout_s']} s (three times "
                      f"the slowest cold start measured, {fmt.duration(cold['worst_cold_s'])}).")
+    lines += thinking_lines(res, res_concurrency(res))
     if res.files:
         lines.append("- To deploy: " + ", ".join(f"[{n}]({p})" for n, p in res.files.items()) + " (each says which run "
-                     "found it).")
+                     "found it)." + deploy_note(res.winner_settings))
     lines.append("")
     lines.append(method_note(res.manifest))
     return "\n".join(lines)

@@ -30,3 +30,7 @@ class TuningResult(StudyResult):
     capacity: tuple[float, float, int] = (math.nan, math.nan, 0)
     rate_verdicts: dict[float, str] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
+    objective_tag: str = ""  # the objective's metric (a TTFT objective is the first answer token where think is searched)
+    objective_what: str = ""  # what it is in words
+    thinking: bool = False  # think was searched, or the model thought
+    ignored_think: int = 0  # requests that asked to think and streamed no thought

@@ -11,7 +11,7 @@ from perfkit.core.events import TuningCandidate, TuningSearchStopped
 from perfkit.analysis import figures as F
 from perfkit.analysis.sequential import BUDGET
 from perfkit.client.backends import Sampling
-from perfkit.core.settings import settings_label
+from perfkit.core.settings import settings_label, think_of
 from perfkit.measure.confirm import confirm_settings
 from perfkit.measure.progress import Progress
 from perfkit.measure.sequential import Budget
@@ -19,7 +19,7 @@ from perfkit.measure.session import Session
 from perfkit.studies.base import StudyContext
 
 from .objective import eligible, objective_figure
-from .params import OBJECTIVES
+from .params import objective_metric
 from .records import candidate_rows, recorded_candidates
 
 
@@ -47,7 +47,7 @@ def measure_candidate(ctx: StudyContext, s: Session, key: str, settings: dict, l
     if check.get("error"):  # the server can't serve the model with these settings: said, not measured
         return
     s.runner.closed_loop(c.model, c.concurrency, c.requests, series=f"cand/{key}/look{look}",
-                         sampling=Sampling(c.num_predict), prompt_words=c.prompt_words,
+                         sampling=Sampling(c.num_predict, think=think_of(settings)), prompt_words=c.prompt_words,
                          tags={"candidate": key, "look": look})
 
 
@@ -86,7 +86,7 @@ def search(ctx: StudyContext, s: Session, space: dict[str, list], budget: Budget
 
     c = ctx.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tag = OBJECTIVES[c.objective][0]
+    tag = objective_metric(c)[0]
     higher = F.metric(tag).better == "higher"
     study = optuna.create_study(direction="maximize" if higher else "minimize",
                                 sampler=optuna.samplers.TPESampler(seed=ctx.params.seed,

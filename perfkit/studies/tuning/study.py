@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from perfkit import kinds
 from perfkit.core.events import TuningSpace
 from perfkit.core import settings as SV
 from perfkit.measure.sequential import Budget
@@ -21,6 +22,19 @@ from .results import TuningResult
 from .search import search
 
 
+def _restarts_preflight(params: Any) -> list[str]:
+    """The proof and the winner's cold start restart the server even where only request options (``think``) are
+    searched: the problem when perfkit can't restart it."""
+    b = params.backend
+    caps = kinds.capabilities(b.kind)
+    if caps.started_by_perfkit or (caps.settings_by_restart_command and b.restart_command):
+        return []
+    how = (f"set backend.restart_command{kinds.get(b.kind).restart_hint}" if caps.settings_by_restart_command else
+           f"a backend of kind {b.kind!r} can't be restarted by perfkit")
+    return ["studies.tuning: the proof (today's settings against the tuned ones) and the tuned settings' cold start "
+            f"restart the server, even when only request options such as think are searched; {how}"]
+
+
 @register
 class Tuning(Study):
     name = "tuning"
@@ -33,6 +47,8 @@ class Tuning(Study):
         c = params.studies.tuning
         space = search_space(c, params.backend.kind)
         out = settings_preflight(params, "studies.tuning.space", [dict(c.baseline), {k: v[0] for k, v in space.items()}])
+        if not out and space:
+            out += _restarts_preflight(params)
         if not space:
             out.append(f"studies.tuning.space: the {params.backend.kind} kind offers no settings to tune and none "
                        f"are given; name some, e.g. space: {{{SV.name_of(SV.PARALLEL)}: [1, 2, 4]}}")

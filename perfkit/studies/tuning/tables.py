@@ -48,7 +48,8 @@ def trace(res: TuningResult) -> pd.DataFrame:
     t = res.candidates
     if t.empty:
         return t
-    return t.drop(columns=["value"]).set_index("setting")
+    # think is in the setting's name; the numbers behind the cells are for the conclusions
+    return t.drop(columns=["value", "think", "thinking_median"], errors="ignore").set_index("setting")
 
 
 def pareto_charts(res: TuningResult) -> list:
