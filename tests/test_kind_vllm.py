@@ -26,7 +26,7 @@ def test_a_vllm_server_is_recognised_and_described_by_its_own_endpoints(vllm):
     assert kinds.probe("vllm", vllm.url, {}, "backend.url") == f"a vLLM server at {vllm.url} serving qwen2.5-0.5b"
     b = kinds.create("vllm", vllm.url)
     try:
-        assert b.version() == "vllm 0.9.2"
+        assert b.version() == "0.9.2"
         f = b.model_facts("qwen2.5-0.5b")
         assert f.extra["max_model_len"] == 4096 and f.extra["root"] == "/models/qwen2.5-0.5b"
         assert b.metrics_urls(["qwen2.5-0.5b"]) == [f"{vllm.url}/metrics"]
@@ -95,4 +95,4 @@ def test_config_tuning_and_the_workload_study_run_on_vllm_with_its_metrics(tmp_p
     wl = _text(run_dir / "workload.html")
     assert "prefix-cache hits" in wl or "from the server's cache" in wl
     manifest = json.loads((run_dir / "config_tuning" / "manifest.json").read_text())
-    assert manifest["backend"]["backend"] == "vllm" and manifest["backend"]["version"] == "vllm 0.9.2"
+    assert manifest["backend"]["backend"] == "vllm" and manifest["backend"]["version"] == "0.9.2"

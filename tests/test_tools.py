@@ -284,3 +284,17 @@ def test_tool_calls_and_thinking_on_the_engine(tmp_path):
     plain = [t for t in ct if t.get("think_requested") == "false" and t.get("ok") and t.get("mode") == "closed"]
     assert thought and all(t["thinking_tokens"] > 0 for t in thought)
     assert plain and all(t["thinking_tokens"] == 0 for t in plain)
+
+
+def test_config_tuning_on_a_dataset_with_tools_says_how_the_server_used_them(tmp_path, fake_openai):
+    run = _perfkit_run(tmp_path, f"name: dtools\nbackend: {{kind: openai, url: '{fake_openai.url}'}}\n"
+                                 "studies:\n  config_tuning:\n    model: tool-caller-bad\n    settings: [{}]\n    concurrency: [2]\n"
+                                 "    requests: 6\n    num_predict: 8\n"
+                                 "    workload: {kind: dataset, file: 'builtin:tools', tool_choice: required}\n")
+    trials = [json.loads(x) for x in (run / "config_tuning" / "trials.jsonl").read_text().splitlines()]
+    closed = [t for t in trials if t.get("mode") == "closed"]
+    assert closed and all(t["tool_called"] and t["tool_valid"] is False for t in closed)
+    assert all(t["turn_kind"] == "question" for t in closed)
+    page = _page(run, "config_tuning")
+    assert "Tools (each request offered" in page and "turns with calls had valid arguments" in page
+    assert "arguments are not a JSON object" in page

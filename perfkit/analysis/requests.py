@@ -281,3 +281,15 @@ def ignored_think(trials: pd.DataFrame) -> int:
     asked = ok["think_requested"].isin(["true", "low", "medium", "high"])
     none = pd.to_numeric(ok["thinking_tokens"], errors="coerce").fillna(0).eq(0)
     return int((asked & none).sum())
+
+
+def thought_without_answer(trials: pd.DataFrame) -> tuple[int, int]:
+    """(requests that thought and streamed no answer token, requests that thought): a model that spends its whole
+    output thinking never reaches the answer a user waits for, so its time to first answer token is missing."""
+    if trials.empty or "thinking_tokens" not in trials:
+        return 0, 0
+    ok = trials[trials["ok"].astype("boolean").fillna(False).astype(bool)] if "ok" in trials else trials
+    thinking = pd.to_numeric(ok["thinking_tokens"], errors="coerce").fillna(0).gt(0)
+    answered = pd.to_numeric(col(ok, "answer_tokens"), errors="coerce").fillna(0).gt(0) | \
+        col(ok, "tool_calls").notna()
+    return int((thinking & ~answered).sum()), int(thinking.sum())

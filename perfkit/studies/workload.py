@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from perfkit.analysis import figures as F, series as S, toolturns
 from perfkit.analysis.figures import FigureSet
-from perfkit.analysis.requests import attempted, ci_cell, col, est, failures, measured
+from perfkit.analysis.requests import attempted, ci_cell, col, est, failures, measured, thought_without_answer
 from perfkit.analysis.verdicts import compare_samples
 from perfkit.client.backends import Sampling
 from perfkit.core import fmt
@@ -337,6 +337,10 @@ def thinking_lines(res: WorkloadResult) -> list[str]:
         out.append(f"- **{_users_label((w['setting'], int(w['users'])))}**: the model thought before answering: "
                    + ", ".join(parts) + " (TTFT counts the first thought; what a user waits for is the first answer "
                    "token).")
+    unanswered, thinking = thought_without_answer(res.trials)
+    if unanswered:
+        out.append(f"- **{unanswered} of {thinking} turns that thought never reached an answer** within num_predict "
+                   "tokens: their first answer token is missing from the figures above.")
     return out
 
 

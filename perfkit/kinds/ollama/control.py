@@ -322,8 +322,10 @@ class LocalOllamaControl(ServerControl):
         """The runner's ``--model`` path when the model is loaded, else the ``FROM`` line of its modelfile."""
         try:
             show = self._show(model)
-        except httpx.HTTPError as e:
-            raise Unknown(f"/api/show for {model!r} failed ({type(e).__name__})") from None
+        except httpx.HTTPStatusError as e:
+            raise Unknown(f"the server's /api/show answered HTTP {e.response.status_code} for {model!r}") from None
+        except httpx.HTTPError:
+            raise Unknown(f"the server did not answer /api/show for {model!r}") from None
         m = re.search(r"^FROM\s+(\S+)", show.get("modelfile") or "", re.M)
         if m and Path(m.group(1)).is_file():
             return Path(m.group(1))

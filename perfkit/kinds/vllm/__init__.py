@@ -46,8 +46,8 @@ class VllmControl(RemoteControl):
         """Empty the server's prefix cache; what happened, in words (a server that refuses says so)."""
         try:
             r = httpx.post(f"{self.url}/reset_prefix_cache", headers=self._headers, timeout=30.0)
-        except httpx.HTTPError as e:
-            return f"not reset: POST /reset_prefix_cache failed ({type(e).__name__})"
+        except httpx.HTTPError:
+            return "not reset: the server did not answer POST /reset_prefix_cache"
         if r.status_code >= 400:
             return f"not reset: POST /reset_prefix_cache answered HTTP {r.status_code}"
         return "reset"
@@ -60,7 +60,7 @@ class VllmBackend(CompatibleBackend):
         try:
             r = self._client.get("/version")
             if r.status_code == 200 and isinstance(r.json(), dict) and r.json().get("version"):
-                return f"vllm {r.json()['version']}"
+                return str(r.json()["version"])
         except (httpx.HTTPError, ValueError):
             pass
         return "unknown (GET /version did not answer with one)"

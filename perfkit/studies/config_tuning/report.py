@@ -18,7 +18,7 @@ from perfkit.report.answer import answer_block
 
 from .results import ConfigTuningResult
 from .tables import baseline_vs_best, settings_table
-from .traffic import speculative_lines, thinking_lines
+from .traffic import speculative_lines, thinking_lines, tool_lines
 
 
 def slo_text(slo: dict) -> str:
@@ -187,7 +187,7 @@ def conclusions(res: ConfigTuningResult) -> str:
     if not math.isnan(M["value"]):
         lines.append(f"- **Memory**: lowest peak server RSS with **{M['config']}**, {BYTES.text(M['value'])} "
                      f"(the largest sample over {M['n']} requests' windows; one reading per setting, no CI).")
-    lines += speculative_lines(res) + thinking_lines(res)
+    lines += speculative_lines(res) + thinking_lines(res) + tool_lines(res)
     lines += _series_lines(t)
     if res.retries:
         lines.append(f"- {res.retries} request(s) were resent once on a fresh connection because the server had "

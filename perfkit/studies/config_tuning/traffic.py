@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from perfkit.analysis import stats
 from perfkit.analysis.figures import Figure, FigureSet
-from perfkit.analysis.requests import ignored_think
+from perfkit.analysis import toolturns
+from perfkit.analysis.requests import ignored_think, measured, thought_without_answer
 from perfkit.core.units import RATIO
 
 from .results import ConfigTuningResult
@@ -74,9 +75,28 @@ def thinking_lines(res: ConfigTuningResult) -> list[str]:
                     else ", no thinking") for cfg in configs if cfg in ttfa]
         out.append(f"- **Thinking** (at {lo} client{'s' if lo != 1 else ''}): this model thinks before it answers, so "
                    "TTFT is its first *thought*; a user waits for the first answer token: " + "; ".join(parts) + ".")
+    unanswered, thinking = thought_without_answer(res.trials)
+    if unanswered:
+        out.append(f"- **{unanswered} of {thinking} requests that thought never reached an answer**: they spent every "
+                   "token they were allowed thinking, so their first answer token is missing from the figures above "
+                   "(a larger num_predict shows what the answer costs after the thinking).")
     ignored = ignored_think(res.trials)
     if ignored:
         out.append(f"- **`think` was ignored**: {ignored} request(s) asked the model to think and streamed no "
                    "thought (the server, or the model's template, does not support it).")
     return out
 
+
+
+def tool_lines(res: ConfigTuningResult) -> list[str]:
+    """Where the dataset's conversations offer tools (one question each): how the server used them per setting
+    and client count."""
+    df = res.trials
+    closed = df[df["mode"] == "closed"] if "mode" in df else df
+    if closed.empty or not toolturns.has_tools(closed):
+        return []
+    table = toolturns.table(measured(closed), closed, ["config", "concurrency"])
+    lines = toolturns.lines(table, measured(closed), ["config", "concurrency"],
+                            lambda k: f"{k[0]}, {int(k[1])} client{'s' if int(k[1]) != 1 else ''}")
+    return ["- **Tools** (each request offered its conversation's tools; one question, no tool result sent back):",
+            *["  " + x for x in lines]]

@@ -10,7 +10,13 @@ from typing import Any
 from perfkit import kinds
 from perfkit.core.settings import KEEP_ALIVE, name_of
 
+from .params import OBJECTIVES
 from .thinking import deploy_comment
+
+
+def objective_words(res: Any) -> str:
+    """The objective the winner was best for, in words (as the analysis judged it)."""
+    return res.objective_what if getattr(res, "objective_tag", "") else OBJECTIVES[res.objective][1]
 
 
 def write(out: Path, res: Any, kind: str, run_id: str, model: str) -> dict[str, str]:
@@ -20,7 +26,7 @@ def write(out: Path, res: Any, kind: str, run_id: str, model: str) -> dict[str, 
     settings = dict(res.winner_settings)
     if res.cold.get("cold_e2e") is not None:
         settings.setdefault(name_of(KEEP_ALIVE), "-1")  # the cold start measured is what a warm model avoids
-    head = (f"# perfkit tune, run {run_id}: {res.winner} was the best for {res.objective} of the candidates "
+    head = (f"# perfkit tune, run {run_id}: {res.winner} was the best for {objective_words(res)} of the candidates "
             "measured\n# (see tuning.html in that run for the evidence and the before/after proof).\n"
             + deploy_comment(settings))
     files: dict[str, str] = {}
