@@ -26,7 +26,9 @@ class FakeOpenAI:
     'tool-caller' (offered tools and not answering a tool result: a call of the first tool in three fragments,
     ``token_gap_s`` apart, as llama-server streams one: id and name, then two pieces of the arguments, every
     required argument "x"; finish_reason "tool_calls"; answering a tool result: ``tokens`` answer chunks),
-    'tool-caller-bad' (the same, but the arguments are not JSON), 'tool-text' (the call written as answer text).
+    'tool-caller-bad' (the same, but the arguments are not JSON), 'tool-text' (the call written as answer text),
+    'tool-parse-500' (offered tools: HTTP 500 "Failed to parse tool call arguments as JSON", as llama-server
+    fails a request whose call it cannot parse).
 
     ``sent``: per streamed request, each chunk's phase ("thinking", "answer") with ``perf_counter_ns`` just
     before its write and just after its flush, for tests to hold perfkit's stamps against."""
@@ -69,7 +71,7 @@ class FakeOpenAI:
                         {"id": m, "object": "model", "owned_by": "fake", "max_model_len": 4096}
                         for m in ("good", "fixed", "http500", "stall", "no-done", "cached", "thinker",
                                   "thinker-reasoning", "ignores-think", "tool-caller", "tool-caller-bad",
-                                  "tool-text")]})
+                                  "tool-text", "tool-parse-500")]})
                 if self.path == "/version":
                     return self._json(200, {"version": "0.0-fake"})
                 self._json(404, {"error": "not found"})
@@ -138,6 +140,10 @@ class FakeOpenAI:
                 chat = self.path == "/v1/chat/completions"
                 if model == "http500":
                     return self._json(500, {"error": {"message": "boom", "type": "server_error"}})
+                if model == "tool-parse-500" and req.get("tools"):  # as llama-server fails a call it can't parse
+                    return self._json(500, {"error": {"code": 500, "message": "Failed to parse tool call arguments "
+                                                      "as JSON: [json.exception.parse_error.101] parse error",
+                                                      "type": "server_error"}})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")

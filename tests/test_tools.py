@@ -238,7 +238,7 @@ def test_the_workload_study_reports_tool_turns(tmp_path, fake_ollama):
     assert 0 < figs["workload/tool_as_expected/defaults/2"]["estimate"]["value"] < 1
     assert figs["workload/ttft/defaults/2/answering a tool's result"]["estimate"]["n"] >= 11
     page = _page(run, "workload")
-    assert "Tool calls" in page and "the server called a tool on 11 of 11 questions" in page
+    assert "Tool calls" in page and "the server called a tool on 11 of 11 questions it answered" in page
     assert "turns answering a tool's result had TTFT" in page and "Traceback" not in page
 
 
@@ -268,7 +268,8 @@ def test_tool_calls_and_thinking_on_the_engine(tmp_path):
                                  "  config_tuning:\n    model: smollm2-135m-q8_0\n    concurrency: [1]\n"
                                  "    requests: 6\n    num_predict: 32\n    prompt_words: 8\n"
                                  "    settings: [{chat_template: 'builtin:agent', think: false},\n"
-                                 "               {chat_template: 'builtin:agent', think: true}]\n")
+                                 "               {chat_template: 'builtin:agent', think: true},\n"
+                                 "               {chat_template: 'builtin:agent', think: true, reasoning_budget: 4}]\n")
     trials = [json.loads(x) for x in (run / "workload" / "trials.jsonl").read_text().splitlines()]
     q = [t for t in trials if t.get("turn_kind") == "question"]
     answered = [t for t in trials if t.get("turn_kind") == "tool_result"]
@@ -284,6 +285,11 @@ def test_tool_calls_and_thinking_on_the_engine(tmp_path):
     plain = [t for t in ct if t.get("think_requested") == "false" and t.get("ok") and t.get("mode") == "closed"]
     assert thought and all(t["thinking_tokens"] > 0 for t in thought)
     assert plain and all(t["thinking_tokens"] == 0 for t in plain)
+    # a thinking budget (the engine's --reasoning-budget, a server setting) ends the thought: the answer follows
+    budget = [t for t in thought if t["config"].endswith("reasoning_budget=4")]
+    assert budget and all(t["thinking_tokens"] <= 5 for t in budget)
+    assert sum(t["answer_tokens"] > 0 for t in budget) >= len(budget) - 1
+    assert all(t["ttfa_s"] > t["ttft_s"] for t in budget if t["answer_tokens"])
 
 
 def test_config_tuning_on_a_dataset_with_tools_says_how_the_server_used_them(tmp_path, fake_openai):
@@ -298,3 +304,16 @@ def test_config_tuning_on_a_dataset_with_tools_says_how_the_server_used_them(tmp
     page = _page(run, "config_tuning")
     assert "Tools (each request offered" in page and "turns with calls had valid arguments" in page
     assert "arguments are not a JSON object" in page
+
+
+def test_a_call_the_server_cannot_parse_fails_the_turn_and_is_counted(v1, tmp_path):
+    df = _run_sessions(OpenAIBackend(v1.url), tmp_path, "tool-parse-500")
+    assert not df["ok"].any() and df["tool_unparsed"].all()
+    assert df["tool_problem"].str.contains("could not parse the tool call").all()
+    assert (df["turn"] == 0).all()  # a failed turn ends its conversation
+    from perfkit.analysis import toolturns
+
+    t = toolturns.table(df[df["ok"]], df, ["users"])
+    assert int(t["parse_failed"].sum()) == len(df)
+    line = toolturns.lines(t, df[df["ok"]], ["users"], lambda k: "x")
+    assert f"could not parse {len(df)} tool calls" in line[0], line

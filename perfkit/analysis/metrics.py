@@ -136,8 +136,8 @@ CATALOGUE: dict[str, Metric] = {m.tag: m for m in (
            "share of question turns whose tool calls (or none) named the same tools the dataset's own answer "
            "called, Clopper–Pearson CI", "turns"),
     Metric("tool_unparsed", "tool calls left in the answer text", SHARE, "lower", "share",
-           "share of turns with no tool call whose answer text looks like one (a call the server did not parse), "
-           "Clopper–Pearson CI", "turns"),
+           "share of the turns sent with no parsed tool call whose answer text looks like one, or which the server "
+           "failed because it could not parse the call the model wrote, Clopper–Pearson CI", "turns"),
     Metric("hit_ratio", "cache hit ratio", SHARE, "higher", "share",
            "share of identical requests the proxy answered from its cache, Clopper–Pearson CI", _REQ),
     Metric("agreement", "token agreement with the reference", SHARE, "higher", "mean",

@@ -28,15 +28,16 @@ def _flag(rows: pd.DataFrame, name: str) -> pd.Series:
     return col(rows, name).map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v))
 
 
-def add_figures(figs: FigureSet, study: str, rows: pd.DataFrame, where: dict[str, Any],
+def add_figures(figs: FigureSet, study: str, rows: pd.DataFrame, every: pd.DataFrame, where: dict[str, Any],
                 workload: dict[str, Any] | None = None) -> None:
-    """Shares over the question turns (called, valid, as expected, unparsed) and TTFT of the turns answering a
-    tool's result, for one group's measured turns."""
+    """Shares over the question turns (called, valid, as expected), calls left unparsed (over every turn sent: a
+    server that fails a request over a call it can't parse counts) and TTFT of the turns answering a tool's result,
+    for one group's measured turns (``rows``) of all it sent (``every``)."""
     q = rows[col(rows, "turn_kind") == QUESTION]
     figs.add(F.share(study, "tool_called", _flag(q, "tool_called"), q, where=where, workload=workload))
     figs.add(F.share(study, "tool_valid", _flag(rows, "tool_valid"), rows, where=where, workload=workload))
     figs.add(F.share(study, "tool_as_expected", _flag(q, "tool_as_expected"), q, where=where, workload=workload))
-    not_called = rows[~_flag(rows, "tool_called").fillna(False).astype(bool)]
+    not_called = every[~_flag(every, "tool_called").fillna(False).astype(bool)]
     figs.add(F.share(study, "tool_unparsed", _flag(not_called, "tool_unparsed"), not_called, where=where,
                      workload=workload))
     t = rows[col(rows, "turn_kind") == TOOL_RESULT]
@@ -55,15 +56,17 @@ def table(df: pd.DataFrame, every: pd.DataFrame, keys: list[str]) -> pd.DataFram
         called = _flag(g, "tool_called").fillna(False).astype(bool)
         valid = _flag(g, "tool_valid")
         expected = _flag(g, "tool_as_expected")
-        problems = col(g, "tool_problem").dropna()
+        problems = col(g_all, "tool_problem").dropna()
         e = est(col(g, "ttft_s"))
         rows.append({**dict(zip(keys + ["turn_kind"], key)), "n": len(g), "failed": len(g_all) - len(g),
                      "ttft_p50_s": e.value, "ttft": ci_cell(e), "called": int(called.sum()),
                      "valid": int(valid.fillna(False).astype(bool).sum()), "with_calls": int(valid.notna().sum()),
                      "as_expected": int(expected.fillna(False).astype(bool).sum()),
                      "expected_known": int(expected.notna().sum()),
-                     "unparsed": int(_flag(g, "tool_unparsed").fillna(False).astype(bool).sum()),
-                     "cut": int(col(g_all, "tool_rounds_cut").fillna(False).astype(bool).sum()),
+                     "unparsed": int(_flag(g_all, "tool_unparsed").fillna(False).astype(bool).sum()),
+                     "parse_failed": int((_flag(g_all, "tool_unparsed").fillna(False).astype(bool)
+                                          & ~col(g_all, "ok").astype("boolean").fillna(False).astype(bool)).sum()),
+                     "cut": int(_flag(g_all, "tool_rounds_cut").fillna(False).astype(bool).sum()),
                      "first_problem": str(problems.iloc[0]) if len(problems) else ""})
     return pd.DataFrame(rows)
 
@@ -94,7 +97,8 @@ def lines(t: pd.DataFrame, df: pd.DataFrame, keys: list[str], label: Callable[[t
         if q.empty:
             continue
         r = q.iloc[0]
-        parts = [f"the server called a tool on {r['called']} of {r['n']} questions"]
+        parts = [f"the server called a tool on {r['called']} of {r['n']} questions it answered"
+                 if r["n"] else "no question was answered"]
         if r["with_calls"]:
             parts.append(f"{int(g['valid'].sum())} of {int(g['with_calls'].sum())} turns with calls had valid "
                          "arguments" + (f" (first problem: {g['first_problem'][g['first_problem'] != ''].iloc[0]})"
@@ -102,8 +106,12 @@ def lines(t: pd.DataFrame, df: pd.DataFrame, keys: list[str], label: Callable[[t
         if r["expected_known"]:
             parts.append(f"{r['as_expected']} of {r['expected_known']} questions called what the dataset's own "
                          "answer called")
-        if g["unparsed"].sum():
-            parts.append(f"**{int(g['unparsed'].sum())} answers wrote a tool call as text the server did not parse**")
+        failed, text = int(g["parse_failed"].sum()), int(g["unparsed"].sum() - g["parse_failed"].sum())
+        if failed:
+            parts.append(f"**the server could not parse {failed} tool calls the model wrote, and failed those "
+                         "requests** (each ended its conversation)")
+        if text:
+            parts.append(f"**{text} answers wrote a tool call as text the server did not parse**")
         if g["cut"].sum():
             parts.append(f"{int(g['cut'].sum())} questions ran out of tool rounds")
         parts.append(_result_cost(df, dict(zip(keys, key))))

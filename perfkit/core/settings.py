@@ -70,6 +70,13 @@ def _template_file(v: str) -> str:
     return str(Path(v).expanduser().resolve())
 
 
+def _budget(v: str) -> int:
+    n = int(v)
+    if n < -1:
+        raise ValueError
+    return n
+
+
 def _one_of(*choices: str) -> Callable[[str], str]:
     def check(v: str) -> str:
         if v not in choices:
@@ -96,6 +103,7 @@ THREADS, BATCH, MMAP = "threads", "batch", "mmap"
 DRAFT_MODEL, DRAFT_MAX, DRAFT_MIN = "draft_model", "draft_max", "draft_min"
 THINK = "think"
 CHAT_TEMPLATE = "chat_template"
+THINK_BUDGET = "think_budget"
 
 ROLES: dict[str, Role] = {r.name: r for r in [
     Role(FLASH_ATTENTION, "1, 0 or auto", _one_of(*FLASH_MODES), lower=True),
@@ -113,6 +121,8 @@ ROLES: dict[str, Role] = {r.name: r for r in [
     Role(DRAFT_MIN, "an integer ≥ 0 (tokens drafted at least)", _non_negative_int),
     Role(CHAT_TEMPLATE, "builtin:agent (perfkit's, for the tiny demo models: tool calls and thinking) or a Jinja "
          "chat template file on this host", _template_file),
+    Role(THINK_BUDGET, "an integer ≥ -1 (thinking tokens before the answer must start; -1: no limit, 0: none)",
+         _budget),
     Role(THINK, "true, false, low, medium or high (whether a thinking model thinks, or how hard)",
          _one_of("true", "false", "low", "medium", "high"), lower=True, per_request=True),
 ]}

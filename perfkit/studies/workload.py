@@ -175,7 +175,7 @@ def analyze(ctx: StudyContext) -> WorkloadResult:
         figs.add(F.per_request("workload", "ttft_p99", every, lambda r: S.censored(r, "ttft_s"),
                                where={"setting": cfg, "users": int(users)}, workload={**wl_fig, "users": int(users)}))
         if toolturns.has_tools(g_all):
-            toolturns.add_figures(figs, "workload", g, {"setting": cfg, "users": int(users)},
+            toolturns.add_figures(figs, "workload", g, every, {"setting": cfg, "users": int(users)},
                                   {**wl_fig, "users": int(users)})
         if pd.to_numeric(col(g, "thinking_tokens"), errors="coerce").fillna(0).gt(0).any():
             for tag, column in (("ttfa", "ttfa_s"), ("thinking_time", "thinking_s"),

@@ -4,6 +4,7 @@ for them, the answer perfkit sends when a server calls one, and each turn's verd
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from perfkit.core.tools import ToolCall, Tools, looks_like_a_call
@@ -91,8 +92,16 @@ def judge(rec: dict, tools: Tools | None, expected: list[str] | None) -> dict[st
     out["tool_valid"] = (out["tool_problem"] is None) if calls else None
     out["tool_expected"] = ",".join(expected) if expected is not None else None
     out["tool_as_expected"] = (sorted(c.name for c in calls) == sorted(expected)) if expected is not None else None
-    out["tool_unparsed"] = bool(rec.get("ok")) and not calls and looks_like_a_call(rec.get("text") or "")
+    out["tool_unparsed"] = not calls and looks_like_a_call(rec.get("text") or "")
+    if not rec.get("ok") and _PARSE_FAILED.search(str(rec.get("error") or "")):
+        # The server saw a call in the model's output and could not parse it: it failed the request (llama-server
+        # answers HTTP 500 "Failed to parse tool call arguments as JSON").
+        out["tool_unparsed"] = True
+        out["tool_problem"] = "the server could not parse the tool call the model wrote, and failed the request"
     return out
+
+
+_PARSE_FAILED = re.compile(r"pars\w* tool call|tool call\w* .*pars", re.I)
 
 
 def _problem(call: ToolCall, tools: Tools) -> str | None:

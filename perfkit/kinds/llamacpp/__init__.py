@@ -28,7 +28,8 @@ host.register_engine_dist(ENGINE_PACKAGE)
 S.register_names([S.Name("draft_model", S.DRAFT_MODEL, server_env=False, canonical=True),
                   S.Name("draft_max", S.DRAFT_MAX, server_env=False, canonical=True),
                   S.Name("draft_min", S.DRAFT_MIN, server_env=False, canonical=True),
-                  S.Name("chat_template", S.CHAT_TEMPLATE, server_env=False, canonical=True)])
+                  S.Name("chat_template", S.CHAT_TEMPLATE, server_env=False, canonical=True),
+                  S.Name("reasoning_budget", S.THINK_BUDGET, server_env=False, canonical=True)])
 # llama-server -m FILE -c N -np N -fa on -ctk q8_0 -ngl 99 -t 8 (the router's child per model, or a user's own)
 procs.register_runner(procs.RunnerShape(frozenset({"llama-server", "llama-server.exe", "llama_server"}),
                                         "llama-server"))

@@ -30,10 +30,18 @@ FLAGS: dict[str, Callable[[str], list[str]]] = {
     S.DRAFT_MODEL: lambda v: ["--spec-type", "draft-simple", "--spec-draft-model", v],
     S.DRAFT_MAX: lambda v: ["--spec-draft-n-max", str(int(v))],
     S.DRAFT_MIN: lambda v: ["--spec-draft-n-min", str(int(v))],
-    S.CHAT_TEMPLATE: lambda v: ["--chat-template-file", str(template_file(v))],
+    S.CHAT_TEMPLATE: lambda v: _template_flags(v),
+    S.THINK_BUDGET: lambda v: ["--reasoning-budget", str(int(v))],
 }
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _template_flags(value: str) -> list[str]:
+    # llama-server tells a template that can think to think unless told otherwise; perfkit's own thinks only
+    # when a request asks (think: true), so that a request that says nothing is a plain chat.
+    off = ["--reasoning", "off"] if value.startswith("builtin:") else []
+    return ["--chat-template-file", str(template_file(value)), *off]
 
 
 def template_file(value: str) -> Path:
