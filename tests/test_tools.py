@@ -252,6 +252,7 @@ def test_the_workload_study_compares_thinking_on_and_off_without_a_restart(tmp_p
     assert figs["workload/thinking_tokens/think=true/1"]["estimate"]["value"] == 3
     page = _page(run, "workload")
     assert "the model thought before answering" in page and "No conversation of this workload offered tools" in page
+    assert "as late as on think=false (later)" in page
     events = [json.loads(x) for x in (run / "workload" / "events.jsonl").read_text().splitlines()]
     assert not any(e["kind"] == "restart" for e in events)
 

@@ -334,14 +334,38 @@ def thinking_lines(res: WorkloadResult) -> list[str]:
             g = get(tag)
             if g is not None:
                 parts.append(f"{what} {g.text()}")
+        parts.append(_thinking_cost(res, f, w))
         out.append(f"- **{_users_label((w['setting'], int(w['users'])))}**: the model thought before answering: "
-                   + ", ".join(parts) + " (TTFT counts the first thought; what a user waits for is the first answer "
+                   + ", ".join(p for p in parts if p) + " (TTFT counts the first thought; what a user waits for is the first answer "
                    "token).")
     unanswered, thinking = thought_without_answer(res.trials)
     if unanswered:
         out.append(f"- **{unanswered} of {thinking} turns that thought never reached an answer** within num_predict "
                    "tokens: their first answer token is missing from the figures above.")
     return out
+
+
+def _thinking_cost(res: WorkloadResult, f, w: dict) -> str:
+    """The first answer token against the same users' on the setting most like this one that did not think: a
+    ratio with its CI."""
+    df = measured(res.trials)
+    if df.empty or "ttfa_s" not in df:
+        return ""
+    same = df[df["users"] == w["users"]]
+    thinking = same.groupby("config")["thinking_tokens"].apply(
+        lambda x: pd.to_numeric(x, errors="coerce").fillna(0).gt(0).any())
+    others = [c for c, t in thinking.items() if not t and c != w["setting"]]
+    if not others:
+        return ""
+    mine = set(str(w["setting"]).split(", "))
+    base = max(others, key=lambda c: len(mine & set(str(c).split(", "))))
+    row = compare_samples(col(same[same["config"] == base], "ttfa_s").tolist(),
+                          col(same[same["config"] == w["setting"]], "ttfa_s").tolist(), "lower")
+    r = row.ratio
+    if not math.isfinite(r.value) or not r.has_ci:
+        return f"against {base} too few turns for a CI"
+    verdict = "later" if r.lo > 1 else "sooner" if r.hi < 1 else "no change detectable at this n"
+    return f"the first answer came {RATIO.ci(r.value, r.lo, r.hi)} as late as on {base} ({verdict})"
 
 
 def load_display(res: WorkloadResult) -> pd.DataFrame:

@@ -61,6 +61,24 @@ def speculative_lines(res: ConfigTuningResult) -> list[str]:
             + "; ".join(parts) + "."]
 
 
+def _nearest(cfg: str, others: list[str]) -> str | None:
+    """The setting among ``others`` that shares the most of ``cfg``'s settings (the first on a tie): what the same
+    server did without thinking."""
+    mine = set(cfg.split(", "))
+    return max(others, key=lambda o: len(mine & set(o.split(", "))), default=None)
+
+
+def _cost(with_thinking: Figure, without: Figure | None, base: str | None) -> str:
+    """What thinking did to the first answer token against a setting that did not think: a ratio with its CI."""
+    if without is None or not with_thinking.samples or not without.samples:
+        return ""
+    r = stats.ratio(with_thinking.samples, without.samples)
+    if r.lo != r.lo:
+        return f"; against {base}'s first answer token too few requests for a CI (n≥{r.need_n} each)"
+    verdict = "later" if r.lo > 1 else "sooner" if r.hi < 1 else "no change detectable at this n"
+    return f"; its first answer token came {RATIO.estimate(r)} {base}'s ({verdict})"
+
+
 def thinking_lines(res: ConfigTuningResult) -> list[str]:
     """When the model thought: what a user waits for (the first answer token) beside TTFT (the first thought),
     the thinking's time and tokens per setting, and requests that asked to think and did not."""
@@ -70,11 +88,19 @@ def thinking_lines(res: ConfigTuningResult) -> list[str]:
     if lo is not None and configs:
         ttfa, ttft = _by_setting(figs, "ttfa", lo, configs), _by_setting(figs, "ttft", lo, configs)
         thought, tokens = _by_setting(figs, "thinking_time", lo, configs), _by_setting(figs, "thinking_tokens", lo, configs)
-        parts = [f"**{cfg}**: first answer token {ttfa[cfg].text()} (TTFT {ttft[cfg].text() if cfg in ttft else '—'})"
-                 + (f", thinking {thought[cfg].text()} and {tokens[cfg].text()}" if cfg in thought and cfg in tokens
-                    else ", no thinking") for cfg in configs if cfg in ttfa]
-        out.append(f"- **Thinking** (at {lo} client{'s' if lo != 1 else ''}): this model thinks before it answers, so "
-                   "TTFT is its first *thought*; a user waits for the first answer token: " + "; ".join(parts) + ".")
+        plain = [c for c in configs if c in ttfa and c not in thought]
+        parts = []
+        for cfg in (c for c in configs if c in ttfa):
+            part = f"**{cfg}**: first answer token {ttfa[cfg].text()} (TTFT {ttft[cfg].text() if cfg in ttft else '—'})"
+            if cfg in thought and cfg in tokens:
+                base = _nearest(cfg, plain)
+                part += f", thinking {thought[cfg].text()} and {tokens[cfg].text()}" + \
+                    _cost(ttfa[cfg], ttfa.get(base) if base else None, base)
+            else:
+                part += ", no thinking"
+            parts.append(part)
+        out.append(f"- **Thinking** (at {lo} client{'s' if lo != 1 else ''}): a thinking request's TTFT is its first "
+                   "*thought*; a user waits for the first answer token: " + "; ".join(parts) + ".")
     unanswered, thinking = thought_without_answer(res.trials)
     if unanswered:
         out.append(f"- **{unanswered} of {thinking} requests that thought never reached an answer**: they spent every "
