@@ -67,9 +67,15 @@ class FakeOllama:
                 owner.requests.append(req)
                 owner.headers_seen.append(dict(self.headers))
                 if self.path == "/api/show":
+                    caps = {"thinker": ["completion", "thinking"], "tool-caller": ["completion", "tools"],
+                            "tool-caller-bad": ["completion", "tools"], "tool-text": ["completion", "tools"]}
+                    if req.get("model") in caps:  # what a model can do (Ollama since v0.6.4)
+                        return self._json(200, {"details": {"family": "qwen3"}, "model_info": {},
+                                                "capabilities": caps[req["model"]]})
                     if not req.get("model", "").startswith("good"):
                         return self._json(404, {"error": f"model '{req.get('model')}' not found"})
-                    return self._json(200, {"details": {"family": "qwen2", "parameter_size": "72.7B",
+                    return self._json(200, {"capabilities": ["completion"],
+                                            "details": {"family": "qwen2", "parameter_size": "72.7B",
                                                         "quantization_level": "Q4_K_M"},
                                             "model_info": {"general.parameter_count": 72_700_000_000,
                                                            "qwen2.context_length": 32768}})

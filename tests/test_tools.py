@@ -318,3 +318,24 @@ def test_a_call_the_server_cannot_parse_fails_the_turn_and_is_counted(v1, tmp_pa
     assert int(t["parse_failed"].sum()) == len(df)
     line = toolturns.lines(t, df[df["ok"]], ["users"], lambda k: "x")
     assert f"could not parse {len(df)} tool calls" in line[0], line
+
+
+@pytest.mark.parametrize("model,study,words", [
+    ("good", "think", "studies.config_tuning asks it to think, and the server says 'good' cannot"),
+    ("good", "tools", "studies.config_tuning.workload.file offers it tools, and the server says 'good' cannot"),
+])
+def test_a_model_the_server_says_cannot_think_or_call_tools_is_refused_before_anything_runs(tmp_path, fake_ollama,
+                                                                                              model, study, words,
+                                                                                              capsys):
+    from perfkit.cli import main
+
+    extra = ("    settings: [{think: true}]\n" if study == "think" else
+             "    settings: [{}]\n    workload: {kind: dataset, file: 'builtin:tools'}\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(f"name: caps\nbackend: {{kind: ollama, url: '{fake_ollama.url}'}}\nstudies:\n  config_tuning:\n"
+                 f"    model: {model}\n    concurrency: [1]\n    requests: 2\n" + extra)
+    before = len([r for r in fake_ollama.requests if r.get("messages")])
+    assert main(["run", str(p), "--results", str(tmp_path / "results")]) == 2
+    assert len([r for r in fake_ollama.requests if r.get("messages")]) == before  # nothing was sent
+    err = capsys.readouterr().err
+    assert words in err and "its capabilities: completion" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from perfkit import kinds
 from perfkit.core.errors import PerfkitError
@@ -135,6 +136,76 @@ def check_workloads(params, params_path: str | Path, studies: list[str]) -> list
     return out
 
 
+def _asks_to_think(section: Any) -> bool:
+    """Whether a study's parameters ask a model to think (a setting, a searched value or its own ``think``)."""
+    from perfkit.core.settings import THINK, role_of
+
+    asked: list[object] = [getattr(section, "think", None)]
+    for s in getattr(section, "settings", None) or []:
+        asked += [v for k, v in s.items() if _is_setting(k) and role_of(k) == THINK]
+    space = getattr(section, "space", None)
+    if isinstance(space, dict):
+        for k, vs in space.items():
+            if _is_setting(k) and role_of(k) == THINK:
+                asked += list(vs) if isinstance(vs, list) else [True]
+    return any(v is not None and str(v).lower() not in ("false", "0", "none") for v in asked)
+
+
+def _is_setting(key: str) -> bool:
+    from perfkit.core.errors import ConfigError
+    from perfkit.core.settings import role_of
+
+    try:
+        role_of(key)
+    except (ConfigError, KeyError):
+        return False
+    return True
+
+
+def _offers_tools(w: Any, base_dir: Path) -> bool:
+    from perfkit.workloads import WorkloadError, WorkloadParams, read_conversations
+    from perfkit.workloads.spec import resolve_file
+
+    if not isinstance(w, WorkloadParams) or not w.file or w.kind not in ("dataset", "sessions"):
+        return False
+    try:
+        return any(c.tools for c in read_conversations(resolve_file(w.file, base_dir)))
+    except WorkloadError:
+        return False  # named by check_workloads
+
+
+def check_capabilities(params, params_path: str | Path, studies: list[str]) -> list[str]:
+    """A model asked to think, or offered tools, that the server says cannot (Ollama refuses such requests)."""
+    b = params.backend
+    kind = kinds.get(b.kind)
+    if kind.started_by_perfkit:
+        return []
+    base_dir = Path(params_path).resolve().parent
+    needs = []
+    for s in studies:
+        section = getattr(params.studies, s, None)
+        model = getattr(section, "model", None)
+        if not isinstance(model, str):
+            continue
+        if _asks_to_think(section):
+            needs.append((f"studies.{s}", model, "thinking", "asks it to think"))
+        if _offers_tools(getattr(section, "workload", None), base_dir):
+            needs.append((f"studies.{s}.workload.file", model, "tools", "offers it tools"))
+    if not needs:
+        return []
+    be = kind.create_backend(b.url, headers=b.headers, endpoint=b.endpoint, inspect_host=False)
+    out = []
+    try:
+        for key, model, need, what in needs:
+            caps = be.model_capabilities(model)
+            if caps is not None and need not in caps:
+                out.append(f"{key} {what}, and the server says {model!r} cannot (its capabilities: "
+                           f"{', '.join(sorted(caps)) or 'none'}); it would refuse every such request")
+    finally:
+        be.close()
+    return out
+
+
 def check_cluster(params, params_path: str | Path, studies: list[str]) -> list[str]:
     """The cluster answers, and every host node and client node the parameters need has joined it."""
     c = params.cluster
@@ -180,6 +251,7 @@ def check(params, params_path: str | Path, studies: list[str]) -> str:
     problems = check_local(params, params_path) + check_models(params, params_path)
     problems += [f"{params_path}: {p}" for p in check_telemetry(params, params_path)]
     problems += [f"{params_path}: {p}" for p in check_workloads(params, params_path, studies)]
+    problems += [f"{params_path}: {p}" for p in check_capabilities(params, params_path, studies)]
     problems += [f"{params_path}: {p}" for p in check_cluster(params, params_path, studies)]
     for s in studies:
         problems += [f"{params_path}: {p}" for p in registry.get(s).preflight(params)]

@@ -216,6 +216,11 @@ class Backend(abc.ABC):
                 f"{r.headers.get('content-type') or 'something'} that is not JSON"
             raise PerfkitError(f"GET {url} answered {what}: not the API perfkit expects there") from None
 
+    def model_capabilities(self, model: str) -> set[str] | None:
+        """What the server says ``model`` can do (Ollama's ``completion``, ``tools``, ``thinking`` …); None where
+        it does not say (the first request then tells)."""
+        return None
+
     def resident_memory(self, model: str) -> dict[str, int]:
         """What the resident ``model`` itself occupies (bytes), by whatever the server exposes; {} if nothing."""
         return {}

@@ -130,6 +130,17 @@ class OllamaBackend(Backend):
                                                                      ".embedding_length", ".head_count_kv"))}},
         )
 
+    def model_capabilities(self, model: str) -> set[str] | None:
+        """``capabilities`` of ``/api/show`` (since v0.6.4; ``thinking`` since v0.9.0); None on an older server."""
+        try:
+            r = self._client.post("/api/show", json={"model": model})
+        except httpx.HTTPError:
+            return None
+        if r.status_code >= 400:
+            return None
+        caps = r.json().get("capabilities")
+        return set(caps) if isinstance(caps, list) else None
+
     def load(self, model: str, timeout_s: float = DEFAULT_TIMEOUT_S, keep_alive: object = None) -> float:
         """Preload (empty request) and return Ollama's load_duration if given, else the request's wall time."""
         body: dict[str, Any] = {"model": model, "stream": False}
