@@ -339,3 +339,20 @@ def test_a_model_the_server_says_cannot_think_or_call_tools_is_refused_before_an
     assert len([r for r in fake_ollama.requests if r.get("messages")]) == before  # nothing was sent
     err = capsys.readouterr().err
     assert words in err and "its capabilities: completion" in err and "Traceback" not in err
+
+
+def test_perfkit_compare_compares_tool_figures_of_two_runs(tmp_path, fake_ollama):
+    from perfkit.cli import main
+
+    params = (f"name: t\nbackend: {{kind: ollama, url: '{fake_ollama.url}'}}\nstudies:\n  workload:\n"
+              "    model: tool-caller\n    users: [1]\n    requests: 11\n    num_predict: 8\n"
+              "    workload: {kind: sessions, file: 'builtin:tools'}\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = _perfkit_run(tmp_path / "a", params), _perfkit_run(tmp_path / "b", params)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    out = tmp_path / "cmp" / "comparison.json"
+    rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]}
+    for key in ("workload/tool_called/defaults/1", "workload/tool_valid/defaults/1",
+                "workload/ttft/defaults/1/answering a tool's result"):
+        assert rows[key]["verdict"] == "no detectable change at this n", rows[key]
