@@ -28,7 +28,8 @@ def _configs(res: ConfigTuningResult) -> list[str]:
 
 
 def speculative_lines(res: ConfigTuningResult) -> list[str]:
-    """Each setting's acceptance rate and its decode speed against the first setting's, with a CI and a verdict. The
+    """Each setting's acceptance rate, and a drafting setting's decode speed against the most similar setting that
+    does not draft, with a CI and a verdict. The
     rate is the server's per-request counts where it gives them, else its ``/metrics`` counters over the series."""
     figs, configs = res.figures, _configs(res)
     lo = _fewest_clients(figs, "draft_acceptance")
@@ -39,19 +40,20 @@ def speculative_lines(res: ConfigTuningResult) -> list[str]:
         return []
     accepted = _by_setting(figs, "series_draft_acceptance" if counters else "draft_acceptance", lo, configs)
     speed = _by_setting(figs, "decode_rate", lo, configs)
-    base = configs[0]
+    plain = [c for c in configs if c not in accepted]
     parts = []
     for cfg in configs:
         a, d = accepted.get(cfg), speed.get(cfg)
         part = f"**{cfg}**: " + (f"{a.text()} of the drafted tokens accepted" if a else "no draft")
         if d is not None:
             part += f", decode speed {d.text()}"
-            b = speed.get(base)
-            if cfg != base and b is not None and d.samples and b.samples:
+            base = _nearest(cfg, plain) if a else None
+            b = speed.get(base) if base else None
+            if b is not None and d.samples and b.samples:
                 r = stats.ratio(d.samples, b.samples)
                 verdict = ("faster" if r.lo > 1 else "slower" if r.hi < 1 else "no change detectable at this n") \
                     if r.lo == r.lo else f"too few requests for a CI (n≥{r.need_n} each)"
-                part += f", {RATIO.estimate(r)} the first setting's ({verdict})"
+                part += f", {RATIO.estimate(r)} {base}'s, the same server without a draft ({verdict})"
         parts.append(part)
     source = ("the server's own counters of drafted and accepted tokens (its /metrics) over each series' window, "
               "one reading per setting with no CI, server-wide so other clients' requests count too"
