@@ -125,7 +125,7 @@ def test_tune_picks_the_setting_a_server_of_known_capacity_is_fastest_with(tmp_p
                         env={"OLLAMA_NUM_PARALLEL": "1"}) as so:
         params, run_dir, out = _tune(tmp_path, so, {
             "model": MODEL, "concurrency": 4, "space": {"OLLAMA_NUM_PARALLEL": [1, 2, 4]},
-            "baseline": {"OLLAMA_NUM_PARALLEL": 1}, "candidates": 3, "requests": 16, "looks": 3, "replicates": 3,
+            "baseline": {"OLLAMA_NUM_PARALLEL": 1}, "candidates": 3, "requests": 16, "looks": 3, "replicates": 4,
             "proof_requests": 8, "cold_reps": 1, "num_predict": 8, "prompt_words": 8, "slo": {"ttft_s": 5, "tpot_s": 1},
             "rate_requests": 40})
     res = _result(params, run_dir)

@@ -254,6 +254,13 @@ def settings_label(setting: Mapping[str, object]) -> str:
     return ", ".join(f"{short_name(k)}={v}" for k, v in validate_settings(setting).items()) or "defaults"
 
 
+def most_alike(label: str, others: Iterable[str]) -> str | None:
+    """Among setting labels (:func:`settings_label`), the one sharing the most settings with ``label`` (the first on
+    a tie): what the same server did without the one change a comparison is about."""
+    mine = set(label.split(", "))
+    return max(others, key=lambda o: len(mine & set(o.split(", "))), default=None)
+
+
 def short_name(name: str) -> str:
     """A setting's name as a report shows it (its upper-case vendor prefix left out of an environment name)."""
     head, _, rest = name.partition("_")

@@ -22,7 +22,7 @@ from perfkit.core import fmt
 from perfkit.core.events import SeriesDone, WorkloadUsed, events_of, last_of
 from perfkit.core.units import RATIO, SECONDS
 from perfkit.core.schema import MAX_REQUESTS, MAX_TOKENS, Slo, Strict, concurrency_list, settings_list
-from perfkit.core.settings import settings_label, think_of
+from perfkit.core.settings import most_alike, settings_label, think_of
 from perfkit.report import load
 from perfkit.report.answer import answer_block
 from perfkit.studies.base import Study, StudyContext, StudyResult, settings_preflight
@@ -357,8 +357,7 @@ def _thinking_cost(res: WorkloadResult, f, w: dict) -> str:
     others = [c for c, t in thinking.items() if not t and c != w["setting"]]
     if not others:
         return ""
-    mine = set(str(w["setting"]).split(", "))
-    base = max(others, key=lambda c: len(mine & set(str(c).split(", "))))
+    base = most_alike(str(w["setting"]), [str(c) for c in others])
     row = compare_samples(col(same[same["config"] == base], "ttfa_s").tolist(),
                           col(same[same["config"] == w["setting"]], "ttfa_s").tolist(), "lower")
     r = row.ratio

@@ -8,6 +8,7 @@ from perfkit.analysis import stats
 from perfkit.analysis.figures import Figure, FigureSet
 from perfkit.analysis import toolturns
 from perfkit.analysis.requests import ignored_think, measured, thought_without_answer
+from perfkit.core.settings import most_alike
 from perfkit.core.units import RATIO
 
 from .results import ConfigTuningResult
@@ -47,7 +48,7 @@ def speculative_lines(res: ConfigTuningResult) -> list[str]:
         part = f"**{cfg}**: " + (f"{a.text()} of the drafted tokens accepted" if a else "no draft")
         if d is not None:
             part += f", decode speed {d.text()}"
-            base = _nearest(cfg, plain) if a else None
+            base = most_alike(cfg, plain) if a else None
             b = speed.get(base) if base else None
             if b is not None and d.samples and b.samples:
                 r = stats.ratio(d.samples, b.samples)
@@ -61,13 +62,6 @@ def speculative_lines(res: ConfigTuningResult) -> list[str]:
     speed_source = "; decode speed is the server's, per request" if speed else ""
     return [f"- **Speculative decoding** (at {lo} client{'s' if lo != 1 else ''}; {source}{speed_source}): "
             + "; ".join(parts) + "."]
-
-
-def _nearest(cfg: str, others: list[str]) -> str | None:
-    """The setting among ``others`` that shares the most of ``cfg``'s settings (the first on a tie): what the same
-    server did without thinking."""
-    mine = set(cfg.split(", "))
-    return max(others, key=lambda o: len(mine & set(o.split(", "))), default=None)
 
 
 def _cost(with_thinking: Figure, without: Figure | None, base: str | None) -> str:
@@ -95,7 +89,7 @@ def thinking_lines(res: ConfigTuningResult) -> list[str]:
         for cfg in (c for c in configs if c in ttfa):
             part = f"**{cfg}**: first answer token {ttfa[cfg].text()} (TTFT {ttft[cfg].text() if cfg in ttft else '—'})"
             if cfg in thought and cfg in tokens:
-                base = _nearest(cfg, plain)
+                base = most_alike(cfg, plain)
                 part += f", thinking {thought[cfg].text()} and {tokens[cfg].text()}" + \
                     _cost(ttfa[cfg], ttfa.get(base) if base else None, base)
             else:
