@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from perfkit.core import interrupts
+
 FILE_NAME = "progress.json"
 
 
@@ -19,6 +21,7 @@ class Progress:
     being measured now (a cache state, a setting)."""
 
     def __init__(self, store_dir: Path, desc: str, total: int, *, interactive: bool = False):
+        interrupts.check()  # a new phase: a Ctrl-C Python swallowed during the last one stops the study here
         self.path = Path(store_dir) / FILE_NAME
         self.desc, self.total, self.done, self.current = desc, int(total), 0, ""
         self.t0 = time.time()

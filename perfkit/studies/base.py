@@ -21,6 +21,7 @@ import pandas as pd
 
 from perfkit.analysis.figures import FILE_NAME as FIGURES_FILE, FigureSet, combine
 from perfkit import kinds
+from perfkit.core import interrupts
 from perfkit.core.settings import server_settings
 from perfkit.core.errors import PerfkitError
 from perfkit.analysis.requests import noisy_counts
@@ -146,7 +147,8 @@ class Study(abc.ABC):
         """Markdown: what the measurements say, every claim carried by a figure and its CI."""
 
     def run(self, ctx: "StudyContext") -> StudyResult:
-        self.measure(ctx)
+        with interrupts.noted():
+            self.measure(ctx)
         ctx.store.finalize()
         return self.analyze(ctx)
 
